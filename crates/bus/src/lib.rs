@@ -1,0 +1,1 @@
+//! In-process publish/subscribe with Greengrass local-topic semantics.

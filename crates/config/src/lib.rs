@@ -1,0 +1,1 @@
+//! The configuration tree with timestamps, merge/reset and a durable transaction log.

@@ -1,0 +1,1 @@
+//! Component store, version resolution and the durable deployment queue.

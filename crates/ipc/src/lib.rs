@@ -1,0 +1,1 @@
+//! Greengrass IPC: eventstream RPC over a Unix socket, tokens, authorization, operations.

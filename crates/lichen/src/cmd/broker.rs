@@ -1,0 +1,33 @@
+//! `lichen broker`: a standalone MQTT broker.
+
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub struct BrokerArgs {
+    /// Listener, e.g. `tcp://127.0.0.1:1883` or `tls://0.0.0.0:8883` (repeatable).
+    #[arg(long = "listen", default_value = "tcp://127.0.0.1:1883")]
+    pub listen: Vec<String>,
+    /// Server certificate (PEM) for TLS listeners.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// Server private key (PEM) for TLS listeners.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to.
+    #[arg(long = "client-ca")]
+    pub client_ca: Option<PathBuf>,
+}
+
+pub fn run(a: BrokerArgs) -> anyhow::Result<ExitCode> {
+    let opts = lichen_broker::StandaloneOptions {
+        listen: a.listen,
+        cert: a.cert,
+        key: a.key,
+        client_ca: a.client_ca,
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(lichen_broker::run_standalone(opts))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,1 @@
+//! Greengrass V2 component recipes: parse, validate, select a manifest, interpolate.

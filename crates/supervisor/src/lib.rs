@@ -1,0 +1,1 @@
+//! Runs component lifecycle steps as processes and drives the component state machine.
