@@ -1,1 +1,463 @@
 //! In-process publish/subscribe with Greengrass local-topic semantics.
+//!
+//! Components (through IPC) and built-in services (bridge, cloud link, shadows…) meet here.
+//! Subscriptions use MQTT topic filters (`+` one level, `#` the rest, only as the last level) kept
+//! in a trie, so a publish costs one walk down the topic's levels, not one test per subscription.
+//!
+//! Delivery rules:
+//! * Every subscriber gets its own bounded queue (`queue_capacity`, default
+//!   [`DEFAULT_QUEUE_CAPACITY`]). **Overflow policy: when a subscriber's queue is full, the oldest
+//!   queued message of that subscriber is dropped and counted** ([`Subscription::dropped`]).
+//!   Publishers never wait for subscribers and memory never grows without bound.
+//! * Messages reach each subscriber in the order they were published (per publisher).
+//! * [`ReceiveMode::ReceiveMessagesFromOthers`] skips messages whose `publisher` equals the
+//!   subscriber's `subscriber_id`. The Greengrass default is from-others when the filter has a
+//!   wildcard and all messages otherwise ([`ReceiveMode::default_for`]).
+//! * Topics starting with `$` are not special: wildcards match them like any other topic.
+//!
+//! Architecture invariant: this crate is a leaf (no other lichen crate) and does no I/O; dropping
+//! a [`Subscription`] is the only way to unsubscribe, so no subscription outlives its receiver.
+//!
+//! ```
+//! # tokio_test_block_on(async {
+//! use lichen_bus::{Bus, Message, Payload, SubscribeOptions};
+//! let bus = Bus::new();
+//! let mut sub = bus.subscribe("sensors/+/temp", SubscribeOptions::for_subscriber("app")).unwrap();
+//! let n = bus
+//!     .publish("sensors/a/temp", Message { payload: Payload::Json(serde_json::json!(21)), publisher: "dev".into() })
+//!     .unwrap();
+//! assert_eq!(n, 1);
+//! let got = sub.recv().await.unwrap();
+//! assert_eq!(got.topic, "sensors/a/temp");
+//! # });
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+//! # }
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+/// Queue length per subscriber when [`SubscribeOptions::queue_capacity`] is 0.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+
+/// A message body: JSON or raw bytes; the bus keeps the kind so a JSON publish arrives as JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    Json(serde_json::Value),
+    Binary(Bytes),
+}
+
+/// What a publisher hands to [`Bus::publish`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub payload: Payload,
+    /// Identity of the publisher (component name or service name); used by receive modes.
+    pub publisher: String,
+}
+
+/// What a subscriber receives: the message and the concrete topic it was published on
+/// (Greengrass `context.topic`). Shared between all subscribers of one publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub topic: String,
+    pub message: Message,
+}
+
+/// Greengrass `ReceiveMode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiveMode {
+    ReceiveAllMessages,
+    ReceiveMessagesFromOthers,
+}
+
+impl ReceiveMode {
+    /// The Greengrass default: from-others for wildcard filters, all messages for exact topics.
+    pub fn default_for(filter: &str) -> ReceiveMode {
+        if filter.contains('+') || filter.contains('#') {
+            ReceiveMode::ReceiveMessagesFromOthers
+        } else {
+            ReceiveMode::ReceiveAllMessages
+        }
+    }
+}
+
+/// Options of one subscription.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeOptions {
+    /// `None` = the Greengrass default for the filter ([`ReceiveMode::default_for`]).
+    pub receive_mode: Option<ReceiveMode>,
+    /// Identity compared with [`Message::publisher`] for from-others delivery.
+    pub subscriber_id: String,
+    /// Bound of this subscriber's queue; 0 = [`DEFAULT_QUEUE_CAPACITY`].
+    pub queue_capacity: usize,
+}
+
+impl SubscribeOptions {
+    /// Default receive mode and queue size for the given subscriber identity.
+    pub fn for_subscriber(subscriber_id: &str) -> SubscribeOptions {
+        SubscribeOptions {
+            subscriber_id: subscriber_id.to_string(),
+            ..SubscribeOptions::default()
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BusError {
+    #[error(
+        "invalid publish topic {topic:?}: {reason}; publish to a concrete topic without `+`, `#` or empty"
+    )]
+    InvalidTopic { topic: String, reason: &'static str },
+    #[error(
+        "invalid topic filter {filter:?}: {reason}; use `+` for a whole level and `#` only as the last level"
+    )]
+    InvalidFilter {
+        filter: String,
+        reason: &'static str,
+    },
+}
+
+/// Maximum topic length in bytes (the MQTT limit).
+const MAX_TOPIC_BYTES: usize = 65535;
+
+/// Checks a topic that a message is published to.
+pub fn validate_topic(topic: &str) -> Result<(), BusError> {
+    let bad = |reason| {
+        Err(BusError::InvalidTopic {
+            topic: topic.to_string(),
+            reason,
+        })
+    };
+    if topic.is_empty() {
+        return bad("the topic is empty");
+    }
+    if topic.len() > MAX_TOPIC_BYTES {
+        return bad("the topic is longer than 65535 bytes");
+    }
+    if topic.contains(['+', '#']) {
+        return bad("wildcards are not allowed in a publish topic");
+    }
+    if topic.contains('\0') {
+        return bad("NUL is not allowed in a topic");
+    }
+    Ok(())
+}
+
+/// Checks a subscription filter (MQTT rules).
+pub fn validate_filter(filter: &str) -> Result<(), BusError> {
+    let bad = |reason| {
+        Err(BusError::InvalidFilter {
+            filter: filter.to_string(),
+            reason,
+        })
+    };
+    if filter.is_empty() {
+        return bad("the filter is empty");
+    }
+    if filter.len() > MAX_TOPIC_BYTES {
+        return bad("the filter is longer than 65535 bytes");
+    }
+    if filter.contains('\0') {
+        return bad("NUL is not allowed in a filter");
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i != levels.len() - 1) {
+            return bad("`#` must be a whole level and the last one");
+        }
+        if level.contains('+') && *level != "+" {
+            return bad("`+` must be a whole level");
+        }
+    }
+    Ok(())
+}
+
+/// Reference semantics of MQTT filter matching (used by tests and by callers without a trie).
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+struct SubscriberQueue {
+    id: u64,
+    subscriber_id: String,
+    mode: ReceiveMode,
+    capacity: usize,
+    queue: Mutex<VecDeque<Arc<Delivery>>>,
+    notify: Notify,
+    dropped: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl SubscriberQueue {
+    fn push(&self, delivery: Arc<Delivery>) {
+        {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if queue.len() >= self.capacity {
+                queue.pop_front();
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            queue.push_back(delivery);
+        }
+        self.notify.notify_one();
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+}
+
+#[derive(Default)]
+struct Node {
+    children: HashMap<String, Node>,
+    subscribers: Vec<Arc<SubscriberQueue>>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.subscribers.is_empty()
+    }
+
+    fn collect(&self, levels: &[&str], out: &mut Vec<Arc<SubscriberQueue>>) {
+        // `#` also matches the parent level itself (MQTT: `a/#` matches `a`).
+        if let Some(hash) = self.children.get("#") {
+            out.extend(hash.subscribers.iter().cloned());
+        }
+        let Some((first, rest)) = levels.split_first() else {
+            out.extend(self.subscribers.iter().cloned());
+            return;
+        };
+        if let Some(child) = self.children.get(*first) {
+            child.collect(rest, out);
+        }
+        if let Some(plus) = self.children.get("+") {
+            plus.collect(rest, out);
+        }
+    }
+
+    /// Removes subscriber `id` along `levels`; prunes nodes left empty.
+    fn remove(&mut self, levels: &[&str], id: u64) {
+        match levels.split_first() {
+            None => self.subscribers.retain(|s| s.id != id),
+            Some((first, rest)) => {
+                if let Some(child) = self.children.get_mut(*first) {
+                    child.remove(rest, id);
+                    if child.is_empty() {
+                        self.children.remove(*first);
+                    }
+                }
+            }
+        }
+    }
+
+    fn close_all(&self) {
+        for s in &self.subscribers {
+            s.close();
+        }
+        for child in self.children.values() {
+            child.close_all();
+        }
+    }
+}
+
+struct Inner {
+    root: Mutex<Node>,
+    next_id: AtomicU64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.root
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .close_all();
+    }
+}
+
+/// The bus. Cheap to clone; all clones are the same bus.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Bus::new()
+    }
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus").finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    pub fn new() -> Bus {
+        Bus {
+            inner: Arc::new(Inner {
+                root: Mutex::new(Node::default()),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Subscribes to `filter`; messages arrive through the returned [`Subscription`] until it is
+    /// dropped.
+    pub fn subscribe(
+        &self,
+        filter: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, BusError> {
+        validate_filter(filter)?;
+        let queue = Arc::new(SubscriberQueue {
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            subscriber_id: options.subscriber_id,
+            mode: options
+                .receive_mode
+                .unwrap_or_else(|| ReceiveMode::default_for(filter)),
+            capacity: if options.queue_capacity == 0 {
+                DEFAULT_QUEUE_CAPACITY
+            } else {
+                options.queue_capacity
+            },
+            queue: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+            dropped: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        });
+        {
+            let mut node = self.inner.root.lock().unwrap_or_else(|e| e.into_inner());
+            let mut node = &mut *node;
+            for level in filter.split('/') {
+                node = node.children.entry(level.to_string()).or_default();
+            }
+            node.subscribers.push(queue.clone());
+        }
+        Ok(Subscription {
+            bus: Arc::downgrade(&self.inner),
+            filter: filter.to_string(),
+            queue,
+        })
+    }
+
+    /// Publishes `message` on `topic`; returns how many subscribers it was queued for.
+    /// Publishing with no subscriber succeeds and returns 0.
+    pub fn publish(&self, topic: &str, message: Message) -> Result<usize, BusError> {
+        validate_topic(topic)?;
+        let levels: Vec<&str> = topic.split('/').collect();
+        let mut matched = Vec::new();
+        self.inner
+            .root
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .collect(&levels, &mut matched);
+        let delivery = Arc::new(Delivery {
+            topic: topic.to_string(),
+            message,
+        });
+        let mut delivered = 0;
+        for sub in matched {
+            if sub.mode == ReceiveMode::ReceiveMessagesFromOthers
+                && sub.subscriber_id == delivery.message.publisher
+            {
+                continue;
+            }
+            sub.push(delivery.clone());
+            delivered += 1;
+        }
+        Ok(delivered)
+    }
+
+    /// Number of live subscriptions (for diagnostics and tests).
+    pub fn subscription_count(&self) -> usize {
+        fn count(node: &Node) -> usize {
+            node.subscribers.len() + node.children.values().map(count).sum::<usize>()
+        }
+        count(&self.inner.root.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// The receiving end of one subscription. Dropping it unsubscribes.
+pub struct Subscription {
+    bus: Weak<Inner>,
+    filter: String,
+    queue: Arc<SubscriberQueue>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("filter", &self.filter)
+            .field("mode", &self.queue.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// Waits for the next message; `None` once the bus is gone and the queue is drained.
+    pub async fn recv(&mut self) -> Option<Arc<Delivery>> {
+        loop {
+            if let Some(d) = self.try_recv() {
+                return Some(d);
+            }
+            if self.queue.closed.load(Ordering::Acquire) {
+                return self.try_recv();
+            }
+            self.queue.notify.notified().await;
+        }
+    }
+
+    /// The next queued message, if any, without waiting.
+    pub fn try_recv(&mut self) -> Option<Arc<Delivery>> {
+        self.queue
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+
+    /// How many messages were dropped because this subscriber's queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.queue.dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn filter(&self) -> &str {
+        &self.filter
+    }
+
+    pub fn receive_mode(&self) -> ReceiveMode {
+        self.queue.mode
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(inner) = self.bus.upgrade() {
+            let levels: Vec<&str> = self.filter.split('/').collect();
+            inner
+                .root
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&levels, self.queue.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
