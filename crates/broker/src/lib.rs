@@ -1,4 +1,12 @@
 //! An MQTT 3.1.1 and 5 broker.
+//!
+//! Shaped like a protocol server: [`codec`] turns bytes into packets and back (pure, no I/O),
+//! the router keeps subscriptions, retained messages and sessions, and the server owns listeners,
+//! connection tasks and shutdown.
+//!
+//! Architecture invariant: the codec never touches a socket; only `server` does I/O.
+
+pub mod codec;
 
 /// Options for a standalone broker (`lichen broker`).
 #[derive(Debug, Clone, Default)]
