@@ -1,0 +1,880 @@
+//! The stream store: one segmented, append-only, checksummed log per stream.
+//!
+//! Layout under the store root: `<dir>/definition.json` (the stream definition),
+//! `<dir>/exports.json` (export checkpoints) and `<dir>/<first seq, 19 digits>.log` segments, where
+//! `<dir>` is the stream name when it is a safe file name and `~<sha256 of the name>` otherwise.
+//! Creation and deletion are atomic by rename; definitions and checkpoints are replaced by
+//! temp file + fsync + rename.
+//!
+//! Invariants: sequence numbers of a stream strictly increase and are never reused (the active
+//! segment's file name carries the next number across restarts); an append acknowledged with
+//! `flushOnWrite` is on disk before the acknowledgement; recovery keeps every record before the
+//! first damaged byte of a segment and drops the rest of that segment; memory per stream is the
+//! index (4 bytes per record) plus small per-segment state, whatever the backlog — payloads are
+//! read from disk.
+
+mod record;
+
+use crate::export::{ExportCheckpoint, carry_checkpoints};
+use crate::model::{DefinitionError, Persistence, StrategyOnFull, StreamDefinition};
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use tokio::sync::watch;
+
+#[cfg(test)]
+use record::HEADER_LEN;
+
+const DEFINITION_FILE: &str = "definition.json";
+const CHECKPOINT_FILE: &str = "exports.json";
+
+/// A failed store operation; each variant maps to one protocol status.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("stream {0:?} does not exist; create it first")]
+    NotFound(String),
+    #[error("stream {0:?} already exists; update it or delete it first")]
+    AlreadyExists(String),
+    #[error(transparent)]
+    InvalidDefinition(#[from] DefinitionError),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error(
+        "stream {name:?} is full ({max_size} bytes) and its strategy is RejectNewData; read and \
+         delete data, raise maxSize, or use OverwriteOldestData"
+    )]
+    StreamFull { name: String, max_size: u64 },
+    #[error("a record of {size} bytes can never fit stream {name:?} whose maxSize is {max_size}")]
+    RecordTooLarge {
+        name: String,
+        size: u64,
+        max_size: u64,
+    },
+    #[error("update of stream {name:?} not allowed: {reason}")]
+    UpdateNotAllowed { name: String, reason: String },
+    #[error(
+        "record {seq} of stream {name:?} failed its checksum in {path}; the segment is damaged"
+    )]
+    Corrupt {
+        name: String,
+        seq: u64,
+        path: PathBuf,
+    },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError + use<> {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io { op, path, source }
+}
+
+/// A record read back from a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub sequence_number: u64,
+    pub ingest_time_ms: i64,
+    pub payload: Vec<u8>,
+}
+
+/// A stream's definition with its storage figures and export checkpoints.
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    pub definition: StreamDefinition,
+    pub oldest_sequence_number: u64,
+    /// `oldest - 1` when the stream holds no records.
+    pub newest_sequence_number: i64,
+    pub total_bytes: u64,
+    pub export_checkpoints: Vec<ExportCheckpoint>,
+}
+
+/// The result of an append: its sequence number, and whether the caller must wait for
+/// [`Stream::wait_durable`] before acknowledging (flushOnWrite).
+#[derive(Debug, Clone, Copy)]
+pub struct Appended {
+    pub sequence_number: u64,
+    pub needs_sync: bool,
+}
+
+type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+fn system_clock() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+enum Storage {
+    File { file: Arc<File>, path: PathBuf },
+    Memory(Vec<u8>),
+}
+
+struct Segment {
+    first_seq: u64,
+    offsets: Vec<u32>,
+    bytes: u64,
+    last_ingest_ms: i64,
+    storage: Storage,
+}
+
+impl Segment {
+    fn len(&self) -> u64 {
+        self.offsets.len() as u64
+    }
+    fn end_seq(&self) -> u64 {
+        self.first_seq + self.len()
+    }
+    fn record_end(&self, i: usize) -> u64 {
+        self.offsets
+            .get(i + 1)
+            .map(|&o| o as u64)
+            .unwrap_or(self.bytes)
+    }
+    fn read_range(&self, start: u64, end: u64) -> io::Result<Vec<u8>> {
+        match &self.storage {
+            Storage::File { file, .. } => {
+                let mut buf = vec![0u8; (end - start) as usize];
+                file.read_exact_at(&mut buf, start)?;
+                Ok(buf)
+            }
+            Storage::Memory(data) => Ok(data[start as usize..end as usize].to_vec()),
+        }
+    }
+    fn remove(self) {
+        if let Storage::File { path, .. } = &self.storage
+            && let Err(e) = fs::remove_file(path)
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not delete an expired segment");
+        }
+    }
+}
+
+fn segment_file_name(first_seq: u64) -> String {
+    format!("{first_seq:019}.log")
+}
+
+struct Inner {
+    definition: StreamDefinition,
+    checkpoints: Vec<ExportCheckpoint>,
+    segments: VecDeque<Segment>,
+    next_seq: u64,
+    total_bytes: u64,
+    dir: Option<PathBuf>,
+    deleted: bool,
+    /// Files with writes not yet fsynced by a group commit (sealed segments).
+    unsynced: Vec<Arc<File>>,
+    scratch: Vec<u8>,
+}
+
+/// One stream. Appends serialize on the stream's lock; durable appends share fsyncs.
+pub struct Stream {
+    name: String,
+    inner: Mutex<Inner>,
+    /// Next sequence number known to be on disk; the group-commit lock.
+    durable_next: Mutex<u64>,
+    /// Next sequence number to be assigned: long-polling readers wait on it.
+    appended: watch::Sender<u64>,
+    clock: Clock,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the index inconsistent with the files in a
+    // way recovery would not also face; keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Stream {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Appends one record. With flushOnWrite the record is written but not yet durable: call
+    /// [`Stream::wait_durable`] before acknowledging it.
+    pub fn append(&self, payload: &[u8]) -> Result<Appended, StoreError> {
+        if payload.is_empty() {
+            return Err(StoreError::InvalidRequest(
+                "payload must not be empty".into(),
+            ));
+        }
+        if payload.len() > record::MAX_PAYLOAD_LEN {
+            return Err(StoreError::InvalidRequest(
+                "payload exceeds 2^30 bytes".into(),
+            ));
+        }
+        let now = (self.clock)();
+        let mut g = lock(&self.inner);
+        let inner = &mut *g;
+        if inner.deleted {
+            return Err(StoreError::NotFound(self.name.clone()));
+        }
+        inner.expire(now)?;
+        let rec_len = (record::HEADER_LEN + payload.len()) as u64;
+        let def = &inner.definition;
+        if rec_len > def.max_size {
+            return Err(StoreError::RecordTooLarge {
+                name: self.name.clone(),
+                size: rec_len,
+                max_size: def.max_size,
+            });
+        }
+        while inner.total_bytes + rec_len > inner.definition.max_size {
+            if inner.definition.strategy_on_full == StrategyOnFull::RejectNewData {
+                return Err(StoreError::StreamFull {
+                    name: self.name.clone(),
+                    max_size: inner.definition.max_size,
+                });
+            }
+            if inner.segments.len() == 1 {
+                inner.roll()?;
+            }
+            inner.drop_oldest();
+        }
+        let seg_size = inner.definition.effective_segment_size();
+        let active = inner
+            .segments
+            .back()
+            .expect("a stream always has an active segment");
+        if active.bytes + rec_len > seg_size && !active.offsets.is_empty() {
+            inner.roll()?;
+        }
+        let seq = inner.next_seq;
+        inner.scratch.clear();
+        record::encode(seq, now, payload, &mut inner.scratch);
+        let active = inner.segments.back_mut().expect("active segment");
+        let offset = active.bytes;
+        match &mut active.storage {
+            Storage::File { file, path } => {
+                if let Err(e) = file.write_all_at(&inner.scratch, offset) {
+                    // Cut off whatever part was written so the file matches the index again.
+                    let _ = file.set_len(offset);
+                    return Err(io_err("append to", path)(e));
+                }
+            }
+            Storage::Memory(data) => data.extend_from_slice(&inner.scratch),
+        }
+        active.offsets.push(offset as u32);
+        active.bytes += rec_len;
+        active.last_ingest_ms = now;
+        inner.total_bytes += rec_len;
+        inner.next_seq += 1;
+        let needs_sync = inner.definition.flush_on_write && inner.dir.is_some();
+        drop(g);
+        self.appended.send_replace(seq + 1);
+        Ok(Appended {
+            sequence_number: seq,
+            needs_sync,
+        })
+    }
+
+    /// Blocks until record `seq` is on disk. Concurrent callers share one fsync: whoever holds
+    /// the commit lock syncs everything written so far, and later callers find their record
+    /// already covered.
+    pub fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
+        let mut durable = lock(&self.durable_next);
+        if *durable > seq {
+            return Ok(());
+        }
+        let (target, mut files, path) = {
+            let mut inner = lock(&self.inner);
+            let mut files = std::mem::take(&mut inner.unsynced);
+            let mut path = PathBuf::new();
+            if let Some(Storage::File { file, path: p }) = inner.segments.back().map(|s| &s.storage)
+            {
+                files.push(file.clone());
+                path = p.clone();
+            }
+            (inner.next_seq, files, path)
+        };
+        for f in files.drain(..) {
+            f.sync_data().map_err(io_err("fsync", &path))?;
+        }
+        *durable = target;
+        Ok(())
+    }
+
+    /// Reads up to `max_count` records starting at `max(start, oldest)`, stopping before the
+    /// total payload would pass `max_bytes` (but always returning at least one record if any).
+    pub fn read(
+        &self,
+        start: u64,
+        max_count: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<Message>, StoreError> {
+        let now = (self.clock)();
+        let mut g = lock(&self.inner);
+        if g.deleted {
+            return Err(StoreError::NotFound(self.name.clone()));
+        }
+        g.expire(now)?;
+        let inner = &*g;
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        let first = inner.segments.partition_point(|s| s.end_seq() <= start);
+        for seg in inner.segments.iter().skip(first) {
+            if out.len() >= max_count {
+                break;
+            }
+            if seg.offsets.is_empty() {
+                continue;
+            }
+            let from = start.saturating_sub(seg.first_seq) as usize;
+            let mut to = from;
+            let mut span = 0u64;
+            while to < seg.offsets.len() && out.len() + (to - from) < max_count {
+                let rec = seg.record_end(to) - seg.offsets[to] as u64;
+                if (bytes + span + rec > max_bytes) && !(out.is_empty() && to == from) {
+                    break;
+                }
+                span += rec;
+                to += 1;
+            }
+            if to == from {
+                break;
+            }
+            let base = seg.offsets[from] as u64;
+            let buf =
+                seg.read_range(base, seg.record_end(to - 1))
+                    .map_err(|e| match &seg.storage {
+                        Storage::File { path, .. } => io_err("read", path)(e),
+                        Storage::Memory(_) => StoreError::InvalidRequest(e.to_string()),
+                    })?;
+            for i in from..to {
+                let seq = seg.first_seq + i as u64;
+                let o = (seg.offsets[i] as u64 - base) as usize;
+                let d = record::decode(&buf[o..])
+                    .filter(|d| d.seq == seq)
+                    .ok_or_else(|| StoreError::Corrupt {
+                        name: self.name.clone(),
+                        seq,
+                        path: match &seg.storage {
+                            Storage::File { path, .. } => path.clone(),
+                            Storage::Memory(_) => PathBuf::from("<memory>"),
+                        },
+                    })?;
+                out.push(Message {
+                    sequence_number: seq,
+                    ingest_time_ms: d.ingest_ms,
+                    payload: d.payload.to_vec(),
+                });
+            }
+            bytes += span;
+            if to < seg.offsets.len() {
+                break; // stopped by count or bytes
+            }
+        }
+        Ok(out)
+    }
+
+    /// The next sequence number to be assigned; changes on every append.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    pub fn info(&self) -> StreamInfo {
+        let g = lock(&self.inner);
+        let oldest = g
+            .segments
+            .iter()
+            .find(|s| !s.offsets.is_empty())
+            .map(|s| s.first_seq)
+            .unwrap_or(g.next_seq);
+        let newest = if g.segments.iter().any(|s| !s.offsets.is_empty()) {
+            g.next_seq as i64 - 1
+        } else {
+            oldest as i64 - 1
+        };
+        StreamInfo {
+            definition: g.definition.clone(),
+            oldest_sequence_number: oldest,
+            newest_sequence_number: newest,
+            total_bytes: g.total_bytes,
+            export_checkpoints: g.checkpoints.clone(),
+        }
+    }
+
+    /// Records export progress (for exporters); persisted for File streams.
+    pub fn set_checkpoint(&self, checkpoint: ExportCheckpoint) -> Result<(), StoreError> {
+        let mut g = lock(&self.inner);
+        let Some(slot) = g
+            .checkpoints
+            .iter_mut()
+            .find(|c| c.identifier == checkpoint.identifier)
+        else {
+            return Err(StoreError::InvalidRequest(format!(
+                "stream {:?} has no export {:?}",
+                self.name, checkpoint.identifier
+            )));
+        };
+        *slot = checkpoint;
+        if let Some(dir) = &g.dir {
+            write_json_atomic(&dir.join(CHECKPOINT_FILE), &g.checkpoints)?;
+        }
+        Ok(())
+    }
+
+    fn sync_all(&self) {
+        let g = lock(&self.inner);
+        for s in &g.segments {
+            if let Storage::File { file, .. } = &s.storage {
+                let _ = file.sync_data();
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Seals the active segment and starts a new one at `next_seq`.
+    fn roll(&mut self) -> Result<(), StoreError> {
+        let storage = match &self.dir {
+            Some(dir) => {
+                let path = dir.join(segment_file_name(self.next_seq));
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)
+                    .map_err(io_err("create segment", &path))?;
+                if self.definition.flush_on_write {
+                    sync_dir(dir)?;
+                }
+                Storage::File {
+                    file: Arc::new(file),
+                    path,
+                }
+            }
+            None => Storage::Memory(Vec::new()),
+        };
+        if let Some(Storage::File { file, .. }) = self.segments.back().map(|s| &s.storage)
+            && self.definition.flush_on_write
+        {
+            self.unsynced.push(file.clone());
+        }
+        self.segments.push_back(Segment {
+            first_seq: self.next_seq,
+            offsets: Vec::new(),
+            bytes: 0,
+            last_ingest_ms: 0,
+            storage,
+        });
+        Ok(())
+    }
+
+    fn drop_oldest(&mut self) {
+        if let Some(s) = self.segments.pop_front() {
+            self.total_bytes -= s.bytes;
+            s.remove();
+        }
+    }
+
+    /// Deletes whole segments whose newest record is past the TTL.
+    fn expire(&mut self, now: i64) -> Result<(), StoreError> {
+        let Some(ttl) = self.definition.time_to_live_millis else {
+            return Ok(());
+        };
+        let expired = |s: &Segment| {
+            !s.offsets.is_empty() && s.last_ingest_ms.saturating_add(ttl as i64) < now
+        };
+        while self.segments.front().is_some_and(expired) {
+            if self.segments.len() == 1 {
+                self.roll()?;
+            }
+            self.drop_oldest();
+        }
+        Ok(())
+    }
+}
+
+/// The set of streams under one store root.
+pub struct Store {
+    root: PathBuf,
+    streams: RwLock<BTreeMap<String, Arc<Stream>>>,
+    clock: Clock,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root` and recovers every File stream in it.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        Self::open_with_clock(root, Arc::new(system_clock))
+    }
+
+    /// As [`Store::open`], with a clock (epoch milliseconds) for ingest times and TTL.
+    pub fn open_with_clock(root: impl Into<PathBuf>, clock: Clock) -> Result<Store, StoreError> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(io_err("create store root", &root))?;
+        let mut streams = BTreeMap::new();
+        let entries = fs::read_dir(&root).map_err(io_err("list store root", &root))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("list store root", &root))?;
+            let path = entry.path();
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if file_name.starts_with(".del-") || file_name.starts_with(".new-") {
+                // Interrupted delete or create: finish it.
+                let _ = fs::remove_dir_all(&path);
+                continue;
+            }
+            if !path.is_dir() {
+                continue;
+            }
+            match recover_stream(&path, &clock) {
+                Ok(stream) => {
+                    streams.insert(stream.name.clone(), Arc::new(stream));
+                }
+                Err(e) => {
+                    tracing::error!(dir = %path.display(), error = %e, "skipping a stream that cannot be recovered")
+                }
+            }
+        }
+        Ok(Store {
+            root,
+            streams: RwLock::new(streams),
+            clock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn create(&self, definition: StreamDefinition) -> Result<Arc<Stream>, StoreError> {
+        definition.validate()?;
+        let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        if map.contains_key(&definition.name) {
+            return Err(StoreError::AlreadyExists(definition.name));
+        }
+        let checkpoints = carry_checkpoints(&definition.exports, &[]);
+        let (dir, storage) = match definition.persistence {
+            Persistence::Memory => (None, Storage::Memory(Vec::new())),
+            Persistence::File => {
+                let staging = self.root.join(format!(".new-{}", uuid::Uuid::new_v4()));
+                fs::create_dir(&staging).map_err(io_err("create", &staging))?;
+                let seg = staging.join(segment_file_name(0));
+                File::create(&seg).map_err(io_err("create segment", &seg))?;
+                write_json_atomic(&staging.join(CHECKPOINT_FILE), &checkpoints)?;
+                write_json_atomic(&staging.join(DEFINITION_FILE), &definition)?;
+                let dir = self.root.join(dir_name(&definition.name));
+                fs::rename(&staging, &dir).map_err(io_err("rename into place", &dir))?;
+                sync_dir(&self.root)?;
+                let path = dir.join(segment_file_name(0));
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err("open segment", &path))?;
+                (
+                    Some(dir),
+                    Storage::File {
+                        file: Arc::new(file),
+                        path,
+                    },
+                )
+            }
+        };
+        let segment = Segment {
+            first_seq: 0,
+            offsets: Vec::new(),
+            bytes: 0,
+            last_ingest_ms: 0,
+            storage,
+        };
+        let stream = Arc::new(new_stream(
+            definition,
+            checkpoints,
+            VecDeque::from([segment]),
+            0,
+            dir,
+            &self.clock,
+        ));
+        map.insert(stream.name.clone(), stream.clone());
+        Ok(stream)
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<Stream>, StoreError> {
+        let map = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        map.get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(name.to_string()))
+    }
+
+    pub fn list(&self) -> Vec<String> {
+        let map = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        map.keys().cloned().collect()
+    }
+
+    /// Replaces a stream's definition (spec §1.6): persistence cannot change and `maxSize` may
+    /// not drop below the data already held; exports are matched by identifier.
+    pub fn update(&self, definition: StreamDefinition) -> Result<(), StoreError> {
+        definition.validate()?;
+        let stream = self.get(&definition.name)?;
+        let now = (self.clock)();
+        let mut g = lock(&stream.inner);
+        if g.deleted {
+            return Err(StoreError::NotFound(definition.name));
+        }
+        let not_allowed = |reason: String| StoreError::UpdateNotAllowed {
+            name: definition.name.clone(),
+            reason,
+        };
+        if g.definition.persistence != definition.persistence {
+            return Err(not_allowed(
+                "persistence cannot change; delete and recreate the stream".into(),
+            ));
+        }
+        if definition.max_size < g.total_bytes {
+            return Err(not_allowed(format!(
+                "maxSize {} is below the {} bytes the stream holds",
+                definition.max_size, g.total_bytes
+            )));
+        }
+        let newest = g.next_seq;
+        for c in &definition.exports {
+            let changed = g
+                .definition
+                .exports
+                .iter()
+                .find(|o| o.identifier == c.identifier)
+                .is_none_or(|o| o.start_sequence_number != c.start_sequence_number);
+            if let Some(start) = c.start_sequence_number
+                && changed
+                && start > newest
+            {
+                return Err(not_allowed(format!(
+                    "export {:?}: startSequenceNumber {start} is past the newest sequence number",
+                    c.identifier
+                )));
+            }
+        }
+        let checkpoints = carry_checkpoints(&definition.exports, &g.checkpoints);
+        if let Some(dir) = &g.dir {
+            write_json_atomic(&dir.join(CHECKPOINT_FILE), &checkpoints)?;
+            write_json_atomic(&dir.join(DEFINITION_FILE), &definition)?;
+        }
+        g.definition = definition;
+        g.checkpoints = checkpoints;
+        g.expire(now)?;
+        Ok(())
+    }
+
+    /// Removes a stream and all its data.
+    pub fn delete(&self, name: &str) -> Result<(), StoreError> {
+        let stream = {
+            let mut map = self.streams.write().unwrap_or_else(|p| p.into_inner());
+            map.remove(name)
+                .ok_or_else(|| StoreError::NotFound(name.to_string()))?
+        };
+        let mut g = lock(&stream.inner);
+        g.deleted = true;
+        g.segments.clear();
+        g.total_bytes = 0;
+        if let Some(dir) = g.dir.take() {
+            let tomb = self.root.join(format!(".del-{}", uuid::Uuid::new_v4()));
+            fs::rename(&dir, &tomb).map_err(io_err("rename for deletion", &dir))?;
+            let _ = sync_dir(&self.root);
+            fs::remove_dir_all(&tomb).map_err(io_err("delete", &tomb))?;
+        }
+        drop(g);
+        // Wake long-polling readers so they see the deletion.
+        stream.appended.send_modify(|_| {});
+        Ok(())
+    }
+
+    /// Applies TTLs to every stream; the server calls this periodically.
+    pub fn expire_all(&self) {
+        let now = (self.clock)();
+        let streams: Vec<_> = self
+            .streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for s in streams {
+            let mut g = lock(&s.inner);
+            if !g.deleted
+                && let Err(e) = g.expire(now)
+            {
+                tracing::warn!(stream = %s.name, error = %e, "TTL expiry failed");
+            }
+        }
+    }
+
+    /// Flushes every File stream to disk (graceful shutdown).
+    pub fn sync_all(&self) {
+        let streams: Vec<_> = self
+            .streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for s in streams {
+            s.sync_all();
+        }
+    }
+}
+
+fn new_stream(
+    definition: StreamDefinition,
+    checkpoints: Vec<ExportCheckpoint>,
+    segments: VecDeque<Segment>,
+    next_seq: u64,
+    dir: Option<PathBuf>,
+    clock: &Clock,
+) -> Stream {
+    let total_bytes = segments.iter().map(|s| s.bytes).sum();
+    Stream {
+        name: definition.name.clone(),
+        inner: Mutex::new(Inner {
+            definition,
+            checkpoints,
+            segments,
+            next_seq,
+            total_bytes,
+            dir,
+            deleted: false,
+            unsynced: Vec::new(),
+            scratch: Vec::new(),
+        }),
+        durable_next: Mutex::new(next_seq),
+        appended: watch::Sender::new(next_seq),
+        clock: clock.clone(),
+    }
+}
+
+/// Reopens one stream directory: reads its definition and checkpoints, scans every segment,
+/// truncates each at its first damaged byte.
+fn recover_stream(dir: &Path, clock: &Clock) -> Result<Stream, StoreError> {
+    let def_path = dir.join(DEFINITION_FILE);
+    let text = fs::read(&def_path).map_err(io_err("read", &def_path))?;
+    let definition: StreamDefinition =
+        serde_json::from_slice(&text).map_err(|e| StoreError::Io {
+            op: "parse",
+            path: def_path.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        })?;
+    let cp_path = dir.join(CHECKPOINT_FILE);
+    let saved: Vec<ExportCheckpoint> = fs::read(&cp_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let checkpoints = carry_checkpoints(&definition.exports, &saved);
+
+    let mut firsts: Vec<u64> = fs::read_dir(dir)
+        .map_err(io_err("list", dir))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_suffix(".log")
+                .filter(|s| s.len() == 19)
+                .and_then(|s| s.parse().ok())
+        })
+        .collect();
+    firsts.sort_unstable();
+    if firsts.is_empty() {
+        firsts.push(0);
+    }
+    let mut segments = VecDeque::new();
+    let count = firsts.len();
+    let mut next_seq = 0;
+    for (i, first_seq) in firsts.into_iter().enumerate() {
+        let path = dir.join(segment_file_name(first_seq));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err("open segment", &path))?;
+        let buf = fs::read(&path).map_err(io_err("read segment", &path))?;
+        let scan = record::scan(&buf, first_seq);
+        if scan.valid_len < buf.len() as u64 {
+            tracing::warn!(
+                path = %path.display(),
+                kept_records = scan.offsets.len(),
+                dropped_bytes = buf.len() as u64 - scan.valid_len,
+                "segment has a torn or damaged tail; truncating it"
+            );
+            file.set_len(scan.valid_len)
+                .map_err(io_err("truncate", &path))?;
+            file.sync_all().map_err(io_err("fsync", &path))?;
+        }
+        let last = i + 1 == count;
+        if scan.offsets.is_empty() && !last {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        next_seq = first_seq + scan.offsets.len() as u64;
+        segments.push_back(Segment {
+            first_seq,
+            offsets: scan.offsets,
+            bytes: scan.valid_len,
+            last_ingest_ms: scan.last_ingest_ms,
+            storage: Storage::File {
+                file: Arc::new(file),
+                path,
+            },
+        });
+    }
+    Ok(new_stream(
+        definition,
+        checkpoints,
+        segments,
+        next_seq,
+        Some(dir.to_path_buf()),
+        clock,
+    ))
+}
+
+/// A stream's directory name: the name itself when it is a plain portable file name, otherwise
+/// `~` and the SHA-256 of the name (names may be `..`, or 255 multi-byte characters).
+fn dir_name(name: &str) -> String {
+    let plain = name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_ ,.-".contains(&b));
+    if plain {
+        name.to_string()
+    } else {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(name.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("~{hex}")
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
+
+fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
+    let tmp = path.with_extension("tmp");
+    let body = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Io {
+        op: "serialize",
+        path: path.to_path_buf(),
+        source: io::Error::other(e),
+    })?;
+    let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    f.write_all(&body).map_err(io_err("write", &tmp))?;
+    f.sync_all().map_err(io_err("fsync", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("rename", path))?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

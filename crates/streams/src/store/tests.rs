@@ -1,0 +1,360 @@
+use super::*;
+use crate::model::{Persistence, StrategyOnFull, StreamDefinition};
+use proptest::prelude::*;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+fn def(name: &str) -> StreamDefinition {
+    StreamDefinition::new(name, StrategyOnFull::RejectNewData)
+}
+
+fn payload(i: u64, len: usize) -> Vec<u8> {
+    let mut p = format!("record-{i}-").into_bytes();
+    p.resize(len.max(p.len()), b'x');
+    p
+}
+
+fn read_all(s: &Stream) -> Vec<Message> {
+    s.read(0, usize::MAX, u64::MAX).unwrap()
+}
+
+#[test]
+fn append_read_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut d = def("s1");
+        d.segment_size = 1024; // several segments
+        let s = store.create(d).unwrap();
+        for i in 0..100 {
+            assert_eq!(s.append(&payload(i, 100)).unwrap().sequence_number, i);
+        }
+        let got = s.read(10, 5, u64::MAX).unwrap();
+        assert_eq!(
+            got.iter().map(|m| m.sequence_number).collect::<Vec<_>>(),
+            vec![10, 11, 12, 13, 14]
+        );
+        assert_eq!(got[0].payload, payload(10, 100));
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.list(), vec!["s1".to_string()]);
+    let s = store.get("s1").unwrap();
+    let all = read_all(&s);
+    assert_eq!(all.len(), 100);
+    for (i, m) in all.iter().enumerate() {
+        assert_eq!(m.sequence_number, i as u64);
+        assert_eq!(m.payload, payload(i as u64, 100));
+    }
+    assert_eq!(s.append(b"after").unwrap().sequence_number, 100);
+    let info = s.info();
+    assert_eq!(
+        (info.oldest_sequence_number, info.newest_sequence_number),
+        (0, 100)
+    );
+    assert!(fs::read_dir(dir.path().join("s1")).unwrap().count() > 3);
+}
+
+#[test]
+fn memory_streams_do_not_touch_disk_and_vanish() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut d = def("mem");
+        d.persistence = Persistence::Memory;
+        let s = store.create(d).unwrap();
+        s.append(b"a").unwrap();
+        assert_eq!(read_all(&s)[0].payload, b"a");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+    assert!(Store::open(dir.path()).unwrap().list().is_empty());
+}
+
+#[test]
+fn reject_new_data_when_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut d = def("full");
+    d.max_size = 1024;
+    let s = store.create(d).unwrap();
+    let rec = HEADER_LEN as u64 + 100;
+    let fits = 1024 / rec;
+    for i in 0..fits {
+        s.append(&payload(i, 100)).unwrap();
+    }
+    assert!(matches!(
+        s.append(&payload(99, 100)),
+        Err(StoreError::StreamFull { .. })
+    ));
+    assert_eq!(read_all(&s).len() as u64, fits);
+    assert!(matches!(
+        s.append(&[0u8; 2000]),
+        Err(StoreError::RecordTooLarge { .. })
+    ));
+}
+
+#[test]
+fn overwrite_oldest_data_keeps_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for persistence in [Persistence::File, Persistence::Memory] {
+        let name = format!("ow-{persistence:?}");
+        let mut d = StreamDefinition::new(&name, StrategyOnFull::OverwriteOldestData);
+        d.max_size = 4096;
+        d.segment_size = 1024;
+        d.persistence = persistence;
+        let s = store.create(d).unwrap();
+        for i in 0..200 {
+            assert_eq!(s.append(&payload(i, 100)).unwrap().sequence_number, i);
+        }
+        let info = s.info();
+        assert!(info.total_bytes <= 4096, "{}", info.total_bytes);
+        assert_eq!(info.newest_sequence_number, 199);
+        let all = read_all(&s);
+        assert!(all.len() >= 20, "kept {}", all.len());
+        assert_eq!(all.last().unwrap().sequence_number, 199);
+        assert_eq!(all[0].sequence_number, info.oldest_sequence_number);
+        // Reads before the oldest start at the oldest.
+        assert_eq!(
+            s.read(0, 1, u64::MAX).unwrap()[0].sequence_number,
+            info.oldest_sequence_number
+        );
+    }
+}
+
+#[test]
+fn ttl_deletes_whole_expired_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(AtomicI64::new(1_000_000));
+    let clock = now.clone();
+    let store =
+        Store::open_with_clock(dir.path(), Arc::new(move || clock.load(Ordering::SeqCst))).unwrap();
+    let mut d = def("ttl");
+    d.time_to_live_millis = Some(60_000);
+    d.segment_size = 1024;
+    let s = store.create(d).unwrap();
+    for i in 0..20 {
+        s.append(&payload(i, 100)).unwrap();
+    }
+    now.fetch_add(30_000, Ordering::SeqCst);
+    for i in 20..25 {
+        s.append(&payload(i, 100)).unwrap();
+    }
+    now.fetch_add(40_000, Ordering::SeqCst); // first batch is 70 s old, second 40 s
+    store.expire_all();
+    let all = read_all(&s);
+    assert!(
+        all.iter().all(|m| m.sequence_number >= 16),
+        "{:?}",
+        all.first().map(|m| m.sequence_number)
+    );
+    assert!(all.iter().any(|m| m.sequence_number == 24));
+    now.fetch_add(100_000, Ordering::SeqCst);
+    store.expire_all();
+    assert!(read_all(&s).is_empty());
+    assert_eq!(s.append(b"next").unwrap().sequence_number, 25);
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store
+            .get("ttl")
+            .unwrap()
+            .append(b"n")
+            .unwrap()
+            .sequence_number,
+        26
+    );
+}
+
+#[test]
+fn delete_removes_data_and_name_can_be_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let s = store.create(def("d")).unwrap();
+    s.append(b"x").unwrap();
+    assert!(matches!(
+        store.create(def("d")),
+        Err(StoreError::AlreadyExists(_))
+    ));
+    store.delete("d").unwrap();
+    assert!(matches!(s.append(b"y"), Err(StoreError::NotFound(_))));
+    assert!(matches!(store.delete("d"), Err(StoreError::NotFound(_))));
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    let s = store.create(def("d")).unwrap();
+    assert_eq!(s.append(b"z").unwrap().sequence_number, 0);
+}
+
+#[test]
+fn odd_names_get_safe_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["..", ".", "ünï", "a b,c", &"é".repeat(255)];
+    {
+        let store = Store::open(dir.path()).unwrap();
+        for n in names {
+            store.create(def(n)).unwrap().append(n.as_bytes()).unwrap();
+        }
+    }
+    let store = Store::open(dir.path()).unwrap();
+    for n in names {
+        assert_eq!(read_all(&store.get(n).unwrap())[0].payload, n.as_bytes());
+    }
+}
+
+#[test]
+fn update_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let s = store.create(def("u")).unwrap();
+    for i in 0..20 {
+        s.append(&payload(i, 100)).unwrap();
+    }
+    let mut d = def("u");
+    d.persistence = Persistence::Memory;
+    assert!(matches!(
+        store.update(d),
+        Err(StoreError::UpdateNotAllowed { .. })
+    ));
+    let mut d = def("u");
+    d.max_size = 1024;
+    assert!(matches!(
+        store.update(d),
+        Err(StoreError::UpdateNotAllowed { .. })
+    ));
+    let mut d = def("u");
+    d.flush_on_write = true;
+    d.time_to_live_millis = Some(3_600_000);
+    store.update(d.clone()).unwrap();
+    assert_eq!(s.info().definition, d);
+    assert!(matches!(
+        store.update(def("nope")),
+        Err(StoreError::NotFound(_))
+    ));
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.get("u").unwrap().info().definition, d);
+}
+
+#[test]
+fn group_commit_from_many_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut d = def("g");
+    d.flush_on_write = true;
+    d.segment_size = 64 * 1024;
+    let s = store.create(d).unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let s = &s;
+            scope.spawn(move || {
+                for i in 0..50 {
+                    let a = s.append(&payload(t * 1000 + i, 200)).unwrap();
+                    assert!(a.needs_sync);
+                    s.wait_durable(a.sequence_number).unwrap();
+                }
+            });
+        }
+    });
+    let all = read_all(&s);
+    assert_eq!(all.len(), 400);
+    assert!(
+        all.iter()
+            .enumerate()
+            .all(|(i, m)| m.sequence_number == i as u64)
+    );
+}
+
+#[test]
+fn reads_respect_count_and_byte_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut d = def("r");
+    d.segment_size = 1024;
+    let s = store.create(d).unwrap();
+    for i in 0..30 {
+        s.append(&payload(i, 100)).unwrap();
+    }
+    let got = s.read(3, 20, u64::MAX).unwrap();
+    assert_eq!(got.len(), 20);
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, m)| m.sequence_number == 3 + i as u64)
+    );
+    let rec = HEADER_LEN as u64 + 100;
+    assert_eq!(s.read(0, 100, rec * 3).unwrap().len(), 3);
+    // One record is always returned even if it alone passes the byte budget.
+    assert_eq!(s.read(0, 100, 1).unwrap().len(), 1);
+    assert!(s.read(30, 5, u64::MAX).unwrap().is_empty());
+}
+
+fn damage_case(dir: &Path, seg_lens: &[usize]) -> (Vec<PathBuf>, Vec<Vec<(u64, u64)>>) {
+    // Returns the segment files and, per file, (seq, end offset) of each record.
+    let store = Store::open(dir).unwrap();
+    let mut d = def("x");
+    d.segment_size = 1024;
+    let s = store.create(d).unwrap();
+    for (i, &len) in seg_lens.iter().enumerate() {
+        s.append(&payload(i as u64, len)).unwrap();
+    }
+    let g = lock(&s.inner);
+    let mut files = Vec::new();
+    let mut ends = Vec::new();
+    for seg in &g.segments {
+        if let Storage::File { path, .. } = &seg.storage {
+            files.push(path.clone());
+            ends.push(
+                (0..seg.offsets.len())
+                    .map(|i| (seg.first_seq + i as u64, seg.record_end(i)))
+                    .collect(),
+            );
+        }
+    }
+    (files, ends)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn damaged_segments_recover_every_record_before_the_damage(
+        lens in prop::collection::vec(1usize..300, 1..40),
+        which in any::<prop::sample::Index>(),
+        at in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+        flip in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (files, ends) = damage_case(dir.path(), &lens);
+        let f = which.index(files.len());
+        let mut bytes = fs::read(&files[f]).unwrap();
+        let damage_at = if bytes.is_empty() { 0 } else { at.index(bytes.len()) } as u64;
+        if flip && !bytes.is_empty() {
+            bytes[damage_at as usize] ^= 1 << bit;
+        } else {
+            bytes.truncate(damage_at as usize);
+        }
+        fs::write(&files[f], &bytes).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let s = store.get("x").unwrap();
+        let got: Vec<u64> = read_all(&s).iter().map(|m| m.sequence_number).collect();
+        // Every record outside the damaged file, and every one ending before the damage, survives.
+        let mut expect = Vec::new();
+        for (i, e) in ends.iter().enumerate() {
+            for &(seq, end) in e {
+                if i != f || end <= damage_at {
+                    expect.push(seq);
+                }
+            }
+        }
+        prop_assert_eq!(&got, &expect);
+        for m in read_all(&s) {
+            prop_assert_eq!(m.payload, payload(m.sequence_number, lens[m.sequence_number as usize]));
+        }
+        // Appends continue after the highest surviving number; only when the active segment
+        // itself is damaged can the numbers of its lost tail be assigned again.
+        let next = s.append(b"z").unwrap().sequence_number;
+        if f + 1 < files.len() {
+            prop_assert_eq!(next, lens.len() as u64);
+        } else {
+            let first_of_last = ends[f].first().map(|e| e.0).unwrap_or(lens.len() as u64);
+            prop_assert_eq!(next, expect.last().map(|&q| q + 1).unwrap_or(0).max(first_of_last));
+        }
+    }
+}
