@@ -1,1 +1,225 @@
-//! Component store, version resolution and the durable deployment queue.
+//! The deployment engine of the core: component store, version resolution, the durable
+//! deployment queue, apply with rollback, deployment history.
+//!
+//! A deployment goes: submit (validate, stage recipes, persist the record) → queue (one at a
+//! time, in submission order) → resolve versions across every group's roots → fetch and verify
+//! artifacts → build the new `services` entries (interpolated lifecycles, merged configuration)
+//! → hooks (notify, validate) → snapshot → bootstrap → commit → reconcile the supervisor → wait
+//! for RUNNING/FINISHED → success (garbage-collect the store) or failure (roll back per policy).
+//!
+//! ```no_run
+//! # async fn demo(engine: lichen_deploy::DeploymentEngine) -> Result<(), lichen_deploy::DeployError> {
+//! use lichen_deploy::LocalDeploymentRequest;
+//! let mut req = LocalDeploymentRequest::default();
+//! req.root_components_to_add.insert("com.example.Hello".into(), "1.0.0".into());
+//! req.recipe_directory_path = Some("/tmp/recipes".into());
+//! let id = engine.submit_local(req)?;
+//! engine.wait_idle().await;
+//! println!("{:?}", engine.status(&id).map(|r| r.status));
+//! # Ok(()) }
+//! ```
+//!
+//! Architecture invariant: the committed configuration always holds one whole `services` set:
+//! every commit and every rollback is a single atomic `ConfigStore::apply` batch that also
+//! carries the group → root components map and the id of the committing deployment.
+//!
+//! Architecture invariant: a deployment that fails before its commit leaves the running set
+//! and the configuration untouched (FAILED_NO_STATE_CHANGE).
+//!
+//! Architecture invariant: every record, recipe and artifact write is temp file + fsync +
+//! rename; a record IN_PROGRESS at start-up is resumed (not yet committed ⇒ run again from the
+//! start; committed ⇒ finish waiting or roll back per its policy).
+//!
+//! Architecture invariant: every wait is bounded (`settle_timeout`), so a deployment cannot
+//! block the queue forever.
+
+mod artifacts;
+mod engine;
+mod error;
+mod fsutil;
+mod resolve;
+mod store;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use artifacts::{ArtifactFetcher, FetchRequest};
+pub use engine::DeploymentEngine;
+pub use error::DeployError;
+
+/// Group name of deployments made without a group (Greengrass CLI without `--groupId`).
+pub const LOCAL_GROUP: &str = "LOCAL_DEPLOYMENT";
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub root: PathBuf,
+    pub platform: lichen_recipe::Platform,
+    pub thing_name: String,
+    /// Deployment records kept (default 50).
+    pub history_limit: usize,
+    /// Bound on waiting for RUNNING/FINISHED after a commit or rollback (default 120 s).
+    pub settle_timeout: Duration,
+    /// Built-in component name → version: always resolvable, never supervised as processes.
+    pub builtins: BTreeMap<String, String>,
+}
+
+impl EngineConfig {
+    /// Defaults for everything but the root and the platform.
+    pub fn new(root: PathBuf, platform: lichen_recipe::Platform) -> Self {
+        EngineConfig {
+            root,
+            platform,
+            thing_name: String::new(),
+            history_limit: 50,
+            settle_timeout: Duration::from_secs(120),
+            builtins: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct LocalDeploymentRequest {
+    /// None ⇒ `LOCAL_DEPLOYMENT`; Some(g) ⇒ `thinggroup/<g>`.
+    pub group_name: Option<String>,
+    /// Component name → version.
+    pub root_components_to_add: BTreeMap<String, String>,
+    pub root_components_to_remove: Vec<String>,
+    pub configuration_updates: BTreeMap<String, ConfigurationUpdate>,
+    pub run_with: BTreeMap<String, RunWithInfo>,
+    pub recipe_directory_path: Option<PathBuf>,
+    pub artifacts_directory_path: Option<PathBuf>,
+    /// Default DoNothing for local deployments (spec §6.2).
+    pub failure_handling_policy: FailureHandlingPolicy,
+}
+
+impl LocalDeploymentRequest {
+    /// The deployment group this request deploys to.
+    pub fn group(&self) -> String {
+        match &self.group_name {
+            None => LOCAL_GROUP.to_string(),
+            Some(g) => format!("thinggroup/{g}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ConfigurationUpdate {
+    pub merge: Option<serde_json::Value>,
+    pub reset: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunWithInfo {
+    pub posix_user: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum FailureHandlingPolicy {
+    Rollback,
+    #[default]
+    DoNothing,
+}
+
+impl FailureHandlingPolicy {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FailureHandlingPolicy::Rollback => "ROLLBACK",
+            FailureHandlingPolicy::DoNothing => "DO_NOTHING",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DeploymentStatus {
+    Queued,
+    InProgress,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl DeploymentStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeploymentStatus::Queued => "QUEUED",
+            DeploymentStatus::InProgress => "IN_PROGRESS",
+            DeploymentStatus::Succeeded => "SUCCEEDED",
+            DeploymentStatus::Failed => "FAILED",
+            DeploymentStatus::Canceled => "CANCELED",
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            DeploymentStatus::Succeeded | DeploymentStatus::Failed | DeploymentStatus::Canceled
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DetailedStatus {
+    Successful,
+    FailedNoStateChange,
+    FailedRollbackNotRequested,
+    FailedRollbackComplete,
+    FailedUnableToRollback,
+    Rejected,
+}
+
+impl DetailedStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DetailedStatus::Successful => "SUCCESSFUL",
+            DetailedStatus::FailedNoStateChange => "FAILED_NO_STATE_CHANGE",
+            DetailedStatus::FailedRollbackNotRequested => "FAILED_ROLLBACK_NOT_REQUESTED",
+            DetailedStatus::FailedRollbackComplete => "FAILED_ROLLBACK_COMPLETE",
+            DetailedStatus::FailedUnableToRollback => "FAILED_UNABLE_TO_ROLLBACK",
+            DetailedStatus::Rejected => "REJECTED",
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DeploymentRecord {
+    pub id: String,
+    pub group: String,
+    pub status: DeploymentStatus,
+    pub detailed_status: Option<DetailedStatus>,
+    pub created_on_ms: i64,
+    pub failure_cause: String,
+    pub error_stack: Vec<String>,
+    pub error_types: Vec<String>,
+    pub request: LocalDeploymentRequest,
+}
+
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Hooks the IPC layer plugs in (NOTIFY_COMPONENTS, configuration validation). Default: no-ops
+/// that allow everything.
+pub trait DeploymentHooks: Send + Sync + 'static {
+    /// Before stopping/changing components: notify and wait for deferrals (only for deployments
+    /// that ask for it; local deployments use SKIP_NOTIFY_COMPONENTS and do not call it).
+    fn pre_update(&self, _deployment_id: &str, _timeout: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn post_update(&self, _deployment_id: &str) {}
+    /// Ask a component to validate its proposed configuration; Err(message) rejects the
+    /// deployment.
+    fn validate_configuration(
+        &self,
+        _deployment_id: &str,
+        _component: &str,
+        _config: &serde_json::Value,
+        _timeout: Duration,
+    ) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Hooks that allow everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHooks;
+
+impl DeploymentHooks for NoHooks {}

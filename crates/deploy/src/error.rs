@@ -1,0 +1,148 @@
+//! Errors of the deployment engine. Every message says what failed, where (file, field path,
+//! component@version or deployment id) and what to do about it.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("{what} {path}: {source}; check that the path exists and is accessible to the core")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid deployment request: {0}")]
+    BadRequest(String),
+    #[error("bad recipe {file}: {message}; fix the recipe and submit the deployment again")]
+    BadRecipe { file: PathBuf, message: String },
+    #[error(
+        "recipe {component} is defined twice with different content: {first} and {second}; keep one of them or bump the version of one"
+    )]
+    DuplicateRecipe {
+        component: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("cannot resolve component versions: {0}")]
+    Unsatisfiable(String),
+    #[error("dependency cycle: {0}; remove one of these dependencies")]
+    Cycle(String),
+    #[error(
+        "component {component}: no recipe in the component store or in the deployment; provide its recipe in the recipe directory"
+    )]
+    UnknownComponent { component: String },
+    #[error("component {component}: {message}")]
+    Platform { component: String, message: String },
+    #[error(
+        "artifact {uri} of {component}: file {file_name} not found in {searched}; put it at <artifacts dir>/<name>/<version>/{file_name}"
+    )]
+    MissingArtifact {
+        component: String,
+        uri: String,
+        file_name: String,
+        searched: String,
+    },
+    #[error(
+        "artifact {path} of {component}: digest mismatch (recipe says {expected}, file has {actual}); replace the file or fix the recipe's Digest"
+    )]
+    DigestMismatch {
+        component: String,
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error(
+        "artifact {uri} of {component}: {message}; supported: local files (any scheme) with Algorithm SHA-256"
+    )]
+    UnsupportedArtifact {
+        component: String,
+        uri: String,
+        message: String,
+    },
+    #[error(
+        "archive {archive}: entry {entry:?} rejected: {reason}; rebuild the archive without it"
+    )]
+    UnsafeArchive {
+        archive: PathBuf,
+        entry: String,
+        reason: String,
+    },
+    #[error("archive {archive}: {message}; check that it is a valid ZIP file")]
+    BadArchive { archive: PathBuf, message: String },
+    #[error("configuration store: {0}")]
+    Config(String),
+    #[error("bootstrap of {component} failed with exit code {code}; see logs/{name}.log", name = component.split('@').next().unwrap_or(component))]
+    Bootstrap { component: String, code: i32 },
+    #[error("bootstrap of {component} could not run: {message}")]
+    BootstrapRun { component: String, message: String },
+    #[error("component {component} rejected its new configuration: {message}")]
+    ConfigurationRejected { component: String, message: String },
+    #[error("components did not settle after the deployment: {0}")]
+    Settle(String),
+    #[error("deployment {0} not found; list deployments to see the known ids")]
+    NotFound(String),
+    #[error("deployment {id} is {status} and can no longer be cancelled (only QUEUED ones can)")]
+    NotCancelable { id: String, status: &'static str },
+    #[error("deployment {0} was cancelled before its configuration was merged")]
+    Canceled(String),
+    #[error("deployment record {path}: {message}; delete the file if it is corrupt")]
+    BadRecord { path: PathBuf, message: String },
+}
+
+impl DeployError {
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DeployError::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The Greengrass-style error type reported in deployment status (`deployment-error-types`).
+    pub(crate) fn error_type(&self) -> &'static str {
+        match self {
+            DeployError::Io { .. } => "DEVICE_ERROR",
+            DeployError::BadRequest(_)
+            | DeployError::BadRecipe { .. }
+            | DeployError::DuplicateRecipe { .. } => "REQUEST_ERROR",
+            DeployError::Unsatisfiable(_)
+            | DeployError::Cycle(_)
+            | DeployError::UnknownComponent { .. }
+            | DeployError::Platform { .. } => "DEPENDENCY_ERROR",
+            DeployError::MissingArtifact { .. }
+            | DeployError::DigestMismatch { .. }
+            | DeployError::UnsupportedArtifact { .. }
+            | DeployError::UnsafeArchive { .. }
+            | DeployError::BadArchive { .. } => "ARTIFACT_ERROR",
+            DeployError::Config(_) | DeployError::BadRecord { .. } => "NUCLEUS_ERROR",
+            DeployError::Bootstrap { .. } | DeployError::BootstrapRun { .. } => "COMPONENT_ERROR",
+            DeployError::ConfigurationRejected { .. } => "COMPONENT_ERROR",
+            DeployError::Settle(_) => "COMPONENT_ERROR",
+            DeployError::NotFound(_) | DeployError::NotCancelable { .. } => "REQUEST_ERROR",
+            DeployError::Canceled(_) => "REQUEST_ERROR",
+        }
+    }
+
+    /// Greengrass-style error stack codes (`deployment-error-stack`).
+    pub(crate) fn error_stack(&self) -> Vec<String> {
+        let code = match self {
+            DeployError::BadRecipe { .. } => "RECIPE_PARSE_ERROR",
+            DeployError::DuplicateRecipe { .. } => "RECIPE_PARSE_ERROR",
+            DeployError::Unsatisfiable(_) => "NO_AVAILABLE_COMPONENT_VERSION",
+            DeployError::Cycle(_) => "CIRCULAR_DEPENDENCY",
+            DeployError::UnknownComponent { .. } => "COMPONENT_NOT_FOUND",
+            DeployError::Platform { .. } => "COMPONENT_RECIPE_NOT_APPLICABLE",
+            DeployError::MissingArtifact { .. } => "LOCAL_ARTIFACT_NOT_FOUND",
+            DeployError::DigestMismatch { .. } => "ARTIFACT_CHECKSUM_MISMATCH",
+            DeployError::UnsafeArchive { .. } | DeployError::BadArchive { .. } => {
+                "ARTIFACT_UNARCHIVE_ERROR"
+            }
+            DeployError::Bootstrap { .. } | DeployError::BootstrapRun { .. } => "BOOTSTRAP_ERROR",
+            DeployError::ConfigurationRejected { .. } => "COMPONENT_CONFIGURATION_NOT_VALID",
+            DeployError::Settle(_) => "COMPONENT_BROKEN",
+            _ => "DEPLOYMENT_FAILURE",
+        };
+        vec!["DEPLOYMENT_FAILURE".to_string(), code.to_string()]
+    }
+}
