@@ -204,6 +204,7 @@ pub struct Auth {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(clippy::large_enum_variant, reason = "CONNECT is decoded once per connection; boxing it buys nothing")]
 pub enum Packet {
     Connect(Connect),
     ConnAck(ConnAck),

@@ -1,12 +1,40 @@
-//! An MQTT 3.1.1 and 5 broker.
+//! An MQTT 3.1.1 and 5 broker: the messaging foundation for client devices on the core and for
+//! the fleet service.
 //!
-//! Shaped like a protocol server: [`codec`] turns bytes into packets and back (pure, no I/O),
-//! the router keeps subscriptions, retained messages and sessions, and the server owns listeners,
-//! connection tasks and shutdown.
+//! Shaped like a protocol server: [`codec`] turns bytes into packets and back (pure, no I/O);
+//! `router` holds the subscription trie; `state` holds sessions, retained messages and delayed
+//! wills under one lock; `connection` runs one client; [`Server`] owns listeners, bounds the
+//! number of connections and shuts down gracefully. Authorization goes through [`Authorizer`].
 //!
-//! Architecture invariant: the codec never touches a socket; only `server` does I/O.
+//! Architecture invariant: the codec never touches a socket; only `server` and `connection` do I/O.
+//! Architecture invariant: routing never waits on a client: a client whose outbound queue is full
+//! is disconnected (slow consumer) and everyone else carries on.
+//! Architecture invariant: a client without a certificate is accepted only on a plain-TCP listener
+//! bound to a loopback address.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), lichen_broker::BrokerError> {
+//! use lichen_broker::{AllowAll, BrokerConfig, Listener, Server};
+//! let listeners = [Listener { addr: "127.0.0.1:1883".parse().unwrap(), tls: None }];
+//! let server = Server::bind(BrokerConfig::default(), &listeners, std::sync::Arc::new(AllowAll)).await?;
+//! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(()) }
+//! ```
 
+mod auth;
 pub mod codec;
+mod connection;
+mod router;
+mod server;
+mod state;
+
+pub use auth::{AllowAll, Authorizer, ClientContext};
+pub use server::{BrokerError, Listener, Server, tls_config};
+pub use state::BrokerConfig;
+pub use tokio_rustls::rustls;
+
+use anyhow::Context;
+use std::sync::Arc;
 
 /// Options for a standalone broker (`lichen broker`).
 #[derive(Debug, Clone, Default)]
@@ -16,9 +44,64 @@ pub struct StandaloneOptions {
     pub cert: Option<std::path::PathBuf>,
     pub key: Option<std::path::PathBuf>,
     pub client_ca: Option<std::path::PathBuf>,
+    /// Maximum packet size in bytes (both directions); `None` keeps the default.
+    pub max_packet_size: Option<u32>,
 }
 
-/// Runs a standalone broker until the process is asked to stop.
-pub async fn run_standalone(_opts: StandaloneOptions) -> anyhow::Result<()> {
-    anyhow::bail!("the broker is not built yet")
+/// Runs a standalone broker until SIGINT or SIGTERM.
+pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<()> {
+    let mut listeners = Vec::new();
+    let mut tls = None;
+    for url in &opts.listen {
+        let (scheme, hostport) = url
+            .split_once("://")
+            .with_context(|| format!("listener {url:?}: expected tcp://HOST:PORT or tls://HOST:PORT"))?;
+        let addr = tokio::net::lookup_host(hostport)
+            .await
+            .with_context(|| format!("listener {url:?}: cannot resolve {hostport:?}"))?
+            .next()
+            .with_context(|| format!("listener {url:?}: {hostport:?} resolves to no address"))?;
+        let tls_for_listener = match scheme {
+            "tcp" | "mqtt" => None,
+            "tls" | "ssl" | "mqtts" => {
+                if tls.is_none() {
+                    let (Some(cert), Some(key)) = (&opts.cert, &opts.key) else {
+                        anyhow::bail!("listener {url:?} needs --cert and --key");
+                    };
+                    tls = Some(tls_config(cert, key, opts.client_ca.as_deref())?);
+                }
+                tls.clone()
+            }
+            other => anyhow::bail!("listener {url:?}: unknown scheme {other:?}; use tcp or tls"),
+        };
+        listeners.push(Listener {
+            addr,
+            tls: tls_for_listener,
+        });
+    }
+    let mut config = BrokerConfig::default();
+    if let Some(max) = opts.max_packet_size {
+        config.max_packet_size = max;
+    }
+    let server = Server::bind(config, &listeners, Arc::new(AllowAll)).await?;
+    for addr in server.local_addrs() {
+        tracing::info!(%addr, "MQTT broker listening");
+        println!("listening on {addr}");
+    }
+    server.run(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

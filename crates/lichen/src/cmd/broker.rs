@@ -18,6 +18,9 @@ pub struct BrokerArgs {
     /// CA certificates (PEM) that client certificates must chain to.
     #[arg(long = "client-ca")]
     pub client_ca: Option<PathBuf>,
+    /// Largest MQTT packet accepted from or sent to a client, in bytes.
+    #[arg(long = "max-packet-size")]
+    pub max_packet_size: Option<u32>,
 }
 
 pub fn run(a: BrokerArgs) -> anyhow::Result<ExitCode> {
@@ -26,6 +29,7 @@ pub fn run(a: BrokerArgs) -> anyhow::Result<ExitCode> {
         cert: a.cert,
         key: a.key,
         client_ca: a.client_ca,
+        max_packet_size: a.max_packet_size,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(lichen_broker::run_standalone(opts))?;

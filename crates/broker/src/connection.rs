@@ -1,0 +1,669 @@
+//! One client connection: CONNECT handshake, then packets in, deliveries out, until it ends.
+//!
+//! Architecture invariant: the task owns its socket and its session's in-flight state while
+//! connected, and hands the session back to the core (with anything still queued) when it ends.
+
+use crate::auth::{Authorizer, ClientContext};
+use crate::codec::{
+    self, Ack, CodecError, ConnAck, Connect, Disconnect, Packet, Properties, Publish, QoS, SubAck, UnsubAck, Version,
+};
+use crate::router::{Subscription, parse_shared};
+use crate::state::{Core, Delivery, Inflight, Message, SessionData};
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a connection ended, which decides the will.
+enum End {
+    /// DISCONNECT 0x00 (or v5 0x04 = with will).
+    Normal { send_will: bool },
+    /// Network error, keep-alive timeout, protocol violation, takeover, slow consumer.
+    Abnormal,
+    /// Broker shutting down.
+    Shutdown,
+}
+
+struct Conn<'a, S> {
+    core: &'a Core,
+    authorizer: &'a dyn Authorizer,
+    ctx: ClientContext,
+    stream: S,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    version: Version,
+    data: SessionData,
+    /// The client's Receive Maximum (outbound in-flight window).
+    client_receive_max: usize,
+    /// The client's Maximum Packet Size.
+    client_max_packet: usize,
+    aliases: HashMap<u16, String>,
+    session_expiry: u32,
+    connect_expiry_was_zero: bool,
+}
+
+pub(crate) async fn serve<S>(
+    core: Arc<Core>,
+    authorizer: Arc<dyn Authorizer>,
+    mut stream: S,
+    ctx: ClientContext,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let max_packet = core.config.max_packet_size as usize;
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut stream, &mut rbuf, max_packet)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(ConnectError::Codec(CodecError::UnsupportedVersion { name, level }))) => {
+            tracing::debug!(peer = %ctx.peer, name, level, "unsupported protocol version");
+            let mut out = BytesMut::new();
+            let ack = ConnAck {
+                session_present: false,
+                reason_code: 0x01,
+                properties: Properties::default(),
+            };
+            codec::encode(&Packet::ConnAck(ack), Version::V311, &mut out);
+            let _ = stream.write_all(&out).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %ctx.peer, "connection closed before CONNECT: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %ctx.peer, "no CONNECT within {CONNECT_TIMEOUT:?}");
+            return;
+        }
+    };
+    let mut conn = Conn {
+        core: &core,
+        authorizer: &*authorizer,
+        ctx,
+        stream,
+        rbuf,
+        wbuf: BytesMut::new(),
+        version: connect.version,
+        data: SessionData::default(),
+        client_receive_max: 0,
+        client_max_packet: 0,
+        aliases: HashMap::new(),
+        session_expiry: 0,
+        connect_expiry_was_zero: false,
+    };
+    conn.run(connect, &mut shutdown).await;
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer closed the connection")]
+    Closed,
+}
+
+async fn read_connect<S: AsyncRead + Unpin>(stream: &mut S, rbuf: &mut BytesMut, max: usize) -> Result<Connect, ConnectError> {
+    loop {
+        if let Some((packet, used)) = codec::decode(rbuf, None, max)? {
+            let _ = rbuf.split_to(used);
+            match packet {
+                Packet::Connect(c) => return Ok(c),
+                _ => unreachable!("decode accepts only CONNECT before the version is known"),
+            }
+        }
+        if stream.read_buf(rbuf).await? == 0 {
+            return Err(ConnectError::Closed);
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
+    fn v5(&self) -> bool {
+        self.version == Version::V5
+    }
+
+    fn queue(&mut self, packet: &Packet) {
+        codec::encode(packet, self.version, &mut self.wbuf);
+    }
+
+    async fn flush(&mut self, kick: &mut tokio::sync::oneshot::Receiver<u8>) -> Result<(), Option<u8>> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let buf = self.wbuf.split();
+        tokio::select! {
+            r = self.stream.write_all(&buf) => r.map_err(|_| None),
+            k = kick => Err(k.ok()),
+        }
+    }
+
+    async fn refuse(&mut self, v3_code: u8, v5_code: u8) {
+        let reason_code = if self.v5() { v5_code } else { v3_code };
+        let ack = ConnAck {
+            session_present: false,
+            reason_code,
+            properties: Properties::default(),
+        };
+        self.queue(&Packet::ConnAck(ack));
+        let buf = self.wbuf.split();
+        let _ = self.stream.write_all(&buf).await;
+    }
+
+    async fn run(&mut self, connect: Connect, shutdown: &mut watch::Receiver<bool>) {
+        let v5 = self.v5();
+        let mut assigned = None;
+        let client_id = if connect.client_id.is_empty() {
+            if !v5 && !connect.clean_start {
+                return self.refuse(0x02, 0x85).await;
+            }
+            let id = format!("lichen-{}", uuid::Uuid::new_v4().simple());
+            assigned = Some(id.clone());
+            id
+        } else {
+            connect.client_id.clone()
+        };
+        self.ctx.client_id = client_id.clone();
+        self.ctx.username = connect.username.clone();
+        if connect.properties.authentication_method.is_some() {
+            // No enhanced authentication methods are offered.
+            return self.refuse(0x05, 0x8C).await;
+        }
+        if !self.ctx.anonymous_allowed && self.ctx.certificate_chain.is_empty() {
+            tracing::info!(client_id, peer = %self.ctx.peer, "refused: no client certificate on a non-loopback listener");
+            return self.refuse(0x05, 0x87).await;
+        }
+        if !self.authorizer.connect(&self.ctx) {
+            return self.refuse(0x05, 0x87).await;
+        }
+        self.session_expiry = if v5 {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        self.connect_expiry_was_zero = self.session_expiry == 0;
+        self.client_receive_max = if v5 {
+            usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX))
+        } else {
+            usize::from(self.core.config.max_inflight_v311)
+        };
+        self.client_max_packet = connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize);
+
+        // Take the session over from an earlier connection with the same identifier.
+        let mut attached = None;
+        for _ in 0..500 {
+            if let Some(a) = self.core.attach(&client_id, connect.clean_start) {
+                attached = Some(a);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let Some(attached) = attached else {
+            tracing::warn!(client_id, "previous connection did not release the session");
+            return self.refuse(0x03, 0x88).await;
+        };
+        let mut rx = attached.rx;
+        let mut kick = attached.kick;
+        self.data = attached.data;
+
+        let mut properties = Properties::default();
+        if v5 {
+            let cfg = &self.core.config;
+            properties.receive_maximum = Some(cfg.receive_maximum);
+            properties.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+            properties.maximum_packet_size = Some(cfg.max_packet_size);
+            properties.retain_available = Some(1);
+            properties.wildcard_subscription_available = Some(1);
+            properties.subscription_identifier_available = Some(1);
+            properties.shared_subscription_available = Some(1);
+            properties.assigned_client_identifier = assigned;
+        }
+        let ack = ConnAck {
+            session_present: attached.session_present,
+            reason_code: 0,
+            properties,
+        };
+        self.queue(&Packet::ConnAck(ack));
+        tracing::debug!(client_id, version = ?self.version, session_present = attached.session_present, "connected");
+        self.resend_inflight();
+        self.fill_window();
+
+        let keep_alive = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        let mut deadline = keep_alive.map(|k| Instant::now() + k);
+        let end = loop {
+            if let Err(reason) = self.flush(&mut kick).await {
+                if let Some(r) = reason {
+                    self.disconnect_with(r).await;
+                }
+                break End::Abnormal;
+            }
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                read = self.stream.read_buf(&mut self.rbuf) => {
+                    match read {
+                        Ok(0) | Err(_) => break End::Abnormal,
+                        Ok(_) => {}
+                    }
+                    deadline = keep_alive.map(|k| Instant::now() + k);
+                    match self.handle_input() {
+                        Ok(None) => {}
+                        Ok(Some(end)) => break end,
+                        Err(reason) => {
+                            if let Some(r) = reason {
+                                self.disconnect_with(r).await;
+                            }
+                            break End::Abnormal;
+                        }
+                    }
+                }
+                Some(delivery) = rx.recv() => {
+                    self.deliver(delivery);
+                    // Drain what is already queued so one flush carries it all.
+                    while let Ok(d) = rx.try_recv() {
+                        self.deliver(d);
+                    }
+                }
+                reason = &mut kick => {
+                    if let Ok(r) = reason {
+                        tracing::info!(client_id, reason = r, "disconnecting client");
+                        self.disconnect_with(r).await;
+                    }
+                    break End::Abnormal;
+                }
+                _ = sleep => {
+                    tracing::info!(client_id, "keep-alive expired");
+                    break End::Abnormal;
+                }
+                _ = shutdown.changed() => {
+                    self.disconnect_with(0x8B).await;
+                    break End::Shutdown;
+                }
+            }
+        };
+        let will = connect.will.as_ref().and_then(|w| {
+            let send = match end {
+                End::Normal { send_will } => send_will,
+                End::Abnormal => true,
+                End::Shutdown => false,
+            };
+            send.then(|| {
+                let now = Instant::now();
+                let message = Arc::new(Message {
+                    topic: w.topic.clone(),
+                    payload: w.payload.clone(),
+                    qos: w.qos,
+                    retain: w.retain,
+                    properties: forwarded(&w.properties),
+                    expires_at: w.properties.message_expiry_interval.map(|s| now + Duration::from_secs(u64::from(s))),
+                    publisher: client_id.clone(),
+                });
+                (message, w.properties.will_delay_interval.unwrap_or(0))
+            })
+        });
+        let will = will.filter(|(m, _)| self.authorizer.publish(&self.ctx, &m.topic));
+        let data = std::mem::take(&mut self.data);
+        self.core.detach(&client_id, attached.conn_id, data, &mut rx, will, self.session_expiry);
+        let _ = self.stream.shutdown().await;
+        tracing::debug!(client_id, "disconnected");
+    }
+
+    async fn disconnect_with(&mut self, reason_code: u8) {
+        if self.v5() {
+            let d = Disconnect {
+                reason_code,
+                properties: Properties::default(),
+            };
+            self.queue(&Packet::Disconnect(d));
+        }
+        let buf = self.wbuf.split();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&buf)).await;
+    }
+
+    /// Decodes and handles every complete packet in the read buffer.
+    /// `Err(Some(code))`: close after sending DISCONNECT with `code` (v5); `Err(None)`: just close.
+    fn handle_input(&mut self) -> Result<Option<End>, Option<u8>> {
+        loop {
+            let decoded = codec::decode(&self.rbuf, Some(self.version), self.core.config.max_packet_size as usize);
+            let (packet, used) = match decoded {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    tracing::info!(client_id = self.ctx.client_id, "closing connection: {e}");
+                    return Err(Some(e.reason_code()));
+                }
+            };
+            let _ = self.rbuf.split_to(used);
+            if let Some(end) = self.handle(packet)? {
+                return Ok(Some(end));
+            }
+        }
+    }
+
+    fn handle(&mut self, packet: Packet) -> Result<Option<End>, Option<u8>> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p)?,
+            Packet::PubAck(a) => {
+                if let Some(pos) = self.data.inflight.iter().position(|i| i.packet_id == a.packet_id && i.delivery.qos == QoS::AtLeastOnce) {
+                    self.data.inflight.remove(pos);
+                    self.fill_window();
+                }
+            }
+            Packet::PubRec(a) => {
+                let pos = self.data.inflight.iter().position(|i| i.packet_id == a.packet_id && i.delivery.qos == QoS::ExactlyOnce);
+                match pos {
+                    Some(pos) if a.reason_code >= 0x80 => {
+                        // The receiver refused it: the exchange ends here.
+                        self.data.inflight.remove(pos);
+                        self.fill_window();
+                    }
+                    Some(pos) => {
+                        self.data.inflight[pos].released = true;
+                        self.queue(&Packet::PubRel(ack(a.packet_id, 0)));
+                    }
+                    None => self.queue(&Packet::PubRel(ack(a.packet_id, 0x92))),
+                }
+            }
+            Packet::PubComp(a) => {
+                if let Some(pos) = self.data.inflight.iter().position(|i| i.packet_id == a.packet_id && i.released) {
+                    self.data.inflight.remove(pos);
+                    self.fill_window();
+                }
+            }
+            Packet::PubRel(a) => {
+                let code = if self.data.incoming_qos2.remove(&a.packet_id) { 0 } else { 0x92 };
+                self.queue(&Packet::PubComp(ack(a.packet_id, code)));
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s)?,
+            Packet::Unsubscribe(u) => {
+                let reason_codes = u
+                    .filters
+                    .iter()
+                    .map(|f| if self.core.unsubscribe(&self.ctx.client_id, f) { 0x00 } else { 0x11 })
+                    .collect();
+                let ack = UnsubAck {
+                    packet_id: u.packet_id,
+                    properties: Properties::default(),
+                    reason_codes,
+                };
+                self.queue(&Packet::UnsubAck(ack));
+            }
+            Packet::PingReq => self.queue(&Packet::PingResp),
+            Packet::Disconnect(d) => {
+                if let Some(expiry) = d.properties.session_expiry_interval {
+                    if self.connect_expiry_was_zero && expiry != 0 {
+                        return Err(Some(0x82));
+                    }
+                    self.session_expiry = expiry;
+                }
+                return Ok(Some(End::Normal {
+                    send_will: d.reason_code == 0x04,
+                }));
+            }
+            Packet::Auth(_) => return Err(Some(0x82)),
+            Packet::Connect(_) => {
+                tracing::info!(client_id = self.ctx.client_id, "second CONNECT on one connection");
+                return Err(Some(0x82));
+            }
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                tracing::info!(client_id = self.ctx.client_id, packet = packet.name(), "server-to-client packet from a client");
+                return Err(Some(0x82));
+            }
+        }
+        Ok(None)
+    }
+
+    fn on_publish(&mut self, mut p: Publish) -> Result<(), Option<u8>> {
+        if let Some(alias) = p.properties.topic_alias {
+            if alias > self.core.config.topic_alias_maximum {
+                return Err(Some(0x94));
+            }
+            if p.topic.is_empty() {
+                match self.aliases.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => return Err(Some(0x82)),
+                }
+            } else {
+                self.aliases.insert(alias, p.topic.clone());
+            }
+        } else if p.topic.is_empty() {
+            return Err(Some(0x82));
+        }
+        if p.qos == QoS::ExactlyOnce
+            && let Some(id) = p.packet_id
+            && self.data.incoming_qos2.contains(&id)
+        {
+            // A retransmission of a message already taken: acknowledge, do not route again.
+            self.queue(&Packet::PubRec(ack(id, 0)));
+            return Ok(());
+        }
+        if p.qos == QoS::ExactlyOnce && self.data.incoming_qos2.len() >= usize::from(self.core.config.receive_maximum) {
+            return Err(Some(0x93));
+        }
+        let allowed = self.authorizer.publish(&self.ctx, &p.topic);
+        let mut reason = 0x87;
+        if allowed {
+            let now = Instant::now();
+            let message = Arc::new(Message {
+                expires_at: p.properties.message_expiry_interval.map(|s| now + Duration::from_secs(u64::from(s))),
+                properties: forwarded(&p.properties),
+                topic: p.topic,
+                payload: p.payload,
+                qos: p.qos,
+                retain: p.retain,
+                publisher: self.ctx.client_id.clone(),
+            });
+            let reached = self.core.publish(message);
+            reason = if reached == 0 { 0x10 } else { 0x00 };
+        } else {
+            tracing::info!(client_id = self.ctx.client_id, "publish not authorized");
+        }
+        let reason = if self.v5() { reason } else { 0 };
+        match (p.qos, p.packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => self.queue(&Packet::PubAck(ack(id, reason))),
+            (QoS::ExactlyOnce, Some(id)) => {
+                if reason < 0x80 {
+                    self.data.incoming_qos2.insert(id);
+                }
+                self.queue(&Packet::PubRec(ack(id, reason)));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, s: codec::Subscribe) -> Result<(), Option<u8>> {
+        let v5 = self.v5();
+        let identifier = s.properties.subscription_identifiers.first().copied();
+        let mut reason_codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        for (filter, options) in &s.filters {
+            let (shared, inner) = match parse_shared(filter) {
+                Some((group, inner)) => {
+                    if group.is_empty() || group.contains(['+', '#']) {
+                        reason_codes.push(if v5 { 0x8F } else { 0x80 });
+                        continue;
+                    }
+                    if options.no_local {
+                        return Err(Some(0x82));
+                    }
+                    (true, inner)
+                }
+                None if filter.starts_with("$share/") || filter == "$share" => {
+                    reason_codes.push(if v5 { 0x8F } else { 0x80 });
+                    continue;
+                }
+                None => (false, filter.as_str()),
+            };
+            if codec::validate_topic_filter(inner).is_err() {
+                reason_codes.push(if v5 { 0x8F } else { 0x80 });
+                continue;
+            }
+            if !self.authorizer.subscribe(&self.ctx, filter) {
+                reason_codes.push(if v5 { 0x87 } else { 0x80 });
+                continue;
+            }
+            let sub = Subscription {
+                options: *options,
+                identifier,
+            };
+            let (existed, matching) = self.core.subscribe(&self.ctx.client_id, filter, sub);
+            reason_codes.push(options.qos as u8);
+            let send_retained = !shared && (options.retain_handling == 0 || (options.retain_handling == 1 && !existed));
+            if send_retained {
+                for message in matching {
+                    retained.push(Delivery {
+                        qos: message.qos.min(options.qos),
+                        message,
+                        retain: true,
+                        subscription_ids: identifier.into_iter().collect(),
+                    });
+                }
+            }
+        }
+        let ack = SubAck {
+            packet_id: s.packet_id,
+            properties: Properties::default(),
+            reason_codes,
+        };
+        self.queue(&Packet::SubAck(ack));
+        for d in retained {
+            self.deliver(d);
+        }
+        Ok(())
+    }
+
+    /// Sends a delivery now, or queues it behind a full in-flight window.
+    fn deliver(&mut self, d: Delivery) {
+        if d.qos == QoS::AtMostOnce {
+            self.send_publish(&d, None, false);
+            return;
+        }
+        if self.data.inflight.len() >= self.client_receive_max || !self.data.pending.is_empty() {
+            if self.data.pending.len() < self.core.config.max_queued_messages {
+                self.data.pending.push_back(d);
+            } else {
+                tracing::warn!(client_id = self.ctx.client_id, "session queue full; message dropped");
+            }
+            self.fill_window();
+            return;
+        }
+        self.start_inflight(d);
+    }
+
+    fn start_inflight(&mut self, d: Delivery) {
+        let Some(packet_id) = self.next_packet_id() else {
+            self.data.pending.push_front(d);
+            return;
+        };
+        if self.send_publish(&d, Some(packet_id), false) {
+            self.data.inflight.push_back(Inflight {
+                packet_id,
+                delivery: d,
+                released: false,
+            });
+        }
+    }
+
+    fn fill_window(&mut self) {
+        while self.data.inflight.len() < self.client_receive_max {
+            let Some(d) = self.data.pending.pop_front() else {
+                break;
+            };
+            self.start_inflight(d);
+        }
+    }
+
+    fn resend_inflight(&mut self) {
+        let inflight: Vec<(u16, bool, Delivery)> = self.data.inflight.iter().map(|i| (i.packet_id, i.released, i.delivery.clone())).collect();
+        for (packet_id, released, delivery) in inflight {
+            if released {
+                self.queue(&Packet::PubRel(ack(packet_id, 0)));
+            } else {
+                // Retransmissions are sent even if the message expired meanwhile: the exchange is under way.
+                self.encode_publish(&delivery, Some(packet_id), true);
+            }
+        }
+    }
+
+    fn next_packet_id(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            self.data.next_packet_id = self.data.next_packet_id.wrapping_add(1).max(1);
+            let id = self.data.next_packet_id;
+            if !self.data.inflight.iter().any(|i| i.packet_id == id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Encodes a PUBLISH unless the message expired or exceeds the client's maximum packet size.
+    /// Returns whether it was sent.
+    fn send_publish(&mut self, d: &Delivery, packet_id: Option<u16>, dup: bool) -> bool {
+        if d.message.expired(Instant::now()) {
+            return false;
+        }
+        self.encode_publish(d, packet_id, dup)
+    }
+
+    fn encode_publish(&mut self, d: &Delivery, packet_id: Option<u16>, dup: bool) -> bool {
+        let m = &d.message;
+        let mut properties = Properties::default();
+        if self.v5() {
+            properties = m.properties.clone();
+            properties.subscription_identifiers = d.subscription_ids.clone();
+            if let Some(t) = m.expires_at {
+                let left = t.saturating_duration_since(Instant::now());
+                properties.message_expiry_interval = Some(left.as_secs().max(1).min(u64::from(u32::MAX)) as u32);
+            }
+        }
+        let publish = Publish {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic: m.topic.clone(),
+            packet_id,
+            properties,
+            payload: m.payload.clone(),
+        };
+        let mut out = BytesMut::new();
+        codec::encode(&Packet::Publish(publish), self.version, &mut out);
+        if out.len() > self.client_max_packet {
+            tracing::debug!(client_id = self.ctx.client_id, topic = m.topic, "message exceeds the client's maximum packet size; dropped");
+            return false;
+        }
+        self.wbuf.extend_from_slice(&out);
+        true
+    }
+}
+
+fn ack(packet_id: u16, reason_code: u8) -> Ack {
+    Ack {
+        packet_id,
+        reason_code,
+        properties: Properties::default(),
+    }
+}
+
+/// The publication properties that travel with a message to its subscribers.
+fn forwarded(p: &Properties) -> Properties {
+    Properties {
+        payload_format_indicator: p.payload_format_indicator,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
+        ..Properties::default()
+    }
+}

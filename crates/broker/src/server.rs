@@ -1,0 +1,232 @@
+//! Listeners, connection tasks with a bound on their number, and graceful shutdown.
+
+use crate::auth::{Authorizer, ClientContext};
+use crate::connection;
+use crate::state::{BrokerConfig, Core};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {addr}: {source}; pick a free port or another address")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot read {path}: {what}")]
+    TlsFile { path: PathBuf, what: String },
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+/// One address to listen on, with TLS settings for `tls://` listeners.
+#[derive(Clone)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub tls: Option<Arc<ServerConfig>>,
+}
+
+/// Builds a TLS server configuration; with `client_ca`, clients must present a certificate
+/// chaining to one of its CAs.
+pub fn tls_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Arc<ServerConfig>, BrokerError> {
+    let file_err = |path: &Path| {
+        let path = path.to_owned();
+        move |e: rustls::pki_types::pem::Error| BrokerError::TlsFile {
+            path,
+            what: e.to_string(),
+        }
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(file_err(cert))?
+        .collect::<Result<_, _>>()
+        .map_err(file_err(cert))?;
+    if chain.is_empty() {
+        return Err(BrokerError::TlsFile {
+            path: cert.to_owned(),
+            what: "no PEM certificate found".into(),
+        });
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(file_err(key))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BrokerError::Tls(e.to_string()))?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).map_err(file_err(ca))? {
+                roots
+                    .add(c.map_err(file_err(ca))?)
+                    .map_err(|e| BrokerError::TlsFile {
+                        path: ca.to_owned(),
+                        what: e.to_string(),
+                    })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| BrokerError::Tls(format!("client CA {}: {e}", ca.display())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
+        .with_single_cert(chain, key_der)
+        .map_err(|e| BrokerError::Tls(format!("certificate {} with key {}: {e}", cert.display(), key.display())))?;
+    Ok(Arc::new(config))
+}
+
+struct Bound {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    anonymous_allowed: bool,
+}
+
+/// A broker with its listeners bound, ready to [`Server::run`].
+pub struct Server {
+    core: Arc<Core>,
+    authorizer: Arc<dyn Authorizer>,
+    bound: Vec<Bound>,
+}
+
+impl Server {
+    pub async fn bind(config: BrokerConfig, listeners: &[Listener], authorizer: Arc<dyn Authorizer>) -> Result<Server, BrokerError> {
+        let mut bound = Vec::new();
+        for l in listeners {
+            let listener = TcpListener::bind(l.addr).await.map_err(|source| BrokerError::Bind { addr: l.addr, source })?;
+            let anonymous_allowed = l.tls.is_none() && l.addr.ip().is_loopback();
+            if l.tls.is_none() && !anonymous_allowed {
+                tracing::warn!(addr = %l.addr, "plain TCP listener off loopback: every CONNECT will be refused (no client certificate)");
+            }
+            bound.push(Bound {
+                listener,
+                tls: l.tls.clone().map(TlsAcceptor::from),
+                anonymous_allowed,
+            });
+        }
+        Ok(Server {
+            core: Core::new(config),
+            authorizer,
+            bound,
+        })
+    }
+
+    /// The addresses actually bound (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.bound.iter().filter_map(|b| b.listener.local_addr().ok()).collect()
+    }
+
+    /// Serves until `shutdown` completes, then tells every client and waits (bounded) for them.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let max = self.core.config.max_connections.max(1);
+        let permits = Arc::new(Semaphore::new(max));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        {
+            let core = self.core.clone();
+            let mut stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(HOUSEKEEPING_PERIOD);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => core.tick(),
+                        _ = stop.changed() => break,
+                    }
+                }
+            }));
+        }
+        for b in self.bound {
+            let core = self.core.clone();
+            let authorizer = self.authorizer.clone();
+            let permits = permits.clone();
+            let stop = stop_rx.clone();
+            tasks.push(tokio::spawn(accept_loop(b, core, authorizer, permits, stop)));
+        }
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        // Every connection task holds a permit; all permits back means all tasks ended.
+        let all = u32::try_from(max).unwrap_or(u32::MAX);
+        if tokio::time::timeout(SHUTDOWN_GRACE, permits.acquire_many(all)).await.is_err() {
+            tracing::warn!("some connections did not close within {SHUTDOWN_GRACE:?}");
+        }
+    }
+}
+
+async fn accept_loop(b: Bound, core: Arc<Core>, authorizer: Arc<dyn Authorizer>, permits: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        let (socket, peer) = tokio::select! {
+            r = b.listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = socket.set_nodelay(true);
+        let ctx = ClientContext {
+            client_id: String::new(),
+            username: None,
+            peer,
+            certificate_chain: Vec::new(),
+            anonymous_allowed: b.anonymous_allowed,
+        };
+        let core = core.clone();
+        let authorizer = authorizer.clone();
+        let tls = b.tls.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            serve_socket(socket, tls, ctx, core, authorizer, stop).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_socket(
+    socket: TcpStream,
+    tls: Option<TlsAcceptor>,
+    mut ctx: ClientContext,
+    core: Arc<Core>,
+    authorizer: Arc<dyn Authorizer>,
+    stop: watch::Receiver<bool>,
+) {
+    match tls {
+        None => connection::serve(core, authorizer, socket, ctx, stop).await,
+        Some(acceptor) => {
+            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(peer = %ctx.peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(peer = %ctx.peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            if let Some(chain) = stream.get_ref().1.peer_certificates() {
+                ctx.certificate_chain = chain.iter().map(|c| c.clone().into_owned()).collect();
+            }
+            connection::serve(core, authorizer, stream, ctx, stop).await
+        }
+    }
+}
