@@ -1,21 +1,46 @@
 //! Stream manager: durable local streams and the Stream Manager SDK protocol.
 //!
-//! Duty: keep append-only, size- and TTL-bounded message streams (`store`), and serve them to
-//! the unmodified Stream Manager SDKs over their TCP protocol (`codec` frames and CBOR messages,
-//! `server` connections and operations). Export definitions are parsed and stored with
-//! per-export checkpoints (`export`); the exporters that upload data come later.
+//! Duty: keep append-only, size- and TTL-bounded message streams ([`store`]), and serve them to
+//! the unmodified Stream Manager SDKs over their TCP protocol (`codec`: frames and CBOR
+//! messages; `server`: connections and operations). Export definitions are parsed and stored
+//! with per-export checkpoints ([`export`]); the exporters that upload data come later.
+//! [`StreamManager`] is the embeddable service (`start` / `stop`); [`run_standalone`] backs
+//! `lichen stream-manager`.
 //!
 //! Architecture invariant: nothing is acknowledged to a client before the store has accepted
-//! it, and with `flushOnWrite` before it is on disk.
+//! it, and with `flushOnWrite` not before it is on disk.
 //! Architecture invariant: `codec` does no I/O; `store` knows nothing of the protocol; a
 //! malformed frame closes only its own connection.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use lichen_streams::{StreamManager, StreamManagerConfig};
+//! use std::sync::Arc;
+//! let sm = StreamManager::start(StreamManagerConfig {
+//!     store_root: "/var/lib/lichen/streams".into(),
+//!     port: 0,
+//!     authenticate_client: true,
+//!     token_validator: Some(Arc::new(|token: &str| token == "secret")),
+//! })
+//! .await?;
+//! println!("listening on {}", sm.local_addr());
+//! sm.stop().await;
+//! # Ok(()) }
+//! ```
 
+mod codec;
 pub mod export;
 pub mod model;
+mod server;
+mod service;
 pub mod store;
 
 pub use model::{Persistence, StrategyOnFull, StreamDefinition};
+pub use server::TokenValidator;
+pub use service::{ConfigError, StreamManager, StreamManagerConfig};
 pub use store::{Message, Store, StoreError, Stream, StreamInfo};
+
+use std::sync::Arc;
 
 /// Options for a standalone stream manager server (`lichen stream-manager`).
 #[derive(Debug, Clone, Default)]
@@ -23,9 +48,33 @@ pub struct StandaloneOptions {
     pub store_root: std::path::PathBuf,
     /// TCP port on 127.0.0.1; 0 picks a free one.
     pub port: u16,
+    /// When not empty, clients must connect with one of these tokens
+    /// (`STREAM_MANAGER_AUTHENTICATE_CLIENT`); when empty, any client is accepted.
+    pub auth_tokens: Vec<String>,
 }
 
-/// Runs a standalone stream manager until the process is asked to stop.
-pub async fn run_standalone(_opts: StandaloneOptions) -> anyhow::Result<()> {
-    anyhow::bail!("the stream manager is not built yet")
+/// Runs a standalone stream manager until SIGINT or SIGTERM. Prints
+/// `stream manager listening on 127.0.0.1:<port>` on stdout once it accepts connections.
+pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<()> {
+    let tokens = opts.auth_tokens;
+    let sm = StreamManager::start(StreamManagerConfig {
+        store_root: opts.store_root,
+        port: opts.port,
+        authenticate_client: !tokens.is_empty(),
+        token_validator: Some(Arc::new(move |t: &str| tokens.iter().any(|k| k == t))),
+    })
+    .await?;
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "stream manager listening on {}", sm.local_addr())?;
+        out.flush()?;
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    sm.stop().await;
+    Ok(())
 }

@@ -12,12 +12,17 @@ pub struct StreamManagerArgs {
     /// TCP port on 127.0.0.1 (0 picks a free one and prints it).
     #[arg(long, default_value_t = 8088)]
     pub port: u16,
+    /// Require clients to connect with this token (repeatable); without any, clients are not
+    /// authenticated (STREAM_MANAGER_AUTHENTICATE_CLIENT=false).
+    #[arg(long = "auth-token", env = "LICHEN_STREAM_MANAGER_AUTH_TOKENS", value_delimiter = ',')]
+    pub auth_tokens: Vec<String>,
 }
 
 pub fn run(a: StreamManagerArgs) -> anyhow::Result<ExitCode> {
     let opts = lichen_streams::StandaloneOptions {
         store_root: a.store_root,
         port: a.port,
+        auth_tokens: a.auth_tokens,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(lichen_streams::run_standalone(opts))?;

@@ -1,0 +1,486 @@
+//! The TCP server: accept loop with bounded connections, the connect handshake, and one task per
+//! connection that decodes frames and applies operations to the store. Long-polling reads run in
+//! their own tasks so they never block other requests on the same connection.
+
+use crate::codec::{self, DecodeError, ReadOptions, Request, Response, Status, op};
+use crate::store::{Store, StoreError};
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+/// Decides whether a Connect `authToken` is valid (the core wires this to its IPC tokens).
+pub type TokenValidator = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// At most this many bytes of payload in one ReadMessages response: well under the 2^30 frame
+/// limit, and a bound on the memory one read may take.
+const READ_RESPONSE_BYTE_CAP: u64 = 256 * 1024 * 1024;
+const MAX_CONNECTIONS: usize = 1024;
+/// Responses queued per connection before the connection stops reading requests.
+const OUTBOUND_QUEUE: usize = 64;
+
+pub(crate) struct Context {
+    pub store: Arc<Store>,
+    pub validator: Option<TokenValidator>,
+}
+
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = shutdown.changed() => break,
+        };
+        let (sock, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let ctx = ctx.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                r = serve_connection(sock, ctx) => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "stream manager connection closed");
+                    }
+                }
+                _ = shutdown.changed() => {}
+            }
+            drop(permit);
+        });
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+async fn read_frame(
+    sock: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut BytesMut,
+) -> Result<Option<codec::Frame>, ConnError> {
+    loop {
+        if let Some(f) = codec::decode_frame(buf).map_err(|e| ConnError::Protocol(e.to_string()))? {
+            return Ok(Some(f));
+        }
+        if sock.read_buf(buf).await? == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(ConnError::Protocol("connection closed mid-frame".into()))
+            };
+        }
+    }
+}
+
+async fn serve_connection(mut sock: TcpStream, ctx: Arc<Context>) -> Result<(), ConnError> {
+    sock.set_nodelay(true)?;
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let version = sock.read_u8().await?;
+    let Some(frame) = read_frame(&mut sock, &mut buf).await? else {
+        return Ok(());
+    };
+    if frame.op != op::CONNECT {
+        return Err(ConnError::Protocol(format!(
+            "expected Connect, got operation {}",
+            frame.op
+        )));
+    }
+    let request = codec::decode_request(frame.op, &frame.payload)
+        .map_err(|e| ConnError::Protocol(e.message))?;
+    let Request::Connect {
+        request_id,
+        protocol_version,
+        auth_token,
+    } = request
+    else {
+        return Err(ConnError::Protocol("expected Connect".into()));
+    };
+    let refusal = if version != codec::CONNECT_VERSION {
+        Some((
+            Status::UnsupportedConnectVersion,
+            format!("connect version {version} is not supported; use 1"),
+        ))
+    } else if let Some(reason) = check_protocol_version(protocol_version.as_deref()) {
+        Some(reason)
+    } else if let Some(validate) = &ctx.validator {
+        match auth_token.as_deref() {
+            Some(t) if validate(t) => None,
+            Some(_) => Some((
+                Status::Unauthorized,
+                "the authToken is not valid".to_string(),
+            )),
+            None => Some((
+                Status::Unauthorized,
+                "an authToken is required (AWS_CONTAINER_AUTHORIZATION_TOKEN)".to_string(),
+            )),
+        }
+    } else {
+        None
+    };
+    let (status, error) = match &refusal {
+        Some((s, e)) => (*s, Some(e.clone())),
+        None => (Status::Success, None),
+    };
+    let mut hello = vec![codec::CONNECT_VERSION];
+    hello.extend(
+        codec::connect_response_fields(Response::new(&request_id, status, error))
+            .field(
+                "clientIdentifier",
+                ciborium::value::Value::Text(request_id.clone()),
+            )
+            .encode(op::CONNECT_RESPONSE),
+    );
+    sock.write_all(&hello).await?;
+    if let Some((_, e)) = refusal {
+        let _ = sock.shutdown().await;
+        return Err(ConnError::Protocol(format!("connect refused: {e}")));
+    }
+
+    let (mut rd, mut wr) = sock.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUTBOUND_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if wr.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let result = async {
+        while let Some(frame) = read_frame(&mut rd, &mut buf).await? {
+            dispatch(frame, &ctx, &tx).await?;
+        }
+        Ok(())
+    }
+    .await;
+    drop(tx);
+    // Let queued responses (and in-flight reads holding a sender) finish writing.
+    let _ = writer.await;
+    result
+}
+
+fn check_protocol_version(v: Option<&str>) -> Option<(Status, String)> {
+    let Some(v) = v else {
+        return Some((
+            Status::InvalidProtocolVersion,
+            "protocolVersion is required".into(),
+        ));
+    };
+    let parts: Vec<_> = v.split('.').collect();
+    if parts.len() != 3 || parts.iter().any(|p| p.parse::<u32>().is_err()) {
+        return Some((
+            Status::InvalidProtocolVersion,
+            format!("protocolVersion {v:?} is not MAJOR.MINOR.PATCH"),
+        ));
+    }
+    if parts[0] != "1" {
+        return Some((
+            Status::UnsupportedProtocolVersion,
+            format!("protocolVersion {v} is not supported; this server speaks 1.1.0 and 1.0.0"),
+        ));
+    }
+    None
+}
+
+fn response_op(request_op: u8) -> u8 {
+    match request_op {
+        op::CREATE => op::CREATE_RESPONSE,
+        op::DELETE => op::DELETE_RESPONSE,
+        op::APPEND => op::APPEND_RESPONSE,
+        op::READ => op::READ_RESPONSE,
+        op::LIST => op::LIST_RESPONSE,
+        op::DESCRIBE => op::DESCRIBE_RESPONSE,
+        op::UPDATE => op::UPDATE_RESPONSE,
+        _ => op::UNKNOWN_OPERATION_ERROR,
+    }
+}
+
+fn store_status(e: &StoreError) -> Status {
+    match e {
+        StoreError::NotFound(_) => Status::ResourceNotFound,
+        StoreError::AlreadyExists(_)
+        | StoreError::InvalidDefinition(_)
+        | StoreError::InvalidRequest(_)
+        | StoreError::StreamFull { .. } => Status::InvalidRequest,
+        StoreError::RecordTooLarge { .. } => Status::RequestPayloadTooLarge,
+        StoreError::UpdateNotAllowed { .. } => Status::UpdateNotAllowed,
+        StoreError::Corrupt { .. } => Status::MessageStoreReadError,
+        StoreError::Io { .. } => Status::UnknownFailure,
+    }
+}
+
+fn failure(request_op: u8, request_id: &str, status: Status, message: String) -> Vec<u8> {
+    Response::new(request_id, status, Some(message)).encode(response_op(request_op))
+}
+
+async fn send(tx: &mpsc::Sender<Vec<u8>>, frame: Vec<u8>) -> Result<(), ConnError> {
+    tx.send(frame)
+        .await
+        .map_err(|_| ConnError::Protocol("connection writer stopped".into()))
+}
+
+async fn dispatch(
+    frame: codec::Frame,
+    ctx: &Arc<Context>,
+    tx: &mpsc::Sender<Vec<u8>>,
+) -> Result<(), ConnError> {
+    let fop = frame.op;
+    let known = matches!(
+        fop,
+        op::CREATE | op::DELETE | op::APPEND | op::READ | op::LIST | op::DESCRIBE | op::UPDATE
+    );
+    if !known {
+        // Unsupported operation: answer with UnknownOperationError when we can tell whom to answer.
+        let Some(id) = codec::peek_request_id(&frame.payload) else {
+            return Err(ConnError::Protocol(format!(
+                "operation {fop} without a requestId"
+            )));
+        };
+        let msg = format!("operation {fop} is not supported by this server");
+        return send(
+            tx,
+            Response::new(&id, Status::UnknownOperation, Some(msg))
+                .encode(op::UNKNOWN_OPERATION_ERROR),
+        )
+        .await;
+    }
+    let request = match codec::decode_request(fop, &frame.payload) {
+        Ok(r) => r,
+        Err(DecodeError {
+            request_id: Some(id),
+            message,
+        }) => return send(tx, failure(fop, &id, Status::InvalidRequest, message)).await,
+        Err(DecodeError {
+            request_id: None,
+            message,
+        }) => return Err(ConnError::Protocol(message)),
+    };
+    let store = &ctx.store;
+    let reply = match request {
+        Request::Connect { .. } => unreachable!("Connect is not in the known set"),
+        Request::Create {
+            request_id,
+            definition,
+        } => match store.create(definition) {
+            Ok(_) => Response::new(&request_id, Status::Success, None).encode(op::CREATE_RESPONSE),
+            Err(e) => failure(fop, &request_id, store_status(&e), e.to_string()),
+        },
+        Request::Update {
+            request_id,
+            definition,
+        } => match store.update(definition) {
+            Ok(()) => Response::new(&request_id, Status::Success, None).encode(op::UPDATE_RESPONSE),
+            Err(e) => {
+                let status = match &e {
+                    StoreError::Io { .. } => Status::UpdateFailed,
+                    other => store_status(other),
+                };
+                failure(fop, &request_id, status, e.to_string())
+            }
+        },
+        Request::Delete { request_id, name } => match store.delete(&name) {
+            Ok(()) => Response::new(&request_id, Status::Success, None).encode(op::DELETE_RESPONSE),
+            Err(e) => failure(fop, &request_id, store_status(&e), e.to_string()),
+        },
+        Request::Describe { request_id, name } => match store.get(&name) {
+            Ok(s) => Response::new(&request_id, Status::Success, None)
+                .field("messageStreamInfo", codec::stream_info_value(&s.info()))
+                .encode(op::DESCRIBE_RESPONSE),
+            Err(e) => failure(fop, &request_id, store_status(&e), e.to_string()),
+        },
+        Request::List { request_id } => Response::new(&request_id, Status::Success, None)
+            .field("streams", codec::string_list(store.list()))
+            .encode(op::LIST_RESPONSE),
+        Request::Append {
+            request_id,
+            name,
+            payload,
+        } => {
+            let appended = store
+                .get(&name)
+                .and_then(|s| s.append(&payload).map(|a| (s, a)));
+            match appended {
+                Ok((stream, a)) if a.needs_sync => {
+                    // The record has its place in the log (so appends keep their order); the
+                    // answer waits for a group commit off the connection's task.
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let seq = a.sequence_number;
+                        let synced =
+                            tokio::task::spawn_blocking(move || stream.wait_durable(seq)).await;
+                        let frame = match synced {
+                            Ok(Ok(())) => append_ok(&request_id, seq),
+                            Ok(Err(e)) => failure(
+                                op::APPEND,
+                                &request_id,
+                                Status::UnknownFailure,
+                                e.to_string(),
+                            ),
+                            Err(e) => failure(
+                                op::APPEND,
+                                &request_id,
+                                Status::UnknownFailure,
+                                e.to_string(),
+                            ),
+                        };
+                        let _ = tx.send(frame).await;
+                    });
+                    return Ok(());
+                }
+                Ok((_, a)) => append_ok(&request_id, a.sequence_number),
+                Err(e) => failure(fop, &request_id, store_status(&e), e.to_string()),
+            }
+        }
+        Request::Read {
+            request_id,
+            stream_name,
+            options,
+        } => {
+            if options.timeout_millis == 0 {
+                read_messages(store, &request_id, &stream_name, &options).await
+            } else {
+                let tx = tx.clone();
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let frame = read_messages(&store, &request_id, &stream_name, &options).await;
+                    let _ = tx.send(frame).await;
+                });
+                return Ok(());
+            }
+        }
+    };
+    send(tx, reply).await
+}
+
+fn append_ok(request_id: &str, seq: u64) -> Vec<u8> {
+    Response::new(request_id, Status::Success, None)
+        .field(
+            "sequenceNumber",
+            ciborium::value::Value::Integer(seq.into()),
+        )
+        .encode(op::APPEND_RESPONSE)
+}
+
+/// ReadMessages: at least `min` messages from `max(desired, oldest)`, waiting for appends up to
+/// the read timeout; answered exactly once, no later than the timeout.
+async fn read_messages(
+    store: &Store,
+    request_id: &str,
+    stream_name: &str,
+    o: &ReadOptions,
+) -> Vec<u8> {
+    let fail = |status, msg: String| failure(op::READ, request_id, status, msg);
+    if o.min_count < 1
+        || o.max_count < 1
+        || o.min_count > i32::MAX as u64
+        || o.max_count > i32::MAX as u64
+    {
+        return fail(
+            Status::InvalidRequest,
+            "readMessagesOptions: minMessageCount and maxMessageCount must be between 1 and 2147483647".into(),
+        );
+    }
+    if o.min_count > o.max_count {
+        return fail(
+            Status::InvalidRequest,
+            "readMessagesOptions.minMessageCount must be less than or equal to maxMessageCount"
+                .into(),
+        );
+    }
+    let stream = match store.get(stream_name) {
+        Ok(s) => s,
+        Err(e) => return fail(store_status(&e), e.to_string()),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(o.timeout_millis);
+    let mut appended = stream.subscribe();
+    loop {
+        appended.borrow_and_update();
+        let got = match stream.read(
+            o.desired_start,
+            o.max_count as usize,
+            READ_RESPONSE_BYTE_CAP,
+        ) {
+            Ok(m) => m,
+            Err(StoreError::Io { op, path, source }) => {
+                return fail(
+                    Status::MessageStoreReadError,
+                    format!("{op} {}: {source}", path.display()),
+                );
+            }
+            Err(e) => return fail(store_status(&e), e.to_string()),
+        };
+        let enough = got.len() as u64 >= o.min_count;
+        let capped =
+            got.iter().map(|m| m.payload.len() as u64).sum::<u64>() >= READ_RESPONSE_BYTE_CAP / 2;
+        if enough || (capped && !got.is_empty()) {
+            if got.len() == 1 && got[0].payload.len() as u64 >= READ_RESPONSE_BYTE_CAP {
+                return fail(
+                    Status::ResponsePayloadTooLarge,
+                    format!(
+                        "message {} is too large for one response",
+                        got[0].sequence_number
+                    ),
+                );
+            }
+            return Response::new(request_id, Status::Success, None)
+                .field("messages", codec::messages_value(stream_name, got))
+                .encode(op::READ_RESPONSE);
+        }
+        let not_enough = || {
+            fail(
+                Status::NotEnoughMessages,
+                format!(
+                    "stream {stream_name:?} has {} of the {} messages asked for from sequence number {}",
+                    got.len(),
+                    o.min_count,
+                    o.desired_start
+                ),
+            )
+        };
+        if o.timeout_millis == 0 {
+            return not_enough();
+        }
+        match tokio::time::timeout_at(deadline, appended.changed()).await {
+            Ok(Ok(())) => {
+                if store.get(stream_name).is_err() {
+                    return fail(
+                        Status::ResourceNotFound,
+                        format!("stream {stream_name:?} was deleted"),
+                    );
+                }
+            }
+            Ok(Err(_)) => {
+                return fail(
+                    Status::ResourceNotFound,
+                    format!("stream {stream_name:?} was deleted"),
+                );
+            }
+            Err(_) => return not_enough(),
+        }
+    }
+}
+
+/// Binds 127.0.0.1:port and returns the listener and its actual address.
+pub(crate) async fn bind(port: u16) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}

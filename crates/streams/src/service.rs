@@ -1,0 +1,222 @@
+//! The embeddable service: `StreamManager::start(config)` / `stop()`, and the parse of the
+//! `aws.greengrass.StreamManager` component configuration (spec §1.2).
+
+use crate::server::{self, Context, TokenValidator};
+use crate::store::Store;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How often TTLs are applied to all streams.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Configuration of one stream manager instance.
+#[derive(Clone)]
+pub struct StreamManagerConfig {
+    /// `STREAM_MANAGER_STORE_ROOT_DIR`.
+    pub store_root: PathBuf,
+    /// `STREAM_MANAGER_SERVER_PORT` on 127.0.0.1; 0 picks a free port (see
+    /// [`StreamManager::local_addr`]).
+    pub port: u16,
+    /// `STREAM_MANAGER_AUTHENTICATE_CLIENT`: when true, Connect must carry a token that
+    /// `token_validator` accepts; without a validator every token is refused.
+    pub authenticate_client: bool,
+    pub token_validator: Option<TokenValidator>,
+}
+
+impl std::fmt::Debug for StreamManagerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamManagerConfig")
+            .field("store_root", &self.store_root)
+            .field("port", &self.port)
+            .field("authenticate_client", &self.authenticate_client)
+            .field("token_validator", &self.token_validator.is_some())
+            .finish()
+    }
+}
+
+/// A component configuration value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("aws.greengrass.StreamManager configuration {key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl StreamManagerConfig {
+    /// Reads the component's `configuration` namespace. Values may be strings (`"18088"`,
+    /// `"false"`) or JSON scalars; absent keys take the documented defaults. Exporter keys are
+    /// accepted and ignored until exporters exist.
+    pub fn from_component_config(
+        config: &serde_json::Value,
+        default_store_root: PathBuf,
+    ) -> Result<Self, ConfigError> {
+        let get = |key: &str| config.get(key).filter(|v| !v.is_null());
+        let bad = |key: &str, reason: &str| ConfigError {
+            key: key.to_string(),
+            reason: reason.to_string(),
+        };
+        let store_root = match get("STREAM_MANAGER_STORE_ROOT_DIR") {
+            None => default_store_root,
+            Some(serde_json::Value::String(s)) if !s.is_empty() => PathBuf::from(s),
+            Some(_) => {
+                return Err(bad(
+                    "STREAM_MANAGER_STORE_ROOT_DIR",
+                    "must be a directory path",
+                ));
+            }
+        };
+        let port = match get("STREAM_MANAGER_SERVER_PORT") {
+            None => 8088,
+            Some(v) => scalar_text(v).parse::<u16>().map_err(|_| {
+                bad(
+                    "STREAM_MANAGER_SERVER_PORT",
+                    "must be a port number 0-65535",
+                )
+            })?,
+        };
+        let authenticate_client = match get("STREAM_MANAGER_AUTHENTICATE_CLIENT") {
+            None => true,
+            Some(v) => match scalar_text(v).to_ascii_lowercase().as_str() {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return Err(bad(
+                        "STREAM_MANAGER_AUTHENTICATE_CLIENT",
+                        "must be true or false",
+                    ));
+                }
+            },
+        };
+        Ok(StreamManagerConfig {
+            store_root,
+            port,
+            authenticate_client,
+            token_validator: None,
+        })
+    }
+}
+
+fn scalar_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.trim().to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// A running stream manager: the store, the TCP server and the TTL sweeper.
+pub struct StreamManager {
+    store: Arc<Store>,
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl StreamManager {
+    /// Opens the store (recovering File streams) and starts serving on 127.0.0.1.
+    pub async fn start(config: StreamManagerConfig) -> anyhow::Result<StreamManager> {
+        let root = config.store_root.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(root)).await??;
+        let store = Arc::new(store);
+        let (listener, local_addr) = server::bind(config.port).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on 127.0.0.1:{}: {e}; pick another STREAM_MANAGER_SERVER_PORT",
+                config.port
+            )
+        })?;
+        let validator = if config.authenticate_client {
+            Some(
+                config
+                    .token_validator
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(|_: &str| false)),
+            )
+        } else {
+            None
+        };
+        let ctx = Arc::new(Context {
+            store: store.clone(),
+            validator,
+        });
+        let (shutdown, rx) = watch::channel(false);
+        let accept = tokio::spawn(server::accept_loop(listener, ctx, rx.clone()));
+        let sweeper_store = store.clone();
+        let mut sweeper_rx = rx;
+        let sweeper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let s = sweeper_store.clone();
+                        let _ = tokio::task::spawn_blocking(move || s.expire_all()).await;
+                    }
+                    _ = sweeper_rx.changed() => break,
+                }
+            }
+        });
+        tracing::info!(addr = %local_addr, root = %store.root().display(), "stream manager started");
+        Ok(StreamManager {
+            store,
+            local_addr,
+            shutdown,
+            tasks: vec![accept, sweeper],
+        })
+    }
+
+    /// The address actually bound; the core records its port in the component's `port` key.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Stops accepting, closes every connection and flushes File streams to disk.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.sync_all()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn component_config_coerces_strings() {
+        let c = StreamManagerConfig::from_component_config(
+            &serde_json::json!({
+                "STREAM_MANAGER_SERVER_PORT": "18088",
+                "STREAM_MANAGER_AUTHENTICATE_CLIENT": "false",
+                "STREAM_MANAGER_STORE_ROOT_DIR": "/data/sm",
+                "STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE": "5"
+            }),
+            PathBuf::from("/default"),
+        )
+        .unwrap();
+        assert_eq!(c.port, 18088);
+        assert!(!c.authenticate_client);
+        assert_eq!(c.store_root, PathBuf::from("/data/sm"));
+        let d = StreamManagerConfig::from_component_config(
+            &serde_json::json!({}),
+            PathBuf::from("/default"),
+        )
+        .unwrap();
+        assert_eq!((d.port, d.authenticate_client), (8088, true));
+        assert_eq!(d.store_root, PathBuf::from("/default"));
+        let e = StreamManagerConfig::from_component_config(
+            &serde_json::json!({"STREAM_MANAGER_SERVER_PORT": "x"}),
+            PathBuf::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "STREAM_MANAGER_SERVER_PORT");
+    }
+}
