@@ -1,1 +1,40 @@
 //! Greengrass IPC: eventstream RPC over a Unix socket, tokens, authorization, operations.
+//!
+//! Components written against the AWS IoT Device SDK talk to the core through this crate,
+//! unmodified. Layers, each testable alone:
+//! * [`codec`] — `vnd.amazon.eventstream` frames (pure, no I/O);
+//! * the RPC layer in [`server`] — CONNECT/CONNECT_ACK with a per-component token
+//!   ([`TokenRegistry`]), streams, responses, events, errors, PING;
+//! * [`Router`] — the operation registry. The kernel knows no service: each service registers its
+//!   operations ([`Router::register_unary`], [`Router::register_streaming`]) with the
+//!   authorization they need ([`Authz`]), checked by the [`Authorizer`] against the components'
+//!   `accessControl` policies (deny by default);
+//! * [`register_kernel_operations`] — local pub/sub on the [`lichen_bus::Bus`], component
+//!   configuration, token validation;
+//! * [`IpcClient`] — a client for the CLI, tests and benchmarks.
+//!
+//! Architecture invariants: a malformed or hostile client can only close its own connection
+//! (every length is checked before use, every frame is bounded); no event is sent on a stream
+//! before its response; an operation nobody registered answers `ServiceError`, never a dropped
+//! connection; tokens live only in memory.
+
+pub mod codec;
+
+mod authz;
+mod client;
+mod config_source;
+mod kernel;
+mod router;
+mod rpc;
+mod server;
+mod tokens;
+
+pub use authz::{Authorizer, CLI_SERVICE, ResourcePattern, ResourceStyle};
+pub use client::{ClientError, EventStream, IpcClient};
+pub use config_source::{ChangeCallback, ConfigSource};
+pub use kernel::{PUBSUB_SERVICE, STREAM_MANAGER, register_kernel_operations};
+pub use router::{
+    Authz, Caller, EventSink, HandlerFuture, IpcError, Router, SERVICE_ID, StreamClosed,
+};
+pub use server::{IpcServer, ServerError, ServerOptions, component_socket_path};
+pub use tokens::TokenRegistry;

@@ -1,0 +1,327 @@
+//! A small IPC client (for the CLI, tests and benchmarks).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::codec::{self, Decoder, Frame};
+use crate::router::full_name;
+use crate::rpc::*;
+use crate::server::short_path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("IPC socket {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the IPC server rejected the connection (unknown token)")]
+    Rejected,
+    #[error("IPC protocol error: {0}")]
+    Protocol(String),
+    #[error("the IPC connection closed")]
+    Closed,
+    /// The operation failed: `shape` is e.g. `aws.greengrass#UnauthorizedError`.
+    #[error("{shape}: {message}")]
+    Remote {
+        shape: String,
+        message: String,
+        payload: Value,
+    },
+}
+
+type Routes = Arc<Mutex<HashMap<i32, mpsc::UnboundedSender<Frame>>>>;
+
+/// A connected, authenticated IPC client. Dropping it closes the connection.
+pub struct IpcClient {
+    out: mpsc::Sender<Bytes>,
+    routes: Routes,
+    next_stream: AtomicI32,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for IpcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpcClient").finish_non_exhaustive()
+    }
+}
+
+impl IpcClient {
+    /// Connects to `socket` and authenticates with `token` (a component's `SVCUID`).
+    pub async fn connect(socket: &Path, token: &str) -> Result<IpcClient, ClientError> {
+        let io_err = |source| ClientError::Io {
+            path: socket.display().to_string(),
+            source,
+        };
+        let (path, _dir) = short_path(socket).map_err(io_err)?;
+        let mut stream = UnixStream::connect(&path).await.map_err(io_err)?;
+        let mut connect = Frame {
+            headers: vec![string_header(VERSION, PROTOCOL_VERSION)],
+            payload: serde_json::to_vec(&serde_json::json!({ "authToken": token }))
+                .unwrap_or_default()
+                .into(),
+        };
+        connect.headers.extend(rpc_headers(CONNECT, 0, 0));
+        let bytes = codec::encode(&connect).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        stream.write_all(&bytes).await.map_err(io_err)?;
+        let decoder = Decoder::new(codec::MAX_FRAME_LIMIT);
+        let mut buf = BytesMut::new();
+        let ack = loop {
+            if let Some(f) = decoder
+                .decode(&mut buf)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
+                break f;
+            }
+            if stream.read_buf(&mut buf).await.map_err(io_err)? == 0 {
+                return Err(ClientError::Closed);
+            }
+        };
+        if ack.header_i32(MESSAGE_TYPE) != Some(CONNECT_ACK) {
+            return Err(ClientError::Protocol(format!(
+                "expected CONNECT_ACK, got message type {:?}",
+                ack.header_i32(MESSAGE_TYPE)
+            )));
+        }
+        if ack.header_i32(MESSAGE_FLAGS).unwrap_or(0) & FLAG_CONNECTION_ACCEPTED == 0 {
+            return Err(ClientError::Rejected);
+        }
+        let (mut read, mut write) = stream.into_split();
+        let (out, mut out_rx) = mpsc::channel::<Bytes>(1024);
+        let writer = tokio::spawn(async move {
+            while let Some(b) = out_rx.recv().await {
+                if write.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let routes: Routes = Arc::default();
+        let reader_routes = routes.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                loop {
+                    match decoder.decode(&mut buf) {
+                        Ok(Some(frame)) => {
+                            let stream = frame.header_i32(STREAM_ID).unwrap_or(0);
+                            let routes = reader_routes.lock().unwrap_or_else(|e| e.into_inner());
+                            if let Some(tx) = routes.get(&stream) {
+                                let _ = tx.send(frame);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            reader_routes
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .clear();
+                            return;
+                        }
+                    }
+                }
+                match read.read_buf(&mut buf).await {
+                    Ok(n) if n > 0 => {}
+                    _ => {
+                        // Dropping the senders ends every waiting call with `Closed`.
+                        reader_routes
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clear();
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(IpcClient {
+            out,
+            routes,
+            next_stream: AtomicI32::new(1),
+            reader,
+            writer,
+        })
+    }
+
+    async fn open(
+        &self,
+        op: &str,
+        request: &Value,
+    ) -> Result<(i32, mpsc::UnboundedReceiver<Frame>, Value), ClientError> {
+        let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(stream, tx);
+        let op = full_name(op);
+        let shape = format!("{op}Request");
+        let body = serde_json::to_vec(request).unwrap_or_default();
+        let frame = json_message(
+            APPLICATION_MESSAGE,
+            0,
+            stream,
+            Some(&shape),
+            &[(OPERATION, &op)],
+            body.into(),
+        );
+        let bytes = codec::encode(&frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.out
+            .send(bytes)
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        let first = rx.recv().await.ok_or(ClientError::Closed)?;
+        match decode_message(&first) {
+            Ok(Some(v)) => Ok((stream, rx, v)),
+            Ok(None) => Err(ClientError::Protocol(format!(
+                "{op}: stream closed without a response"
+            ))),
+            Err(e) => {
+                self.forget(stream);
+                Err(e)
+            }
+        }
+    }
+
+    fn forget(&self, stream: i32) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&stream);
+    }
+
+    /// Calls a request/response operation (`op` = `GetConfiguration` or the full id).
+    pub async fn call(&self, op: &str, request: Value) -> Result<Value, ClientError> {
+        let (stream, _rx, response) = self.open(op, &request).await?;
+        self.forget(stream);
+        Ok(response)
+    }
+
+    /// Starts a streaming operation: its response and the stream of its events.
+    pub async fn subscribe(
+        &self,
+        op: &str,
+        request: Value,
+    ) -> Result<(Value, EventStream), ClientError> {
+        let (stream, rx, response) = self.open(op, &request).await?;
+        Ok((
+            response,
+            EventStream {
+                stream,
+                rx,
+                out: self.out.clone(),
+                routes: self.routes.clone(),
+                closed: false,
+            },
+        ))
+    }
+}
+
+impl Drop for IpcClient {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+/// `Ok(Some(json))` for an application message with payload, `Ok(None)` for a bare stream close.
+fn decode_message(frame: &Frame) -> Result<Option<Value>, ClientError> {
+    let kind = frame.header_i32(MESSAGE_TYPE);
+    let flags = frame.header_i32(MESSAGE_FLAGS).unwrap_or(0);
+    let payload: Option<Value> = if frame.payload.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::from_slice(&frame.payload)
+                .map_err(|e| ClientError::Protocol(format!("payload is not JSON: {e}")))?,
+        )
+    };
+    match kind {
+        Some(APPLICATION_MESSAGE) => {
+            if payload.is_none() && flags & FLAG_TERMINATE_STREAM != 0 {
+                Ok(None)
+            } else {
+                Ok(Some(payload.unwrap_or(Value::Object(Default::default()))))
+            }
+        }
+        Some(APPLICATION_ERROR) => {
+            let payload = payload.unwrap_or(Value::Null);
+            Err(ClientError::Remote {
+                shape: frame.header_str(SERVICE_MODEL_TYPE).unwrap_or("").into(),
+                message: payload
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .into(),
+                payload,
+            })
+        }
+        other => Err(ClientError::Protocol(format!(
+            "unexpected message type {other:?} on a stream"
+        ))),
+    }
+}
+
+/// The events of one streaming operation. Dropping it closes the stream (the server releases
+/// the subscription).
+pub struct EventStream {
+    stream: i32,
+    rx: mpsc::UnboundedReceiver<Frame>,
+    out: mpsc::Sender<Bytes>,
+    routes: Routes,
+    closed: bool,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream")
+            .field("stream", &self.stream)
+            .finish()
+    }
+}
+
+impl EventStream {
+    /// The next event; `None` once the server closed the stream or the connection ended.
+    pub async fn recv(&mut self) -> Option<Result<Value, ClientError>> {
+        if self.closed {
+            return None;
+        }
+        let frame = self.rx.recv().await?;
+        match decode_message(&frame) {
+            Ok(Some(v)) => Some(Ok(v)),
+            Ok(None) => {
+                self.closed = true;
+                None
+            }
+            Err(e) => {
+                self.closed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.stream);
+        if !self.closed
+            && let Ok(bytes) = codec::encode(&bare(
+                APPLICATION_MESSAGE,
+                FLAG_TERMINATE_STREAM,
+                self.stream,
+            ))
+        {
+            let _ = self.out.try_send(bytes);
+        }
+    }
+}

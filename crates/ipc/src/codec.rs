@@ -1,0 +1,321 @@
+//! `application/vnd.amazon.eventstream` frames: encode and incremental decode.
+//!
+//! Architecture invariant: pure — no I/O, no async; every length read from the wire is checked
+//! against the buffer and the limits before it is used, so no input can panic or allocate more
+//! than the frame limit.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Prelude (total length, headers length, prelude CRC) plus the trailing message CRC.
+pub const FRAME_OVERHEAD: usize = 16;
+const PRELUDE_LEN: usize = 12;
+/// aws-c-event-stream's hard ceiling for a frame.
+pub const MAX_FRAME_LIMIT: usize = 24 * 1024 * 1024;
+/// What the server accepts by default.
+pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+pub const MAX_HEADER_NAME_LEN: usize = 255;
+pub const MAX_HEADER_VALUE_LEN: usize = 32767;
+pub const MAX_HEADERS: usize = 1024;
+
+/// A header value; the discriminant is the wire type byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderValue {
+    Bool(bool),
+    Byte(i8),
+    Int16(i16),
+    Int32(i32),
+    Int64(i64),
+    ByteBuf(Bytes),
+    String(String),
+    Timestamp(i64),
+    Uuid([u8; 16]),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: HeaderValue,
+}
+
+/// One eventstream message.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Frame {
+    pub headers: Vec<Header>,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodecError {
+    #[error("prelude CRC mismatch (computed {computed:#010x}, frame says {expected:#010x})")]
+    PreludeCrc { expected: u32, computed: u32 },
+    #[error("message CRC mismatch (computed {computed:#010x}, frame says {expected:#010x})")]
+    MessageCrc { expected: u32, computed: u32 },
+    #[error("frame length {len} is outside 16..={max} bytes")]
+    FrameLength { len: usize, max: usize },
+    #[error("headers length {headers} does not fit in a frame of {total} bytes")]
+    HeadersLength { headers: usize, total: usize },
+    #[error("malformed header block at byte {offset}: {reason}")]
+    BadHeader { offset: usize, reason: &'static str },
+    #[error("header {name:?} is too large to encode: {reason}")]
+    Encode { name: String, reason: &'static str },
+}
+
+impl Frame {
+    /// The first header with this name (eventstream RPC matches names case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&HeaderValue> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| &h.value)
+    }
+
+    pub fn header_i32(&self, name: &str) -> Option<i32> {
+        match self.header(name) {
+            Some(HeaderValue::Int32(v)) => Some(*v),
+            _ => None,
+        }
+    }
+
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        match self.header(name) {
+            Some(HeaderValue::String(v)) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+fn encoded_value_len(v: &HeaderValue) -> usize {
+    match v {
+        HeaderValue::Bool(_) => 0,
+        HeaderValue::Byte(_) => 1,
+        HeaderValue::Int16(_) => 2,
+        HeaderValue::Int32(_) => 4,
+        HeaderValue::Int64(_) | HeaderValue::Timestamp(_) => 8,
+        HeaderValue::ByteBuf(b) => 2 + b.len(),
+        HeaderValue::String(s) => 2 + s.len(),
+        HeaderValue::Uuid(_) => 16,
+    }
+}
+
+/// Encodes a frame; fails only for headers beyond the eventstream limits or a frame above
+/// [`MAX_FRAME_LIMIT`].
+pub fn encode(frame: &Frame) -> Result<Bytes, CodecError> {
+    if frame.headers.len() > MAX_HEADERS {
+        return Err(CodecError::Encode {
+            name: String::new(),
+            reason: "more than 1024 headers",
+        });
+    }
+    let mut headers_len = 0usize;
+    for h in &frame.headers {
+        if h.name.is_empty() || h.name.len() > MAX_HEADER_NAME_LEN {
+            return Err(CodecError::Encode {
+                name: h.name.clone(),
+                reason: "name must be 1..=255 bytes",
+            });
+        }
+        let value_len = match &h.value {
+            HeaderValue::ByteBuf(b) => b.len(),
+            HeaderValue::String(s) => s.len(),
+            _ => 0,
+        };
+        if value_len > MAX_HEADER_VALUE_LEN {
+            return Err(CodecError::Encode {
+                name: h.name.clone(),
+                reason: "value longer than 32767 bytes",
+            });
+        }
+        headers_len += 1 + h.name.len() + 1 + encoded_value_len(&h.value);
+    }
+    let total = FRAME_OVERHEAD + headers_len + frame.payload.len();
+    if total > MAX_FRAME_LIMIT {
+        return Err(CodecError::FrameLength {
+            len: total,
+            max: MAX_FRAME_LIMIT,
+        });
+    }
+    let mut out = BytesMut::with_capacity(total);
+    out.put_u32(total as u32);
+    out.put_u32(headers_len as u32);
+    out.put_u32(crc32fast::hash(&out[..8]));
+    for h in &frame.headers {
+        out.put_u8(h.name.len() as u8);
+        out.put_slice(h.name.as_bytes());
+        match &h.value {
+            HeaderValue::Bool(true) => out.put_u8(0),
+            HeaderValue::Bool(false) => out.put_u8(1),
+            HeaderValue::Byte(v) => {
+                out.put_u8(2);
+                out.put_i8(*v);
+            }
+            HeaderValue::Int16(v) => {
+                out.put_u8(3);
+                out.put_i16(*v);
+            }
+            HeaderValue::Int32(v) => {
+                out.put_u8(4);
+                out.put_i32(*v);
+            }
+            HeaderValue::Int64(v) => {
+                out.put_u8(5);
+                out.put_i64(*v);
+            }
+            HeaderValue::ByteBuf(b) => {
+                out.put_u8(6);
+                out.put_u16(b.len() as u16);
+                out.put_slice(b);
+            }
+            HeaderValue::String(s) => {
+                out.put_u8(7);
+                out.put_u16(s.len() as u16);
+                out.put_slice(s.as_bytes());
+            }
+            HeaderValue::Timestamp(v) => {
+                out.put_u8(8);
+                out.put_i64(*v);
+            }
+            HeaderValue::Uuid(u) => {
+                out.put_u8(9);
+                out.put_slice(u);
+            }
+        }
+    }
+    out.put_slice(&frame.payload);
+    let crc = crc32fast::hash(&out);
+    out.put_u32(crc);
+    Ok(out.freeze())
+}
+
+/// Incremental decoder: feed it a growing buffer, take whole frames out.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    max_frame: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new(DEFAULT_MAX_FRAME)
+    }
+}
+
+impl Decoder {
+    /// `max_frame` is clamped to [`MAX_FRAME_LIMIT`].
+    pub fn new(max_frame: usize) -> Decoder {
+        Decoder {
+            max_frame: max_frame.clamp(FRAME_OVERHEAD, MAX_FRAME_LIMIT),
+        }
+    }
+
+    /// Takes one frame off the front of `buf` when it is complete. `Ok(None)` = need more bytes.
+    /// The prelude is checked (CRC, lengths) as soon as its 12 bytes are in, so a hostile length
+    /// is refused before anything is buffered for it. After an error the stream is unusable.
+    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        if buf.len() < PRELUDE_LEN {
+            return Ok(None);
+        }
+        let total = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        let headers_len = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+        let expected = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        let computed = crc32fast::hash(&buf[..8]);
+        if expected != computed {
+            return Err(CodecError::PreludeCrc { expected, computed });
+        }
+        if total < FRAME_OVERHEAD || total > self.max_frame {
+            return Err(CodecError::FrameLength {
+                len: total,
+                max: self.max_frame,
+            });
+        }
+        if headers_len > total - FRAME_OVERHEAD {
+            return Err(CodecError::HeadersLength {
+                headers: headers_len,
+                total,
+            });
+        }
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        let expected = u32::from_be_bytes([
+            buf[total - 4],
+            buf[total - 3],
+            buf[total - 2],
+            buf[total - 1],
+        ]);
+        let computed = crc32fast::hash(&buf[..total - 4]);
+        if expected != computed {
+            return Err(CodecError::MessageCrc { expected, computed });
+        }
+        let mut frame = buf.split_to(total).freeze();
+        frame.advance(PRELUDE_LEN);
+        let headers = decode_headers(&frame[..headers_len])?;
+        let payload = frame.slice(headers_len..total - FRAME_OVERHEAD);
+        Ok(Some(Frame { headers, payload }))
+    }
+}
+
+fn decode_headers(mut block: &[u8]) -> Result<Vec<Header>, CodecError> {
+    let start_len = block.len();
+    let mut headers = Vec::new();
+    while !block.is_empty() {
+        let offset = start_len - block.len();
+        let bad = |reason| CodecError::BadHeader { offset, reason };
+        if headers.len() == MAX_HEADERS {
+            return Err(bad("more than 1024 headers"));
+        }
+        let name_len = block[0] as usize;
+        if name_len == 0 {
+            return Err(bad("empty header name"));
+        }
+        if block.len() < 2 + name_len {
+            return Err(bad("header name runs past the header block"));
+        }
+        let name = std::str::from_utf8(&block[1..1 + name_len])
+            .map_err(|_| bad("header name is not UTF-8"))?
+            .to_string();
+        let kind = block[1 + name_len];
+        block = &block[2 + name_len..];
+        let mut take = |n: usize| -> Result<&[u8], CodecError> {
+            if block.len() < n {
+                return Err(bad("header value runs past the header block"));
+            }
+            let (v, rest) = block.split_at(n);
+            block = rest;
+            Ok(v)
+        };
+        let value = match kind {
+            0 => HeaderValue::Bool(true),
+            1 => HeaderValue::Bool(false),
+            2 => HeaderValue::Byte(take(1)?[0] as i8),
+            3 => HeaderValue::Int16(i16::from_be_bytes(take(2)?.try_into().unwrap_or_default())),
+            4 => HeaderValue::Int32(i32::from_be_bytes(take(4)?.try_into().unwrap_or_default())),
+            5 => HeaderValue::Int64(i64::from_be_bytes(take(8)?.try_into().unwrap_or_default())),
+            6 | 7 => {
+                let len = u16::from_be_bytes(take(2)?.try_into().unwrap_or_default()) as usize;
+                if len > MAX_HEADER_VALUE_LEN {
+                    return Err(bad("header value longer than 32767 bytes"));
+                }
+                let v = take(len)?;
+                if kind == 6 {
+                    HeaderValue::ByteBuf(Bytes::copy_from_slice(v))
+                } else {
+                    HeaderValue::String(
+                        std::str::from_utf8(v)
+                            .map_err(|_| bad("string header value is not UTF-8"))?
+                            .to_string(),
+                    )
+                }
+            }
+            8 => {
+                HeaderValue::Timestamp(i64::from_be_bytes(take(8)?.try_into().unwrap_or_default()))
+            }
+            9 => HeaderValue::Uuid(take(16)?.try_into().unwrap_or_default()),
+            _ => return Err(bad("unknown header value type")),
+        };
+        headers.push(Header { name, value });
+    }
+    Ok(headers)
+}
+
+#[cfg(test)]
+mod tests;

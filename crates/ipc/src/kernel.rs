@@ -1,0 +1,394 @@
+//! The kernel's own IPC operations: local pub/sub, component configuration, token validation.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use lichen_bus::{Bus, Message, Payload, ReceiveMode, SubscribeOptions};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::authz::ResourceStyle;
+use crate::config_source::ConfigSource;
+use crate::router::{Authz, Caller, EventSink, IpcError, Router};
+use crate::tokens::TokenRegistry;
+
+/// The accessControl service id of local pub/sub.
+pub const PUBSUB_SERVICE: &str = "aws.greengrass.ipc.pubsub";
+/// The only component allowed to call ValidateAuthorizationToken.
+pub const STREAM_MANAGER: &str = "aws.greengrass.StreamManager";
+/// Config change events buffered per subscription before further ones are dropped (and logged).
+const CONFIG_EVENT_BUFFER: usize = 1024;
+
+fn topic_of(request: &Value) -> String {
+    request
+        .get("topic")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn pubsub() -> Authz {
+    Authz::Service {
+        service_id: PUBSUB_SERVICE.to_string(),
+        resource: topic_of,
+        style: ResourceStyle::Standard,
+    }
+}
+
+/// Registers PublishToTopic, SubscribeToTopic, GetConfiguration, UpdateConfiguration,
+/// SubscribeToConfigurationUpdate and ValidateAuthorizationToken.
+pub fn register_kernel_operations(
+    router: &Router,
+    bus: Bus,
+    config: Arc<dyn ConfigSource>,
+    tokens: Arc<TokenRegistry>,
+) {
+    let b = bus.clone();
+    router.register_unary("PublishToTopic", pubsub(), move |caller, req| {
+        let bus = b.clone();
+        async move { publish_to_topic(&bus, caller, req) }
+    });
+    router.register_streaming(
+        "SubscribeToTopic",
+        "SubscriptionResponseMessage",
+        pubsub(),
+        move |caller, req, sink| {
+            let bus = bus.clone();
+            async move { subscribe_to_topic(&bus, caller, req, sink) }
+        },
+    );
+    let c = config.clone();
+    router.register_unary("GetConfiguration", Authz::None, move |caller, req| {
+        let config = c.clone();
+        async move { get_configuration(config.as_ref(), caller, req) }
+    });
+    let c = config.clone();
+    router.register_unary("UpdateConfiguration", Authz::None, move |caller, req| {
+        let config = c.clone();
+        async move { update_configuration(config.as_ref(), caller, req) }
+    });
+    router.register_streaming(
+        "SubscribeToConfigurationUpdate",
+        "ConfigurationUpdateEvents",
+        Authz::None,
+        move |caller, req, sink| {
+            let config = config.clone();
+            async move { subscribe_to_configuration_update(config, caller, req, sink) }
+        },
+    );
+    router.register_unary(
+        "ValidateAuthorizationToken",
+        Authz::None,
+        move |caller, req| {
+            let tokens = tokens.clone();
+            async move { validate_authorization_token(&tokens, caller, req) }
+        },
+    );
+}
+
+fn required_str<'a>(req: &'a Value, field: &str, op: &str) -> Result<&'a str, IpcError> {
+    match req.get(field) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::String(_)) | None | Some(Value::Null) => Err(IpcError::invalid_arguments(
+            format!("{op}: `{field}` is required and must not be empty"),
+        )),
+        Some(_) => Err(IpcError::invalid_arguments(format!(
+            "{op}: `{field}` must be a string"
+        ))),
+    }
+}
+
+fn publish_to_topic(bus: &Bus, caller: Caller, req: Value) -> Result<Value, IpcError> {
+    let topic = required_str(&req, "topic", "PublishToTopic")?;
+    if topic.contains(['+', '#', '*']) {
+        return Err(IpcError::invalid_arguments(format!(
+            "PublishToTopic: topic {topic:?} contains a wildcard (`+`, `#` or `*`); publish to a concrete topic"
+        )));
+    }
+    let message = req.get("publishMessage").cloned().unwrap_or(Value::Null);
+    let payload = match (message.get("jsonMessage"), message.get("binaryMessage")) {
+        (Some(j), None) => Payload::Json(j.get("message").cloned().unwrap_or(Value::Null)),
+        (None, Some(b)) => {
+            let text = b.get("message").and_then(Value::as_str).unwrap_or_default();
+            let bytes = B64.decode(text).map_err(|e| {
+                IpcError::invalid_arguments(format!(
+                    "PublishToTopic: publishMessage.binaryMessage.message is not base64: {e}"
+                ))
+            })?;
+            Payload::Binary(bytes.into())
+        }
+        _ => {
+            return Err(IpcError::invalid_arguments(
+                "PublishToTopic: publishMessage must set exactly one of jsonMessage or binaryMessage",
+            ));
+        }
+    };
+    bus.publish(
+        topic,
+        Message {
+            payload,
+            publisher: caller.component,
+        },
+    )
+    .map_err(|e| IpcError::invalid_arguments(format!("PublishToTopic: {e}")))?;
+    Ok(json!({}))
+}
+
+fn subscribe_to_topic(
+    bus: &Bus,
+    caller: Caller,
+    req: Value,
+    sink: EventSink,
+) -> Result<Value, IpcError> {
+    let topic = required_str(&req, "topic", "SubscribeToTopic")?;
+    let receive_mode = match req.get("receiveMode").and_then(Value::as_str) {
+        None => None,
+        Some("RECEIVE_ALL_MESSAGES") => Some(ReceiveMode::ReceiveAllMessages),
+        Some("RECEIVE_MESSAGES_FROM_OTHERS") => Some(ReceiveMode::ReceiveMessagesFromOthers),
+        Some(other) => {
+            return Err(IpcError::invalid_arguments(format!(
+                "SubscribeToTopic: receiveMode {other:?} is not RECEIVE_ALL_MESSAGES or RECEIVE_MESSAGES_FROM_OTHERS"
+            )));
+        }
+    };
+    let mut sub = bus
+        .subscribe(
+            topic,
+            SubscribeOptions {
+                receive_mode,
+                subscriber_id: caller.component,
+                queue_capacity: 0,
+            },
+        )
+        .map_err(|e| IpcError::invalid_arguments(format!("SubscribeToTopic: {e}")))?;
+    tokio::spawn(async move {
+        loop {
+            let delivery = tokio::select! {
+                d = sub.recv() => match d { Some(d) => d, None => break },
+                _ = sink.closed() => break,
+            };
+            let context = json!({ "topic": delivery.topic });
+            let event = match &delivery.message.payload {
+                Payload::Json(v) => {
+                    json!({ "jsonMessage": { "message": v, "context": context } })
+                }
+                Payload::Binary(b) => {
+                    json!({ "binaryMessage": { "message": B64.encode(b), "context": context } })
+                }
+            };
+            if sink.send(event).await.is_err() {
+                break;
+            }
+        }
+        // `sub` drops here: unsubscribed.
+    });
+    Ok(json!({}))
+}
+
+fn key_path(req: &Value, op: &str) -> Result<Vec<String>, IpcError> {
+    match req.get("keyPath") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| {
+                i.as_str().map(str::to_string).ok_or_else(|| {
+                    IpcError::invalid_arguments(format!("{op}: keyPath must be a list of strings"))
+                })
+            })
+            .collect(),
+        Some(_) => Err(IpcError::invalid_arguments(format!(
+            "{op}: keyPath must be a list of strings"
+        ))),
+    }
+}
+
+fn component_of(req: &Value, caller: &Caller) -> String {
+    match req.get("componentName").and_then(Value::as_str) {
+        Some(c) if !c.is_empty() => c.to_string(),
+        _ => caller.component.clone(),
+    }
+}
+
+fn config_path<'a>(component: &'a str, key_path: &'a [String]) -> Vec<&'a str> {
+    let mut path = vec!["services", component, "configuration"];
+    path.extend(key_path.iter().map(String::as_str));
+    path
+}
+
+fn not_found(component: &str, key_path: &[String]) -> IpcError {
+    IpcError::ResourceNotFound {
+        message: format!(
+            "Key not found: {component} has no configuration at {:?}",
+            key_path
+        ),
+        resource_type: Some("Configuration".into()),
+        resource_name: Some(key_path.join(".")),
+    }
+}
+
+fn get_configuration(
+    config: &dyn ConfigSource,
+    caller: Caller,
+    req: Value,
+) -> Result<Value, IpcError> {
+    let component = component_of(&req, &caller);
+    let key_path = key_path(&req, "GetConfiguration")?;
+    let path = config_path(&component, &key_path);
+    let value = match config.get(&path) {
+        Some(v) => v,
+        // A component that exists but has no configuration reads as an empty map.
+        None if key_path.is_empty() && config.get(&["services", &component]).is_some() => {
+            json!({})
+        }
+        None => return Err(not_found(&component, &key_path)),
+    };
+    let value = match (value, key_path.last()) {
+        (v @ Value::Object(_), _) | (v, None) => v,
+        (leaf, Some(name)) => json!({ name: leaf }),
+    };
+    Ok(json!({ "componentName": component, "value": value }))
+}
+
+/// Paths (relative to `base`) of every leaf in `value`.
+fn leaves(value: &Value, base: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                base.push(k.clone());
+                leaves(v, base, out);
+                base.pop();
+            }
+        }
+        _ => out.push(base.clone()),
+    }
+}
+
+fn update_configuration(
+    config: &dyn ConfigSource,
+    caller: Caller,
+    req: Value,
+) -> Result<Value, IpcError> {
+    const OP: &str = "UpdateConfiguration";
+    let key_path = key_path(&req, OP)?;
+    let timestamp_s = req
+        .get("timestamp")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| {
+            IpcError::invalid_arguments(format!(
+                "{OP}: timestamp (seconds since epoch) is required"
+            ))
+        })?;
+    let value = match req.get("valueToMerge") {
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(Value::Null) | None => {
+            return Err(IpcError::invalid_arguments(format!(
+                "{OP}: valueToMerge is required"
+            )));
+        }
+        // A leaf value merges into the node named by the last keyPath element.
+        Some(leaf) => match key_path.last() {
+            Some(_) => leaf.clone(),
+            None => {
+                return Err(IpcError::invalid_arguments(format!(
+                    "{OP}: valueToMerge must be an object when keyPath is empty"
+                )));
+            }
+        },
+    };
+    let touches_acl = key_path.first().map(String::as_str) == Some("accessControl")
+        || (key_path.is_empty() && value.get("accessControl").is_some());
+    if touches_acl {
+        return Err(IpcError::invalid_arguments(format!(
+            "{OP}: accessControl cannot be changed through IPC; change it with a deployment"
+        )));
+    }
+    let timestamp_ms = (timestamp_s * 1000.0) as i64;
+    let mut changed = Vec::new();
+    leaves(&value, &mut key_path.clone(), &mut changed);
+    for leaf in &changed {
+        let path = config_path(&caller.component, leaf);
+        if let Some(current) = config.timestamp(&path)
+            && current > timestamp_ms
+        {
+            return Err(IpcError::FailedUpdateConditionCheck {
+                message: format!(
+                    "{OP}: proposed timestamp {timestamp_ms} ms is older than the last change {current} ms of {}; read the configuration again and retry with a newer timestamp",
+                    leaf.join(".")
+                ),
+            });
+        }
+    }
+    let path = config_path(&caller.component, &key_path);
+    config
+        .merge(&path, value, timestamp_ms)
+        .map_err(|e| IpcError::service(format!("{OP}: {e}")))?;
+    Ok(json!({}))
+}
+
+fn subscribe_to_configuration_update(
+    config: Arc<dyn ConfigSource>,
+    caller: Caller,
+    req: Value,
+    sink: EventSink,
+) -> Result<Value, IpcError> {
+    let component = component_of(&req, &caller);
+    let key_path = key_path(&req, "SubscribeToConfigurationUpdate")?;
+    if config.get(&["services", &component]).is_none() {
+        return Err(IpcError::ResourceNotFound {
+            message: format!("SubscribeToConfigurationUpdate: no component named {component}"),
+            resource_type: Some("Component".into()),
+            resource_name: Some(component),
+        });
+    }
+    let (tx, mut rx) = mpsc::channel::<Vec<String>>(CONFIG_EVENT_BUFFER);
+    let path = config_path(&component, &key_path);
+    let handle = config.subscribe(
+        &path,
+        Box::new(move |changed: &[String]| {
+            // Relative to the component's `configuration` node.
+            let relative = changed.get(3..).unwrap_or_default().to_vec();
+            if tx.try_send(relative).is_err() {
+                tracing::warn!("configuration update event dropped: subscriber too slow");
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        loop {
+            let relative = tokio::select! {
+                r = rx.recv() => match r { Some(r) => r, None => break },
+                _ = sink.closed() => break,
+            };
+            let event = json!({
+                "configurationUpdateEvent": { "componentName": component, "keyPath": relative }
+            });
+            if sink.send(event).await.is_err() {
+                break;
+            }
+        }
+        config.unsubscribe(handle);
+    });
+    Ok(json!({}))
+}
+
+fn validate_authorization_token(
+    tokens: &TokenRegistry,
+    caller: Caller,
+    req: Value,
+) -> Result<Value, IpcError> {
+    if caller.component != STREAM_MANAGER {
+        return Err(IpcError::Unauthorized {
+            message: format!(
+                "Principal {} is not authorized to perform ValidateAuthorizationToken; only {STREAM_MANAGER} may",
+                caller.component
+            ),
+        });
+    }
+    let token = required_str(&req, "token", "ValidateAuthorizationToken")?;
+    match tokens.identity(token) {
+        Some(_) => Ok(json!({ "isValid": true })),
+        None => Err(IpcError::InvalidToken {
+            message: "ValidateAuthorizationToken: the token is not valid for this core".into(),
+        }),
+    }
+}

@@ -1,0 +1,547 @@
+//! The IPC server: Unix socket, accept loop with a connection bound, one task per connection.
+//!
+//! A connection is a reader (frames → streams) and a writer task fed by a bounded channel, so
+//! per-stream order is the order frames were queued. Any protocol violation closes that one
+//! connection with a logged reason; nothing a client sends can stop the server or other clients.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+
+use crate::codec::{self, Decoder, Frame};
+use crate::router::{Caller, EventSink, Handler, IpcError, Router};
+use crate::rpc::*;
+use crate::tokens::TokenRegistry;
+
+/// `sun_path` holds 108 bytes including the NUL.
+const SUN_PATH_MAX: usize = 108;
+
+/// Socket path of a core rooted at `root`: `(absolute path, path to give components)`. When the
+/// absolute path is too long for `sun_path`, components get `../../ipc.socket`, valid from their
+/// working directory `<root>/work/<component>/` (classic behaviour).
+pub fn component_socket_path(root: &Path) -> (PathBuf, PathBuf) {
+    let abs = root.join("ipc.socket");
+    if abs.as_os_str().len() >= SUN_PATH_MAX {
+        (abs, PathBuf::from("../../ipc.socket"))
+    } else {
+        (abs.clone(), abs)
+    }
+}
+
+/// A path `bind`/`connect` accept: long paths go through `/proc/self/fd/<dir>/<name>`, which
+/// the kernel resolves via the open directory. The returned `File` must outlive the call.
+pub(crate) fn short_path(path: &Path) -> io::Result<(PathBuf, Option<std::fs::File>)> {
+    if path.as_os_str().len() < SUN_PATH_MAX {
+        return Ok((path.to_path_buf(), None));
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("socket path {} has no file name", path.display()),
+        )
+    })?;
+    let dir = std::fs::File::open(dir)?;
+    let short = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+    Ok((short, Some(dir)))
+}
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Largest frame accepted (clamped to 24 MiB); default 16 MiB.
+    pub max_frame: usize,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_frame: codec::DEFAULT_MAX_FRAME,
+            max_connections: 4096,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot bind IPC socket {path}: {source}; check the directory exists and is writable")]
+    Bind { path: PathBuf, source: io::Error },
+}
+
+struct Shared {
+    router: Arc<Router>,
+    tokens: Arc<TokenRegistry>,
+    decoder: Decoder,
+}
+
+/// A running IPC server. Dropping it without [`IpcServer::shutdown`] also stops it.
+pub struct IpcServer {
+    path: PathBuf,
+    shutdown: watch::Sender<bool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for IpcServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpcServer")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl IpcServer {
+    /// Binds `path` (mode 0666, a stale socket file is replaced) and starts serving.
+    /// Must be called inside a tokio runtime.
+    pub fn bind(
+        path: &Path,
+        router: Arc<Router>,
+        tokens: Arc<TokenRegistry>,
+        options: ServerOptions,
+    ) -> Result<IpcServer, ServerError> {
+        let err = |source| ServerError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Ok(meta) = std::fs::symlink_metadata(path)
+            && meta.file_type().is_socket()
+        {
+            std::fs::remove_file(path).map_err(err)?;
+        }
+        let (bind_path, _dir) = short_path(path).map_err(err)?;
+        let listener = UnixListener::bind(&bind_path).map_err(err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
+        let shared = Arc::new(Shared {
+            router,
+            tokens,
+            decoder: Decoder::new(options.max_frame),
+        });
+        let (shutdown, rx) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(listener, shared, rx, options.max_connections));
+        tracing::info!(socket = %path.display(), "IPC server listening");
+        Ok(IpcServer {
+            path: path.to_path_buf(),
+            shutdown,
+            accept: Some(accept),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting, closes every connection and removes the socket file.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for IpcServer {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    max_connections: usize,
+) {
+    let limit = Arc::new(Semaphore::new(max_connections.max(1)));
+    let mut connections = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "IPC accept failed");
+                    // Typically EMFILE: give other connections a moment to finish.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            serve_connection(stream, shared, shutdown).await;
+            drop(permit);
+        });
+    }
+    connections.shutdown().await;
+}
+
+/// Why a connection ended.
+enum Close {
+    /// Peer closed or the server is shutting down.
+    Quiet,
+    /// Protocol violation: send PROTOCOL_ERROR with this reason, then close.
+    Protocol(String),
+    /// Already answered (e.g. rejected CONNECT_ACK); just close.
+    Answered(String),
+}
+
+type Streams = Arc<Mutex<HashMap<i32, AbortHandle>>>;
+
+async fn serve_connection(
+    stream: UnixStream,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (mut reader, mut writer) = stream.into_split();
+    let (out, mut out_rx) = mpsc::channel::<Bytes>(1024);
+    let writer_task = tokio::spawn(async move {
+        while let Some(bytes) = out_rx.recv().await {
+            if writer.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let streams: Streams = Arc::default();
+    let mut tasks = JoinSet::new();
+    let mut conn = Connection {
+        shared: &shared,
+        out: out.clone(),
+        streams: streams.clone(),
+        tasks: &mut tasks,
+        caller: None,
+        last_stream: 0,
+    };
+    let mut buf = BytesMut::with_capacity(8192);
+    let close = 'read: loop {
+        loop {
+            match shared.decoder.decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    if let Err(close) = conn.handle(frame).await {
+                        break 'read close;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => break 'read Close::Protocol(format!("bad frame: {e}")),
+            }
+        }
+        while conn.tasks.try_join_next().is_some() {}
+        tokio::select! {
+            r = reader.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => break Close::Quiet,
+                Ok(_) => {}
+            },
+            _ = shutdown.changed() => break Close::Quiet,
+        }
+    };
+    let who = conn
+        .caller
+        .as_ref()
+        .map_or("unauthenticated client", |c| c.component.as_str())
+        .to_string();
+    drop(conn);
+    match close {
+        Close::Quiet => tracing::debug!(client = %who, "IPC connection closed"),
+        Close::Answered(reason) => {
+            tracing::warn!(client = %who, %reason, "IPC connection closed")
+        }
+        Close::Protocol(reason) => {
+            tracing::warn!(client = %who, %reason, "IPC connection closed: protocol error");
+            if let Ok(bytes) = codec::encode(&connection_error(PROTOCOL_ERROR, &reason)) {
+                let _ = out.send(bytes).await;
+            }
+        }
+    }
+    // Stop every stream (drops their sinks, so subscriptions are released), then flush.
+    tasks.shutdown().await;
+    streams.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    drop(out);
+    let _ = writer_task.await;
+}
+
+struct Connection<'a> {
+    shared: &'a Arc<Shared>,
+    out: mpsc::Sender<Bytes>,
+    streams: Streams,
+    tasks: &'a mut JoinSet<()>,
+    caller: Option<Caller>,
+    last_stream: i32,
+}
+
+impl Connection<'_> {
+    async fn send(&self, frame: &Frame) -> Result<(), Close> {
+        let bytes = codec::encode(frame).map_err(|e| Close::Protocol(format!("encode: {e}")))?;
+        self.out.send(bytes).await.map_err(|_| Close::Quiet)
+    }
+
+    async fn handle(&mut self, frame: Frame) -> Result<(), Close> {
+        let (Some(kind), Some(flags), Some(stream)) = (
+            frame.header_i32(MESSAGE_TYPE),
+            frame.header_i32(MESSAGE_FLAGS),
+            frame.header_i32(STREAM_ID),
+        ) else {
+            return Err(Close::Protocol(
+                "message without the int32 :message-type, :message-flags and :stream-id headers"
+                    .into(),
+            ));
+        };
+        if self.caller.is_none() {
+            return self.connect(kind, &frame).await;
+        }
+        match kind {
+            APPLICATION_MESSAGE | APPLICATION_ERROR if stream > 0 => {
+                self.stream_message(kind, flags, stream, frame);
+                Ok(())
+            }
+            PING => {
+                let mut headers: Vec<_> = frame
+                    .headers
+                    .into_iter()
+                    .filter(|h| !h.name.starts_with(':'))
+                    .collect();
+                headers.extend(rpc_headers(PING_RESPONSE, 0, 0));
+                self.send(&Frame {
+                    headers,
+                    payload: frame.payload,
+                })
+                .await
+            }
+            PING_RESPONSE => Ok(()),
+            CONNECT => Err(Close::Protocol("second CONNECT on one connection".into())),
+            _ => Err(Close::Protocol(format!(
+                "unexpected message type {kind} on stream {stream}"
+            ))),
+        }
+    }
+
+    async fn connect(&mut self, kind: i32, frame: &Frame) -> Result<(), Close> {
+        if kind != CONNECT {
+            return Err(Close::Protocol(format!(
+                "message type {kind} before CONNECT"
+            )));
+        }
+        if frame.header_str(VERSION) != Some(PROTOCOL_VERSION) {
+            return Err(Close::Protocol(format!(
+                "CONNECT with :version {:?}, expected {PROTOCOL_VERSION}",
+                frame.header_str(VERSION)
+            )));
+        }
+        let token = serde_json::from_slice::<Value>(&frame.payload)
+            .ok()
+            .and_then(|v| v.get("authToken")?.as_str().map(str::to_string));
+        let identity = token
+            .as_deref()
+            .and_then(|t| self.shared.tokens.identity(t));
+        match identity {
+            Some(component) => {
+                self.send(&bare(CONNECT_ACK, FLAG_CONNECTION_ACCEPTED, 0))
+                    .await?;
+                tracing::debug!(client = %component, "IPC client connected");
+                self.caller = Some(Caller { component });
+                Ok(())
+            }
+            None => {
+                self.send(&bare(CONNECT_ACK, 0, 0)).await?;
+                Err(Close::Answered(
+                    "CONNECT rejected: missing or unknown authToken".into(),
+                ))
+            }
+        }
+    }
+
+    fn stream_message(&mut self, kind: i32, flags: i32, stream: i32, frame: Frame) {
+        if stream <= self.last_stream {
+            // A message on an open stream: the client closing it (or an error from the client).
+            if kind == APPLICATION_ERROR || flags & FLAG_TERMINATE_STREAM != 0 {
+                let handle = self
+                    .streams
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&stream);
+                if let Some(handle) = handle {
+                    handle.abort();
+                }
+            }
+            // Anything else on an old stream (e.g. late close of a finished call) is ignored.
+            return;
+        }
+        self.last_stream = stream;
+        if kind != APPLICATION_MESSAGE || flags & FLAG_TERMINATE_STREAM != 0 {
+            return;
+        }
+        let caller = self.caller.clone().unwrap_or(Caller {
+            component: String::new(),
+        });
+        let op = frame.header_str(OPERATION).unwrap_or_default().to_string();
+        let out = self.out.clone();
+        let streams = self.streams.clone();
+        let shared = self.shared.clone();
+        let mut guard = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let handle = self.tasks.spawn(async move {
+            run_stream(&shared.router, caller, &op, stream, frame.payload, &out).await;
+            streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&stream);
+        });
+        guard.insert(stream, handle);
+    }
+}
+
+async fn send(out: &mpsc::Sender<Bytes>, frame: &Frame) -> bool {
+    match codec::encode(frame) {
+        Ok(bytes) => out.send(bytes).await.is_ok(),
+        Err(e) => {
+            tracing::error!(error = %e, "IPC frame could not be encoded");
+            false
+        }
+    }
+}
+
+async fn send_error(out: &mpsc::Sender<Bytes>, stream: i32, error: &IpcError) {
+    let shape = format!("aws.greengrass#{}", error.shape());
+    let payload = serde_json::to_vec(&error.to_payload()).unwrap_or_default();
+    send(
+        out,
+        &json_message(
+            APPLICATION_ERROR,
+            FLAG_TERMINATE_STREAM,
+            stream,
+            Some(&shape),
+            &[],
+            payload.into(),
+        ),
+    )
+    .await;
+}
+
+/// One operation invocation: authorize, run the handler, answer, then pump events.
+async fn run_stream(
+    router: &Router,
+    caller: Caller,
+    op_name: &str,
+    stream: i32,
+    payload: Bytes,
+    out: &mpsc::Sender<Bytes>,
+) {
+    let Some(op) = router.lookup(op_name) else {
+        let error = IpcError::service(format!(
+            "Operation {op_name} is not supported by this core: the service that provides it is not running"
+        ));
+        send_error(out, stream, &error).await;
+        return;
+    };
+    let request = if payload.is_empty() {
+        Ok(Value::Object(Default::default()))
+    } else {
+        serde_json::from_slice::<Value>(&payload)
+    };
+    let request = match request {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            let error = IpcError::invalid_arguments(format!(
+                "the {op_name} request payload is not a JSON object"
+            ));
+            send_error(out, stream, &error).await;
+            return;
+        }
+    };
+    if let Err(error) = router.authorize(&op, &caller, &request) {
+        send_error(out, stream, &error).await;
+        return;
+    }
+    let response_shape = format!("{}Response", op.name);
+    let (result, events) = match &op.handler {
+        Handler::Unary(handler) => (guarded(handler(caller, request)).await, None),
+        Handler::Streaming {
+            event_shape,
+            handler,
+        } => {
+            let (sink, rx) = EventSink::channel();
+            (
+                guarded(handler(caller, request, sink)).await,
+                Some((event_shape, rx)),
+            )
+        }
+    };
+    let response = match result {
+        Ok(v) => v,
+        Err(error) => {
+            send_error(out, stream, &error).await;
+            return;
+        }
+    };
+    let flags = if events.is_some() {
+        0
+    } else {
+        FLAG_TERMINATE_STREAM
+    };
+    let body = serde_json::to_vec(&response).unwrap_or_default();
+    let frame = json_message(
+        APPLICATION_MESSAGE,
+        flags,
+        stream,
+        Some(&response_shape),
+        &[],
+        body.into(),
+    );
+    if !send(out, &frame).await {
+        return;
+    }
+    // Events only after the response: the receiver is read from here on.
+    if let Some((shape, mut rx)) = events {
+        while let Some(event) = rx.recv().await {
+            let body = serde_json::to_vec(&event).unwrap_or_default();
+            let frame = json_message(
+                APPLICATION_MESSAGE,
+                0,
+                stream,
+                Some(shape),
+                &[],
+                body.into(),
+            );
+            if !send(out, &frame).await {
+                return;
+            }
+        }
+        // Every sink dropped: the service closed the stream.
+        send(
+            out,
+            &bare(APPLICATION_MESSAGE, FLAG_TERMINATE_STREAM, stream),
+        )
+        .await;
+    }
+}
+
+/// A panicking handler answers ServiceError instead of leaving the client waiting.
+async fn guarded(fut: crate::router::HandlerFuture) -> Result<Value, IpcError> {
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(r) => r,
+        Err(_) => Err(IpcError::service(
+            "the operation's handler failed unexpectedly; see the core log",
+        )),
+    }
+}
