@@ -17,6 +17,12 @@ fn main() -> anyhow::Result<()> {
             "--store-root" => opts.store_root = value()?.into(),
             "--port" => opts.port = value()?.parse()?,
             "--auth-token" => opts.auth_tokens.push(value()?),
+            "--help" | "-h" => {
+                println!(
+                    "usage: stream_manager [stream-manager] --store-root DIR --port N [--auth-token T]..."
+                );
+                return Ok(());
+            }
             other => anyhow::bail!("unknown argument {other:?}"),
         }
     }

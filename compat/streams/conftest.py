@@ -1,0 +1,115 @@
+"""Runs `lichen stream-manager` as a real process for the unmodified Stream Manager SDK.
+
+The binary is $LICHEN_BIN, else /work/main/target/debug/lichen, else the crate's standalone
+example target/debug/examples/stream_manager (same arguments). Each server gets a temporary
+store and a port chosen by the OS; every process started here is killed at teardown.
+"""
+
+import functools
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _serves_streams(binary):
+    # A `lichen` built before the stream manager existed lacks --auth-token: skip it.
+    try:
+        out = subprocess.run([binary, "stream-manager", "--help"], capture_output=True, text=True, timeout=10)
+    except OSError:
+        return False
+    return "--auth-token" in out.stdout
+
+
+@functools.lru_cache(maxsize=1)
+def server_binary():
+    if os.environ.get("LICHEN_BIN"):
+        return os.environ["LICHEN_BIN"]
+    for candidate in (REPO / "target/debug/lichen", REPO / "target/debug/examples/stream_manager"):
+        if candidate.exists() and _serves_streams(str(candidate)):
+            return str(candidate)
+    pytest.fail(
+        "no stream manager binary: `cargo build -p lichen` (or `cargo build -p lichen-streams "
+        "--example stream_manager`), or set LICHEN_BIN"
+    )
+
+
+class Server:
+    def __init__(self, store_root, tokens=(), port=0):
+        self.store_root = Path(store_root)
+        self.tokens = list(tokens)
+        self.port = port
+        self.proc = None
+
+    def start(self):
+        args = [server_binary(), "stream-manager", "--store-root", str(self.store_root), "--port", str(self.port)]
+        for t in self.tokens:
+            args += ["--auth-token", t]
+        env = dict(os.environ)
+        env.pop("LICHEN_STREAM_MANAGER_AUTH_TOKENS", None)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+        line = self.proc.stdout.readline()
+        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        if not m:
+            self.stop()
+            pytest.fail(f"server did not start: {line!r}")
+        self.port = int(m.group(1))
+        return self
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self, sig=signal.SIGTERM):
+        # Same store, same port: clients reconnect on their next call.
+        self.stop(sig)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return self.start()
+            except BaseException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+
+@pytest.fixture
+def start_server(tmp_path, monkeypatch):
+    monkeypatch.delenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", raising=False)
+    monkeypatch.delenv("STREAM_MANAGER_SERVER_PORT", raising=False)
+    servers = []
+
+    def start(tokens=(), store_root=None):
+        s = Server(store_root or tmp_path / f"store{len(servers)}", tokens).start()
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def server(start_server):
+    return start_server()
+
+
+@pytest.fixture
+def client(server):
+    from stream_manager import StreamManagerClient
+
+    c = StreamManagerClient(port=server.port)
+    yield c
+    c.close()
