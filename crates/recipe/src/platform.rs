@@ -120,7 +120,9 @@ impl Platform {
             return Regex::new(&format!("^(?:{pattern})$")).is_ok_and(|re| re.is_match(actual));
         }
         // Rule 6: legacy `all`/`any` for os and architecture.
-        if (key == OS_KEY || key == ARCHITECTURE_KEY) && matches!(template, "all" | "any") {
+        if (key.eq_ignore_ascii_case(OS_KEY) || key.eq_ignore_ascii_case(ARCHITECTURE_KEY))
+            && matches!(template, "all" | "any")
+        {
             return true;
         }
         // Rule 7: other leading characters are reserved for future templates.

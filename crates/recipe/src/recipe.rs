@@ -257,6 +257,8 @@ pub fn parse_file(path: &Path) -> Result<Recipe, RecipeError> {
 
 /// Parses and validates recipe text. `origin` names the source in errors.
 pub fn parse_str(text: &str, format: Format, origin: &str) -> Result<Recipe, RecipeError> {
+    // Editors on some systems write a byte-order mark; it is not part of the document.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let root = match format {
         Format::Json => serde_json::from_str::<Value>(text).map_err(|e| {
             RecipeError::new(

@@ -736,3 +736,23 @@ fn component_type_and_dependency_type_strings() {
     assert_eq!(DependencyType::Hard.as_str(), "HARD");
     assert_eq!(DependencyType::Soft.as_str(), "SOFT");
 }
+
+#[test]
+fn byte_order_mark_is_ignored() {
+    let body = minimal("Manifests: [{}]\n");
+    let r = yaml(&format!("\u{feff}{body}")).unwrap();
+    let json_text = format!("\u{feff}{}", r.to_json());
+    let again = parse_str(&json_text, Format::Json, "test.yaml").unwrap();
+    assert_eq!(again, r);
+}
+
+#[test]
+fn error_display_names_origin_field_and_fix() {
+    let e = err(&minimal(
+        "Manifests:\n  - Lifecycle:\n      Install:\n        Timeout: abc\n",
+    ));
+    assert_eq!(
+        e.to_string(),
+        "test.yaml: Manifests[0].Lifecycle.Install.Timeout: timeout \"abc\" is not a number; expected a whole number of seconds such as 60"
+    );
+}
