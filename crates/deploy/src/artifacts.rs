@@ -346,3 +346,97 @@ fn safe_relative_path(path: &Path) -> Option<PathBuf> {
     }
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+
+    fn build_zip(path: &Path, entries: &[(&str, Option<&str>)]) {
+        let mut zip = zip::ZipWriter::new(File::create(path).unwrap());
+        for (name, link) in entries {
+            match link {
+                Some(target) => zip
+                    .add_symlink(*name, *target, SimpleFileOptions::default())
+                    .unwrap(),
+                None => {
+                    zip.start_file(*name, SimpleFileOptions::default()).unwrap();
+                    zip.write_all(b"content").unwrap();
+                }
+            }
+        }
+        zip.finish().unwrap();
+    }
+
+    fn try_unzip(entries: &[(&str, Option<&str>)]) -> (tempfile::TempDir, Result<(), DeployError>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let archive = tmp.path().join("a.zip");
+        build_zip(&archive, entries);
+        let target = tmp.path().join("out/a");
+        let result = unzip(&archive, &target, 0o444);
+        (tmp, result)
+    }
+
+    #[test]
+    fn traversal_is_rejected_and_leaves_nothing() {
+        for bad in ["../evil.txt", "ok/../../evil.txt", "/abs/evil.txt"] {
+            let (tmp, result) = try_unzip(&[("fine.txt", None), (bad, None)]);
+            let err = result.expect_err(bad);
+            assert!(
+                matches!(err, DeployError::UnsafeArchive { .. }),
+                "{bad}: {err}"
+            );
+            assert!(
+                err.to_string().contains(bad.trim_start_matches('/')),
+                "{err}"
+            );
+            assert!(!tmp.path().join("evil.txt").exists());
+            assert!(
+                !tmp.path().join("out/a").exists(),
+                "nothing extracted for {bad}"
+            );
+            let leftovers: Vec<_> = fs::read_dir(tmp.path().join("out")).unwrap().collect();
+            assert!(leftovers.is_empty(), "temp dir cleaned for {bad}");
+        }
+    }
+
+    #[test]
+    fn escaping_symlinks_are_rejected_inner_ones_kept() {
+        let (_tmp, result) = try_unzip(&[("link", Some("../../etc"))]);
+        assert!(matches!(result, Err(DeployError::UnsafeArchive { .. })));
+        let (_tmp, result) = try_unzip(&[("link", Some("/etc/passwd"))]);
+        assert!(matches!(result, Err(DeployError::UnsafeArchive { .. })));
+        let (tmp, result) = try_unzip(&[("dir/file.txt", None), ("dir/link", Some("file.txt"))]);
+        result.unwrap();
+        let out = tmp.path().join("out/a/dir");
+        assert_eq!(fs::read_to_string(out.join("link")).unwrap(), "content");
+        let mode = fs::metadata(out.join("file.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o444);
+        let dir_mode = fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o755);
+    }
+
+    #[test]
+    fn permission_maps_to_modes() {
+        let mut artifact = Artifact {
+            uri: "s3://b/x".into(),
+            digest: None,
+            algorithm: None,
+            unarchive: Unarchive::None,
+            permission: Default::default(),
+        };
+        assert_eq!(artifact_mode(&artifact), 0o400);
+        artifact.permission.read = Access::All;
+        assert_eq!(artifact_mode(&artifact), 0o444);
+        artifact.permission.execute = Access::All;
+        assert_eq!(artifact_mode(&artifact), 0o555);
+        artifact.permission.read = Access::None;
+        artifact.permission.execute = Access::Owner;
+        assert_eq!(artifact_mode(&artifact), 0o500);
+    }
+}

@@ -243,3 +243,105 @@ fn dependency_order(
     }
     Ok(order)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// name → version → dependencies (name, requirement).
+    type Versions = BTreeMap<&'static str, Vec<(&'static str, &'static str)>>;
+    struct Fake(BTreeMap<&'static str, Versions>);
+
+    impl Catalog for Fake {
+        fn candidates(&self, name: &str) -> Result<Vec<Version>, DeployError> {
+            Ok(self
+                .0
+                .get(name)
+                .map(|m| m.keys().map(|v| Version::parse(v).unwrap()).collect())
+                .unwrap_or_default())
+        }
+        fn dependencies(
+            &self,
+            name: &str,
+            version: &Version,
+        ) -> Result<Vec<DependencyDecl>, DeployError> {
+            let v = version.to_string();
+            Ok(self.0[name][v.as_str()]
+                .iter()
+                .map(|(d, r)| {
+                    (
+                        d.to_string(),
+                        VersionRequirement::parse(r).unwrap(),
+                        DependencyType::Hard,
+                    )
+                })
+                .collect())
+        }
+    }
+
+    fn roots(list: &[(&str, &str, &str)]) -> BTreeMap<String, BTreeMap<String, String>> {
+        let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for (g, n, r) in list {
+            out.entry(g.to_string())
+                .or_default()
+                .insert(n.to_string(), r.to_string());
+        }
+        out
+    }
+
+    #[test]
+    fn a_later_constraint_lowers_an_earlier_pick() {
+        // A (root) takes C anything; B (root) needs C <2; C 2.0.0 is highest but loses.
+        let catalog = Fake(BTreeMap::from([
+            ("A", BTreeMap::from([("1.0.0", vec![("C", "*")])])),
+            ("B", BTreeMap::from([("1.0.0", vec![("C", "<2.0.0")])])),
+            (
+                "C",
+                BTreeMap::from([("1.0.0", vec![]), ("1.9.0", vec![]), ("2.0.0", vec![])]),
+            ),
+        ]));
+        let r = resolve(
+            &roots(&[("g1", "A", "1.0.0"), ("g2", "B", "^1.0.0")]),
+            &catalog,
+        )
+        .unwrap();
+        assert_eq!(r.versions["C"].to_string(), "1.9.0");
+        let pos = |n: &str| r.order.iter().position(|x| x == n).unwrap();
+        assert!(pos("C") < pos("A") && pos("C") < pos("B"));
+    }
+
+    #[test]
+    fn groups_and_each_other_conflict_is_explained() {
+        let catalog = Fake(BTreeMap::from([(
+            "X",
+            BTreeMap::from([("1.0.0", vec![]), ("2.0.0", vec![])]),
+        )]));
+        let err = resolve(
+            &roots(&[
+                ("thinggroup/a", "X", ">=2.0.0"),
+                ("thinggroup/b", "X", "<2.0.0"),
+            ]),
+            &catalog,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("thinggroup/a requires X >=2.0.0, but thinggroup/b requires X <2.0.0"),
+            "{err}"
+        );
+        assert!(err.contains("available: 1.0.0, 2.0.0"), "{err}");
+    }
+
+    #[test]
+    fn self_and_long_cycles_are_named() {
+        let catalog = Fake(BTreeMap::from([
+            ("A", BTreeMap::from([("1.0.0", vec![("B", "*")])])),
+            ("B", BTreeMap::from([("1.0.0", vec![("C", "*")])])),
+            ("C", BTreeMap::from([("1.0.0", vec![("A", "*")])])),
+        ]));
+        let err = resolve(&roots(&[("g", "A", "1.0.0")]), &catalog)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dependency cycle: A → B → C → A"), "{err}");
+    }
+}
