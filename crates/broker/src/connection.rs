@@ -218,7 +218,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             let cfg = &self.core.config;
             properties.receive_maximum = Some(cfg.receive_maximum);
             properties.topic_alias_maximum = Some(cfg.topic_alias_maximum);
-            properties.maximum_packet_size = Some(cfg.max_packet_size);
+            // Some clients (paho) reject values above the largest remaining length.
+            properties.maximum_packet_size = Some(cfg.max_packet_size.min(codec::MAX_REMAINING_LENGTH as u32));
             properties.retain_available = Some(1);
             properties.wildcard_subscription_available = Some(1);
             properties.subscription_identifier_available = Some(1);

@@ -39,7 +39,7 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            max_packet_size: 268_435_460,
+            max_packet_size: 268_435_455,
             receive_maximum: 100,
             topic_alias_maximum: 10,
             max_queued_messages: 1000,
