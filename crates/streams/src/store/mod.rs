@@ -794,13 +794,18 @@ fn recover_stream(dir: &Path, clock: &Clock) -> Result<Stream, StoreError> {
             .truncate(false)
             .open(&path)
             .map_err(io_err("open segment", &path))?;
-        let buf = fs::read(&path).map_err(io_err("read segment", &path))?;
-        let scan = record::scan(&buf, first_seq);
-        if scan.valid_len < buf.len() as u64 {
+        let file_len = file
+            .metadata()
+            .map_err(io_err("stat segment", &path))?
+            .len();
+        let reader = io::BufReader::with_capacity(1 << 20, &file);
+        let scan = record::scan_reader(reader, file_len, first_seq)
+            .map_err(io_err("read segment", &path))?;
+        if scan.valid_len < file_len {
             tracing::warn!(
                 path = %path.display(),
                 kept_records = scan.offsets.len(),
-                dropped_bytes = buf.len() as u64 - scan.valid_len,
+                dropped_bytes = file_len - scan.valid_len,
                 "segment has a torn or damaged tail; truncating it"
             );
             file.set_len(scan.valid_len)

@@ -73,19 +73,63 @@ pub(crate) struct ScanResult {
     pub last_ingest_ms: i64,
 }
 
+/// Scans segment bytes held in memory (tests and small segments).
+#[cfg(test)]
 pub(crate) fn scan(buf: &[u8], first_seq: u64) -> ScanResult {
+    scan_reader(std::io::Cursor::new(buf), buf.len() as u64, first_seq)
+        .expect("reading a slice cannot fail")
+}
+
+/// Scans a segment of `total_len` bytes from `reader`, one record at a time: memory is one
+/// record, whatever the segment size. A length field is trusted only as far as the bytes that
+/// remain, so damage cannot cause a huge allocation.
+pub(crate) fn scan_reader(
+    mut reader: impl std::io::Read,
+    total_len: u64,
+    first_seq: u64,
+) -> std::io::Result<ScanResult> {
     let mut r = ScanResult::default();
-    let mut off = 0usize;
-    while let Some(d) = decode(&buf[off..]) {
-        if d.seq != first_seq + r.offsets.len() as u64 || off > u32::MAX as usize {
+    let mut off = 0u64;
+    let mut record = Vec::new();
+    loop {
+        let remaining = total_len - off;
+        if remaining < HEADER_LEN as u64 || off > u32::MAX as u64 {
             break;
         }
-        r.offsets.push(off as u32);
-        r.last_ingest_ms = d.ingest_ms;
-        off += d.len;
+        let mut header = [0u8; HEADER_LEN];
+        if !read_full(&mut reader, &mut header)? {
+            break;
+        }
+        let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as u64;
+        if len == 0 || len > MAX_PAYLOAD_LEN as u64 || len > remaining - HEADER_LEN as u64 {
+            break;
+        }
+        record.clear();
+        record.extend_from_slice(&header);
+        record.resize(HEADER_LEN + len as usize, 0);
+        if !read_full(&mut reader, &mut record[HEADER_LEN..])? {
+            break;
+        }
+        match decode(&record) {
+            Some(d) if d.seq == first_seq + r.offsets.len() as u64 => {
+                r.offsets.push(off as u32);
+                r.last_ingest_ms = d.ingest_ms;
+                off += d.len as u64;
+            }
+            _ => break,
+        }
     }
-    r.valid_len = off as u64;
-    r
+    r.valid_len = off;
+    Ok(r)
+}
+
+/// Fills `buf` completely; false at end of input.
+fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<bool> {
+    match reader.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
