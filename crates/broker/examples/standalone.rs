@@ -14,7 +14,10 @@ fn main() -> anyhow::Result<()> {
         args.next();
     }
     while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"));
+        let mut value = || {
+            args.next()
+                .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))
+        };
         match flag.as_str() {
             "--listen" => opts.listen.push(value()?),
             "--cert" => opts.cert = Some(value()?.into()),

@@ -204,7 +204,10 @@ pub struct Auth {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[expect(clippy::large_enum_variant, reason = "CONNECT is decoded once per connection; boxing it buys nothing")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "CONNECT is decoded once per connection; boxing it buys nothing"
+)]
 pub enum Packet {
     Connect(Connect),
     ConnAck(ConnAck),
@@ -277,7 +280,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8], packet: &'static str) -> Self {
-        Reader { buf, pos: 0, packet }
+        Reader {
+            buf,
+            pos: 0,
+            packet,
+        }
     }
     fn remaining(&self) -> usize {
         self.buf.len() - self.pos
@@ -311,12 +318,18 @@ impl<'a> Reader<'a> {
             value |= u32::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
                 if i > 0 && b == 0 {
-                    return Err(malformed(self.packet, format!("{what}: non-minimal variable byte integer")));
+                    return Err(malformed(
+                        self.packet,
+                        format!("{what}: non-minimal variable byte integer"),
+                    ));
                 }
                 return Ok(value);
             }
         }
-        Err(malformed(self.packet, format!("{what}: variable byte integer longer than 4 bytes")))
+        Err(malformed(
+            self.packet,
+            format!("{what}: variable byte integer longer than 4 bytes"),
+        ))
     }
     fn binary(&mut self, what: &str) -> Result<Bytes, CodecError> {
         let len = self.u16(what)? as usize;
@@ -331,7 +344,8 @@ impl<'a> Reader<'a> {
 
 /// MQTT strings are UTF-8 without U+0000 (surrogates are already rejected by Rust's decoder).
 fn utf8(raw: &[u8], packet: &'static str, what: &str) -> Result<String, CodecError> {
-    let s = std::str::from_utf8(raw).map_err(|e| malformed(packet, format!("{what} is not valid UTF-8: {e}")))?;
+    let s = std::str::from_utf8(raw)
+        .map_err(|e| malformed(packet, format!("{what} is not valid UTF-8: {e}")))?;
     if s.contains('\0') {
         return Err(malformed(packet, format!("{what} contains U+0000")));
     }
@@ -368,7 +382,10 @@ fn property_allowed(id: u8) -> Option<u16> {
 
 fn set_once<T>(slot: &mut Option<T>, v: T, r: &Reader, name: &str) -> Result<(), CodecError> {
     if slot.is_some() {
-        return Err(protocol(r.packet, format!("property {name} appears more than once")));
+        return Err(protocol(
+            r.packet,
+            format!("property {name} appears more than once"),
+        ));
     }
     *slot = Some(v);
     Ok(())
@@ -377,7 +394,10 @@ fn set_once<T>(slot: &mut Option<T>, v: T, r: &Reader, name: &str) -> Result<(),
 fn flag_byte(r: &mut Reader, name: &str) -> Result<u8, CodecError> {
     let v = r.u8(name)?;
     if v > 1 {
-        return Err(protocol(r.packet, format!("property {name} must be 0 or 1, got {v}")));
+        return Err(protocol(
+            r.packet,
+            format!("property {name} must be 0 or 1, got {v}"),
+        ));
     }
     Ok(v)
 }
@@ -391,19 +411,34 @@ fn read_properties(r: &mut Reader, kind: u8) -> Result<Properties, CodecError> {
     let mut p = Properties::default();
     while pr.remaining() > 0 {
         let id = pr.varint("property identifier")?;
-        let id8 = u8::try_from(id).map_err(|_| malformed(r.packet, format!("unknown property identifier {id:#x}")))?;
-        let allowed = property_allowed(id8).ok_or_else(|| malformed(r.packet, format!("unknown property identifier {id:#04x}")))?;
+        let id8 = u8::try_from(id)
+            .map_err(|_| malformed(r.packet, format!("unknown property identifier {id:#x}")))?;
+        let allowed = property_allowed(id8)
+            .ok_or_else(|| malformed(r.packet, format!("unknown property identifier {id:#04x}")))?;
         if allowed & mask == 0 {
-            return Err(protocol(r.packet, format!("property {id8:#04x} is not allowed in this packet")));
+            return Err(protocol(
+                r.packet,
+                format!("property {id8:#04x} is not allowed in this packet"),
+            ));
         }
         match id8 {
             0x01 => {
                 let v = flag_byte(&mut pr, "payload format indicator")?;
-                set_once(&mut p.payload_format_indicator, v, &pr, "payload format indicator")?
+                set_once(
+                    &mut p.payload_format_indicator,
+                    v,
+                    &pr,
+                    "payload format indicator",
+                )?
             }
             0x02 => {
                 let v = pr.u32("message expiry interval")?;
-                set_once(&mut p.message_expiry_interval, v, &pr, "message expiry interval")?
+                set_once(
+                    &mut p.message_expiry_interval,
+                    v,
+                    &pr,
+                    "message expiry interval",
+                )?
             }
             0x03 => {
                 let v = pr.string("content type")?;
@@ -423,20 +458,36 @@ fn read_properties(r: &mut Reader, kind: u8) -> Result<Properties, CodecError> {
             0x0B => {
                 let v = pr.varint("subscription identifier")?;
                 if v == 0 {
-                    return Err(protocol(r.packet, "subscription identifier 0 is not allowed"));
+                    return Err(protocol(
+                        r.packet,
+                        "subscription identifier 0 is not allowed",
+                    ));
                 }
                 if kind == 8 && !p.subscription_identifiers.is_empty() {
-                    return Err(protocol(r.packet, "property subscription identifier appears more than once"));
+                    return Err(protocol(
+                        r.packet,
+                        "property subscription identifier appears more than once",
+                    ));
                 }
                 p.subscription_identifiers.push(v)
             }
             0x11 => {
                 let v = pr.u32("session expiry interval")?;
-                set_once(&mut p.session_expiry_interval, v, &pr, "session expiry interval")?
+                set_once(
+                    &mut p.session_expiry_interval,
+                    v,
+                    &pr,
+                    "session expiry interval",
+                )?
             }
             0x12 => {
                 let v = pr.string("assigned client identifier")?;
-                set_once(&mut p.assigned_client_identifier, v, &pr, "assigned client identifier")?
+                set_once(
+                    &mut p.assigned_client_identifier,
+                    v,
+                    &pr,
+                    "assigned client identifier",
+                )?
             }
             0x13 => {
                 let v = pr.u16("server keep alive")?;
@@ -444,7 +495,12 @@ fn read_properties(r: &mut Reader, kind: u8) -> Result<Properties, CodecError> {
             }
             0x15 => {
                 let v = pr.string("authentication method")?;
-                set_once(&mut p.authentication_method, v, &pr, "authentication method")?
+                set_once(
+                    &mut p.authentication_method,
+                    v,
+                    &pr,
+                    "authentication method",
+                )?
             }
             0x16 => {
                 let v = pr.binary("authentication data")?;
@@ -452,7 +508,12 @@ fn read_properties(r: &mut Reader, kind: u8) -> Result<Properties, CodecError> {
             }
             0x17 => {
                 let v = flag_byte(&mut pr, "request problem information")?;
-                set_once(&mut p.request_problem_information, v, &pr, "request problem information")?
+                set_once(
+                    &mut p.request_problem_information,
+                    v,
+                    &pr,
+                    "request problem information",
+                )?
             }
             0x18 => {
                 let v = pr.u32("will delay interval")?;
@@ -460,7 +521,12 @@ fn read_properties(r: &mut Reader, kind: u8) -> Result<Properties, CodecError> {
             }
             0x19 => {
                 let v = flag_byte(&mut pr, "request response information")?;
-                set_once(&mut p.request_response_information, v, &pr, "request response information")?
+                set_once(
+                    &mut p.request_response_information,
+                    v,
+                    &pr,
+                    "request response information",
+                )?
             }
             0x1A => {
                 let v = pr.string("response information")?;
@@ -514,15 +580,30 @@ fn read_properties(r: &mut Reader, kind: u8) -> Result<Properties, CodecError> {
             }
             0x28 => {
                 let v = flag_byte(&mut pr, "wildcard subscription available")?;
-                set_once(&mut p.wildcard_subscription_available, v, &pr, "wildcard subscription available")?
+                set_once(
+                    &mut p.wildcard_subscription_available,
+                    v,
+                    &pr,
+                    "wildcard subscription available",
+                )?
             }
             0x29 => {
                 let v = flag_byte(&mut pr, "subscription identifier available")?;
-                set_once(&mut p.subscription_identifier_available, v, &pr, "subscription identifier available")?
+                set_once(
+                    &mut p.subscription_identifier_available,
+                    v,
+                    &pr,
+                    "subscription identifier available",
+                )?
             }
             0x2A => {
                 let v = flag_byte(&mut pr, "shared subscription available")?;
-                set_once(&mut p.shared_subscription_available, v, &pr, "shared subscription available")?
+                set_once(
+                    &mut p.shared_subscription_available,
+                    v,
+                    &pr,
+                    "shared subscription available",
+                )?
             }
             _ => unreachable!("property_allowed covers exactly these identifiers"),
         }
@@ -678,7 +759,11 @@ fn write_properties(out: &mut BytesMut, p: &Properties) {
 /// `version` is `None` until CONNECT has been seen (then only CONNECT is accepted, and its level
 /// decides). Returns `Ok(None)` when more bytes are needed, `Ok(Some((packet, used)))` otherwise.
 /// `max_packet_size` bounds the whole packet (fixed header included).
-pub fn decode(buf: &[u8], version: Option<Version>, max_packet_size: usize) -> Result<Option<(Packet, usize)>, CodecError> {
+pub fn decode(
+    buf: &[u8],
+    version: Option<Version>,
+    max_packet_size: usize,
+) -> Result<Option<(Packet, usize)>, CodecError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
@@ -718,12 +803,20 @@ pub fn decode(buf: &[u8], version: Option<Version>, max_packet_size: usize) -> R
 
 fn expect_flags(name: &'static str, flags: u8, want: u8) -> Result<(), CodecError> {
     if flags != want {
-        return Err(malformed(name, format!("reserved fixed-header flags are {flags:#06b}, must be {want:#06b}")));
+        return Err(malformed(
+            name,
+            format!("reserved fixed-header flags are {flags:#06b}, must be {want:#06b}"),
+        ));
     }
     Ok(())
 }
 
-fn decode_body(packet_type: u8, flags: u8, body: &[u8], version: Option<Version>) -> Result<Packet, CodecError> {
+fn decode_body(
+    packet_type: u8,
+    flags: u8,
+    body: &[u8],
+    version: Option<Version>,
+) -> Result<Packet, CodecError> {
     let name = type_name(packet_type);
     if packet_type == 0 {
         return Err(malformed(name, "packet type 0 is reserved"));
@@ -731,7 +824,12 @@ fn decode_body(packet_type: u8, flags: u8, body: &[u8], version: Option<Version>
     let version = match (packet_type, version) {
         (1, _) => None,
         (_, Some(v)) => Some(v),
-        (_, None) => return Err(protocol(name, "the first packet on a connection must be CONNECT")),
+        (_, None) => {
+            return Err(protocol(
+                name,
+                "the first packet on a connection must be CONNECT",
+            ));
+        }
     };
     let mut r = Reader::new(body, name);
     let packet = match packet_type {
@@ -747,14 +845,22 @@ fn decode_body(packet_type: u8, flags: u8, body: &[u8], version: Option<Version>
                 return Err(malformed(name, "reserved acknowledge flag bits set"));
             }
             let reason_code = r.u8("reason code")?;
-            let properties = if v == Version::V5 { read_properties(&mut r, 2)? } else { Properties::default() };
+            let properties = if v == Version::V5 {
+                read_properties(&mut r, 2)?
+            } else {
+                Properties::default()
+            };
             Packet::ConnAck(ConnAck {
                 session_present: ack_flags & 1 == 1,
                 reason_code,
                 properties,
             })
         }
-        3 => Packet::Publish(decode_publish(&mut r, flags, version.unwrap_or(Version::V311))?),
+        3 => Packet::Publish(decode_publish(
+            &mut r,
+            flags,
+            version.unwrap_or(Version::V311),
+        )?),
         4..=7 => {
             expect_flags(name, flags, if packet_type == 6 { 0b0010 } else { 0 })?;
             let packet_id = r.u16("packet identifier")?;
@@ -787,16 +893,24 @@ fn decode_body(packet_type: u8, flags: u8, body: &[u8], version: Option<Version>
             if packet_id == 0 {
                 return Err(malformed(name, "packet identifier 0 is not allowed"));
             }
-            let properties = if v5 { read_properties(&mut r, 8)? } else { Properties::default() };
+            let properties = if v5 {
+                read_properties(&mut r, 8)?
+            } else {
+                Properties::default()
+            };
             let mut filters = Vec::new();
             while r.remaining() > 0 {
                 let filter = r.string("topic filter")?;
                 let o = r.u8("subscription options")?;
                 let reserved = if v5 { 0xc0 } else { 0xfc };
                 if o & reserved != 0 {
-                    return Err(malformed(name, format!("reserved subscription option bits set for {filter:?}")));
+                    return Err(malformed(
+                        name,
+                        format!("reserved subscription option bits set for {filter:?}"),
+                    ));
                 }
-                let qos = QoS::from_u8(o & 3).ok_or_else(|| malformed(name, format!("QoS 3 requested for {filter:?}")))?;
+                let qos = QoS::from_u8(o & 3)
+                    .ok_or_else(|| malformed(name, format!("QoS 3 requested for {filter:?}")))?;
                 let retain_handling = (o >> 4) & 3;
                 if retain_handling == 3 {
                     return Err(malformed(name, format!("retain handling 3 for {filter:?}")));
@@ -824,7 +938,11 @@ fn decode_body(packet_type: u8, flags: u8, body: &[u8], version: Option<Version>
             expect_flags(name, flags, 0)?;
             let v5 = version == Some(Version::V5);
             let packet_id = r.u16("packet identifier")?;
-            let properties = if v5 { read_properties(&mut r, packet_type)? } else { Properties::default() };
+            let properties = if v5 {
+                read_properties(&mut r, packet_type)?
+            } else {
+                Properties::default()
+            };
             let reason_codes = r.take(r.remaining(), "reason codes")?.to_vec();
             if packet_type == 9 {
                 Packet::SubAck(SubAck {
@@ -846,7 +964,11 @@ fn decode_body(packet_type: u8, flags: u8, body: &[u8], version: Option<Version>
             if packet_id == 0 {
                 return Err(malformed(name, "packet identifier 0 is not allowed"));
             }
-            let properties = if version == Some(Version::V5) { read_properties(&mut r, 10)? } else { Properties::default() };
+            let properties = if version == Some(Version::V5) {
+                read_properties(&mut r, 10)?
+            } else {
+                Properties::default()
+            };
             let mut filters = Vec::new();
             while r.remaining() > 0 {
                 filters.push(r.string("topic filter")?);
@@ -862,7 +984,11 @@ fn decode_body(packet_type: u8, flags: u8, body: &[u8], version: Option<Version>
         }
         12 | 13 => {
             expect_flags(name, flags, 0)?;
-            if packet_type == 12 { Packet::PingReq } else { Packet::PingResp }
+            if packet_type == 12 {
+                Packet::PingReq
+            } else {
+                Packet::PingResp
+            }
         }
         14 | 15 => {
             expect_flags(name, flags, 0)?;
@@ -878,15 +1004,24 @@ fn decode_body(packet_type: u8, flags: u8, body: &[u8], version: Option<Version>
                 }
             }
             if packet_type == 14 {
-                Packet::Disconnect(Disconnect { reason_code, properties })
+                Packet::Disconnect(Disconnect {
+                    reason_code,
+                    properties,
+                })
             } else {
-                Packet::Auth(Auth { reason_code, properties })
+                Packet::Auth(Auth {
+                    reason_code,
+                    properties,
+                })
             }
         }
         _ => unreachable!("packet types are four bits"),
     };
     if r.remaining() > 0 {
-        return Err(malformed(name, format!("{} unexpected trailing bytes", r.remaining())));
+        return Err(malformed(
+            name,
+            format!("{} unexpected trailing bytes", r.remaining()),
+        ));
     }
     Ok(packet)
 }
@@ -916,19 +1051,34 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, CodecError> {
     let has_password = flags & 0x40 != 0;
     let has_username = flags & 0x80 != 0;
     if !will_flag && (will_qos != 0 || will_retain) {
-        return Err(malformed(name, "will QoS or will retain set without the will flag"));
+        return Err(malformed(
+            name,
+            "will QoS or will retain set without the will flag",
+        ));
     }
     let will_qos = QoS::from_u8(will_qos).ok_or_else(|| malformed(name, "will QoS 3"))?;
     if version == Version::V311 && has_password && !has_username {
-        return Err(malformed(name, "password flag set without the user name flag"));
+        return Err(malformed(
+            name,
+            "password flag set without the user name flag",
+        ));
     }
     let keep_alive = r.u16("keep alive")?;
-    let properties = if version == Version::V5 { read_properties(r, 1)? } else { Properties::default() };
+    let properties = if version == Version::V5 {
+        read_properties(r, 1)?
+    } else {
+        Properties::default()
+    };
     let client_id = r.string("client identifier")?;
     let will = if will_flag {
-        let properties = if version == Version::V5 { read_properties(r, 0)? } else { Properties::default() };
+        let properties = if version == Version::V5 {
+            read_properties(r, 0)?
+        } else {
+            Properties::default()
+        };
         let topic = r.string("will topic")?;
-        validate_topic_name(&topic).map_err(|what| malformed(name, format!("will topic {topic:?}: {what}")))?;
+        validate_topic_name(&topic)
+            .map_err(|what| malformed(name, format!("will topic {topic:?}: {what}")))?;
         let payload = r.binary("will payload")?;
         Some(Will {
             topic,
@@ -940,8 +1090,16 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, CodecError> {
     } else {
         None
     };
-    let username = if has_username { Some(r.string("user name")?) } else { None };
-    let password = if has_password { Some(r.binary("password")?) } else { None };
+    let username = if has_username {
+        Some(r.string("user name")?)
+    } else {
+        None
+    };
+    let password = if has_password {
+        Some(r.binary("password")?)
+    } else {
+        None
+    };
     Ok(Connect {
         version,
         clean_start,
@@ -964,7 +1122,8 @@ fn decode_publish(r: &mut Reader, flags: u8, version: Version) -> Result<Publish
     }
     let topic = r.string("topic name")?;
     if !(topic.is_empty() && version == Version::V5) {
-        validate_topic_name(&topic).map_err(|what| malformed(name, format!("topic {topic:?}: {what}")))?;
+        validate_topic_name(&topic)
+            .map_err(|what| malformed(name, format!("topic {topic:?}: {what}")))?;
     }
     let packet_id = if qos == QoS::AtMostOnce {
         None
@@ -975,7 +1134,11 @@ fn decode_publish(r: &mut Reader, flags: u8, version: Version) -> Result<Publish
         }
         Some(id)
     };
-    let properties = if version == Version::V5 { read_properties(r, 3)? } else { Properties::default() };
+    let properties = if version == Version::V5 {
+        read_properties(r, 3)?
+    } else {
+        Properties::default()
+    };
     let payload = Bytes::copy_from_slice(r.take(r.remaining(), "payload")?);
     if properties.payload_format_indicator == Some(1) && std::str::from_utf8(&payload).is_err() {
         return Err(CodecError::Protocol {
@@ -1116,7 +1279,9 @@ pub fn encode(packet: &Packet, version: Version, out: &mut BytesMut) {
                 put_string(b, f);
                 let mut opts = o.qos as u8;
                 if v5 {
-                    opts |= (u8::from(o.no_local) << 2) | (u8::from(o.retain_as_published) << 3) | (o.retain_handling << 4);
+                    opts |= (u8::from(o.no_local) << 2)
+                        | (u8::from(o.retain_as_published) << 3)
+                        | (o.retain_handling << 4);
                 }
                 b.put_u8(opts);
             }

@@ -5,7 +5,8 @@
 
 use crate::auth::{Authorizer, ClientContext};
 use crate::codec::{
-    self, Ack, CodecError, ConnAck, Connect, Disconnect, Packet, Properties, Publish, QoS, SubAck, UnsubAck, Version,
+    self, Ack, CodecError, ConnAck, Connect, Disconnect, Packet, Properties, Publish, QoS, SubAck,
+    UnsubAck, Version,
 };
 use crate::router::{Subscription, parse_shared};
 use crate::state::{Core, Delivery, Inflight, Message, SessionData};
@@ -57,7 +58,12 @@ pub(crate) async fn serve<S>(
 {
     let max_packet = core.config.max_packet_size as usize;
     let mut rbuf = BytesMut::with_capacity(4096);
-    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut stream, &mut rbuf, max_packet)).await {
+    let connect = match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        read_connect(&mut stream, &mut rbuf, max_packet),
+    )
+    .await
+    {
         Ok(Ok(c)) => c,
         Ok(Err(ConnectError::Codec(CodecError::UnsupportedVersion { name, level }))) => {
             tracing::debug!(peer = %ctx.peer, name, level, "unsupported protocol version");
@@ -108,7 +114,11 @@ enum ConnectError {
     Closed,
 }
 
-async fn read_connect<S: AsyncRead + Unpin>(stream: &mut S, rbuf: &mut BytesMut, max: usize) -> Result<Connect, ConnectError> {
+async fn read_connect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    max: usize,
+) -> Result<Connect, ConnectError> {
     loop {
         if let Some((packet, used)) = codec::decode(rbuf, None, max)? {
             let _ = rbuf.split_to(used);
@@ -132,7 +142,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         codec::encode(packet, self.version, &mut self.wbuf);
     }
 
-    async fn flush(&mut self, kick: &mut tokio::sync::oneshot::Receiver<u8>) -> Result<(), Option<u8>> {
+    async fn flush(
+        &mut self,
+        kick: &mut tokio::sync::oneshot::Receiver<u8>,
+    ) -> Result<(), Option<u8>> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
@@ -194,7 +207,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         } else {
             usize::from(self.core.config.max_inflight_v311)
         };
-        self.client_max_packet = connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize);
+        self.client_max_packet = connect
+            .properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |m| m as usize);
 
         // Take the session over from an earlier connection with the same identifier.
         let mut attached = None;
@@ -219,7 +235,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             properties.receive_maximum = Some(cfg.receive_maximum);
             properties.topic_alias_maximum = Some(cfg.topic_alias_maximum);
             // Some clients (paho) reject values above the largest remaining length.
-            properties.maximum_packet_size = Some(cfg.max_packet_size.min(codec::MAX_REMAINING_LENGTH as u32));
+            properties.maximum_packet_size =
+                Some(cfg.max_packet_size.min(codec::MAX_REMAINING_LENGTH as u32));
             properties.retain_available = Some(1);
             properties.wildcard_subscription_available = Some(1);
             properties.subscription_identifier_available = Some(1);
@@ -236,7 +253,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         self.resend_inflight();
         self.fill_window();
 
-        let keep_alive = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        let keep_alive = (connect.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
         let mut deadline = keep_alive.map(|k| Instant::now() + k);
         let end = loop {
             if let Err(reason) = self.flush(&mut kick).await {
@@ -307,7 +325,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                     qos: w.qos,
                     retain: w.retain,
                     properties: forwarded(&w.properties),
-                    expires_at: w.properties.message_expiry_interval.map(|s| now + Duration::from_secs(u64::from(s))),
+                    expires_at: w
+                        .properties
+                        .message_expiry_interval
+                        .map(|s| now + Duration::from_secs(u64::from(s))),
                     publisher: client_id.clone(),
                 });
                 (message, w.properties.will_delay_interval.unwrap_or(0))
@@ -315,7 +336,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         });
         let will = will.filter(|(m, _)| self.authorizer.publish(&self.ctx, &m.topic));
         let data = std::mem::take(&mut self.data);
-        self.core.detach(&client_id, attached.conn_id, data, &mut rx, will, self.session_expiry);
+        self.core.detach(
+            &client_id,
+            attached.conn_id,
+            data,
+            &mut rx,
+            will,
+            self.session_expiry,
+        );
         let _ = self.stream.shutdown().await;
         tracing::debug!(client_id, "disconnected");
     }
@@ -336,7 +364,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     /// `Err(Some(code))`: close after sending DISCONNECT with `code` (v5); `Err(None)`: just close.
     fn handle_input(&mut self) -> Result<Option<End>, Option<u8>> {
         loop {
-            let decoded = codec::decode(&self.rbuf, Some(self.version), self.core.config.max_packet_size as usize);
+            let decoded = codec::decode(
+                &self.rbuf,
+                Some(self.version),
+                self.core.config.max_packet_size as usize,
+            );
             let (packet, used) = match decoded {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(None),
@@ -356,13 +388,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         match packet {
             Packet::Publish(p) => self.on_publish(p)?,
             Packet::PubAck(a) => {
-                if let Some(pos) = self.data.inflight.iter().position(|i| i.packet_id == a.packet_id && i.delivery.qos == QoS::AtLeastOnce) {
+                if let Some(pos) =
+                    self.data.inflight.iter().position(|i| {
+                        i.packet_id == a.packet_id && i.delivery.qos == QoS::AtLeastOnce
+                    })
+                {
                     self.data.inflight.remove(pos);
                     self.fill_window();
                 }
             }
             Packet::PubRec(a) => {
-                let pos = self.data.inflight.iter().position(|i| i.packet_id == a.packet_id && i.delivery.qos == QoS::ExactlyOnce);
+                let pos =
+                    self.data.inflight.iter().position(|i| {
+                        i.packet_id == a.packet_id && i.delivery.qos == QoS::ExactlyOnce
+                    });
                 match pos {
                     Some(pos) if a.reason_code >= 0x80 => {
                         // The receiver refused it: the exchange ends here.
@@ -377,13 +416,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 }
             }
             Packet::PubComp(a) => {
-                if let Some(pos) = self.data.inflight.iter().position(|i| i.packet_id == a.packet_id && i.released) {
+                if let Some(pos) = self
+                    .data
+                    .inflight
+                    .iter()
+                    .position(|i| i.packet_id == a.packet_id && i.released)
+                {
                     self.data.inflight.remove(pos);
                     self.fill_window();
                 }
             }
             Packet::PubRel(a) => {
-                let code = if self.data.incoming_qos2.remove(&a.packet_id) { 0 } else { 0x92 };
+                let code = if self.data.incoming_qos2.remove(&a.packet_id) {
+                    0
+                } else {
+                    0x92
+                };
                 self.queue(&Packet::PubComp(ack(a.packet_id, code)));
             }
             Packet::Subscribe(s) => self.on_subscribe(s)?,
@@ -391,7 +439,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 let reason_codes = u
                     .filters
                     .iter()
-                    .map(|f| if self.core.unsubscribe(&self.ctx.client_id, f) { 0x00 } else { 0x11 })
+                    .map(|f| {
+                        if self.core.unsubscribe(&self.ctx.client_id, f) {
+                            0x00
+                        } else {
+                            0x11
+                        }
+                    })
                     .collect();
                 let ack = UnsubAck {
                     packet_id: u.packet_id,
@@ -414,11 +468,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             }
             Packet::Auth(_) => return Err(Some(0x82)),
             Packet::Connect(_) => {
-                tracing::info!(client_id = self.ctx.client_id, "second CONNECT on one connection");
+                tracing::info!(
+                    client_id = self.ctx.client_id,
+                    "second CONNECT on one connection"
+                );
                 return Err(Some(0x82));
             }
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-                tracing::info!(client_id = self.ctx.client_id, packet = packet.name(), "server-to-client packet from a client");
+                tracing::info!(
+                    client_id = self.ctx.client_id,
+                    packet = packet.name(),
+                    "server-to-client packet from a client"
+                );
                 return Err(Some(0x82));
             }
         }
@@ -449,7 +510,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             self.queue(&Packet::PubRec(ack(id, 0)));
             return Ok(());
         }
-        if p.qos == QoS::ExactlyOnce && self.data.incoming_qos2.len() >= usize::from(self.core.config.receive_maximum) {
+        if p.qos == QoS::ExactlyOnce
+            && self.data.incoming_qos2.len() >= usize::from(self.core.config.receive_maximum)
+        {
             return Err(Some(0x93));
         }
         let allowed = self.authorizer.publish(&self.ctx, &p.topic);
@@ -457,7 +520,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         if allowed {
             let now = Instant::now();
             let message = Arc::new(Message {
-                expires_at: p.properties.message_expiry_interval.map(|s| now + Duration::from_secs(u64::from(s))),
+                expires_at: p
+                    .properties
+                    .message_expiry_interval
+                    .map(|s| now + Duration::from_secs(u64::from(s))),
                 properties: forwarded(&p.properties),
                 topic: p.topic,
                 payload: p.payload,
@@ -521,7 +587,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             };
             let (existed, matching) = self.core.subscribe(&self.ctx.client_id, filter, sub);
             reason_codes.push(options.qos as u8);
-            let send_retained = !shared && (options.retain_handling == 0 || (options.retain_handling == 1 && !existed));
+            let send_retained = !shared
+                && (options.retain_handling == 0 || (options.retain_handling == 1 && !existed));
             if send_retained {
                 for message in matching {
                     retained.push(Delivery {
@@ -555,7 +622,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             if self.data.pending.len() < self.core.config.max_queued_messages {
                 self.data.pending.push_back(d);
             } else {
-                tracing::warn!(client_id = self.ctx.client_id, "session queue full; message dropped");
+                tracing::warn!(
+                    client_id = self.ctx.client_id,
+                    "session queue full; message dropped"
+                );
             }
             self.fill_window();
             return;
@@ -587,7 +657,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     }
 
     fn resend_inflight(&mut self) {
-        let inflight: Vec<(u16, bool, Delivery)> = self.data.inflight.iter().map(|i| (i.packet_id, i.released, i.delivery.clone())).collect();
+        let inflight: Vec<(u16, bool, Delivery)> = self
+            .data
+            .inflight
+            .iter()
+            .map(|i| (i.packet_id, i.released, i.delivery.clone()))
+            .collect();
         for (packet_id, released, delivery) in inflight {
             if released {
                 self.queue(&Packet::PubRel(ack(packet_id, 0)));
@@ -626,7 +701,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             properties.subscription_identifiers = d.subscription_ids.clone();
             if let Some(t) = m.expires_at {
                 let left = t.saturating_duration_since(Instant::now());
-                properties.message_expiry_interval = Some(left.as_secs().max(1).min(u64::from(u32::MAX)) as u32);
+                properties.message_expiry_interval =
+                    Some(left.as_secs().max(1).min(u64::from(u32::MAX)) as u32);
             }
         }
         let publish = Publish {
@@ -641,7 +717,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         let mut out = BytesMut::new();
         codec::encode(&Packet::Publish(publish), self.version, &mut out);
         if out.len() > self.client_max_packet {
-            tracing::debug!(client_id = self.ctx.client_id, topic = m.topic, "message exceeds the client's maximum packet size; dropped");
+            tracing::debug!(
+                client_id = self.ctx.client_id,
+                topic = m.topic,
+                "message exceeds the client's maximum packet size; dropped"
+            );
             return false;
         }
         self.wbuf.extend_from_slice(&out);

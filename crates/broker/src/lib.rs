@@ -53,9 +53,9 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<()> {
     let mut listeners = Vec::new();
     let mut tls = None;
     for url in &opts.listen {
-        let (scheme, hostport) = url
-            .split_once("://")
-            .with_context(|| format!("listener {url:?}: expected tcp://HOST:PORT or tls://HOST:PORT"))?;
+        let (scheme, hostport) = url.split_once("://").with_context(|| {
+            format!("listener {url:?}: expected tcp://HOST:PORT or tls://HOST:PORT")
+        })?;
         let addr = tokio::net::lookup_host(hostport)
             .await
             .with_context(|| format!("listener {url:?}: cannot resolve {hostport:?}"))?

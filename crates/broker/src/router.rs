@@ -63,7 +63,13 @@ impl SubscriptionTree {
         }
         match group {
             None => node.subscribers.insert(client_id.to_owned(), sub).is_some(),
-            Some(g) => node.shared.entry(g.to_owned()).or_default().members.insert(client_id.to_owned(), sub).is_some(),
+            Some(g) => node
+                .shared
+                .entry(g.to_owned())
+                .or_default()
+                .members
+                .insert(client_id.to_owned(), sub)
+                .is_some(),
         }
     }
 
@@ -82,7 +88,14 @@ impl SubscriptionTree {
     pub fn matches(&mut self, topic: &str, eligible: &dyn Fn(&str) -> bool) -> Vec<Match> {
         let levels: Vec<&str> = topic.split('/').collect();
         let mut out = Vec::new();
-        collect(&mut self.root, &levels, 0, topic.starts_with('$'), eligible, &mut out);
+        collect(
+            &mut self.root,
+            &levels,
+            0,
+            topic.starts_with('$'),
+            eligible,
+            &mut out,
+        );
         out
     }
 }
@@ -135,7 +148,14 @@ fn emit(node: &mut Node, eligible: &dyn Fn(&str) -> bool, out: &mut Vec<Match>) 
     }
 }
 
-fn collect(node: &mut Node, levels: &[&str], depth: usize, dollar: bool, eligible: &dyn Fn(&str) -> bool, out: &mut Vec<Match>) {
+fn collect(
+    node: &mut Node,
+    levels: &[&str],
+    depth: usize,
+    dollar: bool,
+    eligible: &dyn Fn(&str) -> bool,
+    out: &mut Vec<Match>,
+) {
     // Wildcards at the first level never match topics starting with `$`.
     let wildcards = !(dollar && depth == 0);
     if wildcards && let Some(hash) = node.children.get_mut("#") {
@@ -192,7 +212,11 @@ mod tests {
     }
 
     fn clients(tree: &mut SubscriptionTree, topic: &str) -> Vec<String> {
-        let mut v: Vec<String> = tree.matches(topic, &|_| true).into_iter().map(|m| m.client_id).collect();
+        let mut v: Vec<String> = tree
+            .matches(topic, &|_| true)
+            .into_iter()
+            .map(|m| m.client_id)
+            .collect();
         v.sort();
         v
     }
@@ -223,7 +247,9 @@ mod tests {
         let picks: Vec<String> = (0..4).map(|_| clients(&mut t, "s/1").remove(0)).collect();
         assert_eq!(picks, ["x", "y", "x", "y"]);
         // Offline members are skipped while others can take the message.
-        let only_y: Vec<String> = (0..2).map(|_| t.matches("s/1", &|c| c == "y").remove(0).client_id).collect();
+        let only_y: Vec<String> = (0..2)
+            .map(|_| t.matches("s/1", &|c| c == "y").remove(0).client_id)
+            .collect();
         assert_eq!(only_y, ["y", "y"]);
     }
 

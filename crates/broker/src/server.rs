@@ -23,7 +23,10 @@ const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(200);
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("cannot listen on {addr}: {source}; pick a free port or another address")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot read {path}: {what}")]
     TlsFile { path: PathBuf, what: String },
     #[error("TLS configuration: {0}")]
@@ -39,7 +42,11 @@ pub struct Listener {
 
 /// Builds a TLS server configuration; with `client_ca`, clients must present a certificate
 /// chaining to one of its CAs.
-pub fn tls_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Arc<ServerConfig>, BrokerError> {
+pub fn tls_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, BrokerError> {
     let file_err = |path: &Path| {
         let path = path.to_owned();
         move |e: rustls::pki_types::pem::Error| BrokerError::TlsFile {
@@ -80,9 +87,13 @@ pub fn tls_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<A
         }
         None => builder.with_no_client_auth(),
     };
-    let config = builder
-        .with_single_cert(chain, key_der)
-        .map_err(|e| BrokerError::Tls(format!("certificate {} with key {}: {e}", cert.display(), key.display())))?;
+    let config = builder.with_single_cert(chain, key_der).map_err(|e| {
+        BrokerError::Tls(format!(
+            "certificate {} with key {}: {e}",
+            cert.display(),
+            key.display()
+        ))
+    })?;
     Ok(Arc::new(config))
 }
 
@@ -100,10 +111,19 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn bind(config: BrokerConfig, listeners: &[Listener], authorizer: Arc<dyn Authorizer>) -> Result<Server, BrokerError> {
+    pub async fn bind(
+        config: BrokerConfig,
+        listeners: &[Listener],
+        authorizer: Arc<dyn Authorizer>,
+    ) -> Result<Server, BrokerError> {
         let mut bound = Vec::new();
         for l in listeners {
-            let listener = TcpListener::bind(l.addr).await.map_err(|source| BrokerError::Bind { addr: l.addr, source })?;
+            let listener = TcpListener::bind(l.addr)
+                .await
+                .map_err(|source| BrokerError::Bind {
+                    addr: l.addr,
+                    source,
+                })?;
             let anonymous_allowed = l.tls.is_none() && l.addr.ip().is_loopback();
             if l.tls.is_none() && !anonymous_allowed {
                 tracing::warn!(addr = %l.addr, "plain TCP listener off loopback: every CONNECT will be refused (no client certificate)");
@@ -123,7 +143,10 @@ impl Server {
 
     /// The addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.bound.iter().filter_map(|b| b.listener.local_addr().ok()).collect()
+        self.bound
+            .iter()
+            .filter_map(|b| b.listener.local_addr().ok())
+            .collect()
     }
 
     /// Serves until `shutdown` completes, then tells every client and waits (bounded) for them.
@@ -150,7 +173,9 @@ impl Server {
             let authorizer = self.authorizer.clone();
             let permits = permits.clone();
             let stop = stop_rx.clone();
-            tasks.push(tokio::spawn(accept_loop(b, core, authorizer, permits, stop)));
+            tasks.push(tokio::spawn(accept_loop(
+                b, core, authorizer, permits, stop,
+            )));
         }
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -159,13 +184,22 @@ impl Server {
         }
         // Every connection task holds a permit; all permits back means all tasks ended.
         let all = u32::try_from(max).unwrap_or(u32::MAX);
-        if tokio::time::timeout(SHUTDOWN_GRACE, permits.acquire_many(all)).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, permits.acquire_many(all))
+            .await
+            .is_err()
+        {
             tracing::warn!("some connections did not close within {SHUTDOWN_GRACE:?}");
         }
     }
 }
 
-async fn accept_loop(b: Bound, core: Arc<Core>, authorizer: Arc<dyn Authorizer>, permits: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    b: Bound,
+    core: Arc<Core>,
+    authorizer: Arc<dyn Authorizer>,
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -212,17 +246,18 @@ async fn serve_socket(
     match tls {
         None => connection::serve(core, authorizer, socket, ctx, stop).await,
         Some(acceptor) => {
-            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::info!(peer = %ctx.peer, "TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(peer = %ctx.peer, "TLS handshake timed out");
-                    return;
-                }
-            };
+            let stream =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::info!(peer = %ctx.peer, "TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(peer = %ctx.peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
             if let Some(chain) = stream.get_ref().1.peer_certificates() {
                 ctx.certificate_chain = chain.iter().map(|c| c.clone().into_owned()).collect();
             }

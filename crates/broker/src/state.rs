@@ -264,7 +264,8 @@ impl Core {
                 route(st, message, &self.config);
             } else {
                 let due = now + Duration::from_secs(u64::from(delay.min(expiry_secs)));
-                st.delayed_wills.insert(client_id.to_owned(), DelayedWill { due, message });
+                st.delayed_wills
+                    .insert(client_id.to_owned(), DelayedWill { due, message });
             }
         }
     }
@@ -277,7 +278,12 @@ impl Core {
     }
 
     /// Records a subscription; returns whether it replaced one and the retained messages it matches.
-    pub fn subscribe(&self, client_id: &str, filter: &str, sub: Subscription) -> (bool, Vec<Arc<Message>>) {
+    pub fn subscribe(
+        &self,
+        client_id: &str,
+        filter: &str,
+        sub: Subscription,
+    ) -> (bool, Vec<Arc<Message>>) {
         let mut guard = self.lock();
         let st = &mut *guard;
         let existed = st.subscriptions.subscribe(client_id, filter, sub.clone());
@@ -311,7 +317,12 @@ impl Core {
         let mut guard = self.lock();
         let st = &mut *guard;
         let now = Instant::now();
-        let due: Vec<String> = st.delayed_wills.iter().filter(|(_, w)| w.due <= now).map(|(c, _)| c.clone()).collect();
+        let due: Vec<String> = st
+            .delayed_wills
+            .iter()
+            .filter(|(_, w)| w.due <= now)
+            .map(|(c, _)| c.clone())
+            .collect();
         for client_id in due {
             if let Some(will) = st.delayed_wills.remove(&client_id) {
                 route(st, will.message, &self.config);
@@ -320,7 +331,9 @@ impl Core {
         let expired: Vec<String> = st
             .sessions
             .iter()
-            .filter(|(_, s)| matches!(s.slot, Slot::Offline { expires_at: Some(t), .. } if t <= now))
+            .filter(
+                |(_, s)| matches!(s.slot, Slot::Offline { expires_at: Some(t), .. } if t <= now),
+            )
             .map(|(c, _)| c.clone())
             .collect();
         for client_id in expired {
@@ -354,7 +367,15 @@ fn route(st: &mut State, message: Arc<Message>, config: &BrokerConfig) -> usize 
         subscriptions,
         ..
     } = st;
-    let online = |c: &str| matches!(sessions.get(c), Some(Session { slot: Slot::Online { .. }, .. }));
+    let online = |c: &str| {
+        matches!(
+            sessions.get(c),
+            Some(Session {
+                slot: Slot::Online { .. },
+                ..
+            })
+        )
+    };
     let matches = subscriptions.matches(&message.topic, &online);
     // Overlapping subscriptions of one client yield one delivery: highest QoS, all identifiers.
     let mut per_client: HashMap<String, Delivery> = HashMap::new();
@@ -381,14 +402,19 @@ fn route(st: &mut State, message: Arc<Message>, config: &BrokerConfig) -> usize 
         match &mut session.slot {
             Slot::Online { tx, kick, .. } => {
                 if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(delivery) {
-                    tracing::warn!(client_id, "outbound queue full; disconnecting slow consumer");
+                    tracing::warn!(
+                        client_id,
+                        "outbound queue full; disconnecting slow consumer"
+                    );
                     if let Some(kick) = kick.take() {
                         let _ = kick.send(SLOW_CONSUMER);
                     }
                 }
             }
             Slot::Offline { data, .. } => {
-                if delivery.qos != QoS::AtMostOnce && data.pending.len() < config.max_queued_messages {
+                if delivery.qos != QoS::AtMostOnce
+                    && data.pending.len() < config.max_queued_messages
+                {
                     data.pending.push_back(delivery);
                 }
             }

@@ -6,7 +6,9 @@ const MAX: usize = MAX_REMAINING_LENGTH + 5;
 fn roundtrip(p: &Packet, v: Version) -> Packet {
     let mut out = BytesMut::new();
     encode(p, v, &mut out);
-    let (decoded, used) = decode(&out, Some(v), MAX).expect("decodes").expect("complete");
+    let (decoded, used) = decode(&out, Some(v), MAX)
+        .expect("decodes")
+        .expect("complete");
     assert_eq!(used, out.len());
     decoded
 }
@@ -18,10 +20,19 @@ fn topic() -> impl Strategy<Value = String> {
     "[a-z0-9é$]{1,5}(/[a-z0-9]{0,4}){0,3}"
 }
 fn filter() -> impl Strategy<Value = String> {
-    prop_oneof![topic(), Just("#".to_string()), Just("a/+/c".to_string()), Just("$share/g/x/#".to_string())]
+    prop_oneof![
+        topic(),
+        Just("#".to_string()),
+        Just("a/+/c".to_string()),
+        Just("$share/g/x/#".to_string())
+    ]
 }
 fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![Just(QoS::AtMostOnce), Just(QoS::AtLeastOnce), Just(QoS::ExactlyOnce)]
+    prop_oneof![
+        Just(QoS::AtMostOnce),
+        Just(QoS::AtLeastOnce),
+        Just(QoS::ExactlyOnce)
+    ]
 }
 fn bytes() -> impl Strategy<Value = Bytes> {
     proptest::collection::vec(any::<u8>(), 0..40).prop_map(Bytes::from)
@@ -108,8 +119,16 @@ fn connack_props() -> impl Strategy<Value = Properties> {
 }
 
 fn packet_v5() -> impl Strategy<Value = Packet> {
-    let publish = (any::<bool>(), qos(), any::<bool>(), topic(), 1u16.., publish_props(), bytes()).prop_map(
-        |(dup, qos, retain, topic, id, properties, payload)| {
+    let publish = (
+        any::<bool>(),
+        qos(),
+        any::<bool>(),
+        topic(),
+        1u16..,
+        publish_props(),
+        bytes(),
+    )
+        .prop_map(|(dup, qos, retain, topic, id, properties, payload)| {
             Packet::Publish(Publish {
                 dup: dup && qos != QoS::AtMostOnce,
                 qos,
@@ -119,63 +138,87 @@ fn packet_v5() -> impl Strategy<Value = Packet> {
                 properties,
                 payload,
             })
+        });
+    let ack = (0u8..4, 1u16.., any::<u8>(), ack_props()).prop_map(
+        |(kind, packet_id, reason_code, properties)| {
+            let a = Ack {
+                packet_id,
+                reason_code,
+                properties,
+            };
+            match kind {
+                0 => Packet::PubAck(a),
+                1 => Packet::PubRec(a),
+                2 => Packet::PubRel(a),
+                _ => Packet::PubComp(a),
+            }
         },
     );
-    let ack = (0u8..4, 1u16.., any::<u8>(), ack_props()).prop_map(|(kind, packet_id, reason_code, properties)| {
-        let a = Ack {
-            packet_id,
-            reason_code,
-            properties,
-        };
-        match kind {
-            0 => Packet::PubAck(a),
-            1 => Packet::PubRec(a),
-            2 => Packet::PubRel(a),
-            _ => Packet::PubComp(a),
-        }
-    });
-    let will = proptest::option::of((topic(), bytes(), qos(), any::<bool>(), proptest::option::of(any::<u32>())).prop_map(
-        |(topic, payload, qos, retain, delay)| Will {
-            topic,
-            payload,
-            qos,
-            retain,
-            properties: Properties {
-                will_delay_interval: delay,
-                ..Properties::default()
+    let will = proptest::option::of(
+        (
+            topic(),
+            bytes(),
+            qos(),
+            any::<bool>(),
+            proptest::option::of(any::<u32>()),
+        )
+            .prop_map(|(topic, payload, qos, retain, delay)| Will {
+                topic,
+                payload,
+                qos,
+                retain,
+                properties: Properties {
+                    will_delay_interval: delay,
+                    ..Properties::default()
+                },
+            }),
+    );
+    let connect = (
+        any::<bool>(),
+        any::<u16>(),
+        connect_props(),
+        text(),
+        will,
+        proptest::option::of(text()),
+        proptest::option::of(bytes()),
+    )
+        .prop_map(
+            |(clean_start, keep_alive, properties, client_id, will, username, password)| {
+                Packet::Connect(Connect {
+                    version: Version::V5,
+                    clean_start,
+                    keep_alive,
+                    properties,
+                    client_id,
+                    will,
+                    username,
+                    password,
+                })
             },
-        },
-    ));
-    let connect = (any::<bool>(), any::<u16>(), connect_props(), text(), will, proptest::option::of(text()), proptest::option::of(bytes()))
-        .prop_map(|(clean_start, keep_alive, properties, client_id, will, username, password)| {
-            Packet::Connect(Connect {
-                version: Version::V5,
-                clean_start,
-                keep_alive,
+        );
+    let connack = (any::<bool>(), any::<u8>(), connack_props()).prop_map(
+        |(session_present, reason_code, properties)| {
+            Packet::ConnAck(ConnAck {
+                session_present,
+                reason_code,
                 properties,
-                client_id,
-                will,
-                username,
-                password,
             })
-        });
-    let connack = (any::<bool>(), any::<u8>(), connack_props()).prop_map(|(session_present, reason_code, properties)| {
-        Packet::ConnAck(ConnAck {
-            session_present,
-            reason_code,
-            properties,
-        })
-    });
-    let options = (qos(), any::<bool>(), any::<bool>(), 0u8..3).prop_map(|(qos, no_local, retain_as_published, retain_handling)| {
-        SubscriptionOptions {
+        },
+    );
+    let options = (qos(), any::<bool>(), any::<bool>(), 0u8..3).prop_map(
+        |(qos, no_local, retain_as_published, retain_handling)| SubscriptionOptions {
             qos,
             no_local,
             retain_as_published,
             retain_handling,
-        }
-    });
-    let subscribe = (1u16.., proptest::option::of(1u32..268_435_455), proptest::collection::vec((filter(), options), 1..4)).prop_map(
-        |(packet_id, id, filters)| {
+        },
+    );
+    let subscribe = (
+        1u16..,
+        proptest::option::of(1u32..268_435_455),
+        proptest::collection::vec((filter(), options), 1..4),
+    )
+        .prop_map(|(packet_id, id, filters)| {
             Packet::Subscribe(Subscribe {
                 packet_id,
                 properties: Properties {
@@ -184,49 +227,69 @@ fn packet_v5() -> impl Strategy<Value = Packet> {
                 },
                 filters,
             })
-        },
-    );
-    let suback = (any::<u16>(), ack_props(), proptest::collection::vec(any::<u8>(), 1..4)).prop_map(|(packet_id, properties, reason_codes)| {
-        Packet::SubAck(SubAck {
-            packet_id,
-            properties,
-            reason_codes,
-        })
-    });
-    let unsubscribe = (1u16.., proptest::collection::vec(filter(), 1..4)).prop_map(|(packet_id, filters)| {
-        Packet::Unsubscribe(Unsubscribe {
-            packet_id,
-            properties: Properties::default(),
-            filters,
-        })
-    });
-    let unsuback = (any::<u16>(), ack_props(), proptest::collection::vec(any::<u8>(), 1..4)).prop_map(|(packet_id, properties, reason_codes)| {
-        Packet::UnsubAck(UnsubAck {
-            packet_id,
-            properties,
-            reason_codes,
-        })
-    });
-    let disconnect = (any::<u8>(), proptest::option::of(any::<u32>()), proptest::option::of(text())).prop_map(|(reason_code, sei, rs)| {
-        Packet::Disconnect(Disconnect {
-            reason_code,
-            properties: Properties {
-                session_expiry_interval: sei,
-                reason_string: rs,
-                ..Properties::default()
-            },
-        })
-    });
-    let auth = (any::<u8>(), proptest::option::of(text()), proptest::option::of(bytes())).prop_map(|(reason_code, m, d)| {
-        Packet::Auth(Auth {
-            reason_code,
-            properties: Properties {
-                authentication_method: m,
-                authentication_data: d,
-                ..Properties::default()
-            },
-        })
-    });
+        });
+    let suback = (
+        any::<u16>(),
+        ack_props(),
+        proptest::collection::vec(any::<u8>(), 1..4),
+    )
+        .prop_map(|(packet_id, properties, reason_codes)| {
+            Packet::SubAck(SubAck {
+                packet_id,
+                properties,
+                reason_codes,
+            })
+        });
+    let unsubscribe =
+        (1u16.., proptest::collection::vec(filter(), 1..4)).prop_map(|(packet_id, filters)| {
+            Packet::Unsubscribe(Unsubscribe {
+                packet_id,
+                properties: Properties::default(),
+                filters,
+            })
+        });
+    let unsuback = (
+        any::<u16>(),
+        ack_props(),
+        proptest::collection::vec(any::<u8>(), 1..4),
+    )
+        .prop_map(|(packet_id, properties, reason_codes)| {
+            Packet::UnsubAck(UnsubAck {
+                packet_id,
+                properties,
+                reason_codes,
+            })
+        });
+    let disconnect = (
+        any::<u8>(),
+        proptest::option::of(any::<u32>()),
+        proptest::option::of(text()),
+    )
+        .prop_map(|(reason_code, sei, rs)| {
+            Packet::Disconnect(Disconnect {
+                reason_code,
+                properties: Properties {
+                    session_expiry_interval: sei,
+                    reason_string: rs,
+                    ..Properties::default()
+                },
+            })
+        });
+    let auth = (
+        any::<u8>(),
+        proptest::option::of(text()),
+        proptest::option::of(bytes()),
+    )
+        .prop_map(|(reason_code, m, d)| {
+            Packet::Auth(Auth {
+                reason_code,
+                properties: Properties {
+                    authentication_method: m,
+                    authentication_data: d,
+                    ..Properties::default()
+                },
+            })
+        });
     prop_oneof![
         publish,
         ack,
@@ -266,10 +329,26 @@ fn to_v311(p: Packet) -> Option<Packet> {
             p.properties = none();
             Packet::Publish(p)
         }
-        Packet::PubAck(a) => Packet::PubAck(Ack { reason_code: 0, properties: none(), ..a }),
-        Packet::PubRec(a) => Packet::PubRec(Ack { reason_code: 0, properties: none(), ..a }),
-        Packet::PubRel(a) => Packet::PubRel(Ack { reason_code: 0, properties: none(), ..a }),
-        Packet::PubComp(a) => Packet::PubComp(Ack { reason_code: 0, properties: none(), ..a }),
+        Packet::PubAck(a) => Packet::PubAck(Ack {
+            reason_code: 0,
+            properties: none(),
+            ..a
+        }),
+        Packet::PubRec(a) => Packet::PubRec(Ack {
+            reason_code: 0,
+            properties: none(),
+            ..a
+        }),
+        Packet::PubRel(a) => Packet::PubRel(Ack {
+            reason_code: 0,
+            properties: none(),
+            ..a
+        }),
+        Packet::PubComp(a) => Packet::PubComp(Ack {
+            reason_code: 0,
+            properties: none(),
+            ..a
+        }),
         Packet::Subscribe(mut s) => {
             s.properties = none();
             for (_, o) in &mut s.filters {
@@ -351,13 +430,25 @@ fn err(raw: &[u8], v: Option<Version>) -> CodecError {
 #[test]
 fn connect_is_required_first() {
     let e = err(&[0xc0, 0x00], None);
-    assert!(matches!(e, CodecError::Protocol { packet: "PINGREQ", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            CodecError::Protocol {
+                packet: "PINGREQ",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
 fn reserved_flags_are_rejected() {
     // SUBSCRIBE with flags 0000 instead of 0010.
-    let e = err(&[0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00], Some(Version::V311));
+    let e = err(
+        &[0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00],
+        Some(Version::V311),
+    );
     assert_eq!(e.reason_code(), 0x81);
     assert!(e.to_string().contains("reserved fixed-header flags"), "{e}");
     // PUBREL must carry 0010.
@@ -368,8 +459,19 @@ fn reserved_flags_are_rejected() {
 
 #[test]
 fn publish_qos3_and_dup_on_qos0_are_malformed() {
-    assert!(err(&[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01], Some(Version::V311)).to_string().contains("QoS 3"));
-    assert!(err(&[0x38, 0x03, 0x00, 0x01, b'a'], Some(Version::V311)).to_string().contains("DUP"));
+    assert!(
+        err(
+            &[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01],
+            Some(Version::V311)
+        )
+        .to_string()
+        .contains("QoS 3")
+    );
+    assert!(
+        err(&[0x38, 0x03, 0x00, 0x01, b'a'], Some(Version::V311))
+            .to_string()
+            .contains("DUP")
+    );
 }
 
 #[test]
@@ -379,13 +481,23 @@ fn malformed_utf8_is_rejected() {
     let e = err(&[0x30, 0x04, 0x00, 0x02, b'a', 0x00], Some(Version::V311));
     assert!(e.to_string().contains("U+0000"), "{e}");
     // An encoded surrogate half (U+D800).
-    assert!(decode(&[0x30, 0x05, 0x00, 0x03, 0xed, 0xa0, 0x80], Some(Version::V311), MAX).is_err());
+    assert!(
+        decode(
+            &[0x30, 0x05, 0x00, 0x03, 0xed, 0xa0, 0x80],
+            Some(Version::V311),
+            MAX
+        )
+        .is_err()
+    );
 }
 
 #[test]
 fn wildcards_in_topic_names_are_rejected() {
     let e = err(&[0x30, 0x03, 0x00, 0x01, b'#'], Some(Version::V311));
-    assert!(e.to_string().contains("wildcard") || e.to_string().contains("+ or #"), "{e}");
+    assert!(
+        e.to_string().contains("wildcard") || e.to_string().contains("+ or #"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -395,7 +507,13 @@ fn remaining_length_limits() {
     assert!(e.to_string().contains("longer than 4 bytes"), "{e}");
     // Declared size over the limit is refused before the body arrives.
     let e = decode(&[0x30, 0xff, 0x7f], Some(Version::V311), 1000).unwrap_err();
-    assert_eq!(e, CodecError::TooLarge { size: 16386, max: 1000 });
+    assert_eq!(
+        e,
+        CodecError::TooLarge {
+            size: 16386,
+            max: 1000
+        }
+    );
     assert_eq!(e.reason_code(), 0x95);
 }
 
@@ -416,18 +534,31 @@ fn connect_validation() {
     let mut raw = out.to_vec();
     // Connect flags are at offset 2 (fixed header) + 6 (name) + 1 (level).
     raw[9] |= 0x01;
-    assert!(err(&raw, None).to_string().contains("reserved connect flag"));
+    assert!(
+        err(&raw, None)
+            .to_string()
+            .contains("reserved connect flag")
+    );
     raw[9] = 0x02 | 0x08; // will QoS without will flag
-    assert!(err(&raw, None).to_string().contains("without the will flag"));
+    assert!(
+        err(&raw, None)
+            .to_string()
+            .contains("without the will flag")
+    );
     raw[9] = 0x02;
     raw[8] = 3; // protocol level 3 with name MQTT
-    assert!(matches!(err(&raw, None), CodecError::UnsupportedVersion { level: 3, .. }));
+    assert!(matches!(
+        err(&raw, None),
+        CodecError::UnsupportedVersion { level: 3, .. }
+    ));
 }
 
 #[test]
 fn duplicate_and_misplaced_properties_are_protocol_errors() {
     // PUBACK id 1, reason 0, properties: reason string twice.
-    let raw = [0x40, 0x0a, 0x00, 0x01, 0x00, 0x06, 0x1f, 0x00, 0x00, 0x1f, 0x00, 0x00];
+    let raw = [
+        0x40, 0x0a, 0x00, 0x01, 0x00, 0x06, 0x1f, 0x00, 0x00, 0x1f, 0x00, 0x00,
+    ];
     let e = err(&raw, Some(Version::V5));
     assert!(e.to_string().contains("more than once"), "{e}");
     // PUBACK carrying a topic alias.
@@ -448,10 +579,18 @@ fn trailing_bytes_are_malformed() {
 fn subscribe_options_validation() {
     // v3.1.1 with the no-local bit set (reserved there).
     let raw = [0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x04];
-    assert!(err(&raw, Some(Version::V311)).to_string().contains("reserved subscription option"));
+    assert!(
+        err(&raw, Some(Version::V311))
+            .to_string()
+            .contains("reserved subscription option")
+    );
     // v5 retain handling 3.
     let raw = [0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'a', 0x30];
-    assert!(err(&raw, Some(Version::V5)).to_string().contains("retain handling 3"));
+    assert!(
+        err(&raw, Some(Version::V5))
+            .to_string()
+            .contains("retain handling 3")
+    );
 }
 
 #[test]
