@@ -1,0 +1,274 @@
+//! The protocol server over real TCP connections, with a minimal client written from the
+//! protocol description (the Python SDK suite in compat/streams covers the real client).
+
+use ciborium::value::Value;
+use lichen_streams::{StreamManager, StreamManagerConfig};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Server {
+    rt: tokio::runtime::Runtime,
+    sm: Option<StreamManager>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(root: &std::path::Path, token: Option<&'static str>) -> Server {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let sm = rt
+            .block_on(StreamManager::start(StreamManagerConfig {
+                store_root: root.to_path_buf(),
+                port: 0,
+                authenticate_client: token.is_some(),
+                token_validator: token.map(|t| Arc::new(move |s: &str| s == t) as _),
+            }))
+            .unwrap();
+        let addr = sm.local_addr();
+        Server {
+            rt,
+            sm: Some(sm),
+            addr,
+        }
+    }
+
+    fn stop(mut self) {
+        let sm = self.sm.take().unwrap();
+        self.rt.block_on(sm.stop());
+    }
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.into())
+}
+
+fn int(i: u64) -> Value {
+    Value::Integer(i.into())
+}
+
+fn map(pairs: Vec<(&str, Value)>) -> Value {
+    Value::Map(pairs.into_iter().map(|(k, v)| (text(k), v)).collect())
+}
+
+fn frame(op: u8, v: &Value) -> Vec<u8> {
+    let mut body = Vec::new();
+    ciborium::into_writer(v, &mut body).unwrap();
+    let mut out = ((body.len() + 1) as i32).to_be_bytes().to_vec();
+    out.push(op);
+    out.extend(body);
+    out
+}
+
+struct Client(TcpStream);
+
+impl Client {
+    fn connect(addr: SocketAddr, token: Option<&str>) -> (Client, Value) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut fields = vec![("requestId", text("c")), ("protocolVersion", text("1.1.0"))];
+        if let Some(t) = token {
+            fields.push(("authToken", text(t)));
+        }
+        let mut hello = vec![1u8];
+        hello.extend(frame(1, &map(fields)));
+        s.write_all(&hello).unwrap();
+        let mut version = [0u8; 1];
+        s.read_exact(&mut version).unwrap();
+        assert_eq!(version[0], 1);
+        let mut c = Client(s);
+        let (op, resp) = c.recv().unwrap();
+        assert_eq!(op, 6);
+        (c, resp)
+    }
+
+    fn send(&mut self, op: u8, v: Value) {
+        self.0.write_all(&frame(op, &v)).unwrap();
+    }
+
+    fn recv(&mut self) -> Option<(u8, Value)> {
+        let mut head = [0u8; 5];
+        self.0.read_exact(&mut head).ok()?;
+        let len = i32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len - 1];
+        self.0.read_exact(&mut body).ok()?;
+        Some((head[4], ciborium::from_reader(&body[..]).unwrap()))
+    }
+
+    fn call(&mut self, op: u8, v: Value) -> (u8, Value) {
+        self.send(op, v);
+        self.recv().expect("a response")
+    }
+}
+
+fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
+    v.as_map()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.as_text() == Some(key))
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no {key} in {v:?}"))
+}
+
+fn status(v: &Value) -> u64 {
+    u64::try_from(i128::from(field(v, "status").as_integer().unwrap())).unwrap()
+}
+
+fn create(c: &mut Client, name: &str, flush: bool) {
+    let def = map(vec![
+        ("name", text(name)),
+        ("strategyOnFull", int(0)),
+        ("flushOnWrite", Value::Bool(flush)),
+    ]);
+    let (op, r) = c.call(
+        2,
+        map(vec![("requestId", text("create")), ("definition", def)]),
+    );
+    assert_eq!((op, status(&r)), (7, 0), "{r:?}");
+}
+
+fn append(id: &str, name: &str, payload: &[u8]) -> Value {
+    map(vec![
+        ("requestId", text(id)),
+        ("name", text(name)),
+        ("payload", Value::Bytes(payload.to_vec())),
+    ])
+}
+
+fn read(id: &str, name: &str, start: u64, min: u64, timeout_ms: u64) -> Value {
+    let opts = map(vec![
+        ("desiredStartSequenceNumber", int(start)),
+        ("minMessageCount", int(min)),
+        ("maxMessageCount", int(min)),
+        ("readTimeoutMillis", int(timeout_ms)),
+    ]);
+    map(vec![
+        ("requestId", text(id)),
+        ("streamName", text(name)),
+        ("readMessagesOptions", opts),
+    ])
+}
+
+#[test]
+fn token_validator_decides_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), Some("tok"));
+    let (mut c, r) = Client::connect(server.addr, Some("bad"));
+    assert_eq!(status(&r), 2);
+    assert!(c.recv().is_none(), "a refused connection is closed");
+    let (_, r) = Client::connect(server.addr, None);
+    assert_eq!(status(&r), 2);
+    let (mut c, r) = Client::connect(server.addr, Some("tok"));
+    assert_eq!(status(&r), 0);
+    let (op, r) = c.call(11, map(vec![("requestId", text("l"))]));
+    assert_eq!((op, status(&r)), (12, 0));
+    server.stop();
+}
+
+#[test]
+fn long_poll_is_answered_out_of_order_and_woken_by_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let (mut c, _) = Client::connect(server.addr, None);
+    create(&mut c, "s", false);
+    // A parked read, then an append on the same connection: the append is answered although
+    // the read was sent first, and the read is answered with what the append stored.
+    c.send(5, read("r1", "s", 0, 1, 20_000));
+    c.send(4, append("a1", "s", b"wake"));
+    let mut answers: Vec<(u8, Value)> = (0..2).map(|_| c.recv().unwrap()).collect();
+    answers.sort_by_key(|(op, _)| *op);
+    let (op, r) = &answers[0];
+    assert_eq!(
+        (*op, field(r, "requestId").as_text(), status(r)),
+        (9, Some("a1"), 0)
+    );
+    let (op, r) = &answers[1];
+    assert_eq!(
+        (*op, field(r, "requestId").as_text(), status(r)),
+        (10, Some("r1"), 0)
+    );
+    let msgs = field(r, "messages").as_array().unwrap();
+    assert_eq!(field(&msgs[0], "payload").as_bytes().unwrap(), b"wake");
+    // A read that cannot be satisfied is answered with NotEnoughMessages when it times out.
+    let (op, r) = c.call(5, read("r2", "s", 1, 1, 200));
+    assert_eq!((op, status(&r)), (10, 13));
+    server.stop();
+}
+
+#[test]
+fn deleting_a_stream_ends_its_long_polls() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let (mut c, _) = Client::connect(server.addr, None);
+    create(&mut c, "gone", false);
+    c.send(5, read("r", "gone", 0, 1, 20_000));
+    c.send(
+        3,
+        map(vec![("requestId", text("d")), ("name", text("gone"))]),
+    );
+    // The two answers may come in either order.
+    let mut got: Vec<(u8, u64)> = (0..2)
+        .map(|_| c.recv().unwrap())
+        .map(|(op, r)| (op, status(&r)))
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![(8, 0), (10, 5)]);
+    server.stop();
+}
+
+#[test]
+fn pipelined_durable_appends_keep_their_order_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let (mut c, _) = Client::connect(server.addr, None);
+    create(&mut c, "p", true);
+    for i in 0..100 {
+        c.send(4, append(&format!("a{i}"), "p", format!("m{i}").as_bytes()));
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..100 {
+        let (op, r) = c.recv().unwrap();
+        assert_eq!((op, status(&r)), (9, 0));
+        let id = field(&r, "requestId")
+            .as_text()
+            .unwrap()
+            .trim_start_matches('a')
+            .parse::<u64>()
+            .unwrap();
+        let seq = u64::try_from(i128::from(
+            field(&r, "sequenceNumber").as_integer().unwrap(),
+        ))
+        .unwrap();
+        seen.insert(id, seq);
+    }
+    assert!(
+        seen.iter().all(|(id, seq)| id == seq),
+        "appends kept the order they were sent in"
+    );
+    server.stop();
+
+    let server = Server::start(dir.path(), None);
+    let (mut c, _) = Client::connect(server.addr, None);
+    let (_, r) = c.call(5, read("r", "p", 0, 100, 0));
+    let msgs = field(&r, "messages").as_array().unwrap();
+    assert_eq!(msgs.len(), 100);
+    assert_eq!(field(&msgs[99], "payload").as_bytes().unwrap(), b"m99");
+    server.stop();
+}
+
+#[test]
+fn a_malformed_frame_closes_only_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let (mut good, _) = Client::connect(server.addr, None);
+    let (mut bad, _) = Client::connect(server.addr, None);
+    bad.0.write_all(&[0x7f, 0xff, 0xff, 0xff, 4]).unwrap();
+    assert!(bad.recv().is_none());
+    let (op, r) = good.call(11, map(vec![("requestId", text("l"))]));
+    assert_eq!((op, status(&r)), (12, 0));
+    server.stop();
+}
