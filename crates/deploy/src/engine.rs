@@ -245,10 +245,7 @@ impl DeploymentEngine {
         let recipes = match &req.recipe_directory_path {
             Some(dir) => {
                 if !dir.is_dir() {
-                    return Err(DeployError::BadRequest(format!(
-                        "recipe directory {} does not exist or is not a directory",
-                        dir.display()
-                    )));
+                    return Err(DeployError::InvalidRecipeDirectory { path: dir.clone() });
                 }
                 store::read_recipe_dir(dir)?
             }
@@ -257,10 +254,7 @@ impl DeploymentEngine {
         if let Some(dir) = &req.artifacts_directory_path
             && !dir.is_dir()
         {
-            return Err(DeployError::BadRequest(format!(
-                "artifacts directory {} does not exist or is not a directory",
-                dir.display()
-            )));
+            return Err(DeployError::InvalidArtifactsDirectory { path: dir.clone() });
         }
         let id = uuid::Uuid::new_v4().to_string();
         let dir = self.inner.deployments_dir.join(&id);
@@ -470,6 +464,14 @@ impl Inner {
         if lock(&self.state).cancel_requested.contains(id) {
             return Outcome::canceled(id);
         }
+        // NOTIFY_COMPONENTS: subscribed components hear of the update first and may defer it.
+        let notified = match &persisted.record.request.component_update_policy {
+            Some(policy) if policy.notify_components => {
+                self.hooks.pre_update(id, policy.timeout).await;
+                true
+            }
+            _ => false,
+        };
         // Configuration validation by the components whose configuration changes.
         for (component, configuration) in &plan.config_changed {
             if let Err(message) = self
@@ -489,7 +491,14 @@ impl Inner {
         if lock(&self.state).cancel_requested.contains(id) {
             return Outcome::canceled(id);
         }
-        let snapshot = self.snapshot(&plan);
+        let mut outcome = self.commit_and_apply(id, persisted, &plan).await;
+        outcome.notified = notified;
+        outcome
+    }
+
+    /// Snapshot, bootstrap, the atomic commit, then reconcile and wait.
+    async fn commit_and_apply(&self, id: &str, persisted: &Persisted, plan: &Plan) -> Outcome {
+        let snapshot = self.snapshot(plan);
         if let Err(e) = self.write_snapshot(id, &snapshot) {
             return Outcome::failed(DetailedStatus::FailedNoStateChange, e);
         }
@@ -500,10 +509,10 @@ impl Inner {
         }) {
             return Outcome::failed(DetailedStatus::FailedNoStateChange, e);
         }
-        if let Err(e) = self.run_bootstraps(&plan).await {
+        if let Err(e) = self.run_bootstraps(plan).await {
             return Outcome::failed(DetailedStatus::FailedNoStateChange, e);
         }
-        if let Err(e) = self.commit(id, &plan) {
+        if let Err(e) = self.commit(id, plan) {
             return Outcome::failed(DetailedStatus::FailedNoStateChange, e);
         }
         if let Err(e) = self.update(id, |p| p.phase = Phase::Committed) {

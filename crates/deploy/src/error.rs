@@ -14,6 +14,10 @@ pub enum DeployError {
     },
     #[error("invalid deployment request: {0}")]
     BadRequest(String),
+    #[error("recipe directory {} does not exist or is not a directory", path.display())]
+    InvalidRecipeDirectory { path: PathBuf },
+    #[error("artifacts directory {} does not exist or is not a directory", path.display())]
+    InvalidArtifactsDirectory { path: PathBuf },
     #[error("bad recipe {file}: {message}; fix the recipe and submit the deployment again")]
     BadRecipe { file: PathBuf, message: String },
     #[error(
@@ -104,6 +108,8 @@ impl DeployError {
         match self {
             DeployError::Io { .. } => "DEVICE_ERROR",
             DeployError::BadRequest(_)
+            | DeployError::InvalidRecipeDirectory { .. }
+            | DeployError::InvalidArtifactsDirectory { .. }
             | DeployError::BadRecipe { .. }
             | DeployError::DuplicateRecipe { .. } => "REQUEST_ERROR",
             DeployError::Unsatisfiable(_)

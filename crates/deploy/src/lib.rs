@@ -91,6 +91,18 @@ pub struct LocalDeploymentRequest {
     pub artifacts_directory_path: Option<PathBuf>,
     /// Default DoNothing for local deployments (spec §6.2).
     pub failure_handling_policy: FailureHandlingPolicy,
+    /// `NOTIFY_COMPONENTS`: ask subscribed components before applying (they may defer). Local
+    /// deployments skip notification unless asked (Greengrass: SKIP_NOTIFY_COMPONENTS).
+    #[serde(default)]
+    pub component_update_policy: Option<ComponentUpdatePolicy>,
+}
+
+/// How components hear of an update before it is applied.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ComponentUpdatePolicy {
+    pub notify_components: bool,
+    /// How long to wait for the components' answers (and the cap on one deferral round).
+    pub timeout: Duration,
 }
 
 impl LocalDeploymentRequest {

@@ -1,12 +1,20 @@
-//! The `lichen` binary: command-line parsing and wiring of the kernel crates and services.
-//! It holds no logic of its own beyond turning arguments into calls.
+//! The `lichen` binary: command-line parsing and the wiring of the kernel crates and services.
+//! Architecture invariant: no domain logic lives here; every verb turns its arguments into calls on
+//! the library crates (in-process for `core run`, over Greengrass IPC for the CLI verbs).
 
+mod cli_client;
 mod cmd;
+mod logfile;
+mod output;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "lichen", version, about = "Lichen: an edge runtime compatible with AWS IoT Greengrass V2")]
+#[command(
+    name = "lichen",
+    version,
+    about = "Lichen: an edge runtime compatible with AWS IoT Greengrass V2"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +28,14 @@ enum Command {
     /// Validate and inspect component recipes.
     #[command(subcommand)]
     Recipe(cmd::recipe::RecipeCommand),
+    /// Create and inspect deployments on a running core.
+    #[command(subcommand)]
+    Deployment(cmd::deployment::DeploymentCommand),
+    /// List, inspect, restart and stop components on a running core.
+    #[command(subcommand)]
+    Component(cmd::component::ComponentCommand),
+    /// Print component logs (or the core's own log).
+    Logs(cmd::logs::LogsArgs),
     /// Run a standalone MQTT broker.
     Broker(cmd::broker::BrokerArgs),
     /// Run a standalone stream manager server.
@@ -31,6 +47,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Core(c) => cmd::core::run(c),
         Command::Recipe(c) => cmd::recipe::run(c),
+        Command::Deployment(c) => cmd::deployment::run(c),
+        Command::Component(c) => cmd::component::run(c),
+        Command::Logs(a) => cmd::logs::run(a),
         Command::Broker(a) => cmd::broker::run(a),
         Command::StreamManager(a) => cmd::streams::run(a),
     };

@@ -14,7 +14,11 @@ pub struct StreamManagerArgs {
     pub port: u16,
     /// Require clients to connect with this token (repeatable); without any, clients are not
     /// authenticated (STREAM_MANAGER_AUTHENTICATE_CLIENT=false).
-    #[arg(long = "auth-token", env = "LICHEN_STREAM_MANAGER_AUTH_TOKENS", value_delimiter = ',')]
+    #[arg(
+        long = "auth-token",
+        env = "LICHEN_STREAM_MANAGER_AUTH_TOKENS",
+        value_delimiter = ','
+    )]
     pub auth_tokens: Vec<String>,
 }
 

@@ -1,0 +1,396 @@
+//! `lichen core …`: run the device core, or print its effective configuration.
+//!
+//! `core run` wires the kernel together: configuration store, supervisor, deployment engine, the IPC
+//! server with the kernel's operations and the CLI operations, then waits for SIGTERM/SIGINT and
+//! stops every component in reverse dependency order.
+
+mod ipc_ops;
+mod lock;
+
+use super::RootArgs;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use lichen_config::ConfigStore;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The Greengrass nucleus version this core reports (`GGC_VERSION`, built-in component versions).
+pub const NUCLEUS_VERSION: &str = "2.14.0";
+
+/// Built-in components: always resolvable by deployments, never run as processes.
+pub fn builtins() -> BTreeMap<String, String> {
+    [
+        "aws.greengrass.Nucleus",
+        "aws.greengrass.Cli",
+        "aws.greengrass.TokenExchangeService",
+    ]
+    .into_iter()
+    .map(|n| (n.to_string(), NUCLEUS_VERSION.to_string()))
+    .collect()
+}
+
+#[derive(Subcommand)]
+pub enum CoreCommand {
+    /// Run the core in the foreground until SIGTERM or SIGINT.
+    Run(RunArgs),
+    /// Print the effective configuration as YAML.
+    EffectiveConfig {
+        #[command(flatten)]
+        root: RootArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
+    /// A Greengrass-style config.yaml (or .json) merged over the stored configuration at start.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+pub fn run(c: CoreCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        CoreCommand::Run(a) => run_core(a),
+        CoreCommand::EffectiveConfig { root } => effective_config(&root.root),
+    }
+}
+
+fn effective_config(root: &Path) -> anyhow::Result<ExitCode> {
+    let dir = root.join("config");
+    if lock::is_held(root) {
+        // The running core owns the store; it rewrites this dump after every change that matters.
+        let path = dir.join("effectiveConfig.yaml");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        print!("{text}");
+    } else {
+        if !dir.exists() {
+            anyhow::bail!(
+                "no configuration under {}: run `lichen core run --root {}` first",
+                dir.display(),
+                root.display()
+            );
+        }
+        let store = ConfigStore::open(&dir)?;
+        print!("{}", store.to_yaml());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_core(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let root = a.root.root;
+    std::fs::create_dir_all(&root)
+        .with_context(|| format!("creating the core root {}", root.display()))?;
+    let root = std::fs::canonicalize(&root)?;
+    let _lock = lock::RootLock::acquire(&root)?;
+    for d in ["config", "logs", "work", "packages", "deployments"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    init_tracing(&root)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .thread_stack_size(256 * 1024)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(root, a.config, started))
+}
+
+fn init_tracing(root: &Path) -> anyhow::Result<()> {
+    use tracing_subscriber::prelude::*;
+    let file = crate::logfile::RotatingFile::open(&root.join("logs/lichen.log"), 10 << 20, 5)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LICHEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(file),
+        )
+        .try_init()
+        .ok();
+    Ok(())
+}
+
+async fn serve(
+    root: PathBuf,
+    config_file: Option<PathBuf>,
+    started: Instant,
+) -> anyhow::Result<ExitCode> {
+    let config = ConfigStore::open(&root.join("config")).with_context(|| {
+        format!(
+            "opening the configuration under {}",
+            root.join("config").display()
+        )
+    })?;
+    if let Some(f) = &config_file {
+        config
+            .merge_file(f, lichen_config::now_ms())
+            .with_context(|| format!("merging --config {}", f.display()))?;
+    }
+    let settings = Settings::from_config(&config, &root)?;
+    settings.write_defaults(&config)?;
+
+    let tokens = Arc::new(lichen_ipc::TokenRegistry::new());
+    let (socket_abs, socket_for_components) = lichen_ipc::component_socket_path(&root);
+
+    let mut base_env = BTreeMap::new();
+    base_env.insert("AWS_REGION".into(), settings.region.clone());
+    base_env.insert("AWS_DEFAULT_REGION".into(), settings.region.clone());
+    base_env.insert("AWS_IOT_THING_NAME".into(), settings.thing_name.clone());
+    base_env.insert("GGC_VERSION".into(), NUCLEUS_VERSION.into());
+    base_env.insert("GG_ROOT_CA_PATH".into(), settings.root_ca_path.clone());
+    base_env.insert(
+        "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH".into(),
+        socket_abs.display().to_string(),
+    );
+    base_env.insert(
+        "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT".into(),
+        socket_for_components.display().to_string(),
+    );
+
+    let supervisor = lichen_supervisor::Supervisor::new(
+        lichen_supervisor::SupervisorConfig {
+            root: root.clone(),
+            logs_dir: root.join("logs"),
+            base_env,
+            default_posix_user: settings.default_posix_user.clone(),
+            posix_shell: settings.posix_shell.clone(),
+            log_max_bytes: settings.log_file_size_kb * 1024,
+            log_keep_files: settings.log_keep_files,
+        },
+        Arc::new(TokenEnv(tokens.clone())),
+    );
+
+    let hooks = Arc::new(ipc_ops::ComponentUpdateHooks::default());
+    let engine = lichen_deploy::DeploymentEngine::new(
+        lichen_deploy::EngineConfig {
+            root: root.clone(),
+            platform: settings.platform.clone(),
+            thing_name: settings.thing_name.clone(),
+            history_limit: settings.deployment_history,
+            settle_timeout: Duration::from_secs(settings.settle_timeout_s),
+            builtins: builtins(),
+        },
+        config.clone(),
+        supervisor.clone(),
+        hooks.clone(),
+    )?;
+
+    let bus = lichen_bus::Bus::new();
+    let config_source: Arc<dyn lichen_ipc::ConfigSource> = Arc::new(config.clone());
+    let authorizer = Arc::new(lichen_ipc::Authorizer::new(
+        config_source.clone(),
+        tokens.clone(),
+    ));
+    let router = Arc::new(lichen_ipc::Router::new(authorizer));
+    lichen_ipc::register_kernel_operations(
+        &router,
+        bus.clone(),
+        config_source.clone(),
+        tokens.clone(),
+    );
+    ipc_ops::register(
+        &router,
+        ipc_ops::Kernel {
+            supervisor: supervisor.clone(),
+            engine: engine.clone(),
+            config: config.clone(),
+            hooks: hooks.clone(),
+        },
+    );
+    let server = lichen_ipc::IpcServer::bind(
+        &socket_abs,
+        router.clone(),
+        tokens.clone(),
+        lichen_ipc::ServerOptions::default(),
+    )?;
+    write_cli_token(&root, &tokens, &socket_abs)?;
+
+    engine.start().await?;
+    config.write_effective_config(&root.join("config/effectiveConfig.yaml"))?;
+    let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(ready_ms, root = %root.display(), "core ready");
+    println!("Lichen core {NUCLEUS_VERSION} ready in {ready_ms:.1} ms");
+    println!("  root:   {}", root.display());
+    println!("  socket: {}", socket_abs.display());
+    println!("  logs:   {}", root.join("logs").display());
+    if settings.cloud_configured {
+        println!("  cloud:  {}", settings.iot_data_endpoint);
+    } else {
+        println!("  cloud:  none configured (running offline)");
+    }
+
+    wait_for_signal().await?;
+    tracing::info!("stop requested; stopping components in reverse dependency order");
+    engine.shutdown();
+    supervisor.shutdown().await;
+    server.shutdown().await;
+    let _ = config.write_effective_config(&root.join("config/effectiveConfig.yaml"));
+    tracing::info!("core stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Gives each component process its IPC token (SVCUID and AWS_CONTAINER_AUTHORIZATION_TOKEN).
+struct TokenEnv(Arc<lichen_ipc::TokenRegistry>);
+
+impl lichen_supervisor::EnvProvider for TokenEnv {
+    fn component_env(&self, component: &str) -> BTreeMap<String, String> {
+        self.0.component_env(component)
+    }
+}
+
+/// Writes `<root>/cli_ipc_info/user-<uid>` (mode 0600) so the CLI of the same user can connect,
+/// as the Greengrass CLI service does. The token is fresh at every start and only lives there.
+fn write_cli_token(
+    root: &Path,
+    tokens: &lichen_ipc::TokenRegistry,
+    socket: &Path,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = root.join("cli_ipc_info");
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let uid = rustix::process::geteuid().as_raw();
+    let identity = format!("greengrass-cli#user-{uid}");
+    let token = tokens.mint(&identity);
+    tokens.register_external(&identity, &token);
+    let body = serde_json::json!({
+        "cli_auth_token": token,
+        "domain_socket_path": socket.display().to_string(),
+    });
+    let path = dir.join(format!("user-{uid}"));
+    let tmp = dir.join(format!(".user-{uid}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    use std::io::Write;
+    f.write_all(body.to_string().as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+/// The nucleus settings the core reads at start (spec: `services.aws.greengrass.Nucleus.configuration`
+/// and `system`).
+struct Settings {
+    thing_name: String,
+    region: String,
+    root_ca_path: String,
+    iot_data_endpoint: String,
+    cloud_configured: bool,
+    default_posix_user: Option<String>,
+    posix_shell: String,
+    platform: lichen_recipe::Platform,
+    log_file_size_kb: u64,
+    log_keep_files: usize,
+    deployment_history: usize,
+    settle_timeout_s: u64,
+    root: PathBuf,
+}
+
+const NUCLEUS: &str = "aws.greengrass.Nucleus";
+
+impl Settings {
+    fn from_config(config: &ConfigStore, root: &Path) -> anyhow::Result<Settings> {
+        let nucleus = |path: &[&str]| {
+            let mut p = vec!["services", NUCLEUS, "configuration"];
+            p.extend_from_slice(path);
+            config.get(&p)
+        };
+        let str_of = |v: Option<serde_json::Value>| -> Option<String> {
+            match v? {
+                serde_json::Value::String(s) if !s.is_empty() => Some(s),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }
+        };
+        let num_of = |v: Option<serde_json::Value>, default: u64| -> u64 {
+            match v {
+                Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(default),
+                Some(serde_json::Value::String(s)) => s.parse().unwrap_or(default),
+                _ => default,
+            }
+        };
+        let thing_name =
+            str_of(config.get(&["system", "thingName"])).unwrap_or_else(default_thing_name);
+        let region = str_of(nucleus(&["awsRegion"])).unwrap_or_else(|| "us-east-1".into());
+        let iot_data_endpoint = str_of(nucleus(&["iotDataEndpoint"])).unwrap_or_default();
+        let mut overrides = BTreeMap::new();
+        if let Some(serde_json::Value::Object(m)) = nucleus(&["platformOverride"]) {
+            for (k, v) in m {
+                if let serde_json::Value::String(s) = v {
+                    overrides.insert(k, s);
+                }
+            }
+        }
+        Ok(Settings {
+            thing_name,
+            region,
+            root_ca_path: str_of(config.get(&["system", "rootCaPath"])).unwrap_or_default(),
+            cloud_configured: !iot_data_endpoint.is_empty(),
+            iot_data_endpoint,
+            default_posix_user: str_of(nucleus(&["runWithDefault", "posixUser"])),
+            posix_shell: str_of(nucleus(&["runWithDefault", "posixShell"]))
+                .unwrap_or_else(|| "sh".into()),
+            platform: lichen_recipe::Platform::detect().with_overrides(&overrides),
+            log_file_size_kb: num_of(nucleus(&["logging", "fileSizeKB"]), 1024),
+            log_keep_files: 5,
+            deployment_history: num_of(nucleus(&["deploymentHistorySize"]), 50) as usize,
+            settle_timeout_s: num_of(nucleus(&["deploymentSettleTimeoutSeconds"]), 120),
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Records what the core runs as, so `effective-config` and components see it.
+    fn write_defaults(&self, config: &ConfigStore) -> anyhow::Result<()> {
+        let ts = lichen_config::now_ms();
+        config.set(
+            &["system", "rootpath"],
+            serde_json::json!(self.root.display().to_string()),
+            ts,
+        )?;
+        config.set(
+            &["system", "thingName"],
+            serde_json::json!(self.thing_name),
+            1,
+        )?;
+        config.set(
+            &["services", NUCLEUS, "componentType"],
+            serde_json::json!("NUCLEUS"),
+            1,
+        )?;
+        config.set(
+            &["services", NUCLEUS, "version"],
+            serde_json::json!(NUCLEUS_VERSION),
+            ts,
+        )?;
+        Ok(())
+    }
+}
+
+fn default_thing_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    format!("lichen-{}", if host.is_empty() { "device" } else { &host })
+}

@@ -1,0 +1,292 @@
+//! Running real `lichen` processes on temporary roots.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_lichen"))
+}
+
+/// A core process on its own root; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Core {
+    pub root: PathBuf,
+    child: Option<Child>,
+}
+
+impl Core {
+    pub fn start(root: &Path) -> Core {
+        Self::try_start(root).expect("core did not become ready")
+    }
+
+    pub fn try_start(root: &Path) -> Result<Core, String> {
+        let mut child = Command::new(bin())
+            .args(["core", "run", "--root"])
+            .arg(root)
+            .env("LICHEN_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.contains("ready in") => {
+                    // Keep draining stdout so the core never blocks on a full pipe.
+                    std::thread::spawn(move || for _ in rx {});
+                    return Ok(Core {
+                        root: root.to_path_buf(),
+                        child: Some(child),
+                    });
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        let mut err = String::new();
+                        use std::io::Read;
+                        child.stderr.take().unwrap().read_to_string(&mut err).ok();
+                        return Err(format!("core exited with {status}: {err}"));
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err("core not ready within 60 s".into());
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// SIGKILL: the core gets no chance to clean up.
+    pub fn kill9(mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let mut c = self.child.take().unwrap();
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("core did not stop within 60 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs a CLI verb against this core's root.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.root, args)
+    }
+
+    /// Runs a CLI verb that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "lichen {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn components(&self) -> Vec<Value> {
+        let out = self.ok(&["component", "list", "--json"]);
+        serde_json::from_str::<Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    pub fn state(&self, name: &str) -> Option<(String, String)> {
+        self.components()
+            .into_iter()
+            .find(|c| c["componentName"] == name)
+            .map(|c| {
+                (
+                    c["version"].as_str().unwrap().to_string(),
+                    c["state"].as_str().unwrap().to_string(),
+                )
+            })
+    }
+
+    /// Waits until `name` is in `state`, up to 60 s.
+    pub fn wait_state(&self, name: &str, state: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = self.state(name);
+            if now.as_ref().map(|s| s.1.as_str()) == Some(state) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never reached {state}; last seen {now:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A deployment with `--wait`; returns (exit success, deployment JSON).
+    pub fn deploy(&self, args: &[&str]) -> (bool, Value) {
+        let mut full = vec!["deployment", "create", "--wait", "--json"];
+        full.extend_from_slice(args);
+        let out = self.cli(&full);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v = serde_json::from_str(&text).unwrap_or_else(|_| {
+            Value::String(format!("{}{}", text, String::from_utf8_lossy(&out.stderr)))
+        });
+        (out.status.success(), v)
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.root.join("logs").join(format!("{name}.log")))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn cli(root: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("LICHEN_ROOT", root)
+        .output()
+        .unwrap()
+}
+
+/// Waits until `f` is true, up to `secs`.
+pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A recipe folder and artifact folder for a test.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("recipes")).unwrap();
+        std::fs::create_dir_all(dir.path().join("artifacts")).unwrap();
+        std::fs::create_dir_all(dir.path().join("root")).unwrap();
+        Workspace { dir }
+    }
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+    pub fn recipes(&self) -> String {
+        self.dir.path().join("recipes").display().to_string()
+    }
+    pub fn artifacts(&self) -> String {
+        self.dir.path().join("artifacts").display().to_string()
+    }
+    /// A fresh, empty recipe folder (for deployments that must see only some recipes).
+    pub fn recipe_dir(&self, name: &str, recipes: &[(&str, &str)]) -> String {
+        let d = self.dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for (file, text) in recipes {
+            std::fs::write(d.join(file), text).unwrap();
+        }
+        d.display().to_string()
+    }
+    pub fn recipe(&self, file: &str, text: &str) {
+        std::fs::write(self.dir.path().join("recipes").join(file), text).unwrap();
+    }
+    pub fn artifact(&self, name: &str, version: &str, file: &str, bytes: &[u8]) {
+        let d = self.dir.path().join("artifacts").join(name).join(version);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(file), bytes).unwrap();
+    }
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+}
+
+/// A minimal recipe with the given lifecycle (YAML block under `Lifecycle:`).
+pub fn recipe(name: &str, version: &str, extra: &str, lifecycle: &str) -> String {
+    let mut lc = String::new();
+    for line in lifecycle.lines() {
+        lc.push_str("      ");
+        lc.push_str(line);
+        lc.push('\n');
+    }
+    format!(
+        "RecipeFormatVersion: '2020-01-25'\nComponentName: {name}\nComponentVersion: '{version}'\n{extra}\nManifests:\n  - Platform:\n      os: '*'\n    Lifecycle:\n{lc}"
+    )
+}
+
+/// PIDs of live processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let me = std::process::id() as i32;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if !cmd.contains(marker) {
+            continue;
+        }
+        // Zombies are reaped by their parent; only running ones count.
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        if stat
+            .rsplit(')')
+            .next()
+            .map(|s| s.trim_start().starts_with('Z'))
+            == Some(true)
+        {
+            continue;
+        }
+        pids.push(pid);
+    }
+    pids
+}
