@@ -258,7 +258,8 @@ pub fn recipe(name: &str, version: &str, extra: &str, lifecycle: &str) -> String
     )
 }
 
-/// PIDs of live processes whose command line contains `marker`.
+/// PIDs of live processes whose command line or environment contains `marker` (scripts export
+/// it, so every descendant carries it even after `exec`).
 pub fn processes_with(marker: &str) -> Vec<i32> {
     let mut pids = Vec::new();
     let me = std::process::id() as i32;
@@ -272,8 +273,9 @@ pub fn processes_with(marker: &str) -> Vec<i32> {
         let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
             continue;
         };
+        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
         let cmd = String::from_utf8_lossy(&cmd);
-        if !cmd.contains(marker) {
+        if !cmd.contains(marker) && !String::from_utf8_lossy(&env).contains(marker) {
             continue;
         }
         // Zombies are reaped by their parent; only running ones count.
