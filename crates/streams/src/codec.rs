@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 /// The client refuses frames above 2^30 bytes; so do we.
 pub(crate) const MAX_FRAME_LEN: usize = 1 << 30;
 pub(crate) const CONNECT_VERSION: u8 = 1;
+const READ_CHUNK: usize = 1 << 20;
 pub(crate) const PROTOCOL_VERSION: &str = "1.1.0";
 pub(crate) const SUPPORTED_PROTOCOL_VERSIONS: [&str; 2] = ["1.1.0", "1.0.0"];
 
@@ -77,7 +78,8 @@ pub(crate) fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, FrameLen
     }
     let len = len as usize;
     if buf.len() < 4 + len {
-        buf.reserve(4 + len - buf.len());
+        // Grow toward the announced length in steps: a length alone does not buy memory.
+        buf.reserve((4 + len - buf.len()).min(READ_CHUNK));
         return Ok(None);
     }
     buf.advance(4);
@@ -775,6 +777,23 @@ mod tests {
         let e = decode_request(op::DELETE, &cbor(Value::Map(vec![]))).unwrap_err();
         assert_eq!(e.request_id, None);
         assert!(decode_request(op::DELETE, b"\xff\x00").is_err());
+    }
+
+    #[test]
+    fn huge_announced_lengths_do_not_allocate() {
+        // A byte string, an array and a map each claiming 2^62 items, with nothing after.
+        for head in [&[0x5b][..], &[0x9b], &[0xbb]] {
+            let mut p = vec![0xa2, 0x69];
+            p.extend_from_slice(b"requestId");
+            p.extend_from_slice(&[0x61, b'r', 0x67]);
+            p.extend_from_slice(b"payload");
+            p.extend_from_slice(head);
+            p.extend_from_slice(&(1u64 << 62).to_be_bytes());
+            assert!(decode_request(op::APPEND, &p).is_err());
+        }
+        let mut buf = BytesMut::from(&((MAX_FRAME_LEN as i32).to_be_bytes())[..]);
+        assert_eq!(decode_frame(&mut buf), Ok(None));
+        assert!(buf.capacity() <= 2 * READ_CHUNK);
     }
 
     proptest! {
