@@ -358,3 +358,58 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn export_checkpoints_persist_and_follow_updates() {
+    use crate::export::{ExportConfig, ExportKind};
+    let kinesis = |id: &str| ExportConfig {
+        kind: ExportKind::Kinesis,
+        identifier: id.into(),
+        priority: None,
+        disabled: false,
+        batch_size: None,
+        batch_interval_millis: None,
+        start_sequence_number: None,
+        settings: [("kinesisStreamName".to_string(), serde_json::json!("ks"))].into(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = def("ex");
+    d.exports = vec![kinesis("k1"), kinesis("k2")];
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let s = store.create(d.clone()).unwrap();
+        for i in 0..5 {
+            s.append(&payload(i, 10)).unwrap();
+        }
+        let mut cp = s.info().export_checkpoints[0].clone();
+        assert_eq!(cp.last_exported_sequence_number, -1);
+        cp.last_exported_sequence_number = 3;
+        cp.exported_messages_count = 4;
+        s.set_checkpoint(cp).unwrap();
+        let mut unknown = s.info().export_checkpoints[0].clone();
+        unknown.identifier = "nope".into();
+        assert!(s.set_checkpoint(unknown).is_err());
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let s = store.get("ex").unwrap();
+    let cps = s.info().export_checkpoints;
+    assert_eq!(
+        (
+            cps[0].identifier.as_str(),
+            cps[0].last_exported_sequence_number
+        ),
+        ("k1", 3)
+    );
+    assert_eq!(cps[0].exported_messages_count, 4);
+    // Replacing the export list keeps k1's progress, drops k2, starts k3 fresh.
+    d.exports = vec![kinesis("k3"), kinesis("k1")];
+    store.update(d).unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    let cps = store.get("ex").unwrap().info().export_checkpoints;
+    let got: Vec<_> = cps
+        .iter()
+        .map(|c| (c.identifier.as_str(), c.last_exported_sequence_number))
+        .collect();
+    assert_eq!(got, vec![("k3", -1), ("k1", 3)]);
+}
