@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
 
 /// Decides whether a Connect `authToken` is valid (the core wires this to its IPC tokens).
 pub type TokenValidator = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -164,15 +165,19 @@ async fn serve_connection(mut sock: TcpStream, ctx: Arc<Context>) -> Result<(), 
             }
         }
     });
+    // Requests answered off the connection's task (long polls, durable appends).
+    let mut pending = JoinSet::new();
     let result = async {
         while let Some(frame) = read_frame(&mut rd, &mut buf).await? {
-            dispatch(frame, &ctx, &tx).await?;
+            while pending.try_join_next().is_some() {}
+            dispatch(frame, &ctx, &tx, &mut pending).await?;
         }
         Ok(())
     }
     .await;
+    // The client is gone or broke the protocol: nobody is left to answer.
+    pending.abort_all();
     drop(tx);
-    // Let queued responses (and in-flight reads holding a sender) finish writing.
     let _ = writer.await;
     result
 }
@@ -241,6 +246,7 @@ async fn dispatch(
     frame: codec::Frame,
     ctx: &Arc<Context>,
     tx: &mpsc::Sender<Vec<u8>>,
+    pending: &mut JoinSet<()>,
 ) -> Result<(), ConnError> {
     let fop = frame.op;
     let known = matches!(
@@ -322,7 +328,7 @@ async fn dispatch(
                     // The record has its place in the log (so appends keep their order); the
                     // answer waits for a group commit off the connection's task.
                     let tx = tx.clone();
-                    tokio::spawn(async move {
+                    pending.spawn(async move {
                         let seq = a.sequence_number;
                         let synced =
                             tokio::task::spawn_blocking(move || stream.wait_durable(seq)).await;
@@ -359,7 +365,7 @@ async fn dispatch(
             } else {
                 let tx = tx.clone();
                 let store = store.clone();
-                tokio::spawn(async move {
+                pending.spawn(async move {
                     let frame = read_messages(&store, &request_id, &stream_name, &options).await;
                     let _ = tx.send(frame).await;
                 });
@@ -409,7 +415,9 @@ async fn read_messages(
         Ok(s) => s,
         Err(e) => return fail(store_status(&e), e.to_string()),
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(o.timeout_millis);
+    // Timeouts up to 2^63 ms are valid on the wire; past a year they mean "wait" anyway.
+    let wait = Duration::from_millis(o.timeout_millis.min(365 * 24 * 3600 * 1000));
+    let deadline = tokio::time::Instant::now() + wait;
     let mut appended = stream.subscribe();
     loop {
         appended.borrow_and_update();

@@ -830,6 +830,46 @@ fn recover_stream(dir: &Path, clock: &Clock) -> Result<Stream, StoreError> {
             },
         });
     }
+    // Records lost from a damaged or unsynced tail may already have been exported: never hand
+    // their numbers out again, or exporters would skip the new records as already sent.
+    let exported_next = checkpoints
+        .iter()
+        .map(|c| (c.last_exported_sequence_number + 1).max(0) as u64)
+        .max()
+        .unwrap_or(0);
+    if exported_next > next_seq {
+        tracing::warn!(
+            dir = %dir.display(),
+            from = next_seq,
+            to = exported_next,
+            "stream lost records that were already exported; continuing numbering after them"
+        );
+        next_seq = exported_next;
+        let path = dir.join(segment_file_name(next_seq));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_err("create segment", &path))?;
+        sync_dir(dir)?;
+        if segments.back().is_some_and(|s| s.offsets.is_empty())
+            && let Some(empty) = segments.pop_back()
+        {
+            empty.remove();
+        }
+        segments.push_back(Segment {
+            first_seq: next_seq,
+            offsets: Vec::new(),
+            bytes: 0,
+            last_ingest_ms: 0,
+            storage: Storage::File {
+                file: Arc::new(file),
+                path,
+            },
+        });
+    }
     Ok(new_stream(
         definition,
         checkpoints,
