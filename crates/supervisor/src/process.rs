@@ -1,0 +1,386 @@
+//! Lifecycle steps as processes: who they run as, their environment, their process group, and how they end.
+//!
+//! Every step runs as `<shell> -c <script>` in a process group of its own, so that stopping a component
+//! reaches every process its scripts started, even after the shell itself has exited.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::logs::ComponentLog;
+
+/// SIGTERM → SIGKILL grace period (spec §1.6: "5 s grace").
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// The identity a step runs as when the core is root.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: Option<String>,
+    pub name: Option<String>,
+}
+
+/// Resolves `user[:group]` (names or numeric ids) against the system databases.
+pub(crate) fn resolve_user(spec: &str) -> Result<RunAs, String> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u.trim(), Some(g.trim())),
+        None => (spec.trim(), None),
+    };
+    if user.is_empty() {
+        return Err(format!("posixUser {spec:?} names no user"));
+    }
+    let entry = match user.parse::<u32>() {
+        Ok(uid) => passwd_by_uid(uid).or(Some(PasswdEntry {
+            name: None,
+            uid,
+            gid: uid,
+            home: None,
+        })),
+        Err(_) => passwd_by_name(user),
+    };
+    let entry =
+        entry.ok_or_else(|| format!("user {user:?} of posixUser {spec:?} does not exist"))?;
+    let gid = match group.filter(|g| !g.is_empty()) {
+        None => entry.gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => group_by_name(g)
+                .ok_or_else(|| format!("group {g:?} of posixUser {spec:?} does not exist"))?,
+        },
+    };
+    let mut groups = match &entry.name {
+        Some(name) => group_list(name, gid),
+        None => Vec::new(),
+    };
+    if !groups.contains(&gid) {
+        groups.insert(0, gid);
+    }
+    Ok(RunAs {
+        uid: entry.uid,
+        gid,
+        groups,
+        home: entry.home,
+        name: entry.name,
+    })
+}
+
+struct PasswdEntry {
+    name: Option<String>,
+    uid: u32,
+    gid: u32,
+    home: Option<String>,
+}
+
+fn passwd_lookup(
+    call: impl Fn(*mut libc::passwd, *mut libc::c_char, usize, *mut *mut libc::passwd) -> libc::c_int,
+) -> Option<PasswdEntry> {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: zeroed passwd is a valid out-parameter; the buffer outlives the call and every string read below.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    let rc = call(&mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
+    if rc != 0 || result.is_null() {
+        return None;
+    }
+    let text = |p: *const libc::c_char| {
+        if p.is_null() {
+            None
+        } else {
+            // SAFETY: getpw*_r filled `p` with a NUL-terminated string inside `buf`.
+            Some(
+                unsafe { std::ffi::CStr::from_ptr(p) }
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        }
+    };
+    Some(PasswdEntry {
+        name: text(pwd.pw_name),
+        uid: pwd.pw_uid,
+        gid: pwd.pw_gid,
+        home: text(pwd.pw_dir),
+    })
+}
+
+fn passwd_by_name(name: &str) -> Option<PasswdEntry> {
+    let cname = CString::new(name).ok()?;
+    // SAFETY: all pointers are valid for the duration of the call.
+    passwd_lookup(|pwd, buf, len, out| unsafe {
+        libc::getpwnam_r(cname.as_ptr(), pwd, buf, len, out)
+    })
+}
+
+fn passwd_by_uid(uid: u32) -> Option<PasswdEntry> {
+    // SAFETY: all pointers are valid for the duration of the call.
+    passwd_lookup(|pwd, buf, len, out| unsafe { libc::getpwuid_r(uid, pwd, buf, len, out) })
+}
+
+fn group_by_name(name: &str) -> Option<u32> {
+    let cname = CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 64 * 1024];
+    // SAFETY: zeroed group is a valid out-parameter; pointers are valid for the call.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
+}
+
+fn group_list(user: &str, gid: u32) -> Vec<u32> {
+    let Ok(cname) = CString::new(user) else {
+        return vec![gid];
+    };
+    let mut count: libc::c_int = 64;
+    loop {
+        let mut groups = vec![0 as libc::gid_t; count as usize];
+        let mut n = count;
+        // SAFETY: `groups` has room for `n` entries; getgrouplist updates `n`.
+        let rc = unsafe { libc::getgrouplist(cname.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        if rc >= 0 {
+            groups.truncate(n.max(0) as usize);
+            return groups;
+        }
+        if n <= count || count > 65536 {
+            return vec![gid];
+        }
+        count = n;
+    }
+}
+
+pub(crate) fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Everything needed to start one step process.
+pub(crate) struct StepCommand {
+    pub component: String,
+    /// `Install`, `Run`, … as used in the log context `lifecycle=<Step>`.
+    pub step: &'static str,
+    pub shell: String,
+    pub script: String,
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub run_as: Option<RunAs>,
+    pub log: Arc<ComponentLog>,
+}
+
+/// How a step process ended.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum StepOutcome {
+    /// Exit status; a signal death is reported as 128 + signal like a shell does.
+    Exited(i32),
+    TimedOut,
+    /// The process could not be started (bad shell, bad user, unwritable work dir).
+    SpawnFailed(String),
+}
+
+/// Starts the step process in its own process group; returns it and its process group id.
+pub(crate) fn spawn_step(cmd: &StepCommand) -> std::io::Result<(Child, i32)> {
+    let mut command = Command::new(&cmd.shell);
+    command
+        .arg("-c")
+        .arg(&cmd.script)
+        .current_dir(&cmd.cwd)
+        .env_clear()
+        .envs(&cmd.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(run_as) = cmd.run_as.clone() {
+        let groups: Vec<libc::gid_t> = run_as.groups.clone();
+        // SAFETY: the closure only makes async-signal-safe system calls on data prepared before fork.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setgid(run_as.gid) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setuid(run_as.uid) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = command.spawn()?;
+    let pgid = child.id().map(|id| id as i32).unwrap_or(0);
+    let context_out = format!("lifecycle={} stream=stdout", cmd.step);
+    let context_err = format!("lifecycle={} stream=stderr", cmd.step);
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump_lines(out, cmd.log.clone(), "INFO", context_out));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump_lines(err, cmd.log.clone(), "WARN", context_err));
+    }
+    Ok((child, pgid))
+}
+
+/// Copies each output line into the component log until every writer of the pipe has closed it.
+async fn pump_lines(
+    stream: impl AsyncRead + Unpin,
+    log: Arc<ComponentLog>,
+    level: &'static str,
+    context: String,
+) {
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                log.write(level, &context, text.trim_end_matches(['\n', '\r']));
+            }
+        }
+    }
+}
+
+/// Waits for the step's shell to exit; on timeout kills its whole group.
+pub(crate) async fn wait_step(
+    mut child: Child,
+    pgid: i32,
+    timeout: Option<Duration>,
+) -> StepOutcome {
+    let waited = match timeout {
+        Some(limit) => match tokio::time::timeout(limit, child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                terminate_groups(&[pgid], KILL_GRACE).await;
+                let _ = child.wait().await;
+                return StepOutcome::TimedOut;
+            }
+        },
+        None => child.wait().await,
+    };
+    match waited {
+        Ok(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            StepOutcome::Exited(
+                status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+            )
+        }
+        Err(err) => StepOutcome::SpawnFailed(format!("waiting for the step process failed: {err}")),
+    }
+}
+
+/// Runs a step to completion and kills whatever it left behind in its group.
+pub(crate) async fn run_one_shot(cmd: &StepCommand, timeout: Option<Duration>) -> StepOutcome {
+    match spawn_step(cmd) {
+        Ok((child, pgid)) => {
+            let outcome = wait_step(child, pgid, timeout).await;
+            terminate_groups(&[pgid], KILL_GRACE).await;
+            outcome
+        }
+        Err(err) => StepOutcome::SpawnFailed(format!(
+            "cannot start {} -c for step {} of {} in {}: {err}",
+            cmd.shell,
+            cmd.step,
+            cmd.component,
+            cmd.cwd.display()
+        )),
+    }
+}
+
+/// Sends `signal` to every process of the group; a group that is already gone is not an error.
+pub(crate) fn signal_group(pgid: i32, signal: libc::c_int) {
+    if pgid > 1 {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(-pgid, signal);
+        }
+    }
+}
+
+/// Live (non-zombie) processes whose process group is `pgid`, read from /proc.
+pub(crate) fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // Fields after the command name, which may itself contain spaces and parentheses.
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                return false;
+            };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next().unwrap_or("Z");
+            let pgrp = fields.nth(1).and_then(|f| f.parse::<i32>().ok());
+            pgrp == Some(pgid) && state != "Z" && state != "X"
+        })
+        .collect()
+}
+
+/// SIGTERM to each group, SIGKILL to what is left after `grace`; returns once the groups are empty
+/// (or a few seconds after SIGKILL if a process is stuck in the kernel).
+pub(crate) async fn terminate_groups(pgids: &[i32], grace: Duration) {
+    let mut alive: Vec<i32> = pgids
+        .iter()
+        .copied()
+        .filter(|p| *p > 1 && !group_members(*p).is_empty())
+        .collect();
+    alive.sort_unstable();
+    alive.dedup();
+    if alive.is_empty() {
+        return;
+    }
+    for pgid in &alive {
+        signal_group(*pgid, libc::SIGTERM);
+        // A paused component must wake up to act on SIGTERM.
+        signal_group(*pgid, libc::SIGCONT);
+    }
+    for (signal, limit) in [(libc::SIGKILL, grace), (0, Duration::from_secs(5))] {
+        let deadline = Instant::now() + limit;
+        loop {
+            alive.retain(|p| !group_members(*p).is_empty());
+            if alive.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        if alive.is_empty() {
+            return;
+        }
+        if signal != 0 {
+            for pgid in &alive {
+                signal_group(*pgid, signal);
+            }
+        }
+    }
+    if !alive.is_empty() {
+        tracing::warn!(groups = ?alive, "processes survived SIGKILL");
+    }
+}
+
+/// Creates the work directory and hands it to the run-as user.
+pub(crate) fn prepare_work_dir(dir: &Path, run_as: Option<&RunAs>) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    if let Some(run_as) = run_as {
+        std::os::unix::fs::chown(dir, Some(run_as.uid), Some(run_as.gid))?;
+    }
+    Ok(())
+}
