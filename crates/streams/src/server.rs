@@ -228,7 +228,7 @@ fn store_status(e: &StoreError) -> Status {
         StoreError::RecordTooLarge { .. } => Status::RequestPayloadTooLarge,
         StoreError::UpdateNotAllowed { .. } => Status::UpdateNotAllowed,
         StoreError::Corrupt { .. } => Status::MessageStoreReadError,
-        StoreError::Io { .. } => Status::UnknownFailure,
+        StoreError::Io { .. } | StoreError::Internal(_) => Status::UnknownFailure,
     }
 }
 
@@ -285,14 +285,14 @@ async fn dispatch(
         Request::Create {
             request_id,
             definition,
-        } => match store.create(definition) {
+        } => match blocking(store, move |s| s.create(definition).map(drop)).await {
             Ok(_) => Response::new(&request_id, Status::Success, None).encode(op::CREATE_RESPONSE),
             Err(e) => failure(fop, &request_id, store_status(&e), e.to_string()),
         },
         Request::Update {
             request_id,
             definition,
-        } => match store.update(definition) {
+        } => match blocking(store, move |s| s.update(definition)).await {
             Ok(()) => Response::new(&request_id, Status::Success, None).encode(op::UPDATE_RESPONSE),
             Err(e) => {
                 let status = match &e {
@@ -302,7 +302,9 @@ async fn dispatch(
                 failure(fop, &request_id, status, e.to_string())
             }
         },
-        Request::Delete { request_id, name } => match store.delete(&name) {
+        Request::Delete { request_id, name } => match blocking(store, move |s| s.delete(&name))
+            .await
+        {
             Ok(()) => Response::new(&request_id, Status::Success, None).encode(op::DELETE_RESPONSE),
             Err(e) => failure(fop, &request_id, store_status(&e), e.to_string()),
         },
@@ -374,6 +376,21 @@ async fn dispatch(
         }
     };
     send(tx, reply).await
+}
+
+/// Runs a store operation that creates, renames or fsyncs files off the async workers.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<Store>,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .unwrap_or_else(|e| {
+            Err(StoreError::InvalidRequest(format!(
+                "store task failed: {e}"
+            )))
+        })
 }
 
 fn append_ok(request_id: &str, seq: u64) -> Vec<u8> {

@@ -63,6 +63,8 @@ pub enum StoreError {
         seq: u64,
         path: PathBuf,
     },
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -139,16 +141,6 @@ impl Segment {
             .map(|&o| o as u64)
             .unwrap_or(self.bytes)
     }
-    fn read_range(&self, start: u64, end: u64) -> io::Result<Vec<u8>> {
-        match &self.storage {
-            Storage::File { file, .. } => {
-                let mut buf = vec![0u8; (end - start) as usize];
-                file.read_exact_at(&mut buf, start)?;
-                Ok(buf)
-            }
-            Storage::Memory(data) => Ok(data[start as usize..end as usize].to_vec()),
-        }
-    }
     fn remove(self) {
         if let Storage::File { path, .. } = &self.storage
             && let Err(e) = fs::remove_file(path)
@@ -160,6 +152,24 @@ impl Segment {
 
 fn segment_file_name(first_seq: u64) -> String {
     format!("{first_seq:019}.log")
+}
+
+/// A contiguous run of records of one segment, planned under the lock and read outside it.
+struct Chunk {
+    source: ChunkSource,
+    first_seq: u64,
+    /// Record offsets relative to the start of the chunk.
+    offsets: Vec<u32>,
+    len: u64,
+}
+
+enum ChunkSource {
+    File {
+        file: Arc<File>,
+        path: PathBuf,
+        base: u64,
+    },
+    Memory(Vec<u8>),
 }
 
 struct Inner {
@@ -309,18 +319,57 @@ impl Stream {
         max_count: usize,
         max_bytes: u64,
     ) -> Result<Vec<Message>, StoreError> {
+        // Plan under the lock, read the files outside it, so readers never stall appends. A
+        // segment deleted meanwhile stays readable through the open handle.
+        let chunks = self.plan_read(start, max_count, max_bytes)?;
+        let mut out = Vec::new();
+        for chunk in chunks {
+            let (buf, path) = match chunk.source {
+                ChunkSource::File { file, path, base } => {
+                    let mut buf = vec![0u8; chunk.len as usize];
+                    file.read_exact_at(&mut buf, base)
+                        .map_err(io_err("read", &path))?;
+                    (buf, path)
+                }
+                ChunkSource::Memory(buf) => (buf, PathBuf::from("<memory>")),
+            };
+            for (i, &o) in chunk.offsets.iter().enumerate() {
+                let seq = chunk.first_seq + i as u64;
+                let d = record::decode(&buf[o as usize..])
+                    .filter(|d| d.seq == seq)
+                    .ok_or_else(|| StoreError::Corrupt {
+                        name: self.name.clone(),
+                        seq,
+                        path: path.clone(),
+                    })?;
+                out.push(Message {
+                    sequence_number: seq,
+                    ingest_time_ms: d.ingest_ms,
+                    payload: d.payload.to_vec(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn plan_read(
+        &self,
+        start: u64,
+        max_count: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<Chunk>, StoreError> {
         let now = (self.clock)();
         let mut g = lock(&self.inner);
         if g.deleted {
             return Err(StoreError::NotFound(self.name.clone()));
         }
         g.expire(now)?;
-        let inner = &*g;
-        let mut out = Vec::new();
+        let mut chunks = Vec::new();
+        let mut count = 0usize;
         let mut bytes = 0u64;
-        let first = inner.segments.partition_point(|s| s.end_seq() <= start);
-        for seg in inner.segments.iter().skip(first) {
-            if out.len() >= max_count {
+        let first = g.segments.partition_point(|s| s.end_seq() <= start);
+        for seg in g.segments.iter().skip(first) {
+            if count >= max_count {
                 break;
             }
             if seg.offsets.is_empty() {
@@ -329,9 +378,9 @@ impl Stream {
             let from = start.saturating_sub(seg.first_seq) as usize;
             let mut to = from;
             let mut span = 0u64;
-            while to < seg.offsets.len() && out.len() + (to - from) < max_count {
+            while to < seg.offsets.len() && count + (to - from) < max_count {
                 let rec = seg.record_end(to) - seg.offsets[to] as u64;
-                if (bytes + span + rec > max_bytes) && !(out.is_empty() && to == from) {
+                if (bytes + span + rec > max_bytes) && !(count == 0 && to == from) {
                     break;
                 }
                 span += rec;
@@ -341,37 +390,33 @@ impl Stream {
                 break;
             }
             let base = seg.offsets[from] as u64;
-            let buf =
-                seg.read_range(base, seg.record_end(to - 1))
-                    .map_err(|e| match &seg.storage {
-                        Storage::File { path, .. } => io_err("read", path)(e),
-                        Storage::Memory(_) => StoreError::InvalidRequest(e.to_string()),
-                    })?;
-            for i in from..to {
-                let seq = seg.first_seq + i as u64;
-                let o = (seg.offsets[i] as u64 - base) as usize;
-                let d = record::decode(&buf[o..])
-                    .filter(|d| d.seq == seq)
-                    .ok_or_else(|| StoreError::Corrupt {
-                        name: self.name.clone(),
-                        seq,
-                        path: match &seg.storage {
-                            Storage::File { path, .. } => path.clone(),
-                            Storage::Memory(_) => PathBuf::from("<memory>"),
-                        },
-                    })?;
-                out.push(Message {
-                    sequence_number: seq,
-                    ingest_time_ms: d.ingest_ms,
-                    payload: d.payload.to_vec(),
-                });
-            }
+            let end = seg.record_end(to - 1);
+            let source = match &seg.storage {
+                Storage::File { file, path } => ChunkSource::File {
+                    file: file.clone(),
+                    path: path.clone(),
+                    base,
+                },
+                Storage::Memory(data) => {
+                    ChunkSource::Memory(data[base as usize..end as usize].to_vec())
+                }
+            };
+            chunks.push(Chunk {
+                source,
+                first_seq: seg.first_seq + from as u64,
+                offsets: seg.offsets[from..to]
+                    .iter()
+                    .map(|&o| o - base as u32)
+                    .collect(),
+                len: end - base,
+            });
+            count += to - from;
             bytes += span;
             if to < seg.offsets.len() {
                 break; // stopped by count or bytes
             }
         }
-        Ok(out)
+        Ok(chunks)
     }
 
     /// The next sequence number to be assigned; changes on every append.

@@ -471,3 +471,36 @@ fn numbers_of_lost_but_exported_records_are_not_reused() {
         11
     );
 }
+
+#[test]
+fn readers_race_appends_and_segment_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut d = StreamDefinition::new("race", StrategyOnFull::OverwriteOldestData);
+    d.max_size = 8 * 1024;
+    d.segment_size = 1024;
+    let s = store.create(d).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..3 {
+            scope.spawn(|| {
+                let mut reads = 0;
+                while !done.load(Ordering::Relaxed) || reads == 0 {
+                    let got = s.read(0, 50, u64::MAX).unwrap();
+                    for w in got.windows(2) {
+                        assert_eq!(w[0].sequence_number + 1, w[1].sequence_number);
+                    }
+                    for m in &got {
+                        assert_eq!(m.payload, payload(m.sequence_number, 60));
+                    }
+                    reads += 1;
+                }
+            });
+        }
+        for i in 0..5000 {
+            s.append(&payload(i, 60)).unwrap();
+        }
+        done.store(true, Ordering::Relaxed);
+    });
+    assert_eq!(s.info().newest_sequence_number, 4999);
+}
