@@ -191,6 +191,8 @@ pub(crate) enum Msg {
     },
     Signal(libc::c_int),
     Report(State),
+    /// Re-run `advance` on a later poll.
+    Continue,
     StepDone {
         generation: u64,
         outcome: StepOutcome,
@@ -231,6 +233,20 @@ enum Launch {
     Started,
     Skipped,
     Failed(&'static str, String),
+}
+
+fn log_outcome(log: &ComponentLog, step_name: &str, outcome: &StepOutcome) {
+    let context = format!("lifecycle={step_name}");
+    match outcome {
+        StepOutcome::Exited(0) => log.write("INFO", &context, "exited with code 0"),
+        StepOutcome::Exited(code) => {
+            log.write("WARN", &context, &format!("exited with code {code}"))
+        }
+        StepOutcome::TimedOut => {
+            log.write("WARN", &context, "timed out; its process group was killed")
+        }
+        StepOutcome::SpawnFailed(reason) => log.write("WARN", &context, reason),
+    }
 }
 
 struct Actor {
@@ -400,10 +416,16 @@ impl Actor {
     }
 
     fn advance(&mut self) {
-        loop {
+        // Bounded so that a step failing synchronously forever (say, with errorResetTime 0) still
+        // yields to the runtime between rounds instead of spinning inside one poll.
+        for round in 0.. {
             let before = (self.state, self.active.map(|a| a.generation));
             self.step_once();
             if self.exit || before == (self.state, self.active.map(|a| a.generation)) {
+                break;
+            }
+            if round == 64 {
+                let _ = self.tx.send(Msg::Continue);
                 break;
             }
         }
@@ -513,8 +535,10 @@ impl Actor {
         }
         let timeout = step.timeout.or(default_timeout);
         let tx = self.tx.clone();
+        let log = self.log.clone();
         tokio::spawn(async move {
             let outcome = wait_step(child, pgid, timeout).await;
+            log_outcome(&log, step_name, &outcome);
             if !belongs_to_instance {
                 // One-shot steps own nothing once they exit.
                 terminate_groups(&[pgid], KILL_GRACE).await;
@@ -624,7 +648,11 @@ impl Actor {
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let shutdown = match command {
-                Some((cmd, timeout)) => Some(run_one_shot(&cmd, Some(timeout)).await),
+                Some((cmd, timeout)) => {
+                    let outcome = run_one_shot(&cmd, Some(timeout)).await;
+                    log_outcome(&cmd.log, "Shutdown", &outcome);
+                    Some(outcome)
+                }
                 None => None,
             };
             terminate_groups(&groups, KILL_GRACE).await;
@@ -769,6 +797,7 @@ impl Actor {
                 }
             }
             Msg::Report(reported) => self.on_report(reported),
+            Msg::Continue => {}
         }
     }
 

@@ -317,6 +317,45 @@ async fn run_failing_three_times_turns_broken_after_recover_runs() {
 }
 
 #[tokio::test]
+async fn errors_spaced_beyond_the_error_reset_time_never_break() {
+    let h = Harness::new();
+    let mut lc = lifecycle();
+    lc.run = step("echo attempt >> \"$T/runs\"; exit 2");
+    let mut spec = h.spec("persistent", lc);
+    spec.error_reset_time = Duration::ZERO;
+    let mut changes = h.sup.subscribe();
+    h.reconcile(vec![spec]).await;
+    wait_until(&h.sup, || h.lines("runs") >= 5).await.unwrap();
+    h.sup.stop("persistent").await.unwrap();
+    let states = collect_changes(&mut changes, "persistent");
+    assert!(!states.contains(&State::Broken), "{states:?}");
+    assert!(states.iter().filter(|s| **s == State::Errored).count() >= 4);
+    assert_eq!(h.sup.status("persistent").unwrap().state, State::Finished);
+    assert!(
+        h.log("persistent")
+            .contains("lifecycle=Run: exited with code 2")
+    );
+}
+
+#[tokio::test]
+async fn run_timeout_is_reported_and_kills_the_run_process() {
+    let h = Harness::new();
+    let mut lc = lifecycle();
+    lc.run = Some(Step {
+        timeout: Some(Duration::from_secs(1)),
+        ..step("exec sleep 100888").unwrap()
+    });
+    h.reconcile(vec![h.spec("overtime", lc)]).await;
+    wait_until(&h.sup, || {
+        h.sup.status("overtime").unwrap().status_code == "RUN_TIMEOUT"
+    })
+    .await
+    .unwrap();
+    h.sup.shutdown().await;
+    assert!(h.processes().is_empty());
+}
+
+#[tokio::test]
 async fn failing_install_is_retried_from_new_and_reported() {
     let h = Harness::new();
     let mut lc = lifecycle();
