@@ -304,7 +304,7 @@ pub(crate) async fn run_one_shot(cmd: &StepCommand, timeout: Option<Duration>) -
 
 /// Sends `signal` to every process of the group; a group that is already gone is not an error.
 pub(crate) fn signal_group(pgid: i32, signal: libc::c_int) {
-    if pgid > 1 {
+    if pgid > 1 && !group_members(pgid).is_empty() {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe {
             libc::kill(-pgid, signal);
@@ -312,8 +312,14 @@ pub(crate) fn signal_group(pgid: i32, signal: libc::c_int) {
     }
 }
 
-/// Live (non-zombie) processes whose process group is `pgid`, read from /proc.
+/// Live (non-zombie) processes whose process group is `pgid` and whose session is ours, read from /proc.
+///
+/// Step groups are made with setpgid inside the core's session; requiring that session keeps a group
+/// id that was freed and reused by an unrelated program (which would lead its own session) out of reach.
 pub(crate) fn group_members(pgid: i32) -> Vec<i32> {
+    let own_session = rustix::process::getsid(None)
+        .map(|sid| sid.as_raw_nonzero().get())
+        .unwrap_or(0);
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -330,7 +336,8 @@ pub(crate) fn group_members(pgid: i32) -> Vec<i32> {
             let mut fields = rest.split_whitespace();
             let state = fields.next().unwrap_or("Z");
             let pgrp = fields.nth(1).and_then(|f| f.parse::<i32>().ok());
-            pgrp == Some(pgid) && state != "Z" && state != "X"
+            let session = fields.next().and_then(|f| f.parse::<i32>().ok());
+            pgrp == Some(pgid) && session == Some(own_session) && state != "Z" && state != "X"
         })
         .collect()
 }
