@@ -905,6 +905,7 @@ impl Actor {
             }
             (State::Stopping, State::Errored) => self.stop_error_reported = true,
             (State::Stopping, State::Finished) => {}
+            (current, reported) if current == reported => {}
             (current, _) => {
                 tracing::warn!(component = %self.name, %current, %reported, "ignored state report not allowed from the current state");
                 self.log.write(

@@ -1,7 +1,5 @@
 use std::time::Duration;
 
-use crate::State;
-
 /// What went wrong while supervising components.
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -31,12 +29,6 @@ pub enum SupervisorError {
     DependencyCycle(Vec<String>),
     #[error("component {component:?} was given twice in one reconcile: give each component once")]
     Duplicate { component: String },
-    #[error("component {component:?} cannot report state {state} while it is {current}")]
-    InvalidReport {
-        component: String,
-        state: State,
-        current: State,
-    },
     #[error("component {0:?} stopped being supervised while the request was pending")]
     Gone(String),
 }

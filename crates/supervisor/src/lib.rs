@@ -324,32 +324,11 @@ impl Supervisor {
         self.send(name, Msg::Signal(libc::SIGCONT))
     }
 
-    /// IPC UpdateState. Allowed: NEW→ERRORED, STARTING→{RUNNING, ERRORED, FINISHED},
-    /// RUNNING→{ERRORED, FINISHED}, STOPPING→{ERRORED, FINISHED}; anything else is
-    /// [`SupervisorError::InvalidReport`] and changes nothing.
+    /// IPC UpdateState. Honoured: NEW→ERRORED, STARTING→{RUNNING, ERRORED, FINISHED},
+    /// RUNNING→{ERRORED, FINISHED}, STOPPING→{ERRORED, FINISHED}. Any other report is ignored with a
+    /// warning and still Ok, as in Greengrass: SDK clients routinely report RUNNING from a `run` step
+    /// that is already RUNNING and must not get an error back. Err only when `name` is unknown.
     pub fn report_state(&self, name: &str, state: State) -> Result<(), SupervisorError> {
-        let current = self
-            .status(name)
-            .ok_or_else(|| SupervisorError::NotFound(name.to_string()))?
-            .state;
-        let allowed = matches!(
-            (current, state),
-            (State::New, State::Errored)
-                | (
-                    State::Starting,
-                    State::Running | State::Errored | State::Finished
-                )
-                | (State::Running, State::Errored | State::Finished)
-                | (State::Stopping, State::Errored | State::Finished)
-        );
-        if !allowed {
-            tracing::warn!(component = name, %current, reported = %state, "ignored state report");
-            return Err(SupervisorError::InvalidReport {
-                component: name.to_string(),
-                state,
-                current,
-            });
-        }
         self.send(name, Msg::Report(state))
     }
 
