@@ -780,6 +780,26 @@ mod tests {
     }
 
     #[test]
+    fn indefinite_length_maps_and_strings_are_accepted() {
+        // {_ "requestId": "r", "name": (_ "a", "b"), "payload": (_ h'01', h'02')} as Jackson emits.
+        let mut p = vec![0xbf, 0x69];
+        p.extend_from_slice(b"requestId");
+        p.extend_from_slice(&[0x61, b'r', 0x64]);
+        p.extend_from_slice(b"name");
+        p.extend_from_slice(&[0x7f, 0x61, b'a', 0x61, b'b', 0xff, 0x67]);
+        p.extend_from_slice(b"payload");
+        p.extend_from_slice(&[0x5f, 0x41, 0x01, 0x41, 0x02, 0xff, 0xff]);
+        assert_eq!(
+            decode_request(op::APPEND, &p).unwrap(),
+            Request::Append {
+                request_id: "r".into(),
+                name: "ab".into(),
+                payload: vec![1, 2]
+            }
+        );
+    }
+
+    #[test]
     fn huge_announced_lengths_do_not_allocate() {
         // A byte string, an array and a map each claiming 2^62 items, with nothing after.
         for head in [&[0x5b][..], &[0x9b], &[0xbb]] {
