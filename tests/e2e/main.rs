@@ -398,7 +398,8 @@ fn bad_deployments_fail_clearly_and_leave_the_running_set_unchanged() {
             "RecipeFormatVersion: '2020-01-25'\nComponentName: {name}\nComponentVersion: '1.0.0'\nManifests:\n  - Artifacts:\n      - Uri: s3://b/{name}/tool.sh\n{digest}    Lifecycle:\n      Run: sh {{artifacts:path}}/tool.sh\n"
         )
     };
-    let cases: Vec<(&str, Vec<(&str, String)>, &str, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         ("malformed-yaml", vec![("x.yaml", "ComponentName: [unclosed\n".to_string())], "test.X=1.0.0", "x.yaml"),
         (
             "unknown-type",

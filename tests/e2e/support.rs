@@ -66,10 +66,6 @@ impl Core {
         }
     }
 
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-
     /// SIGKILL: the core gets no chance to clean up.
     pub fn kill9(mut self) {
         let mut c = self.child.take().unwrap();

@@ -34,6 +34,7 @@
 
 mod actor;
 mod error;
+mod ledger;
 mod logs;
 mod process;
 mod state;
@@ -157,6 +158,17 @@ impl Supervisor {
             shared: Arc::new(Shared::new(cfg, env)),
             ops: Arc::new(tokio::sync::Mutex::new(())),
         }
+    }
+
+    /// Stops the processes a previous core on this root left running when it died without a
+    /// chance to stop them (SIGKILL, crash): call once at start, before components start.
+    /// Returns how many process groups were found.
+    pub async fn reap_orphans(&self) -> usize {
+        ledger::reap(
+            &ledger::ledger_dir(&self.shared.cfg.root),
+            process::KILL_GRACE,
+        )
+        .await
     }
 
     /// Make the running set equal to `specs`: components absent from `specs` are stopped (reverse

@@ -222,6 +222,9 @@ pub(crate) fn spawn_step(cmd: &StepCommand) -> std::io::Result<(Child, i32)> {
     }
     let mut child = command.spawn()?;
     let pgid = child.id().map(|id| id as i32).unwrap_or(0);
+    if let Some(work) = cmd.cwd.parent() {
+        crate::ledger::record(&work.join(".groups"), pgid, &cmd.component);
+    }
     let context_out = format!("lifecycle={} stream=stdout", cmd.step);
     let context_err = format!("lifecycle={} stream=stderr", cmd.step);
     if let Some(out) = child.stdout.take() {
@@ -345,6 +348,15 @@ pub(crate) fn group_members(pgid: i32) -> Vec<i32> {
 /// SIGTERM to each group, SIGKILL to what is left after `grace`; returns once the groups are empty
 /// (or a few seconds after SIGKILL if a process is stuck in the kernel).
 pub(crate) async fn terminate_groups(pgids: &[i32], grace: Duration) {
+    terminate_live_groups(pgids, grace).await;
+    for pgid in pgids {
+        if group_members(*pgid).is_empty() {
+            crate::ledger::forget(*pgid);
+        }
+    }
+}
+
+async fn terminate_live_groups(pgids: &[i32], grace: Duration) {
     let mut alive: Vec<i32> = pgids
         .iter()
         .copied()

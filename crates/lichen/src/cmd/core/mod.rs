@@ -213,6 +213,13 @@ async fn serve(
     )?;
     write_cli_token(&root, &tokens, &socket_abs)?;
 
+    let orphans = supervisor.reap_orphans().await;
+    if orphans > 0 {
+        tracing::warn!(
+            groups = orphans,
+            "stopped component processes left by a previous core"
+        );
+    }
     engine.start().await?;
     config.write_effective_config(&root.join("config/effectiveConfig.yaml"))?;
     let ready_ms = started.elapsed().as_secs_f64() * 1000.0;

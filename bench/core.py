@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Core figures: idle RSS, start-to-ready, and deployment-create-to-RUNNING for 1, 50 and 200
+trivial components. Uses only the Python standard library and the release binary.
+
+    cargo build --release -p lichen && python3 bench/core.py [--bin target/release/lichen]
+"""
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+RECIPE = """RecipeFormatVersion: '2020-01-25'
+ComponentName: bench.C{i}
+ComponentVersion: '1.0.0'
+Manifests:
+  - Platform:
+      os: '*'
+    Lifecycle:
+      Run: exec sleep 100000
+"""
+
+
+def start_core(binary, root):
+    t0 = time.perf_counter()
+    p = subprocess.Popen([binary, "core", "run", "--root", root],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in p.stdout:
+        if "ready in" in line:
+            return p, (time.perf_counter() - t0) * 1000.0
+    raise RuntimeError("core exited before it was ready")
+
+
+def stop_core(p):
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=120)
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return -1
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=os.environ.get("LICHEN_BIN", "target/release/lichen"))
+    ap.add_argument("--starts", type=int, default=20)
+    args = ap.parse_args()
+    binary = os.path.abspath(args.bin)
+    work = tempfile.mkdtemp(prefix="lichen-bench-")
+    try:
+        # Start to ready: a fresh root each time (first start creates the layout).
+        ready = []
+        for n in range(args.starts):
+            root = os.path.join(work, f"start{n}")
+            p, ms = start_core(binary, root)
+            ready.append(ms)
+            stop_core(p)
+        # Idle RSS after the core settled.
+        root = os.path.join(work, "idle")
+        p, _ = start_core(binary, root)
+        time.sleep(2)
+        idle = rss_kb(p.pid)
+        stop_core(p)
+        print(f"start to ready (spawn to 'ready' line, {args.starts} fresh roots): "
+              f"median {statistics.median(ready):.1f} ms, max {max(ready):.1f} ms  (target <= 100 ms)")
+        print(f"idle RSS: {idle / 1024:.1f} MiB  (target <= 10 MB)")
+        # Deployment create to RUNNING.
+        for count in (1, 50, 200):
+            root = os.path.join(work, f"deploy{count}")
+            recipes = os.path.join(work, f"recipes{count}")
+            os.makedirs(recipes)
+            for i in range(count):
+                with open(os.path.join(recipes, f"c{i}.yaml"), "w") as f:
+                    f.write(RECIPE.format(i=i))
+            p, _ = start_core(binary, root)
+            cmd = [binary, "deployment", "create", "--root", root, "--recipe-dir", recipes, "--wait"]
+            for i in range(count):
+                cmd += ["--merge", f"bench.C{i}=1.0.0"]
+            t0 = time.perf_counter()
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            ms = (time.perf_counter() - t0) * 1000.0
+            if out.returncode != 0:
+                print(out.stdout, out.stderr, file=sys.stderr)
+                raise SystemExit(f"deployment of {count} components failed")
+            listing = subprocess.run([binary, "component", "list", "--root", root, "--json"],
+                                     capture_output=True, text=True, check=True).stdout
+            running = listing.count('"RUNNING"') - 3  # minus the three built-ins
+            target = {1: "<= 300 ms", 50: "", 200: "<= 5 s"}[count]
+            loaded = rss_kb(p.pid)
+            stop_core(p)
+            print(f"deployment create -> RUNNING, {count:3d} components: {ms:8.1f} ms "
+                  f"({running} RUNNING; core RSS {loaded / 1024:.1f} MiB)  {target}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
