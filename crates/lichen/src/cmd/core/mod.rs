@@ -4,6 +4,7 @@
 //! server with the kernel's operations and the CLI operations, then waits for SIGTERM/SIGINT and
 //! stops every component in reverse dependency order.
 
+mod builtins;
 mod ipc_ops;
 mod lock;
 
@@ -19,18 +20,6 @@ use std::time::{Duration, Instant};
 
 /// The Greengrass nucleus version this core reports (`GGC_VERSION`, built-in component versions).
 pub const NUCLEUS_VERSION: &str = "2.14.0";
-
-/// Built-in components: always resolvable by deployments, never run as processes.
-pub fn builtins() -> BTreeMap<String, String> {
-    [
-        "aws.greengrass.Nucleus",
-        "aws.greengrass.Cli",
-        "aws.greengrass.TokenExchangeService",
-    ]
-    .into_iter()
-    .map(|n| (n.to_string(), NUCLEUS_VERSION.to_string()))
-    .collect()
-}
 
 #[derive(Subcommand)]
 pub enum CoreCommand {
@@ -176,7 +165,7 @@ async fn serve(
             thing_name: settings.thing_name.clone(),
             history_limit: settings.deployment_history,
             settle_timeout: Duration::from_secs(settings.settle_timeout_s),
-            builtins: builtins(),
+            builtins: builtins::versions(),
         },
         config.clone(),
         supervisor.clone(),
@@ -220,7 +209,9 @@ async fn serve(
             "stopped component processes left by a previous core"
         );
     }
+    let services = builtins::Builtins::new(config.clone(), root.clone(), tokens.clone());
     engine.start().await?;
+    services.watch();
     config.write_effective_config(&root.join("config/effectiveConfig.yaml"))?;
     let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(ready_ms, root = %root.display(), "core ready");
@@ -238,6 +229,7 @@ async fn serve(
     tracing::info!("stop requested; stopping components in reverse dependency order");
     engine.shutdown();
     supervisor.shutdown().await;
+    services.shutdown().await;
     server.shutdown().await;
     let _ = config.write_effective_config(&root.join("config/effectiveConfig.yaml"));
     tracing::info!("core stopped");

@@ -1,0 +1,150 @@
+//! Built-in services: Greengrass components that run inside the core as tokio tasks. A deployment
+//! that names one (as a root or a dependency) writes its `services.<name>` entry; this module
+//! watches those entries and starts, reconfigures or stops the service to match.
+
+use lichen_config::ConfigStore;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+pub const STREAM_MANAGER: &str = "aws.greengrass.StreamManager";
+
+/// Built-in components and the versions they report: always resolvable by deployments (a 2.x in the
+/// same major series as the Greengrass component each stands for), never run as processes.
+pub fn versions() -> BTreeMap<String, String> {
+    [
+        ("aws.greengrass.Nucleus", super::NUCLEUS_VERSION),
+        ("aws.greengrass.Cli", super::NUCLEUS_VERSION),
+        (
+            "aws.greengrass.TokenExchangeService",
+            super::NUCLEUS_VERSION,
+        ),
+        (STREAM_MANAGER, "2.2.1"),
+    ]
+    .into_iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect()
+}
+
+/// What a running built-in was started with, to tell a reconfiguration from a no-op.
+struct Running<T> {
+    config: Value,
+    service: T,
+}
+
+pub struct Builtins {
+    config: ConfigStore,
+    root: PathBuf,
+    tokens: Arc<lichen_ipc::TokenRegistry>,
+    changed: Arc<Notify>,
+    stream_manager: tokio::sync::Mutex<Option<Running<lichen_streams::StreamManager>>>,
+}
+
+impl Builtins {
+    pub fn new(
+        config: ConfigStore,
+        root: PathBuf,
+        tokens: Arc<lichen_ipc::TokenRegistry>,
+    ) -> Arc<Builtins> {
+        let changed = Arc::new(Notify::new());
+        let notify = changed.clone();
+        config.subscribe(
+            &["services"],
+            Box::new(move |e: &lichen_config::ConfigEvent| {
+                // Only a built-in's own entry matters (its version or configuration).
+                if e.path.len() >= 2 && versions().contains_key(&e.path[1]) {
+                    notify.notify_one();
+                }
+            }),
+        );
+        Arc::new(Builtins {
+            config,
+            root,
+            tokens,
+            changed,
+            stream_manager: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Brings services in line with the configuration now, then whenever it changes.
+    pub fn watch(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                me.reconcile().await;
+                me.changed.notified().await;
+            }
+        });
+    }
+
+    fn deployed(&self, name: &str) -> Option<Value> {
+        self.config.get(&["services", name, "version"])?;
+        Some(
+            self.config
+                .get(&["services", name, "configuration"])
+                .unwrap_or_else(|| Value::Object(Default::default())),
+        )
+    }
+
+    pub async fn reconcile(&self) {
+        self.reconcile_stream_manager().await;
+    }
+
+    async fn reconcile_stream_manager(&self) {
+        let mut slot = self.stream_manager.lock().await;
+        // The bound port is written back under `port`; it is not part of what we were asked for.
+        let wanted = self.deployed(STREAM_MANAGER).map(|mut c| {
+            if let Some(m) = c.as_object_mut() {
+                m.remove("port");
+            }
+            c
+        });
+        if slot.as_ref().map(|r| &r.config) == wanted.as_ref() {
+            return;
+        }
+        if let Some(old) = slot.take() {
+            old.service.stop().await;
+            tracing::info!(service = STREAM_MANAGER, "stopped");
+        }
+        let Some(wanted) = wanted else {
+            return;
+        };
+        let default_root = self.root.join("work").join(STREAM_MANAGER);
+        let mut cfg = match lichen_streams::StreamManagerConfig::from_component_config(
+            &wanted,
+            default_root,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(service = STREAM_MANAGER, key = %e.key, reason = %e.reason, "invalid configuration; not started");
+                return;
+            }
+        };
+        let tokens = self.tokens.clone();
+        cfg.token_validator = Some(Arc::new(move |t: &str| tokens.identity(t).is_some()));
+        match lichen_streams::StreamManager::start(cfg).await {
+            Ok(sm) => {
+                let port = sm.local_addr().port();
+                tracing::info!(service = STREAM_MANAGER, port, "started");
+                let _ = self.config.set(
+                    &["services", STREAM_MANAGER, "configuration", "port"],
+                    Value::String(port.to_string()),
+                    lichen_config::now_ms(),
+                );
+                *slot = Some(Running {
+                    config: wanted,
+                    service: sm,
+                });
+            }
+            Err(e) => tracing::error!(service = STREAM_MANAGER, error = %e, "cannot start"),
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        if let Some(sm) = self.stream_manager.lock().await.take() {
+            sm.service.stop().await;
+        }
+    }
+}
