@@ -466,3 +466,112 @@ fn bad_deployments_fail_clearly_and_leave_the_running_set_unchanged() {
         assert_eq!(core.components(), before, "{label}: running set changed");
     }
 }
+
+#[test]
+fn recipe_validate_names_file_and_field_and_show_resolves_variables() {
+    let ws = Workspace::new();
+    let good = ws.path("good.yaml");
+    std::fs::write(
+        &good,
+        "RecipeFormatVersion: '2020-01-25'\nComponentName: test.Show\nComponentVersion: '1.2.3'\nComponentConfiguration:\n  DefaultConfiguration:\n    Port: 9000\nManifests:\n  - Platform:\n      os: windows\n    Lifecycle:\n      Run: never\n  - Platform:\n      os: linux\n      architecture: /amd64|aarch64|x86/\n    Lifecycle:\n      Run:\n        Script: serve --port {configuration:/Port} --dir {work:path}\n        Timeout: 30\n",
+    )
+    .unwrap();
+    let bad = ws.path("bad.yaml");
+    std::fs::write(
+        &bad,
+        "RecipeFormatVersion: '2020-01-25'\nComponentName: test.Bad\nComponentVersion: '1.0.0'\nManifests:\n  - Lifecycle:\n      Install:\n        Script: x\n        Timeout: soon\n",
+    )
+    .unwrap();
+    let root = ws.root();
+    let out = cli(
+        &root,
+        &[
+            "recipe",
+            "validate",
+            good.to_str().unwrap(),
+            bad.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml"), "{err}");
+    assert!(
+        err.contains("Manifests[0].Lifecycle.Install.Timeout"),
+        "{err}"
+    );
+    let ok = String::from_utf8_lossy(&out.stdout);
+    assert!(ok.contains("good.yaml: ok (test.Show 1.2.3)"), "{ok}");
+
+    let out = cli(
+        &root,
+        &[
+            "recipe",
+            "show",
+            good.to_str().unwrap(),
+            "--platform",
+            "os=linux,architecture=amd64",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SelectedManifest: 1"), "{text}");
+    assert!(text.contains("serve --port 9000 --dir "), "{text}");
+    assert!(text.contains("work/test.Show"), "{text}");
+    let out = cli(
+        &root,
+        &[
+            "recipe",
+            "show",
+            good.to_str().unwrap(),
+            "--platform",
+            "os=darwin",
+        ],
+    );
+    assert!(!out.status.success(), "no manifest matches darwin");
+}
+
+#[test]
+fn effective_config_logs_and_component_control_through_the_cli() {
+    let ws = Workspace::new();
+    ws.recipe(
+        "s.yaml",
+        &recipe(
+            "test.Ctl",
+            "1.0.0",
+            "ComponentConfiguration:\n  DefaultConfiguration:\n    Colour: teal",
+            "Run: echo started-{configuration:/Colour}; exec sleep 1000",
+        ),
+    );
+    let core = Core::start(&ws.root());
+    let (ok, d) = core.deploy(&["--recipe-dir", &ws.recipes(), "--merge", "test.Ctl=1.0.0"]);
+    assert!(ok, "{d}");
+    core.wait_state("test.Ctl", "RUNNING");
+    // The running core rewrites effectiveConfig.yaml shortly after each change.
+    eventually(30, "effective configuration shows the component", || {
+        let cfg = core.ok(&["core", "effective-config"]);
+        cfg.contains("test.Ctl") && cfg.contains("Colour: teal")
+    });
+
+    core.ok(&["component", "stop", "test.Ctl"]);
+    core.wait_state("test.Ctl", "FINISHED");
+    core.ok(&["component", "restart", "test.Ctl"]);
+    core.wait_state("test.Ctl", "RUNNING");
+    eventually(30, "two starts in the log", || {
+        core.log("test.Ctl").matches("started-teal").count() == 2
+    });
+    let logs = core.ok(&["logs", "test.Ctl", "--tail", "50"]);
+    assert!(logs.contains("started-teal"), "{logs}");
+    let missing = core.cli(&["component", "details", "test.Nope"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("ResourceNotFoundError"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    let status = core.ok(&["deployment", "list"]);
+    assert!(status.contains("SUCCEEDED"), "{status}");
+}

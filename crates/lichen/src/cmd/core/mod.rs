@@ -212,7 +212,7 @@ async fn serve(
     let services = builtins::Builtins::new(config.clone(), root.clone(), tokens.clone());
     engine.start().await?;
     services.watch();
-    config.write_effective_config(&root.join("config/effectiveConfig.yaml"))?;
+    keep_effective_config(&config, root.join("config/effectiveConfig.yaml"))?;
     let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(ready_ms, root = %root.display(), "core ready");
     println!("Lichen core {NUCLEUS_VERSION} ready in {ready_ms:.1} ms");
@@ -234,6 +234,33 @@ async fn serve(
     let _ = config.write_effective_config(&root.join("config/effectiveConfig.yaml"));
     tracing::info!("core stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `effectiveConfig.yaml` now and again after changes (at most every 50 ms), so
+/// `lichen core effective-config` and people reading the root see the running configuration.
+fn keep_effective_config(config: &ConfigStore, path: PathBuf) -> anyhow::Result<()> {
+    config.write_effective_config(&path)?;
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let n = changed.clone();
+    config.subscribe(
+        &[],
+        Box::new(move |e: &lichen_config::ConfigEvent| {
+            if !e.path.iter().any(|p| p.starts_with('_')) {
+                n.notify_one();
+            }
+        }),
+    );
+    let config = config.clone();
+    tokio::spawn(async move {
+        loop {
+            changed.notified().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Err(e) = config.write_effective_config(&path) {
+                tracing::warn!(error = %e, "cannot write the effective configuration");
+            }
+        }
+    });
+    Ok(())
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
