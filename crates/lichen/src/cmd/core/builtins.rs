@@ -9,12 +9,43 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// A service that runs inside the core while its component is deployed. The manager calls
+/// [`BuiltinService::apply`] with the component's `configuration` when it is deployed or its
+/// configuration changes, and with `None` when it is removed or the core stops; the service starts,
+/// reconfigures or stops itself to match.
+pub trait BuiltinService: Send + Sync + 'static {
+    /// The Greengrass component name it answers to.
+    fn name(&self) -> &'static str;
+    /// The version it reports (same major series as the Greengrass component).
+    fn version(&self) -> &'static str;
+    fn apply(&self, configuration: Option<Value>) -> BoxFuture<'_, ()>;
+}
+
+/// What built-in services may use from the kernel.
+#[allow(dead_code)] // fields are read by the services listed in `services()`
+#[derive(Clone)]
+pub struct ServiceContext {
+    pub config: ConfigStore,
+    pub root: PathBuf,
+    pub tokens: Arc<lichen_ipc::TokenRegistry>,
+    pub router: Arc<lichen_ipc::Router>,
+    pub bus: lichen_bus::Bus,
+}
+
+/// Every built-in service other than the stream manager (which predates this list). Adding a
+/// service is one line here.
+pub fn services(_ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
+    vec![]
+}
+
 pub const STREAM_MANAGER: &str = "aws.greengrass.StreamManager";
 
 /// Built-in components and the versions they report: always resolvable by deployments (a 2.x in the
 /// same major series as the Greengrass component each stands for), never run as processes.
-pub fn versions() -> BTreeMap<String, String> {
-    [
+pub fn versions(services: &[Arc<dyn BuiltinService>]) -> BTreeMap<String, String> {
+    let mut v: BTreeMap<String, String> = [
         ("aws.greengrass.Nucleus", super::NUCLEUS_VERSION),
         ("aws.greengrass.Cli", super::NUCLEUS_VERSION),
         (
@@ -25,7 +56,11 @@ pub fn versions() -> BTreeMap<String, String> {
     ]
     .into_iter()
     .map(|(n, v)| (n.to_string(), v.to_string()))
-    .collect()
+    .collect();
+    for s in services {
+        v.insert(s.name().to_string(), s.version().to_string());
+    }
+    v
 }
 
 /// What a running built-in was started with, to tell a reconfiguration from a no-op.
@@ -40,6 +75,8 @@ pub struct Builtins {
     tokens: Arc<lichen_ipc::TokenRegistry>,
     changed: Arc<Notify>,
     stream_manager: tokio::sync::Mutex<Option<Running<lichen_streams::StreamManager>>>,
+    /// The other services with the configuration each was last given.
+    others: Vec<(Arc<dyn BuiltinService>, tokio::sync::Mutex<Option<Value>>)>,
 }
 
 impl Builtins {
@@ -47,24 +84,31 @@ impl Builtins {
         config: ConfigStore,
         root: PathBuf,
         tokens: Arc<lichen_ipc::TokenRegistry>,
+        services: Vec<Arc<dyn BuiltinService>>,
     ) -> Arc<Builtins> {
         let changed = Arc::new(Notify::new());
         let notify = changed.clone();
+        let names = versions(&services);
         config.subscribe(
             &["services"],
             Box::new(move |e: &lichen_config::ConfigEvent| {
                 // Only a built-in's own entry matters (its version or configuration).
-                if e.path.len() >= 2 && versions().contains_key(&e.path[1]) {
+                if e.path.len() >= 2 && names.contains_key(&e.path[1]) {
                     notify.notify_one();
                 }
             }),
         );
+        let others = services
+            .into_iter()
+            .map(|s| (s, tokio::sync::Mutex::new(None)))
+            .collect();
         Arc::new(Builtins {
             config,
             root,
             tokens,
             changed,
             stream_manager: tokio::sync::Mutex::new(None),
+            others,
         })
     }
 
@@ -90,6 +134,14 @@ impl Builtins {
 
     pub async fn reconcile(&self) {
         self.reconcile_stream_manager().await;
+        for (service, last) in &self.others {
+            let mut last = last.lock().await;
+            let wanted = self.deployed(service.name());
+            if *last != wanted {
+                service.apply(wanted.clone()).await;
+                *last = wanted;
+            }
+        }
     }
 
     async fn reconcile_stream_manager(&self) {
@@ -145,6 +197,12 @@ impl Builtins {
     pub async fn shutdown(&self) {
         if let Some(sm) = self.stream_manager.lock().await.take() {
             sm.service.stop().await;
+        }
+        for (service, last) in self.others.iter().rev() {
+            let mut last = last.lock().await;
+            if last.take().is_some() {
+                service.apply(None).await;
+            }
         }
     }
 }

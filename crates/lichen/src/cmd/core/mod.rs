@@ -157,21 +157,6 @@ async fn serve(
         Arc::new(TokenEnv(tokens.clone())),
     );
 
-    let hooks = Arc::new(ipc_ops::ComponentUpdateHooks::default());
-    let engine = lichen_deploy::DeploymentEngine::new(
-        lichen_deploy::EngineConfig {
-            root: root.clone(),
-            platform: settings.platform.clone(),
-            thing_name: settings.thing_name.clone(),
-            history_limit: settings.deployment_history,
-            settle_timeout: Duration::from_secs(settings.settle_timeout_s),
-            builtins: builtins::versions(),
-        },
-        config.clone(),
-        supervisor.clone(),
-        hooks.clone(),
-    )?;
-
     let bus = lichen_bus::Bus::new();
     let config_source: Arc<dyn lichen_ipc::ConfigSource> = Arc::new(config.clone());
     let authorizer = Arc::new(lichen_ipc::Authorizer::new(
@@ -185,6 +170,29 @@ async fn serve(
         config_source.clone(),
         tokens.clone(),
     );
+    let service_ctx = builtins::ServiceContext {
+        config: config.clone(),
+        root: root.clone(),
+        tokens: tokens.clone(),
+        router: router.clone(),
+        bus: bus.clone(),
+    };
+    let services = builtins::services(&service_ctx);
+    let hooks = Arc::new(ipc_ops::ComponentUpdateHooks::default());
+    let engine = lichen_deploy::DeploymentEngine::new(
+        lichen_deploy::EngineConfig {
+            root: root.clone(),
+            platform: settings.platform.clone(),
+            thing_name: settings.thing_name.clone(),
+            history_limit: settings.deployment_history,
+            settle_timeout: Duration::from_secs(settings.settle_timeout_s),
+            builtins: builtins::versions(&services),
+        },
+        config.clone(),
+        supervisor.clone(),
+        hooks.clone(),
+    )?;
+
     ipc_ops::register(
         &router,
         ipc_ops::Kernel {
@@ -209,7 +217,7 @@ async fn serve(
             "stopped component processes left by a previous core"
         );
     }
-    let services = builtins::Builtins::new(config.clone(), root.clone(), tokens.clone());
+    let services = builtins::Builtins::new(config.clone(), root.clone(), tokens.clone(), services);
     engine.start().await?;
     services.watch();
     keep_effective_config(&config, root.join("config/effectiveConfig.yaml"))?;
