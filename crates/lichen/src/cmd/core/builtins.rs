@@ -69,6 +69,8 @@ struct Running<T> {
     service: T,
 }
 
+type LastApplied = tokio::sync::Mutex<Option<Value>>;
+
 pub struct Builtins {
     config: ConfigStore,
     root: PathBuf,
@@ -76,7 +78,7 @@ pub struct Builtins {
     changed: Arc<Notify>,
     stream_manager: tokio::sync::Mutex<Option<Running<lichen_streams::StreamManager>>>,
     /// The other services with the configuration each was last given.
-    others: Vec<(Arc<dyn BuiltinService>, tokio::sync::Mutex<Option<Value>>)>,
+    others: Vec<(Arc<dyn BuiltinService>, LastApplied)>,
 }
 
 impl Builtins {
