@@ -43,7 +43,7 @@ impl Default for BrokerConfig {
             receive_maximum: 100,
             topic_alias_maximum: 10,
             max_queued_messages: 1000,
-            outbound_queue: 1024,
+            outbound_queue: 65_536,
             max_inflight_v311: 20,
             max_connections: 10_000,
         }
