@@ -31,6 +31,8 @@ class Client:
         if version != 5:
             kwargs["clean_session"] = clean
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
+        # paho reconnects on its own after a drop; tests want to see the drop, not a new session.
+        self.c.reconnect_delay_set(min_delay=60, max_delay=120)
         self.c.on_connect = self._on_connect
         self.c.on_disconnect = self._on_disconnect
         self.c.on_message = lambda c, u, m: self.messages.put(m)
