@@ -943,7 +943,12 @@ fn decode_body(
             } else {
                 Properties::default()
             };
-            let reason_codes = r.take(r.remaining(), "reason codes")?.to_vec();
+            // A 3.1.1 UNSUBACK has no payload; anything after the packet id is trailing garbage.
+            let reason_codes = if packet_type == 9 || v5 {
+                r.take(r.remaining(), "reason codes")?.to_vec()
+            } else {
+                Vec::new()
+            };
             if packet_type == 9 {
                 Packet::SubAck(SubAck {
                     packet_id,

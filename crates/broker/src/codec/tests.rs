@@ -416,6 +416,25 @@ proptest! {
     }
 
     #[test]
+    fn whatever_decodes_reencodes_to_the_same_packet(p in packet_v5(), edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4), v5 in any::<bool>()) {
+        let version = if v5 { Version::V5 } else { Version::V311 };
+        let mut out = BytesMut::new();
+        encode(&p, version, &mut out);
+        let mut raw = out.to_vec();
+        for (i, b) in edits {
+            let at = i.index(raw.len());
+            raw[at] = b;
+        }
+        if let Ok(Some((decoded, _))) = decode(&raw, Some(version), MAX) {
+            let wire = match &decoded {
+                Packet::Connect(c) => c.version,
+                _ => version,
+            };
+            prop_assert_eq!(roundtrip(&decoded, wire), decoded);
+        }
+    }
+
+    #[test]
     fn random_bytes_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..200)) {
         let _ = decode(&raw, Some(Version::V5), MAX);
         let _ = decode(&raw, Some(Version::V311), MAX);
