@@ -61,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         port: 0,
         authenticate_client: false,
         token_validator: None,
+        exporters: Default::default(),
     }))?;
     let addr = sm.local_addr();
     println!(

@@ -9,6 +9,8 @@
 //!
 //! Architecture invariant: nothing is acknowledged to a client before the store has accepted
 //! it, and with `flushOnWrite` not before it is on disk.
+//! Architecture invariant: an export checkpoint moves only after its destination acknowledged
+//! every record up to it (at-least-once, in sequence order per export).
 //! Architecture invariant: `codec` does no I/O; `store` knows nothing of the protocol; a
 //! malformed frame closes only its own connection.
 //!
@@ -21,6 +23,7 @@
 //!     port: 0,
 //!     authenticate_client: true,
 //!     token_validator: Some(Arc::new(|token: &str| token == "secret")),
+//!     exporters: Default::default(),
 //! })
 //! .await?;
 //! println!("listening on {}", sm.local_addr());
@@ -30,11 +33,13 @@
 
 mod codec;
 pub mod export;
+mod exporter;
 pub mod model;
 mod server;
 mod service;
 pub mod store;
 
+pub use exporter::ExporterSettings;
 pub use model::{Persistence, StrategyOnFull, StreamDefinition};
 pub use server::TokenValidator;
 pub use service::{ConfigError, StreamManager, StreamManagerConfig};
@@ -55,13 +60,25 @@ pub struct StandaloneOptions {
 
 /// Runs a standalone stream manager until SIGINT or SIGTERM. Prints
 /// `stream manager listening on 127.0.0.1:<port>` on stdout once it accepts connections.
+/// Exporter settings come from `STREAM_MANAGER_EXPORTER_*` environment variables (the keys of
+/// the component configuration).
 pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<()> {
     let tokens = opts.auth_tokens;
+    let env: serde_json::Map<String, serde_json::Value> = std::env::vars()
+        .filter(|(k, _)| {
+            k.starts_with("STREAM_MANAGER_EXPORTER_") || k == "STREAM_MANAGER_THREAD_POOL_SIZE"
+        })
+        .map(|(k, v)| (k, serde_json::Value::String(v)))
+        .collect();
+    let exporters =
+        StreamManagerConfig::from_component_config(&serde_json::Value::Object(env), "".into())?
+            .exporters;
     let sm = StreamManager::start(StreamManagerConfig {
         store_root: opts.store_root,
         port: opts.port,
         authenticate_client: !tokens.is_empty(),
         token_validator: Some(Arc::new(move |t: &str| tokens.iter().any(|k| k == t))),
+        exporters,
     })
     .await?;
     {

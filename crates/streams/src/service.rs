@@ -1,6 +1,7 @@
 //! The embeddable service: `StreamManager::start(config)` / `stop()`, and the parse of the
 //! `aws.greengrass.StreamManager` component configuration (spec §1.2).
 
+use crate::exporter::{self, ExporterSettings};
 use crate::server::{self, Context, TokenValidator};
 use crate::store::Store;
 use std::net::SocketAddr;
@@ -25,6 +26,8 @@ pub struct StreamManagerConfig {
     /// `token_validator` accepts; without a validator every token is refused.
     pub authenticate_client: bool,
     pub token_validator: Option<TokenValidator>,
+    /// Exporter limits, endpoints and credentials (spec §1.2 plus Lichen's extensions).
+    pub exporters: ExporterSettings,
 }
 
 impl std::fmt::Debug for StreamManagerConfig {
@@ -34,6 +37,7 @@ impl std::fmt::Debug for StreamManagerConfig {
             .field("port", &self.port)
             .field("authenticate_client", &self.authenticate_client)
             .field("token_validator", &self.token_validator.is_some())
+            .field("exporters", &self.exporters)
             .finish()
     }
 }
@@ -48,8 +52,7 @@ pub struct ConfigError {
 
 impl StreamManagerConfig {
     /// Reads the component's `configuration` namespace. Values may be strings (`"18088"`,
-    /// `"false"`) or JSON scalars; absent keys take the documented defaults. Exporter keys are
-    /// accepted and ignored until exporters exist.
+    /// `"false"`) or JSON scalars; absent keys take the documented defaults.
     pub fn from_component_config(
         config: &serde_json::Value,
         default_store_root: PathBuf,
@@ -96,8 +99,75 @@ impl StreamManagerConfig {
             port,
             authenticate_client,
             token_validator: None,
+            exporters: exporter_settings(config)?,
         })
     }
+}
+
+/// The exporter keys of the component configuration (also read from the environment by the
+/// standalone server, as the Greengrass stream manager reads them).
+fn exporter_settings(config: &serde_json::Value) -> Result<ExporterSettings, ConfigError> {
+    let get = |key: &str| {
+        config
+            .get(key)
+            .filter(|v| !v.is_null())
+            .map(scalar_text)
+            .filter(|s| !s.is_empty())
+    };
+    let number = |key: &str, min: u64| -> Result<Option<u64>, ConfigError> {
+        match get(key) {
+            None => Ok(None),
+            Some(t) => match t.parse::<u64>() {
+                Ok(n) if n >= min => Ok(Some(n)),
+                _ => Err(ConfigError {
+                    key: key.to_string(),
+                    reason: format!("must be a whole number of at least {min}, not {t:?}"),
+                }),
+            },
+        }
+    };
+    let mut s = ExporterSettings::default();
+    if let Some(n) = number("STREAM_MANAGER_EXPORTER_THREAD_POOL_SIZE", 1)?
+        .or(number("STREAM_MANAGER_THREAD_POOL_SIZE", 1)?)
+    {
+        s.thread_pool_size = n as usize;
+    }
+    s.max_bandwidth_kbps = number("STREAM_MANAGER_EXPORTER_MAX_BANDWIDTH", 1)?;
+    s.stream_max_bandwidth_kbps = number("STREAM_MANAGER_EXPORTER_STREAM_MAX_BANDWIDTH", 1)?;
+    if let Some(n) = number(
+        "STREAM_MANAGER_EXPORTER_S3_DESTINATION_MULTIPART_UPLOAD_MIN_PART_SIZE_BYTES",
+        exporter::MIN_PART_SIZE,
+    )? {
+        s.s3_min_part_size = n;
+    }
+    if let Some(n) = number("STREAM_MANAGER_EXPORTER_MAX_RETRY_INTERVAL_MILLIS", 1)? {
+        s.max_retry_interval = Duration::from_millis(n);
+    }
+    if let Some(r) = get("STREAM_MANAGER_EXPORTER_AWS_REGION") {
+        s.region = r;
+    }
+    s.kinesis_endpoint = get("STREAM_MANAGER_EXPORTER_KINESIS_ENDPOINT");
+    s.s3_endpoint = get("STREAM_MANAGER_EXPORTER_S3_ENDPOINT");
+    s.iot_analytics_endpoint = get("STREAM_MANAGER_EXPORTER_IOT_ANALYTICS_ENDPOINT");
+    s.iot_sitewise_endpoint = get("STREAM_MANAGER_EXPORTER_IOT_SITEWISE_ENDPOINT");
+    match (
+        get("STREAM_MANAGER_EXPORTER_AWS_ACCESS_KEY_ID"),
+        get("STREAM_MANAGER_EXPORTER_AWS_SECRET_ACCESS_KEY"),
+    ) {
+        (Some(a), Some(k)) => {
+            s.static_credentials = Some((a, k, get("STREAM_MANAGER_EXPORTER_AWS_SESSION_TOKEN")))
+        }
+        (None, None) => {}
+        _ => {
+            return Err(ConfigError {
+                key: "STREAM_MANAGER_EXPORTER_AWS_SECRET_ACCESS_KEY".into(),
+                reason: "set both STREAM_MANAGER_EXPORTER_AWS_ACCESS_KEY_ID and \
+                         STREAM_MANAGER_EXPORTER_AWS_SECRET_ACCESS_KEY, or neither"
+                    .into(),
+            });
+        }
+    }
+    Ok(s)
 }
 
 fn scalar_text(v: &serde_json::Value) -> String {
@@ -143,6 +213,7 @@ impl StreamManager {
         });
         let (shutdown, rx) = watch::channel(false);
         let accept = tokio::spawn(server::accept_loop(listener, ctx, rx.clone()));
+        let exporters = exporter::start(store.clone(), config.exporters.clone(), rx.clone());
         let sweeper_store = store.clone();
         let mut sweeper_rx = rx;
         let sweeper = tokio::spawn(async move {
@@ -162,7 +233,7 @@ impl StreamManager {
             store,
             local_addr,
             shutdown,
-            tasks: vec![accept, sweeper],
+            tasks: vec![accept, sweeper, exporters],
         })
     }
 

@@ -27,6 +27,7 @@ impl Server {
                 port: 0,
                 authenticate_client: token.is_some(),
                 token_validator: token.map(|t| Arc::new(move |s: &str| s == t) as _),
+                exporters: Default::default(),
             }))
             .unwrap();
         let addr = sm.local_addr();
