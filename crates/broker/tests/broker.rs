@@ -364,6 +364,79 @@ async fn slow_consumer_is_disconnected_and_others_carry_on() {
 }
 
 #[tokio::test]
+async fn messages_over_the_clients_maximum_packet_size_are_not_sent() {
+    let broker = start(BrokerConfig::default()).await;
+    let props = Properties {
+        maximum_packet_size: Some(100),
+        ..Properties::default()
+    };
+    let (mut sub, _) = tcp(broker.addr, connect_packet("tiny", true, props)).await;
+    sub.subscribe("mps", QoS::AtLeastOnce).await;
+    let (mut publisher, _) = tcp(
+        broker.addr,
+        connect_packet("mpspub", true, Properties::default()),
+    )
+    .await;
+    publisher
+        .publish("mps", &[7u8; 200], QoS::AtLeastOnce, 1)
+        .await;
+    publisher.publish("mps", b"fits", QoS::AtLeastOnce, 2).await;
+    let p = sub.expect_publish().await;
+    assert_eq!(p.payload, Bytes::from_static(b"fits"));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn topic_alias_errors_close_the_connection() {
+    let broker = start(BrokerConfig::default()).await;
+    let (mut c, connack) = tcp(
+        broker.addr,
+        connect_packet("alias", true, Properties::default()),
+    )
+    .await;
+    let max = connack.properties.topic_alias_maximum.expect("announced");
+    let p = Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: "a".into(),
+        packet_id: None,
+        properties: Properties {
+            topic_alias: Some(max + 1),
+            ..Properties::default()
+        },
+        payload: Bytes::new(),
+    };
+    c.send(&Packet::Publish(p)).await;
+    match c.recv().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, 0x94),
+        other => panic!("expected DISCONNECT 0x94, got {other:?}"),
+    }
+    assert!(c.recv().await.is_none());
+    // An alias that was never set is a protocol error.
+    let (mut c, _) = tcp(
+        broker.addr,
+        connect_packet("alias2", true, Properties::default()),
+    )
+    .await;
+    let p = Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: String::new(),
+        packet_id: None,
+        properties: Properties {
+            topic_alias: Some(1),
+            ..Properties::default()
+        },
+        payload: Bytes::new(),
+    };
+    c.send(&Packet::Publish(p)).await;
+    assert!(matches!(c.recv().await, Some(Packet::Disconnect(d)) if d.reason_code == 0x82));
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn shutdown_tells_clients() {
     let broker = start(BrokerConfig::default()).await;
     let (mut c, _) = tcp(
