@@ -22,7 +22,7 @@
 //! ```
 
 mod auth;
-pub mod codec;
+pub use lichen_mqtt as codec;
 mod connection;
 mod router;
 mod server;

@@ -1,6 +1,7 @@
-//! MQTT 3.1.1 and 5 packets: parse and serialize, with strict validation.
+//! MQTT 3.1.1 and 5 packets: parse and serialize, with strict validation. Shared by the broker
+//! (client devices, the fleet) and the cloud link's client.
 //!
-//! Architecture invariant: this module does no I/O and keeps no state between calls. `decode` takes
+//! Architecture invariant: this crate does no I/O and keeps no state between calls. `decode` takes
 //! bytes and returns at most one packet plus how many bytes it used; `encode` appends one packet.
 
 use bytes::{BufMut, Bytes, BytesMut};

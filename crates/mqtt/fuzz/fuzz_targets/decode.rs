@@ -4,13 +4,13 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use lichen_broker::codec::{Version, decode, encode};
+use lichen_mqtt::{Version, decode, encode};
 
 fuzz_target!(|data: &[u8]| {
     for version in [None, Some(Version::V311), Some(Version::V5)] {
         if let Ok(Some((packet, _))) = decode(data, version, 1 << 20) {
             let wire = match &packet {
-                lichen_broker::codec::Packet::Connect(c) => c.version,
+                lichen_mqtt::Packet::Connect(c) => c.version,
                 _ => version.unwrap_or(Version::V311),
             };
             let mut out = BytesMut::new();
