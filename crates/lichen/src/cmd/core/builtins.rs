@@ -31,7 +31,14 @@ pub struct ServiceContext {
     pub root: PathBuf,
     pub tokens: Arc<lichen_ipc::TokenRegistry>,
     pub router: Arc<lichen_ipc::Router>,
+    /// Local pub/sub (IPC PublishToTopic/SubscribeToTopic; the bridge's `Pubsub`).
     pub bus: lichen_bus::Bus,
+    /// The cloud's topics (the bridge's `IotCore`): publishing here sends to the cloud through the
+    /// cloud link's spooler; messages from the cloud arrive here.
+    pub iot_core: lichen_bus::Bus,
+    /// The client-device broker's topics (the bridge's `LocalMqtt`): what client devices publish
+    /// arrives here; publishing here delivers to client devices.
+    pub local_mqtt: lichen_bus::Bus,
 }
 
 /// Every built-in service other than the stream manager (which predates this list). Adding a

@@ -5,6 +5,7 @@
 //! stops every component in reverse dependency order.
 
 mod builtins;
+mod cloud;
 mod ipc_ops;
 mod lock;
 
@@ -176,7 +177,10 @@ async fn serve(
         tokens: tokens.clone(),
         router: router.clone(),
         bus: bus.clone(),
+        iot_core: lichen_bus::Bus::new(),
+        local_mqtt: lichen_bus::Bus::new(),
     };
+    let cloud_link = cloud::start(&service_ctx).await?;
     let services = builtins::services(&service_ctx);
     let hooks = Arc::new(ipc_ops::ComponentUpdateHooks::default());
     let engine = lichen_deploy::DeploymentEngine::new(
@@ -238,6 +242,7 @@ async fn serve(
     engine.shutdown();
     supervisor.shutdown().await;
     services.shutdown().await;
+    cloud::stop(cloud_link).await;
     server.shutdown().await;
     let _ = config.write_effective_config(&root.join("config/effectiveConfig.yaml"));
     tracing::info!("core stopped");
