@@ -46,6 +46,9 @@ pub struct IpcClient {
     out: mpsc::Sender<Bytes>,
     routes: Routes,
     next_stream: AtomicI32,
+    /// Held while a stream id is allocated and its first frame queued: servers require new
+    /// stream ids to arrive in increasing order.
+    open_lock: tokio::sync::Mutex<()>,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
 }
@@ -145,6 +148,7 @@ impl IpcClient {
             out,
             routes,
             next_stream: AtomicI32::new(1),
+            open_lock: tokio::sync::Mutex::new(()),
             reader,
             writer,
         })
@@ -155,6 +159,7 @@ impl IpcClient {
         op: &str,
         request: &Value,
     ) -> Result<(i32, mpsc::UnboundedReceiver<Frame>, Value), ClientError> {
+        let opening = self.open_lock.lock().await;
         let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel();
         self.routes
@@ -177,6 +182,7 @@ impl IpcClient {
             .send(bytes)
             .await
             .map_err(|_| ClientError::Closed)?;
+        drop(opening);
         let first = rx.recv().await.ok_or(ClientError::Closed)?;
         match decode_message(&first) {
             Ok(Some(v)) => Ok((stream, rx, v)),

@@ -313,8 +313,7 @@ impl Connection<'_> {
         }
         match kind {
             APPLICATION_MESSAGE | APPLICATION_ERROR if stream > 0 => {
-                self.stream_message(kind, flags, stream, frame);
-                Ok(())
+                self.stream_message(kind, flags, stream, frame)
             }
             PING => {
                 let mut headers: Vec<_> = frame
@@ -372,8 +371,28 @@ impl Connection<'_> {
         }
     }
 
-    fn stream_message(&mut self, kind: i32, flags: i32, stream: i32, frame: Frame) {
+    fn stream_message(
+        &mut self,
+        kind: i32,
+        flags: i32,
+        stream: i32,
+        frame: Frame,
+    ) -> Result<(), Close> {
         if stream <= self.last_stream {
+            let active = self
+                .streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&stream);
+            if !active
+                && frame.header_str(OPERATION).is_some()
+                && flags & FLAG_TERMINATE_STREAM == 0
+            {
+                return Err(Close::Protocol(format!(
+                    "new stream id {stream} is not greater than the last one ({}); stream ids must increase",
+                    self.last_stream
+                )));
+            }
             // A message on an open stream: the client closing it (or an error from the client).
             if kind == APPLICATION_ERROR || flags & FLAG_TERMINATE_STREAM != 0 {
                 let handle = self
@@ -386,11 +405,11 @@ impl Connection<'_> {
                 }
             }
             // Anything else on an old stream (e.g. late close of a finished call) is ignored.
-            return;
+            return Ok(());
         }
         self.last_stream = stream;
         if kind != APPLICATION_MESSAGE || flags & FLAG_TERMINATE_STREAM != 0 {
-            return;
+            return Ok(());
         }
         let caller = self.caller.clone().unwrap_or(Caller {
             component: String::new(),
@@ -408,6 +427,7 @@ impl Connection<'_> {
                 .remove(&stream);
         });
         guard.insert(stream, handle);
+        Ok(())
     }
 }
 

@@ -727,3 +727,66 @@ async fn long_socket_paths_and_shutdown() {
     assert!(!abs.exists());
     assert!(client.call("GetConfiguration", json!({})).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_calls_in_flight_on_one_connection() {
+    let fx = start().await;
+    let client = Arc::new(fx.client("pub").await);
+    let (_, mut events) = client
+        .subscribe("SubscribeToTopic", json!({ "topic": "load" }))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                client
+                    .call(
+                        "PublishToTopic",
+                        json!({ "topic": "load", "publishMessage": { "jsonMessage": { "message": { "w": worker, "i": i } } } }),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut last_seen = [-1i64; 16];
+    for _ in 0..400 {
+        let ev = events.recv().await.unwrap().unwrap();
+        let m = &ev["jsonMessage"]["message"];
+        let (w, i) = (m["w"].as_u64().unwrap() as usize, m["i"].as_i64().unwrap());
+        // Per-publisher order is kept.
+        assert_eq!(i, last_seen[w] + 1);
+        last_seen[w] = i;
+    }
+    assert_eq!(last_seen, [24; 16]);
+}
+
+#[tokio::test]
+async fn decreasing_stream_id_is_a_protocol_error() {
+    let fx = start().await;
+    let good = fx.client("limited").await;
+    let (mut s, _) = raw_connected(&fx, "limited").await;
+    let request = |stream: i32| {
+        codec::encode(&Frame {
+            headers: vec![
+                string(":content-type", "application/json"),
+                int(":message-type", 0),
+                int(":message-flags", 0),
+                int(":stream-id", stream),
+                string("operation", "aws.greengrass#GetConfiguration"),
+            ],
+            payload: Bytes::from_static(b"{}"),
+        })
+        .unwrap()
+    };
+    s.write_all(&request(2)).await.unwrap();
+    s.write_all(&request(1)).await.unwrap();
+    let frames = read_until_closed(&mut s).await;
+    assert!(is_protocol_error(&frames), "{frames:?}");
+    still_works(&good).await;
+}

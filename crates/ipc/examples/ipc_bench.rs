@@ -1,0 +1,137 @@
+//! Local pub/sub through the IPC server between two Rust clients.
+//!
+//! `cargo run --release -p lichen-ipc --example ipc_bench [messages]`
+//! For 64 B and 8 KiB binary payloads it prints: throughput (16 publishes in flight, one
+//! subscriber; msgs/s counted at the subscriber) and publish→event latency p50/p99 with one
+//! message in flight.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use lichen_bus::Bus;
+use lichen_config::ConfigStore;
+use lichen_ipc::{
+    Authorizer, ConfigSource, IpcClient, IpcServer, Router, ServerOptions, TokenRegistry,
+    register_kernel_operations,
+};
+use serde_json::{Value, json};
+
+const IN_FLIGHT: usize = 16;
+
+fn publish_request(size: usize, stamp_ns: u64) -> Value {
+    let mut body = vec![0x5a_u8; size.max(8)];
+    body[..8].copy_from_slice(&stamp_ns.to_be_bytes());
+    json!({ "topic": "bench/t", "publishMessage": { "binaryMessage": { "message": B64.encode(&body) } } })
+}
+
+fn stamp_of(event: &Value) -> u64 {
+    let text = event["binaryMessage"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    let body = B64.decode(text).unwrap_or_default();
+    body.get(..8)
+        .map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()))
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let messages: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20_000);
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("ipc.socket");
+    let store = ConfigStore::in_memory();
+    let acl = json!({ "aws.greengrass.ipc.pubsub": { "bench:1": { "operations": ["*"], "resources": ["*"] } } });
+    store.merge(
+        &[],
+        json!({ "services": {
+            "bench.Pub": { "configuration": { "accessControl": acl.clone() } },
+            "bench.Sub": { "configuration": { "accessControl": acl } }
+        } }),
+        1,
+    )?;
+    let config: Arc<dyn ConfigSource> = Arc::new(store);
+    let tokens = Arc::new(TokenRegistry::new());
+    let router = Arc::new(Router::new(Arc::new(Authorizer::new(
+        config.clone(),
+        tokens.clone(),
+    ))));
+    register_kernel_operations(&router, Bus::new(), config, tokens.clone());
+    let server = IpcServer::bind(&socket, router, tokens.clone(), ServerOptions::default())?;
+    let publisher = Arc::new(IpcClient::connect(&socket, &tokens.mint("bench.Pub")).await?);
+    let subscriber = IpcClient::connect(&socket, &tokens.mint("bench.Sub")).await?;
+    let origin = Instant::now();
+
+    for size in [64usize, 8192] {
+        let (_, mut events) = subscriber
+            .subscribe("SubscribeToTopic", json!({ "topic": "bench/t" }))
+            .await?;
+
+        // Throughput.
+        let start = Instant::now();
+        let mut senders = Vec::new();
+        for worker in 0..IN_FLIGHT {
+            let publisher = publisher.clone();
+            let count = messages / IN_FLIGHT + usize::from(worker < messages % IN_FLIGHT);
+            senders.push(tokio::spawn(async move {
+                for _ in 0..count {
+                    let stamp = origin.elapsed().as_nanos() as u64;
+                    publisher
+                        .call("PublishToTopic", publish_request(size, stamp))
+                        .await
+                        .expect("publish");
+                }
+            }));
+        }
+        let mut received = 0usize;
+        while received < messages {
+            match tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
+                Ok(Some(Ok(_))) => received += 1,
+                _ => break,
+            }
+        }
+        let elapsed = start.elapsed();
+        for s in senders {
+            s.await?;
+        }
+        println!(
+            "payload {size:>5} B: {:>8.0} msgs/s ({received}/{messages} received, {} dropped by the bounded queue, {:.2?})",
+            received as f64 / elapsed.as_secs_f64(),
+            messages - received,
+            elapsed
+        );
+
+        // Latency, one message in flight.
+        let rounds = (messages / 10).clamp(100, 5000);
+        let mut latencies = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let stamp = origin.elapsed().as_nanos() as u64;
+            publisher
+                .call("PublishToTopic", publish_request(size, stamp))
+                .await?;
+            let event = events.recv().await.ok_or("stream ended")??;
+            let sent = Duration::from_nanos(stamp_of(&event));
+            latencies.push(origin.elapsed().saturating_sub(sent));
+        }
+        latencies.sort();
+        println!(
+            "payload {size:>5} B: publish→event latency p50 {:.1?} p99 {:.1?} ({rounds} messages)",
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.99)
+        );
+        drop(events);
+    }
+    server.shutdown().await;
+    Ok(())
+}
