@@ -95,13 +95,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }));
         }
         let mut received = 0usize;
+        let mut elapsed = Duration::ZERO;
         while received < messages {
             match tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
-                Ok(Some(Ok(_))) => received += 1,
+                Ok(Some(Ok(_))) => {
+                    received += 1;
+                    elapsed = start.elapsed();
+                }
                 _ => break,
             }
         }
-        let elapsed = start.elapsed();
         for s in senders {
             s.await?;
         }
