@@ -29,7 +29,7 @@ mod server;
 mod state;
 
 pub use auth::{AllowAll, Authorizer, ClientContext};
-pub use server::{BrokerError, Listener, Server, tls_config};
+pub use server::{BrokerError, BrokerHandle, Listener, Server, tls_config};
 pub use state::BrokerConfig;
 pub use tokio_rustls::rustls;
 

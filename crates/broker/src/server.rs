@@ -141,6 +141,13 @@ impl Server {
         })
     }
 
+    /// A handle for in-process clients of this broker (see [`BrokerHandle::connect_in_process`]).
+    pub fn handle(&self) -> BrokerHandle {
+        BrokerHandle {
+            core: self.core.clone(),
+        }
+    }
+
     /// The addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.bound
@@ -263,5 +270,34 @@ async fn serve_socket(
             }
             connection::serve(core, authorizer, stream, ctx, stop).await
         }
+    }
+}
+
+/// Lets the process that embeds the broker join it as a client.
+#[derive(Clone)]
+pub struct BrokerHandle {
+    core: Arc<Core>,
+}
+
+impl BrokerHandle {
+    /// Opens an in-process connection: the returned stream speaks MQTT to the broker exactly as a
+    /// socket would (send CONNECT first). Its client is allowed everything, so only code in the
+    /// embedding process can use it. The connection ends when the stream is dropped.
+    pub fn connect_in_process(&self) -> tokio::io::DuplexStream {
+        let (ours, theirs) = tokio::io::duplex(256 * 1024);
+        let ctx = ClientContext {
+            client_id: String::new(),
+            username: None,
+            peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+            certificate_chain: Vec::new(),
+            anonymous_allowed: true,
+        };
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            // Never signalled: the connection ends when the embedding side drops its stream.
+            let (_stop_tx, stop_rx) = watch::channel(false);
+            connection::serve(core, Arc::new(crate::auth::AllowAll), theirs, ctx, stop_rx).await;
+        });
+        ours
     }
 }
