@@ -17,10 +17,12 @@
 //!
 //! Architecture invariants: nothing accepted into the spool is dropped except by delivery, by
 //! `maxPublishRetry` running out, or (QoS 0 without `keepQos0WhenOffline`) by going offline; a
-//! full spool refuses new messages and keeps the old ones; this crate knows nothing of IPC, the
-//! configuration store or the broker (the core maps its settings onto [`LinkConfig`]).
+//! full spool refuses new messages and keeps the old ones; this crate knows nothing of the
+//! configuration store or the broker (the core maps its settings onto [`LinkConfig`]); its
+//! [`ipc`] module is the only place that speaks Greengrass IPC shapes.
 
 mod client;
+pub mod ipc;
 mod record;
 mod spool;
 mod tls;
