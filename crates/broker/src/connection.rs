@@ -2,6 +2,9 @@
 //!
 //! Architecture invariant: the task owns its socket and its session's in-flight state while
 //! connected, and hands the session back to the core (with anything still queued) when it ends.
+//! Architecture invariant: a publisher whose message filled a subscriber's queue is not read
+//! from until that queue drains or its owner is disconnected as a slow consumer; meanwhile its
+//! own deliveries keep flowing. An idle connection holds no read or write buffer.
 
 use crate::auth::{Authorizer, ClientContext};
 use crate::codec::{
@@ -9,15 +12,25 @@ use crate::codec::{
     UnsubAck, Version,
 };
 use crate::router::{Subscription, parse_shared};
-use crate::state::{Core, Delivery, Inflight, Message, SessionData};
-use bytes::BytesMut;
+use crate::state::{Congested, Core, Delivery, Inflight, Message, Outbox, SessionData};
+use bytes::{Buf, BytesMut};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes read while waiting for a client: idle connections keep only this, inline.
+const PEEK: usize = 64;
+/// Room reserved for reads once a client is sending.
+const READ_CHUNK: usize = 16 * 1024;
+/// Deliveries taken from the outbox per turn, so one busy session cannot keep its task from
+/// reading its socket or grow its write buffer without bound.
+const PULL_BATCH: usize = 256;
+const PULL_BYTES: usize = 256 * 1024;
 
 /// How a connection ended, which decides the will.
 enum End {
@@ -45,6 +58,11 @@ struct Conn<'a, S> {
     aliases: HashMap<u16, String>,
     session_expiry: u32,
     connect_expiry_was_zero: bool,
+    /// Deliveries routed to this session; set once the session is attached.
+    outbox: Arc<Outbox>,
+    /// Subscribers' queues this client's publications filled; its socket is not read meanwhile.
+    held_back: Vec<Congested>,
+    peek: [u8; PEEK],
 }
 
 pub(crate) async fn serve<S>(
@@ -86,6 +104,9 @@ pub(crate) async fn serve<S>(
             return;
         }
     };
+    if rbuf.is_empty() {
+        rbuf = BytesMut::new();
+    }
     let mut conn = Conn {
         core: &core,
         authorizer: &*authorizer,
@@ -100,6 +121,9 @@ pub(crate) async fn serve<S>(
         aliases: HashMap::new(),
         session_expiry: 0,
         connect_expiry_was_zero: false,
+        outbox: Arc::new(Outbox::default()),
+        held_back: Vec::new(),
+        peek: [0; PEEK],
     };
     conn.run(connect, &mut shutdown).await;
 }
@@ -142,18 +166,95 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         codec::encode(packet, self.version, &mut self.wbuf);
     }
 
-    async fn flush(
-        &mut self,
-        kick: &mut tokio::sync::oneshot::Receiver<u8>,
-    ) -> Result<(), Option<u8>> {
-        if self.wbuf.is_empty() {
-            return Ok(());
+    /// Writes the whole write buffer, unless the connection is told to go meanwhile.
+    async fn flush(&mut self) -> Result<(), Option<u8>> {
+        while !self.wbuf.is_empty() {
+            tokio::select! {
+                r = self.stream.write(&self.wbuf) => match r {
+                    Ok(0) | Err(_) => return Err(None),
+                    Ok(n) => self.wbuf.advance(n),
+                },
+                // The main loop pulls deliveries on every turn, so this wake-up is only a kick check.
+                _ = self.outbox.ready.notified() => {
+                    if let Some(k) = self.outbox.lock().kick {
+                        return Err(Some(k));
+                    }
+                }
+            }
         }
-        let buf = self.wbuf.split();
-        tokio::select! {
-            r = self.stream.write_all(&buf) => r.map_err(|_| None),
-            k = kick => Err(k.ok()),
+        self.wbuf = BytesMut::new();
+        Ok(())
+    }
+
+    /// Reads what the client sent: first into the inline peek buffer (an idle connection holds
+    /// no other), then, without waiting, as much more as is already there.
+    /// Returns `false` at end of stream or on a socket error.
+    fn take_read(&mut self, n: usize) -> bool {
+        if n == 0 {
+            return false;
         }
+        self.rbuf.reserve(READ_CHUNK);
+        self.rbuf.extend_from_slice(&self.peek[..n]);
+        if n < PEEK {
+            return true;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        while self.rbuf.len() < 4 * READ_CHUNK {
+            self.rbuf.reserve(READ_CHUNK);
+            let read = std::pin::pin!(self.stream.read_buf(&mut self.rbuf)).poll(&mut cx);
+            match read {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return false,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => break,
+            }
+        }
+        true
+    }
+
+    /// Stops holding this client back from queues that drained or whose owners were told to go.
+    fn release_held_back(&mut self) {
+        self.held_back.retain(|c| c.outbox.holds_back());
+    }
+
+    /// Moves deliveries into the write buffer as far as the in-flight window allows: first the
+    /// local backlog (retained messages on subscribe), then the outbox. Returns whether the
+    /// outbox may have more right away.
+    fn pull(&mut self) -> bool {
+        self.fill_window();
+        if !self.data.pending.is_empty() {
+            return false;
+        }
+        let mut room = self
+            .client_receive_max
+            .saturating_sub(self.data.inflight.len());
+        let (batch, more) = {
+            let mut inner = self.outbox.lock();
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            let mut more = false;
+            while let Some(front) = inner.queue.front() {
+                if front.qos != QoS::AtMostOnce {
+                    if room == 0 {
+                        break;
+                    }
+                    room -= 1;
+                }
+                if batch.len() == PULL_BATCH || bytes >= PULL_BYTES {
+                    more = true;
+                    break;
+                }
+                bytes += front.message.payload.len() + front.message.topic.len();
+                batch.extend(inner.queue.pop_front());
+            }
+            if !batch.is_empty() {
+                Outbox::took(&mut inner, &self.outbox);
+            }
+            (batch, more)
+        };
+        for d in batch {
+            self.deliver(d);
+        }
+        more
     }
 
     async fn refuse(&mut self, v3_code: u8, v5_code: u8) {
@@ -225,8 +326,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             tracing::warn!(client_id, "previous connection did not release the session");
             return self.refuse(0x03, 0x88).await;
         };
-        let mut rx = attached.rx;
-        let mut kick = attached.kick;
+        self.outbox = attached.outbox.clone();
         self.data = attached.data;
 
         let mut properties = Properties::default();
@@ -257,23 +357,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
         let mut deadline = keep_alive.map(|k| Instant::now() + k);
         let end = loop {
-            if let Err(reason) = self.flush(&mut kick).await {
+            let kicked = self.outbox.lock().kick;
+            if let Some(r) = kicked {
+                tracing::info!(client_id, reason = r, "disconnecting client");
+                self.disconnect_with(r).await;
+                break End::Abnormal;
+            }
+            if let Err(reason) = self.flush().await {
                 if let Some(r) = reason {
+                    tracing::info!(client_id, reason = r, "disconnecting client");
                     self.disconnect_with(r).await;
                 }
                 break End::Abnormal;
             }
+            let more = self.pull();
+            if !self.wbuf.is_empty() {
+                continue;
+            }
+            let held = self
+                .held_back
+                .first()
+                .map(|c| (c.outbox.clone(), c.client_id.clone()));
             let sleep = async {
                 match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    // A client held back is not read, so it cannot be expected to show life.
+                    Some(d) if held.is_none() => tokio::time::sleep_until(d.into()).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let timeout = self.core.config.slow_consumer_timeout;
+            let drained = async {
+                match &held {
+                    Some((outbox, subscriber)) => outbox.wait_drained(timeout, subscriber).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                read = self.stream.read_buf(&mut self.rbuf) => {
-                    match read {
-                        Ok(0) | Err(_) => break End::Abnormal,
-                        Ok(_) => {}
+                read = self.stream.read(&mut self.peek), if held.is_none() => {
+                    let open = matches!(read, Ok(n) if self.take_read(n));
+                    if !open {
+                        break End::Abnormal;
                     }
                     deadline = keep_alive.map(|k| Instant::now() + k);
                     match self.handle_input() {
@@ -287,20 +410,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                         }
                     }
                 }
-                Some(delivery) = rx.recv() => {
-                    self.deliver(delivery);
-                    // Drain what is already queued so one flush carries it all.
-                    while let Ok(d) = rx.try_recv() {
-                        self.deliver(d);
+                () = drained => {
+                    self.release_held_back();
+                    if self.held_back.is_empty() {
+                        deadline = keep_alive.map(|k| Instant::now() + k);
+                        // Packets read before the hold are handled before reading more.
+                        match self.handle_input() {
+                            Ok(None) => {}
+                            Ok(Some(end)) => break end,
+                            Err(reason) => {
+                                if let Some(r) = reason {
+                                    self.disconnect_with(r).await;
+                                }
+                                break End::Abnormal;
+                            }
+                        }
                     }
                 }
-                reason = &mut kick => {
-                    if let Ok(r) = reason {
-                        tracing::info!(client_id, reason = r, "disconnecting client");
-                        self.disconnect_with(r).await;
-                    }
-                    break End::Abnormal;
-                }
+                // Deliveries arrived or a kick: both are handled at the top of the loop.
+                _ = self.outbox.ready.notified() => {}
+                () = std::future::ready(()), if more => {}
                 _ = sleep => {
                     tracing::info!(client_id, "keep-alive expired");
                     break End::Abnormal;
@@ -336,11 +465,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         });
         let will = will.filter(|(m, _)| self.authorizer.publish(&self.ctx, &m.topic));
         let data = std::mem::take(&mut self.data);
+        self.held_back.clear();
         self.core.detach(
             &client_id,
             attached.conn_id,
             data,
-            &mut rx,
+            &self.outbox,
             will,
             self.session_expiry,
         );
@@ -362,8 +492,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
 
     /// Decodes and handles every complete packet in the read buffer.
     /// `Err(Some(code))`: close after sending DISCONNECT with `code` (v5); `Err(None)`: just close.
+    /// Stops early while this client is held back by a full subscriber queue.
     fn handle_input(&mut self) -> Result<Option<End>, Option<u8>> {
-        loop {
+        let end = self.decode_and_handle();
+        if self.rbuf.is_empty() {
+            // Give the read buffer back between bursts; idle connections keep none.
+            self.rbuf = BytesMut::new();
+        }
+        end
+    }
+
+    fn decode_and_handle(&mut self) -> Result<Option<End>, Option<u8>> {
+        while self.held_back.is_empty() {
             let decoded = codec::decode(
                 &self.rbuf,
                 Some(self.version),
@@ -377,11 +517,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                     return Err(Some(e.reason_code()));
                 }
             };
-            let _ = self.rbuf.split_to(used);
+            self.rbuf.advance(used);
             if let Some(end) = self.handle(packet)? {
                 return Ok(Some(end));
             }
         }
+        Ok(None)
     }
 
     fn handle(&mut self, packet: Packet) -> Result<Option<End>, Option<u8>> {
@@ -531,7 +672,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 retain: p.retain,
                 publisher: self.ctx.client_id.clone(),
             });
-            let reached = self.core.publish(message);
+            let reached = self.core.publish(message, &mut self.held_back);
             reason = if reached == 0 { 0x10 } else { 0x00 };
         } else {
             tracing::info!(client_id = self.ctx.client_id, "publish not authorized");
@@ -619,14 +760,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             return;
         }
         if self.data.inflight.len() >= self.client_receive_max || !self.data.pending.is_empty() {
-            if self.data.pending.len() < self.core.config.max_queued_messages {
-                self.data.pending.push_back(d);
-            } else {
-                tracing::warn!(
-                    client_id = self.ctx.client_id,
-                    "session queue full; message dropped"
-                );
-            }
+            // Only retained messages on subscribe come here with a full window; their number
+            // is bounded by the retained store, so this backlog needs no bound of its own.
+            self.data.pending.push_back(d);
             self.fill_window();
             return;
         }
@@ -714,9 +850,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             properties,
             payload: m.payload.clone(),
         };
-        let mut out = BytesMut::new();
-        codec::encode(&Packet::Publish(publish), self.version, &mut out);
-        if out.len() > self.client_max_packet {
+        let start = self.wbuf.len();
+        codec::encode(&Packet::Publish(publish), self.version, &mut self.wbuf);
+        if self.wbuf.len() - start > self.client_max_packet {
+            self.wbuf.truncate(start);
             tracing::debug!(
                 client_id = self.ctx.client_id,
                 topic = m.topic,
@@ -724,7 +861,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             );
             return false;
         }
-        self.wbuf.extend_from_slice(&out);
         true
     }
 }

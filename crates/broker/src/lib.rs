@@ -7,8 +7,14 @@
 //! number of connections and shuts down gracefully. Authorization goes through [`Authorizer`].
 //!
 //! Architecture invariant: the codec never touches a socket; only `server` and `connection` do I/O.
-//! Architecture invariant: routing never waits on a client: a client whose outbound queue is full
-//! is disconnected (slow consumer) and everyone else carries on.
+//! Architecture invariant: QoS 1/2 messages for a connected subscriber are never dropped.
+//! Routing appends to the subscriber's queue without waiting; when that queue reaches
+//! `max_queued_messages`, the publishing connection stops reading its socket (backpressure
+//! through TCP) until the queue is back to half its bound. A subscriber that takes nothing for
+//! `slow_consumer_timeout` while at its bound is disconnected with reason 0x97 (slow consumer),
+//! which releases its publishers; a persistent session keeps its whole queue for the next
+//! connection. Drops happen only by policy, each counted and logged: QoS 0 deliveries to a queue
+//! at its bound, and QoS 1/2 messages for an offline session whose queue is full.
 //! Architecture invariant: a client without a certificate is accepted only on a plain-TCP listener
 //! bound to a loopback address.
 //!

@@ -1,16 +1,20 @@
 //! Shared broker state: sessions, the subscription tree, retained messages and delayed wills.
 //!
-//! Architecture invariant: every mutation happens under one lock and never awaits; routing a
-//! message to a connected session is a non-blocking `try_send`, and a session whose queue is full
-//! is told to go (slow consumer) instead of slowing the publisher down.
+//! Architecture invariant: every mutation happens under one lock and never awaits. Routing to a
+//! connected session appends to its [`Outbox`] (a short second lock, never held while taking the
+//! state lock) and never drops a QoS 1/2 delivery: a session at or over its bound is reported
+//! back to the publisher, whose connection then stops reading until the outbox drains or the
+//! session is disconnected as a slow consumer. QoS 0 deliveries to a full outbox, and QoS 1/2
+//! deliveries to an offline session's full queue, are dropped, counted and logged.
 
 use crate::codec::{Properties, QoS};
 use crate::router::{Subscription, SubscriptionTree, filter_matches};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::Notify;
 
 /// Reason code sent to a client whose outbound queue overflowed.
 pub(crate) const SLOW_CONSUMER: u8 = 0x97;
@@ -26,10 +30,14 @@ pub struct BrokerConfig {
     pub receive_maximum: u16,
     /// Inbound topic aliases a client may use.
     pub topic_alias_maximum: u16,
-    /// Messages kept per session while it is offline or its in-flight window is full; more are dropped.
+    /// Deliveries queued per session behind its in-flight window. Online, reaching it holds the
+    /// publishers of QoS 1/2 messages back (their sockets are not read) and drops QoS 0
+    /// deliveries; offline, further QoS 1/2 messages are dropped. Every drop is counted and logged.
     pub max_queued_messages: usize,
-    /// Deliveries waiting for a connection task; a client that lets more pile up is disconnected.
-    pub outbound_queue: usize,
+    /// How long a connected session may stay at its queue bound without taking a single delivery
+    /// before it is disconnected as a slow consumer (reason 0x97); this also bounds how long a
+    /// publisher is held back by it.
+    pub slow_consumer_timeout: Duration,
     /// In-flight window towards MQTT 3.1.1 clients, which cannot announce one.
     pub max_inflight_v311: u16,
     /// Concurrent connections over all listeners.
@@ -43,7 +51,7 @@ impl Default for BrokerConfig {
             receive_maximum: 100,
             topic_alias_maximum: 10,
             max_queued_messages: 1000,
-            outbound_queue: 65_536,
+            slow_consumer_timeout: Duration::from_secs(10),
             max_inflight_v311: 20,
             max_connections: 10_000,
         }
@@ -95,11 +103,131 @@ pub(crate) struct SessionData {
     pub next_packet_id: u16,
 }
 
+/// Deliveries waiting for one connected session: filled by routing, emptied by its connection
+/// task as its in-flight window allows.
+pub(crate) struct Outbox {
+    inner: Mutex<OutboxInner>,
+    /// Wakes the connection task: deliveries arrived, or it was told to go.
+    pub ready: Notify,
+    /// Wakes publishers held back by this outbox.
+    drained: Notify,
+    /// The queue length at which publishers are held back (`max_queued_messages`).
+    bound: usize,
+}
+
+#[derive(Default)]
+pub(crate) struct OutboxInner {
+    pub queue: VecDeque<Delivery>,
+    /// Set once the connection must end, with the reason code for its DISCONNECT.
+    pub kick: Option<u8>,
+    /// Publishers are (or may be) waiting for the queue to fall to half its bound.
+    congested: bool,
+    /// When the connection last took a delivery (or the queue last became non-empty).
+    last_progress: Option<Instant>,
+}
+
+impl Default for Outbox {
+    fn default() -> Outbox {
+        Outbox::new(VecDeque::new(), 1)
+    }
+}
+
+impl Outbox {
+    fn new(queue: VecDeque<Delivery>, bound: usize) -> Outbox {
+        Outbox {
+            inner: Mutex::new(OutboxInner {
+                queue,
+                ..OutboxInner::default()
+            }),
+            ready: Notify::new(),
+            drained: Notify::new(),
+            bound: bound.max(1),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, OutboxInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the queue is at its bound and has been taken from for `timeout`.
+    fn stalled(&self, timeout: Duration) -> bool {
+        let inner = self.lock();
+        inner.queue.len() >= self.bound
+            && inner.kick.is_none()
+            && inner.last_progress.is_some_and(|t| t.elapsed() >= timeout)
+    }
+
+    /// Whether publishers must still wait for this outbox.
+    pub fn holds_back(&self) -> bool {
+        let inner = self.lock();
+        inner.congested && inner.kick.is_none()
+    }
+
+    /// Tells the connection to go with `reason` (first reason wins) and releases held publishers.
+    pub fn kick(&self, reason: u8) {
+        let mut inner = self.lock();
+        if inner.kick.is_none() {
+            inner.kick = Some(reason);
+        }
+        inner.congested = false;
+        drop(inner);
+        self.ready.notify_one();
+        self.drained.notify_waiters();
+    }
+
+    /// Called by the connection after taking deliveries: records progress and releases held
+    /// publishers once the queue is down to half its bound.
+    pub fn took(inner: &mut OutboxInner, outbox: &Outbox) {
+        inner.last_progress = Some(Instant::now());
+        if inner.congested && inner.queue.len() <= outbox.bound / 2 {
+            inner.congested = false;
+            outbox.drained.notify_waiters();
+        }
+    }
+
+    /// Waits until this outbox no longer holds publishers back; if it makes no progress within
+    /// `timeout`, disconnects its session as a slow consumer. Returns once the publisher may go on.
+    /// `who` is the session's client id, for the log.
+    pub async fn wait_drained(&self, timeout: Duration, who: &str) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let deadline = {
+                let inner = self.lock();
+                if !inner.congested || inner.kick.is_some() {
+                    return;
+                }
+                inner.last_progress.unwrap_or_else(Instant::now) + timeout
+            };
+            if tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .is_err()
+            {
+                let stalled = {
+                    let inner = self.lock();
+                    inner.congested
+                        && inner.kick.is_none()
+                        && inner.last_progress.is_none_or(|t| t.elapsed() >= timeout)
+                };
+                if stalled {
+                    tracing::warn!(
+                        client_id = who,
+                        ?timeout,
+                        "session took no message while at its queue bound; disconnecting slow consumer"
+                    );
+                    self.kick(SLOW_CONSUMER);
+                    return;
+                }
+            }
+        }
+    }
+}
+
 enum Slot {
     Online {
         conn_id: u64,
-        tx: mpsc::Sender<Delivery>,
-        kick: Option<oneshot::Sender<u8>>,
+        outbox: Arc<Outbox>,
     },
     Offline {
         data: SessionData,
@@ -117,6 +245,13 @@ struct DelayedWill {
     message: Arc<Message>,
 }
 
+/// Where a connected session's queue reached its bound while routing QoS 1/2: the publisher
+/// waits on it before reading more.
+pub(crate) struct Congested {
+    pub client_id: String,
+    pub outbox: Arc<Outbox>,
+}
+
 #[derive(Default)]
 struct State {
     sessions: HashMap<String, Session>,
@@ -131,14 +266,16 @@ pub(crate) struct Attached {
     pub conn_id: u64,
     pub session_present: bool,
     pub data: SessionData,
-    pub rx: mpsc::Receiver<Delivery>,
-    pub kick: oneshot::Receiver<u8>,
+    pub outbox: Arc<Outbox>,
 }
 
 /// The broker core shared by all connections.
 pub(crate) struct Core {
     pub config: BrokerConfig,
     state: Mutex<State>,
+    /// Deliveries dropped by policy since start (QoS 0 to a full outbox, any QoS to a full
+    /// offline queue); logged as they happen.
+    dropped: AtomicU64,
 }
 
 fn expiry_deadline(now: Instant, expiry_secs: u32) -> Option<Instant> {
@@ -150,6 +287,7 @@ impl Core {
         Arc::new(Core {
             config,
             state: Mutex::new(State::default()),
+            dropped: AtomicU64::new(0),
         })
     }
 
@@ -165,11 +303,9 @@ impl Core {
         let st = &mut *guard;
         let now = Instant::now();
         if let Some(session) = st.sessions.get_mut(client_id)
-            && let Slot::Online { kick, .. } = &mut session.slot
+            && let Slot::Online { outbox, .. } = &session.slot
         {
-            if let Some(kick) = kick.take() {
-                let _ = kick.send(SESSION_TAKEN_OVER);
-            }
+            outbox.kick(SESSION_TAKEN_OVER);
             return None;
         }
         let expired = matches!(
@@ -180,7 +316,13 @@ impl Core {
             && (clean_start || expired)
         {
             // The old session ends here, and a session's end releases its will.
-            route(st, will.message, &self.config);
+            route(
+                st,
+                will.message,
+                &self.config,
+                &self.dropped,
+                &mut Vec::new(),
+            );
         }
         let mut data = None;
         if clean_start || expired {
@@ -193,14 +335,17 @@ impl Core {
             data = Some(std::mem::take(d));
         }
         let session_present = data.is_some();
+        let mut data = data.unwrap_or_default();
         st.next_conn_id += 1;
         let conn_id = st.next_conn_id;
-        let (tx, rx) = mpsc::channel(self.config.outbound_queue);
-        let (kick_tx, kick) = oneshot::channel();
+        // Queued deliveries wait in the outbox, where routing sees how many there are.
+        let outbox = Arc::new(Outbox::new(
+            std::mem::take(&mut data.pending),
+            self.config.max_queued_messages,
+        ));
         let slot = Slot::Online {
             conn_id,
-            tx,
-            kick: Some(kick_tx),
+            outbox: outbox.clone(),
         };
         match st.sessions.get_mut(client_id) {
             Some(session) => session.slot = slot,
@@ -215,20 +360,20 @@ impl Core {
         Some(Attached {
             conn_id,
             session_present,
-            data: data.unwrap_or_default(),
-            rx,
-            kick,
+            data,
+            outbox,
         })
     }
 
-    /// Detaches a connection: keeps the session (with whatever was still queued for it) unless
-    /// `expiry_secs` is 0, and publishes or schedules the will.
+    /// Detaches a connection: keeps the session (with everything still queued for it, even past
+    /// the bound, since the queue was bounded while online) unless `expiry_secs` is 0, and
+    /// publishes or schedules the will.
     pub fn detach(
         &self,
         client_id: &str,
         conn_id: u64,
         mut data: SessionData,
-        rx: &mut mpsc::Receiver<Delivery>,
+        outbox: &Outbox,
         will: Option<(Arc<Message>, u32)>,
         expiry_secs: u32,
     ) {
@@ -239,15 +384,26 @@ impl Core {
         if !ours {
             return;
         }
-        while let Ok(d) = rx.try_recv() {
-            if d.qos != QoS::AtMostOnce && data.pending.len() < self.config.max_queued_messages {
-                data.pending.push_back(d);
-            }
-        }
+        data.pending.extend(outbox.lock().queue.drain(..));
+        // Publishers held back by this session go on.
+        outbox.kick(0);
         if expiry_secs == 0 {
+            let lost = data
+                .pending
+                .iter()
+                .chain(data.inflight.iter().map(|i| &i.delivery))
+                .filter(|d| d.qos != QoS::AtMostOnce)
+                .count();
+            if lost > 0 {
+                tracing::info!(
+                    client_id,
+                    lost,
+                    "session ended with undelivered QoS 1/2 messages"
+                );
+            }
             end_session(st, client_id);
             if let Some((message, _)) = will {
-                route(st, message, &self.config);
+                route(st, message, &self.config, &self.dropped, &mut Vec::new());
             }
             return;
         }
@@ -261,7 +417,7 @@ impl Core {
         }
         if let Some((message, delay)) = will {
             if delay == 0 {
-                route(st, message, &self.config);
+                route(st, message, &self.config, &self.dropped, &mut Vec::new());
             } else {
                 let due = now + Duration::from_secs(u64::from(delay.min(expiry_secs)));
                 st.delayed_wills
@@ -271,10 +427,11 @@ impl Core {
     }
 
     /// Routes a message to every matching session and stores or clears it as retained.
-    /// Returns how many sessions it reached.
-    pub fn publish(&self, message: Arc<Message>) -> usize {
+    /// Returns how many sessions it reached; sessions whose queue is at its bound after taking a
+    /// QoS 1/2 delivery are added to `congested` (the publisher's connection waits on them).
+    pub fn publish(&self, message: Arc<Message>, congested: &mut Vec<Congested>) -> usize {
         let mut guard = self.lock();
-        route(&mut guard, message, &self.config)
+        route(&mut guard, message, &self.config, &self.dropped, congested)
     }
 
     /// Records a subscription; returns whether it replaced one and the retained messages it matches.
@@ -325,7 +482,13 @@ impl Core {
             .collect();
         for client_id in due {
             if let Some(will) = st.delayed_wills.remove(&client_id) {
-                route(st, will.message, &self.config);
+                route(
+                    st,
+                    will.message,
+                    &self.config,
+                    &self.dropped,
+                    &mut Vec::new(),
+                );
             }
         }
         let expired: Vec<String> = st
@@ -339,10 +502,29 @@ impl Core {
         for client_id in expired {
             end_session(st, &client_id);
             if let Some(will) = st.delayed_wills.remove(&client_id) {
-                route(st, will.message, &self.config);
+                route(
+                    st,
+                    will.message,
+                    &self.config,
+                    &self.dropped,
+                    &mut Vec::new(),
+                );
             }
         }
         st.retained.retain(|_, m| !m.expired(now));
+        // A session sitting at its queue bound without taking anything goes, even when no
+        // new message arrives to notice it.
+        for (client_id, session) in &st.sessions {
+            if let Slot::Online { outbox, .. } = &session.slot
+                && outbox.stalled(self.config.slow_consumer_timeout)
+            {
+                tracing::warn!(
+                    client_id,
+                    "session took no message while at its queue bound; disconnecting slow consumer"
+                );
+                outbox.kick(SLOW_CONSUMER);
+            }
+        }
     }
 }
 
@@ -354,7 +536,13 @@ fn end_session(st: &mut State, client_id: &str) {
     }
 }
 
-fn route(st: &mut State, message: Arc<Message>, config: &BrokerConfig) -> usize {
+fn route(
+    st: &mut State,
+    message: Arc<Message>,
+    config: &BrokerConfig,
+    dropped: &AtomicU64,
+    congested: &mut Vec<Congested>,
+) -> usize {
     if message.retain {
         if message.payload.is_empty() {
             st.retained.remove(&message.topic);
@@ -376,47 +564,91 @@ fn route(st: &mut State, message: Arc<Message>, config: &BrokerConfig) -> usize 
             })
         )
     };
-    let matches = subscriptions.matches(&message.topic, &online);
+    let mut matches = subscriptions.matches(&message.topic, &online);
     // Overlapping subscriptions of one client yield one delivery: highest QoS, all identifiers.
-    let mut per_client: HashMap<String, Delivery> = HashMap::new();
+    matches.sort_unstable_by(|a, b| a.client_id.cmp(&b.client_id));
+    let mut deliveries: Vec<(String, Delivery)> = Vec::with_capacity(matches.len());
     for m in matches {
         let o = &m.subscription.options;
         if o.no_local && m.client_id == message.publisher {
             continue;
         }
-        let d = per_client.entry(m.client_id).or_insert_with(|| Delivery {
-            message: message.clone(),
-            qos: QoS::AtMostOnce,
-            retain: false,
-            subscription_ids: Vec::new(),
-        });
-        d.qos = d.qos.max(o.qos.min(message.qos));
-        d.retain |= o.retain_as_published && message.retain;
-        d.subscription_ids.extend(m.subscription.identifier);
+        let qos = o.qos.min(message.qos);
+        let retain = o.retain_as_published && message.retain;
+        match deliveries.last_mut() {
+            Some((c, d)) if *c == m.client_id => {
+                d.qos = d.qos.max(qos);
+                d.retain |= retain;
+                d.subscription_ids.extend(m.subscription.identifier);
+            }
+            _ => deliveries.push((
+                m.client_id,
+                Delivery {
+                    message: message.clone(),
+                    qos,
+                    retain,
+                    subscription_ids: m.subscription.identifier.into_iter().collect(),
+                },
+            )),
+        }
     }
-    let reached = per_client.len();
-    for (client_id, delivery) in per_client {
+    let reached = deliveries.len();
+    let bound = config.max_queued_messages.max(1);
+    for (client_id, delivery) in deliveries {
         let Some(session) = sessions.get_mut(&client_id) else {
             continue;
         };
         match &mut session.slot {
-            Slot::Online { tx, kick, .. } => {
-                if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(delivery) {
-                    tracing::warn!(
-                        client_id,
-                        "outbound queue full; disconnecting slow consumer"
-                    );
-                    if let Some(kick) = kick.take() {
-                        let _ = kick.send(SLOW_CONSUMER);
+            Slot::Online { outbox, .. } => {
+                let mut inner = outbox.lock();
+                let qos0 = delivery.qos == QoS::AtMostOnce;
+                if qos0 && inner.queue.len() >= bound {
+                    drop(inner);
+                    let total = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    // One line per thousand drops keeps a flood from flooding the log too.
+                    if total % 1000 == 1 {
+                        tracing::warn!(
+                            client_id,
+                            topic = message.topic,
+                            dropped_total = total,
+                            "QoS 0 message dropped: the session's queue is at its bound"
+                        );
                     }
+                    continue;
+                }
+                if inner.queue.is_empty() {
+                    // The stall clock starts when work arrives, not at the last delivery long ago.
+                    inner.last_progress = Some(Instant::now());
+                }
+                inner.queue.push_back(delivery);
+                let full = inner.queue.len() >= bound && inner.kick.is_none();
+                if full && !qos0 {
+                    inner.congested = true;
+                }
+                drop(inner);
+                outbox.ready.notify_one();
+                if full && !qos0 && client_id != message.publisher {
+                    congested.push(Congested {
+                        client_id,
+                        outbox: outbox.clone(),
+                    });
                 }
             }
             Slot::Offline { data, .. } => {
-                if delivery.qos != QoS::AtMostOnce
-                    && data.pending.len() < config.max_queued_messages
-                {
-                    data.pending.push_back(delivery);
+                if delivery.qos == QoS::AtMostOnce {
+                    continue;
                 }
+                if data.pending.len() >= bound {
+                    let total = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::warn!(
+                        client_id,
+                        topic = message.topic,
+                        dropped_total = total,
+                        "message dropped: the offline session's queue is at max_queued_messages"
+                    );
+                    continue;
+                }
+                data.pending.push_back(delivery);
             }
         }
     }

@@ -313,8 +313,8 @@ async fn same_client_id_takes_the_session_over() {
 #[tokio::test]
 async fn slow_consumer_is_disconnected_and_others_carry_on() {
     let config = BrokerConfig {
-        outbound_queue: 8,
         max_queued_messages: 8,
+        slow_consumer_timeout: Duration::from_millis(300),
         ..BrokerConfig::default()
     };
     let broker = start(config).await;
@@ -335,9 +335,14 @@ async fn slow_consumer_is_disconnected_and_others_carry_on() {
         connect_packet("flooder", true, Properties::default()),
     )
     .await;
-    // `slow` never reads; once its socket buffers fill, its queue overflows.
+    // `slow` never reads; once its socket buffers fill, its queue reaches its bound: QoS 0
+    // deliveries to it are dropped, and once it has taken nothing for the slow-consumer timeout
+    // it is disconnected. The publisher is paced to outlast that timeout.
     let payload = vec![0u8; 64 * 1024];
     for i in 0..2000u16 {
+        if i % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
         publisher
             .publish("flood", &payload, QoS::AtLeastOnce, i % 60000 + 1)
             .await;

@@ -1,0 +1,240 @@
+//! QoS 1 messages to a connected subscriber are never dropped silently: a burst to a slower
+//! subscriber holds the publisher back and arrives whole; a subscriber that stops reading is
+//! disconnected as a slow consumer (0x97) and its persistent session keeps the queue.
+
+use bytes::{Bytes, BytesMut};
+use lichen_broker::codec::{
+    self, Ack, Connect, Packet, Properties, Publish, QoS, Subscribe, SubscriptionOptions, Version,
+};
+use lichen_broker::{AllowAll, BrokerConfig, Listener, Server};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn start(config: BrokerConfig) -> (SocketAddr, oneshot::Sender<()>) {
+    let listener = Listener {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+    };
+    let server = Server::bind(config, &[listener], std::sync::Arc::new(AllowAll))
+        .await
+        .expect("bind");
+    let addr = server.local_addrs()[0];
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(server.run(async {
+        let _ = rx.await;
+    }));
+    (addr, tx)
+}
+
+struct Rd(OwnedReadHalf, BytesMut);
+
+impl Rd {
+    /// The next packet; `None` when the broker closed the connection.
+    async fn next(&mut self) -> Option<Packet> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some((p, used)) =
+                    codec::decode(&self.1, Some(Version::V5), usize::MAX).expect("valid packet")
+                {
+                    let _ = self.1.split_to(used);
+                    return Some(p);
+                }
+                match self.0.read_buf(&mut self.1).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("a packet or a close in time")
+    }
+}
+
+async fn send(w: &mut OwnedWriteHalf, packets: &[Packet]) {
+    let mut out = BytesMut::new();
+    for p in packets {
+        codec::encode(p, Version::V5, &mut out);
+    }
+    w.write_all(&out).await.expect("write");
+}
+
+async fn client(addr: SocketAddr, id: &str, clean: bool, expiry: u32) -> (Rd, OwnedWriteHalf) {
+    let (r, mut w) = TcpStream::connect(addr)
+        .await
+        .expect("connect")
+        .into_split();
+    let mut rd = Rd(r, BytesMut::new());
+    let connect = Packet::Connect(Connect {
+        version: Version::V5,
+        clean_start: clean,
+        keep_alive: 0,
+        properties: Properties {
+            session_expiry_interval: Some(expiry),
+            receive_maximum: Some(20),
+            ..Properties::default()
+        },
+        client_id: id.into(),
+        will: None,
+        username: None,
+        password: None,
+    });
+    send(&mut w, &[connect]).await;
+    assert!(matches!(rd.next().await, Some(Packet::ConnAck(a)) if a.reason_code == 0));
+    (rd, w)
+}
+
+async fn subscribe(rd: &mut Rd, w: &mut OwnedWriteHalf, filter: &str) {
+    let s = Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters: vec![(
+            filter.into(),
+            SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: 0,
+            },
+        )],
+    };
+    send(w, &[Packet::Subscribe(s)]).await;
+    assert!(matches!(rd.next().await, Some(Packet::SubAck(_))));
+}
+
+fn publish(i: u32) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "burst".into(),
+        packet_id: Some((i % 65_000 + 1) as u16),
+        properties: Properties::default(),
+        payload: Bytes::copy_from_slice(&i.to_be_bytes()),
+    })
+}
+
+fn puback(packet_id: u16) -> Packet {
+    Packet::PubAck(Ack {
+        packet_id,
+        reason_code: 0,
+        properties: Properties::default(),
+    })
+}
+
+/// Publishes `n` QoS 1 messages as fast as the socket takes them and counts the PUBACKs.
+fn spawn_burst(addr: SocketAddr, n: u32) -> tokio::task::JoinHandle<u32> {
+    tokio::spawn(async move {
+        let (mut rd, mut w) = client(addr, "burster", true, 0).await;
+        let writer = tokio::spawn(async move {
+            for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+                let packets: Vec<Packet> = chunk.iter().map(|&i| publish(i)).collect();
+                send(&mut w, &packets).await;
+            }
+            w
+        });
+        let mut acks = 0;
+        while acks < n {
+            match rd.next().await {
+                Some(Packet::PubAck(a)) => {
+                    assert_eq!(a.reason_code, 0, "every message reached the subscriber");
+                    acks += 1;
+                }
+                Some(other) => panic!("unexpected {other:?}"),
+                None => break,
+            }
+        }
+        drop(writer.await.expect("writer"));
+        acks
+    })
+}
+
+#[tokio::test]
+async fn qos1_burst_to_a_slower_subscriber_arrives_whole() {
+    const N: u32 = 20_000;
+    let config = BrokerConfig {
+        max_queued_messages: 1000,
+        ..BrokerConfig::default()
+    };
+    let (addr, stop) = start(config).await;
+    let (mut sub, mut sw) = client(addr, "slower", true, 0).await;
+    subscribe(&mut sub, &mut sw, "burst").await;
+    let burst = spawn_burst(addr, N);
+    let mut next = 0u32;
+    while next < N {
+        match sub.next().await {
+            Some(Packet::Publish(p)) => {
+                let i = u32::from_be_bytes(p.payload[..4].try_into().unwrap());
+                assert_eq!(i, next, "in order, none missing, none twice");
+                next += 1;
+                send(&mut sw, &[puback(p.packet_id.unwrap())]).await;
+                if next.is_multiple_of(100) {
+                    // Slower than the publisher: the broker's queue for us fills up.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            other => panic!("expected PUBLISH {next}, got {other:?}"),
+        }
+    }
+    assert_eq!(burst.await.expect("publisher"), N);
+    let _ = stop.send(());
+}
+
+#[tokio::test]
+async fn a_stalled_subscriber_is_disconnected_and_its_session_keeps_the_queue() {
+    const N: u32 = 3_000;
+    let config = BrokerConfig {
+        max_queued_messages: 100,
+        slow_consumer_timeout: Duration::from_millis(300),
+        ..BrokerConfig::default()
+    };
+    let (addr, stop) = start(config).await;
+    let (mut sub, mut sw) = client(addr, "stalled", true, 600).await;
+    subscribe(&mut sub, &mut sw, "burst").await;
+    let burst = spawn_burst(addr, N);
+    // Take a few without acknowledging, then stop reading: the window fills, then the queue.
+    let mut got = std::collections::BTreeSet::new();
+    for _ in 0..5 {
+        match sub.next().await {
+            Some(Packet::Publish(p)) => {
+                got.insert(u32::from_be_bytes(p.payload[..4].try_into().unwrap()));
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    // The publisher goes on once the stalled subscriber is told to go.
+    assert_eq!(burst.await.expect("publisher"), N);
+    // What the stalled subscriber still has on its socket ends with DISCONNECT 0x97.
+    let mut reason = None;
+    while let Some(p) = sub.next().await {
+        match p {
+            Packet::Publish(p) => {
+                got.insert(u32::from_be_bytes(p.payload[..4].try_into().unwrap()));
+            }
+            Packet::Disconnect(d) => reason = Some(d.reason_code),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(reason, Some(0x97), "told it was a slow consumer");
+    // Resuming the session delivers everything else (unacknowledged ones again, with DUP).
+    let (mut sub, mut sw) = client(addr, "stalled", false, 600).await;
+    while (got.len() as u32) < N {
+        match sub.next().await {
+            Some(Packet::Publish(p)) => {
+                got.insert(u32::from_be_bytes(p.payload[..4].try_into().unwrap()));
+                send(&mut sw, &[puback(p.packet_id.unwrap())]).await;
+            }
+            other => panic!(
+                "expected PUBLISH with {} of {N} seen, got {other:?}",
+                got.len()
+            ),
+        }
+    }
+    assert_eq!(got.len() as u32, N);
+    let _ = stop.send(());
+}
