@@ -43,8 +43,10 @@ pub struct ServiceContext {
 
 /// Every built-in service other than the stream manager (which predates this list). Adding a
 /// service is one line here.
-pub fn services(_ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
-    vec![]
+pub fn services(ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
+    let mut services: Vec<Arc<dyn BuiltinService>> = vec![];
+    services.extend(super::client_devices::services(ctx));
+    services
 }
 
 pub const STREAM_MANAGER: &str = "aws.greengrass.StreamManager";

@@ -5,6 +5,7 @@
 //! stops every component in reverse dependency order.
 
 mod builtins;
+mod client_devices;
 mod cloud;
 mod ipc_ops;
 mod lock;

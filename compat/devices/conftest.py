@@ -1,0 +1,288 @@
+"""A real `lichen core run` with client device auth and the client-device broker deployed.
+
+Device certificates are made here with `cryptography`: a device CA the core is told to trust, and
+a stranger CA it is not. Everything listens on 127.0.0.1 on ports chosen at run time; the core
+(and the components it runs) are stopped at teardown.
+"""
+
+import datetime
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+REPO = Path(__file__).resolve().parents[2]
+AUTH = "aws.greengrass.clientdevices.Auth"
+BROKER = "aws.greengrass.clientdevices.mqtt.EMQX"
+
+
+def lichen_bin():
+    path = os.environ.get("LICHEN_BIN") or str(REPO / "target" / "debug" / "lichen")
+    if not os.path.exists(path):
+        pytest.skip(f"no lichen binary at {path}; run cargo build -p lichen or set LICHEN_BIN")
+    return path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _name(cn):
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_ca(cn):
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def make_device(ca, cn, directory):
+    ca_cert, ca_key = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path = Path(directory) / f"{cn}.pem"
+    key_path = Path(directory) / f"{cn}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+def pem(cert):
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+DEVICE_GROUPS = {
+    "formatVersion": "2021-03-05",
+    "definitions": {
+        "sensors": {"selectionRule": "thingName: sensor* OR thingName: sdk-*", "policyName": "sensorPolicy"}
+    },
+    "policies": {
+        "sensorPolicy": {
+            "connect": {"operations": ["mqtt:connect"], "resources": ["mqtt:clientId:*"]},
+            "pubsub": {
+                "operations": ["mqtt:publish", "mqtt:subscribe"],
+                "resources": [
+                    "mqtt:topic:allowed/*",
+                    "mqtt:topicfilter:allowed/#",
+                    "mqtt:topic:things/${iot:Connection.Thing.ThingName}/data",
+                ],
+            },
+        }
+    },
+}
+
+CLIENT_SCRIPT = r'''
+import json, sys, threading
+from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+from awsiot.greengrasscoreipc import model
+
+out, device_pem, stranger_pem = sys.argv[1], open(sys.argv[2]).read(), open(sys.argv[3]).read()
+result = {}
+client = GreengrassCoreIPCClientV2()
+def attempt(name, f):
+    try:
+        result[name] = f()
+    except Exception as e:
+        result[name] = {"error": type(e).__name__, "message": str(e)}
+import time
+# Built-in services start right after the deployment that names them: wait until Auth answers.
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    try:
+        client.verify_client_device_identity(
+            credential=model.ClientDeviceCredential(client_device_certificate=device_pem))
+        break
+    except Exception as e:
+        if type(e).__name__ != "ServiceError":
+            break
+        time.sleep(0.2)
+attempt("verify_device", lambda: client.verify_client_device_identity(
+    credential=model.ClientDeviceCredential(client_device_certificate=device_pem)).is_valid_client_device)
+attempt("verify_stranger", lambda: client.verify_client_device_identity(
+    credential=model.ClientDeviceCredential(client_device_certificate=stranger_pem)).is_valid_client_device)
+def token(client_id, cert):
+    return client.get_client_device_auth_token(credential=model.CredentialDocument(
+        mqtt_credential=model.MQTTCredential(client_id=client_id, certificate_pem=cert))).client_device_auth_token
+attempt("token_stranger", lambda: token("sensor9", stranger_pem))
+attempt("token_device", lambda: token("sensor1", device_pem))
+tok = result["token_device"] if isinstance(result["token_device"], str) else "missing"
+def authz(op, res):
+    return client.authorize_client_device_action(client_device_auth_token=tok, operation=op, resource=res).is_authorized
+attempt("connect", lambda: authz("mqtt:connect", "mqtt:clientId:sensor1"))
+attempt("publish_allowed", lambda: authz("mqtt:publish", "mqtt:topic:allowed/x"))
+attempt("publish_forbidden", lambda: authz("mqtt:publish", "mqtt:topic:forbidden/x"))
+attempt("bad_token", lambda: client.authorize_client_device_action(
+    client_device_auth_token="nope", operation="mqtt:connect", resource="mqtt:clientId:x").is_authorized)
+got = threading.Event()
+events = []
+def on_event(e):
+    events.append(e.certificate_update)
+    got.set()
+def subscribe():
+    client.subscribe_to_certificate_updates(
+        certificate_options=model.CertificateOptions(certificate_type="SERVER"), on_stream_event=on_event)
+    got.wait(10)
+    u = events[0]
+    return {"certificate": u.certificate, "privateKey": bool(u.private_key), "ca": u.ca_certificates}
+attempt("certificate_updates", subscribe)
+with open(out + ".tmp", "w") as f:
+    json.dump(result, f)
+import os; os.rename(out + ".tmp", out)
+'''
+
+
+class Core:
+    def __init__(self, root, proc):
+        self.root, self.proc = Path(root), proc
+
+    def cli(self, *args, check=True):
+        r = subprocess.run([lichen_bin(), *args, "--root", str(self.root)], capture_output=True, text=True, timeout=120)
+        if check and r.returncode != 0:
+            raise AssertionError(f"lichen {args} failed: {r.stdout}\n{r.stderr}")
+        return r
+
+    def log(self):
+        p = self.root / "logs" / "lichen.log"
+        return p.read_text() if p.exists() else ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_listening(port, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def devices(tmp_path_factory):
+    d = tmp_path_factory.mktemp("devices")
+    ca = make_ca("Test Device CA")
+    stranger_ca = make_ca("Stranger CA")
+    return {
+        "dir": d,
+        "ca_pem": pem(ca[0]),
+        "sensor1": make_device(ca, "sensor1", d),
+        "intruder": make_device(ca, "intruder", d),
+        "stranger": make_device(stranger_ca, "stranger", d),
+        "sdk": make_device(ca, "sdk-client", d),
+    }
+
+
+@pytest.fixture(scope="session")
+def core(tmp_path_factory, devices):
+    root = tmp_path_factory.mktemp("core")
+    work = tmp_path_factory.mktemp("ws")
+    port = free_port()
+    recipes, artifacts = work / "recipes", work / "artifacts"
+    recipes.mkdir()
+    for name, policy in (("test.CdaClient", True), ("test.CdaNoPolicy", False)):
+        art = artifacts / name / "1.0.0"
+        art.mkdir(parents=True)
+        (art / "cda.py").write_text(CLIENT_SCRIPT)
+        out = work / f"{name}.json"
+        acl = ""
+        if policy:
+            acl = (
+                "ComponentConfiguration:\n  DefaultConfiguration:\n    accessControl:\n"
+                f"      {AUTH}:\n        {name}:cda:1:\n          operations: ['*']\n          resources: ['*']\n"
+            )
+        (recipes / f"{name}.yaml").write_text(
+            f"RecipeFormatVersion: '2020-01-25'\nComponentName: {name}\nComponentVersion: '1.0.0'\n{acl}"
+            "Manifests:\n  - Platform:\n      os: '*'\n    Lifecycle:\n"
+            f"      Run: \"{sys.executable} -u {{artifacts:path}}/cda.py {out} {devices['sensor1'][0]} {devices['stranger'][0]}\"\n"
+        )
+    proc = subprocess.Popen(
+        [lichen_bin(), "core", "run", "--root", str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "LICHEN_LOG": "info"},
+    )
+    c = Core(root, proc)
+    try:
+        deadline = time.monotonic() + 60
+        while "ready in" not in (proc.stdout.readline() or ""):
+            assert proc.poll() is None and time.monotonic() < deadline, "core did not become ready"
+        update = {
+            AUTH: {
+                "MERGE": {
+                    "certificateAuthority": {"caType": "ECDSA_P256"},
+                    "trustedClientCertificates": {"caCertificates": [devices["ca_pem"]]},
+                    "deviceGroups": DEVICE_GROUPS,
+                }
+            },
+            BROKER: {"MERGE": {"emqx": {"listener.ssl.external": f"127.0.0.1:{port}"}}},
+        }
+        c.cli(
+            "deployment", "create", "--wait", "--json",
+            "--recipe-dir", str(recipes), "--artifact-dir", str(artifacts),
+            "--merge", f"{AUTH}=2.5.3", "--merge", f"{BROKER}=2.0.1",
+            "--merge", "test.CdaClient=1.0.0", "--merge", "test.CdaNoPolicy=1.0.0",
+            "--update-config", json.dumps(update),
+        )
+        wait_listening(port)
+        c.port = port
+        c.work = work
+        c.ca_path = str(root / "work" / AUTH / "ca.pem")
+        yield c
+    finally:
+        c.stop()
+        if os.environ.get("LICHEN_KEEP_LOG"):
+            print(c.log())
