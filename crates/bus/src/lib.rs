@@ -15,6 +15,11 @@
 //!   wildcard and all messages otherwise ([`ReceiveMode::default_for`]).
 //! * Topics starting with `$` are not special: wildcards match them like any other topic.
 //!
+//! Interest: [`Bus::interest`] lets a service that relays a bus to somewhere else (the cloud link
+//! for the `iot_core` bus) learn which filters the *other* subscribers hold, with how many
+//! subscriptions each, so it can subscribe upstream to exactly those and unsubscribe when the
+//! last one goes.
+//!
 //! Architecture invariant: this crate is a leaf (no other lichen crate) and does no I/O; dropping
 //! a [`Subscription`] is the only way to unsubscribe, so no subscription outlives its receiver.
 //!
@@ -35,12 +40,12 @@
 //! # }
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 /// Queue length per subscriber when [`SubscribeOptions::queue_capacity`] is 0.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
@@ -275,9 +280,59 @@ impl Node {
     }
 }
 
+/// The filters subscribed on a bus and how many subscriptions hold each; see [`Bus::interest`].
+pub type Interest = watch::Receiver<BTreeMap<String, usize>>;
+
+/// Who holds which filter, and who watches.
+#[derive(Default)]
+struct InterestState {
+    /// filter -> subscriber id -> live subscriptions.
+    held: HashMap<String, HashMap<String, usize>>,
+    watchers: Vec<InterestWatcher>,
+}
+
+struct InterestWatcher {
+    /// Subscriptions by this subscriber id are not reported to this watcher.
+    exclude: String,
+    tx: watch::Sender<BTreeMap<String, usize>>,
+}
+
+impl InterestState {
+    /// Counts one subscription of `subscriber_id` on `filter` in (`added`) or out.
+    fn change(&mut self, filter: &str, subscriber_id: &str, added: bool) {
+        let by_id = self.held.entry(filter.to_string()).or_default();
+        let n = by_id.entry(subscriber_id.to_string()).or_default();
+        if added {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by_id.remove(subscriber_id);
+            }
+            if by_id.is_empty() {
+                self.held.remove(filter);
+            }
+        }
+        self.watchers.retain(|w| !w.tx.is_closed());
+        for w in self.watchers.iter().filter(|w| w.exclude != subscriber_id) {
+            w.tx.send_modify(|m| {
+                if added {
+                    *m.entry(filter.to_string()).or_default() += 1;
+                } else if let Some(c) = m.get_mut(filter) {
+                    *c -= 1;
+                    if *c == 0 {
+                        m.remove(filter);
+                    }
+                }
+            });
+        }
+    }
+}
+
 struct Inner {
     root: Mutex<Node>,
     next_id: AtomicU64,
+    interest: Mutex<InterestState>,
 }
 
 impl Drop for Inner {
@@ -313,6 +368,7 @@ impl Bus {
             inner: Arc::new(Inner {
                 root: Mutex::new(Node::default()),
                 next_id: AtomicU64::new(1),
+                interest: Mutex::new(InterestState::default()),
             }),
         }
     }
@@ -349,6 +405,11 @@ impl Bus {
             }
             node.subscribers.push(queue.clone());
         }
+        self.inner
+            .interest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .change(filter, &queue.subscriber_id, true);
         Ok(Subscription {
             bus: Arc::downgrade(&self.inner),
             filter: filter.to_string(),
@@ -382,6 +443,35 @@ impl Bus {
             delivered += 1;
         }
         Ok(delivered)
+    }
+
+    /// The filters held now by subscribers other than `exclude_subscriber_id`, with how many
+    /// subscriptions hold each, and every later change. A filter leaves the map when its last
+    /// subscription (by others) is dropped. Watching costs nothing once the receiver is dropped.
+    pub fn interest(&self, exclude_subscriber_id: &str) -> Interest {
+        let mut state = self
+            .inner
+            .interest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now: BTreeMap<String, usize> = state
+            .held
+            .iter()
+            .filter_map(|(filter, by_id)| {
+                let n: usize = by_id
+                    .iter()
+                    .filter(|(id, _)| id.as_str() != exclude_subscriber_id)
+                    .map(|(_, n)| *n)
+                    .sum();
+                (n > 0).then(|| (filter.clone(), n))
+            })
+            .collect();
+        let (tx, rx) = watch::channel(now);
+        state.watchers.push(InterestWatcher {
+            exclude: exclude_subscriber_id.to_string(),
+            tx,
+        });
+        rx
     }
 
     /// Number of live subscriptions (for diagnostics and tests).
@@ -455,6 +545,11 @@ impl Drop for Subscription {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&levels, self.queue.id);
+            inner
+                .interest
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .change(&self.filter, &self.queue.subscriber_id, false);
         }
     }
 }

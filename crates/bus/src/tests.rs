@@ -282,3 +282,64 @@ proptest! {
         prop_assert_eq!(bus.subscription_count(), 0);
     }
 }
+
+#[tokio::test]
+async fn interest_reports_filters_held_by_others_until_the_last_goes() {
+    let bus = Bus::new();
+    let mine = bus
+        .subscribe("#", SubscribeOptions::for_subscriber("relay"))
+        .unwrap();
+    let before = bus
+        .subscribe("a/+", SubscribeOptions::for_subscriber("x"))
+        .unwrap();
+    let mut interest = bus.interest("relay");
+    // What was held before watching is reported at once; the watcher's own filter is not.
+    assert_eq!(
+        interest.borrow_and_update().clone(),
+        BTreeMap::from([("a/+".to_string(), 1)])
+    );
+    let second = bus
+        .subscribe("a/+", SubscribeOptions::for_subscriber("y"))
+        .unwrap();
+    let other = bus
+        .subscribe("b/c", SubscribeOptions::for_subscriber("x"))
+        .unwrap();
+    interest.changed().await.unwrap();
+    assert_eq!(
+        interest.borrow_and_update().clone(),
+        BTreeMap::from([("a/+".to_string(), 2), ("b/c".to_string(), 1)])
+    );
+    // The watcher's own further subscriptions stay invisible to it.
+    let mine_too = bus
+        .subscribe("b/c", SubscribeOptions::for_subscriber("relay"))
+        .unwrap();
+    assert_eq!(interest.borrow()["b/c"], 1);
+    drop(before);
+    drop(other);
+    interest.changed().await.unwrap();
+    assert_eq!(
+        interest.borrow_and_update().clone(),
+        BTreeMap::from([("a/+".to_string(), 1)])
+    );
+    drop(second);
+    interest.changed().await.unwrap();
+    assert!(interest.borrow_and_update().is_empty());
+    // Another watcher excluding nobody sees the relay's subscriptions.
+    let all = bus.interest("");
+    assert_eq!(
+        all.borrow().clone(),
+        BTreeMap::from([("#".to_string(), 1), ("b/c".to_string(), 1)])
+    );
+    drop((mine, mine_too));
+    assert!(interest.borrow().is_empty());
+}
+
+#[test]
+fn a_dropped_interest_watcher_is_forgotten() {
+    let bus = Bus::new();
+    drop(bus.interest("relay"));
+    let _s = bus
+        .subscribe("a", SubscribeOptions::for_subscriber("x"))
+        .unwrap();
+    assert!(bus.inner.interest.lock().unwrap().watchers.is_empty());
+}
