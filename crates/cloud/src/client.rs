@@ -22,6 +22,7 @@ use tokio_rustls::rustls::ClientConfig;
 use crate::{CloudError, CloudMessage, Command, ConnectionStatus, MessageProperties, Shared};
 
 type Stream = TlsStream<TcpStream>;
+type SubscribeReply = oneshot::Sender<Result<(), CloudError>>;
 
 /// Largest packet accepted from the server.
 const MAX_INCOMING_PACKET: usize = 64 << 20;
@@ -230,7 +231,7 @@ struct Session<'a> {
     /// QoS 0 messages in `out`, removed from the spool once written.
     written_qos0: Vec<u64>,
     next_pid: u16,
-    subacks: HashMap<u16, (Vec<String>, Option<oneshot::Sender<Result<(), CloudError>>>)>,
+    subacks: HashMap<u16, (Vec<String>, Option<SubscribeReply>)>,
     unsubacks: HashMap<u16, ()>,
     keep_alive: Duration,
     last_sent: Instant,
@@ -375,7 +376,7 @@ impl<'a> Session<'a> {
         &mut self,
         names: Vec<String>,
         filters: &[(String, QoS)],
-        reply: Option<oneshot::Sender<Result<(), CloudError>>>,
+        reply: Option<SubscribeReply>,
     ) {
         let packet_id = self.packet_id();
         let p = Packet::Subscribe(mqtt::Subscribe {
@@ -576,13 +577,11 @@ impl<'a> Session<'a> {
 
     fn on_timer(&mut self) -> Result<(), String> {
         let now = Instant::now();
-        if let Some(d) = self.ping_deadline {
-            if now >= d {
-                return Err(format!(
-                    "no PINGRESP within {} ms (mqtt.pingTimeoutMs)",
-                    self.shared.config.ping_timeout.as_millis()
-                ));
-            }
+        if self.ping_deadline.is_some_and(|d| now >= d) {
+            return Err(format!(
+                "no PINGRESP within {} ms (mqtt.pingTimeoutMs)",
+                self.shared.config.ping_timeout.as_millis()
+            ));
         }
         if !self.keep_alive.is_zero()
             && now >= self.last_sent + self.keep_alive

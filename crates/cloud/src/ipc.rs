@@ -236,7 +236,9 @@ async fn subscribe_to_iot_core(
 
 /// Forwards between the core's `iot_core` bus and the link: what other services publish there
 /// goes to the cloud (QoS 1, spooled); what arrives from any cloud subscription is published
-/// there. Runs until the link shuts down.
+/// there. The filters other services subscribe to on the bus are subscribed upstream (QoS 1)
+/// while at least one of them is held, so they receive the cloud's messages without knowing
+/// the link. Runs until the link shuts down.
 pub fn forward_bus(
     link: CloudLink,
     bus: lichen_bus::Bus,
@@ -303,5 +305,58 @@ pub fn forward_bus(
             }
         }
     });
-    Ok(vec![up, down])
+    let interest = bus.interest(CLOUD_PUBLISHER);
+    let follow = tokio::spawn(follow_interest(link, interest));
+    Ok(vec![up, down, follow])
+}
+
+/// Holds one upstream subscription per filter that others hold on the `iot_core` bus. Messages
+/// reach the bus through [`CloudLink::incoming`]; a subscription's own queue is only drained.
+/// Aborting this task drops every subscription, which unsubscribes upstream.
+async fn follow_interest(link: CloudLink, mut interest: lichen_bus::Interest) {
+    struct Held {
+        drain: tokio::task::JoinHandle<()>,
+    }
+    impl Drop for Held {
+        fn drop(&mut self) {
+            // The drain task owns the subscription; ending it unsubscribes upstream.
+            self.drain.abort();
+        }
+    }
+    let mut held: std::collections::HashMap<String, Held> = std::collections::HashMap::new();
+    // Filters the link refuses for good (not a valid MQTT filter); not retried until re-held.
+    let mut refused = std::collections::HashSet::new();
+    loop {
+        let wanted: Vec<String> = interest.borrow_and_update().keys().cloned().collect();
+        held.retain(|filter, _| wanted.contains(filter));
+        refused.retain(|filter| wanted.contains(filter));
+        let mut retry = false;
+        for filter in wanted {
+            if held.contains_key(&filter) || refused.contains(&filter) {
+                continue;
+            }
+            match link.subscribe(&filter, QoS::AtLeastOnce).await {
+                Ok(mut sub) => {
+                    let drain = tokio::spawn(async move { while sub.recv().await.is_some() {} });
+                    held.insert(filter, Held { drain });
+                }
+                Err(e) => {
+                    tracing::error!(filter = %filter, error = %e, "cannot subscribe upstream for a subscriber of the iot_core bus");
+                    match e {
+                        CloudError::InvalidTopic { .. } | CloudError::UnsupportedQos { .. } => {
+                            refused.insert(filter);
+                        }
+                        CloudError::Closed => return,
+                        _ => retry = true,
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            changed = interest.changed() => if changed.is_err() { break },
+            // A timeout or a dropped connection: try again (the link re-subscribes what it holds
+            // after a reconnect, but only what it holds).
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)), if retry => {}
+        }
+    }
 }

@@ -475,3 +475,7 @@ impl CloudLink {
             .send_replace(ConnectionStatus::Disconnected);
     }
 }
+
+#[cfg(test)]
+#[path = "link_tests.rs"]
+mod tests;
