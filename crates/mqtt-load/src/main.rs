@@ -1,0 +1,137 @@
+//! `mqtt-load`: runs the load plan against our broker and mosquitto and prints the table.
+//! `mqtt-load broker --listen tcp://HOST:PORT` runs our broker itself (as `lichen broker` does),
+//! for when the full `lichen` binary is not at hand.
+
+use clap::{Parser, Subcommand};
+use lichen_mqtt_load::{BrokerKind, Plan, measure, raise_fd_limit, table};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "mqtt-load",
+    about = "MQTT load generator: our broker against mosquitto"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// Our broker's program; it is given `broker --listen tcp://127.0.0.1:<port>`.
+    /// Defaults to this program's own `broker` subcommand.
+    #[arg(long)]
+    lichen: Option<PathBuf>,
+    #[arg(long, default_value = "/usr/sbin/mosquitto")]
+    mosquitto: PathBuf,
+    /// Messages per throughput run (over all publishers).
+    #[arg(long, default_value_t = 200_000)]
+    messages: usize,
+    /// Publishers in fan-in runs, subscribers in fan-out runs.
+    #[arg(long, default_value_t = 10)]
+    fan: usize,
+    /// Payload bytes (at least 16).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Time limit per throughput run, in seconds.
+    #[arg(long, default_value_t = 30)]
+    time_limit: u64,
+    #[arg(long, default_value_t = 2000.0)]
+    latency_rate: f64,
+    #[arg(long, default_value_t = 10_000)]
+    latency_messages: usize,
+    /// Idle connections for the memory figure (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run our broker in this process until SIGINT or SIGTERM.
+    Broker {
+        #[arg(long = "listen", default_value = "tcp://127.0.0.1:1883")]
+        listen: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mqtt-load: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(Cmd::Broker { listen }) = cli.command {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_writer(std::io::stderr)
+            .try_init();
+        let opts = lichen_broker::StandaloneOptions {
+            listen,
+            ..Default::default()
+        };
+        return match rt.block_on(lichen_broker::run_standalone(opts)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mqtt-load broker: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let limit = raise_fd_limit();
+    let plan = Plan {
+        messages: cli.messages,
+        fan: cli.fan.max(1),
+        payload: cli.payload,
+        time_limit: Duration::from_secs(cli.time_limit),
+        latency_rate: cli.latency_rate,
+        latency_messages: cli.latency_messages,
+        idle_connections: cli.idle.min(limit.saturating_sub(100) as usize),
+    };
+    let ours = match cli.lichen {
+        Some(program) => BrokerKind::Lichen {
+            program,
+            args: vec!["broker".into()],
+        },
+        None => match std::env::current_exe() {
+            Ok(program) => BrokerKind::Lichen {
+                program,
+                args: vec!["broker".into()],
+            },
+            Err(e) => {
+                eprintln!("mqtt-load: cannot find this program to run the broker: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let theirs = BrokerKind::Mosquitto {
+        program: cli.mosquitto,
+    };
+    eprintln!("plan: {plan:?} (open-file limit {limit})");
+    let result = rt.block_on(async {
+        let a = measure(&ours, &plan).await?;
+        let b = measure(&theirs, &plan).await?;
+        anyhow::Ok((a, b))
+    });
+    match result {
+        Ok((a, b)) => {
+            println!("{}", table(&a, &b));
+            println!(
+                "QoS 1 messages lost: {} {}, {} {}",
+                a.name, a.qos1_lost, b.name, b.qos1_lost
+            );
+            if a.qos1_lost > 0 {
+                eprintln!("mqtt-load: our broker lost QoS 1 messages");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mqtt-load: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
