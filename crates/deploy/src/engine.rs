@@ -179,6 +179,7 @@ impl DeploymentEngine {
     /// an interrupted deployment, then process the queue in a background task.
     pub async fn start(&self) -> Result<(), DeployError> {
         let specs = self.inner.current_specs()?;
+        self.inner.hooks.services_committed().await;
         self.inner
             .supervisor
             .reconcile(specs, &BTreeSet::new())
@@ -546,6 +547,7 @@ impl Inner {
 
     async fn reconcile_and_wait(&self, affected: &[String]) -> Result<(), DeployError> {
         let specs = self.current_specs()?;
+        self.hooks.services_committed().await;
         let names: BTreeSet<String> = specs.iter().map(|s| s.name.clone()).collect();
         // BROKEN components that are (re)deployed are reinstalled (spec §6.6).
         let reinstall: BTreeSet<String> = names

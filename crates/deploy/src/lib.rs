@@ -217,6 +217,12 @@ pub trait DeploymentHooks: Send + Sync + 'static {
         Box::pin(async {})
     }
     fn post_update(&self, _deployment_id: &str) {}
+    /// The committed `services` changed (a deployment, a rollback, a restore at start): called
+    /// before the supervisor starts components, so services that run inside the core (which
+    /// components may depend on) are in place first.
+    fn services_committed(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
     /// Ask a component to validate its proposed configuration; Err(message) rejects the
     /// deployment.
     fn validate_configuration(

@@ -585,9 +585,15 @@ pub struct ComponentUpdateHooks {
     update_subscribers: Mutex<Vec<(String, EventSink)>>,
     validators: Mutex<Vec<(String, EventSink)>>,
     waits: Mutex<Waits>,
+    /// Built-in services, brought in line with each commit before components start.
+    builtins: std::sync::OnceLock<Arc<super::builtins::Builtins>>,
 }
 
 impl ComponentUpdateHooks {
+    pub fn set_builtins(&self, b: Arc<super::builtins::Builtins>) {
+        let _ = self.builtins.set(b);
+    }
+
     fn add_update_subscriber(&self, component: &str, sink: EventSink) {
         let mut subs = self.update_subscribers.lock().unwrap();
         subs.retain(|(_, s)| !s.is_closed());
@@ -658,6 +664,14 @@ impl ComponentUpdateHooks {
 }
 
 impl DeploymentHooks for ComponentUpdateHooks {
+    fn services_committed(&self) -> lichen_deploy::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(b) = self.builtins.get() {
+                b.reconcile().await;
+            }
+        })
+    }
+
     fn pre_update(
         &self,
         deployment_id: &str,

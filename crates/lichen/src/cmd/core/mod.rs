@@ -223,6 +223,7 @@ async fn serve(
         );
     }
     let services = builtins::Builtins::new(config.clone(), root.clone(), tokens.clone(), services);
+    hooks.set_builtins(services.clone());
     engine.start().await?;
     services.watch();
     keep_effective_config(&config, root.join("config/effectiveConfig.yaml"))?;
