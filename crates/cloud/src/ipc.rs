@@ -251,6 +251,7 @@ pub fn forward_bus(
             queue_capacity: BUS_QUEUE,
         },
     )?;
+    let interest = bus.interest(CLOUD_PUBLISHER);
     let l = link.clone();
     let up = tokio::spawn(async move {
         while let Some(d) = to_cloud.recv().await {
@@ -282,6 +283,7 @@ pub fn forward_bus(
             }
         }
     });
+    let interest = bus.interest(CLOUD_PUBLISHER);
     let mut from_cloud = link.incoming();
     let down = tokio::spawn(async move {
         loop {
@@ -305,7 +307,6 @@ pub fn forward_bus(
             }
         }
     });
-    let interest = bus.interest(CLOUD_PUBLISHER);
     let follow = tokio::spawn(follow_interest(link, interest));
     Ok(vec![up, down, follow])
 }
