@@ -125,7 +125,9 @@ pub(crate) async fn serve<S>(
         held_back: Vec::new(),
         peek: [0; PEEK],
     };
-    conn.run(connect, &mut shutdown).await;
+    // Boxed: the CONNECT (two property sets) lives as long as the connection, and every idle
+    // connection would otherwise carry it inline in its task.
+    conn.run(Box::new(connect), &mut shutdown).await;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,7 +271,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         let _ = self.stream.write_all(&buf).await;
     }
 
-    async fn run(&mut self, connect: Connect, shutdown: &mut watch::Receiver<bool>) {
+    async fn run(&mut self, connect: Box<Connect>, shutdown: &mut watch::Receiver<bool>) {
         let v5 = self.v5();
         let mut assigned = None;
         let client_id = if connect.client_id.is_empty() {
@@ -386,9 +388,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 }
             };
             let timeout = self.core.config.slow_consumer_timeout;
+            // Boxed, and only while held back: idle connections do not carry this future.
             let drained = async {
                 match &held {
-                    Some((outbox, subscriber)) => outbox.wait_drained(timeout, subscriber).await,
+                    Some((outbox, subscriber)) => {
+                        Box::pin(outbox.wait_drained(timeout, subscriber)).await
+                    }
                     None => std::future::pending().await,
                 }
             };
