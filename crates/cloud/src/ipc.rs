@@ -283,7 +283,6 @@ pub fn forward_bus(
             }
         }
     });
-    let interest = bus.interest(CLOUD_PUBLISHER);
     let mut from_cloud = link.incoming();
     let down = tokio::spawn(async move {
         loop {
