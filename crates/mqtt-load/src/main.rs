@@ -49,6 +49,9 @@ enum Cmd {
     Broker {
         #[arg(long = "listen", default_value = "tcp://127.0.0.1:1883")]
         listen: Vec<String>,
+        /// Largest MQTT packet accepted from or sent to a client, in bytes.
+        #[arg(long = "max-packet-size")]
+        max_packet_size: Option<u32>,
     },
 }
 
@@ -61,7 +64,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(Cmd::Broker { listen }) = cli.command {
+    if let Some(Cmd::Broker {
+        listen,
+        max_packet_size,
+    }) = cli.command
+    {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -71,6 +78,7 @@ fn main() -> ExitCode {
             .try_init();
         let opts = lichen_broker::StandaloneOptions {
             listen,
+            max_packet_size,
             ..Default::default()
         };
         return match rt.block_on(lichen_broker::run_standalone(opts)) {
