@@ -46,6 +46,7 @@ pub struct ServiceContext {
 pub fn services(ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
     let mut services: Vec<Arc<dyn BuiltinService>> = vec![];
     services.extend(super::client_devices::services(ctx));
+    services.extend(super::bridge::services(ctx));
     services
 }
 

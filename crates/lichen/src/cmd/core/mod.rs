@@ -4,6 +4,7 @@
 //! server with the kernel's operations and the CLI operations, then waits for SIGTERM/SIGINT and
 //! stops every component in reverse dependency order.
 
+mod bridge;
 mod builtins;
 mod client_devices;
 mod cloud;
@@ -89,7 +90,28 @@ fn run_core(a: RunArgs) -> anyhow::Result<ExitCode> {
         .thread_stack_size(256 * 1024)
         .enable_all()
         .build()?;
-    rt.block_on(serve(root, a.config, started))
+    let _lock = _lock;
+    match rt.block_on(serve(root, a.config, started))? {
+        Stopped::Exit => Ok(ExitCode::SUCCESS),
+        Stopped::Restart => {
+            drop(rt);
+            drop(_lock);
+            // Same process, same arguments: deployments resume from their records.
+            use std::os::unix::process::CommandExt;
+            let err = std::process::Command::new("/proc/self/exe")
+                .args(std::env::args_os().skip(1))
+                .exec();
+            Err(anyhow::anyhow!("cannot restart the core: {err}"))
+        }
+    }
+}
+
+/// How `serve` ended.
+enum Stopped {
+    /// SIGTERM/SIGINT: exit 0.
+    Exit,
+    /// A bootstrap step asked for a restart: start again in the same process.
+    Restart,
 }
 
 fn init_tracing(root: &Path) -> anyhow::Result<()> {
@@ -113,7 +135,7 @@ async fn serve(
     root: PathBuf,
     config_file: Option<PathBuf>,
     started: Instant,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Stopped> {
     let config = ConfigStore::open(&root.join("config")).with_context(|| {
         format!(
             "opening the configuration under {}",
@@ -239,7 +261,19 @@ async fn serve(
         println!("  cloud:  none configured (running offline)");
     }
 
-    wait_for_signal().await?;
+    let stopped = tokio::select! {
+        r = wait_for_signal() => { r?; Stopped::Exit }
+        reboot = hooks.restart_wanted() => {
+            if reboot {
+                if let Some(cmd) = &settings.reboot_command {
+                    tracing::warn!(command = %cmd, "a bootstrap step asked for a device reboot; running the reboot command after stopping components");
+                } else {
+                    tracing::warn!("a bootstrap step asked for a device reboot; restarting the core instead (set bootstrapRebootCommand in the nucleus configuration to reboot)");
+                }
+            }
+            Stopped::Restart
+        }
+    };
     tracing::info!("stop requested; stopping components in reverse dependency order");
     engine.shutdown();
     supervisor.shutdown().await;
@@ -248,7 +282,18 @@ async fn serve(
     server.shutdown().await;
     let _ = config.write_effective_config(&root.join("config/effectiveConfig.yaml"));
     tracing::info!("core stopped");
-    Ok(ExitCode::SUCCESS)
+    if let (Stopped::Restart, Some(true), Some(cmd)) =
+        (&stopped, hooks.reboot_asked(), &settings.reboot_command)
+    {
+        let status = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .status()
+            .await;
+        tracing::warn!(command = %cmd, ?status, "reboot command ran");
+        return Ok(Stopped::Exit);
+    }
+    Ok(stopped)
 }
 
 /// Writes `effectiveConfig.yaml` now and again after changes (at most every 50 ms), so
@@ -346,6 +391,8 @@ struct Settings {
     log_keep_files: usize,
     deployment_history: usize,
     settle_timeout_s: u64,
+    /// What a bootstrap step's exit 101 (reboot) runs; without it the core restarts instead.
+    reboot_command: Option<String>,
     root: PathBuf,
 }
 
@@ -398,6 +445,7 @@ impl Settings {
             log_keep_files: 5,
             deployment_history: num_of(nucleus(&["deploymentHistorySize"]), 50) as usize,
             settle_timeout_s: num_of(nucleus(&["deploymentSettleTimeoutSeconds"]), 120),
+            reboot_command: str_of(nucleus(&["bootstrapRebootCommand"])),
             root: root.to_path_buf(),
         })
     }
