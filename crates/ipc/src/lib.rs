@@ -3,7 +3,7 @@
 //! Components written against the AWS IoT Device SDK talk to the core through this crate,
 //! unmodified. Layers, each testable alone:
 //! * [`codec`] — `vnd.amazon.eventstream` frames (pure, no I/O);
-//! * the RPC layer in [`server`] — CONNECT/CONNECT_ACK with a per-component token
+//! * the RPC layer (module `server`) — CONNECT/CONNECT_ACK with a per-component token
 //!   ([`TokenRegistry`]), streams, responses, events, errors, PING;
 //! * [`Router`] — the operation registry. The kernel knows no service: each service registers its
 //!   operations ([`Router::register_unary`], [`Router::register_streaming`]) with the
@@ -13,10 +13,12 @@
 //!   configuration, token validation;
 //! * [`IpcClient`] — a client for the CLI, tests and benchmarks.
 //!
-//! Architecture invariants: a malformed or hostile client can only close its own connection
-//! (every length is checked before use, every frame is bounded); no event is sent on a stream
-//! before its response; an operation nobody registered answers `ServiceError`, never a dropped
-//! connection; tokens live only in memory.
+//! Architecture invariant: a malformed or hostile client can only close its own connection —
+//! every length is checked before use and every frame is bounded.
+//! Architecture invariant: no event is sent on a stream before its response.
+//! Architecture invariant: an operation nobody registered answers `ServiceError`, never a dropped
+//! connection; this crate knows `bus` and `config` but no service.
+//! Architecture invariant: tokens live only in memory; a restarted core mints new ones.
 
 pub mod codec;
 
