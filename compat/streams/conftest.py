@@ -31,9 +31,14 @@ def _serves_streams(binary):
 def server_binary():
     if os.environ.get("LICHEN_BIN"):
         return os.environ["LICHEN_BIN"]
-    for candidate in (REPO / "target/debug/lichen", REPO / "target/debug/examples/stream_manager"):
-        if candidate.exists() and _serves_streams(str(candidate)):
-            return str(candidate)
+    # The most recently built of the two, so a fresh crate example wins over an older `lichen`.
+    candidates = [
+        c
+        for c in (REPO / "target/debug/lichen", REPO / "target/debug/examples/stream_manager")
+        if c.exists() and _serves_streams(str(c))
+    ]
+    if candidates:
+        return str(max(candidates, key=lambda c: c.stat().st_mtime))
     pytest.fail(
         "no stream manager binary: `cargo build -p lichen` (or `cargo build -p lichen-streams "
         "--example stream_manager`), or set LICHEN_BIN"
@@ -41,10 +46,11 @@ def server_binary():
 
 
 class Server:
-    def __init__(self, store_root, tokens=(), port=0):
+    def __init__(self, store_root, tokens=(), port=0, env=None):
         self.store_root = Path(store_root)
         self.tokens = list(tokens)
         self.port = port
+        self.extra_env = dict(env or {})
         self.proc = None
 
     def start(self):
@@ -53,6 +59,7 @@ class Server:
             args += ["--auth-token", t]
         env = dict(os.environ)
         env.pop("LICHEN_STREAM_MANAGER_AUTH_TOKENS", None)
+        env.update(self.extra_env)
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
         line = self.proc.stdout.readline()
         m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
@@ -91,8 +98,8 @@ def start_server(tmp_path, monkeypatch):
     monkeypatch.delenv("STREAM_MANAGER_SERVER_PORT", raising=False)
     servers = []
 
-    def start(tokens=(), store_root=None):
-        s = Server(store_root or tmp_path / f"store{len(servers)}", tokens).start()
+    def start(tokens=(), store_root=None, env=None):
+        s = Server(store_root or tmp_path / f"store{len(servers)}", tokens, env=env).start()
         servers.append(s)
         return s
 
