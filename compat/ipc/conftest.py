@@ -115,3 +115,17 @@ def wait_for(predicate, timeout=10.0):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def core(tmp_path_factory):
+    """A real `lichen core run` with the driver components of core_support deployed."""
+    from core_support import start_core
+
+    c = start_core(tmp_path_factory)
+    try:
+        yield c
+    finally:
+        c.stop()
+        if os.environ.get("LICHEN_KEEP_LOG"):
+            print(c.log())
