@@ -575,3 +575,36 @@ fn effective_config_logs_and_component_control_through_the_cli() {
     let status = core.ok(&["deployment", "list"]);
     assert!(status.contains("SUCCEEDED"), "{status}");
 }
+
+#[test]
+fn bootstrap_exit_100_restarts_the_core_and_the_deployment_resumes() {
+    let ws = Workspace::new();
+    let boots = ws.path("boots.txt");
+    let runs = ws.path("runs.txt");
+    ws.recipe(
+        "b.yaml",
+        &recipe(
+            "test.Boot",
+            "1.0.0",
+            "",
+            &format!(
+                "Bootstrap: echo boot >> {b}; exit 100\nRun: echo run >> {r}; exec sleep 1000",
+                b = boots.display(),
+                r = runs.display()
+            ),
+        ),
+    );
+    let core = Core::start(&ws.root());
+    let pid_file = ws.root().join("lichen.lock");
+    let pid_before = std::fs::read_to_string(&pid_file).unwrap();
+    let (ok, d) = core.deploy(&["--recipe-dir", &ws.recipes(), "--merge", "test.Boot=1.0.0"]);
+    assert!(ok, "{d}");
+    core.wait_state("test.Boot", "RUNNING");
+    // The bootstrap step ran once; the core restarted (same process, re-executed) and the
+    // deployment resumed past it.
+    assert_eq!(std::fs::read_to_string(&boots).unwrap(), "boot\n");
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\n");
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid_before);
+    let log = std::fs::read_to_string(ws.root().join("logs/lichen.log")).unwrap();
+    assert_eq!(log.matches("core ready").count(), 2, "the core started twice: {log}");
+}

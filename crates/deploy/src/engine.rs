@@ -57,6 +57,10 @@ struct Persisted {
     /// Components whose entries this deployment changed (waited on after the commit).
     #[serde(default)]
     affected: Vec<String>,
+    /// `name@version` whose bootstrap step already ran for this deployment, so a deployment
+    /// resumed after the restart a bootstrap step asked for does not run it again.
+    #[serde(default)]
+    bootstrapped: Vec<String>,
 }
 
 #[derive(Default)]
@@ -287,6 +291,7 @@ impl DeploymentEngine {
             phase: Phase::Queued,
             seq: state.next_seq,
             affected: Vec::new(),
+            bootstrapped: Vec::new(),
         };
         state.next_seq += 1;
         self.inner.persist(&persisted)?;
@@ -510,8 +515,23 @@ impl Inner {
         }) {
             return Outcome::failed(DetailedStatus::FailedNoStateChange, e);
         }
-        if let Err(e) = self.run_bootstraps(plan).await {
-            return Outcome::failed(DetailedStatus::FailedNoStateChange, e);
+        match self.run_bootstraps(id, plan).await {
+            Err(e) => return Outcome::failed(DetailedStatus::FailedNoStateChange, e),
+            Ok(Some(reboot)) => {
+                if self.hooks.restart_requested(reboot) {
+                    tracing::warn!(
+                        deployment = id,
+                        "bootstrap asked for a restart; the deployment resumes after it"
+                    );
+                    // The core stops and starts again; the deployment resumes from its record.
+                    std::future::pending::<()>().await;
+                }
+                tracing::warn!(
+                    deployment = id,
+                    "bootstrap asked for a restart, which this core cannot do; continuing without it"
+                );
+            }
+            Ok(None) => {}
         }
         if let Err(e) = self.commit(id, plan) {
             return Outcome::failed(DetailedStatus::FailedNoStateChange, e);
@@ -971,7 +991,11 @@ impl Inner {
     /// Bootstrap steps of new/changed components, dependencies first. Exit 100/101 (restart
     /// core / reboot device) are logged and the deployment continues: the core does not
     /// restart itself mid-deployment.
-    async fn run_bootstraps(&self, plan: &Plan) -> Result<(), DeployError> {
+    /// Runs the bootstrap steps the plan needs, skipping those already run for this deployment.
+    /// `Ok(Some(reboot))` when a step asked for a restart (exit 100) or a reboot (exit 101).
+    async fn run_bootstraps(&self, id: &str, plan: &Plan) -> Result<Option<bool>, DeployError> {
+        let done = self.get(id).map(|p| p.bootstrapped).unwrap_or_default();
+        let mut restart: Option<bool> = None;
         for name in &plan.bootstrap {
             let entry = &plan.entries[name];
             let spec = spec_from_entry(name, entry)?;
@@ -980,6 +1004,9 @@ impl Inner {
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             let component = format!("{name}@{version}");
+            if done.contains(&component) {
+                continue;
+            }
             let code = self.supervisor.run_bootstrap(&spec).await.map_err(|e| {
                 DeployError::BootstrapRun {
                     component: component.clone(),
@@ -988,15 +1015,16 @@ impl Inner {
             })?;
             match code {
                 0 => {}
-                100 | 101 => tracing::warn!(
-                    component = %component,
-                    code,
-                    "bootstrap step requested a restart; restart requested, continuing without it"
-                ),
+                100 | 101 => {
+                    tracing::warn!(component = %component, code, "bootstrap step requested a {}", if code == 100 { "core restart" } else { "device reboot" });
+                    restart = Some(restart.unwrap_or(false) || code == 101);
+                }
                 code => return Err(DeployError::Bootstrap { component, code }),
             }
+            let c = component.clone();
+            self.update(id, move |p| p.bootstrapped.push(c))?;
         }
-        Ok(())
+        Ok(restart)
     }
 
     /// Keeps each deployed component's `version` and `previousVersion`; removes the rest.

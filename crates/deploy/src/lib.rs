@@ -223,6 +223,12 @@ pub trait DeploymentHooks: Send + Sync + 'static {
     fn services_committed(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+    /// A bootstrap step exited 100 (restart the core) or 101 (`reboot`: reboot the device).
+    /// Return true when the restart will happen: the deployment then waits for it and resumes
+    /// from its record at the next start. The default cannot restart anything.
+    fn restart_requested(&self, _reboot: bool) -> bool {
+        false
+    }
     /// Ask a component to validate its proposed configuration; Err(message) rejects the
     /// deployment.
     fn validate_configuration(

@@ -300,7 +300,7 @@ async fn failures_before_commit_leave_the_running_set_unchanged() {
     req.recipe_directory_path = Some(tmp.path().join("does-not-exist"));
     assert!(matches!(
         core.engine.submit_local(req),
-        Err(DeployError::BadRequest(_))
+        Err(DeployError::InvalidRecipeDirectory { .. })
     ));
 
     assert_eq!(core.config.get(&["services"]).unwrap(), services_before);

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -46,6 +46,8 @@ pub struct IpcClient {
     out: mpsc::Sender<Bytes>,
     routes: Routes,
     next_stream: AtomicI32,
+    /// Set once the connection is gone.
+    closed: Arc<AtomicBool>,
     /// Held while a stream id is allocated and its first frame queued: servers require new
     /// stream ids to arrive in increasing order.
     open_lock: tokio::sync::Mutex<()>,
@@ -110,6 +112,8 @@ impl IpcClient {
         });
         let routes: Routes = Arc::default();
         let reader_routes = routes.clone();
+        let closed = Arc::new(AtomicBool::new(false));
+        let reader_closed = closed.clone();
         let reader = tokio::spawn(async move {
             loop {
                 loop {
@@ -123,6 +127,7 @@ impl IpcClient {
                         }
                         Ok(None) => break,
                         Err(_) => {
+                            reader_closed.store(true, Ordering::SeqCst);
                             reader_routes
                                 .lock()
                                 .unwrap_or_else(|e| e.into_inner())
@@ -134,7 +139,9 @@ impl IpcClient {
                 match read.read_buf(&mut buf).await {
                     Ok(n) if n > 0 => {}
                     _ => {
-                        // Dropping the senders ends every waiting call with `Closed`.
+                        // Dropping the senders ends every waiting call with `Closed`; the flag
+                        // stops calls opened after this from waiting forever.
+                        reader_closed.store(true, Ordering::SeqCst);
                         reader_routes
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -148,6 +155,7 @@ impl IpcClient {
             out,
             routes,
             next_stream: AtomicI32::new(1),
+            closed,
             open_lock: tokio::sync::Mutex::new(()),
             reader,
             writer,
@@ -166,6 +174,10 @@ impl IpcClient {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(stream, tx);
+        if self.closed.load(Ordering::SeqCst) {
+            self.forget(stream);
+            return Err(ClientError::Closed);
+        }
         let op = full_name(op);
         let shape = format!("{op}Request");
         let body = serde_json::to_vec(request).unwrap_or_default();

@@ -21,6 +21,9 @@ pub struct BrokerArgs {
     /// Largest MQTT packet accepted from or sent to a client, in bytes.
     #[arg(long = "max-packet-size")]
     pub max_packet_size: Option<u32>,
+    /// Deliveries queued per session (any QoS) before its publishers are held back (default 1000).
+    #[arg(long = "max-queued-messages")]
+    pub max_queued_messages: Option<usize>,
 }
 
 pub fn run(a: BrokerArgs) -> anyhow::Result<ExitCode> {
@@ -30,6 +33,7 @@ pub fn run(a: BrokerArgs) -> anyhow::Result<ExitCode> {
         key: a.key,
         client_ca: a.client_ca,
         max_packet_size: a.max_packet_size,
+        max_queued_messages: a.max_queued_messages,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(lichen_broker::run_standalone(opts))?;

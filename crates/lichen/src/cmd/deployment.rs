@@ -240,9 +240,28 @@ fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let deadline = Instant::now() + Duration::from_secs(a.wait_timeout);
+    let mut core = Some(core);
     loop {
-        let d = core.call("GetLocalDeploymentStatus", json!({ "deploymentId": id }))?["deployment"]
-            .clone();
+        // The core may restart during a deployment (a bootstrap step can ask for it): reconnect.
+        let answer = match &core {
+            Some(c) => c.call("GetLocalDeploymentStatus", json!({ "deploymentId": id })),
+            None => CoreConnection::open(&a.root.root).and_then(|c| {
+                let r = c.call("GetLocalDeploymentStatus", json!({ "deploymentId": id }));
+                core = Some(c);
+                r
+            }),
+        };
+        let d = match answer {
+            Ok(v) => v["deployment"].clone(),
+            Err(e) => {
+                if Instant::now() > deadline {
+                    return Err(e);
+                }
+                core = None;
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
         let status = d["status"].as_str().unwrap_or("");
         if matches!(status, "SUCCEEDED" | "FAILED" | "CANCELED") {
             print_deployment(&d, a.json);

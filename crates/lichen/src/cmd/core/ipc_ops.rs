@@ -580,16 +580,46 @@ struct Waits {
 }
 
 /// NOTIFY_COMPONENTS and configuration validation, over the components' IPC subscriptions.
-#[derive(Default)]
 pub struct ComponentUpdateHooks {
     update_subscribers: Mutex<Vec<(String, EventSink)>>,
     validators: Mutex<Vec<(String, EventSink)>>,
     waits: Mutex<Waits>,
     /// Built-in services, brought in line with each commit before components start.
     builtins: std::sync::OnceLock<Arc<super::builtins::Builtins>>,
+    /// Set when a bootstrap step asked for a restart (`Some(true)`: a reboot).
+    restart: tokio::sync::watch::Sender<Option<bool>>,
+}
+
+impl Default for ComponentUpdateHooks {
+    fn default() -> Self {
+        ComponentUpdateHooks {
+            update_subscribers: Mutex::default(),
+            validators: Mutex::default(),
+            waits: Mutex::default(),
+            builtins: std::sync::OnceLock::new(),
+            restart: tokio::sync::watch::channel(None).0,
+        }
+    }
 }
 
 impl ComponentUpdateHooks {
+    /// Resolves once a bootstrap step asked for a restart; true when it asked for a reboot.
+    pub async fn restart_wanted(&self) -> bool {
+        let mut rx = self.restart.subscribe();
+        loop {
+            if let Some(reboot) = *rx.borrow_and_update() {
+                return reboot;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    pub fn reboot_asked(&self) -> Option<bool> {
+        *self.restart.borrow()
+    }
+
     pub fn set_builtins(&self, b: Arc<super::builtins::Builtins>) {
         let _ = self.builtins.set(b);
     }
@@ -664,6 +694,11 @@ impl ComponentUpdateHooks {
 }
 
 impl DeploymentHooks for ComponentUpdateHooks {
+    fn restart_requested(&self, reboot: bool) -> bool {
+        self.restart.send_replace(Some(reboot));
+        true
+    }
+
     fn services_committed(&self) -> lichen_deploy::BoxFuture<'_, ()> {
         Box::pin(async move {
             if let Some(b) = self.builtins.get() {
