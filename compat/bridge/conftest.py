@@ -396,12 +396,6 @@ def setup(tmp_path_factory, certs):
         wait_listening(port)
         wait_for(lambda: Path(str(out) + ".ready").exists(), 60, "the component to subscribe")
         app = App(out, cmd_dir)
-        # Known broker issue: the client-device broker's in-process bus link sends CONNECT and
-        # SUBSCRIBE in one write, and the broker handles bytes left after CONNECT only on its next
-        # read, so the link's `#` subscription (device publishes -> local_mqtt bus) takes effect
-        # only once something is published towards client devices. One message on the bus
-        # towards the devices (Pubsub -> LocalMqtt mapping) makes that read happen.
-        app.publish("loop/ps/x", "warm-up")
         yield {
             "core": core,
             "app": app,

@@ -358,7 +358,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         let keep_alive = (connect.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
         let mut deadline = keep_alive.map(|k| Instant::now() + k);
+        // Clients may send packets right behind their CONNECT in one segment; those bytes are
+        // already in the read buffer and are handled before anything more is read.
+        let mut unhandled_input = !self.rbuf.is_empty();
         let end = loop {
+            if unhandled_input && self.held_back.is_empty() {
+                unhandled_input = false;
+                if let Some(end) = self.handle_input_or_end().await {
+                    break end;
+                }
+            }
             let kicked = self.outbox.lock().kick;
             if let Some(r) = kicked {
                 tracing::info!(client_id, reason = r, "disconnecting client");
@@ -404,15 +413,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                         break End::Abnormal;
                     }
                     deadline = keep_alive.map(|k| Instant::now() + k);
-                    match self.handle_input() {
-                        Ok(None) => {}
-                        Ok(Some(end)) => break end,
-                        Err(reason) => {
-                            if let Some(r) = reason {
-                                self.disconnect_with(r).await;
-                            }
-                            break End::Abnormal;
-                        }
+                    if let Some(end) = self.handle_input_or_end().await {
+                        break end;
                     }
                 }
                 () = drained => {
@@ -420,15 +422,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                     if self.held_back.is_empty() {
                         deadline = keep_alive.map(|k| Instant::now() + k);
                         // Packets read before the hold are handled before reading more.
-                        match self.handle_input() {
-                            Ok(None) => {}
-                            Ok(Some(end)) => break end,
-                            Err(reason) => {
-                                if let Some(r) = reason {
-                                    self.disconnect_with(r).await;
-                                }
-                                break End::Abnormal;
-                            }
+                        if let Some(end) = self.handle_input_or_end().await {
+                            break end;
                         }
                     }
                 }
@@ -493,6 +488,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         }
         let buf = self.wbuf.split();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&buf)).await;
+    }
+
+    /// Handles every complete packet in the read buffer; returns how the connection ends if one
+    /// of them (or a protocol error, after its DISCONNECT is sent) ends it.
+    async fn handle_input_or_end(&mut self) -> Option<End> {
+        match self.handle_input() {
+            Ok(None) => None,
+            Ok(Some(end)) => Some(end),
+            Err(reason) => {
+                if let Some(r) = reason {
+                    self.disconnect_with(r).await;
+                }
+                Some(End::Abnormal)
+            }
+        }
     }
 
     /// Decodes and handles every complete packet in the read buffer.

@@ -7,14 +7,21 @@
 //! number of connections and shuts down gracefully. Authorization goes through [`Authorizer`].
 //!
 //! Architecture invariant: the codec never touches a socket; only `server` and `connection` do I/O.
-//! Architecture invariant: QoS 1/2 messages for a connected subscriber are never dropped.
-//! Routing appends to the subscriber's queue without waiting; when that queue reaches
-//! `max_queued_messages`, the publishing connection stops reading its socket (backpressure
-//! through TCP) until the queue is back to half its bound. A subscriber that takes nothing for
-//! `slow_consumer_timeout` while at its bound is disconnected with reason 0x97 (slow consumer),
-//! which releases its publishers; a persistent session keeps its whole queue for the next
-//! connection. Drops happen only by policy, each counted and logged: QoS 0 deliveries to a queue
-//! at its bound, and QoS 1/2 messages for an offline session whose queue is full.
+//! Architecture invariant: messages for a connected subscriber are never dropped, whatever
+//! their QoS. Routing appends to the subscriber's queue without waiting; when that queue reaches
+//! `max_queued_messages` (`lichen broker --max-queued-messages`, default 1000), the publishing
+//! connection stops reading its socket (backpressure through TCP) until the queue is back to half
+//! its bound. A subscriber that takes nothing for `slow_consumer_timeout` while at its bound is
+//! disconnected with reason 0x97 (slow consumer), which releases its publishers; a persistent
+//! session keeps its whole QoS 1/2 queue for the next connection.
+//!
+//! QoS 0 overflow policy: QoS 0 deliveries count towards the same bound and hold publishers back
+//! like QoS 1/2. "At most once" permits a drop, but a live subscriber that is merely slower than
+//! its publishers should get the messages; pacing the publishers keeps memory bounded without
+//! losses, and only a subscriber stalled past `slow_consumer_timeout` costs anyone anything (it
+//! is disconnected). A publisher is never held back by its own subscriptions. QoS 0 messages are
+//! not kept for offline sessions. The only drops by policy, each counted and logged, are QoS 1/2
+//! messages for an offline session whose queue is full.
 //! Architecture invariant: a client without a certificate is accepted only on a plain-TCP listener
 //! bound to a loopback address.
 //!
@@ -52,6 +59,9 @@ pub struct StandaloneOptions {
     pub client_ca: Option<std::path::PathBuf>,
     /// Maximum packet size in bytes (both directions); `None` keeps the default.
     pub max_packet_size: Option<u32>,
+    /// Deliveries queued per session before its publishers are held back; `None` keeps the
+    /// default (see the overflow policy above).
+    pub max_queued_messages: Option<usize>,
 }
 
 /// Runs a standalone broker until SIGINT or SIGTERM.
@@ -88,6 +98,13 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<()> {
     let mut config = BrokerConfig::default();
     if let Some(max) = opts.max_packet_size {
         config.max_packet_size = max;
+    }
+    if let Some(max) = opts.max_queued_messages {
+        anyhow::ensure!(
+            max > 0,
+            "--max-queued-messages must be at least 1 (it bounds each session's queue)"
+        );
+        config.max_queued_messages = max;
     }
     let server = Server::bind(config, &listeners, Arc::new(AllowAll)).await?;
     for addr in server.local_addrs() {

@@ -2,10 +2,10 @@
 //!
 //! Architecture invariant: every mutation happens under one lock and never awaits. Routing to a
 //! connected session appends to its [`Outbox`] (a short second lock, never held while taking the
-//! state lock) and never drops a QoS 1/2 delivery: a session at or over its bound is reported
+//! state lock) and never drops a delivery of any QoS: a session at or over its bound is reported
 //! back to the publisher, whose connection then stops reading until the outbox drains or the
-//! session is disconnected as a slow consumer. QoS 0 deliveries to a full outbox, and QoS 1/2
-//! deliveries to an offline session's full queue, are dropped, counted and logged.
+//! session is disconnected as a slow consumer. Only QoS 1/2 deliveries to an offline session's
+//! full queue are dropped, counted and logged (QoS 0 is not kept for offline sessions at all).
 
 use crate::codec::{Properties, QoS};
 use crate::router::{Subscription, SubscriptionTree, filter_matches};
@@ -31,8 +31,8 @@ pub struct BrokerConfig {
     /// Inbound topic aliases a client may use.
     pub topic_alias_maximum: u16,
     /// Deliveries queued per session behind its in-flight window. Online, reaching it holds the
-    /// publishers of QoS 1/2 messages back (their sockets are not read) and drops QoS 0
-    /// deliveries; offline, further QoS 1/2 messages are dropped. Every drop is counted and logged.
+    /// publishers back (their sockets are not read), whatever the QoS; offline, further QoS 1/2
+    /// messages are dropped, each counted and logged.
     pub max_queued_messages: usize,
     /// How long a connected session may stay at its queue bound without taking a single delivery
     /// before it is disconnected as a slow consumer (reason 0x97); this also bounds how long a
@@ -245,7 +245,7 @@ struct DelayedWill {
     message: Arc<Message>,
 }
 
-/// Where a connected session's queue reached its bound while routing QoS 1/2: the publisher
+/// Where a connected session's queue reached its bound while routing: the publisher
 /// waits on it before reading more.
 pub(crate) struct Congested {
     pub client_id: String,
@@ -273,8 +273,8 @@ pub(crate) struct Attached {
 pub(crate) struct Core {
     pub config: BrokerConfig,
     state: Mutex<State>,
-    /// Deliveries dropped by policy since start (QoS 0 to a full outbox, any QoS to a full
-    /// offline queue); logged as they happen.
+    /// Deliveries dropped by policy since start (QoS 1/2 to a full offline queue); logged as
+    /// they happen.
     dropped: AtomicU64,
 }
 
@@ -427,8 +427,8 @@ impl Core {
     }
 
     /// Routes a message to every matching session and stores or clears it as retained.
-    /// Returns how many sessions it reached; sessions whose queue is at its bound after taking a
-    /// QoS 1/2 delivery are added to `congested` (the publisher's connection waits on them).
+    /// Returns how many sessions it reached; sessions whose queue is at its bound after taking
+    /// the delivery are added to `congested` (the publisher's connection waits on them).
     pub fn publish(&self, message: Arc<Message>, congested: &mut Vec<Congested>) -> usize {
         let mut guard = self.lock();
         route(&mut guard, message, &self.config, &self.dropped, congested)
@@ -600,34 +600,21 @@ fn route(
         };
         match &mut session.slot {
             Slot::Online { outbox, .. } => {
+                // Every QoS is queued and holds its publisher back at the bound: a QoS 0
+                // flood is paced by its slowest live subscriber, not thinned by drops.
                 let mut inner = outbox.lock();
-                let qos0 = delivery.qos == QoS::AtMostOnce;
-                if qos0 && inner.queue.len() >= bound {
-                    drop(inner);
-                    let total = dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                    // One line per thousand drops keeps a flood from flooding the log too.
-                    if total % 1000 == 1 {
-                        tracing::warn!(
-                            client_id,
-                            topic = message.topic,
-                            dropped_total = total,
-                            "QoS 0 message dropped: the session's queue is at its bound"
-                        );
-                    }
-                    continue;
-                }
                 if inner.queue.is_empty() {
                     // The stall clock starts when work arrives, not at the last delivery long ago.
                     inner.last_progress = Some(Instant::now());
                 }
                 inner.queue.push_back(delivery);
                 let full = inner.queue.len() >= bound && inner.kick.is_none();
-                if full && !qos0 {
+                if full {
                     inner.congested = true;
                 }
                 drop(inner);
                 outbox.ready.notify_one();
-                if full && !qos0 && client_id != message.publisher {
+                if full && client_id != message.publisher {
                     congested.push(Congested {
                         client_id,
                         outbox: outbox.clone(),

@@ -1,4 +1,4 @@
-//! QoS 1 messages to a connected subscriber are never dropped silently: a burst to a slower
+//! Messages to a connected subscriber are never dropped, whatever their QoS: a burst to a slower
 //! subscriber holds the publisher back and arrives whole; a subscriber that stops reading is
 //! disconnected as a slow consumer (0x97) and its persistent session keeps the queue.
 
@@ -90,13 +90,17 @@ async fn client(addr: SocketAddr, id: &str, clean: bool, expiry: u32) -> (Rd, Ow
 }
 
 async fn subscribe(rd: &mut Rd, w: &mut OwnedWriteHalf, filter: &str) {
+    subscribe_at(rd, w, filter, QoS::AtLeastOnce).await;
+}
+
+async fn subscribe_at(rd: &mut Rd, w: &mut OwnedWriteHalf, filter: &str, qos: QoS) {
     let s = Subscribe {
         packet_id: 1,
         properties: Properties::default(),
         filters: vec![(
             filter.into(),
             SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
+                qos,
                 no_local: false,
                 retain_as_published: false,
                 retain_handling: 0,
@@ -108,12 +112,16 @@ async fn subscribe(rd: &mut Rd, w: &mut OwnedWriteHalf, filter: &str) {
 }
 
 fn publish(i: u32) -> Packet {
+    publish_at(i, QoS::AtLeastOnce)
+}
+
+fn publish_at(i: u32, qos: QoS) -> Packet {
     Packet::Publish(Publish {
         dup: false,
-        qos: QoS::AtLeastOnce,
+        qos,
         retain: false,
         topic: "burst".into(),
-        packet_id: Some((i % 65_000 + 1) as u16),
+        packet_id: (qos != QoS::AtMostOnce).then_some((i % 65_000 + 1) as u16),
         properties: Properties::default(),
         payload: Bytes::copy_from_slice(&i.to_be_bytes()),
     })
@@ -182,6 +190,49 @@ async fn qos1_burst_to_a_slower_subscriber_arrives_whole() {
         }
     }
     assert_eq!(burst.await.expect("publisher"), N);
+    let _ = stop.send(());
+}
+
+/// QoS 0 overflow policy: a QoS 0 flood to a live but slower subscriber holds the publisher
+/// back instead of dropping; every message arrives, in order.
+#[tokio::test]
+async fn qos0_burst_to_a_slower_subscriber_arrives_whole() {
+    const N: u32 = 5_000;
+    let config = BrokerConfig {
+        max_queued_messages: 50,
+        ..BrokerConfig::default()
+    };
+    let (addr, stop) = start(config).await;
+    let (mut sub, mut sw) = client(addr, "slower0", true, 0).await;
+    subscribe_at(&mut sub, &mut sw, "burst", QoS::AtMostOnce).await;
+    let publisher = tokio::spawn(async move {
+        let (rd, mut w) = client(addr, "burster0", true, 0).await;
+        for chunk in (0..N).collect::<Vec<_>>().chunks(500) {
+            let packets: Vec<Packet> = chunk
+                .iter()
+                .map(|&i| publish_at(i, QoS::AtMostOnce))
+                .collect();
+            send(&mut w, &packets).await;
+        }
+        (rd, w)
+    });
+    let mut next = 0u32;
+    while next < N {
+        match sub.next().await {
+            Some(Packet::Publish(p)) => {
+                assert_eq!(p.qos, QoS::AtMostOnce);
+                let i = u32::from_be_bytes(p.payload[..4].try_into().unwrap());
+                assert_eq!(i, next, "in order, none missing, none twice");
+                next += 1;
+                if next.is_multiple_of(50) {
+                    // Slower than the publisher: the broker's queue for us fills up.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            other => panic!("expected PUBLISH {next}, got {other:?}"),
+        }
+    }
+    drop(publisher.await.expect("publisher"));
     let _ = stop.send(());
 }
 

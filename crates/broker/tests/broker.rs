@@ -651,3 +651,72 @@ mod tls {
         broker.stop().await;
     }
 }
+
+/// CONNECT, SUBSCRIBE and a PUBLISH to the subscribed topic in one write: all three are handled
+/// without the client sending anything more.
+#[tokio::test]
+async fn packets_pipelined_behind_connect_in_one_write_are_all_handled() {
+    let broker = start(BrokerConfig::default()).await;
+    let mut c = TestClient {
+        stream: TcpStream::connect(broker.addr).await.expect("connect"),
+        buf: BytesMut::new(),
+        version: Version::V5,
+    };
+    let subscribe = Packet::Subscribe(Subscribe {
+        packet_id: 7,
+        properties: Properties::default(),
+        filters: vec![(
+            "pipelined/#".into(),
+            SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: 0,
+            },
+        )],
+    });
+    let publish = Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "pipelined/x".into(),
+        packet_id: Some(9),
+        properties: Properties::default(),
+        payload: Bytes::from_static(b"in one segment"),
+    });
+    let mut out = BytesMut::new();
+    for p in [
+        connect_packet("pipeliner", true, Properties::default()),
+        subscribe,
+        publish,
+    ] {
+        codec::encode(&p, Version::V5, &mut out);
+    }
+    c.stream.write_all(&out).await.expect("write");
+
+    let mut connack = false;
+    let mut suback = None;
+    let mut puback = None;
+    let mut delivered = None;
+    while !(connack && suback.is_some() && puback.is_some() && delivered.is_some()) {
+        match c.recv().await {
+            Some(Packet::ConnAck(a)) => {
+                assert_eq!(a.reason_code, 0);
+                connack = true;
+            }
+            Some(Packet::SubAck(a)) => suback = Some(a),
+            Some(Packet::PubAck(a)) => puback = Some(a),
+            Some(Packet::Publish(p)) => delivered = Some(p),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let suback = suback.unwrap();
+    assert_eq!(suback.packet_id, 7);
+    assert_eq!(suback.reason_codes, vec![1]);
+    assert_eq!(puback.unwrap().packet_id, 9);
+    let delivered = delivered.unwrap();
+    assert_eq!(delivered.topic, "pipelined/x");
+    assert_eq!(&delivered.payload[..], b"in one segment");
+    assert_eq!(delivered.qos, QoS::AtLeastOnce);
+    broker.stop().await;
+}

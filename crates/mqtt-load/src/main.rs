@@ -52,6 +52,9 @@ enum Cmd {
         /// Largest MQTT packet accepted from or sent to a client, in bytes.
         #[arg(long = "max-packet-size")]
         max_packet_size: Option<u32>,
+        /// Deliveries queued per session before its publishers are held back.
+        #[arg(long = "max-queued-messages")]
+        max_queued_messages: Option<usize>,
     },
 }
 
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
     if let Some(Cmd::Broker {
         listen,
         max_packet_size,
+        max_queued_messages,
     }) = cli.command
     {
         let _ = tracing_subscriber::fmt()
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         let opts = lichen_broker::StandaloneOptions {
             listen,
             max_packet_size,
+            max_queued_messages,
             ..Default::default()
         };
         return match rt.block_on(lichen_broker::run_standalone(opts)) {
