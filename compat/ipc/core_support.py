@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 PYTHON = os.environ.get("LICHEN_PYTHON") or str(REPO / ".venv" / "bin" / "python")
 
 DRIVER = r'''
-import base64, json, os, sys, threading, time, traceback
+import base64, datetime, json, os, sys, threading, time, traceback
 from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 from awsiot.greengrasscoreipc import model
 
@@ -26,6 +26,7 @@ box = sys.argv[1]
 client = GreengrassCoreIPCClientV2()
 lock = threading.Lock()
 state = {}
+records = {}
 
 def attempt(f):
     """{"ok": value} or {"error": <exception class>, "message": ...}."""
@@ -36,15 +37,15 @@ def attempt(f):
 
 def record(key, value):
     with lock:
-        state.setdefault(key, []).append(value)
+        records.setdefault(key, []).append(value)
 
 def recorded(key):
     with lock:
-        return list(state.get(key, []))
+        return list(records.get(key, []))
 
 env = {"client": client, "model": model, "state": state, "attempt": attempt, "record": record,
        "recorded": recorded, "base64": base64, "json": json, "time": time, "threading": threading,
-       "os": os, "sys": sys}
+       "os": os, "sys": sys, "datetime": datetime}
 
 def write(path, value):
     with open(path + ".tmp", "w") as f:

@@ -116,3 +116,150 @@ def test_pubsub_unauthorized_and_bad_arguments(d, bare):
         " attempt(lambda: client.subscribe_to_topic(topic='', on_stream_event=lambda e: None) and True)]"
     )
     assert [err(x) for x in r] == ["InvalidArgumentsError"] * 4, r
+
+
+# ---------------------------------------------------------------------------------------------
+# Component state and configuration
+
+
+def test_update_state(d):
+    r = d.run(
+        "result = [attempt(lambda: client.update_state(state=model.ReportedLifecycleState.RUNNING) and True),"
+        " attempt(lambda: client.update_state(state='SLEEPING') and True)]"
+    )
+    assert ok(r[0]) is True
+    assert err(r[1]) == "InvalidArgumentsError"
+
+
+def test_get_configuration(d, bare):
+    r = d.run(
+        "result = [attempt(lambda: client.get_configuration(key_path=['greeting']).value),"
+        " attempt(lambda: client.get_configuration(key_path=['nested']).value),"
+        " attempt(lambda: client.get_configuration(component_name='test.Target', key_path=['v']).value),"
+        " attempt(lambda: client.get_configuration(key_path=['no', 'such']).value),"
+        " attempt(lambda: client.get_configuration(component_name='no.such.Component').value)]"
+    )
+    assert ok(r[0]) == {"greeting": "hello"}
+    assert ok(r[1]) == {"a": 1}
+    assert ok(r[2]) == {"v": 1}
+    assert err(r[3]) == "ResourceNotFoundError"
+    assert err(r[4]) == "ResourceNotFoundError"
+    # Reading configuration needs no policy (Greengrass: any component may read any configuration).
+    assert ok(bare.run("result = attempt(lambda: client.get_configuration(key_path=['greeting']).value)")) == {
+        "greeting": "hello"
+    }
+
+
+def test_update_configuration_and_its_event(peer):
+    peer.run(
+        "def on_cfg(e):\n"
+        "    record('cfg', {'component': e.configuration_update_event.component_name,"
+        " 'keyPath': e.configuration_update_event.key_path})\n"
+        "state['cfg'] = client.subscribe_to_configuration_update(key_path=['tuning'], on_stream_event=on_cfg)[1]\n"
+        "result = True"
+    )
+    r = peer.run(
+        "now = datetime.datetime.now()\n"
+        "result = [attempt(lambda: client.update_configuration(key_path=['tuning'], timestamp=now,"
+        " value_to_merge={'speed': 7}) and True),"
+        " attempt(lambda: client.get_configuration(key_path=['tuning']).value),"
+        " attempt(lambda: client.update_configuration(key_path=['tuning'], timestamp=now - datetime.timedelta(hours=1),"
+        " value_to_merge={'speed': 1}) and True),"
+        " attempt(lambda: client.update_configuration(key_path=['accessControl'], timestamp=now + datetime.timedelta(seconds=1),"
+        " value_to_merge={'x': 1}) and True),"
+        " attempt(lambda: client.subscribe_to_configuration_update(component_name='no.such.Component',"
+        " on_stream_event=lambda e: None) and True)]"
+    )
+    assert ok(r[0]) is True
+    assert ok(r[1]) == {"speed": 7}
+    assert err(r[2]) == "FailedUpdateConditionCheckError"
+    assert err(r[3]) == "InvalidArgumentsError"
+    assert err(r[4]) == "ResourceNotFoundError"
+    events = peer.poll("result = recorded('cfg')", lambda r: len(r) >= 1)
+    assert events[0] == {"component": "test.Peer", "keyPath": ["tuning", "speed"]}
+    peer.run("state['cfg'].close(); result = True")
+
+
+VALIDATOR = r'''
+def on_validate(e):
+    ev = e.validate_configuration_update_event
+    record('validate', {'deploymentId': ev.deployment_id, 'configuration': ev.configuration})
+    status = 'REJECTED' if ev.configuration.get('reject') else 'ACCEPTED'
+    report = model.ConfigurationValidityReport(status=status, deployment_id=ev.deployment_id,
+                                               message='reject was set' if status == 'REJECTED' else '')
+    record('reports', attempt(lambda: client.send_configuration_validity_report(
+        configuration_validity_report=report) and True))
+def on_cfg(e):
+    record('cfg', {'component': e.configuration_update_event.component_name,
+                   'keyPath': e.configuration_update_event.key_path})
+state['val'] = client.subscribe_to_validate_configuration_updates(on_stream_event=on_validate)[1]
+state['cfg'] = client.subscribe_to_configuration_update(on_stream_event=on_cfg)[1]
+result = True
+'''
+
+
+def test_validation_rejects_then_merge_reaches_subscriber(core, d):
+    d.run(VALIDATOR)
+    rejected = json.dumps({"test.Driver": {"MERGE": {"reject": True, "marker": "rejected"}}})
+    code, out = core.deploy("--update-config", rejected, check=False)
+    assert code != 0, out
+    listed = json.loads(core.cli("deployment", "list", "--json").stdout)
+    failed = [x for x in listed if x.get("status") == "FAILED"]
+    assert failed, listed
+    details = json.dumps(failed[-1])
+    assert "FAILED_NO_STATE_CHANGE" in details and "reject was set" in details, details
+    assert d.run("result = client.get_configuration(key_path=['marker']).value") == {"marker": "initial"}
+    assert [ok(x) for x in d.run("result = recorded('reports')")] == [True]
+
+    accepted = json.dumps({"test.Driver": {"MERGE": {"marker": "merged"}}})
+    code, out = core.deploy("--update-config", accepted)
+    assert code == 0, out
+    assert d.run("result = client.get_configuration(key_path=['marker']).value") == {"marker": "merged"}
+    events = d.poll("result = recorded('cfg')", lambda r: any(e["keyPath"] == ["marker"] for e in r))
+    assert {"component": "test.Driver", "keyPath": ["marker"]} in events, events
+    validated = d.run("result = recorded('validate')")
+    assert [v["configuration"]["marker"] for v in validated] == ["rejected", "merged"]
+    r = d.run(
+        "result = attempt(lambda: client.send_configuration_validity_report(configuration_validity_report="
+        "model.ConfigurationValidityReport(status='ACCEPTED', deployment_id='no-such-deployment')) and True)"
+    )
+    assert err(r) == "InvalidArgumentsError"
+    d.run("state['val'].close(); state['cfg'].close(); result = True")
+
+
+DEFERRER = r'''
+def on_update(e):
+    if e.pre_update_event is not None:
+        dep = e.pre_update_event.deployment_id
+        n = len(recorded('pre'))
+        record('pre', dep)
+        # Defer the first notice, accept the second.
+        record('defer', attempt(lambda: client.defer_component_update(
+            deployment_id=dep, message='busy' if n == 0 else 'ok', recheck_after_ms=1000 if n == 0 else 0) and True))
+    elif e.post_update_event is not None:
+        record('post', e.post_update_event.deployment_id)
+state['upd'] = client.subscribe_to_component_updates(on_stream_event=on_update)[1]
+result = True
+'''
+
+
+def test_component_update_deferred_then_applied(core, d):
+    d.run(DEFERRER)
+    update = json.dumps({"test.Target": {"MERGE": {"deferred": True}}})
+    code, out = core.deploy(
+        "--update-config", update, "--component-update-policy", "NOTIFY_COMPONENTS", "--update-timeout", "10"
+    )
+    assert code == 0, out
+    pre = d.run("result = recorded('pre')")
+    assert len(pre) == 2 and pre[0] == pre[1], pre
+    assert [ok(x) for x in d.run("result = recorded('defer')")] == [True, True]
+    post = d.poll("result = recorded('post')", lambda r: len(r) >= 1)
+    assert post == [pre[0]]
+    r = d.run("result = client.get_configuration(component_name='test.Target', key_path=['deferred']).value")
+    assert r == {"deferred": True}
+    r = d.run(
+        "result = attempt(lambda: client.defer_component_update(deployment_id='no-such-deployment',"
+        " recheck_after_ms=10) and True)"
+    )
+    assert err(r) == "InvalidArgumentsError"
+    d.run("state['upd'].close(); result = True")
