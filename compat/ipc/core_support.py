@@ -33,7 +33,7 @@ def attempt(f):
     try:
         return {"ok": f()}
     except Exception as e:
-        return {"error": type(e).__name__, "message": str(e)}
+        return {"error": type(e).__name__, "message": getattr(e, "message", None) or str(e)}
 
 def record(key, value):
     with lock:

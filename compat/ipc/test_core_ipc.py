@@ -263,3 +263,247 @@ def test_component_update_deferred_then_applied(core, d):
     )
     assert err(r) == "InvalidArgumentsError"
     d.run("state['upd'].close(); result = True")
+
+
+# ---------------------------------------------------------------------------------------------
+# Cli service operations (components need aws.greengrass.Cli policies)
+
+
+def components(d):
+    return d.run(
+        "result = {c.component_name: c.state for c in client.list_components().components}"
+    )
+
+
+def beat(core):
+    return int(core.beat.read_text() or 0)
+
+
+def test_list_and_get_component_details(d, bare):
+    listed = components(d)
+    assert listed.get("test.Target") == "RUNNING" and listed.get("test.Driver") == "RUNNING", listed
+    r = d.run(
+        "result = [attempt(lambda: (lambda c: [c.component_name, c.version, c.state, c.configuration])("
+        "client.get_component_details(component_name='test.Target').component_details)),"
+        " attempt(lambda: client.get_component_details(component_name='no.such.Component') and True),"
+        " attempt(lambda: client.get_component_details(component_name='') and True)]"
+    )
+    name, version, state, configuration = ok(r[0])
+    assert (name, version, state) == ("test.Target", "1.0.0", "RUNNING")
+    assert configuration.get("v") == 1
+    assert err(r[1]) == "ResourceNotFoundError"
+    assert err(r[2]) == "InvalidArgumentsError"
+    r = bare.run(
+        "result = [attempt(lambda: client.list_components() and True),"
+        " attempt(lambda: client.get_component_details(component_name='test.Target') and True)]"
+    )
+    assert [err(x) for x in r] == ["UnauthorizedError", "UnauthorizedError"]
+
+
+def wait_state(d, name, want, timeout=30):
+    got = d.poll(
+        f"result = client.get_component_details(component_name='{name}').component_details.state",
+        lambda s: s == want,
+        timeout,
+    )
+    assert got == want, f"{name} is {got}, expected {want}"
+
+
+def test_stop_restart_pause_resume(core, d, bare):
+    # Stop: the process ends and ListComponents no longer shows it RUNNING.
+    r = d.run("result = attempt(lambda: client.stop_component(component_name='test.Target').stop_status)")
+    assert ok(r) == "SUCCEEDED"
+    listed = d.poll(
+        "result = {c.component_name: c.state for c in client.list_components().components}",
+        lambda m: m.get("test.Target") in ("FINISHED", "STOPPING", "INSTALLED"),
+    )
+    assert listed["test.Target"] != "RUNNING", listed
+    # Restart: RUNNING again, with a new process (the heartbeat counter starts over).
+    stopped_at = beat(core)
+    r = d.run("result = attempt(lambda: client.restart_component(component_name='test.Target').restart_status)")
+    assert ok(r) == "SUCCEEDED"
+    wait_state(d, "test.Target", "RUNNING")
+    deadline = time.monotonic() + 30
+    while beat(core) >= stopped_at and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert beat(core) < stopped_at, "test.Target did not start over"
+    assert components(d)["test.Target"] == "RUNNING"
+    # Pause freezes the process (the heartbeat stops); Resume lets it go on.
+    while beat(core) < 3:
+        time.sleep(0.05)
+    assert ok(d.run("result = attempt(lambda: client.pause_component(component_name='test.Target') and True)"))
+    frozen = beat(core)
+    time.sleep(0.5)
+    assert beat(core) == frozen, "test.Target kept running while paused"
+    assert ok(d.run("result = attempt(lambda: client.resume_component(component_name='test.Target') and True)"))
+    deadline = time.monotonic() + 10
+    while beat(core) == frozen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert beat(core) > frozen, "test.Target did not go on after resume"
+    assert components(d)["test.Target"] == "RUNNING"
+
+    ops = ["stop_component", "restart_component", "pause_component", "resume_component"]
+    r = bare.run(
+        "result = [attempt(lambda: getattr(client, op)(component_name='test.Target') and True) for op in "
+        + repr(ops)
+        + "]"
+    )
+    assert [err(x) for x in r] == ["UnauthorizedError"] * 4
+    r = d.run(
+        "result = [attempt(lambda: getattr(client, op)(component_name='no.such.Component') and True) for op in "
+        + repr(ops)
+        + "] + [attempt(lambda: getattr(client, op)(component_name='') and True) for op in "
+        + repr(ops)
+        + "]"
+    )
+    assert [err(x) for x in r] == ["ResourceNotFoundError"] * 4 + ["InvalidArgumentsError"] * 4
+
+
+def test_local_deployments_over_ipc(core, d, bare):
+    r = d.run(
+        "r = client.create_local_deployment(root_component_versions_to_add={'test.Target': '1.0.0'},"
+        " component_to_configuration={'test.Target': {'MERGE': {'fromIpc': 1}}})\n"
+        "result = r.deployment_id"
+    )
+    dep = r
+    status = d.poll(
+        f"result = client.get_local_deployment_status(deployment_id='{dep}').deployment.status",
+        lambda s: s in ("SUCCEEDED", "FAILED", "CANCELED"),
+    )
+    assert status == "SUCCEEDED"
+    assert d.run("result = client.get_configuration(component_name='test.Target', key_path=['fromIpc']).value") == {
+        "fromIpc": 1
+    }
+    listed = d.run("result = [x.deployment_id for x in client.list_local_deployments().local_deployments]")
+    assert dep in listed
+    # Cancel: a deployment queued behind one that a component holds back with a deferral.
+    d.run(
+        "def hold(e):\n"
+        "    if e.pre_update_event is not None:\n"
+        "        record('held', attempt(lambda: client.defer_component_update(deployment_id="
+        "e.pre_update_event.deployment_id, recheck_after_ms=0) and True))\n"
+        "state['hold'] = client.subscribe_to_component_updates(on_stream_event=hold)[1]\n"
+        "result = True"
+    )
+    r = d.run(
+        "a = client.create_local_deployment(component_to_configuration={'test.Target': {'MERGE': {'first': 1}}})"
+        ".deployment_id\n"
+        "b = client.create_local_deployment(component_to_configuration={'test.Target': {'MERGE': {'second': 1}}})"
+        ".deployment_id\n"
+        "result = [a, b, attempt(lambda: client.cancel_local_deployment(deployment_id=b).message)]"
+    )
+    first, second, cancel = r
+    assert isinstance(ok(cancel), str)
+    status = d.poll(
+        f"result = client.get_local_deployment_status(deployment_id='{second}').deployment.status",
+        lambda s: s in ("SUCCEEDED", "FAILED", "CANCELED"),
+    )
+    assert status == "CANCELED"
+    d.poll(
+        f"result = client.get_local_deployment_status(deployment_id='{first}').deployment.status",
+        lambda s: s == "SUCCEEDED",
+    )
+    d.run("state['hold'].close(); result = True")
+    # Cancelling a finished deployment, unknown ids and bad arguments.
+    r = d.run(
+        f"result = [attempt(lambda: client.cancel_local_deployment(deployment_id='{first}') and True),"
+        " attempt(lambda: client.cancel_local_deployment(deployment_id='no-such-deployment') and True),"
+        " attempt(lambda: client.get_local_deployment_status(deployment_id='no-such-deployment') and True),"
+        " attempt(lambda: client.create_local_deployment(group_name='bad:group') and True),"
+        " attempt(lambda: client.create_local_deployment(recipe_directory_path='/no/such/recipes') and True),"
+        " attempt(lambda: client.get_local_deployment_status(deployment_id='') and True)]"
+    )
+    assert [err(x) for x in r] == [
+        "InvalidArgumentsError",
+        "ResourceNotFoundError",
+        "ResourceNotFoundError",
+        "InvalidArgumentsError",
+        "InvalidRecipeDirectoryPathError",
+        "InvalidArgumentsError",
+    ], r
+    r = bare.run(
+        "result = [attempt(lambda: client.create_local_deployment() and True),"
+        f" attempt(lambda: client.get_local_deployment_status(deployment_id='{first}') and True),"
+        " attempt(lambda: client.list_local_deployments() and True),"
+        f" attempt(lambda: client.cancel_local_deployment(deployment_id='{first}') and True)]"
+    )
+    assert [err(x) for x in r] == ["UnauthorizedError"] * 4
+
+
+def test_create_debug_password(d, bare):
+    r = d.run(
+        "r = client.create_debug_password()\n"
+        "result = [r.username, len(r.password), r.password_expiration.timestamp() - time.time()]"
+    )
+    username, length, expires_in = r
+    assert username == "debug" and length >= 16 and expires_in > 3600
+    assert err(bare.run("result = attempt(lambda: client.create_debug_password() and True)")) == "UnauthorizedError"
+
+
+# ---------------------------------------------------------------------------------------------
+# Other kernel operations
+
+
+def test_put_component_metric(core, d):
+    m = core.drivers["aws.test.Metrics"]
+    metric = "model.Metric(name={!r}, unit=model.MetricUnitType.COUNT, value={})"
+    r = m.run(
+        f"result = [attempt(lambda: client.put_component_metric(metrics=[{metric.format('requests', 5)}]) and True),"
+        f" attempt(lambda: client.put_component_metric(metrics=[{metric.format('', 1)}]) and True),"
+        f" attempt(lambda: client.put_component_metric(metrics=[{metric.format('x' * 40, 1)}]) and True),"
+        f" attempt(lambda: client.put_component_metric(metrics=[{metric.format('neg', -1)}]) and True)]"
+    )
+    assert ok(r[0]) is True
+    assert [err(x) for x in r[1:]] == ["InvalidArgumentsError"] * 3
+    # Non-aws components may not put metrics at all.
+    r = d.run(f"result = attempt(lambda: client.put_component_metric(metrics=[{metric.format('requests', 5)}]))")
+    assert err(r) == "UnauthorizedError"
+
+
+def test_validate_authorization_token_is_for_stream_manager_only(d):
+    r = d.run(
+        "result = [attempt(lambda: client.validate_authorization_token(token=os.environ['SVCUID']) and True),"
+        " attempt(lambda: client.validate_authorization_token(token='') and True)]"
+    )
+    assert [err(x) for x in r] == ["UnauthorizedError", "UnauthorizedError"]
+
+
+def test_operation_of_a_service_that_is_not_running(d):
+    r = d.run(
+        "result = [attempt(lambda: client.get_thing_shadow(thing_name='t', shadow_name='s') and True),"
+        " attempt(lambda: client.get_secret_value(secret_id='s') and True)]"
+    )
+    assert [err(x) for x in r] == ["ServiceError", "ServiceError"], r
+    assert "aws.greengrass.ShadowManager" in r[0]["message"], r[0]
+    assert "aws.greengrass.SecretManager" in r[1]["message"], r[1]
+
+
+CONNECTIONS = r'''
+import awsiot.greengrasscoreipc as gg
+clients, errors = [], []
+for i in range(500):
+    try:
+        clients.append(gg.connect())
+    except Exception as e:
+        errors.append(f"{type(e).__name__}: {e}")
+answers = 0
+futures = []
+for c in clients:
+    op = c.new_get_configuration()
+    op.activate(model.GetConfigurationRequest(key_path=["greeting"]))
+    futures.append(op.get_response())
+for f in futures:
+    try:
+        if f.result(60).value == {"greeting": "hello"}:
+            answers += 1
+    except Exception as e:
+        errors.append(f"{type(e).__name__}: {e}")
+for c in clients:
+    c.close()
+result = {"connected": len(clients), "answers": answers, "errors": errors[:5]}
+'''
+
+
+def test_500_concurrent_connections(peer):
+    r = peer.run(CONNECTIONS, timeout=120)
+    assert r == {"connected": 500, "answers": 500, "errors": []}, r

@@ -458,6 +458,28 @@ async fn send_error(out: &mpsc::Sender<Bytes>, stream: i32, error: &IpcError) {
     .await;
 }
 
+/// The Greengrass component whose plugin registers `op` (spec §3.1), for the error that names
+/// what to deploy when it is missing.
+fn providing_service(op: &str) -> Option<&'static str> {
+    let name = op.strip_prefix("aws.greengrass#").unwrap_or(op);
+    Some(match name {
+        "GetThingShadow" | "UpdateThingShadow" | "DeleteThingShadow"
+        | "ListNamedShadowsForThing" => "aws.greengrass.ShadowManager",
+        "GetSecretValue" => "aws.greengrass.SecretManager",
+        "VerifyClientDeviceIdentity"
+        | "GetClientDeviceAuthToken"
+        | "AuthorizeClientDeviceAction"
+        | "SubscribeToCertificateUpdates" => "aws.greengrass.clientdevices.Auth",
+        "PublishToIoTCore" | "SubscribeToIoTCore" | "SubscribeToIoTCoreConnectionStatus" => {
+            "aws.greengrass.Nucleus (cloud connection)"
+        }
+        "GetComponentDetails" | "ListComponents" | "RestartComponent" | "StopComponent"
+        | "CreateLocalDeployment" | "CancelLocalDeployment" | "GetLocalDeploymentStatus"
+        | "ListLocalDeployments" | "CreateDebugPassword" => "aws.greengrass.Cli",
+        _ => return None,
+    })
+}
+
 /// One operation invocation: authorize, run the handler, answer, then pump events.
 async fn run_stream(
     router: &Router,
@@ -468,9 +490,14 @@ async fn run_stream(
     out: &mpsc::Sender<Bytes>,
 ) {
     let Some(op) = router.lookup(op_name) else {
-        let error = IpcError::service(format!(
-            "Operation {op_name} is not supported by this core: the service that provides it is not running"
-        ));
+        let error = IpcError::service(match providing_service(op_name) {
+            Some(service) => format!(
+                "Operation {op_name} is not supported by this core: {service}, the service that provides it, is not running; deploy {service} to use it"
+            ),
+            None => format!(
+                "Operation {op_name} is not supported by this core: no service provides it"
+            ),
+        });
         send_error(out, stream, &error).await;
         return;
     };
