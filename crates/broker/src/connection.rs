@@ -357,6 +357,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
 
         let keep_alive = (connect.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        // Only the will outlives the handshake; the rest of the CONNECT is freed here, and a
+        // connection without a will holds nothing for it.
+        let will = connect.will.map(Box::new);
         let mut deadline = keep_alive.map(|k| Instant::now() + k);
         // Clients may send packets right behind their CONNECT in one segment; those bytes are
         // already in the read buffer and are handled before anything more is read.
@@ -440,7 +443,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 }
             }
         };
-        let will = connect.will.as_ref().and_then(|w| {
+        let will = will.as_deref().and_then(|w| {
             let send = match end {
                 End::Normal { send_will } => send_will,
                 End::Abnormal => true,

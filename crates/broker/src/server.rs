@@ -245,32 +245,42 @@ async fn accept_loop(
 async fn serve_socket(
     socket: TcpStream,
     tls: Option<TlsAcceptor>,
-    mut ctx: ClientContext,
+    ctx: ClientContext,
     core: Arc<Core>,
     authorizer: Arc<dyn Authorizer>,
     stop: watch::Receiver<bool>,
 ) {
     match tls {
         None => connection::serve(core, authorizer, socket, ctx, stop).await,
-        Some(acceptor) => {
-            let stream =
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::info!(peer = %ctx.peer, "TLS handshake failed: {e}");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!(peer = %ctx.peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            if let Some(chain) = stream.get_ref().1.peer_certificates() {
-                ctx.certificate_chain = chain.iter().map(|c| c.clone().into_owned()).collect();
-            }
-            connection::serve(core, authorizer, stream, ctx, stop).await
-        }
+        // Boxed: the handshake and the TLS stream are several kilobytes, and a task is as large
+        // as its largest state, so inline they would weigh on every plain-TCP connection too.
+        Some(acceptor) => Box::pin(serve_tls(socket, acceptor, ctx, core, authorizer, stop)).await,
     }
+}
+
+async fn serve_tls(
+    socket: TcpStream,
+    acceptor: TlsAcceptor,
+    mut ctx: ClientContext,
+    core: Arc<Core>,
+    authorizer: Arc<dyn Authorizer>,
+    stop: watch::Receiver<bool>,
+) {
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(peer = %ctx.peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(peer = %ctx.peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    if let Some(chain) = stream.get_ref().1.peer_certificates() {
+        ctx.certificate_chain = chain.iter().map(|c| c.clone().into_owned()).collect();
+    }
+    connection::serve(core, authorizer, stream, ctx, stop).await
 }
 
 /// Lets the process that embeds the broker join it as a client.
@@ -299,5 +309,46 @@ impl BrokerHandle {
             connection::serve(core, Arc::new(crate::auth::AllowAll), theirs, ctx, stop_rx).await;
         });
         ours
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task is as large as its future's largest state: the TLS handshake and stream must not
+    /// make every plain-TCP connection's task carry their kilobytes.
+    #[tokio::test]
+    async fn plain_tcp_connection_task_does_not_carry_the_tls_states() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ctx = ClientContext {
+            client_id: String::new(),
+            username: None,
+            peer: addr,
+            certificate_chain: Vec::new(),
+            anonymous_allowed: true,
+        };
+        let core = Core::new(BrokerConfig::default());
+        let (_stop_tx, stop) = watch::channel(false);
+        let authorizer: Arc<dyn Authorizer> = Arc::new(crate::AllowAll);
+        let socket = TcpStream::connect(addr).await.unwrap();
+        let connection = connection::serve(
+            core.clone(),
+            authorizer.clone(),
+            socket,
+            ctx.clone(),
+            stop.clone(),
+        );
+        let connection_size = std::mem::size_of_val(&connection);
+        drop(connection);
+        let socket = TcpStream::connect(addr).await.unwrap();
+        let task = serve_socket(socket, None, ctx, core, authorizer, stop);
+        let task_size = std::mem::size_of_val(&task);
+        let tls_stream = std::mem::size_of::<tokio_rustls::server::TlsStream<TcpStream>>();
+        assert!(
+            task_size < connection_size + tls_stream,
+            "connection task {task_size} B, connection future {connection_size} B, TLS stream {tls_stream} B"
+        );
     }
 }
