@@ -1,6 +1,9 @@
 //! Local pub/sub through the IPC server between two Rust clients.
 //!
-//! `cargo run --release -p lichen-ipc --example ipc_bench [messages]`
+//! `cargo run --release -p lichen-ipc --example ipc_bench [messages]` runs its own server in
+//! process. `ipc_bench --component <result.json> [messages]` runs as a component of a real core
+//! (recipe `Run`): it connects with the core's `SVCUID` and socket from the environment, prints
+//! the same lines to its log and writes them as JSON to `<result.json>` (bench/ipc.sh).
 //! For 64 B and 8 KiB binary payloads it prints: throughput (16 publishes in flight, one
 //! subscriber; msgs/s counted at the subscriber) and publish→event latency p50/p99 with one
 //! message in flight.
@@ -43,14 +46,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let messages: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(20_000);
-    let dir = tempfile::tempdir()?;
-    let socket = dir.path().join("ipc.socket");
+type Served = (IpcServer, Arc<TokenRegistry>);
+
+fn in_process_server(socket: &std::path::Path) -> Result<Served, Box<dyn std::error::Error>> {
     let store = ConfigStore::in_memory();
     let acl = json!({ "aws.greengrass.ipc.pubsub": { "bench:1": { "operations": ["*"], "resources": ["*"] } } });
     store.merge(
@@ -68,14 +66,51 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokens.clone(),
     ))));
     register_kernel_operations(&router, Bus::new(), config, tokens.clone());
-    let server = IpcServer::bind(&socket, router, tokens.clone(), ServerOptions::default())?;
-    let publisher = Arc::new(IpcClient::connect(&socket, &tokens.mint("bench.Pub")).await?);
-    let subscriber = IpcClient::connect(&socket, &tokens.mint("bench.Sub")).await?;
+    let server = IpcServer::bind(socket, router, tokens.clone(), ServerOptions::default())?;
+    Ok((server, tokens))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let result_file = match args.first().map(String::as_str) {
+        Some("--component") => {
+            args.remove(0);
+            Some(std::path::PathBuf::from(args.remove(0)))
+        }
+        _ => None,
+    };
+    let messages: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let mut server = None;
+    let _dir;
+    let (publisher, subscriber) = if result_file.is_some() {
+        let socket = std::env::var("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT")?;
+        let token = std::env::var("SVCUID")?;
+        let socket = std::path::Path::new(&socket);
+        (
+            Arc::new(IpcClient::connect(socket, &token).await?),
+            IpcClient::connect(socket, &token).await?,
+        )
+    } else {
+        let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("ipc.socket");
+        _dir = dir;
+        let (s, tokens) = in_process_server(&socket)?;
+        server = Some(s);
+        (
+            Arc::new(IpcClient::connect(&socket, &tokens.mint("bench.Pub")).await?),
+            IpcClient::connect(&socket, &tokens.mint("bench.Sub")).await?,
+        )
+    };
+    let mut results = Vec::new();
     let origin = Instant::now();
 
     for size in [64usize, 8192] {
         let (_, mut events) = subscriber
-            .subscribe("SubscribeToTopic", json!({ "topic": "bench/t" }))
+            .subscribe(
+                "SubscribeToTopic",
+                json!({ "topic": "bench/t", "receiveMode": "RECEIVE_ALL_MESSAGES" }),
+            )
             .await?;
 
         // Throughput.
@@ -108,9 +143,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for s in senders {
             s.await?;
         }
+        let rate = received as f64 / elapsed.as_secs_f64();
         println!(
-            "payload {size:>5} B: {:>8.0} msgs/s ({received}/{messages} received, {} dropped by the bounded queue, {:.2?})",
-            received as f64 / elapsed.as_secs_f64(),
+            "payload {size:>5} B: {rate:>8.0} msgs/s ({received}/{messages} received, {} dropped by the bounded queue, {:.2?})",
             messages - received,
             elapsed
         );
@@ -128,13 +163,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             latencies.push(origin.elapsed().saturating_sub(sent));
         }
         latencies.sort();
+        let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
         println!(
-            "payload {size:>5} B: publish→event latency p50 {:.1?} p99 {:.1?} ({rounds} messages)",
-            percentile(&latencies, 0.50),
-            percentile(&latencies, 0.99)
+            "payload {size:>5} B: publish→event latency p50 {p50:.1?} p99 {p99:.1?} ({rounds} messages)"
         );
+        results.push(json!({
+            "client": "rust", "payload": size, "messages": messages, "received": received,
+            "msgs_per_s": rate.round(), "p50_us": p50.as_secs_f64() * 1e6, "p99_us": p99.as_secs_f64() * 1e6,
+        }));
         drop(events);
     }
-    server.shutdown().await;
+    if let Some(path) = result_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&results)?)?;
+        std::fs::rename(tmp, path)?;
+    }
+    if let Some(server) = server {
+        server.shutdown().await;
+    }
     Ok(())
 }

@@ -209,9 +209,10 @@ impl Authorizer {
         let allowed = policies.get(&key).is_some_and(|list| {
             list.iter().any(|p| {
                 p.operations.iter().any(|o| o == operation || o == "*")
-                    && p.resources
-                        .iter()
-                        .any(|r| ResourcePattern::parse(r, style).matches(resource))
+                    && p.resources.iter().any(|r| {
+                        // `*` covers everything in both styles: skip compiling it (hot for pub/sub).
+                        r == "*" || ResourcePattern::parse(r, style).matches(resource)
+                    })
             })
         });
         if allowed {

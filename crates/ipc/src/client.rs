@@ -104,11 +104,7 @@ impl IpcClient {
         let (mut read, mut write) = stream.into_split();
         let (out, mut out_rx) = mpsc::channel::<Bytes>(1024);
         let writer = tokio::spawn(async move {
-            while let Some(b) = out_rx.recv().await {
-                if write.write_all(&b).await.is_err() {
-                    break;
-                }
-            }
+            crate::server::write_batched(&mut out_rx, &mut write).await;
         });
         let routes: Routes = Arc::default();
         let reader_routes = routes.clone();

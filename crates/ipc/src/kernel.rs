@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use lichen_bus::{Bus, Message, Payload, ReceiveMode, SubscribeOptions};
+use lichen_bus::{Bus, Delivery, Message, Payload, ReceiveMode, SubscribeOptions};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -168,22 +168,45 @@ fn subscribe_to_topic(
                 d = sub.recv() => match d { Some(d) => d, None => break },
                 _ = sink.closed() => break,
             };
-            let context = json!({ "topic": delivery.topic });
-            let event = match &delivery.message.payload {
-                Payload::Json(v) => {
-                    json!({ "jsonMessage": { "message": v, "context": context } })
-                }
-                Payload::Binary(b) => {
-                    json!({ "binaryMessage": { "message": B64.encode(b), "context": context } })
-                }
-            };
-            if sink.send(event).await.is_err() {
+            if sink
+                .send_serialized(subscription_event(&delivery))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
         // `sub` drops here: unsubscribed.
     });
     Ok(json!({}))
+}
+
+/// The `SubscriptionResponseMessage` of a delivery, serialized in one pass (no `Value` built and
+/// serialized again; base64 written straight into the buffer).
+fn subscription_event(delivery: &Delivery) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(match &delivery.message.payload {
+        Payload::Binary(b) => b.len() * 4 / 3 + delivery.topic.len() + 96,
+        Payload::Json(_) => delivery.topic.len() + 128,
+    });
+    match &delivery.message.payload {
+        Payload::Json(v) => {
+            out.extend_from_slice(br#"{"jsonMessage":{"message":"#);
+            // Serializing a Value into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, v);
+        }
+        Payload::Binary(b) => {
+            out.extend_from_slice(br#"{"binaryMessage":{"message":""#);
+            let start = out.len();
+            out.resize(start + base64::encoded_len(b.len(), true).unwrap_or(0), 0);
+            let written = B64.encode_slice(b, &mut out[start..]).unwrap_or(0);
+            out.truncate(start + written);
+            out.push(b'"');
+        }
+    }
+    out.extend_from_slice(br#","context":{"topic":"#);
+    let _ = serde_json::to_writer(&mut out, &delivery.topic);
+    out.extend_from_slice(b"}}}");
+    out.into()
 }
 
 fn key_path(req: &Value, op: &str) -> Result<Vec<String>, IpcError> {
@@ -390,5 +413,48 @@ fn validate_authorization_token(
         None => Err(IpcError::InvalidToken {
             message: "ValidateAuthorizationToken: the token is not valid for this core".into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(topic: &str, payload: Payload) -> Delivery {
+        Delivery {
+            topic: topic.to_string(),
+            message: Message {
+                payload,
+                publisher: "p".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn subscription_event_bytes_are_the_json_event() {
+        let topic = "a/\"quoted\"\\/é";
+        let json = json!({ "n": [1, "two", { "x": null }], "s": "line\nbreak" });
+        let got: Value = serde_json::from_slice(&subscription_event(&delivery(
+            topic,
+            Payload::Json(json.clone()),
+        )))
+        .unwrap();
+        assert_eq!(
+            got,
+            json!({ "jsonMessage": { "message": json, "context": { "topic": topic } } })
+        );
+        for len in [0usize, 1, 2, 3, 64, 8191] {
+            let body: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let got: Value = serde_json::from_slice(&subscription_event(&delivery(
+                topic,
+                Payload::Binary(body.clone().into()),
+            )))
+            .unwrap();
+            assert_eq!(
+                got,
+                json!({ "binaryMessage": { "message": B64.encode(&body), "context": { "topic": topic } } }),
+                "payload of {len} bytes"
+            );
+        }
     }
 }

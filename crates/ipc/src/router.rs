@@ -152,21 +152,49 @@ pub struct StreamClosed;
 /// the stream or the connection ended.
 #[derive(Clone, Debug)]
 pub struct EventSink {
-    tx: mpsc::Sender<Value>,
+    tx: mpsc::Sender<Event>,
+}
+
+/// An event on its way to the wire: a JSON value, or one already serialized (a hot path such as
+/// pub/sub builds its bytes once instead of a `Value` that is serialized again).
+#[derive(Debug)]
+pub(crate) enum Event {
+    Json(Value),
+    Serialized(bytes::Bytes),
+}
+
+impl Event {
+    pub(crate) fn into_bytes(self) -> bytes::Bytes {
+        match self {
+            Event::Json(v) => serde_json::to_vec(&v).unwrap_or_default().into(),
+            Event::Serialized(b) => b,
+        }
+    }
 }
 
 /// Events buffered per stream before `send` waits (slow clients slow down their own pump only).
 pub(crate) const STREAM_EVENT_BUFFER: usize = 64;
 
 impl EventSink {
-    pub(crate) fn channel() -> (EventSink, mpsc::Receiver<Value>) {
+    pub(crate) fn channel() -> (EventSink, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(STREAM_EVENT_BUFFER);
         (EventSink { tx }, rx)
     }
 
     /// Queues one event, waiting while the stream's buffer is full.
     pub async fn send(&self, event: Value) -> Result<(), StreamClosed> {
-        self.tx.send(event).await.map_err(|_| StreamClosed)
+        self.tx
+            .send(Event::Json(event))
+            .await
+            .map_err(|_| StreamClosed)
+    }
+
+    /// Queues one event given as its serialized JSON object (the caller vouches it is one).
+    pub async fn send_serialized(&self, event: bytes::Bytes) -> Result<(), StreamClosed> {
+        self.tx
+            .send(Event::Serialized(event))
+            .await
+            .map_err(|_| StreamClosed)
     }
 
     /// Resolves once the client closed the stream or the connection ended.

@@ -5,6 +5,7 @@
 //! connection with a logged reason; nothing a client sends can stop the server or other clients.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -198,6 +199,48 @@ async fn accept_loop(
     connections.shutdown().await;
 }
 
+/// Frames taken off the queue for one write at most.
+const WRITE_BATCH_FRAMES: usize = 256;
+/// Bytes gathered for one write at most (larger frames go out alone).
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Writes queued frames until the queue closes or the peer goes. Whatever is queued when the
+/// writer wakes goes out in one `write` (one syscall for many frames under load; a lone frame is
+/// written as it is, without a copy).
+pub(crate) async fn write_batched<W: tokio::io::AsyncWrite + Unpin>(
+    rx: &mut mpsc::Receiver<Bytes>,
+    writer: &mut W,
+) {
+    let mut frames = Vec::with_capacity(WRITE_BATCH_FRAMES);
+    let mut batch = BytesMut::new();
+    while rx.recv_many(&mut frames, WRITE_BATCH_FRAMES).await > 0 {
+        let result = if frames.len() == 1 {
+            writer.write_all(&frames[0]).await
+        } else {
+            let mut result = Ok(());
+            for frame in frames.drain(..) {
+                if !batch.is_empty() && batch.len() + frame.len() > WRITE_BATCH_BYTES {
+                    result = writer.write_all(&batch).await;
+                    batch.clear();
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                batch.extend_from_slice(&frame);
+            }
+            if result.is_ok() && !batch.is_empty() {
+                result = writer.write_all(&batch).await;
+            }
+            batch.clear();
+            result
+        };
+        frames.clear();
+        if result.is_err() {
+            return;
+        }
+    }
+}
+
 /// Why a connection ended.
 enum Close {
     /// Peer closed or the server is shutting down.
@@ -218,11 +261,7 @@ async fn serve_connection(
     let (mut reader, mut writer) = stream.into_split();
     let (out, mut out_rx) = mpsc::channel::<Bytes>(1024);
     let writer_task = tokio::spawn(async move {
-        while let Some(bytes) = out_rx.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
-                break;
-            }
-        }
+        write_batched(&mut out_rx, &mut writer).await;
         let _ = writer.shutdown().await;
     });
     let streams: Streams = Arc::default();
@@ -416,11 +455,22 @@ impl Connection<'_> {
         });
         let op = frame.header_str(OPERATION).unwrap_or_default().to_string();
         let out = self.out.clone();
-        let streams = self.streams.clone();
         let shared = self.shared.clone();
+        let mut call = Box::pin(async move {
+            run_stream(&shared.router, caller, &op, stream, frame.payload, &out).await;
+        });
+        // Most calls (a publish, a config read) finish without waiting: run them here, saving a
+        // task spawn and a hop between threads. A call that has to wait continues as its own
+        // task; tokio polls it again with a real waker, so the no-op waker of this first poll
+        // is never relied on.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if call.as_mut().poll(&mut cx).is_ready() {
+            return Ok(());
+        }
+        let streams = self.streams.clone();
         let mut guard = self.streams.lock().unwrap_or_else(|e| e.into_inner());
         let handle = self.tasks.spawn(async move {
-            run_stream(&shared.router, caller, &op, stream, frame.payload, &out).await;
+            call.await;
             streams
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -463,7 +513,9 @@ async fn send_error(out: &mpsc::Sender<Bytes>, stream: i32, error: &IpcError) {
 fn providing_service(op: &str) -> Option<&'static str> {
     let name = op.strip_prefix("aws.greengrass#").unwrap_or(op);
     Some(match name {
-        "GetThingShadow" | "UpdateThingShadow" | "DeleteThingShadow"
+        "GetThingShadow"
+        | "UpdateThingShadow"
+        | "DeleteThingShadow"
         | "ListNamedShadowsForThing" => "aws.greengrass.ShadowManager",
         "GetSecretValue" => "aws.greengrass.SecretManager",
         "VerifyClientDeviceIdentity"
@@ -473,9 +525,15 @@ fn providing_service(op: &str) -> Option<&'static str> {
         "PublishToIoTCore" | "SubscribeToIoTCore" | "SubscribeToIoTCoreConnectionStatus" => {
             "aws.greengrass.Nucleus (cloud connection)"
         }
-        "GetComponentDetails" | "ListComponents" | "RestartComponent" | "StopComponent"
-        | "CreateLocalDeployment" | "CancelLocalDeployment" | "GetLocalDeploymentStatus"
-        | "ListLocalDeployments" | "CreateDebugPassword" => "aws.greengrass.Cli",
+        "GetComponentDetails"
+        | "ListComponents"
+        | "RestartComponent"
+        | "StopComponent"
+        | "CreateLocalDeployment"
+        | "CancelLocalDeployment"
+        | "GetLocalDeploymentStatus"
+        | "ListLocalDeployments"
+        | "CreateDebugPassword" => "aws.greengrass.Cli",
         _ => return None,
     })
 }
@@ -494,9 +552,9 @@ async fn run_stream(
             Some(service) => format!(
                 "Operation {op_name} is not supported by this core: {service}, the service that provides it, is not running; deploy {service} to use it"
             ),
-            None => format!(
-                "Operation {op_name} is not supported by this core: no service provides it"
-            ),
+            None => {
+                format!("Operation {op_name} is not supported by this core: no service provides it")
+            }
         });
         send_error(out, stream, &error).await;
         return;
@@ -561,14 +619,13 @@ async fn run_stream(
     // Events only after the response: the receiver is read from here on.
     if let Some((shape, mut rx)) = events {
         while let Some(event) = rx.recv().await {
-            let body = serde_json::to_vec(&event).unwrap_or_default();
             let frame = json_message(
                 APPLICATION_MESSAGE,
                 0,
                 stream,
                 Some(shape),
                 &[],
-                body.into(),
+                event.into_bytes(),
             );
             if !send(out, &frame).await {
                 return;

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# IPC pub/sub throughput and latency between components on a real `lichen core run` (release).
+#
+#   bench/ipc.sh [messages]        (default 20000 for Rust, a quarter of that for Python)
+#
+# Deploys bench.Rust (crates/ipc/examples/ipc_bench.rs --component, lichen_ipc::IpcClient) and
+# then bench.Python (bench/ipc_py.py, the unmodified awsiotsdk GreengrassCoreIPCClientV2), one
+# after the other so they do not compete for CPU, and prints what each measured: msgs/s counted
+# at the subscriber (16 publishes in flight) and publish->event p50/p99 with one in flight, for
+# 64 B and 8 KiB binary payloads. Also prints the in-process figures (no core) for reference.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+N=${1:-20000}
+NPY=$(( N / 4 ))
+PY=${LICHEN_PYTHON:-$REPO/.venv/bin/python}
+cargo build -q --release -p lichen
+cargo build -q --release -p lichen-ipc --example ipc_bench
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+LICHEN=$TARGET/release/lichen
+BENCH=$TARGET/release/examples/ipc_bench
+
+WORK=$(mktemp -d /tmp/lichen-ipc-bench.XXXXXX)
+CORE_PID=
+cleanup() {
+  if [ -n "$CORE_PID" ]; then kill "$CORE_PID" 2>/dev/null || true; wait "$CORE_PID" 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mkdir -p "$WORK/recipes" "$WORK/artifacts"
+ACL='"accessControl": {"aws.greengrass.ipc.pubsub": {"bench:pubsub:1": {"operations": ["*"], "resources": ["*"]}}}'
+recipe() { # name run
+  cat > "$WORK/recipes/$1.json" <<JSON
+{"RecipeFormatVersion": "2020-01-25", "ComponentName": "$1", "ComponentVersion": "1.0.0",
+ "ComponentConfiguration": {"DefaultConfiguration": {$ACL}},
+ "Manifests": [{"Platform": {"os": "*"}, "Lifecycle": {"Run": "$2"}}]}
+JSON
+}
+recipe bench.Rust "$BENCH --component $WORK/rust.json $N"
+recipe bench.Python "$PY -u $REPO/bench/ipc_py.py $WORK/python.json $NPY"
+
+LICHEN_LOG=warn "$LICHEN" core run --root "$WORK/root" > "$WORK/core.out" 2>&1 &
+CORE_PID=$!
+for _ in $(seq 300); do grep -q "ready in" "$WORK/core.out" 2>/dev/null && break; sleep 0.1; done
+
+run_component() { # name result
+  "$LICHEN" deployment create --root "$WORK/root" --recipe-dir "$WORK/recipes" --artifact-dir "$WORK/artifacts" \
+    --merge "$1=1.0.0" --wait > /dev/null
+  for _ in $(seq 1200); do [ -f "$2" ] && break; sleep 0.1; done
+  [ -f "$2" ] || { echo "$1 wrote no result; its log:"; cat "$WORK/root/logs/$1.log" || true; exit 1; }
+  "$LICHEN" deployment create --root "$WORK/root" --remove "$1" --wait > /dev/null
+}
+run_component bench.Rust "$WORK/rust.json"
+run_component bench.Python "$WORK/python.json"
+
+echo "== real core (release), two connections of one component, $(nproc) CPUs"
+"$PY" - "$WORK/rust.json" "$WORK/python.json" <<'PYEOF'
+import json, sys
+for path in sys.argv[1:]:
+    for r in json.load(open(path)):
+        print(f"{r['client']:>6} {r['payload']:>5} B: {r['msgs_per_s']:>9.0f} msgs/s ({r['received']}/{r['messages']})"
+              f"  p50 {r['p50_us']:7.1f} us  p99 {r['p99_us']:7.1f} us")
+PYEOF
+echo "== in process (no core), Rust client"
+"$BENCH" "$N"
