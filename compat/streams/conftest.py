@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -67,6 +68,8 @@ class Server:
             self.stop()
             pytest.fail(f"server did not start: {line!r}")
         self.port = int(m.group(1))
+        # Keep draining stdout: a server that logs there would block once the pipe is full.
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
         return self
 
     def stop(self, sig=signal.SIGTERM):

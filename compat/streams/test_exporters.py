@@ -413,7 +413,7 @@ def test_failures_are_reported_and_retried(start_server, recorders):
 
 
 def test_offline_endpoint_and_sigkill_lose_no_acknowledged_record(start_server, recorders, tmp_path):
-    total = 100_000
+    total = int(os.environ.get("LICHEN_OFFLINE_RECORDS", "100000"))
     port = free_port()
     store = tmp_path / "store"
     server = start_server(store_root=store, env=aws_env())
@@ -440,8 +440,11 @@ def test_offline_endpoint_and_sigkill_lose_no_acknowledged_record(start_server, 
             attempts[0] = i
             try:
                 acked[payload] = c.append_message("offline", payload)
+                if i % 10000 == 0:
+                    print(f"{i} appended", flush=True)
             except Exception as e:  # the server is being killed: this append is not acknowledged
                 errors.append(repr(e))
+                print(f"append {i} failed: {e!r}", flush=True)
                 # Reconnecting in a tight loop while nothing listens can make a client socket
                 # connect to itself on the server's port; wait for the restart instead.
                 if not restarted.wait(60):
