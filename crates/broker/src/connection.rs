@@ -12,15 +12,17 @@ use crate::codec::{
     UnsubAck, Version,
 };
 use crate::router::{Subscription, parse_shared};
-use crate::state::{Congested, Core, Delivery, Inflight, Message, Outbox, SessionData};
+use crate::state::{
+    Congested, Core, Delivery, Inflight, Message, Outbox, SERVER_SHUTTING_DOWN, SessionData,
+};
 use bytes::{Buf, BytesMut};
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read while waiting for a client: idle connections keep only this, inline.
@@ -40,6 +42,24 @@ enum End {
     Abnormal,
     /// Broker shutting down.
     Shutdown,
+}
+
+impl End {
+    /// How a connection told to go with `reason` ends.
+    fn kicked(reason: u8) -> End {
+        if reason == SERVER_SHUTTING_DOWN {
+            End::Shutdown
+        } else {
+            End::Abnormal
+        }
+    }
+}
+
+/// What woke an idle connection.
+enum Wake {
+    Read(std::io::Result<usize>),
+    Drained,
+    Signal,
 }
 
 struct Conn<'a, S> {
@@ -70,16 +90,17 @@ pub(crate) async fn serve<S>(
     authorizer: Arc<dyn Authorizer>,
     mut stream: S,
     ctx: ClientContext,
-    mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let max_packet = core.config.max_packet_size as usize;
     let mut rbuf = BytesMut::with_capacity(4096);
-    let connect = match tokio::time::timeout(
+    // Boxed, like every rarely taken wait below: a task is as large as its largest state, and
+    // an idle connection's task should hold little more than its connection state.
+    let connect = match Box::pin(tokio::time::timeout(
         CONNECT_TIMEOUT,
         read_connect(&mut stream, &mut rbuf, max_packet),
-    )
+    ))
     .await
     {
         Ok(Ok(c)) => c,
@@ -127,7 +148,7 @@ pub(crate) async fn serve<S>(
     };
     // Boxed: the CONNECT (two property sets) lives as long as the connection, and every idle
     // connection would otherwise carry it inline in its task.
-    conn.run(Box::new(connect), &mut shutdown).await;
+    conn.run(Box::new(connect)).await;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,18 +192,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     /// Writes the whole write buffer, unless the connection is told to go meanwhile.
     async fn flush(&mut self) -> Result<(), Option<u8>> {
         while !self.wbuf.is_empty() {
-            tokio::select! {
-                r = self.stream.write(&self.wbuf) => match r {
-                    Ok(0) | Err(_) => return Err(None),
-                    Ok(n) => self.wbuf.advance(n),
-                },
-                // The main loop pulls deliveries on every turn, so this wake-up is only a kick check.
-                _ = self.outbox.ready.notified() => {
-                    if let Some(k) = self.outbox.lock().kick {
-                        return Err(Some(k));
-                    }
+            let (stream, outbox, wbuf) = (&mut self.stream, &self.outbox, &self.wbuf);
+            let written = std::future::poll_fn(|cx| {
+                // The main loop pulls deliveries on every turn, so a signal here is only a kick check.
+                if outbox.poll_signal(cx).is_ready()
+                    && let Some(k) = outbox.lock().kick
+                {
+                    return Poll::Ready(Err(Some(k)));
                 }
+                Pin::new(&mut *stream)
+                    .poll_write(cx, wbuf)
+                    .map_err(|_| None)
+            })
+            .await?;
+            if written == 0 {
+                return Err(None);
             }
+            self.wbuf.advance(written);
         }
         self.wbuf = BytesMut::new();
         Ok(())
@@ -190,7 +216,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
 
     /// Reads what the client sent: first into the inline peek buffer (an idle connection holds
     /// no other), then, without waiting, as much more as is already there.
-    /// Returns `false` at end of stream or on a socket error.
+    /// Returns `false` at end of stream or on a socket error; what was read before stays in the
+    /// read buffer to be handled (a client may send its last packets and close at once).
     fn take_read(&mut self, n: usize) -> bool {
         if n == 0 {
             return false;
@@ -271,7 +298,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         let _ = self.stream.write_all(&buf).await;
     }
 
-    async fn run(&mut self, connect: Box<Connect>, shutdown: &mut watch::Receiver<bool>) {
+    async fn run(&mut self, connect: Box<Connect>) {
         let v5 = self.v5();
         let mut assigned = None;
         let client_id = if connect.client_id.is_empty() {
@@ -322,7 +349,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 attached = Some(a);
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            Box::pin(tokio::time::sleep(Duration::from_millis(10))).await;
         }
         let Some(attached) = attached else {
             tracing::warn!(client_id, "previous connection did not release the session");
@@ -360,10 +387,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         // Only the will outlives the handshake; the rest of the CONNECT is freed here, and a
         // connection without a will holds nothing for it.
         let will = connect.will.map(Box::new);
-        let mut deadline = keep_alive.map(|k| Instant::now() + k);
+        // The keep-alive is checked by the broker's housekeeping, so an idle connection's task
+        // holds no timer.
+        let alive_until = || keep_alive.map(|k| Instant::now() + k);
+        self.outbox.keep_alive_until(alive_until());
         // Clients may send packets right behind their CONNECT in one segment; those bytes are
         // already in the read buffer and are handled before anything more is read.
         let mut unhandled_input = !self.rbuf.is_empty();
+        // End of stream seen; packets read before it may still wait behind a hold.
+        let mut input_closed = false;
         let end = loop {
             if unhandled_input && self.held_back.is_empty() {
                 unhandled_input = false;
@@ -375,12 +407,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             if let Some(r) = kicked {
                 tracing::info!(client_id, reason = r, "disconnecting client");
                 self.disconnect_with(r).await;
-                break End::Abnormal;
+                break End::kicked(r);
             }
             if let Err(reason) = self.flush().await {
                 if let Some(r) = reason {
                     tracing::info!(client_id, reason = r, "disconnecting client");
                     self.disconnect_with(r).await;
+                    break End::kicked(r);
                 }
                 break End::Abnormal;
             }
@@ -388,59 +421,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             if !self.wbuf.is_empty() {
                 continue;
             }
-            let held = self
-                .held_back
-                .first()
-                .map(|c| (c.outbox.clone(), c.client_id.clone()));
-            let sleep = async {
-                match deadline {
-                    // A client held back is not read, so it cannot be expected to show life.
-                    Some(d) if held.is_none() => tokio::time::sleep_until(d.into()).await,
-                    _ => std::future::pending().await,
-                }
-            };
             let timeout = self.core.config.slow_consumer_timeout;
-            // Boxed, and only while held back: idle connections do not carry this future.
-            let drained = async {
-                match &held {
-                    Some((outbox, subscriber)) => {
-                        Box::pin(outbox.wait_drained(timeout, subscriber)).await
+            // Allocated only while held back: idle connections do not carry this future.
+            let mut drained = self.held_back.first().map(|c| {
+                let (outbox, subscriber) = (c.outbox.clone(), c.client_id.clone());
+                Box::pin(async move { outbox.wait_drained(timeout, &subscriber).await })
+            });
+            let held = drained.is_some();
+            if held {
+                // A client held back is not read, so it cannot be expected to show life.
+                self.outbox.keep_alive_until(None);
+            }
+            let (stream, peek, outbox) = (&mut self.stream, &mut self.peek, &self.outbox);
+            let wake = std::future::poll_fn(|cx| {
+                if !held {
+                    let mut buf = ReadBuf::new(&mut peek[..]);
+                    if let Poll::Ready(r) = Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+                        return Poll::Ready(Wake::Read(r.map(|()| buf.filled().len())));
                     }
-                    None => std::future::pending().await,
                 }
-            };
-            tokio::select! {
-                read = self.stream.read(&mut self.peek), if held.is_none() => {
-                    let open = matches!(read, Ok(n) if self.take_read(n));
-                    if !open {
-                        break End::Abnormal;
-                    }
-                    deadline = keep_alive.map(|k| Instant::now() + k);
+                if let Some(d) = drained.as_mut()
+                    && d.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Wake::Drained);
+                }
+                if outbox.poll_signal(cx).is_ready() || more {
+                    // Deliveries arrived or a kick: both are handled at the top of the loop.
+                    return Poll::Ready(Wake::Signal);
+                }
+                Poll::Pending
+            })
+            .await;
+            drop(drained);
+            match wake {
+                Wake::Read(read) => {
+                    input_closed = !matches!(read, Ok(n) if self.take_read(n));
+                    self.outbox.keep_alive_until(alive_until());
                     if let Some(end) = self.handle_input_or_end().await {
                         break end;
                     }
                 }
-                () = drained => {
+                Wake::Drained => {
                     self.release_held_back();
                     if self.held_back.is_empty() {
-                        deadline = keep_alive.map(|k| Instant::now() + k);
+                        self.outbox.keep_alive_until(alive_until());
                         // Packets read before the hold are handled before reading more.
                         if let Some(end) = self.handle_input_or_end().await {
                             break end;
                         }
                     }
                 }
-                // Deliveries arrived or a kick: both are handled at the top of the loop.
-                _ = self.outbox.ready.notified() => {}
-                () = std::future::ready(()), if more => {}
-                _ = sleep => {
-                    tracing::info!(client_id, "keep-alive expired");
-                    break End::Abnormal;
-                }
-                _ = shutdown.changed() => {
-                    self.disconnect_with(0x8B).await;
-                    break End::Shutdown;
-                }
+                Wake::Signal => {}
+            }
+            if input_closed && self.held_back.is_empty() {
+                // Everything the client sent before closing has been handled; no DISCONNECT
+                // came, so the end is abnormal (the will goes out).
+                break End::Abnormal;
             }
         };
         let will = will.as_deref().and_then(|w| {
@@ -490,7 +526,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             self.queue(&Packet::Disconnect(d));
         }
         let buf = self.wbuf.split();
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&buf)).await;
+        let write = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&buf));
+        let _ = Box::pin(write).await;
     }
 
     /// Handles every complete packet in the read buffer; returns how the connection ends if one

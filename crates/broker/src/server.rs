@@ -186,6 +186,9 @@ impl Server {
         }
         shutdown.await;
         let _ = stop_tx.send(true);
+        // Connections hold no shutdown receiver (an idle one waits on as little as possible):
+        // their sessions' outboxes tell them.
+        self.core.shut_down();
         for t in tasks {
             let _ = t.await;
         }
@@ -234,9 +237,8 @@ async fn accept_loop(
         let core = core.clone();
         let authorizer = authorizer.clone();
         let tls = b.tls.clone();
-        let stop = stop.clone();
         tokio::spawn(async move {
-            serve_socket(socket, tls, ctx, core, authorizer, stop).await;
+            serve_socket(socket, tls, ctx, core, authorizer).await;
             drop(permit);
         });
     }
@@ -248,13 +250,12 @@ async fn serve_socket(
     ctx: ClientContext,
     core: Arc<Core>,
     authorizer: Arc<dyn Authorizer>,
-    stop: watch::Receiver<bool>,
 ) {
     match tls {
-        None => connection::serve(core, authorizer, socket, ctx, stop).await,
+        None => connection::serve(core, authorizer, socket, ctx).await,
         // Boxed: the handshake and the TLS stream are several kilobytes, and a task is as large
         // as its largest state, so inline they would weigh on every plain-TCP connection too.
-        Some(acceptor) => Box::pin(serve_tls(socket, acceptor, ctx, core, authorizer, stop)).await,
+        Some(acceptor) => Box::pin(serve_tls(socket, acceptor, ctx, core, authorizer)).await,
     }
 }
 
@@ -264,7 +265,6 @@ async fn serve_tls(
     mut ctx: ClientContext,
     core: Arc<Core>,
     authorizer: Arc<dyn Authorizer>,
-    stop: watch::Receiver<bool>,
 ) {
     let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
         Ok(Ok(s)) => s,
@@ -280,7 +280,7 @@ async fn serve_tls(
     if let Some(chain) = stream.get_ref().1.peer_certificates() {
         ctx.certificate_chain = chain.iter().map(|c| c.clone().into_owned()).collect();
     }
-    connection::serve(core, authorizer, stream, ctx, stop).await
+    connection::serve(core, authorizer, stream, ctx).await
 }
 
 /// Lets the process that embeds the broker join it as a client.
@@ -303,11 +303,13 @@ impl BrokerHandle {
             anonymous_allowed: true,
         };
         let core = self.core.clone();
-        tokio::spawn(async move {
-            // Never signalled: the connection ends when the embedding side drops its stream.
-            let (_stop_tx, stop_rx) = watch::channel(false);
-            connection::serve(core, Arc::new(crate::auth::AllowAll), theirs, ctx, stop_rx).await;
-        });
+        // It ends when the embedding side drops its stream, or when the broker shuts down.
+        tokio::spawn(connection::serve(
+            core,
+            Arc::new(crate::auth::AllowAll),
+            theirs,
+            ctx,
+        ));
         ours
     }
 }
@@ -330,20 +332,13 @@ mod tests {
             anonymous_allowed: true,
         };
         let core = Core::new(BrokerConfig::default());
-        let (_stop_tx, stop) = watch::channel(false);
         let authorizer: Arc<dyn Authorizer> = Arc::new(crate::AllowAll);
         let socket = TcpStream::connect(addr).await.unwrap();
-        let connection = connection::serve(
-            core.clone(),
-            authorizer.clone(),
-            socket,
-            ctx.clone(),
-            stop.clone(),
-        );
+        let connection = connection::serve(core.clone(), authorizer.clone(), socket, ctx.clone());
         let connection_size = std::mem::size_of_val(&connection);
         drop(connection);
         let socket = TcpStream::connect(addr).await.unwrap();
-        let task = serve_socket(socket, None, ctx, core, authorizer, stop);
+        let task = serve_socket(socket, None, ctx, core, authorizer);
         let task_size = std::mem::size_of_val(&task);
         let tls_stream = std::mem::size_of::<tokio_rustls::server::TlsStream<TcpStream>>();
         assert!(

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -20,6 +21,10 @@ use tokio::sync::Notify;
 pub(crate) const SLOW_CONSUMER: u8 = 0x97;
 /// Reason code sent to a client whose client identifier was taken over.
 pub(crate) const SESSION_TAKEN_OVER: u8 = 0x8E;
+/// Reason code sent to every client when the broker shuts down.
+pub(crate) const SERVER_SHUTTING_DOWN: u8 = 0x8B;
+/// Reason code sent to a client that let 1.5 times its keep-alive pass without a packet.
+pub(crate) const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
 
 /// Tunables of a broker; defaults suit a device.
 #[derive(Debug, Clone)]
@@ -107,8 +112,6 @@ pub(crate) struct SessionData {
 /// task as its in-flight window allows.
 pub(crate) struct Outbox {
     inner: Mutex<OutboxInner>,
-    /// Wakes the connection task: deliveries arrived, or it was told to go.
-    pub ready: Notify,
     /// Wakes publishers held back by this outbox.
     drained: Notify,
     /// The queue length at which publishers are held back (`max_queued_messages`).
@@ -124,6 +127,14 @@ pub(crate) struct OutboxInner {
     congested: bool,
     /// When the connection last took a delivery (or the queue last became non-empty).
     last_progress: Option<Instant>,
+    /// Deliveries arrived or a kick came since the connection task last looked.
+    signalled: bool,
+    /// The connection task, woken on a signal. A waker rather than a `Notify` keeps what an idle
+    /// connection's task must hold while waiting down to a few pointers.
+    waker: Option<Waker>,
+    /// When the client must next show life (keep-alive); `None` without keep-alive or while the
+    /// client is held back (it is not read then, so it cannot be expected to).
+    alive_until: Option<Instant>,
 }
 
 impl Default for Outbox {
@@ -139,7 +150,6 @@ impl Outbox {
                 queue,
                 ..OutboxInner::default()
             }),
-            ready: Notify::new(),
             drained: Notify::new(),
             bound: bound.max(1),
         }
@@ -147,6 +157,47 @@ impl Outbox {
 
     pub fn lock(&self) -> MutexGuard<'_, OutboxInner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks that the connection task has something to look at and wakes it (outside the lock).
+    pub fn signal(mut inner: MutexGuard<'_, OutboxInner>) {
+        inner.signalled = true;
+        let waker = inner.waker.take();
+        drop(inner);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Ready once deliveries arrived or a kick came since the last ready; otherwise registers the
+    /// task to be woken.
+    pub fn poll_signal(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.lock();
+        if std::mem::take(&mut inner.signalled) {
+            return Poll::Ready(());
+        }
+        match &inner.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => inner.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Sets when the client must next show life; `None` stops the keep-alive check.
+    pub fn keep_alive_until(&self, deadline: Option<Instant>) {
+        self.lock().alive_until = deadline;
+    }
+
+    /// Kicks the connection if its client let the keep-alive expire.
+    fn check_keep_alive(&self, now: Instant) -> bool {
+        let expired = {
+            let inner = self.lock();
+            inner.kick.is_none() && inner.alive_until.is_some_and(|t| t <= now)
+        };
+        if expired {
+            self.kick(KEEP_ALIVE_TIMEOUT);
+        }
+        expired
     }
 
     /// Whether the queue is at its bound and has been taken from for `timeout`.
@@ -170,8 +221,7 @@ impl Outbox {
             inner.kick = Some(reason);
         }
         inner.congested = false;
-        drop(inner);
-        self.ready.notify_one();
+        Outbox::signal(inner);
         self.drained.notify_waiters();
     }
 
@@ -259,6 +309,8 @@ struct State {
     retained: HashMap<String, Arc<Message>>,
     delayed_wills: HashMap<String, DelayedWill>,
     next_conn_id: u64,
+    /// Set at shutdown: connections attaching from then on are told to go at once.
+    closing: bool,
 }
 
 /// A session handed to a connection task.
@@ -343,6 +395,9 @@ impl Core {
             std::mem::take(&mut data.pending),
             self.config.max_queued_messages,
         ));
+        if st.closing {
+            outbox.kick(SERVER_SHUTTING_DOWN);
+        }
         let slot = Slot::Online {
             conn_id,
             outbox: outbox.clone(),
@@ -469,7 +524,19 @@ impl Core {
         st.subscriptions.unsubscribe(client_id, filter)
     }
 
-    /// Periodic work: publishes due wills, ends expired sessions, drops expired retained messages.
+    /// Tells every connected client to go (DISCONNECT 0x8B), now and whenever one attaches later.
+    pub fn shut_down(&self) {
+        let mut st = self.lock();
+        st.closing = true;
+        for session in st.sessions.values() {
+            if let Slot::Online { outbox, .. } = &session.slot {
+                outbox.kick(SERVER_SHUTTING_DOWN);
+            }
+        }
+    }
+
+    /// Periodic work: publishes due wills, ends expired sessions, drops expired retained messages,
+    /// disconnects clients whose keep-alive expired and slow consumers.
     pub fn tick(&self) {
         let mut guard = self.lock();
         let st = &mut *guard;
@@ -512,6 +579,13 @@ impl Core {
             }
         }
         st.retained.retain(|_, m| !m.expired(now));
+        for (client_id, session) in &st.sessions {
+            if let Slot::Online { outbox, .. } = &session.slot
+                && outbox.check_keep_alive(now)
+            {
+                tracing::info!(client_id, "keep-alive expired");
+            }
+        }
         // A session sitting at its queue bound without taking anything goes, even when no
         // new message arrives to notice it.
         for (client_id, session) in &st.sessions {
@@ -612,8 +686,7 @@ fn route(
                 if full {
                     inner.congested = true;
                 }
-                drop(inner);
-                outbox.ready.notify_one();
+                Outbox::signal(inner);
                 if full && client_id != message.publisher {
                     congested.push(Congested {
                         client_id,

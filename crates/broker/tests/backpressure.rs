@@ -289,3 +289,28 @@ async fn a_stalled_subscriber_is_disconnected_and_its_session_keeps_the_queue() 
     assert_eq!(got.len() as u32, N);
     let _ = stop.send(());
 }
+
+/// A publisher that sends its last messages and closes at once (no DISCONNECT) has every
+/// message it sent routed: bytes read together with the end of stream are handled first.
+#[tokio::test]
+async fn messages_sent_right_before_a_close_are_all_routed() {
+    const N: u32 = 3_000;
+    let (addr, stop) = start(BrokerConfig::default()).await;
+    let (mut sub, mut sw) = client(addr, "listener", true, 0).await;
+    subscribe_at(&mut sub, &mut sw, "burst", QoS::AtMostOnce).await;
+    let (_rd, mut w) = client(addr, "closer", true, 0).await;
+    let packets: Vec<Packet> = (0..N).map(|i| publish_at(i, QoS::AtMostOnce)).collect();
+    send(&mut w, &packets).await;
+    w.shutdown().await.expect("close the writing side");
+    drop(w);
+    for next in 0..N {
+        match sub.next().await {
+            Some(Packet::Publish(p)) => {
+                let i = u32::from_be_bytes(p.payload[..4].try_into().unwrap());
+                assert_eq!(i, next, "in order, none missing, none twice");
+            }
+            other => panic!("expected PUBLISH {next}, got {other:?}"),
+        }
+    }
+    let _ = stop.send(());
+}

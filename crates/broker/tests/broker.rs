@@ -720,3 +720,44 @@ async fn packets_pipelined_behind_connect_in_one_write_are_all_handled() {
     assert_eq!(delivered.qos, QoS::AtLeastOnce);
     broker.stop().await;
 }
+
+/// A client silent for 1.5 times its keep-alive is told (v5 reason 0x8D) and disconnected; a
+/// client that keeps sending is not.
+#[tokio::test]
+async fn keep_alive_expiry_disconnects_the_silent_client_only() {
+    let broker = start(BrokerConfig::default()).await;
+    let short_keep_alive = |id: &str| {
+        Packet::Connect(Connect {
+            version: Version::V5,
+            clean_start: true,
+            keep_alive: 1,
+            properties: Properties::default(),
+            client_id: id.into(),
+            will: None,
+            username: None,
+            password: None,
+        })
+    };
+    let (mut silent, _) = tcp(broker.addr, short_keep_alive("silent")).await;
+    let (mut pinging, _) = tcp(broker.addr, short_keep_alive("pinging")).await;
+    let silent_end = tokio::spawn(async move {
+        let first = silent.recv().await;
+        let then = silent.recv().await;
+        (first, then)
+    });
+    // Ping until the silent one is gone: the pinging client must outlive it.
+    while !silent_end.is_finished() {
+        pinging.send(&Packet::PingReq).await;
+        assert!(matches!(pinging.recv().await, Some(Packet::PingResp)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (first, then) = silent_end.await.unwrap();
+    assert!(
+        matches!(first, Some(Packet::Disconnect(ref d)) if d.reason_code == 0x8D),
+        "expected DISCONNECT 0x8D, got {first:?}"
+    );
+    assert!(then.is_none(), "connection closed after the DISCONNECT");
+    pinging.send(&Packet::PingReq).await;
+    assert!(matches!(pinging.recv().await, Some(Packet::PingResp)));
+    broker.stop().await;
+}
