@@ -1,5 +1,8 @@
 //! Append throughput of the stream store: 1 KiB records, flushOnWrite off and on, 1 and 8
-//! writer threads, each configuration for a fixed wall-clock window.
+//! writer threads, each configuration for a fixed wall-clock window; read throughput; and, in
+//! the same run on the same directory, the disk's own limits with ratios: a raw 1 KiB
+//! write+fsync loop, group-commit loops (N records written, then one fsync) and sequential
+//! 1 MiB writes.
 //!
 //! `cargo run --release -p lichen-streams --example bench_append [-- DIR [SECONDS]]`
 //! DIR defaults to a temporary directory (put it on the disk you want to measure).
@@ -18,6 +21,8 @@ fn main() -> anyhow::Result<()> {
     let secs: f64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(2.0);
     let store = Store::open(dir.join(format!("bench-{}", std::process::id())))?;
     let payload = vec![0x5au8; 1024];
+    let limits = disk_limits(&dir, secs)?;
+    let mut results = Vec::new();
     println!(
         "{:<12} {:>8} {:>14} {:>10}",
         "flushOnWrite", "writers", "records/s", "MiB/s"
@@ -49,6 +54,25 @@ fn main() -> anyhow::Result<()> {
             });
             let elapsed = start.elapsed().as_secs_f64();
             let n = count.load(Ordering::Relaxed) as f64;
+            results.push((flush, writers, n / elapsed));
+            if !flush && writers == 1 {
+                // Read back everything just written, in 500-record reads.
+                let t = Instant::now();
+                let mut next = 0u64;
+                let mut read = 0u64;
+                loop {
+                    let got = stream.read(next, 500, u64::MAX)?;
+                    let Some(last) = got.last() else { break };
+                    next = last.sequence_number + 1;
+                    read += got.len() as u64;
+                }
+                let e = t.elapsed().as_secs_f64();
+                println!(
+                    "(read back {read} records: {:.0} records/s, {:.1} MiB/s)",
+                    read as f64 / e,
+                    read as f64 * 1024.0 / e / (1 << 20) as f64
+                );
+            }
             println!(
                 "{:<12} {:>8} {:>14.0} {:>10.1}",
                 flush,
@@ -59,5 +83,81 @@ fn main() -> anyhow::Result<()> {
             store.delete(&name)?;
         }
     }
+    println!("\ndisk limits, same directory, same run (1 KiB records):");
+    for (label, rate) in &limits {
+        println!("{label:<42} {rate:>12.0} records/s");
+    }
+    let limit = |key: &str| {
+        limits
+            .iter()
+            .find(|(l, _)| l.starts_with(key))
+            .map(|(_, r)| *r)
+            .unwrap_or(f64::NAN)
+    };
+    println!("\nratios:");
+    for (flush, writers, rate) in results {
+        let (key, what) = if !flush {
+            ("sequential", "sequential-write limit")
+        } else if writers == 1 {
+            ("write+fsync", "write+fsync-per-record limit")
+        } else {
+            ("group commit N=8", "group-commit (N=8) limit")
+        };
+        println!(
+            "flushOnWrite={flush:<5} writers={writers}: {:>6.1}% of the {what}",
+            100.0 * rate / limit(key)
+        );
+    }
     Ok(())
+}
+
+/// The disk's own figures for 1 KiB records, each loop for `secs`.
+fn disk_limits(dir: &std::path::Path, secs: f64) -> anyhow::Result<Vec<(String, f64)>> {
+    use std::io::Write;
+    let path = dir.join(format!("disk-limit-{}", std::process::id()));
+    let rec = vec![0xa5u8; 1024];
+    let mut out = Vec::new();
+    let timed = |mut step: Box<dyn FnMut() -> std::io::Result<u64> + '_>| -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed().as_secs_f64() < secs {
+            n += step()?;
+        }
+        Ok(n as f64 / start.elapsed().as_secs_f64())
+    };
+    {
+        let mut f = std::fs::File::create(&path)?;
+        let r = timed(Box::new(|| {
+            f.write_all(&rec)?;
+            f.sync_data()?;
+            Ok(1)
+        }))?;
+        out.push(("write+fsync per record".to_string(), r));
+    }
+    for n in [8u64, 64] {
+        let mut f = std::fs::File::create(&path)?;
+        let r = timed(Box::new(|| {
+            for _ in 0..n {
+                f.write_all(&rec)?;
+            }
+            f.sync_data()?;
+            Ok(n)
+        }))?;
+        out.push((format!("group commit N={n} (N writes, one fsync)"), r));
+    }
+    {
+        let mut f = std::fs::File::create(&path)?;
+        let chunk = vec![0xa5u8; 1 << 20];
+        let start = Instant::now();
+        let mut bytes = 0u64;
+        while start.elapsed().as_secs_f64() < secs && bytes < (4u64 << 30) {
+            f.write_all(&chunk)?;
+            bytes += chunk.len() as u64;
+        }
+        f.sync_data()?;
+        let r = bytes as f64 / 1024.0 / start.elapsed().as_secs_f64();
+        out.push(("sequential 1 MiB writes + final fsync".to_string(), r));
+    }
+    std::fs::remove_file(&path)?;
+    Ok(out)
 }

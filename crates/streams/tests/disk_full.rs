@@ -103,7 +103,10 @@ fn appends_fail_cleanly_when_the_disk_is_full_and_recover() {
     std::fs::remove_file(&ballast).unwrap();
     let a = stream.append(&payload(stored)).unwrap();
     stream.wait_durable(a.sequence_number).unwrap();
-    assert_eq!(a.sequence_number, stored, "no sequence number was consumed by failures");
+    assert_eq!(
+        a.sequence_number, stored,
+        "no sequence number was consumed by failures"
+    );
     stored += 1;
     check(&stream, stored);
 
@@ -112,5 +115,8 @@ fn appends_fail_cleanly_when_the_disk_is_full_and_recover() {
     let store = Store::open(&root).unwrap();
     let stream = store.get("full").unwrap();
     check(&stream, stored);
-    eprintln!("disk full after {} records of 1000 bytes; recovered", stored - 1);
+    eprintln!(
+        "disk full after {} records of 1000 bytes; recovered",
+        stored - 1
+    );
 }
