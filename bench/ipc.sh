@@ -2,6 +2,7 @@
 # IPC pub/sub throughput and latency between components on a real `lichen core run` (release).
 #
 #   bench/ipc.sh [messages]        (default 20000 for Rust, a quarter of that for Python)
+#   LICHEN_BIN=/path/to/lichen bench/ipc.sh   (measure another core build)
 #
 # Deploys bench.Rust (crates/ipc/examples/ipc_bench.rs --component, lichen_ipc::IpcClient) and
 # then bench.Python (bench/ipc_py.py, the unmodified awsiotsdk GreengrassCoreIPCClientV2), one
@@ -14,10 +15,11 @@ REPO=$PWD
 N=${1:-20000}
 NPY=$(( N / 4 ))
 PY=${LICHEN_PYTHON:-$REPO/.venv/bin/python}
-cargo build -q --release -p lichen
+# LICHEN_BIN: a core binary to measure instead of building this tree's (e.g. an older build).
+[ -n "${LICHEN_BIN:-}" ] || cargo build -q --release -p lichen
 cargo build -q --release -p lichen-ipc --example ipc_bench
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
-LICHEN=$TARGET/release/lichen
+LICHEN=${LICHEN_BIN:-$TARGET/release/lichen}
 BENCH=$TARGET/release/examples/ipc_bench
 
 WORK=$(mktemp -d /tmp/lichen-ipc-bench.XXXXXX)

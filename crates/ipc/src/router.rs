@@ -3,12 +3,16 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
 
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::authz::{Authorizer, ResourceStyle};
+use crate::codec;
+use crate::rpc::{APPLICATION_MESSAGE, json_message};
 
 /// The Greengrass IPC service id used in `_service` of error payloads.
 pub const SERVICE_ID: &str = "aws.greengrass#GreengrassCoreIPC";
@@ -150,60 +154,146 @@ pub struct StreamClosed;
 /// wait until the response is on the wire (never before it). Dropping every clone of the sink
 /// closes the stream from the server side; [`EventSink::closed`] resolves when the client closed
 /// the stream or the connection ended.
-#[derive(Clone, Debug)]
+///
+/// Events go straight onto the connection's write queue (no task in between), so an event costs
+/// one hop from the sender to the connection's writer.
+#[derive(Clone)]
 pub struct EventSink {
-    tx: mpsc::Sender<Event>,
+    inner: Arc<SinkInner>,
 }
 
-/// An event on its way to the wire: a JSON value, or one already serialized (a hot path such as
-/// pub/sub builds its bytes once instead of a `Value` that is serialized again).
-#[derive(Debug)]
-pub(crate) enum Event {
-    Json(Value),
-    Serialized(bytes::Bytes),
-}
-
-impl Event {
-    pub(crate) fn into_bytes(self) -> bytes::Bytes {
-        match self {
-            Event::Json(v) => serde_json::to_vec(&v).unwrap_or_default().into(),
-            Event::Serialized(b) => b,
-        }
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSink")
+            .field("stream", &self.inner.stream)
+            .finish()
     }
 }
 
-/// Events buffered per stream before `send` waits (slow clients slow down their own pump only).
+struct SinkInner {
+    out: mpsc::Sender<Bytes>,
+    stream: i32,
+    /// Full event shape, e.g. `aws.greengrass#SubscriptionResponseMessage`.
+    shape: String,
+    /// Events sent before the response; `None` once the response is out and they were flushed.
+    early: Mutex<Option<Vec<Bytes>>>,
+    /// `true` once the response is out. The sender lives with the stream: it drops when the
+    /// client closes the stream, the call failed, or the connection ends.
+    open: watch::Receiver<bool>,
+    /// Dropped with the last sink: tells the stream to send its closing frame.
+    _alive: mpsc::Sender<()>,
+}
+
+/// The stream's end of its sinks: see [`EventSink::channel`].
+pub(crate) struct SinkControl {
+    open: watch::Sender<bool>,
+    alive: mpsc::Receiver<()>,
+    early: Arc<SinkInner>,
+}
+
+/// Events buffered per stream before the response is out; further early events wait.
 pub(crate) const STREAM_EVENT_BUFFER: usize = 64;
 
-impl EventSink {
-    pub(crate) fn channel() -> (EventSink, mpsc::Receiver<Event>) {
-        let (tx, rx) = mpsc::channel(STREAM_EVENT_BUFFER);
-        (EventSink { tx }, rx)
+impl SinkControl {
+    /// The response is queued: flush the early events (in order) and let later ones through.
+    pub(crate) async fn opened(&self) -> bool {
+        loop {
+            let batch = {
+                let mut early = self.early.early.lock().unwrap_or_else(|e| e.into_inner());
+                let batch = early.as_mut().map(std::mem::take).unwrap_or_default();
+                if batch.is_empty() {
+                    *early = None;
+                    self.open.send_replace(true);
+                    return true;
+                }
+                batch
+            };
+            for frame in batch {
+                if self.early.out.send(frame).await.is_err() {
+                    return false;
+                }
+            }
+        }
     }
 
-    /// Queues one event, waiting while the stream's buffer is full.
+    /// Resolves when every sink is gone (the service closed the stream).
+    pub(crate) async fn sinks_dropped(mut self) {
+        drop(self.early);
+        while self.alive.recv().await.is_some() {}
+    }
+}
+
+impl EventSink {
+    /// A sink writing frames of `shape` on `stream` to `out`, and its control.
+    pub(crate) fn channel(
+        out: mpsc::Sender<Bytes>,
+        stream: i32,
+        shape: &str,
+    ) -> (EventSink, SinkControl) {
+        let (open_tx, open_rx) = watch::channel(false);
+        let (alive_tx, alive_rx) = mpsc::channel(1);
+        let inner = Arc::new(SinkInner {
+            out,
+            stream,
+            shape: shape.to_string(),
+            early: Mutex::new(Some(Vec::new())),
+            open: open_rx,
+            _alive: alive_tx,
+        });
+        let control = SinkControl {
+            open: open_tx,
+            alive: alive_rx,
+            early: inner.clone(),
+        };
+        (EventSink { inner }, control)
+    }
+
+    /// Queues one event, waiting while the connection's write queue is full.
     pub async fn send(&self, event: Value) -> Result<(), StreamClosed> {
-        self.tx
-            .send(Event::Json(event))
+        self.send_serialized(serde_json::to_vec(&event).unwrap_or_default().into())
             .await
-            .map_err(|_| StreamClosed)
     }
 
     /// Queues one event given as its serialized JSON object (the caller vouches it is one).
-    pub async fn send_serialized(&self, event: bytes::Bytes) -> Result<(), StreamClosed> {
-        self.tx
-            .send(Event::Serialized(event))
-            .await
-            .map_err(|_| StreamClosed)
+    pub async fn send_serialized(&self, event: Bytes) -> Result<(), StreamClosed> {
+        let inner = &self.inner;
+        if inner.open.has_changed().is_err() {
+            return Err(StreamClosed);
+        }
+        let frame = json_message(
+            APPLICATION_MESSAGE,
+            0,
+            inner.stream,
+            Some(&inner.shape),
+            &[],
+            event,
+        );
+        let bytes = codec::encode(&frame).map_err(|_| StreamClosed)?;
+        {
+            let mut early = inner.early.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(early) = early.as_mut()
+                && early.len() < STREAM_EVENT_BUFFER
+            {
+                early.push(bytes);
+                return Ok(());
+            }
+        }
+        if !*inner.open.borrow() {
+            // More early events than the buffer holds: wait for the response.
+            let mut open = inner.open.clone();
+            open.wait_for(|o| *o).await.map_err(|_| StreamClosed)?;
+        }
+        inner.out.send(bytes).await.map_err(|_| StreamClosed)
     }
 
     /// Resolves once the client closed the stream or the connection ended.
     pub async fn closed(&self) {
-        self.tx.closed().await
+        let mut open = self.inner.open.clone();
+        while open.changed().await.is_ok() {}
     }
 
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.inner.open.has_changed().is_err()
     }
 }
 

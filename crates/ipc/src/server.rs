@@ -579,17 +579,14 @@ async fn run_stream(
         return;
     }
     let response_shape = format!("{}Response", op.name);
-    let (result, events) = match &op.handler {
+    let (result, control) = match &op.handler {
         Handler::Unary(handler) => (guarded(handler(caller, request)).await, None),
         Handler::Streaming {
             event_shape,
             handler,
         } => {
-            let (sink, rx) = EventSink::channel();
-            (
-                guarded(handler(caller, request, sink)).await,
-                Some((event_shape, rx)),
-            )
+            let (sink, control) = EventSink::channel(out.clone(), stream, event_shape);
+            (guarded(handler(caller, request, sink)).await, Some(control))
         }
     };
     let response = match result {
@@ -599,7 +596,7 @@ async fn run_stream(
             return;
         }
     };
-    let flags = if events.is_some() {
+    let flags = if control.is_some() {
         0
     } else {
         FLAG_TERMINATE_STREAM
@@ -616,21 +613,15 @@ async fn run_stream(
     if !send(out, &frame).await {
         return;
     }
-    // Events only after the response: the receiver is read from here on.
-    if let Some((shape, mut rx)) = events {
-        while let Some(event) = rx.recv().await {
-            let frame = json_message(
-                APPLICATION_MESSAGE,
-                0,
-                stream,
-                Some(shape),
-                &[],
-                event.into_bytes(),
-            );
-            if !send(out, &frame).await {
-                return;
-            }
+    // Events only after the response: the sinks write to the connection from here on.
+    if let Some(control) = control {
+        if !control.opened().await {
+            return;
         }
+        // This task stays while the stream is open: aborting it (client close, connection end)
+        // drops the control, which is how the sinks learn the stream closed.
+        let open = control.sinks_dropped();
+        open.await;
         // Every sink dropped: the service closed the stream.
         send(
             out,
