@@ -42,7 +42,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use bytes::Bytes;
 use tokio::sync::{Notify, watch};
@@ -238,20 +238,22 @@ impl Node {
         self.children.is_empty() && self.subscribers.is_empty()
     }
 
-    fn collect(&self, levels: &[&str], out: &mut Vec<Arc<SubscriberQueue>>) {
+    /// Subscribers whose filter matches the remaining `levels` of a topic (an iterator, so a
+    /// publish allocates no list of levels).
+    fn collect(&self, mut levels: std::str::Split<'_, char>, out: &mut Vec<Arc<SubscriberQueue>>) {
         // `#` also matches the parent level itself (MQTT: `a/#` matches `a`).
         if let Some(hash) = self.children.get("#") {
             out.extend(hash.subscribers.iter().cloned());
         }
-        let Some((first, rest)) = levels.split_first() else {
+        let Some(first) = levels.next() else {
             out.extend(self.subscribers.iter().cloned());
             return;
         };
-        if let Some(child) = self.children.get(*first) {
-            child.collect(rest, out);
+        if let Some(child) = self.children.get(first) {
+            child.collect(levels.clone(), out);
         }
         if let Some(plus) = self.children.get("+") {
-            plus.collect(rest, out);
+            plus.collect(levels, out);
         }
     }
 
@@ -330,7 +332,8 @@ impl InterestState {
 }
 
 struct Inner {
-    root: Mutex<Node>,
+    /// Read-locked by publishes (which run in parallel), write-locked by (un)subscribes.
+    root: RwLock<Node>,
     next_id: AtomicU64,
     interest: Mutex<InterestState>,
 }
@@ -338,7 +341,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.root
-            .lock()
+            .read()
             .unwrap_or_else(|e| e.into_inner())
             .close_all();
     }
@@ -366,7 +369,7 @@ impl Bus {
     pub fn new() -> Bus {
         Bus {
             inner: Arc::new(Inner {
-                root: Mutex::new(Node::default()),
+                root: RwLock::new(Node::default()),
                 next_id: AtomicU64::new(1),
                 interest: Mutex::new(InterestState::default()),
             }),
@@ -398,7 +401,7 @@ impl Bus {
             closed: AtomicBool::new(false),
         });
         {
-            let mut node = self.inner.root.lock().unwrap_or_else(|e| e.into_inner());
+            let mut node = self.inner.root.write().unwrap_or_else(|e| e.into_inner());
             let mut node = &mut *node;
             for level in filter.split('/') {
                 node = node.children.entry(level.to_string()).or_default();
@@ -421,13 +424,12 @@ impl Bus {
     /// Publishing with no subscriber succeeds and returns 0.
     pub fn publish(&self, topic: &str, message: Message) -> Result<usize, BusError> {
         validate_topic(topic)?;
-        let levels: Vec<&str> = topic.split('/').collect();
         let mut matched = Vec::new();
         self.inner
             .root
-            .lock()
+            .read()
             .unwrap_or_else(|e| e.into_inner())
-            .collect(&levels, &mut matched);
+            .collect(topic.split('/'), &mut matched);
         let delivery = Arc::new(Delivery {
             topic: topic.to_string(),
             message,
@@ -479,7 +481,7 @@ impl Bus {
         fn count(node: &Node) -> usize {
             node.subscribers.len() + node.children.values().map(count).sum::<usize>()
         }
-        count(&self.inner.root.lock().unwrap_or_else(|e| e.into_inner()))
+        count(&self.inner.root.read().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -542,7 +544,7 @@ impl Drop for Subscription {
             let levels: Vec<&str> = self.filter.split('/').collect();
             inner
                 .root
-                .lock()
+                .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&levels, self.queue.id);
             inner

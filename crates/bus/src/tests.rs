@@ -169,7 +169,7 @@ fn dropping_a_subscription_unsubscribes_and_prunes() {
     drop(b);
     assert_eq!(bus.subscription_count(), 0);
     assert_eq!(bus.publish("x/y/z", msg("p", 1)).unwrap(), 0);
-    assert!(bus.inner.root.lock().unwrap().is_empty());
+    assert!(bus.inner.root.read().unwrap().is_empty());
 }
 
 #[tokio::test]
