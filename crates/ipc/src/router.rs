@@ -309,6 +309,8 @@ pub(crate) enum Handler {
 #[derive(Clone)]
 pub(crate) struct Operation {
     pub(crate) name: String,
+    /// `<name>Response`, made once at registration rather than per call.
+    pub(crate) response_shape: String,
     pub(crate) authz: Authz,
     pub(crate) handler: Handler,
 }
@@ -324,7 +326,7 @@ pub(crate) fn full_name(op: &str) -> String {
 
 /// The registry of operations. Registering an operation twice replaces the first handler.
 pub struct Router {
-    ops: RwLock<HashMap<String, Operation>>,
+    ops: RwLock<HashMap<String, Arc<Operation>>>,
     authorizer: Arc<Authorizer>,
 }
 
@@ -391,15 +393,16 @@ impl Router {
         let name = full_name(op);
         self.ops.write().unwrap_or_else(|e| e.into_inner()).insert(
             name.clone(),
-            Operation {
+            Arc::new(Operation {
+                response_shape: format!("{name}Response"),
                 name,
                 authz,
                 handler,
-            },
+            }),
         );
     }
 
-    pub(crate) fn lookup(&self, op: &str) -> Option<Operation> {
+    pub(crate) fn lookup(&self, op: &str) -> Option<Arc<Operation>> {
         self.ops
             .read()
             .unwrap_or_else(|e| e.into_inner())

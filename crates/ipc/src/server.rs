@@ -578,7 +578,6 @@ async fn run_stream(
         send_error(out, stream, &error).await;
         return;
     }
-    let response_shape = format!("{}Response", op.name);
     let (result, control) = match &op.handler {
         Handler::Unary(handler) => (guarded(handler(caller, request)).await, None),
         Handler::Streaming {
@@ -606,7 +605,7 @@ async fn run_stream(
         APPLICATION_MESSAGE,
         flags,
         stream,
-        Some(&response_shape),
+        Some(&op.response_shape),
         &[],
         body.into(),
     );
