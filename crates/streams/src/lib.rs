@@ -95,3 +95,16 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<()> {
     sm.stop().await;
     Ok(())
 }
+
+/// Feeds raw bytes through the frame and request decoders (the fuzz target's entry point; not
+/// an API). Must never panic, whatever the input.
+#[doc(hidden)]
+pub fn fuzz_decode(data: &[u8]) {
+    let mut buf = bytes::BytesMut::from(data);
+    while let Ok(Some(frame)) = codec::decode_frame(&mut buf) {
+        let _ = codec::decode_request(frame.op, &frame.payload);
+    }
+    if let Some((&op, rest)) = data.split_first() {
+        let _ = codec::decode_request(op, rest);
+    }
+}
