@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read while waiting for a client: idle connections keep only this, inline.
@@ -62,9 +63,9 @@ enum Wake {
     Signal,
 }
 
-struct Conn<'a, S> {
-    core: &'a Core,
-    authorizer: &'a dyn Authorizer,
+struct Conn<S> {
+    core: Arc<Core>,
+    authorizer: Arc<dyn Authorizer>,
     ctx: ClientContext,
     stream: S,
     rbuf: BytesMut,
@@ -83,59 +84,32 @@ struct Conn<'a, S> {
     /// Subscribers' queues this client's publications filled; its socket is not read meanwhile.
     held_back: Vec<Congested>,
     peek: [u8; PEEK],
+    /// The connection's share of the listener's bound on connections.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
-pub(crate) async fn serve<S>(
+/// Serves one client until it goes. Built eagerly, to be spawned as is: the connection state is
+/// the future's only capture, so it is stored once (an `async fn` keeps its arguments apart from
+/// the locals they are moved into, which would store the socket and the context twice in every
+/// connection's task). `permit` is held for as long as the connection lasts.
+pub(crate) fn serve<S>(
     core: Arc<Core>,
     authorizer: Arc<dyn Authorizer>,
-    mut stream: S,
+    stream: S,
     ctx: ClientContext,
-) where
+    permit: Option<OwnedSemaphorePermit>,
+) -> impl Future<Output = ()>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let max_packet = core.config.max_packet_size as usize;
-    let mut rbuf = BytesMut::with_capacity(4096);
-    // Boxed, like every rarely taken wait below: a task is as large as its largest state, and
-    // an idle connection's task should hold little more than its connection state.
-    let connect = match Box::pin(tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        read_connect(&mut stream, &mut rbuf, max_packet),
-    ))
-    .await
-    {
-        Ok(Ok(c)) => c,
-        Ok(Err(ConnectError::Codec(CodecError::UnsupportedVersion { name, level }))) => {
-            tracing::debug!(peer = %ctx.peer, name, level, "unsupported protocol version");
-            let mut out = BytesMut::new();
-            let ack = ConnAck {
-                session_present: false,
-                reason_code: 0x01,
-                properties: Properties::default(),
-            };
-            codec::encode(&Packet::ConnAck(ack), Version::V311, &mut out);
-            let _ = stream.write_all(&out).await;
-            return;
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(peer = %ctx.peer, "connection closed before CONNECT: {e}");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(peer = %ctx.peer, "no CONNECT within {CONNECT_TIMEOUT:?}");
-            return;
-        }
-    };
-    if rbuf.is_empty() {
-        rbuf = BytesMut::new();
-    }
     let mut conn = Conn {
-        core: &core,
-        authorizer: &*authorizer,
+        core,
+        authorizer,
         ctx,
         stream,
-        rbuf,
+        rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
-        version: connect.version,
+        version: Version::V311,
         data: SessionData::default(),
         client_receive_max: 0,
         client_max_packet: 0,
@@ -145,10 +119,9 @@ pub(crate) async fn serve<S>(
         outbox: Arc::new(Outbox::default()),
         held_back: Vec::new(),
         peek: [0; PEEK],
+        _permit: permit,
     };
-    // Boxed: the CONNECT (two property sets) lives as long as the connection, and every idle
-    // connection would otherwise carry it inline in its task.
-    conn.run(Box::new(connect)).await;
+    async move { conn.serve().await }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,12 +138,12 @@ async fn read_connect<S: AsyncRead + Unpin>(
     stream: &mut S,
     rbuf: &mut BytesMut,
     max: usize,
-) -> Result<Connect, ConnectError> {
+) -> Result<Box<Connect>, ConnectError> {
     loop {
         if let Some((packet, used)) = codec::decode(rbuf, None, max)? {
             let _ = rbuf.split_to(used);
             match packet {
-                Packet::Connect(c) => return Ok(c),
+                Packet::Connect(c) => return Ok(Box::new(c)),
                 _ => unreachable!("decode accepts only CONNECT before the version is known"),
             }
         }
@@ -180,9 +153,50 @@ async fn read_connect<S: AsyncRead + Unpin>(
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn v5(&self) -> bool {
         self.version == Version::V5
+    }
+
+    async fn serve(&mut self) {
+        let max_packet = self.core.config.max_packet_size as usize;
+        self.rbuf.reserve(4096);
+        // Boxed, like every rarely taken wait below: a task is as large as its largest state,
+        // and an idle connection's task should hold little more than its connection state.
+        let connect = match Box::pin(tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            read_connect(&mut self.stream, &mut self.rbuf, max_packet),
+        ))
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(ConnectError::Codec(CodecError::UnsupportedVersion { name, level }))) => {
+                tracing::debug!(peer = %self.ctx.peer, name, level, "unsupported protocol version");
+                let ack = ConnAck {
+                    session_present: false,
+                    reason_code: 0x01,
+                    properties: Properties::default(),
+                };
+                codec::encode(&Packet::ConnAck(ack), Version::V311, &mut self.wbuf);
+                let _ = self.stream.write_all(&self.wbuf).await;
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.ctx.peer, "connection closed before CONNECT: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %self.ctx.peer, "no CONNECT within {CONNECT_TIMEOUT:?}");
+                return;
+            }
+        };
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
+        self.version = connect.version;
+        // The CONNECT (two property sets) comes boxed: every idle connection would otherwise
+        // carry it inline in its task.
+        self.run(connect).await;
     }
 
     fn queue(&mut self, packet: &Packet) {
@@ -286,6 +300,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         more
     }
 
+    /// Queues the CONNACK accepting this client. Not inlined into `run`: its property set would
+    /// otherwise take room in every connection's task.
+    #[inline(never)]
+    fn send_connack(&mut self, session_present: bool, assigned: Option<String>) {
+        let mut properties = Properties::default();
+        if self.v5() {
+            let cfg = &self.core.config;
+            properties.receive_maximum = Some(cfg.receive_maximum);
+            properties.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+            // Some clients (paho) reject values above the largest remaining length.
+            properties.maximum_packet_size =
+                Some(cfg.max_packet_size.min(codec::MAX_REMAINING_LENGTH as u32));
+            properties.retain_available = Some(1);
+            properties.wildcard_subscription_available = Some(1);
+            properties.subscription_identifier_available = Some(1);
+            properties.shared_subscription_available = Some(1);
+            properties.assigned_client_identifier = assigned;
+        }
+        let ack = ConnAck {
+            session_present,
+            reason_code: 0,
+            properties,
+        };
+        self.queue(&Packet::ConnAck(ack));
+    }
+
     async fn refuse(&mut self, v3_code: u8, v5_code: u8) {
         let reason_code = if self.v5() { v5_code } else { v3_code };
         let ack = ConnAck {
@@ -358,26 +398,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         self.outbox = attached.outbox.clone();
         self.data = attached.data;
 
-        let mut properties = Properties::default();
-        if v5 {
-            let cfg = &self.core.config;
-            properties.receive_maximum = Some(cfg.receive_maximum);
-            properties.topic_alias_maximum = Some(cfg.topic_alias_maximum);
-            // Some clients (paho) reject values above the largest remaining length.
-            properties.maximum_packet_size =
-                Some(cfg.max_packet_size.min(codec::MAX_REMAINING_LENGTH as u32));
-            properties.retain_available = Some(1);
-            properties.wildcard_subscription_available = Some(1);
-            properties.subscription_identifier_available = Some(1);
-            properties.shared_subscription_available = Some(1);
-            properties.assigned_client_identifier = assigned;
-        }
-        let ack = ConnAck {
-            session_present: attached.session_present,
-            reason_code: 0,
-            properties,
-        };
-        self.queue(&Packet::ConnAck(ack));
+        self.send_connack(attached.session_present, assigned);
         tracing::debug!(client_id, version = ?self.version, session_present = attached.session_present, "connected");
         self.resend_inflight();
         self.fill_window();
@@ -386,7 +407,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
         // Only the will outlives the handshake; the rest of the CONNECT is freed here, and a
         // connection without a will holds nothing for it.
-        let will = connect.will.map(Box::new);
+        let will = {
+            // Moved out whole, so the boxed CONNECT is freed now rather than when `run` ends.
+            let connect = *connect;
+            connect.will.map(Box::new)
+        };
         // The keep-alive is checked by the broker's housekeeping, so an idle connection's task
         // holds no timer.
         let alive_until = || keep_alive.map(|k| Instant::now() + k);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -234,28 +234,25 @@ async fn accept_loop(
             certificate_chain: Vec::new(),
             anonymous_allowed: b.anonymous_allowed,
         };
-        let core = core.clone();
-        let authorizer = authorizer.clone();
-        let tls = b.tls.clone();
-        tokio::spawn(async move {
-            serve_socket(socket, tls, ctx, core, authorizer).await;
-            drop(permit);
-        });
-    }
-}
-
-async fn serve_socket(
-    socket: TcpStream,
-    tls: Option<TlsAcceptor>,
-    ctx: ClientContext,
-    core: Arc<Core>,
-    authorizer: Arc<dyn Authorizer>,
-) {
-    match tls {
-        None => connection::serve(core, authorizer, socket, ctx).await,
-        // Boxed: the handshake and the TLS stream are several kilobytes, and a task is as large
-        // as its largest state, so inline they would weigh on every plain-TCP connection too.
-        Some(acceptor) => Box::pin(serve_tls(socket, acceptor, ctx, core, authorizer)).await,
+        let (core, authorizer) = (core.clone(), authorizer.clone());
+        match b.tls.clone() {
+            // Spawned as built: the connection state is the task's only capture, so an idle
+            // connection's task is little more than that state (see `connection::serve`).
+            None => {
+                tokio::spawn(connection::serve(
+                    core,
+                    authorizer,
+                    socket,
+                    ctx,
+                    Some(permit),
+                ));
+            }
+            // A task of its own size: the handshake and the TLS stream are several kilobytes
+            // that plain-TCP connections' tasks must not be sized for.
+            Some(acceptor) => {
+                tokio::spawn(serve_tls(socket, acceptor, ctx, core, authorizer, permit));
+            }
+        }
     }
 }
 
@@ -265,6 +262,7 @@ async fn serve_tls(
     mut ctx: ClientContext,
     core: Arc<Core>,
     authorizer: Arc<dyn Authorizer>,
+    permit: OwnedSemaphorePermit,
 ) {
     let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
         Ok(Ok(s)) => s,
@@ -280,7 +278,7 @@ async fn serve_tls(
     if let Some(chain) = stream.get_ref().1.peer_certificates() {
         ctx.certificate_chain = chain.iter().map(|c| c.clone().into_owned()).collect();
     }
-    connection::serve(core, authorizer, stream, ctx).await
+    connection::serve(core, authorizer, stream, ctx, Some(permit)).await
 }
 
 /// Lets the process that embeds the broker join it as a client.
@@ -309,6 +307,7 @@ impl BrokerHandle {
             Arc::new(crate::auth::AllowAll),
             theirs,
             ctx,
+            None,
         ));
         ours
     }
@@ -318,10 +317,10 @@ impl BrokerHandle {
 mod tests {
     use super::*;
 
-    /// A task is as large as its future's largest state: the TLS handshake and stream must not
-    /// make every plain-TCP connection's task carry their kilobytes.
+    /// What an idle plain-TCP connection's task holds is its future: keep it within budget
+    /// (the TLS states, the CONNECT, timers and rare waits are kept out of it).
     #[tokio::test]
-    async fn plain_tcp_connection_task_does_not_carry_the_tls_states() {
+    async fn plain_tcp_connection_task_stays_small() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let ctx = ClientContext {
@@ -332,18 +331,10 @@ mod tests {
             anonymous_allowed: true,
         };
         let core = Core::new(BrokerConfig::default());
-        let authorizer: Arc<dyn Authorizer> = Arc::new(crate::AllowAll);
         let socket = TcpStream::connect(addr).await.unwrap();
-        let connection = connection::serve(core.clone(), authorizer.clone(), socket, ctx.clone());
-        let connection_size = std::mem::size_of_val(&connection);
-        drop(connection);
-        let socket = TcpStream::connect(addr).await.unwrap();
-        let task = serve_socket(socket, None, ctx, core, authorizer);
-        let task_size = std::mem::size_of_val(&task);
-        let tls_stream = std::mem::size_of::<tokio_rustls::server::TlsStream<TcpStream>>();
-        assert!(
-            task_size < connection_size + tls_stream,
-            "connection task {task_size} B, connection future {connection_size} B, TLS stream {tls_stream} B"
-        );
+        let task = connection::serve(core, Arc::new(crate::AllowAll), socket, ctx, None);
+        let size = std::mem::size_of_val(&task);
+        eprintln!("connection task future: {size} bytes");
+        assert!(size <= 1536, "connection task future is {size} bytes");
     }
 }
