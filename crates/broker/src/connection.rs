@@ -13,7 +13,8 @@ use crate::codec::{
 };
 use crate::router::{Subscription, parse_shared};
 use crate::state::{
-    Congested, Core, Delivery, Inflight, Message, Outbox, SERVER_SHUTTING_DOWN, SessionData,
+    Attached, Congested, Core, Delivery, Inflight, Message, Outbox, SERVER_SHUTTING_DOWN,
+    SessionData,
 };
 use bytes::{Buf, BytesMut};
 use std::collections::HashMap;
@@ -76,7 +77,8 @@ struct Conn<S> {
     client_receive_max: usize,
     /// The client's Maximum Packet Size.
     client_max_packet: usize,
-    aliases: HashMap<u16, String>,
+    /// Inbound topic aliases; allocated on first use (most clients use none).
+    aliases: Option<Box<HashMap<u16, String>>>,
     session_expiry: u32,
     connect_expiry_was_zero: bool,
     /// Deliveries routed to this session; set once the session is attached.
@@ -113,7 +115,7 @@ where
         data: SessionData::default(),
         client_receive_max: 0,
         client_max_packet: 0,
-        aliases: HashMap::new(),
+        aliases: None,
         session_expiry: 0,
         connect_expiry_was_zero: false,
         outbox: Arc::new(Outbox::default()),
@@ -338,7 +340,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let _ = self.stream.write_all(&buf).await;
     }
 
-    async fn run(&mut self, connect: Box<Connect>) {
+    async fn run(&mut self, mut connect: Box<Connect>) {
         let v5 = self.v5();
         let mut assigned = None;
         let client_id = if connect.client_id.is_empty() {
@@ -391,15 +393,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             Box::pin(tokio::time::sleep(Duration::from_millis(10))).await;
         }
-        let Some(attached) = attached else {
+        let Some(Attached {
+            conn_id,
+            session_present,
+            data,
+            outbox,
+        }) = attached
+        else {
             tracing::warn!(client_id, "previous connection did not release the session");
             return self.refuse(0x03, 0x88).await;
         };
-        self.outbox = attached.outbox.clone();
-        self.data = attached.data;
+        self.outbox = outbox;
+        self.data = data;
 
-        self.send_connack(attached.session_present, assigned);
-        tracing::debug!(client_id, version = ?self.version, session_present = attached.session_present, "connected");
+        self.send_connack(session_present, assigned);
+        tracing::debug!(client_id, version = ?self.version, session_present, "connected");
         self.resend_inflight();
         self.fill_window();
 
@@ -407,11 +415,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
         // Only the will outlives the handshake; the rest of the CONNECT is freed here, and a
         // connection without a will holds nothing for it.
-        let will = {
-            // Moved out whole, so the boxed CONNECT is freed now rather than when `run` ends.
-            let connect = *connect;
-            connect.will.map(Box::new)
-        };
+        let will = connect.will.take().map(Box::new);
+        // Freed now, not when `run` ends.
+        drop(connect);
         // The keep-alive is checked by the broker's housekeeping, so an idle connection's task
         // holds no timer.
         let alive_until = || keep_alive.map(|k| Instant::now() + k);
@@ -532,7 +538,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.held_back.clear();
         self.core.detach(
             &client_id,
-            attached.conn_id,
+            conn_id,
             data,
             &self.outbox,
             will,
@@ -713,12 +719,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return Err(Some(0x94));
             }
             if p.topic.is_empty() {
-                match self.aliases.get(&alias) {
+                match self.aliases.as_ref().and_then(|a| a.get(&alias)) {
                     Some(t) => p.topic = t.clone(),
                     None => return Err(Some(0x82)),
                 }
             } else {
-                self.aliases.insert(alias, p.topic.clone());
+                self.aliases
+                    .get_or_insert_default()
+                    .insert(alias, p.topic.clone());
             }
         } else if p.topic.is_empty() {
             return Err(Some(0x82));

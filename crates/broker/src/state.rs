@@ -280,7 +280,9 @@ enum Slot {
         outbox: Arc<Outbox>,
     },
     Offline {
-        data: SessionData,
+        /// Boxed: the slot lives in the session map, where every connected session would
+        /// otherwise pay for the offline state's size too.
+        data: Box<SessionData>,
         expires_at: Option<Instant>,
     },
 }
@@ -384,7 +386,7 @@ impl Core {
             ..
         }) = st.sessions.get_mut(client_id)
         {
-            data = Some(std::mem::take(d));
+            data = Some(std::mem::take(&mut **d));
         }
         let session_present = data.is_some();
         let mut data = data.unwrap_or_default();
@@ -466,7 +468,7 @@ impl Core {
         data.pending.retain(|d| d.qos != QoS::AtMostOnce);
         if let Some(session) = st.sessions.get_mut(client_id) {
             session.slot = Slot::Offline {
-                data,
+                data: Box::new(data),
                 expires_at: expiry_deadline(now, expiry_secs),
             };
         }
