@@ -1,15 +1,47 @@
-//! Append throughput of the stream store: 1 KiB records, flushOnWrite off and on, 1 and 8
-//! writer threads, each configuration for a fixed wall-clock window; read throughput; and, in
-//! the same run on the same directory, the disk's own limits with ratios: a raw 1 KiB
-//! write+fsync loop, group-commit loops (N records written, then one fsync) and sequential
-//! 1 MiB writes.
+//! Append throughput of the stream store beside the disk's own limits, measured interleaved in
+//! one run on the same directory so that a shared machine's changing load hits both alike.
 //!
-//! `cargo run --release -p lichen-streams --example bench_append [-- DIR [SECONDS]]`
-//! DIR defaults to a temporary directory (put it on the disk you want to measure).
+//! Store: 1 KiB records, flushOnWrite off and on, 1 and 8 writer threads; with flushOnWrite the
+//! group commits per second and records per group commit. Disk: a raw 1 KiB write+fsync loop,
+//! group-commit loops (N records written, then one fdatasync) on a growing file and on a
+//! preallocated one (overwriting zeros: data only, no size change), and sequential 1 MiB writes.
+//! Every measurement is split into ROUNDS slices and the slices of all of them alternate.
+//!
+//! `cargo run --release -p lichen-streams --example bench_append [-- DIR [SECONDS [ROUNDS]]]`
+//! DIR defaults to a temporary directory (put it on the disk you want to measure); SECONDS
+//! (default 2) is each measurement's total time; ROUNDS defaults to 4.
 
-use lichen_streams::{Store, StrategyOnFull, StreamDefinition};
+use lichen_streams::{Store, StrategyOnFull, Stream, StreamDefinition};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+const REC: usize = 1024;
+
+/// One measured thing: accumulated count and time over its slices.
+struct Tally {
+    label: String,
+    count: f64,
+    secs: f64,
+    commits: f64,
+}
+
+impl Tally {
+    fn rate(&self) -> f64 {
+        self.count / self.secs
+    }
+}
+
+enum Job {
+    Store { stream: Arc<Stream>, writers: usize },
+    WriteFsync(File),
+    GroupCommit { file: File, n: u64 },
+    GroupCommitPrealloc { file: File, n: u64, at: u64 },
+    Sequential(File),
+}
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -19,29 +51,165 @@ fn main() -> anyhow::Result<()> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| tmp.path().to_path_buf());
     let secs: f64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(2.0);
-    let store = Store::open(dir.join(format!("bench-{}", std::process::id())))?;
-    let payload = vec![0x5au8; 1024];
-    let limits = disk_limits(&dir, secs)?;
-    let mut results = Vec::new();
-    println!(
-        "{:<12} {:>8} {:>14} {:>10}",
-        "flushOnWrite", "writers", "records/s", "MiB/s"
-    );
+    let rounds: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(4);
+    let slice = secs / rounds as f64;
+    let root = dir.join(format!("bench-{}", std::process::id()));
+    let store = Store::open(&root)?;
+    let payload = vec![0x5au8; REC];
+    let raw = |name: &str| File::create(root.join(name));
+
+    let mut jobs = Vec::new();
+    let mut tallies = Vec::new();
     for flush in [false, true] {
         for writers in [1usize, 8] {
-            let name = format!("bench-{flush}-{writers}");
-            let mut d = StreamDefinition::new(&name, StrategyOnFull::OverwriteOldestData);
+            let mut d = StreamDefinition::new(
+                format!("bench-{flush}-{writers}"),
+                StrategyOnFull::OverwriteOldestData,
+            );
             d.flush_on_write = flush;
             d.max_size = 512 << 20;
-            let stream = store.create(d)?;
+            jobs.push(Job::Store {
+                stream: store.create(d)?,
+                writers,
+            });
+            tallies.push(format!("store flushOnWrite={flush:<5} writers={writers}"));
+        }
+    }
+    jobs.push(Job::WriteFsync(raw("disk-wf")?));
+    tallies.push("disk: write+fsync per record".into());
+    for n in [8u64, 64] {
+        jobs.push(Job::GroupCommit {
+            file: raw(&format!("disk-gc{n}"))?,
+            n,
+        });
+        tallies.push(format!("disk: group commit N={n}, growing file"));
+    }
+    {
+        // 64 MiB of real zeros, synced, then overwritten in place round after round.
+        let file = raw("disk-gc8-pre")?;
+        let zeros = vec![0u8; 1 << 20];
+        for i in 0..64u64 {
+            file.write_all_at(&zeros, i << 20)?;
+        }
+        file.sync_all()?;
+        jobs.push(Job::GroupCommitPrealloc { file, n: 8, at: 0 });
+        tallies.push("disk: group commit N=8, preallocated file".into());
+    }
+    jobs.push(Job::Sequential(raw("disk-seq")?));
+    tallies.push("disk: sequential 1 MiB writes + fsync".into());
+    let mut tallies: Vec<Tally> = tallies
+        .into_iter()
+        .map(|label| Tally {
+            label,
+            count: 0.0,
+            secs: 0.0,
+            commits: 0.0,
+        })
+        .collect();
+
+    for _ in 0..rounds {
+        for (job, tally) in jobs.iter_mut().zip(tallies.iter_mut()) {
+            let (count, secs, commits) = run_slice(job, slice, &payload)?;
+            tally.count += count;
+            tally.secs += secs;
+            tally.commits += commits;
+        }
+    }
+
+    // Read back what the first store job wrote, in 500-record reads.
+    if let Job::Store { stream, .. } = &jobs[0] {
+        let t = Instant::now();
+        let (mut next, mut read) = (0u64, 0u64);
+        loop {
+            let got = stream.read(next, 500, u64::MAX)?;
+            let Some(last) = got.last() else { break };
+            next = last.sequence_number + 1;
+            read += got.len() as u64;
+        }
+        let e = t.elapsed().as_secs_f64();
+        println!(
+            "read back {read} records: {:.0} records/s, {:.1} MiB/s\n",
+            read as f64 / e,
+            read as f64 * REC as f64 / e / (1 << 20) as f64
+        );
+    }
+    println!(
+        "{:<44} {:>12} {:>9} {:>12} {:>12}",
+        "", "records/s", "MiB/s", "fsyncs/s", "records/sync"
+    );
+    for t in &tallies {
+        let (fs, per) = if t.commits > 0.0 {
+            (
+                format!("{:.0}", t.commits / t.secs),
+                format!("{:.1}", t.count / t.commits),
+            )
+        } else {
+            ("-".into(), "-".into())
+        };
+        println!(
+            "{:<44} {:>12.0} {:>9.1} {:>12} {:>12}",
+            t.label,
+            t.rate(),
+            t.rate() * REC as f64 / (1 << 20) as f64,
+            fs,
+            per
+        );
+    }
+    let rate = |prefix: &str| {
+        tallies
+            .iter()
+            .find(|t| t.label.starts_with(prefix))
+            .map(Tally::rate)
+            .unwrap_or(f64::NAN)
+    };
+    println!("\nratios:");
+    let pairs = [
+        ("store flushOnWrite=false writers=1", "disk: sequential"),
+        ("store flushOnWrite=false writers=8", "disk: sequential"),
+        ("store flushOnWrite=true  writers=1", "disk: write+fsync"),
+        (
+            "store flushOnWrite=true  writers=8",
+            "disk: group commit N=8, growing",
+        ),
+        (
+            "store flushOnWrite=true  writers=8",
+            "disk: group commit N=8, prealloc",
+        ),
+    ];
+    for (ours, limit) in pairs {
+        println!(
+            "{ours}: {:>6.1}% of {}",
+            100.0 * rate(ours) / rate(limit),
+            tallies
+                .iter()
+                .find(|t| t.label.starts_with(limit))
+                .map(|t| t.label.trim_start_matches("disk: "))
+                .unwrap_or(limit)
+        );
+    }
+    drop(jobs);
+    for name in store.list() {
+        store.delete(&name)?;
+    }
+    drop(store);
+    std::fs::remove_dir_all(&root)?;
+    Ok(())
+}
+
+/// Runs one job for `secs`; returns (records, elapsed seconds, fsyncs).
+fn run_slice(job: &mut Job, secs: f64, payload: &[u8]) -> anyhow::Result<(f64, f64, f64)> {
+    let start = Instant::now();
+    let done = |start: &Instant| start.elapsed().as_secs_f64() >= secs;
+    let (count, commits) = match job {
+        Job::Store { stream, writers } => {
             let count = AtomicU64::new(0);
             let stop = AtomicBool::new(false);
-            let start = Instant::now();
+            let commits_before = stream.group_commits();
             std::thread::scope(|s| {
-                for _ in 0..writers {
+                for _ in 0..*writers {
                     s.spawn(|| {
                         while !stop.load(Ordering::Relaxed) {
-                            let a = stream.append(&payload).expect("append");
+                            let a = stream.append(payload).expect("append");
                             if a.needs_sync {
                                 stream.wait_durable(a.sequence_number).expect("fsync");
                             }
@@ -52,112 +220,61 @@ fn main() -> anyhow::Result<()> {
                 std::thread::sleep(Duration::from_secs_f64(secs));
                 stop.store(true, Ordering::Relaxed);
             });
-            let elapsed = start.elapsed().as_secs_f64();
-            let n = count.load(Ordering::Relaxed) as f64;
-            results.push((flush, writers, n / elapsed));
-            if !flush && writers == 1 {
-                // Read back everything just written, in 500-record reads.
-                let t = Instant::now();
-                let mut next = 0u64;
-                let mut read = 0u64;
-                loop {
-                    let got = stream.read(next, 500, u64::MAX)?;
-                    let Some(last) = got.last() else { break };
-                    next = last.sequence_number + 1;
-                    read += got.len() as u64;
+            (
+                count.load(Ordering::Relaxed),
+                stream.group_commits() - commits_before,
+            )
+        }
+        Job::WriteFsync(f) => {
+            let mut n = 0;
+            while !done(&start) {
+                f.write_all(payload)?;
+                f.sync_data()?;
+                n += 1;
+            }
+            (n, n)
+        }
+        Job::GroupCommit { file, n } => {
+            let (mut recs, mut syncs) = (0, 0);
+            while !done(&start) {
+                for _ in 0..*n {
+                    file.write_all(payload)?;
                 }
-                let e = t.elapsed().as_secs_f64();
-                println!(
-                    "(read back {read} records: {:.0} records/s, {:.1} MiB/s)",
-                    read as f64 / e,
-                    read as f64 * 1024.0 / e / (1 << 20) as f64
-                );
+                file.sync_data()?;
+                recs += *n;
+                syncs += 1;
             }
-            println!(
-                "{:<12} {:>8} {:>14.0} {:>10.1}",
-                flush,
-                writers,
-                n / elapsed,
-                n * 1024.0 / elapsed / (1 << 20) as f64
-            );
-            store.delete(&name)?;
+            (recs, syncs)
         }
-    }
-    println!("\ndisk limits, same directory, same run (1 KiB records):");
-    for (label, rate) in &limits {
-        println!("{label:<42} {rate:>12.0} records/s");
-    }
-    let limit = |key: &str| {
-        limits
-            .iter()
-            .find(|(l, _)| l.starts_with(key))
-            .map(|(_, r)| *r)
-            .unwrap_or(f64::NAN)
-    };
-    println!("\nratios:");
-    for (flush, writers, rate) in results {
-        let (key, what) = if !flush {
-            ("sequential", "sequential-write limit")
-        } else if writers == 1 {
-            ("write+fsync", "write+fsync-per-record limit")
-        } else {
-            ("group commit N=8", "group-commit (N=8) limit")
-        };
-        println!(
-            "flushOnWrite={flush:<5} writers={writers}: {:>6.1}% of the {what}",
-            100.0 * rate / limit(key)
-        );
-    }
-    Ok(())
-}
-
-/// The disk's own figures for 1 KiB records, each loop for `secs`.
-fn disk_limits(dir: &std::path::Path, secs: f64) -> anyhow::Result<Vec<(String, f64)>> {
-    use std::io::Write;
-    let path = dir.join(format!("disk-limit-{}", std::process::id()));
-    let rec = vec![0xa5u8; 1024];
-    let mut out = Vec::new();
-    let timed = |mut step: Box<dyn FnMut() -> std::io::Result<u64> + '_>| -> anyhow::Result<f64> {
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed().as_secs_f64() < secs {
-            n += step()?;
+        Job::GroupCommitPrealloc { file, n, at } => {
+            let (mut recs, mut syncs) = (0, 0);
+            while !done(&start) {
+                for _ in 0..*n {
+                    if *at + REC as u64 > 64 << 20 {
+                        *at = 0;
+                    }
+                    file.write_all_at(payload, *at)?;
+                    *at += REC as u64;
+                }
+                file.sync_data()?;
+                recs += *n;
+                syncs += 1;
+            }
+            (recs, syncs)
         }
-        Ok(n as f64 / start.elapsed().as_secs_f64())
-    };
-    {
-        let mut f = std::fs::File::create(&path)?;
-        let r = timed(Box::new(|| {
-            f.write_all(&rec)?;
-            f.sync_data()?;
-            Ok(1)
-        }))?;
-        out.push(("write+fsync per record".to_string(), r));
-    }
-    for n in [8u64, 64] {
-        let mut f = std::fs::File::create(&path)?;
-        let r = timed(Box::new(|| {
-            for _ in 0..n {
-                f.write_all(&rec)?;
+        Job::Sequential(f) => {
+            let chunk = vec![0xa5u8; 1 << 20];
+            let mut bytes = 0u64;
+            while !done(&start) && bytes < (1u64 << 30) {
+                f.write_all(&chunk)?;
+                bytes += chunk.len() as u64;
             }
             f.sync_data()?;
-            Ok(n)
-        }))?;
-        out.push((format!("group commit N={n} (N writes, one fsync)"), r));
-    }
-    {
-        let mut f = std::fs::File::create(&path)?;
-        let chunk = vec![0xa5u8; 1 << 20];
-        let start = Instant::now();
-        let mut bytes = 0u64;
-        while start.elapsed().as_secs_f64() < secs && bytes < (4u64 << 30) {
-            f.write_all(&chunk)?;
-            bytes += chunk.len() as u64;
+            f.set_len(0)?;
+            use std::io::Seek;
+            f.seek(std::io::SeekFrom::Start(0))?;
+            ((bytes / REC as u64), 0)
         }
-        f.sync_data()?;
-        let r = bytes as f64 / 1024.0 / start.elapsed().as_secs_f64();
-        out.push(("sequential 1 MiB writes + final fsync".to_string(), r));
-    }
-    std::fs::remove_file(&path)?;
-    Ok(out)
+    };
+    Ok((count as f64, start.elapsed().as_secs_f64(), commits as f64))
 }

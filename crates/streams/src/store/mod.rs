@@ -12,6 +12,14 @@
 //! first damaged byte of a segment and drops the rest of that segment; memory per stream is the
 //! index (4 bytes per record) plus small per-segment state, whatever the backlog — payloads are
 //! read from disk.
+//!
+//! Durable appends: the active segment of a flushOnWrite stream is zero-filled ahead of the
+//! write position in [`PREALLOC_CHUNK`] steps, so records overwrite blocks that already belong to
+//! the file and an `fdatasync` writes data only, instead of also committing a new file size to
+//! the journal on every group commit. The logical end is where the record scan stops: a zero
+//! length field ends it. Recovery keeps an all-zero tail of the active segment as preallocated
+//! space and truncates any other tail (a torn record), so an old record can never reappear
+//! behind new ones. Sealed segments are cut to their logical size when the next one starts.
 
 mod record;
 
@@ -22,7 +30,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use tokio::sync::watch;
 
 #[cfg(test)]
@@ -30,6 +39,9 @@ use record::HEADER_LEN;
 
 const DEFINITION_FILE: &str = "definition.json";
 const CHECKPOINT_FILE: &str = "exports.json";
+/// How far ahead of the write position a flushOnWrite segment is zero-filled: one file-size
+/// change (one journal commit) per this many bytes of records instead of one per group commit.
+const PREALLOC_CHUNK: u64 = 1 << 20;
 
 /// A failed store operation; each variant maps to one protocol status.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +135,10 @@ enum Storage {
 struct Segment {
     first_seq: u64,
     offsets: Vec<u32>,
+    /// Logical size: the end of the last record.
     bytes: u64,
+    /// File length; bytes between `bytes` and `allocated` are zeros written ahead.
+    allocated: u64,
     last_ingest_ms: i64,
     storage: Storage,
 }
@@ -141,6 +156,45 @@ impl Segment {
             .map(|&o| o as u64)
             .unwrap_or(self.bytes)
     }
+    /// Cuts a preallocated zero tail off a segment that takes no more appends.
+    fn seal(&mut self) {
+        if let Storage::File { file, path } = &self.storage
+            && self.allocated > self.bytes
+        {
+            match file.set_len(self.bytes) {
+                Ok(()) => self.allocated = self.bytes,
+                Err(e) => {
+                    // Harmless: recovery treats a zero tail as free space.
+                    tracing::warn!(path = %path.display(), error = %e, "could not trim a sealed segment")
+                }
+            }
+        }
+    }
+
+    /// Zero-fills the file ahead of `need` (the end of the record about to be written), up to
+    /// [`PREALLOC_CHUNK`] past the write position but not past the segment size. Best effort:
+    /// when the disk is full the record is written without it and fails or succeeds alone.
+    fn preallocate(&mut self, need: u64, seg_size: u64) {
+        let Storage::File { file, path } = &self.storage else {
+            return;
+        };
+        if need <= self.allocated {
+            return;
+        }
+        let target = (self.bytes + PREALLOC_CHUNK).min(seg_size);
+        if target <= need {
+            return;
+        }
+        let zeros = vec![0u8; (target - self.allocated) as usize];
+        match file.write_all_at(&zeros, self.allocated) {
+            Ok(()) => self.allocated = target,
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "cannot preallocate segment space");
+                let _ = file.set_len(self.allocated);
+            }
+        }
+    }
+
     fn remove(self) {
         if let Storage::File { path, .. } = &self.storage
             && let Err(e) = fs::remove_file(path)
@@ -181,16 +235,26 @@ struct Inner {
     dir: Option<PathBuf>,
     deleted: bool,
     /// Files with writes not yet fsynced by a group commit (sealed segments).
-    unsynced: Vec<Arc<File>>,
+    unsynced: Vec<(Arc<File>, PathBuf)>,
     scratch: Vec<u8>,
+}
+
+/// Group-commit state: what is on disk, and whether a leader is syncing right now.
+struct Commit {
+    /// Next sequence number known to be on disk.
+    durable_next: u64,
+    syncing: bool,
 }
 
 /// One stream. Appends serialize on the stream's lock; durable appends share fsyncs.
 pub struct Stream {
     name: String,
     inner: Mutex<Inner>,
-    /// Next sequence number known to be on disk; the group-commit lock.
-    durable_next: Mutex<u64>,
+    commit: Mutex<Commit>,
+    /// Signalled when a group commit ends.
+    committed: Condvar,
+    /// Group commits done (each syncs every file written since the previous one).
+    group_commits: AtomicU64,
     /// Next sequence number to be assigned: long-polling readers wait on it.
     appended: watch::Sender<u64>,
     clock: Clock,
@@ -259,13 +323,18 @@ impl Stream {
         let seq = inner.next_seq;
         inner.scratch.clear();
         record::encode(seq, now, payload, &mut inner.scratch);
+        let flush_on_write = inner.definition.flush_on_write;
         let active = inner.segments.back_mut().expect("active segment");
         let offset = active.bytes;
+        if flush_on_write {
+            active.preallocate(offset + rec_len, seg_size);
+        }
         match &mut active.storage {
             Storage::File { file, path } => {
                 if let Err(e) = file.write_all_at(&inner.scratch, offset) {
                     // Cut off whatever part was written so the file matches the index again.
                     let _ = file.set_len(offset);
+                    active.allocated = offset;
                     return Err(io_err("append to", path)(e));
                 }
             }
@@ -273,6 +342,7 @@ impl Stream {
         }
         active.offsets.push(offset as u32);
         active.bytes += rec_len;
+        active.allocated = active.allocated.max(active.bytes);
         active.last_ingest_ms = now;
         inner.total_bytes += rec_len;
         inner.next_seq += 1;
@@ -285,30 +355,68 @@ impl Stream {
         })
     }
 
-    /// Blocks until record `seq` is on disk. Concurrent callers share one fsync: whoever holds
-    /// the commit lock syncs everything written so far, and later callers find their record
-    /// already covered.
+    /// Blocks until record `seq` is on disk. Leader/follower group commit: a caller finding no
+    /// sync under way becomes the leader and syncs everything appended so far, without holding
+    /// any lock during the fsync; callers arriving meanwhile wait for it to end, and then either
+    /// find their record covered or one of them leads the next commit for all the others. No
+    /// caller syncs alone what a sync already under way could not cover.
     pub fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
-        let mut durable = lock(&self.durable_next);
-        if *durable > seq {
-            return Ok(());
+        let mut c = lock(&self.commit);
+        loop {
+            if c.durable_next > seq {
+                return Ok(());
+            }
+            if !c.syncing {
+                break;
+            }
+            c = self.committed.wait(c).unwrap_or_else(|p| p.into_inner());
         }
-        let (target, mut files, path) = {
+        c.syncing = true;
+        drop(c);
+        let result = self.sync_appended();
+        let mut c = lock(&self.commit);
+        c.syncing = false;
+        if let Ok(target) = result {
+            c.durable_next = c.durable_next.max(target);
+        }
+        drop(c);
+        self.committed.notify_all();
+        result.map(|_| ())
+    }
+
+    /// Syncs every file written so far; returns the next sequence number it covers.
+    fn sync_appended(&self) -> Result<u64, StoreError> {
+        let (target, files) = {
             let mut inner = lock(&self.inner);
             let mut files = std::mem::take(&mut inner.unsynced);
-            let mut path = PathBuf::new();
-            if let Some(Storage::File { file, path: p }) = inner.segments.back().map(|s| &s.storage)
-            {
-                files.push(file.clone());
-                path = p.clone();
+            if let Some(Storage::File { file, path }) = inner.segments.back().map(|s| &s.storage) {
+                files.push((file.clone(), path.clone()));
             }
-            (inner.next_seq, files, path)
+            (inner.next_seq, files)
         };
-        for f in files.drain(..) {
-            f.sync_data().map_err(io_err("fsync", &path))?;
+        for (i, (file, path)) in files.iter().enumerate() {
+            if let Err(e) = file.sync_data() {
+                // Sealed files not yet synced stay queued for the next commit.
+                let mut inner = lock(&self.inner);
+                let active = inner.segments.back().map(|s| match &s.storage {
+                    Storage::File { file, .. } => Arc::as_ptr(file),
+                    Storage::Memory(_) => std::ptr::null(),
+                });
+                for pending in &files[i..] {
+                    if Some(Arc::as_ptr(&pending.0)) != active {
+                        inner.unsynced.push(pending.clone());
+                    }
+                }
+                return Err(io_err("fsync", path)(e));
+            }
         }
-        *durable = target;
-        Ok(())
+        self.group_commits.fetch_add(1, Ordering::Relaxed);
+        Ok(target)
+    }
+
+    /// Group commits done so far (for benchmarks and metrics: records per fsync).
+    pub fn group_commits(&self) -> u64 {
+        self.group_commits.load(Ordering::Relaxed)
     }
 
     /// Reads up to `max_count` records starting at `max(start, oldest)`, stopping before the
@@ -499,15 +607,19 @@ impl Inner {
             }
             None => Storage::Memory(Vec::new()),
         };
-        if let Some(Storage::File { file, .. }) = self.segments.back().map(|s| &s.storage)
-            && self.definition.flush_on_write
-        {
-            self.unsynced.push(file.clone());
+        if let Some(sealed) = self.segments.back_mut() {
+            sealed.seal();
+            if let Storage::File { file, path } = &sealed.storage
+                && self.definition.flush_on_write
+            {
+                self.unsynced.push((file.clone(), path.clone()));
+            }
         }
         self.segments.push_back(Segment {
             first_seq: self.next_seq,
             offsets: Vec::new(),
             bytes: 0,
+            allocated: 0,
             last_ingest_ms: 0,
             storage,
         });
@@ -628,6 +740,7 @@ impl Store {
             first_seq: 0,
             offsets: Vec::new(),
             bytes: 0,
+            allocated: 0,
             last_ingest_ms: 0,
             storage,
         };
@@ -789,7 +902,12 @@ fn new_stream(
             unsynced: Vec::new(),
             scratch: Vec::new(),
         }),
-        durable_next: Mutex::new(next_seq),
+        commit: Mutex::new(Commit {
+            durable_next: next_seq,
+            syncing: false,
+        }),
+        committed: Condvar::new(),
+        group_commits: AtomicU64::new(0),
         appended: watch::Sender::new(next_seq),
         clock: clock.clone(),
     }
@@ -846,18 +964,28 @@ fn recover_stream(dir: &Path, clock: &Clock) -> Result<Stream, StoreError> {
         let reader = io::BufReader::with_capacity(1 << 20, &file);
         let scan = record::scan_reader(reader, file_len, first_seq)
             .map_err(io_err("read segment", &path))?;
-        if scan.valid_len < file_len {
-            tracing::warn!(
-                path = %path.display(),
-                kept_records = scan.offsets.len(),
-                dropped_bytes = file_len - scan.valid_len,
-                "segment has a torn or damaged tail; truncating it"
-            );
-            file.set_len(scan.valid_len)
-                .map_err(io_err("truncate", &path))?;
-            file.sync_all().map_err(io_err("fsync", &path))?;
-        }
         let last = i + 1 == count;
+        let mut allocated = file_len;
+        if scan.valid_len < file_len {
+            let zero_tail =
+                all_zero(&file, scan.valid_len, file_len).map_err(io_err("read segment", &path))?;
+            if !zero_tail {
+                tracing::warn!(
+                    path = %path.display(),
+                    kept_records = scan.offsets.len(),
+                    dropped_bytes = file_len - scan.valid_len,
+                    "segment has a torn or damaged tail; truncating it"
+                );
+            }
+            // The active segment keeps a zero tail as preallocated space; anything else goes,
+            // so that bytes of a lost record can never follow new ones.
+            if !(last && zero_tail) {
+                file.set_len(scan.valid_len)
+                    .map_err(io_err("truncate", &path))?;
+                file.sync_all().map_err(io_err("fsync", &path))?;
+                allocated = scan.valid_len;
+            }
+        }
         if scan.offsets.is_empty() && !last {
             drop(file);
             let _ = fs::remove_file(&path);
@@ -868,6 +996,7 @@ fn recover_stream(dir: &Path, clock: &Clock) -> Result<Stream, StoreError> {
             first_seq,
             offsets: scan.offsets,
             bytes: scan.valid_len,
+            allocated,
             last_ingest_ms: scan.last_ingest_ms,
             storage: Storage::File {
                 file: Arc::new(file),
@@ -904,10 +1033,14 @@ fn recover_stream(dir: &Path, clock: &Clock) -> Result<Stream, StoreError> {
         {
             empty.remove();
         }
+        if let Some(sealed) = segments.back_mut() {
+            sealed.seal();
+        }
         segments.push_back(Segment {
             first_seq: next_seq,
             offsets: Vec::new(),
             bytes: 0,
+            allocated: 0,
             last_ingest_ms: 0,
             storage: Storage::File {
                 file: Arc::new(file),
@@ -941,6 +1074,21 @@ fn dir_name(name: &str) -> String {
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("~{hex}")
     }
+}
+
+/// Whether bytes `from..to` of `file` are all zero (preallocated, never written).
+fn all_zero(file: &File, from: u64, to: u64) -> io::Result<bool> {
+    let mut buf = vec![0u8; (to - from).min(1 << 20) as usize];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], at)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

@@ -285,11 +285,17 @@ fn reads_respect_count_and_byte_limits() {
     assert!(s.read(30, 5, u64::MAX).unwrap().is_empty());
 }
 
-fn damage_case(dir: &Path, seg_lens: &[usize]) -> (Vec<PathBuf>, Vec<Vec<(u64, u64)>>) {
-    // Returns the segment files and, per file, (seq, end offset) of each record.
+fn damage_case(
+    dir: &Path,
+    seg_lens: &[usize],
+    flush_on_write: bool,
+) -> (Vec<PathBuf>, Vec<Vec<(u64, u64)>>) {
+    // Returns the segment files and, per file, (seq, end offset) of each record. With
+    // flushOnWrite the active segment carries a preallocated zero tail.
     let store = Store::open(dir).unwrap();
     let mut d = def("x");
     d.segment_size = 1024;
+    d.flush_on_write = flush_on_write;
     let s = store.create(d).unwrap();
     for (i, &len) in seg_lens.iter().enumerate() {
         s.append(&payload(i as u64, len)).unwrap();
@@ -319,9 +325,10 @@ proptest! {
         at in any::<prop::sample::Index>(),
         bit in 0u8..8,
         flip in any::<bool>(),
+        flush_on_write in any::<bool>(),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let (files, ends) = damage_case(dir.path(), &lens);
+        let (files, ends) = damage_case(dir.path(), &lens, flush_on_write);
         let f = which.index(files.len());
         let mut bytes = fs::read(&files[f]).unwrap();
         let damage_at = if bytes.is_empty() { 0 } else { at.index(bytes.len()) } as u64;
@@ -503,4 +510,114 @@ fn readers_race_appends_and_segment_deletion() {
         done.store(true, Ordering::Relaxed);
     });
     assert_eq!(s.info().newest_sequence_number, 4999);
+}
+
+#[test]
+fn preallocated_segments_keep_their_logical_end_across_reopen_and_are_trimmed_when_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = def("pre");
+    d.flush_on_write = true;
+    d.segment_size = 64 * 1024;
+    let rec = (HEADER_LEN + 100) as u64;
+    let seg0 = dir.path().join("pre").join(segment_file_name(0));
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let s = store.create(d).unwrap();
+        for i in 0..10 {
+            let a = s.append(&payload(i, 100)).unwrap();
+            s.wait_durable(a.sequence_number).unwrap();
+        }
+        // Zero-filled ahead up to the segment size.
+        assert_eq!(fs::metadata(&seg0).unwrap().len(), 64 * 1024);
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let s = store.get("pre").unwrap();
+    assert_eq!(
+        fs::metadata(&seg0).unwrap().len(),
+        64 * 1024,
+        "zero tail kept"
+    );
+    assert_eq!(s.append(&payload(10, 100)).unwrap().sequence_number, 10);
+    let all = read_all(&s);
+    assert_eq!(all.len(), 11);
+    for m in &all {
+        assert_eq!(m.payload, payload(m.sequence_number, 100));
+    }
+    // Fill the segment: the sealed one is cut to its records.
+    let mut n = 11;
+    while s.info().total_bytes + rec <= 64 * 1024 {
+        s.append(&payload(n, 100)).unwrap();
+        n += 1;
+    }
+    s.append(&payload(n, 100)).unwrap();
+    assert_eq!(fs::metadata(&seg0).unwrap().len(), n * rec);
+    assert_eq!(read_all(&s).len() as u64, n + 1);
+}
+
+#[test]
+fn a_torn_record_before_a_zero_tail_is_cut_and_never_reappears_behind_new_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = def("torn");
+    d.flush_on_write = true;
+    let seg = dir.path().join("torn").join(segment_file_name(0));
+    let rec = (HEADER_LEN + 50) as u64;
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let s = store.create(d).unwrap();
+        for i in 0..5 {
+            s.append(&payload(i, 50)).unwrap();
+        }
+        s.wait_durable(4).unwrap();
+    }
+    // Record 2 loses its first byte (as if that block never reached the disk); records 3 and 4
+    // stay intact behind it, followed by the preallocated zeros.
+    let f = fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.write_all_at(&[0x7f], 2 * rec).unwrap();
+    drop(f);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let s = store.get("torn").unwrap();
+        let got: Vec<u64> = read_all(&s).iter().map(|m| m.sequence_number).collect();
+        assert_eq!(got, vec![0, 1]);
+        assert_eq!(
+            fs::metadata(&seg).unwrap().len(),
+            2 * rec,
+            "torn tail truncated"
+        );
+        // A new record of the same size takes number 2 and the same offset.
+        assert_eq!(s.append(&payload(20, 50)).unwrap().sequence_number, 2);
+    }
+    // The old record 3 must not come back behind the new record 2.
+    let store = Store::open(dir.path()).unwrap();
+    let s = store.get("torn").unwrap();
+    let got = read_all(&s);
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[2].payload, payload(20, 50));
+    assert_eq!(s.append(b"next").unwrap().sequence_number, 3);
+}
+
+#[test]
+fn concurrent_durable_appends_share_group_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut d = def("gc");
+    d.flush_on_write = true;
+    let s = store.create(d).unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..8u64 {
+            let s = &s;
+            scope.spawn(move || {
+                for i in 0..50 {
+                    let a = s.append(&payload(t * 1000 + i, 64)).unwrap();
+                    s.wait_durable(a.sequence_number).unwrap();
+                }
+            });
+        }
+    });
+    // Every record was synced by some group commit, and each commit synced at least one.
+    let commits = s.group_commits();
+    assert!((1..=400).contains(&commits), "{commits} group commits");
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(read_all(&store.get("gc").unwrap()).len(), 400);
 }
