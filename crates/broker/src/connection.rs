@@ -4,7 +4,11 @@
 //! connected, and hands the session back to the core (with anything still queued) when it ends.
 //! Architecture invariant: a publisher whose message filled a subscriber's queue is not read
 //! from until that queue drains or its owner is disconnected as a slow consumer; meanwhile its
-//! own deliveries keep flowing. An idle connection holds no read or write buffer.
+//! own deliveries keep flowing. An idle connection holds no read or write buffer and waits on
+//! its socket and its outbox's waker only.
+//! Architecture invariant: every complete packet read is handled before the socket is read again
+//! (packets pipelined behind CONNECT included), and bytes read together with the end of stream
+//! are handled before the connection ends.
 
 use crate::auth::{Authorizer, ClientContext};
 use crate::codec::{

@@ -24,6 +24,12 @@
 //! messages for an offline session whose queue is full.
 //! Architecture invariant: a client without a certificate is accepted only on a plain-TCP listener
 //! bound to a loopback address.
+//! Architecture invariant: an idle connection costs its task (the connection state and a few
+//! pointers: no read or write buffer, no timer, no `Notify` or `watch` waiter), its socket and its
+//! session entry. Keep-alive expiry (DISCONNECT 0x8D) and shutdown (0x8B) reach a connection
+//! through its session's outbox, set by the housekeeping tick and by [`Server::run`]; rare or
+//! large waits (CONNECT timeout, TLS handshake, held-back publisher) are boxed so they do not size
+//! every task.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), lichen_broker::BrokerError> {
