@@ -8,6 +8,7 @@ store and a port chosen by the OS; every process started here is killed at teard
 import functools
 import os
 import re
+import select
 import signal
 import subprocess
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 30
 
 
 def _serves_streams(binary):
@@ -62,25 +64,28 @@ class Server:
         env.pop("LICHEN_STREAM_MANAGER_AUTH_TOKENS", None)
         env.update(self.extra_env)
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-        line = self.proc.stdout.readline()
+        # The first line names the port; a server that neither prints it nor exits must not
+        # hang the session.
+        ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT_S)
+        line = self.proc.stdout.readline() if ready else ""
         m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
         if not m:
-            self.stop()
-            pytest.fail(f"server did not start: {line!r}")
+            self.stop(signal.SIGKILL)
+            pytest.fail(f"server did not start within {START_TIMEOUT_S} s: {line!r}")
         self.port = int(m.group(1))
         # Keep draining stdout: a server that logs there would block once the pipe is full.
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()
         return self
 
     def stop(self, sig=signal.SIGTERM):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
             try:
-                self.proc.wait(timeout=10)
+                proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+                proc.kill()
+                proc.wait()
 
     def restart(self, sig=signal.SIGTERM):
         # Same store, same port: clients reconnect on their next call.
@@ -106,9 +111,16 @@ def start_server(tmp_path, monkeypatch):
         servers.append(s)
         return s
 
-    yield start
-    for s in servers:
-        s.stop(signal.SIGKILL)
+    try:
+        yield start
+    finally:
+        # Every server, even when the test failed or another stop raised.
+        for s in servers:
+            try:
+                s.stop(signal.SIGKILL)
+            except Exception:
+                if s.proc is not None:
+                    s.proc.kill()
 
 
 @pytest.fixture

@@ -8,9 +8,11 @@ stream, appends, reads back, checks that a wrong token is refused, and writes wh
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -90,10 +92,21 @@ def test_sdk_component_on_a_real_core(tmp_path):
         stderr=subprocess.DEVNULL,
         text=True,
         env={**os.environ, "LICHEN_LOG": "info"},
+        # Its own process group, so teardown reaches the components it started too.
+        start_new_session=True,
     )
+    ready = threading.Event()
+
+    def drain():
+        # Reads every line, so a core logging to a full pipe never blocks.
+        for line in core.stdout:
+            if "ready in" in line:
+                ready.set()
+
+    threading.Thread(target=drain, daemon=True).start()
     try:
         deadline = time.monotonic() + 60
-        while "ready in" not in (core.stdout.readline() or ""):
+        while not ready.wait(0.2):
             assert core.poll() is None and time.monotonic() < deadline, "core did not become ready"
         config = {"aws.greengrass.StreamManager": {"MERGE": {"STREAM_MANAGER_SERVER_PORT": str(port)}}}
         r = subprocess.run(
@@ -136,3 +149,8 @@ def test_sdk_component_on_a_real_core(tmp_path):
             except subprocess.TimeoutExpired:
                 core.kill()
                 core.wait()
+        # Components the core left behind, if any.
+        try:
+            os.killpg(core.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
