@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -16,6 +16,7 @@ use crate::codec::{self, Decoder, Frame};
 use crate::router::full_name;
 use crate::rpc::*;
 use crate::server::short_path;
+use crate::writer::FrameWriter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -43,7 +44,7 @@ type Routes = Arc<Mutex<HashMap<i32, mpsc::UnboundedSender<Frame>>>>;
 
 /// A connected, authenticated IPC client. Dropping it closes the connection.
 pub struct IpcClient {
-    out: mpsc::Sender<Bytes>,
+    out: FrameWriter,
     routes: Routes,
     next_stream: AtomicI32,
     /// Set once the connection is gone.
@@ -52,7 +53,7 @@ pub struct IpcClient {
     /// stream ids to arrive in increasing order.
     open_lock: tokio::sync::Mutex<()>,
     reader: JoinHandle<()>,
-    writer: JoinHandle<()>,
+    _writer: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for IpcClient {
@@ -101,11 +102,8 @@ impl IpcClient {
         if ack.header_i32(MESSAGE_FLAGS).unwrap_or(0) & FLAG_CONNECTION_ACCEPTED == 0 {
             return Err(ClientError::Rejected);
         }
-        let (mut read, mut write) = stream.into_split();
-        let (out, mut out_rx) = mpsc::channel::<Bytes>(1024);
-        let writer = tokio::spawn(async move {
-            crate::server::write_batched(&mut out_rx, &mut write).await;
-        });
+        let (mut read, write) = stream.into_split();
+        let (out, writer) = FrameWriter::spawn(write);
         let routes: Routes = Arc::default();
         let reader_routes = routes.clone();
         let closed = Arc::new(AtomicBool::new(false));
@@ -154,7 +152,7 @@ impl IpcClient {
             closed,
             open_lock: tokio::sync::Mutex::new(()),
             reader,
-            writer,
+            _writer: writer,
         })
     }
 
@@ -241,7 +239,8 @@ impl IpcClient {
 impl Drop for IpcClient {
     fn drop(&mut self) {
         self.reader.abort();
-        self.writer.abort();
+        // The writer flushes what is queued, shuts the write side down and ends.
+        self.out.close();
     }
 }
 
@@ -288,7 +287,7 @@ fn decode_message(frame: &Frame) -> Result<Option<Value>, ClientError> {
 pub struct EventStream {
     stream: i32,
     rx: mpsc::UnboundedReceiver<Frame>,
-    out: mpsc::Sender<Bytes>,
+    out: FrameWriter,
     routes: Routes,
     closed: bool,
 }

@@ -30,6 +30,7 @@ mod router;
 mod rpc;
 mod server;
 mod tokens;
+mod writer;
 
 pub use authz::{Authorizer, CLI_SERVICE, ResourcePattern, ResourceStyle};
 pub use client::{ClientError, EventStream, IpcClient};

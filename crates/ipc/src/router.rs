@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use crate::authz::{Authorizer, ResourceStyle};
 use crate::codec;
 use crate::rpc::{APPLICATION_MESSAGE, json_message};
+use crate::writer::FrameWriter;
 
 /// The Greengrass IPC service id used in `_service` of error payloads.
 pub const SERVICE_ID: &str = "aws.greengrass#GreengrassCoreIPC";
@@ -171,7 +172,7 @@ impl std::fmt::Debug for EventSink {
 }
 
 struct SinkInner {
-    out: mpsc::Sender<Bytes>,
+    out: FrameWriter,
     stream: i32,
     /// Full event shape, e.g. `aws.greengrass#SubscriptionResponseMessage`.
     shape: String,
@@ -225,11 +226,7 @@ impl SinkControl {
 
 impl EventSink {
     /// A sink writing frames of `shape` on `stream` to `out`, and its control.
-    pub(crate) fn channel(
-        out: mpsc::Sender<Bytes>,
-        stream: i32,
-        shape: &str,
-    ) -> (EventSink, SinkControl) {
+    pub(crate) fn channel(out: FrameWriter, stream: i32, shape: &str) -> (EventSink, SinkControl) {
         let (open_tx, open_rx) = watch::channel(false);
         let (alive_tx, alive_rx) = mpsc::channel(1);
         let inner = Arc::new(SinkInner {

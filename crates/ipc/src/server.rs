@@ -1,7 +1,9 @@
 //! The IPC server: Unix socket, accept loop with a connection bound, one task per connection.
 //!
-//! A connection is a reader (frames → streams) and a writer task fed by a bounded channel, so
-//! per-stream order is the order frames were queued. Any protocol violation closes that one
+//! A connection is a reader (frames → streams) and a [`FrameWriter`] shared by everything that
+//! answers on it, so per-stream order is the order frames were handed over. A call that completes
+//! without waiting runs inside the reader (no task); event sinks hand their frames straight to
+//! the writer (no task between a service and the socket). Any protocol violation closes that one
 //! connection with a logged reason; nothing a client sends can stop the server or other clients.
 
 use std::collections::HashMap;
@@ -15,15 +17,16 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 use crate::codec::{self, Decoder, Frame};
 use crate::router::{Caller, EventSink, Handler, IpcError, Router};
 use crate::rpc::*;
 use crate::tokens::TokenRegistry;
+use crate::writer::FrameWriter;
 
 /// `sun_path` holds 108 bytes including the NUL.
 const SUN_PATH_MAX: usize = 108;
@@ -199,48 +202,6 @@ async fn accept_loop(
     connections.shutdown().await;
 }
 
-/// Frames taken off the queue for one write at most.
-const WRITE_BATCH_FRAMES: usize = 256;
-/// Bytes gathered for one write at most (larger frames go out alone).
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
-
-/// Writes queued frames until the queue closes or the peer goes. Whatever is queued when the
-/// writer wakes goes out in one `write` (one syscall for many frames under load; a lone frame is
-/// written as it is, without a copy).
-pub(crate) async fn write_batched<W: tokio::io::AsyncWrite + Unpin>(
-    rx: &mut mpsc::Receiver<Bytes>,
-    writer: &mut W,
-) {
-    let mut frames = Vec::with_capacity(WRITE_BATCH_FRAMES);
-    let mut batch = BytesMut::new();
-    while rx.recv_many(&mut frames, WRITE_BATCH_FRAMES).await > 0 {
-        let result = if frames.len() == 1 {
-            writer.write_all(&frames[0]).await
-        } else {
-            let mut result = Ok(());
-            for frame in frames.drain(..) {
-                if !batch.is_empty() && batch.len() + frame.len() > WRITE_BATCH_BYTES {
-                    result = writer.write_all(&batch).await;
-                    batch.clear();
-                    if result.is_err() {
-                        break;
-                    }
-                }
-                batch.extend_from_slice(&frame);
-            }
-            if result.is_ok() && !batch.is_empty() {
-                result = writer.write_all(&batch).await;
-            }
-            batch.clear();
-            result
-        };
-        frames.clear();
-        if result.is_err() {
-            return;
-        }
-    }
-}
-
 /// Why a connection ended.
 enum Close {
     /// Peer closed or the server is shutting down.
@@ -258,12 +219,8 @@ async fn serve_connection(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (mut reader, mut writer) = stream.into_split();
-    let (out, mut out_rx) = mpsc::channel::<Bytes>(1024);
-    let writer_task = tokio::spawn(async move {
-        write_batched(&mut out_rx, &mut writer).await;
-        let _ = writer.shutdown().await;
-    });
+    let (mut reader, writer) = stream.into_split();
+    let (out, writer_task) = FrameWriter::spawn(writer);
     let streams: Streams = Arc::default();
     let mut tasks = JoinSet::new();
     let mut conn = Connection {
@@ -317,13 +274,14 @@ async fn serve_connection(
     // Stop every stream (drops their sinks, so subscriptions are released), then flush.
     tasks.shutdown().await;
     streams.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    drop(out);
+    // Sinks that services still hold cannot keep the connection open: close flushes and ends.
+    out.close();
     let _ = writer_task.await;
 }
 
 struct Connection<'a> {
     shared: &'a Arc<Shared>,
-    out: mpsc::Sender<Bytes>,
+    out: FrameWriter,
     streams: Streams,
     tasks: &'a mut JoinSet<()>,
     caller: Option<Caller>,
@@ -481,7 +439,7 @@ impl Connection<'_> {
     }
 }
 
-async fn send(out: &mpsc::Sender<Bytes>, frame: &Frame) -> bool {
+async fn send(out: &FrameWriter, frame: &Frame) -> bool {
     match codec::encode(frame) {
         Ok(bytes) => out.send(bytes).await.is_ok(),
         Err(e) => {
@@ -491,7 +449,7 @@ async fn send(out: &mpsc::Sender<Bytes>, frame: &Frame) -> bool {
     }
 }
 
-async fn send_error(out: &mpsc::Sender<Bytes>, stream: i32, error: &IpcError) {
+async fn send_error(out: &FrameWriter, stream: i32, error: &IpcError) {
     let shape = format!("aws.greengrass#{}", error.shape());
     let payload = serde_json::to_vec(&error.to_payload()).unwrap_or_default();
     send(
@@ -545,7 +503,7 @@ async fn run_stream(
     op_name: &str,
     stream: i32,
     payload: Bytes,
-    out: &mpsc::Sender<Bytes>,
+    out: &FrameWriter,
 ) {
     let Some(op) = router.lookup(op_name) else {
         let error = IpcError::service(match providing_service(op_name) {
