@@ -101,7 +101,9 @@ impl Response {
 /// HTTP error statuses come back as responses.
 pub(crate) async fn send(req: Request<'_>) -> Result<Response, String> {
     let url = req.url;
-    match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&req)).await {
+    // Boxed: the exchange (TLS included) is a large future, and the core's worker threads have
+    // small stacks (a debug build overflowed them while building it in place).
+    match tokio::time::timeout(REQUEST_TIMEOUT, Box::pin(exchange(&req))).await {
         Ok(r) => r,
         Err(_) => Err(format!(
             "{} {}:{}: no response within {}s",
@@ -164,7 +166,7 @@ async fn talk<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|e| format!("send body: {e}"))?;
     s.flush().await.map_err(|e| format!("send body: {e}"))?;
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
+    let mut chunk = vec![0u8; 16 * 1024];
     // Read the head, then as much body as the framing asks for.
     let head_end = loop {
         if let Some(i) = find(&buf, b"\r\n\r\n") {

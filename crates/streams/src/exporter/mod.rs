@@ -366,7 +366,8 @@ async fn run_export(shared: Arc<Shared>, stream: Arc<Stream>, config: ExportConf
         let delivered = loop {
             let permit = shared.pool.acquire(priority).await;
             shared.throttle(&name, bytes).await;
-            let result = destination.send(&shared, &name, &batch).await;
+            // Boxed so a large destination future never sits on a small worker stack.
+            let result = Box::pin(destination.send(&shared, &name, &batch)).await;
             drop(permit);
             match result {
                 Ok(d) => break d,
