@@ -13,7 +13,7 @@
 use crate::auth::{Authorizer, ClientContext};
 use crate::codec::{
     self, Ack, CodecError, ConnAck, Connect, Disconnect, Packet, Properties, Publish, QoS, SubAck,
-    UnsubAck, Version,
+    UnsubAck, Version, Will,
 };
 use crate::router::{Subscription, parse_shared};
 use crate::state::{
@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,7 +69,7 @@ enum Wake {
     Signal,
 }
 
-struct Conn<S> {
+pub(crate) struct Conn<S> {
     core: Arc<Core>,
     authorizer: Arc<dyn Authorizer>,
     ctx: ClientContext,
@@ -93,7 +94,12 @@ struct Conn<S> {
     outbox: Arc<Outbox>,
     /// Subscribers' queues this client's publications filled; its socket is not read meanwhile.
     held_back: Vec<Congested>,
-    peek: [u8; PEEK],
+    /// Set by the handshake: the session's attachment, for `Core::detach`.
+    conn_id: u64,
+    /// The will, the only part of the CONNECT kept past the handshake.
+    will: Option<Box<Will>>,
+    /// Seconds; 0 without keep-alive.
+    keep_alive: u16,
     /// The connection's share of the listener's bound on connections.
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -110,7 +116,7 @@ pub(crate) fn serve<S>(
     permit: Option<OwnedSemaphorePermit>,
 ) -> impl Future<Output = ()>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Transport,
 {
     let mut conn = Conn {
         core,
@@ -128,11 +134,61 @@ where
         connect_expiry_was_zero: false,
         outbox: Arc::new(Outbox::default()),
         held_back: Vec::new(),
-        peek: [0; PEEK],
+        conn_id: 0,
+        will: None,
+        keep_alive: 0,
         _permit: permit,
     };
-    async move { conn.serve().await }
+    async move {
+        if conn.serve().await == Next::Park {
+            S::park(conn);
+        }
+    }
 }
+
+/// Goes on serving a connection taken out of the idle pool.
+pub(crate) fn resume(conn: Conn<TcpStream>) -> impl Future<Output = ()> + Send {
+    let mut conn = conn;
+    async move {
+        conn.outbox.lock().parked = false;
+        if conn.session().await == Next::Park {
+            TcpStream::park(conn);
+        }
+    }
+}
+
+/// What a connection's task does once its loop returns.
+#[derive(PartialEq, Eq)]
+enum Next {
+    /// The connection ended and its session was handed back.
+    Done,
+    /// Nothing to do: hand the connection to the idle pool and end the task.
+    Park,
+}
+
+/// A stream a connection runs on; says whether the connection may be parked in the idle pool.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
+    /// Only plain TCP is parked: a TLS session's state lives in its stream, and in-process
+    /// connections are few.
+    const PARKABLE: bool = false;
+
+    /// Hands an idle connection to the idle pool. Called only where `PARKABLE`.
+    fn park(conn: Conn<Self>) {
+        drop(conn);
+        unreachable!("only parkable transports are parked");
+    }
+}
+
+impl Transport for TcpStream {
+    const PARKABLE: bool = true;
+
+    fn park(conn: Conn<Self>) {
+        crate::idle::park(conn);
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {}
+impl Transport for tokio::io::DuplexStream {}
 
 #[derive(Debug, thiserror::Error)]
 enum ConnectError {
@@ -163,12 +219,129 @@ async fn read_connect<S: AsyncRead + Unpin>(
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+impl<S> Conn<S> {
+    /// The same connection on another stream, and the stream it had.
+    pub(crate) fn with_stream<T>(self, stream: T) -> (S, Conn<T>) {
+        let Conn {
+            core,
+            authorizer,
+            ctx,
+            stream: old,
+            rbuf,
+            wbuf,
+            version,
+            data,
+            client_receive_max,
+            client_max_packet,
+            aliases,
+            session_expiry,
+            connect_expiry_was_zero,
+            outbox,
+            held_back,
+            conn_id,
+            will,
+            keep_alive,
+            _permit,
+        } = self;
+        let conn = Conn {
+            core,
+            authorizer,
+            ctx,
+            stream,
+            rbuf,
+            wbuf,
+            version,
+            data,
+            client_receive_max,
+            client_max_packet,
+            aliases,
+            session_expiry,
+            connect_expiry_was_zero,
+            outbox,
+            held_back,
+            conn_id,
+            will,
+            keep_alive,
+            _permit,
+        };
+        (old, conn)
+    }
+
+    pub(crate) fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    pub(crate) fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    pub(crate) fn client_id(&self) -> &str {
+        &self.ctx.client_id
+    }
+
+    /// Hands the session back to the core: publishes or schedules the will as `end` says and
+    /// keeps or ends the session. The socket is left to the caller.
+    fn finish(&mut self, end: End) {
+        let will = self.will.take();
+        let will = will.as_deref().and_then(|w| {
+            let send = match end {
+                End::Normal { send_will } => send_will,
+                End::Abnormal => true,
+                End::Shutdown => false,
+            };
+            send.then(|| {
+                let now = Instant::now();
+                let message = Arc::new(Message {
+                    topic: w.topic.clone(),
+                    payload: w.payload.clone(),
+                    qos: w.qos,
+                    retain: w.retain,
+                    properties: forwarded(&w.properties),
+                    expires_at: w
+                        .properties
+                        .message_expiry_interval
+                        .map(|s| now + Duration::from_secs(u64::from(s))),
+                    publisher: self.ctx.client_id.clone(),
+                });
+                (message, w.properties.will_delay_interval.unwrap_or(0))
+            })
+        });
+        let will = will.filter(|(m, _)| self.authorizer.publish(&self.ctx, &m.topic));
+        let data = std::mem::take(&mut self.data);
+        self.held_back.clear();
+        self.core.detach(
+            &self.ctx.client_id,
+            self.conn_id,
+            data,
+            &self.outbox,
+            will,
+            self.session_expiry,
+        );
+        tracing::debug!(client_id = self.ctx.client_id, "disconnected");
+    }
+
+    /// Ends a parked connection that cannot be taken back into service (its socket could not be
+    /// registered again): abnormally, so its will goes out.
+    pub(crate) fn abandon(mut self) {
+        self.finish(End::Abnormal);
+    }
+
+    /// Ends a parked connection at shutdown without waking it.
+    pub(crate) fn shut_down(mut self) {
+        self.finish(End::Shutdown);
+    }
+}
+
+impl<S: Transport> Conn<S> {
     fn v5(&self) -> bool {
         self.version == Version::V5
     }
 
-    async fn serve(&mut self) {
+    async fn serve(&mut self) -> Next {
         let max_packet = self.core.config.max_packet_size as usize;
         self.rbuf.reserve(4096);
         // Boxed, like every rarely taken wait below: a task is as large as its largest state,
@@ -189,15 +362,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 };
                 codec::encode(&Packet::ConnAck(ack), Version::V311, &mut self.wbuf);
                 let _ = self.stream.write_all(&self.wbuf).await;
-                return;
+                return Next::Done;
             }
             Ok(Err(e)) => {
                 tracing::debug!(peer = %self.ctx.peer, "connection closed before CONNECT: {e}");
-                return;
+                return Next::Done;
             }
             Err(_) => {
                 tracing::debug!(peer = %self.ctx.peer, "no CONNECT within {CONNECT_TIMEOUT:?}");
-                return;
+                return Next::Done;
             }
         };
         if self.rbuf.is_empty() {
@@ -206,7 +379,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.version = connect.version;
         // The CONNECT (two property sets) comes boxed: every idle connection would otherwise
         // carry it inline in its task.
-        self.run(connect).await;
+        if !self.handshake(connect).await {
+            return Next::Done;
+        }
+        self.session().await
     }
 
     fn queue(&mut self, packet: &Packet) {
@@ -242,13 +418,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// no other), then, without waiting, as much more as is already there.
     /// Returns `false` at end of stream or on a socket error; what was read before stays in the
     /// read buffer to be handled (a client may send its last packets and close at once).
-    fn take_read(&mut self, n: usize) -> bool {
-        if n == 0 {
+    fn take_read(&mut self, peek: &[u8]) -> bool {
+        if peek.is_empty() {
             return false;
         }
         self.rbuf.reserve(READ_CHUNK);
-        self.rbuf.extend_from_slice(&self.peek[..n]);
-        if n < PEEK {
+        self.rbuf.extend_from_slice(peek);
+        if peek.len() < PEEK {
             return true;
         }
         let mut cx = Context::from_waker(Waker::noop());
@@ -348,12 +524,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let _ = self.stream.write_all(&buf).await;
     }
 
-    async fn run(&mut self, mut connect: Box<Connect>) {
+    /// Answers the CONNECT; returns whether the client was accepted (its session attached).
+    async fn handshake(&mut self, mut connect: Box<Connect>) -> bool {
         let v5 = self.v5();
         let mut assigned = None;
         let client_id = if connect.client_id.is_empty() {
             if !v5 && !connect.clean_start {
-                return self.refuse(0x02, 0x85).await;
+                self.refuse(0x02, 0x85).await;
+                return false;
             }
             let id = format!("lichen-{}", uuid::Uuid::new_v4().simple());
             assigned = Some(id.clone());
@@ -365,14 +543,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.ctx.username = connect.username.clone();
         if connect.properties.authentication_method.is_some() {
             // No enhanced authentication methods are offered.
-            return self.refuse(0x05, 0x8C).await;
+            self.refuse(0x05, 0x8C).await;
+            return false;
         }
         if !self.ctx.anonymous_allowed && self.ctx.certificate_chain.is_empty() {
             tracing::info!(client_id, peer = %self.ctx.peer, "refused: no client certificate on a non-loopback listener");
-            return self.refuse(0x05, 0x87).await;
+            self.refuse(0x05, 0x87).await;
+            return false;
         }
         if !self.authorizer.connect(&self.ctx) {
-            return self.refuse(0x05, 0x87).await;
+            self.refuse(0x05, 0x87).await;
+            return false;
         }
         self.session_expiry = if v5 {
             connect.properties.session_expiry_interval.unwrap_or(0)
@@ -409,27 +590,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }) = attached
         else {
             tracing::warn!(client_id, "previous connection did not release the session");
-            return self.refuse(0x03, 0x88).await;
+            self.refuse(0x03, 0x88).await;
+            return false;
         };
         self.outbox = outbox;
         self.data = data;
+        self.conn_id = conn_id;
 
         self.send_connack(session_present, assigned);
         tracing::debug!(client_id, version = ?self.version, session_present, "connected");
         self.resend_inflight();
         self.fill_window();
 
-        let keep_alive = (connect.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        self.keep_alive = connect.keep_alive;
         // Only the will outlives the handshake; the rest of the CONNECT is freed here, and a
         // connection without a will holds nothing for it.
-        let will = connect.will.take().map(Box::new);
-        // Freed now, not when `run` ends.
+        self.will = connect.will.take().map(Box::new);
+        // Freed now, not when the session ends.
         drop(connect);
         // The keep-alive is checked by the broker's housekeeping, so an idle connection's task
         // holds no timer.
-        let alive_until = || keep_alive.map(|k| Instant::now() + k);
-        self.outbox.keep_alive_until(alive_until());
+        self.outbox.keep_alive_until(self.alive_until());
+        true
+    }
+
+    /// When the client must next show life: 1.5 times its keep-alive from now.
+    fn alive_until(&self) -> Option<Instant> {
+        (self.keep_alive > 0)
+            .then(|| Instant::now() + Duration::from_millis(u64::from(self.keep_alive) * 1500))
+    }
+
+    /// Serves the attached session: packets in, deliveries out, until the connection ends
+    /// (`Next::Done`, session handed back) or, on a parkable transport, until it is asked to
+    /// park while it has nothing to do (`Next::Park`).
+    async fn session(&mut self) -> Next {
+        let client_id = self.ctx.client_id.clone();
+        // Bytes read while waiting for the client: an idle connection's task keeps only these.
+        let mut peek = [0u8; PEEK];
         // Clients may send packets right behind their CONNECT in one segment; those bytes are
         // already in the read buffer and are handled before anything more is read.
         let mut unhandled_input = !self.rbuf.is_empty();
@@ -460,6 +657,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if !self.wbuf.is_empty() {
                 continue;
             }
+            if S::PARKABLE
+                && !more
+                && !unhandled_input
+                && !input_closed
+                && self.held_back.is_empty()
+                && self.rbuf.is_empty()
+                && self.data.pending.is_empty()
+                && self.outbox.take_park_request()
+                && self.core.idle_pool().is_some()
+            {
+                return Next::Park;
+            }
             let timeout = self.core.config.slow_consumer_timeout;
             // Allocated only while held back: idle connections do not carry this future.
             let mut drained = self.held_back.first().map(|c| {
@@ -471,7 +680,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 // A client held back is not read, so it cannot be expected to show life.
                 self.outbox.keep_alive_until(None);
             }
-            let (stream, peek, outbox) = (&mut self.stream, &mut self.peek, &self.outbox);
+            let (stream, peek, outbox) = (&mut self.stream, &mut peek, &self.outbox);
             let wake = std::future::poll_fn(|cx| {
                 if !held {
                     let mut buf = ReadBuf::new(&mut peek[..]);
@@ -494,8 +703,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             drop(drained);
             match wake {
                 Wake::Read(read) => {
-                    input_closed = !matches!(read, Ok(n) if self.take_read(n));
-                    self.outbox.keep_alive_until(alive_until());
+                    input_closed = !matches!(read, Ok(n) if self.take_read(&peek[..n]));
+                    self.outbox.keep_alive_until(self.alive_until());
                     if let Some(end) = self.handle_input_or_end().await {
                         break end;
                     }
@@ -503,7 +712,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Wake::Drained => {
                     self.release_held_back();
                     if self.held_back.is_empty() {
-                        self.outbox.keep_alive_until(alive_until());
+                        self.outbox.keep_alive_until(self.alive_until());
                         // Packets read before the hold are handled before reading more.
                         if let Some(end) = self.handle_input_or_end().await {
                             break end;
@@ -518,42 +727,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 break End::Abnormal;
             }
         };
-        let will = will.as_deref().and_then(|w| {
-            let send = match end {
-                End::Normal { send_will } => send_will,
-                End::Abnormal => true,
-                End::Shutdown => false,
-            };
-            send.then(|| {
-                let now = Instant::now();
-                let message = Arc::new(Message {
-                    topic: w.topic.clone(),
-                    payload: w.payload.clone(),
-                    qos: w.qos,
-                    retain: w.retain,
-                    properties: forwarded(&w.properties),
-                    expires_at: w
-                        .properties
-                        .message_expiry_interval
-                        .map(|s| now + Duration::from_secs(u64::from(s))),
-                    publisher: client_id.clone(),
-                });
-                (message, w.properties.will_delay_interval.unwrap_or(0))
-            })
-        });
-        let will = will.filter(|(m, _)| self.authorizer.publish(&self.ctx, &m.topic));
-        let data = std::mem::take(&mut self.data);
-        self.held_back.clear();
-        self.core.detach(
-            &client_id,
-            conn_id,
-            data,
-            &self.outbox,
-            will,
-            self.session_expiry,
-        );
+        self.finish(end);
         let _ = self.stream.shutdown().await;
-        tracing::debug!(client_id, "disconnected");
+        Next::Done
     }
 
     async fn disconnect_with(&mut self, reason_code: u8) {

@@ -3,7 +3,8 @@
 //!
 //! Shaped like a protocol server: [`codec`] turns bytes into packets and back (pure, no I/O);
 //! `router` holds the subscription trie; `state` holds sessions, retained messages and delayed
-//! wills under one lock; `connection` runs one client; [`Server`] owns listeners, bounds the
+//! wills under one lock; `connection` runs one client; `idle` keeps idle clients without a task;
+//! [`Server`] owns listeners, bounds the
 //! number of connections and shuts down gracefully. Authorization goes through [`Authorizer`].
 //!
 //! Architecture invariant: the codec never touches a socket; only `server` and `connection` do I/O.
@@ -24,12 +25,16 @@
 //! messages for an offline session whose queue is full.
 //! Architecture invariant: a client without a certificate is accepted only on a plain-TCP listener
 //! bound to a loopback address.
-//! Architecture invariant: an idle connection costs its task (the connection state and a few
-//! pointers: no read or write buffer, no timer, no `Notify` or `watch` waiter), its socket and its
-//! session entry. Keep-alive expiry (DISCONNECT 0x8D) and shutdown (0x8B) reach a connection
-//! through its session's outbox, set by the housekeeping tick and by [`Server::run`]; rare or
-//! large waits (CONNECT timeout, TLS handshake, held-back publisher) are boxed so they do not size
-//! every task.
+//! Architecture invariant: an idle plain-TCP connection has no task and no reactor entry: it is
+//! parked in the idle pool (`idle`) as its connection state (no read or write buffer), its socket
+//! (in the pool's own epoll set) and its session entry. It parks at its first idle moment after
+//! the CONNACK, and again once a housekeeping tick (200 ms) passed without input or deliveries;
+//! readability, a delivery, keep-alive expiry or shutdown puts it back on a task. Keep-alive
+//! expiry (DISCONNECT 0x8D) and shutdown (0x8B) reach every connection, parked or not, through its
+//! session's outbox, set by the housekeeping tick and by [`Server::run`]. TLS and in-process
+//! connections are not parked (a TLS session's state lives in its stream); their idle cost is
+//! their task, kept small: rare or large waits (CONNECT timeout, TLS handshake, held-back
+//! publisher) are boxed so they do not size every task.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), lichen_broker::BrokerError> {
@@ -43,6 +48,7 @@
 mod auth;
 pub use lichen_mqtt as codec;
 mod connection;
+mod idle;
 mod router;
 mod server;
 mod state;

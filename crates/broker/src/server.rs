@@ -2,6 +2,7 @@
 
 use crate::auth::{Authorizer, ClientContext};
 use crate::connection;
+use crate::idle::IdlePool;
 use crate::state::{BrokerConfig, Core};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -175,6 +176,14 @@ impl Server {
                 }
             }));
         }
+        // Without a pool (no epoll set could be made), idle connections simply keep their tasks.
+        match IdlePool::new() {
+            Ok(pool) => {
+                self.core.set_idle_pool(&pool);
+                tasks.push(tokio::spawn(pool.run(stop_rx.clone())));
+            }
+            Err(e) => tracing::warn!("idle connections will not be parked: {e}"),
+        }
         for b in self.bound {
             let core = self.core.clone();
             let authorizer = self.authorizer.clone();
@@ -316,6 +325,7 @@ impl BrokerHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::{self, Packet, Properties, QoS, Version};
 
     /// What an idle plain-TCP connection's task holds is its future: keep it within budget
     /// (the TLS states, the CONNECT, timers and rare waits are kept out of it).
@@ -336,5 +346,143 @@ mod tests {
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task future: {size} bytes");
         assert!(size <= 1536, "connection task future is {size} bytes");
+    }
+
+    /// Reads the next packet; `None` once the broker closed the connection.
+    async fn next_packet(stream: &mut TcpStream, buf: &mut bytes::BytesMut) -> Option<Packet> {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            loop {
+                if let Some((p, used)) =
+                    codec::decode(buf, Some(Version::V311), usize::MAX).expect("valid packet")
+                {
+                    let _ = buf.split_to(used);
+                    return Some(p);
+                }
+                match stream.read_buf(buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("a packet or a close in time")
+    }
+
+    async fn send(stream: &mut TcpStream, packet: Packet) {
+        use tokio::io::AsyncWriteExt;
+        let mut out = bytes::BytesMut::new();
+        codec::encode(&packet, Version::V311, &mut out);
+        stream.write_all(&out).await.expect("write");
+    }
+
+    async fn connect(addr: SocketAddr, client_id: &str) -> (TcpStream, bytes::BytesMut) {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let connect = codec::Connect {
+            version: Version::V311,
+            clean_start: true,
+            keep_alive: 60,
+            properties: Properties::default(),
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+        };
+        send(&mut stream, Packet::Connect(connect)).await;
+        let mut buf = bytes::BytesMut::new();
+        match next_packet(&mut stream, &mut buf).await {
+            Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, 0),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        (stream, buf)
+    }
+
+    /// Waits (bounded) until `n` connections are parked.
+    async fn until_parked(core: &Core, n: usize) {
+        let parked = || core.idle_pool().map_or(0, |p| p.len());
+        for _ in 0..200 {
+            if parked() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{} connections parked, expected {n}", parked());
+    }
+
+    /// Idle plain-TCP connections leave their tasks for the idle pool; a parked connection
+    /// wakes for what its client sends and for deliveries, and shutdown reaches it.
+    #[tokio::test]
+    async fn idle_connections_park_and_wake() {
+        let listeners = [Listener {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            tls: None,
+        }];
+        let server = Server::bind(
+            BrokerConfig::default(),
+            &listeners,
+            Arc::new(crate::AllowAll),
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addrs()[0];
+        let core = server.core.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+
+        let (mut sub, mut sub_buf) = connect(addr, "subscriber").await;
+        until_parked(&core, 1).await;
+        // Its SUBSCRIBE wakes it.
+        let subscribe = codec::Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            filters: vec![(
+                "t/idle".into(),
+                codec::SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: 0,
+                },
+            )],
+        };
+        send(&mut sub, Packet::Subscribe(subscribe)).await;
+        match next_packet(&mut sub, &mut sub_buf).await {
+            Some(Packet::SubAck(a)) => assert_eq!(a.reason_codes, vec![1]),
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+        let (mut publisher, _) = connect(addr, "publisher").await;
+        // Both quiet: both parked.
+        until_parked(&core, 2).await;
+        // A delivery wakes the parked subscriber.
+        let publish = codec::Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: "t/idle".into(),
+            packet_id: None,
+            properties: Properties::default(),
+            payload: bytes::Bytes::from_static(b"to a parked subscriber"),
+        };
+        send(&mut publisher, Packet::Publish(publish)).await;
+        match next_packet(&mut sub, &mut sub_buf).await {
+            Some(Packet::Publish(p)) => {
+                assert_eq!(p.topic, "t/idle");
+                assert_eq!(&p.payload[..], b"to a parked subscriber");
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+        until_parked(&core, 2).await;
+        // Shutdown closes parked connections (MQTT 3.1.1 has no server DISCONNECT).
+        let _ = stop.send(());
+        assert!(next_packet(&mut sub, &mut sub_buf).await.is_none());
+        let mut pub_buf = bytes::BytesMut::new();
+        assert!(next_packet(&mut publisher, &mut pub_buf).await.is_none());
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("server stops")
+            .unwrap();
     }
 }

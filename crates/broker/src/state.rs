@@ -8,11 +8,12 @@
 //! full queue are dropped, counted and logged (QoS 0 is not kept for offline sessions at all).
 
 use crate::codec::{Properties, QoS};
+use crate::idle::IdlePool;
 use crate::router::{Subscription, SubscriptionTree, filter_matches};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -135,6 +136,13 @@ pub(crate) struct OutboxInner {
     /// When the client must next show life (keep-alive); `None` without keep-alive or while the
     /// client is held back (it is not read then, so it cannot be expected to).
     alive_until: Option<Instant>,
+    /// The connection is in the idle pool (its waker is the pool's entry for it).
+    pub parked: bool,
+    /// The client sent something or a delivery arrived since the last housekeeping tick.
+    active: bool,
+    /// The connection should park at its next idle moment: set on attach (a new connection has
+    /// nothing to do once it has its CONNACK) and by housekeeping after a quiet tick.
+    park_request: bool,
 }
 
 impl Default for Outbox {
@@ -148,6 +156,7 @@ impl Outbox {
         Outbox {
             inner: Mutex::new(OutboxInner {
                 queue,
+                park_request: true,
                 ..OutboxInner::default()
             }),
             drained: Notify::new(),
@@ -184,8 +193,41 @@ impl Outbox {
     }
 
     /// Sets when the client must next show life; `None` stops the keep-alive check.
+    /// Also marks the connection active: it is called whenever the client is read from.
     pub fn keep_alive_until(&self, deadline: Option<Instant>) {
-        self.lock().alive_until = deadline;
+        let mut inner = self.lock();
+        inner.alive_until = deadline;
+        inner.active = true;
+    }
+
+    /// Whether the connection should park now; the request is consumed.
+    pub fn take_park_request(&self) -> bool {
+        std::mem::take(&mut self.lock().park_request)
+    }
+
+    /// Housekeeping: asks a connection that was quiet for a whole tick to park.
+    fn check_idle(&self) {
+        let mut inner = self.lock();
+        if inner.parked || inner.park_request || inner.kick.is_some() {
+            return;
+        }
+        if std::mem::take(&mut inner.active) {
+            return;
+        }
+        inner.park_request = true;
+        Outbox::signal(inner);
+    }
+
+    /// Registers a parked connection's waker. Returns `false` (and registers nothing) if
+    /// deliveries or a kick came since the connection task last looked: it must not sleep then.
+    pub fn park_with(&self, waker: Waker) -> bool {
+        let mut inner = self.lock();
+        if inner.signalled {
+            return false;
+        }
+        inner.parked = true;
+        inner.waker = Some(waker);
+        true
     }
 
     /// Kicks the connection if its client let the keep-alive expire.
@@ -330,6 +372,8 @@ pub(crate) struct Core {
     /// Deliveries dropped by policy since start (QoS 1/2 to a full offline queue); logged as
     /// they happen.
     dropped: AtomicU64,
+    /// Where idle plain-TCP connections park; set once the server runs.
+    idle_pool: OnceLock<Weak<IdlePool>>,
 }
 
 fn expiry_deadline(now: Instant, expiry_secs: u32) -> Option<Instant> {
@@ -342,7 +386,17 @@ impl Core {
             config,
             state: Mutex::new(State::default()),
             dropped: AtomicU64::new(0),
+            idle_pool: OnceLock::new(),
         })
+    }
+
+    /// Lets idle connections park in `pool` (while it lives).
+    pub fn set_idle_pool(&self, pool: &Arc<IdlePool>) {
+        let _ = self.idle_pool.set(Arc::downgrade(pool));
+    }
+
+    pub fn idle_pool(&self) -> Option<Arc<IdlePool>> {
+        self.idle_pool.get().and_then(Weak::upgrade)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -582,10 +636,12 @@ impl Core {
         }
         st.retained.retain(|_, m| !m.expired(now));
         for (client_id, session) in &st.sessions {
-            if let Slot::Online { outbox, .. } = &session.slot
-                && outbox.check_keep_alive(now)
-            {
-                tracing::info!(client_id, "keep-alive expired");
+            if let Slot::Online { outbox, .. } = &session.slot {
+                if outbox.check_keep_alive(now) {
+                    tracing::info!(client_id, "keep-alive expired");
+                } else {
+                    outbox.check_idle();
+                }
             }
         }
         // A session sitting at its queue bound without taking anything goes, even when no
@@ -679,6 +735,7 @@ fn route(
                 // Every QoS is queued and holds its publisher back at the bound: a QoS 0
                 // flood is paced by its slowest live subscriber, not thinned by drops.
                 let mut inner = outbox.lock();
+                inner.active = true;
                 if inner.queue.is_empty() {
                     // The stall clock starts when work arrives, not at the last delivery long ago.
                     inner.last_progress = Some(Instant::now());
