@@ -87,7 +87,6 @@ fn run_core(a: RunArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)
-        .thread_stack_size(256 * 1024)
         .enable_all()
         .build()?;
     let _lock = _lock;
