@@ -606,5 +606,9 @@ fn bootstrap_exit_100_restarts_the_core_and_the_deployment_resumes() {
     assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\n");
     assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid_before);
     let log = std::fs::read_to_string(ws.root().join("logs/lichen.log")).unwrap();
-    assert_eq!(log.matches("core ready").count(), 2, "the core started twice: {log}");
+    assert_eq!(
+        log.matches("core ready").count(),
+        2,
+        "the core started twice: {log}"
+    );
 }
