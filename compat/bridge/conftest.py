@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paho.mqtt.enums import CallbackAPIVersion
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lichen_support import lichen_bin, free_port, wait_for, wait_listening  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -51,41 +53,6 @@ MAPPINGS = {
     "loopToLocal": {"topic": "loop/ps/x", "source": "Pubsub", "target": "LocalMqtt"},
 }
 COMPONENT_FILTERS = ["devices/+/data", "app/down/#", "loop/ps/x"]
-
-
-def lichen_bin():
-    b = os.environ.get("LICHEN_BIN") or str(REPO / "target/debug/lichen")
-    if not Path(b).exists():
-        pytest.fail(f"no lichen binary at {b}: `cargo build -p lichen` or set LICHEN_BIN")
-    return b
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def wait_listening(port, timeout=30):
-    def up():
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    wait_for(up, timeout, f"a listener on 127.0.0.1:{port}")
 
 
 # --- certificates -----------------------------------------------------------------------------

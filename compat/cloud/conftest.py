@@ -20,35 +20,13 @@ import time
 from pathlib import Path
 
 import pytest
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lichen_support import lichen_bin, free_port, wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 MOSQUITTO = "/usr/sbin/mosquitto"
 PYTHON = sys.executable
 COMPONENT_SCRIPT = Path(__file__).resolve().parent / "component.py"
-
-
-def lichen_bin():
-    b = os.environ.get("LICHEN_BIN") or str(REPO / "target/debug/lichen")
-    if not Path(b).exists():
-        pytest.fail(f"no lichen binary at {b}: `cargo build -p lichen` or set LICHEN_BIN")
-    return b
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 # --- certificates -----------------------------------------------------------------------------

@@ -20,22 +20,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lichen_support import lichen_bin, free_port, wait_listening  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 AUTH = "aws.greengrass.clientdevices.Auth"
 BROKER = "aws.greengrass.clientdevices.mqtt.EMQX"
-
-
-def lichen_bin():
-    path = os.environ.get("LICHEN_BIN") or str(REPO / "target" / "debug" / "lichen")
-    if not os.path.exists(path):
-        pytest.skip(f"no lichen binary at {path}; run cargo build -p lichen or set LICHEN_BIN")
-    return path
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _name(cn):
@@ -197,17 +187,6 @@ class Core:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def wait_listening(port, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
 @pytest.fixture(scope="session")
