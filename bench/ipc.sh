@@ -7,7 +7,7 @@
 # Deploys bench.Rust (crates/ipc/examples/ipc_bench.rs --component, lichen_ipc::IpcClient) and
 # then bench.Python (bench/ipc_py.py, the unmodified awsiotsdk GreengrassCoreIPCClientV2), one
 # after the other so they do not compete for CPU, and prints what each measured: msgs/s counted
-# at the subscriber (16 publishes in flight) and publish->event p50/p99 with one in flight, for
+# at the subscriber (16 publishes in flight; the Rust client also 64 and 256) and publish->event p50/p99 with one in flight, for
 # 64 B and 8 KiB binary payloads. Also prints the in-process figures (no core) for reference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,8 +61,9 @@ echo "== real core (release), two connections of one component, $(nproc) CPUs"
 import json, sys
 for path in sys.argv[1:]:
     for r in json.load(open(path)):
+        windows = "".join(f"  {w} in flight {v:.0f}" for w, v in r.get("msgs_per_s_by_in_flight", {}).items())
         print(f"{r['client']:>6} {r['payload']:>5} B: {r['msgs_per_s']:>9.0f} msgs/s ({r['received']}/{r['messages']})"
-              f"  p50 {r['p50_us']:7.1f} us  p99 {r['p99_us']:7.1f} us")
+              f"  p50 {r['p50_us']:7.1f} us  p99 {r['p99_us']:7.1f} us" + (f"  [msgs/s:{windows}]" if windows else ""))
 PYEOF
 echo "== in process (no core), Rust client"
 "$BENCH" "$N"

@@ -4,9 +4,9 @@
 //! process. `ipc_bench --component <result.json> [messages]` runs as a component of a real core
 //! (recipe `Run`): it connects with the core's `SVCUID` and socket from the environment, prints
 //! the same lines to its log and writes them as JSON to `<result.json>` (bench/ipc.sh).
-//! For 64 B and 8 KiB binary payloads it prints: throughput (16 publishes in flight, one
-//! subscriber; msgs/s counted at the subscriber) and publish→event latency p50/p99 with one
-//! message in flight.
+//! For 64 B and 8 KiB binary payloads it prints: throughput with 16, 64 and 256 publishes in
+//! flight from one connection (one subscriber; msgs/s counted at the subscriber) and
+//! publish→event latency p50/p99 with one message in flight.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +21,8 @@ use lichen_ipc::{
 };
 use serde_json::{Value, json};
 
-const IN_FLIGHT: usize = 16;
+/// Publish windows measured; the first is the headline figure (`msgs_per_s`).
+const IN_FLIGHT: [usize; 3] = [16, 64, 256];
 
 fn publish_request(size: usize, stamp_ns: u64) -> Value {
     let mut body = vec![0x5a_u8; size.max(8)];
@@ -113,42 +114,51 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
             .await?;
 
-        // Throughput.
-        let start = Instant::now();
-        let mut senders = Vec::new();
-        for worker in 0..IN_FLIGHT {
-            let publisher = publisher.clone();
-            let count = messages / IN_FLIGHT + usize::from(worker < messages % IN_FLIGHT);
-            senders.push(tokio::spawn(async move {
-                for _ in 0..count {
-                    let stamp = origin.elapsed().as_nanos() as u64;
-                    publisher
-                        .call("PublishToTopic", publish_request(size, stamp))
-                        .await
-                        .expect("publish");
-                }
-            }));
-        }
-        let mut received = 0usize;
-        let mut elapsed = Duration::ZERO;
-        while received < messages {
-            match tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
-                Ok(Some(Ok(_))) => {
-                    received += 1;
-                    elapsed = start.elapsed();
-                }
-                _ => break,
+        // Throughput, for each publish window.
+        let mut rates = Vec::new();
+        for in_flight in IN_FLIGHT {
+            let start = Instant::now();
+            let mut senders = Vec::new();
+            for worker in 0..in_flight {
+                let publisher = publisher.clone();
+                let count = messages / in_flight + usize::from(worker < messages % in_flight);
+                senders.push(tokio::spawn(async move {
+                    for _ in 0..count {
+                        let stamp = origin.elapsed().as_nanos() as u64;
+                        publisher
+                            .call("PublishToTopic", publish_request(size, stamp))
+                            .await
+                            .expect("publish");
+                    }
+                }));
             }
+            let mut received = 0usize;
+            let mut elapsed = Duration::ZERO;
+            while received < messages {
+                match tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
+                    Ok(Some(Ok(_))) => {
+                        received += 1;
+                        elapsed = start.elapsed();
+                    }
+                    _ => break,
+                }
+            }
+            for s in senders {
+                s.await?;
+            }
+            // Events still queued from a short count must not reach the next round.
+            while let Ok(Some(_)) =
+                tokio::time::timeout(Duration::from_millis(50), events.recv()).await
+            {}
+            let rate = received as f64 / elapsed.as_secs_f64();
+            println!(
+                "payload {size:>5} B, {in_flight:>3} in flight: {rate:>8.0} msgs/s ({received}/{messages} received, {} dropped by the bounded queue, {:.2?})",
+                messages - received,
+                elapsed
+            );
+            rates.push((in_flight, received, rate));
         }
-        for s in senders {
-            s.await?;
-        }
-        let rate = received as f64 / elapsed.as_secs_f64();
-        println!(
-            "payload {size:>5} B: {rate:>8.0} msgs/s ({received}/{messages} received, {} dropped by the bounded queue, {:.2?})",
-            messages - received,
-            elapsed
-        );
+        let (_, received, rate) = rates[0];
 
         // Latency, one message in flight.
         let rounds = (messages / 10).clamp(100, 5000);
@@ -169,7 +179,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         results.push(json!({
             "client": "rust", "payload": size, "messages": messages, "received": received,
-            "msgs_per_s": rate.round(), "p50_us": p50.as_secs_f64() * 1e6, "p99_us": p99.as_secs_f64() * 1e6,
+            "msgs_per_s": rate.round(),
+            "msgs_per_s_by_in_flight": rates.iter().map(|(w, _, r)| (w.to_string(), json!(r.round()))).collect::<serde_json::Map<_, _>>(),
+            "p50_us": p50.as_secs_f64() * 1e6, "p99_us": p99.as_secs_f64() * 1e6,
         }));
         drop(events);
     }

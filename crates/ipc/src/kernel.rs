@@ -106,7 +106,8 @@ fn publish_to_topic(bus: &Bus, caller: Caller, req: Value) -> Result<Value, IpcE
             "PublishToTopic: topic {topic:?} contains a wildcard (`+`, `#` or `*`); publish to a concrete topic"
         )));
     }
-    let message = req.get("publishMessage").cloned().unwrap_or(Value::Null);
+    // Borrowed: a binary message is only decoded from it, never copied as text.
+    let message = req.get("publishMessage").unwrap_or(&Value::Null);
     let payload = match (message.get("jsonMessage"), message.get("binaryMessage")) {
         (Some(j), None) => Payload::Json(j.get("message").cloned().unwrap_or(Value::Null)),
         (None, Some(b)) => {
