@@ -32,7 +32,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 #[cfg(test)]
@@ -43,8 +42,6 @@ const CHECKPOINT_FILE: &str = "exports.json";
 /// How far ahead of the write position a flushOnWrite segment is zero-filled: one file-size
 /// change (one journal commit) per this many bytes of records instead of one per group commit.
 const PREALLOC_CHUNK: u64 = 1 << 20;
-/// Longest a group-commit leader waits for just-woken writers to append before it syncs.
-const MAX_GATHER: Duration = Duration::from_micros(100);
 
 /// A failed store operation; each variant maps to one protocol status.
 #[derive(Debug, thiserror::Error)]
@@ -247,27 +244,6 @@ struct Commit {
     /// Next sequence number known to be on disk.
     durable_next: u64,
     syncing: bool,
-    /// Callers inside `wait_durable` right now (leader included).
-    inside: usize,
-    /// Highest sequence number a caller of `wait_durable` has asked for.
-    max_waited: u64,
-    /// Until when the next commit waits for writers to append (set by the first caller after
-    /// a commit).
-    gather_until: Option<Instant>,
-    /// Whether one waiter sleeps until `gather_until` to lead the commit if nobody else does.
-    timer_armed: bool,
-    /// Records the next commit waits for: the callers inside `wait_durable` when the last
-    /// commit ended, each of which has appended or is about to append again.
-    gather_target: u64,
-    /// How long the last fsync took: the gathering wait is bounded by it (and [`MAX_GATHER`]).
-    last_sync: Duration,
-}
-
-impl Commit {
-    /// Records appended and asked for but not yet known to be on disk.
-    fn pending(&self) -> u64 {
-        (self.max_waited + 1).saturating_sub(self.durable_next)
-    }
 }
 
 /// One stream. Appends serialize on the stream's lock; durable appends share fsyncs.
@@ -384,60 +360,25 @@ impl Stream {
     /// any lock during the fsync; callers arriving meanwhile wait for it to end, and then either
     /// find their record covered or one of them leads the next commit for all the others. No
     /// caller syncs alone what a sync already under way could not cover.
-    ///
-    /// A commit first briefly waits for the writers that the last commit woke: they are about
-    /// to append again, and without the wait (on few CPUs) a leader would sync before they get
-    /// to run, covering only part of them. The next commit starts once as many records are asked
-    /// for as callers were waiting when the last commit ended, or after at most the last fsync's
-    /// duration (capped by [`MAX_GATHER`]); a writer that went away costs one bounded wait, after
-    /// which the target follows the writers still there.
     pub fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
         let mut c = lock(&self.commit);
-        c.inside += 1;
-        c.max_waited = c.max_waited.max(seq);
         loop {
             if c.durable_next > seq {
-                c.inside -= 1;
                 return Ok(());
             }
-            if c.syncing {
-                c = self.committed.wait(c).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            // The caller that completes the gathering leads at once (no wake-up on the way);
-            // one waiter, the timer, leads when the bound runs out.
-            let now = Instant::now();
-            let bound = c.last_sync.min(MAX_GATHER);
-            let deadline = *c.gather_until.get_or_insert(now + bound);
-            if c.pending() >= c.gather_target || now >= deadline {
+            if !c.syncing {
                 break;
             }
-            if c.timer_armed {
-                c = self.committed.wait(c).unwrap_or_else(|p| p.into_inner());
-            } else {
-                c.timer_armed = true;
-                c = self
-                    .committed
-                    .wait_timeout(c, deadline - now)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-                c.timer_armed = false;
-            }
+            c = self.committed.wait(c).unwrap_or_else(|p| p.into_inner());
         }
         c.syncing = true;
-        c.gather_until = None;
         drop(c);
-        let started = Instant::now();
         let result = self.sync_appended();
-        let took = started.elapsed();
         let mut c = lock(&self.commit);
         c.syncing = false;
-        c.last_sync = took;
         if let Ok(target) = result {
             c.durable_next = c.durable_next.max(target);
         }
-        c.gather_target = c.inside as u64;
-        c.inside -= 1;
         drop(c);
         self.committed.notify_all();
         result.map(|_| ())
@@ -964,12 +905,6 @@ fn new_stream(
         commit: Mutex::new(Commit {
             durable_next: next_seq,
             syncing: false,
-            inside: 0,
-            max_waited: 0,
-            gather_until: None,
-            timer_armed: false,
-            gather_target: 0,
-            last_sync: Duration::ZERO,
         }),
         committed: Condvar::new(),
         group_commits: AtomicU64::new(0),

@@ -621,37 +621,3 @@ fn concurrent_durable_appends_share_group_commits() {
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(read_all(&store.get("gc").unwrap()).len(), 400);
 }
-
-#[test]
-fn a_commit_waiting_for_writers_that_went_away_still_ends() {
-    // Eight writers make the next commit wait for eight records; then all but one stop, and
-    // that one must still get every record synced (the wait is bounded), alone and at once.
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let mut d = def("gone");
-    d.flush_on_write = true;
-    let s = store.create(d).unwrap();
-    std::thread::scope(|scope| {
-        for t in 0..8u64 {
-            let s = &s;
-            scope.spawn(move || {
-                for i in 0..30 {
-                    let a = s.append(&payload(t * 1000 + i, 64)).unwrap();
-                    s.wait_durable(a.sequence_number).unwrap();
-                }
-            });
-        }
-    });
-    let before = s.group_commits();
-    for i in 0..20 {
-        let a = s.append(&payload(9000 + i, 64)).unwrap();
-        s.wait_durable(a.sequence_number).unwrap();
-    }
-    // One writer: each durable append is its own commit.
-    assert_eq!(s.group_commits() - before, 20);
-    drop(store);
-    let store = Store::open(dir.path()).unwrap();
-    let got = read_all(&store.get("gone").unwrap());
-    assert_eq!(got.len(), 260);
-    assert_eq!(got[259].payload, payload(9019, 64));
-}
