@@ -74,6 +74,8 @@ pub struct StandaloneOptions {
     /// Deliveries queued per session before its publishers are held back; `None` keeps the
     /// default (see the overflow policy above).
     pub max_queued_messages: Option<usize>,
+    /// Park idle plain-TCP connections in one pool (see `BrokerConfig::park_idle_connections`).
+    pub park_idle_connections: bool,
 }
 
 /// Runs a standalone broker until SIGINT or SIGTERM.
@@ -111,6 +113,7 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<()> {
     if let Some(max) = opts.max_packet_size {
         config.max_packet_size = max;
     }
+    config.park_idle_connections = opts.park_idle_connections;
     if let Some(max) = opts.max_queued_messages {
         anyhow::ensure!(
             max > 0,

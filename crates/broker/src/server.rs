@@ -176,13 +176,16 @@ impl Server {
                 }
             }));
         }
-        // Without a pool (no epoll set could be made), idle connections simply keep their tasks.
-        match IdlePool::new() {
-            Ok(pool) => {
-                self.core.set_idle_pool(&pool);
-                tasks.push(tokio::spawn(pool.run(stop_rx.clone())));
+        // Without a pool (not asked for, or no epoll set could be made), idle connections simply
+        // keep their tasks.
+        if self.core.config.park_idle_connections {
+            match IdlePool::new() {
+                Ok(pool) => {
+                    self.core.set_idle_pool(&pool);
+                    tasks.push(tokio::spawn(pool.run(stop_rx.clone())));
+                }
+                Err(e) => tracing::warn!("idle connections will not be parked: {e}"),
             }
-            Err(e) => tracing::warn!("idle connections will not be parked: {e}"),
         }
         for b in self.bound {
             let core = self.core.clone();
@@ -419,7 +422,10 @@ mod tests {
             tls: None,
         }];
         let server = Server::bind(
-            BrokerConfig::default(),
+            BrokerConfig {
+                park_idle_connections: true,
+                ..BrokerConfig::default()
+            },
             &listeners,
             Arc::new(crate::AllowAll),
         )
