@@ -22,6 +22,8 @@ impl Core {
     }
 
     pub fn try_start(root: &Path) -> Result<Core, String> {
+        // The harness waits for its children too: an inherited ignored SIGCHLD would lose their statuses.
+        lichen_supervisor::restore_child_exit_signal();
         let mut child = Command::new(bin())
             .args(["core", "run", "--root"])
             .arg(root)
@@ -31,6 +33,22 @@ impl Core {
             .spawn()
             .map_err(|e| e.to_string())?;
         let stdout = child.stdout.take().unwrap();
+        // Drain stderr all along (a full pipe would stall the core's logging) and keep it for errors.
+        let stderr_text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = stderr_text.clone();
+        let stderr_done = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            use std::io::Read;
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -51,9 +69,8 @@ impl Core {
                 Ok(_) => {}
                 Err(_) => {
                     if let Ok(Some(status)) = child.try_wait() {
-                        let mut err = String::new();
-                        use std::io::Read;
-                        child.stderr.take().unwrap().read_to_string(&mut err).ok();
+                        let _ = stderr_done.join();
+                        let err = stderr_text.lock().unwrap().clone();
                         return Err(format!("core exited with {status}: {err}"));
                     }
                     if Instant::now() > deadline {
@@ -181,6 +198,7 @@ impl Drop for Core {
 }
 
 pub fn cli(root: &Path, args: &[&str]) -> Output {
+    lichen_supervisor::restore_child_exit_signal();
     Command::new(bin())
         .args(args)
         .env("LICHEN_ROOT", root)

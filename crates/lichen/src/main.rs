@@ -43,6 +43,11 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Every command may start and wait for processes (components, a re-exec, the CLI's pager-free
+    // children): an inherited ignored SIGCHLD would make their exit statuses vanish.
+    lichen_supervisor::restore_child_exit_signal();
+    // Likewise a blocked mask: the core would never hear SIGTERM, nor would its components.
+    lichen_supervisor::unblock_inherited_signals();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Core(c) => cmd::core::run(c),

@@ -48,6 +48,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use actor::{Change, Msg, Shared};
 pub use error::SupervisorError;
+pub use process::{restore_child_exit_signal, unblock_inherited_signals};
 pub use state::State;
 
 /// One component as the deployment engine hands it to the supervisor.
@@ -154,6 +155,7 @@ pub struct Supervisor {
 impl Supervisor {
     /// Call inside a tokio runtime: component tasks are spawned on it.
     pub fn new(cfg: SupervisorConfig, env: Arc<dyn EnvProvider>) -> Supervisor {
+        process::restore_child_exit_signal();
         Supervisor {
             shared: Arc::new(Shared::new(cfg, env)),
             ops: Arc::new(tokio::sync::Mutex::new(())),

@@ -18,6 +18,39 @@ use crate::logs::ComponentLog;
 /// SIGTERM → SIGKILL grace period (spec §1.6: "5 s grace").
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
 
+/// Puts SIGCHLD back to its default disposition when the process inherited it ignored.
+///
+/// A parent that ignores SIGCHLD (some service managers and CI runners do) hands that on through
+/// `exec`; the kernel then reaps children by itself, so their exit status is lost and a supervisor
+/// waiting for a step to end waits forever. A handler someone installed (tokio's) is left alone.
+pub fn restore_child_exit_signal() {
+    // SAFETY: sigaction with a zeroed struct only queries; the second call installs SIG_DFL, which
+    // is always valid. Both are plain system calls on stack data.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == libc::SIG_IGN
+        {
+            let mut default: libc::sigaction = std::mem::zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(libc::SIGCHLD, &default, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Unblocks every signal in the calling thread; call first thing in `main`, before any thread starts.
+///
+/// A blocked mask is inherited through `exec` too: a core started with SIGTERM blocked would never
+/// see its stop signal, and every component would inherit the same deafness.
+pub fn unblock_inherited_signals() {
+    // SAFETY: an empty set built by sigemptyset, installed with pthread_sigmask.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+}
+
 /// The identity a step runs as when the core is root.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct RunAs {
@@ -202,11 +235,16 @@ pub(crate) fn spawn_step(cmd: &StepCommand) -> std::io::Result<(Child, i32)> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    if let Some(run_as) = cmd.run_as.clone() {
-        let groups: Vec<libc::gid_t> = run_as.groups.clone();
-        // SAFETY: the closure only makes async-signal-safe system calls on data prepared before fork.
-        unsafe {
-            command.pre_exec(move || {
+    let run_as = cmd.run_as.clone();
+    // SAFETY: the closure only makes async-signal-safe system calls on data prepared before fork.
+    unsafe {
+        command.pre_exec(move || {
+            // A step starts with no signal blocked, whatever thread of the core forked it.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            if let Some(run_as) = &run_as {
+                let groups = &run_as.groups;
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -216,9 +254,9 @@ pub(crate) fn spawn_step(cmd: &StepCommand) -> std::io::Result<(Child, i32)> {
                 if libc::setuid(run_as.uid) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
-            });
-        }
+            }
+            Ok(())
+        });
     }
     let mut child = command.spawn()?;
     let pgid = child.id().map(|id| id as i32).unwrap_or(0);
