@@ -368,6 +368,45 @@ fn sigterm_stops_every_component_process() {
 }
 
 #[test]
+fn inherited_ignored_sigchld_and_blocked_sigterm_do_not_stop_supervision() {
+    let ws = Workspace::new();
+    let m = marker();
+    ws.recipe(
+        "h.yaml",
+        &recipe("test.Hello", "1.0.0", "", "Run: echo hello-finished"),
+    );
+    ws.recipe(
+        "l.yaml",
+        &recipe(
+            "test.Long",
+            "1.0.0",
+            "",
+            &format!("Install: exit 0\nRun: export LICHEN_E2E_MARK={m}; sleep 1000"),
+        ),
+    );
+    let core = Core::start_with_hostile_signals(&ws.root());
+    let (ok, d) = core.deploy(&[
+        "--recipe-dir",
+        &ws.recipes(),
+        "--merge",
+        "test.Hello=1.0.0",
+        "--merge",
+        "test.Long=1.0.0",
+    ]);
+    assert!(ok, "{d}");
+    // FINISHED needs the exit status of the run step: lost if SIGCHLD stayed ignored.
+    core.wait_state("test.Hello", "FINISHED");
+    core.wait_state("test.Long", "RUNNING");
+    eventually(30, "component process running", || {
+        !processes_with(&m).is_empty()
+    });
+    // Heard only if the core unblocked SIGTERM; the component must not inherit the block either.
+    assert_eq!(core.terminate(), Some(0));
+    let left = processes_with(&m);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}
+
+#[test]
 fn a_second_core_on_the_same_root_refuses_to_start() {
     let ws = Workspace::new();
     let _core = Core::start(&ws.root());

@@ -22,9 +22,35 @@ impl Core {
     }
 
     pub fn try_start(root: &Path) -> Result<Core, String> {
+        Self::spawn(root, false)
+    }
+
+    /// A core whose parent ignores SIGCHLD and blocks SIGTERM and SIGCHLD, as some service managers
+    /// and CI runners do: both are inherited through exec.
+    pub fn start_with_hostile_signals(root: &Path) -> Core {
+        Self::spawn(root, true).expect("core did not become ready")
+    }
+
+    fn spawn(root: &Path, hostile_signals: bool) -> Result<Core, String> {
         // The harness waits for its children too: an inherited ignored SIGCHLD would lose their statuses.
         lichen_supervisor::restore_child_exit_signal();
-        let mut child = Command::new(bin())
+        let mut command = Command::new(bin());
+        if hostile_signals {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: signal, sigemptyset, sigaddset and pthread_sigmask on stack data, after fork.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, libc::SIGTERM);
+                    libc::sigaddset(&mut set, libc::SIGCHLD);
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .args(["core", "run", "--root"])
             .arg(root)
             .env("LICHEN_LOG", "info")
