@@ -779,12 +779,11 @@ async fn pause_freezes_and_resume_continues() {
     h.reconcile(vec![h.spec("ticker", lc)]).await;
     wait_until(&h.sup, || h.lines("ticks") >= 2).await.unwrap();
     h.sup.pause("ticker").await.unwrap();
-    // Stopped processes show state T in /proc. A `sleep` that ended just as its shell was stopped
-    // stays a zombie (Z) until the shell runs again: it runs nothing either.
+    // Stopped processes show state T in /proc. A shell that vforked `sleep` just as the group was
+    // stopped waits in D for its stopped child to exec: it runs nothing either.
     wait_until(&h.sup, || {
-        let shells = h.processes();
-        let states: Vec<String> = shells.iter().map(|pid| proc_state(*pid)).collect();
-        states.iter().any(|s| s == "T") && states.iter().all(|s| s == "T" || s == "Z")
+        let states: Vec<String> = h.processes().iter().map(|pid| proc_state(*pid)).collect();
+        states.iter().any(|s| s == "T") && states.iter().all(|s| s == "T" || s == "D")
     })
     .await
     .unwrap();
