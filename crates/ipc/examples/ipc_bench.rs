@@ -106,7 +106,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut results = Vec::new();
     let origin = Instant::now();
 
-    for size in [64usize, 8192] {
+    // LICHEN_IPC_BENCH_SIZES=64 measures one payload size only (e.g. to profile it).
+    let sizes: Vec<usize> = std::env::var("LICHEN_IPC_BENCH_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![64, 8192]);
+    for size in sizes {
         let (_, mut events) = subscriber
             .subscribe(
                 "SubscribeToTopic",
