@@ -284,29 +284,20 @@ impl AwsDestination {
                     })
                 })
                 .collect();
-            let body = serde_json::to_vec(&serde_json::json!({
-                "StreamName": self.target,
-                "Records": records,
-            }))
-            .map_err(|e| Failure::new(e.to_string()))?;
-            let resp = send_signed(
+            let (_, v) = post_json(
                 shared,
-                Signed {
-                    method: "POST",
+                JsonPost {
                     endpoint: &url,
-                    path: "/".into(),
-                    query: vec![],
-                    headers: vec![
-                        ("Content-Type".into(), "application/x-amz-json-1.1".into()),
-                        ("X-Amz-Target".into(), "Kinesis_20131202.PutRecords".into()),
-                    ],
-                    body: &body,
+                    path: "/",
+                    content_type: "application/x-amz-json-1.1",
+                    amz_target: Some("Kinesis_20131202.PutRecords"),
                     service: "kinesis",
-                    content_sha256_header: false,
+                    what: "Kinesis PutRecords",
+                    target: &self.target,
                 },
+                &serde_json::json!({ "StreamName": self.target, "Records": records }),
             )
             .await?;
-            let v = json_ok(&resp, "Kinesis PutRecords", &self.target)?;
             let failed = v
                 .get("FailedRecordCount")
                 .and_then(|f| f.as_u64())
@@ -371,26 +362,20 @@ impl AwsDestination {
                 })
             })
             .collect();
-        let body = serde_json::to_vec(&serde_json::json!({
-            "channelName": self.target,
-            "messages": messages,
-        }))
-        .map_err(|e| Failure::new(e.to_string()))?;
-        let resp = send_signed(
+        let (resp, v) = post_json(
             shared,
-            Signed {
-                method: "POST",
+            JsonPost {
                 endpoint: &url,
-                path: "/messages/batch".into(),
-                query: vec![],
-                headers: vec![("Content-Type".into(), "application/json".into())],
-                body: &body,
+                path: "/messages/batch",
+                content_type: "application/json",
+                amz_target: None,
                 service: "iotanalytics",
-                content_sha256_header: false,
+                what: "IoT Analytics BatchPutMessage",
+                target: &self.target,
             },
+            &serde_json::json!({ "channelName": self.target, "messages": messages }),
         )
         .await?;
-        let v = json_ok(&resp, "IoT Analytics BatchPutMessage", &self.target)?;
         let errors = v
             .get("batchPutMessageErrorEntries")
             .and_then(|e| e.as_array())
@@ -428,23 +413,20 @@ impl AwsDestination {
             }
         }
         if !entries.is_empty() {
-            let body = serde_json::to_vec(&serde_json::json!({ "entries": entries }))
-                .map_err(|e| Failure::new(e.to_string()))?;
-            let resp = send_signed(
+            let (resp, v) = post_json(
                 shared,
-                Signed {
-                    method: "POST",
+                JsonPost {
                     endpoint: &url,
-                    path: "/properties".into(),
-                    query: vec![],
-                    headers: vec![("Content-Type".into(), "application/json".into())],
-                    body: &body,
+                    path: "/properties",
+                    content_type: "application/json",
+                    amz_target: None,
                     service: "iotsitewise",
-                    content_sha256_header: false,
+                    what: "IoT SiteWise BatchPutAssetPropertyValue",
+                    target: "",
                 },
+                &serde_json::json!({ "entries": entries }),
             )
             .await?;
-            let v = json_ok(&resp, "IoT SiteWise BatchPutAssetPropertyValue", "")?;
             let errors = v
                 .get("errorEntries")
                 .and_then(|e| e.as_array())
@@ -469,6 +451,48 @@ fn delivered(batch: &[Message]) -> Delivered {
         messages: batch.len() as u64,
         bytes: batch.iter().map(|m| m.payload.len() as u64).sum(),
     }
+}
+
+/// A JSON API call: where it goes and how failures name it.
+struct JsonPost<'a> {
+    endpoint: &'a Url,
+    path: &'a str,
+    content_type: &'a str,
+    /// The `X-Amz-Target` header of the JSON 1.1 protocol (Kinesis), if the API uses it.
+    amz_target: Option<&'a str>,
+    service: &'a str,
+    /// The operation and its target, for error messages.
+    what: &'a str,
+    target: &'a str,
+}
+
+/// POSTs `body` signed and returns the response with its JSON (an error for a non-2xx status).
+async fn post_json(
+    shared: &Shared,
+    call: JsonPost<'_>,
+    body: &serde_json::Value,
+) -> Result<(http::Response, serde_json::Value), Failure> {
+    let body = serde_json::to_vec(body).map_err(|e| Failure::new(e.to_string()))?;
+    let mut headers = vec![("Content-Type".to_string(), call.content_type.to_string())];
+    if let Some(target) = call.amz_target {
+        headers.push(("X-Amz-Target".into(), target.into()));
+    }
+    let resp = send_signed(
+        shared,
+        Signed {
+            method: "POST",
+            endpoint: call.endpoint,
+            path: call.path.into(),
+            query: vec![],
+            headers,
+            body: &body,
+            service: call.service,
+            content_sha256_header: false,
+        },
+    )
+    .await?;
+    let v = json_ok(&resp, call.what, call.target)?;
+    Ok((resp, v))
 }
 
 fn json_ok(resp: &http::Response, what: &str, target: &str) -> Result<serde_json::Value, Failure> {
