@@ -9,6 +9,11 @@
 //! Architecture invariant: a parked connection is taken out exactly once, by whoever takes its
 //! state out of its entry first (the pool on readiness, or the outbox's waker); that one removes
 //! it from the epoll set before its socket goes back to the reactor.
+//! Architecture invariant: no readiness is lost. An entry is in the pool's map before its socket
+//! enters the epoll set (level-triggered, so what happened before, such as the client's close
+//! right after its CONNACK, is reported at once) and stays there until taken out; the one-shot
+//! event is thus always matched to its entry. Once the pool stops (shutdown, after every session
+//! was told to go), nothing parks any more.
 
 use crate::connection::{self, Conn};
 use rustix::event::epoll;
@@ -27,7 +32,8 @@ const EVENTS_PER_WAIT: usize = 256;
 
 pub(crate) struct IdlePool {
     epoll: AsyncFd<OwnedFd>,
-    parked: Mutex<HashMap<u64, Arc<Parked>>>,
+    /// The parked connections by epoll token; `None` once the pool stopped taking any.
+    parked: Mutex<Option<HashMap<u64, Arc<Parked>>>>,
     next_token: AtomicU64,
     runtime: Handle,
 }
@@ -47,20 +53,25 @@ impl IdlePool {
             // SAFETY: the pool owns the epoll descriptor and neither closes nor replaces it
             // while the `AsyncFd` holds it.
             epoll: unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)? },
-            parked: Mutex::new(HashMap::new()),
+            parked: Mutex::new(Some(HashMap::new())),
             next_token: AtomicU64::new(1),
             runtime: Handle::current(),
         }))
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Parked>>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, Option<HashMap<u64, Arc<Parked>>>> {
         self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The entry parked under `token`, if it is still there.
+    fn entry(&self, token: u64) -> Option<Arc<Parked>> {
+        self.entries().as_ref()?.get(&token).cloned()
     }
 
     /// How many connections are parked.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.entries().len()
+        self.entries().as_ref().map_or(0, HashMap::len)
     }
 
     /// Takes connections whose sockets became readable back into service, until `stop`; then
@@ -82,8 +93,9 @@ impl IdlePool {
             ready.clear_ready();
             while self.ready_tokens(&mut tokens) {
                 for token in tokens.drain(..) {
-                    let entry = self.entries().get(&token).cloned();
-                    if let Some(entry) = entry {
+                    // Always found: an entry is in the map before its socket is in the epoll
+                    // set, and leaves the map only when taken out (which also disarms it).
+                    if let Some(entry) = self.entry(token) {
                         entry.take_out();
                     }
                 }
@@ -119,9 +131,15 @@ impl IdlePool {
         !tokens.is_empty()
     }
 
-    /// Takes every parked connection out of the pool.
+    /// Takes every parked connection out of the pool; none parks from then on.
     fn take_all(&self) -> Vec<Conn<std::net::TcpStream>> {
-        let entries: Vec<Arc<Parked>> = self.entries().drain().map(|(_, p)| p).collect();
+        let entries: Vec<Arc<Parked>> = self
+            .entries()
+            .take()
+            .into_iter()
+            .flatten()
+            .map(|(_, p)| p)
+            .collect();
         entries
             .iter()
             .filter_map(|e| e.conn.lock().unwrap_or_else(|e| e.into_inner()).take())
@@ -148,7 +166,9 @@ impl Parked {
             conn.shut_down();
             return;
         };
-        pool.entries().remove(&self.token);
+        if let Some(entries) = pool.entries().as_mut() {
+            entries.remove(&self.token);
+        }
         pool.resume(conn);
     }
 }
@@ -169,21 +189,7 @@ impl IdlePool {
     /// except on failure, which is therefore finished on a task of its own.
     fn resume(&self, conn: Conn<std::net::TcpStream>) {
         let _ = epoll::delete(self.epoll.get_ref(), conn_socket(&conn));
-        let (socket, conn) = conn.with_stream(());
-        let _runtime = self.runtime.enter();
-        match TcpStream::from_std(socket) {
-            Ok(stream) => {
-                let (_, conn) = conn.with_stream(stream);
-                self.runtime.spawn(connection::resume(conn));
-            }
-            Err(e) => {
-                tracing::warn!(
-                    client_id = conn.client_id(),
-                    "cannot take a parked connection back into service: {e}"
-                );
-                self.runtime.spawn(async move { conn.abandon() });
-            }
-        }
+        resume_on_task(conn, self.runtime.clone());
     }
 }
 
@@ -219,9 +225,23 @@ pub(crate) fn park(conn: Conn<TcpStream>) {
         token,
         conn: Mutex::new(None),
     });
-    // Registered under the entry's lock: whoever takes it out (readiness or the outbox)
-    // waits until it is fully in place.
+    // The entry is locked until the connection is fully in place: whoever takes it out
+    // (readiness or the outbox) waits for that.
     let mut slot = entry.conn.lock().unwrap_or_else(|e| e.into_inner());
+    // Into the map before the epoll set: a socket that is already readable (the client sent
+    // something or went away right after its last packet) is reported at once, maybe on another
+    // thread, and a one-shot event whose token is not found yet would be lost for good.
+    match pool.entries().as_mut() {
+        Some(entries) => entries.insert(token, entry.clone()),
+        None => {
+            // The pool stopped (the broker is shutting down): the connection keeps a task and
+            // learns of the shutdown through its outbox.
+            drop(slot);
+            resume_on_task(conn, pool.runtime.clone());
+            return;
+        }
+    };
+    // Level-triggered (one-shot): readiness that came before this call is reported too.
     let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT;
     if let Err(e) = epoll::add(
         pool.epoll.get_ref(),
@@ -233,17 +253,38 @@ pub(crate) fn park(conn: Conn<TcpStream>) {
             client_id = conn.client_id(),
             "cannot park a connection: {e}"
         );
+        if let Some(entries) = pool.entries().as_mut() {
+            entries.remove(&token);
+        }
         drop(slot);
         pool.resume(conn);
         return;
     }
-    pool.entries().insert(token, entry.clone());
     *slot = Some(conn);
     let parked = outbox.park_with(Waker::from(entry.clone()));
     drop(slot);
     if !parked {
         // Something arrived meanwhile: straight back into service.
         entry.take_out();
+    }
+}
+
+/// Gives a connection that was about to park its task back, on the broker's runtime.
+fn resume_on_task(conn: Conn<std::net::TcpStream>, runtime: Handle) {
+    let (socket, conn) = conn.with_stream(());
+    let _runtime = runtime.enter();
+    match TcpStream::from_std(socket) {
+        Ok(stream) => {
+            let (_, conn) = conn.with_stream(stream);
+            runtime.spawn(connection::resume(conn));
+        }
+        Err(e) => {
+            tracing::warn!(
+                client_id = conn.client_id(),
+                "cannot take a connection back into service: {e}"
+            );
+            runtime.spawn(async move { conn.abandon() });
+        }
     }
 }
 

@@ -27,7 +27,9 @@
 //! bound to a loopback address.
 //! Architecture invariant: an idle plain-TCP connection has no task and no reactor entry: it is
 //! parked in the idle pool (`idle`) as its connection state (no read or write buffer), its socket
-//! (in the pool's own epoll set) and its session entry. It parks at its first idle moment after
+//! (in the pool's own epoll set) and its session entry (unless `park_idle_connections` is off).
+//! A client that goes while its connection is parked, being parked or being taken back into
+//! service is noticed like any other (its will is published or scheduled exactly once). It parks at its first idle moment after
 //! the CONNACK, and again once a housekeeping tick (200 ms) passed without input or deliveries;
 //! readability, a delivery, keep-alive expiry or shutdown puts it back on a task. Keep-alive
 //! expiry (DISCONNECT 0x8D) and shutdown (0x8B) reach every connection, parked or not, through its
@@ -62,7 +64,7 @@ use anyhow::Context;
 use std::sync::Arc;
 
 /// Options for a standalone broker (`lichen broker`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StandaloneOptions {
     /// Listener URLs such as `tcp://127.0.0.1:1883` or `tls://0.0.0.0:8883`.
     pub listen: Vec<String>,
@@ -74,8 +76,23 @@ pub struct StandaloneOptions {
     /// Deliveries queued per session before its publishers are held back; `None` keeps the
     /// default (see the overflow policy above).
     pub max_queued_messages: Option<usize>,
-    /// Park idle plain-TCP connections in one pool (see `BrokerConfig::park_idle_connections`).
+    /// Park idle plain-TCP connections in one pool (see `BrokerConfig::park_idle_connections`);
+    /// on by default.
     pub park_idle_connections: bool,
+}
+
+impl Default for StandaloneOptions {
+    fn default() -> Self {
+        StandaloneOptions {
+            listen: Vec::new(),
+            cert: None,
+            key: None,
+            client_ca: None,
+            max_packet_size: None,
+            max_queued_messages: None,
+            park_idle_connections: BrokerConfig::default().park_idle_connections,
+        }
+    }
 }
 
 /// Runs a standalone broker until SIGINT or SIGTERM.

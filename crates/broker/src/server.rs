@@ -197,10 +197,11 @@ impl Server {
             )));
         }
         shutdown.await;
-        let _ = stop_tx.send(true);
         // Connections hold no shutdown receiver (an idle one waits on as little as possible):
-        // their sessions' outboxes tell them.
+        // their sessions' outboxes tell them. Told before the idle pool stops, so that parked
+        // connections wake and send their DISCONNECT 0x8B too.
         self.core.shut_down();
+        let _ = stop_tx.send(true);
         for t in tasks {
             let _ = t.await;
         }
@@ -421,11 +422,9 @@ mod tests {
             addr: "127.0.0.1:0".parse().unwrap(),
             tls: None,
         }];
+        // Parking is the default.
         let server = Server::bind(
-            BrokerConfig {
-                park_idle_connections: true,
-                ..BrokerConfig::default()
-            },
+            BrokerConfig::default(),
             &listeners,
             Arc::new(crate::AllowAll),
         )
@@ -486,6 +485,46 @@ mod tests {
         assert!(next_packet(&mut sub, &mut sub_buf).await.is_none());
         let mut pub_buf = bytes::BytesMut::new();
         assert!(next_packet(&mut publisher, &mut pub_buf).await.is_none());
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("server stops")
+            .unwrap();
+    }
+
+    /// With parking off, idle connections keep their tasks and are served as before.
+    #[tokio::test]
+    async fn parking_can_be_turned_off() {
+        let listeners = [Listener {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            tls: None,
+        }];
+        let config = BrokerConfig {
+            park_idle_connections: false,
+            ..BrokerConfig::default()
+        };
+        let server = Server::bind(config, &listeners, Arc::new(crate::AllowAll))
+            .await
+            .unwrap();
+        let addr = server.local_addrs()[0];
+        let core = server.core.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        let (mut client, mut buf) = connect(addr, "unparked").await;
+        // Two housekeeping ticks: a parked connection would be parked by now.
+        tokio::time::sleep(2 * HOUSEKEEPING_PERIOD + Duration::from_millis(100)).await;
+        assert!(
+            core.idle_pool().is_none(),
+            "no idle pool when parking is off"
+        );
+        send(&mut client, Packet::PingReq).await;
+        assert!(matches!(
+            next_packet(&mut client, &mut buf).await,
+            Some(Packet::PingResp)
+        ));
+        let _ = stop.send(());
+        assert!(next_packet(&mut client, &mut buf).await.is_none());
         tokio::time::timeout(Duration::from_secs(10), task)
             .await
             .expect("server stops")

@@ -49,8 +49,8 @@ pub struct BrokerConfig {
     /// Concurrent connections over all listeners.
     pub max_connections: usize,
     /// Park idle plain-TCP connections in one epoll-driven pool instead of a task each (under
-    /// 1 KB per idle connection instead of ~2 KB). Off by default: a dropped connection can be
-    /// missed while it is being parked (its will then never fires), which is not fixed yet.
+    /// 1 KB per idle connection instead of ~2 KB). On by default; off, every connection keeps
+    /// its task (`lichen broker --no-park-idle-connections`).
     pub park_idle_connections: bool,
 }
 
@@ -64,7 +64,7 @@ impl Default for BrokerConfig {
             slow_consumer_timeout: Duration::from_secs(10),
             max_inflight_v311: 20,
             max_connections: 10_000,
-            park_idle_connections: false,
+            park_idle_connections: true,
         }
     }
 }

@@ -24,8 +24,19 @@ pub struct BrokerArgs {
     /// Deliveries queued per session (any QoS) before its publishers are held back (default 1000).
     #[arg(long = "max-queued-messages")]
     pub max_queued_messages: Option<usize>,
-    /// Park idle plain-TCP connections in one epoll-driven pool (< 1 KB each instead of ~2 KB).
-    #[arg(long = "park-idle-connections")]
+    /// Keep a task for every idle plain-TCP connection instead of parking it in the one
+    /// epoll-driven idle pool (parked: < 1 KB each; with a task: ~2 KB).
+    #[arg(
+        long = "no-park-idle-connections",
+        overrides_with = "park_idle_connections"
+    )]
+    pub no_park_idle_connections: bool,
+    /// Park idle plain-TCP connections: the default, accepted so existing command lines work.
+    #[arg(
+        long = "park-idle-connections",
+        hide = true,
+        overrides_with = "no_park_idle_connections"
+    )]
     pub park_idle_connections: bool,
 }
 
@@ -37,7 +48,7 @@ pub fn run(a: BrokerArgs) -> anyhow::Result<ExitCode> {
         client_ca: a.client_ca,
         max_packet_size: a.max_packet_size,
         max_queued_messages: a.max_queued_messages,
-        park_idle_connections: a.park_idle_connections,
+        park_idle_connections: !a.no_park_idle_connections,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(lichen_broker::run_standalone(opts))?;
