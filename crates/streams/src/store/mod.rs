@@ -21,17 +21,18 @@
 //! space and truncates any other tail (a torn record), so an old record can never reappear
 //! behind new ones. Sealed segments are cut to their logical size when the next one starts.
 
+mod commit;
 mod record;
 
 use crate::export::{ExportCheckpoint, carry_checkpoints};
 use crate::model::{DefinitionError, Persistence, StrategyOnFull, StreamDefinition};
+use commit::{GroupCommit, SyncOutcome};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tokio::sync::watch;
 
 #[cfg(test)]
@@ -239,22 +240,12 @@ struct Inner {
     scratch: Vec<u8>,
 }
 
-/// Group-commit state: what is on disk, and whether a leader is syncing right now.
-struct Commit {
-    /// Next sequence number known to be on disk.
-    durable_next: u64,
-    syncing: bool,
-}
-
 /// One stream. Appends serialize on the stream's lock; durable appends share fsyncs.
 pub struct Stream {
     name: String,
     inner: Mutex<Inner>,
-    commit: Mutex<Commit>,
-    /// Signalled when a group commit ends.
-    committed: Condvar,
-    /// Group commits done (each syncs every file written since the previous one).
-    group_commits: AtomicU64,
+    /// Durable appends share fsyncs through it.
+    commit: GroupCommit,
     /// Next sequence number to be assigned: long-polling readers wait on it.
     appended: watch::Sender<u64>,
     clock: Clock,
@@ -355,39 +346,23 @@ impl Stream {
         })
     }
 
-    /// Blocks until record `seq` is on disk. Leader/follower group commit: a caller finding no
-    /// sync under way becomes the leader and syncs everything appended so far, without holding
-    /// any lock during the fsync; callers arriving meanwhile wait for it to end, and then either
-    /// find their record covered or one of them leads the next commit for all the others. No
-    /// caller syncs alone what a sync already under way could not cover.
+    /// Blocks until record `seq` is on disk (see [`commit`] for how callers share fsyncs). Fails
+    /// with the error of the fsync that was to cover it, or `NotFound` when the stream was
+    /// deleted before the record reached the disk.
     pub fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
-        let mut c = lock(&self.commit);
-        loop {
-            if c.durable_next > seq {
-                return Ok(());
-            }
-            if !c.syncing {
-                break;
-            }
-            c = self.committed.wait(c).unwrap_or_else(|p| p.into_inner());
-        }
-        c.syncing = true;
-        drop(c);
-        let result = self.sync_appended();
-        let mut c = lock(&self.commit);
-        c.syncing = false;
-        if let Ok(target) = result {
-            c.durable_next = c.durable_next.max(target);
-        }
-        drop(c);
-        self.committed.notify_all();
-        result.map(|_| ())
+        self.commit.wait(seq, &|| self.sync_appended())
     }
 
-    /// Syncs every file written so far; returns the next sequence number it covers.
-    fn sync_appended(&self) -> Result<u64, StoreError> {
-        let (target, files) = {
+    /// Syncs every file written so far.
+    fn sync_appended(&self) -> SyncOutcome {
+        let (covers, files) = {
             let mut inner = lock(&self.inner);
+            if inner.deleted {
+                return SyncOutcome {
+                    covers: inner.next_seq,
+                    result: Err(StoreError::NotFound(self.name.clone())),
+                };
+            }
             let mut files = std::mem::take(&mut inner.unsynced);
             if let Some(Storage::File { file, path }) = inner.segments.back().map(|s| &s.storage) {
                 files.push((file.clone(), path.clone()));
@@ -407,16 +382,21 @@ impl Stream {
                         inner.unsynced.push(pending.clone());
                     }
                 }
-                return Err(io_err("fsync", path)(e));
+                return SyncOutcome {
+                    covers,
+                    result: Err(io_err("fsync", path)(e)),
+                };
             }
         }
-        self.group_commits.fetch_add(1, Ordering::Relaxed);
-        Ok(target)
+        SyncOutcome {
+            covers,
+            result: Ok(()),
+        }
     }
 
     /// Group commits done so far (for benchmarks and metrics: records per fsync).
     pub fn group_commits(&self) -> u64 {
-        self.group_commits.load(Ordering::Relaxed)
+        self.commit.commits()
     }
 
     /// Reads up to `max_count` records starting at `max(start, oldest)`, stopping before the
@@ -902,12 +882,7 @@ fn new_stream(
             unsynced: Vec::new(),
             scratch: Vec::new(),
         }),
-        commit: Mutex::new(Commit {
-            durable_next: next_seq,
-            syncing: false,
-        }),
-        committed: Condvar::new(),
-        group_commits: AtomicU64::new(0),
+        commit: GroupCommit::new(next_seq),
         appended: watch::Sender::new(next_seq),
         clock: clock.clone(),
     }

@@ -1,0 +1,371 @@
+//! Group commit for durable appends: many callers waiting for their records to reach the disk
+//! share each fsync.
+//!
+//! Leader/follower: a caller that finds no sync under way and enough records asked for leads the
+//! next sync itself (no hand-off to another thread), without holding any lock during the fsync;
+//! the others park until the leader decides their fate. The sync covers every record appended
+//! before it started, so a leader acknowledges every waiter below the sync's target.
+//!
+//! Gathering: after an fsync, the writers it acknowledged append again. On few CPUs the first of
+//! them would otherwise lead the next sync before the others get to run, and each sync would
+//! cover about half of them. So the next sync waits until as many callers are waiting as were
+//! inside when the previous sync ended (the caller that completes the batch leads at once), or
+//! until a bound of half the last fsync's duration (at most [`MAX_GATHER`]) has passed since the
+//! first of them arrived. The target learns from every commit, so writers that go away cost one
+//! bounded wait; one writer has a target of one and never waits.
+//!
+//! Wake-ups: every waiter has its own slot (its thread and a verdict) and is woken with
+//! `unpark`, outside the lock, only when its verdict is decided or when it is made the timer, so
+//! a commit wakes exactly the callers it acknowledged instead of a herd on one condvar.
+//!
+//! Architecture invariant (no lost wake-up): every decision is taken under the one state mutex,
+//! and whenever no sync is under way and callers are waiting, exactly one of them is the timer:
+//! it sleeps with a timeout no later than its deadline and leads when the deadline passes. A
+//! sync's leader, when it ends, decides every waiter its sync covered and names the first
+//! remaining waiter the timer. Unpark tokens are sticky, so a wake-up sent before its waiter
+//! parks is not lost; every wait re-checks the state in a loop.
+
+use super::StoreError;
+use std::collections::VecDeque;
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Longest a gathering commit waits for writers before it syncs what it has.
+pub(super) const MAX_GATHER: Duration = Duration::from_millis(1);
+
+/// Failed ranges remembered per stream (consecutive failures merge into one); the oldest are
+/// forgotten first.
+const MAX_FAILED_RANGES: usize = 1024;
+
+const UNDECIDED: u8 = 0;
+const DURABLE: u8 = 1;
+const FAILED: u8 = 2;
+
+/// What one sync attempt did: the next sequence number it was to cover (every record below it
+/// was written before the sync started) and whether it succeeded.
+pub(super) struct SyncOutcome {
+    pub covers: u64,
+    pub result: Result<(), StoreError>,
+}
+
+/// One parked caller.
+struct Waiter {
+    seq: u64,
+    /// Set once, under the state lock, by the leader whose sync covered `seq`.
+    verdict: AtomicU8,
+    /// The failure of the sync that covered `seq`, when `verdict` is [`FAILED`].
+    error: Mutex<Option<StoreError>>,
+}
+
+struct State {
+    /// Next sequence number known to be on disk.
+    durable_next: u64,
+    syncing: bool,
+    /// Callers inside [`GroupCommit::wait`] that have not been decided yet (leader included).
+    inside: usize,
+    /// Callers the next sync waits for: `inside` when the last sync ended.
+    target: usize,
+    last_sync: Duration,
+    /// Parked callers whose verdict is not decided yet, in arrival order.
+    waiters: Vec<Arc<Waiter>>,
+    /// The waiter that leads when the gathering deadline passes, and that deadline.
+    timer: Option<(Arc<Waiter>, Instant)>,
+    /// The records of failed syncs (sorted, disjoint) and the last error: they are never
+    /// acknowledged, even when their callers arrive after the failure and a later sync
+    /// succeeds (a failed fsync may have dropped their pages). At most [`MAX_FAILED_RANGES`].
+    failed: VecDeque<Range<u64>>,
+    last_failure: Option<StoreError>,
+}
+
+impl State {
+    /// The failure of a sync that covered `seq`, if one did and `seq` was not durable before.
+    fn failed_error(&self, seq: u64) -> Option<StoreError> {
+        let last = self.failed.back()?;
+        if seq >= last.end {
+            return None;
+        }
+        let i = self.failed.partition_point(|r| r.end <= seq);
+        let hit = self.failed.get(i).is_some_and(|r| r.contains(&seq));
+        hit.then(|| self.last_failure.as_ref().map(duplicate))?
+    }
+
+    fn remember_failure(&mut self, lost: Range<u64>, error: StoreError) {
+        if lost.is_empty() {
+            return;
+        }
+        // Failures without a success between them cover nested ranges from the same start.
+        while self.failed.back().is_some_and(|r| r.end >= lost.start) {
+            let r = self.failed.pop_back().expect("checked");
+            if r.start < lost.start {
+                self.failed.push_back(r.start..lost.end.max(r.end));
+                self.last_failure = Some(error);
+                return;
+            }
+        }
+        self.failed.push_back(lost);
+        if self.failed.len() > MAX_FAILED_RANGES {
+            self.failed.pop_front();
+        }
+        self.last_failure = Some(error);
+    }
+
+    fn gather_bound(&self) -> Duration {
+        (self.last_sync / 2).min(MAX_GATHER)
+    }
+
+    fn is_timer(&self, me: &Arc<Waiter>) -> Option<Instant> {
+        match &self.timer {
+            Some((t, deadline)) if Arc::ptr_eq(t, me) => Some(*deadline),
+            _ => None,
+        }
+    }
+}
+
+pub(super) struct GroupCommit {
+    state: Mutex<State>,
+    commits: AtomicU64,
+    /// Futex word: bumped under the state lock whenever verdicts or the timer change; parked
+    /// callers sleep on it and are all woken by one system call.
+    epoch: AtomicU32,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    // Every update of the state is complete before anything that can panic; keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl GroupCommit {
+    /// `durable_next`: the next sequence number, everything below it being on disk already.
+    pub(super) fn new(durable_next: u64) -> GroupCommit {
+        GroupCommit {
+            state: Mutex::new(State {
+                durable_next,
+                syncing: false,
+                inside: 0,
+                target: 1,
+                last_sync: Duration::ZERO,
+                waiters: Vec::new(),
+                timer: None,
+                failed: VecDeque::new(),
+                last_failure: None,
+            }),
+            commits: AtomicU64::new(0),
+            epoch: AtomicU32::new(0),
+        }
+    }
+
+    /// Successful syncs so far.
+    pub(super) fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Blocks until record `seq` (already written) is covered by a successful `sync`, or fails
+    /// with the error of the sync attempt that covered it. `sync` flushes everything written so
+    /// far; it runs in the calling thread when this caller leads, never under the state lock.
+    pub(super) fn wait(&self, seq: u64, sync: &dyn Fn() -> SyncOutcome) -> Result<(), StoreError> {
+        let mut s = lock(&self.state);
+        if let Some(e) = s.failed_error(seq) {
+            return Err(e);
+        }
+        if s.durable_next > seq {
+            return Ok(());
+        }
+        s.inside += 1;
+        let mut me: Option<Arc<Waiter>> = None;
+        loop {
+            if let Some(verdict) = me.as_ref().and_then(|w| w.verdict()) {
+                return verdict;
+            }
+            if s.syncing {
+                // The leader decides this record when its sync ends.
+                let w = me.get_or_insert_with(|| register(&mut s, seq)).clone();
+                if s.is_timer(&w).is_some() {
+                    s.timer = None;
+                }
+                let epoch = self.epoch.load(Ordering::Acquire);
+                drop(s);
+                futex_wait(&self.epoch, epoch, None);
+                if let Some(verdict) = w.verdict() {
+                    return verdict;
+                }
+                s = lock(&self.state);
+                continue;
+            }
+            let now = Instant::now();
+            let pending = s.waiters.len() + usize::from(me.is_none());
+            let my_deadline = me.as_ref().and_then(|w| s.is_timer(w));
+            if pending >= s.target || my_deadline.is_some_and(|d| now >= d) {
+                if let Some(w) = me.take() {
+                    s.waiters.retain(|o| !Arc::ptr_eq(o, &w));
+                    if my_deadline.is_some() {
+                        s.timer = None;
+                    }
+                }
+                break;
+            }
+            let w = me.get_or_insert_with(|| register(&mut s, seq)).clone();
+            if s.timer.is_none() {
+                let deadline = now + s.gather_bound();
+                s.timer = Some((w.clone(), deadline));
+            }
+            let deadline = s.is_timer(&w);
+            let epoch = self.epoch.load(Ordering::Acquire);
+            drop(s);
+            futex_wait(
+                &self.epoch,
+                epoch,
+                deadline.map(|d| d.saturating_duration_since(now)),
+            );
+            if let Some(verdict) = w.verdict() {
+                return verdict;
+            }
+            s = lock(&self.state);
+        }
+
+        s.syncing = true;
+        drop(s);
+        let started = Instant::now();
+        let outcome = sync();
+        let took = started.elapsed();
+        let mut s = lock(&self.state);
+        s.syncing = false;
+        s.last_sync = took;
+        // Everyone inside now (the leader, the waiters it is about to acknowledge, those that
+        // arrived during the sync) is a writer the next sync should gather.
+        s.target = s.inside.max(1);
+        s.inside -= 1;
+        match &outcome.result {
+            Ok(()) => {
+                s.durable_next = s.durable_next.max(outcome.covers);
+                self.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let lost = s.durable_next..outcome.covers;
+                s.remember_failure(lost, duplicate(e));
+            }
+        }
+        let mut wake = false;
+        let mut i = 0;
+        while i < s.waiters.len() {
+            if s.waiters[i].seq < outcome.covers {
+                let w = s.waiters.remove(i);
+                match &outcome.result {
+                    Ok(()) => w.verdict.store(DURABLE, Ordering::Release),
+                    Err(e) => {
+                        *w.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(duplicate(e));
+                        w.verdict.store(FAILED, Ordering::Release);
+                    }
+                }
+                s.inside -= 1;
+                wake = true;
+            } else {
+                i += 1;
+            }
+        }
+        // Callers that arrived during the sync gather for the next one, with a timer.
+        s.timer = None;
+        if let Some(first) = s.waiters.first().cloned() {
+            let deadline = Instant::now() + s.gather_bound();
+            s.timer = Some((first, deadline));
+            wake = true;
+        }
+        if wake {
+            self.epoch.fetch_add(1, Ordering::Release);
+        }
+        drop(s);
+        if wake {
+            futex_wake_all(&self.epoch);
+        }
+        if seq >= outcome.covers && outcome.result.is_ok() {
+            // Cannot happen with a sync that covers what was written before it (the leader's
+            // record was); refuse to acknowledge rather than lie.
+            return Err(StoreError::Internal(format!(
+                "a group commit covered records below {} but not record {seq}",
+                outcome.covers
+            )));
+        }
+        outcome.result
+    }
+}
+
+impl Waiter {
+    /// The verdict, once a leader decided it (the leader removed the waiter and counted it out).
+    fn verdict(&self) -> Option<Result<(), StoreError>> {
+        match self.verdict.load(Ordering::Acquire) {
+            DURABLE => Some(Ok(())),
+            FAILED => {
+                let e = self.error.lock().unwrap_or_else(|p| p.into_inner()).take();
+                Some(Err(e.unwrap_or_else(|| {
+                    StoreError::Internal("a group commit failed".into())
+                })))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Sleeps while `word` holds `expected`, at most `timeout`; returns early on a wake-up, a
+/// changed word or a signal (callers re-check their state in a loop).
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `word` is a live, aligned u32 for the whole call and `ts_ptr` is null or points
+    // to a timespec that outlives it; FUTEX_WAIT only reads both.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            ts_ptr,
+        );
+    }
+}
+
+/// Wakes every thread sleeping on `word`.
+fn futex_wake_all(word: &AtomicU32) {
+    // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE does not access memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        );
+    }
+}
+
+fn register(s: &mut State, seq: u64) -> Arc<Waiter> {
+    let w = Arc::new(Waiter {
+        seq,
+        verdict: AtomicU8::new(UNDECIDED),
+        error: Mutex::new(None),
+    });
+    s.waiters.push(w.clone());
+    w
+}
+
+/// The same failure for every caller a failed sync covered (`io::Error` cannot be cloned; the
+/// OS error code, which callers match on, is kept).
+fn duplicate(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Io { op, path, source } => StoreError::Io {
+            op,
+            path: path.clone(),
+            source: match source.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(source.kind(), source.to_string()),
+            },
+        },
+        StoreError::NotFound(name) => StoreError::NotFound(name.clone()),
+        other => StoreError::Internal(other.to_string()),
+    }
+}
