@@ -7,8 +7,6 @@ the core and through it the component, the paho clients) is stopped at teardown.
 $LICHEN_BIN, else target/debug/lichen.
 """
 
-import datetime
-import ipaddress
 import json
 import os
 import shutil
@@ -24,12 +22,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lichen_certs import make_ca, make_leaf, pem, write_ca  # noqa: E402
 from lichen_support import lichen_bin, free_port, wait_for, wait_listening  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,70 +53,22 @@ COMPONENT_FILTERS = ["devices/+/data", "app/down/#", "loop/ps/x"]
 # --- certificates -----------------------------------------------------------------------------
 
 
-def _ca(cn):
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def _leaf(ca, cn, directory: Path, server=False):
-    ca_cert, ca_key = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-    )
-    if server:
-        b = b.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    else:
-        b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    cert = b.sign(ca_key, hashes.SHA256())
-    (directory / f"{cn}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / f"{cn}.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return str(directory / f"{cn}.pem"), str(directory / f"{cn}.key")
-
-
 @pytest.fixture(scope="session")
 def certs():
     # mosquitto drops root to user `mosquitto`: a world-readable directory outside pytest's tree.
     d = Path(tempfile.mkdtemp(prefix="lichen-bridge-certs-"))
     d.chmod(0o755)
-    cloud_ca = _ca("Cloud Test CA")
-    (d / "cloud-ca.pem").write_bytes(cloud_ca[0].public_bytes(serialization.Encoding.PEM))
-    _leaf(cloud_ca, "server", d, server=True)
-    _leaf(cloud_ca, "core", d)
-    _leaf(cloud_ca, "tester", d)
-    device_ca = _ca("Device Test CA")
+    cloud_ca = make_ca("Cloud Test CA")
+    write_ca(cloud_ca, d / "cloud-ca.pem")
+    make_leaf(cloud_ca, "server", d, server=True)
+    make_leaf(cloud_ca, "core", d)
+    make_leaf(cloud_ca, "tester", d)
+    device_ca = make_ca("Device Test CA")
     out = {
         "dir": d,
-        "device_ca_pem": device_ca[0].public_bytes(serialization.Encoding.PEM).decode(),
-        "dev-pub": _leaf(device_ca, "dev-pub", d),
-        "dev-obs": _leaf(device_ca, "dev-obs", d),
+        "device_ca_pem": pem(device_ca[0]),
+        "dev-pub": make_leaf(device_ca, "dev-pub", d),
+        "dev-obs": make_leaf(device_ca, "dev-obs", d),
     }
     for f in d.iterdir():
         f.chmod(0o644)

@@ -5,7 +5,6 @@ Everything binds 127.0.0.1 on ports chosen at run time; every process started he
 teardown. The binary is $LICHEN_BIN, else target/debug/lichen.
 """
 
-import datetime
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lichen_certs import make_ca, make_leaf, write_ca  # noqa: E402
 from lichen_support import lichen_bin, free_port, wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,77 +33,11 @@ COMPONENT_SCRIPT = Path(__file__).resolve().parent / "component.py"
 
 
 def _make_certs(d: Path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-    import ipaddress
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def key():
-        return ec.generate_private_key(ec.SECP256R1())
-
-    def write_key(k, name):
-        (d / name).write_bytes(
-            k.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-
-    ca_key = key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Lichen Test Root CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=False,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-
-    def leaf(name, server):
-        k = key()
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca_name)
-            .public_key(k.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        )
-        if server:
-            b = b.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            ).add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        else:
-            b = b.add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        cert = b.sign(ca_key, hashes.SHA256())
-        (d / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        write_key(k, f"{name}.key")
-
-    leaf("server", True)
-    leaf("device", False)
-    leaf("tester", False)
+    ca = make_ca("Lichen Test Root CA")
+    write_ca(ca, d / "ca.pem")
+    make_leaf(ca, "server", d, server=True)
+    make_leaf(ca, "device", d)
+    make_leaf(ca, "tester", d)
     for f in d.iterdir():
         f.chmod(0o644)
 

@@ -5,7 +5,6 @@ a stranger CA it is not. Everything listens on 127.0.0.1 on ports chosen at run 
 (and the components it runs) are stopped at teardown.
 """
 
-import datetime
 import json
 import os
 import socket
@@ -15,74 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lichen_certs import make_ca, make_leaf, pem  # noqa: E402
 from lichen_support import lichen_bin, free_port, wait_listening  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 AUTH = "aws.greengrass.clientdevices.Auth"
 BROKER = "aws.greengrass.clientdevices.mqtt.EMQX"
-
-
-def _name(cn):
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def make_ca(cn):
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def make_device(ca, cn, directory):
-    ca_cert, ca_key = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_path = Path(directory) / f"{cn}.pem"
-    key_path = Path(directory) / f"{cn}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_path), str(key_path)
-
-
-def pem(cert):
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 DEVICE_GROUPS = {
@@ -197,10 +136,10 @@ def devices(tmp_path_factory):
     return {
         "dir": d,
         "ca_pem": pem(ca[0]),
-        "sensor1": make_device(ca, "sensor1", d),
-        "intruder": make_device(ca, "intruder", d),
-        "stranger": make_device(stranger_ca, "stranger", d),
-        "sdk": make_device(ca, "sdk-client", d),
+        "sensor1": make_leaf(ca, "sensor1", d),
+        "intruder": make_leaf(ca, "intruder", d),
+        "stranger": make_leaf(stranger_ca, "stranger", d),
+        "sdk": make_leaf(ca, "sdk-client", d),
     }
 
 
