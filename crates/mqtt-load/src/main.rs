@@ -3,7 +3,10 @@
 //! for when the full `lichen` binary is not at hand.
 
 use clap::{Parser, Subcommand};
-use lichen_mqtt_load::{BrokerKind, Plan, measure, raise_fd_limit, table};
+use lichen_mqtt_load::{
+    BrokerKind, Plan, add_latency_rows, latency_series, latency_table, measure, raise_fd_limit,
+    table,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -41,6 +44,10 @@ struct Cli {
     /// Idle connections for the memory figure (0 skips it).
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
+    /// Latency runs per broker, alternating ours and mosquitto; above 1, each run is printed
+    /// and the table shows the medians (single runs are noisy).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
 }
 
 #[derive(Subcommand)]
@@ -55,6 +62,9 @@ enum Cmd {
         /// Deliveries queued per session before its publishers are held back.
         #[arg(long = "max-queued-messages")]
         max_queued_messages: Option<usize>,
+        /// Keep a task for every idle connection instead of parking it in the idle pool.
+        #[arg(long = "no-park-idle-connections")]
+        no_park_idle_connections: bool,
     },
 }
 
@@ -71,6 +81,7 @@ fn main() -> ExitCode {
         listen,
         max_packet_size,
         max_queued_messages,
+        no_park_idle_connections,
     }) = cli.command
     {
         let _ = tracing_subscriber::fmt()
@@ -84,6 +95,7 @@ fn main() -> ExitCode {
             listen,
             max_packet_size,
             max_queued_messages,
+            park_idle_connections: !no_park_idle_connections,
             ..Default::default()
         };
         return match rt.block_on(lichen_broker::run_standalone(opts)) {
@@ -103,6 +115,7 @@ fn main() -> ExitCode {
         latency_rate: cli.latency_rate,
         latency_messages: cli.latency_messages,
         idle_connections: cli.idle.min(limit.saturating_sub(100) as usize),
+        latency_runs: cli.runs.max(1),
     };
     let ours = match cli.lichen {
         Some(program) => BrokerKind::Lichen {
@@ -125,13 +138,21 @@ fn main() -> ExitCode {
     };
     eprintln!("plan: {plan:?} (open-file limit {limit})");
     let result = rt.block_on(async {
-        let a = measure(&ours, &plan).await?;
-        let b = measure(&theirs, &plan).await?;
-        anyhow::Ok((a, b))
+        let mut a = measure(&ours, &plan).await?;
+        let mut b = measure(&theirs, &plan).await?;
+        let mut series = Vec::new();
+        if plan.latency_runs > 1 {
+            series = latency_series(&ours, &theirs, &plan, plan.latency_runs).await?;
+            add_latency_rows(&series, &plan, &mut a, &mut b);
+        }
+        anyhow::Ok((a, b, series))
     });
     match result {
-        Ok((a, b)) => {
+        Ok((a, b, series)) => {
             println!("{}", table(&a, &b));
+            if !series.is_empty() {
+                println!("{}", latency_table(&series, a.name, b.name));
+            }
             println!(
                 "QoS 1 messages lost: {} {}, {} {}",
                 a.name, a.qos1_lost, b.name, b.qos1_lost

@@ -2,7 +2,9 @@
 //! subcommand) and, when installed, mosquitto.
 
 use lichen_mqtt::QoS;
-use lichen_mqtt_load::{BrokerKind, Flow, RunningBroker, open_idle, run_flow};
+use lichen_mqtt_load::{
+    BrokerKind, Flow, Plan, RunningBroker, latency_series, latency_table, open_idle, run_flow,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -73,4 +75,36 @@ async fn qos1_flows_through_mosquitto_lose_nothing() {
         return;
     }
     exercise(BrokerKind::Mosquitto { program }).await;
+}
+
+/// Repeated latency runs alternate the brokers and yield one measured run per broker, QoS and
+/// repetition (ours against itself when mosquitto is not installed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_series_measures_every_run_of_both_brokers() {
+    let mosquitto = PathBuf::from("/usr/sbin/mosquitto");
+    let theirs = if mosquitto.exists() {
+        BrokerKind::Mosquitto { program: mosquitto }
+    } else {
+        ours()
+    };
+    let plan = Plan {
+        latency_rate: 1000.0,
+        latency_messages: 100,
+        payload: 32,
+        time_limit: Duration::from_secs(30),
+        ..Plan::default()
+    };
+    let series = latency_series(&ours(), &theirs, &plan, 3)
+        .await
+        .expect("latency series");
+    assert_eq!(series.len(), 2);
+    for s in &series {
+        assert_eq!((s.ours.len(), s.theirs.len()), (3, 3));
+        for r in s.ours.iter().chain(&s.theirs) {
+            assert_eq!((r.lost, r.duplicates), (0, 0));
+            assert!(r.p50_us > 0.0 && r.p99_us >= r.p50_us, "{r:?}");
+        }
+    }
+    let t = latency_table(&series, "lichen", "other");
+    assert_eq!(t.matches("ratio").count(), 2, "{t}");
 }
