@@ -19,6 +19,9 @@ pub const PUBSUB_SERVICE: &str = "aws.greengrass.ipc.pubsub";
 pub const STREAM_MANAGER: &str = "aws.greengrass.StreamManager";
 /// Config change events buffered per subscription before further ones are dropped (and logged).
 const CONFIG_EVENT_BUFFER: usize = 1024;
+/// Queued deliveries a subscription writes in one go at most (then the write goes out and the
+/// next batch starts), bounding the delay of a batch's first event.
+const EVENTS_PER_WRITE: usize = 128;
 
 fn topic_of(request: &Value) -> String {
     request
@@ -164,17 +167,29 @@ fn subscribe_to_topic(
         )
         .map_err(|e| IpcError::invalid_arguments(format!("SubscribeToTopic: {e}")))?;
     tokio::spawn(async move {
-        loop {
+        'deliver: loop {
             let delivery = tokio::select! {
                 d = sub.recv() => match d { Some(d) => d, None => break },
                 _ = sink.closed() => break,
             };
-            if sink
-                .send_serialized(subscription_event(&delivery))
-                .await
-                .is_err()
-            {
-                break;
+            // Everything queued meanwhile leaves with it in one write.
+            let _cork = sink.cork();
+            let mut next = Some(delivery);
+            let mut sent = 0;
+            while let Some(delivery) = next {
+                if sink
+                    .send_serialized(subscription_event(&delivery))
+                    .await
+                    .is_err()
+                {
+                    break 'deliver;
+                }
+                sent += 1;
+                next = if sent < EVENTS_PER_WRITE {
+                    sub.try_recv()
+                } else {
+                    None
+                };
             }
         }
         // `sub` drops here: unsubscribed.

@@ -292,6 +292,12 @@ impl EventSink {
     pub fn is_closed(&self) -> bool {
         self.inner.open.has_changed().is_err()
     }
+
+    /// Holds the connection's writes back until the cork drops, so a burst of events leaves in
+    /// one write (see [`FrameWriter::cork`]).
+    pub(crate) fn cork(&self) -> crate::writer::Cork {
+        self.inner.out.cork()
+    }
 }
 
 #[derive(Clone)]

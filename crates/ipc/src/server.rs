@@ -233,15 +233,19 @@ async fn serve_connection(
     };
     let mut buf = BytesMut::with_capacity(8192);
     let close = 'read: loop {
-        loop {
-            match shared.decoder.decode(&mut buf) {
-                Ok(Some(frame)) => {
-                    if let Err(close) = conn.handle(frame).await {
-                        break 'read close;
+        {
+            // The answers to every frame of this read leave in one write when the cork goes.
+            let _cork = out.cork();
+            loop {
+                match shared.decoder.decode(&mut buf) {
+                    Ok(Some(frame)) => {
+                        if let Err(close) = conn.handle(frame).await {
+                            break 'read close;
+                        }
                     }
+                    Ok(None) => break,
+                    Err(e) => break 'read Close::Protocol(format!("bad frame: {e}")),
                 }
-                Ok(None) => break,
-                Err(e) => break 'read Close::Protocol(format!("bad frame: {e}")),
             }
         }
         while conn.tasks.try_join_next().is_some() {}
