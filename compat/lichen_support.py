@@ -28,7 +28,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_for(predicate, timeout=30.0, what="condition"):
+def wait_for(predicate, timeout=60.0, what="condition"):
     """Polls `predicate` until it returns something true (returned) or `timeout` passes."""
     deadline = time.monotonic() + timeout
     while True:

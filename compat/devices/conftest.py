@@ -7,7 +7,6 @@ a stranger CA it is not. Everything listens on 127.0.0.1 on ports chosen at run 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time

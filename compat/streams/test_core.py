@@ -9,14 +9,14 @@ stream, appends, reads back, checks that a wrong token is refused, and writes wh
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import pytest
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lichen_support import free_port, lichen_bin  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = os.environ.get("LICHEN_PYTHON") or sys.executable
@@ -53,17 +53,8 @@ os.rename(out + ".tmp", out)
 '''
 
 
-def lichen_bin():
-    path = os.environ.get("LICHEN_BIN") or str(REPO / "target" / "debug" / "lichen")
-    if not os.path.exists(path):
-        pytest.skip(f"no lichen binary at {path}; run cargo build -p lichen or set LICHEN_BIN")
-    return path
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_sdk_component_on_a_real_core(tmp_path):

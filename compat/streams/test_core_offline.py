@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 
 from test_exporters import Recorder, wait_for
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lichen_support import lichen_bin  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = os.environ.get("LICHEN_PYTHON") or sys.executable
@@ -95,11 +97,6 @@ with open(os.path.join(work, "done"), "w") as f:
 '''
 
 
-def lichen_bin():
-    path = os.environ.get("LICHEN_BIN") or str(REPO / "target" / "debug" / "lichen")
-    if not os.path.exists(path):
-        pytest.skip(f"no lichen binary at {path}; run cargo build -p lichen or set LICHEN_BIN")
-    return path
 
 
 def port_below_ephemeral_range():

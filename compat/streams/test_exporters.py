@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -43,25 +42,14 @@ from stream_manager.data import (
     Variant,
 )
 from stream_manager.util import Util
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lichen_support import free_port, wait_for  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_for(predicate, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -308,7 +296,7 @@ def verify_sigv4(req, port, service):
 
     headers = {k.lower(): v for k, v in req["headers"].items()}
     auth = headers.get("authorization", "")
-    assert auth.startswith(f"AWS4-HMAC-SHA256 Credential=testing/"), auth
+    assert auth.startswith("AWS4-HMAC-SHA256 Credential=testing/"), auth
     assert f"/us-east-1/{service}/aws4_request" in auth, auth
     signed = auth.split("SignedHeaders=")[1].split(",")[0].split(";")
     assert "host" in signed and "x-amz-date" in signed
