@@ -2,14 +2,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::codec::{self, Decoder, Frame};
@@ -40,18 +40,31 @@ pub enum ClientError {
     },
 }
 
-type Routes = Arc<Mutex<HashMap<i32, mpsc::UnboundedSender<Frame>>>>;
+/// Where the reader hands a stream's frames: a call wants its one response, a streaming
+/// operation its response and then its events.
+enum Route {
+    Call(oneshot::Sender<Frame>),
+    Stream(mpsc::UnboundedSender<Frame>),
+}
+
+type Routes = Arc<Mutex<HashMap<i32, Route>>>;
+
+/// How the caller of [`IpcClient::open`] receives the stream's frames.
+enum Receiver {
+    Call(oneshot::Receiver<Frame>),
+    Stream(mpsc::UnboundedReceiver<Frame>),
+}
 
 /// A connected, authenticated IPC client. Dropping it closes the connection.
 pub struct IpcClient {
     out: FrameWriter,
     routes: Routes,
-    next_stream: AtomicI32,
+    /// The next stream id; locked while an id is allocated and its first frame queued, because
+    /// servers require new stream ids to arrive in increasing order (a plain lock: nothing
+    /// waits while holding it).
+    next_stream: Mutex<i32>,
     /// Set once the connection is gone.
     closed: Arc<AtomicBool>,
-    /// Held while a stream id is allocated and its first frame queued: servers require new
-    /// stream ids to arrive in increasing order.
-    open_lock: tokio::sync::Mutex<()>,
     reader: JoinHandle<()>,
     _writer: JoinHandle<()>,
 }
@@ -109,92 +122,119 @@ impl IpcClient {
         let closed = Arc::new(AtomicBool::new(false));
         let reader_closed = closed.clone();
         let reader = tokio::spawn(async move {
+            let mut frames = Vec::new();
             loop {
+                let mut failed = false;
                 loop {
                     match decoder.decode(&mut buf) {
-                        Ok(Some(frame)) => {
-                            let stream = frame.header_i32(STREAM_ID).unwrap_or(0);
-                            let routes = reader_routes.lock().unwrap_or_else(|e| e.into_inner());
-                            if let Some(tx) = routes.get(&stream) {
-                                let _ = tx.send(frame);
-                            }
-                        }
+                        Ok(Some(frame)) => frames.push(frame),
                         Ok(None) => break,
                         Err(_) => {
-                            reader_closed.store(true, Ordering::SeqCst);
-                            reader_routes
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .clear();
-                            return;
+                            failed = true;
+                            break;
                         }
                     }
                 }
-                match read.read_buf(&mut buf).await {
-                    Ok(n) if n > 0 => {}
-                    _ => {
-                        // Dropping the senders ends every waiting call with `Closed`; the flag
-                        // stops calls opened after this from waiting forever.
-                        reader_closed.store(true, Ordering::SeqCst);
-                        reader_routes
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .clear();
-                        return;
+                // Every frame of one read is routed under one lock.
+                if !frames.is_empty() {
+                    let mut routes = reader_routes.lock().unwrap_or_else(|e| e.into_inner());
+                    for frame in frames.drain(..) {
+                        let stream = frame.header_i32(STREAM_ID).unwrap_or(0);
+                        match routes.get(&stream) {
+                            Some(Route::Stream(tx)) => {
+                                let _ = tx.send(frame);
+                            }
+                            Some(Route::Call(_)) => {
+                                if let Some(Route::Call(tx)) = routes.remove(&stream) {
+                                    let _ = tx.send(frame);
+                                }
+                            }
+                            None => {}
+                        }
                     }
+                }
+                let ended = failed || !matches!(read.read_buf(&mut buf).await, Ok(n) if n > 0);
+                if ended {
+                    // Dropping the senders ends every waiting call with `Closed`; the flag
+                    // stops calls opened after this from waiting forever.
+                    reader_closed.store(true, Ordering::SeqCst);
+                    reader_routes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clear();
+                    return;
                 }
             }
         });
         Ok(IpcClient {
             out,
             routes,
-            next_stream: AtomicI32::new(1),
+            next_stream: Mutex::new(1),
             closed,
-            open_lock: tokio::sync::Mutex::new(()),
             reader,
             _writer: writer,
         })
     }
 
+    /// Opens a stream with `request` and waits for its first answer. `streaming` keeps the
+    /// stream's route for the events that follow.
     async fn open(
         &self,
         op: &str,
         request: &Value,
-    ) -> Result<(i32, mpsc::UnboundedReceiver<Frame>, Value), ClientError> {
-        let opening = self.open_lock.lock().await;
-        let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        self.routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(stream, tx);
-        if self.closed.load(Ordering::SeqCst) {
-            self.forget(stream);
-            return Err(ClientError::Closed);
-        }
+        streaming: bool,
+    ) -> Result<(i32, Option<mpsc::UnboundedReceiver<Frame>>, Value), ClientError> {
         let op = full_name(op);
         let shape = format!("{op}Request");
         let body = serde_json::to_vec(request).unwrap_or_default();
-        let frame = json_message(
-            APPLICATION_MESSAGE,
-            0,
-            stream,
-            Some(&shape),
-            &[(OPERATION, &op)],
-            body.into(),
-        );
-        let bytes = codec::encode(&frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        self.out
-            .send(bytes)
-            .await
-            .map_err(|_| ClientError::Closed)?;
-        drop(opening);
-        let first = rx.recv().await.ok_or(ClientError::Closed)?;
+        // Queue space first (the bound is a soft one: the id's frame is queued without waiting).
+        self.out.ready().await.map_err(|_| ClientError::Closed)?;
+        let (stream, rx) = {
+            let mut next = self.next_stream.lock().unwrap_or_else(|e| e.into_inner());
+            let stream = *next;
+            let bytes = encode_json_message(
+                APPLICATION_MESSAGE,
+                0,
+                stream,
+                Some(&shape),
+                &[(OPERATION, &op)],
+                &body,
+            )
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let (route, rx) = if streaming {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (Route::Stream(tx), Receiver::Stream(rx))
+            } else {
+                let (tx, rx) = oneshot::channel();
+                (Route::Call(tx), Receiver::Call(rx))
+            };
+            self.routes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(stream, route);
+            if self.closed.load(Ordering::SeqCst) || self.out.try_send(bytes).is_err() {
+                self.forget(stream);
+                return Err(ClientError::Closed);
+            }
+            *next += 1;
+            (stream, rx)
+        };
+        let (first, rx) = match rx {
+            Receiver::Call(rx) => (rx.await.ok(), None),
+            Receiver::Stream(mut rx) => (rx.recv().await, Some(rx)),
+        };
+        let Some(first) = first else {
+            self.forget(stream);
+            return Err(ClientError::Closed);
+        };
         match decode_message(&first) {
             Ok(Some(v)) => Ok((stream, rx, v)),
-            Ok(None) => Err(ClientError::Protocol(format!(
-                "{op}: stream closed without a response"
-            ))),
+            Ok(None) => {
+                self.forget(stream);
+                Err(ClientError::Protocol(format!(
+                    "{op}: stream closed without a response"
+                )))
+            }
             Err(e) => {
                 self.forget(stream);
                 Err(e)
@@ -211,8 +251,8 @@ impl IpcClient {
 
     /// Calls a request/response operation (`op` = `GetConfiguration` or the full id).
     pub async fn call(&self, op: &str, request: Value) -> Result<Value, ClientError> {
-        let (stream, _rx, response) = self.open(op, &request).await?;
-        self.forget(stream);
+        // The reader removed the call's route when it delivered the response.
+        let (_, _, response) = self.open(op, &request, false).await?;
         Ok(response)
     }
 
@@ -222,7 +262,10 @@ impl IpcClient {
         op: &str,
         request: Value,
     ) -> Result<(Value, EventStream), ClientError> {
-        let (stream, rx, response) = self.open(op, &request).await?;
+        let (stream, rx, response) = self.open(op, &request, true).await?;
+        let Some(rx) = rx else {
+            return Err(ClientError::Closed);
+        };
         Ok((
             response,
             EventStream {

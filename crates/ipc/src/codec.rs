@@ -84,50 +84,96 @@ impl Frame {
     }
 }
 
-fn encoded_value_len(v: &HeaderValue) -> usize {
+/// A header value borrowed for encoding (no `String` built per header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeaderRef<'a> {
+    Bool(bool),
+    Byte(i8),
+    Int16(i16),
+    Int32(i32),
+    Int64(i64),
+    ByteBuf(&'a [u8]),
+    String(&'a str),
+    Timestamp(i64),
+    Uuid(&'a [u8; 16]),
+}
+
+impl HeaderValue {
+    fn as_ref(&self) -> HeaderRef<'_> {
+        match self {
+            HeaderValue::Bool(v) => HeaderRef::Bool(*v),
+            HeaderValue::Byte(v) => HeaderRef::Byte(*v),
+            HeaderValue::Int16(v) => HeaderRef::Int16(*v),
+            HeaderValue::Int32(v) => HeaderRef::Int32(*v),
+            HeaderValue::Int64(v) => HeaderRef::Int64(*v),
+            HeaderValue::ByteBuf(b) => HeaderRef::ByteBuf(b),
+            HeaderValue::String(s) => HeaderRef::String(s),
+            HeaderValue::Timestamp(v) => HeaderRef::Timestamp(*v),
+            HeaderValue::Uuid(u) => HeaderRef::Uuid(u),
+        }
+    }
+}
+
+fn encoded_value_len(v: HeaderRef<'_>) -> usize {
     match v {
-        HeaderValue::Bool(_) => 0,
-        HeaderValue::Byte(_) => 1,
-        HeaderValue::Int16(_) => 2,
-        HeaderValue::Int32(_) => 4,
-        HeaderValue::Int64(_) | HeaderValue::Timestamp(_) => 8,
-        HeaderValue::ByteBuf(b) => 2 + b.len(),
-        HeaderValue::String(s) => 2 + s.len(),
-        HeaderValue::Uuid(_) => 16,
+        HeaderRef::Bool(_) => 0,
+        HeaderRef::Byte(_) => 1,
+        HeaderRef::Int16(_) => 2,
+        HeaderRef::Int32(_) => 4,
+        HeaderRef::Int64(_) | HeaderRef::Timestamp(_) => 8,
+        HeaderRef::ByteBuf(b) => 2 + b.len(),
+        HeaderRef::String(s) => 2 + s.len(),
+        HeaderRef::Uuid(_) => 16,
     }
 }
 
 /// Encodes a frame; fails only for headers beyond the eventstream limits or a frame above
 /// [`MAX_FRAME_LIMIT`].
 pub fn encode(frame: &Frame) -> Result<Bytes, CodecError> {
-    if frame.headers.len() > MAX_HEADERS {
-        return Err(CodecError::Encode {
-            name: String::new(),
-            reason: "more than 1024 headers",
-        });
-    }
+    encode_parts(
+        frame
+            .headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_ref())),
+        &frame.payload,
+    )
+}
+
+/// Encodes the frame made of `headers` (in order) and `payload`, straight into one buffer.
+pub(crate) fn encode_parts<'a, I>(headers: I, payload: &[u8]) -> Result<Bytes, CodecError>
+where
+    I: Iterator<Item = (&'a str, HeaderRef<'a>)> + Clone,
+{
+    let mut count = 0usize;
     let mut headers_len = 0usize;
-    for h in &frame.headers {
-        if h.name.is_empty() || h.name.len() > MAX_HEADER_NAME_LEN {
+    for (name, value) in headers.clone() {
+        count += 1;
+        if count > MAX_HEADERS {
             return Err(CodecError::Encode {
-                name: h.name.clone(),
+                name: String::new(),
+                reason: "more than 1024 headers",
+            });
+        }
+        if name.is_empty() || name.len() > MAX_HEADER_NAME_LEN {
+            return Err(CodecError::Encode {
+                name: name.to_string(),
                 reason: "name must be 1..=255 bytes",
             });
         }
-        let value_len = match &h.value {
-            HeaderValue::ByteBuf(b) => b.len(),
-            HeaderValue::String(s) => s.len(),
+        let value_len = match value {
+            HeaderRef::ByteBuf(b) => b.len(),
+            HeaderRef::String(s) => s.len(),
             _ => 0,
         };
         if value_len > MAX_HEADER_VALUE_LEN {
             return Err(CodecError::Encode {
-                name: h.name.clone(),
+                name: name.to_string(),
                 reason: "value longer than 32767 bytes",
             });
         }
-        headers_len += 1 + h.name.len() + 1 + encoded_value_len(&h.value);
+        headers_len += 1 + name.len() + 1 + encoded_value_len(value);
     }
-    let total = FRAME_OVERHEAD + headers_len + frame.payload.len();
+    let total = FRAME_OVERHEAD + headers_len + payload.len();
     if total > MAX_FRAME_LIMIT {
         return Err(CodecError::FrameLength {
             len: total,
@@ -138,49 +184,49 @@ pub fn encode(frame: &Frame) -> Result<Bytes, CodecError> {
     out.put_u32(total as u32);
     out.put_u32(headers_len as u32);
     out.put_u32(crc32fast::hash(&out[..8]));
-    for h in &frame.headers {
-        out.put_u8(h.name.len() as u8);
-        out.put_slice(h.name.as_bytes());
-        match &h.value {
-            HeaderValue::Bool(true) => out.put_u8(0),
-            HeaderValue::Bool(false) => out.put_u8(1),
-            HeaderValue::Byte(v) => {
+    for (name, value) in headers {
+        out.put_u8(name.len() as u8);
+        out.put_slice(name.as_bytes());
+        match value {
+            HeaderRef::Bool(true) => out.put_u8(0),
+            HeaderRef::Bool(false) => out.put_u8(1),
+            HeaderRef::Byte(v) => {
                 out.put_u8(2);
-                out.put_i8(*v);
+                out.put_i8(v);
             }
-            HeaderValue::Int16(v) => {
+            HeaderRef::Int16(v) => {
                 out.put_u8(3);
-                out.put_i16(*v);
+                out.put_i16(v);
             }
-            HeaderValue::Int32(v) => {
+            HeaderRef::Int32(v) => {
                 out.put_u8(4);
-                out.put_i32(*v);
+                out.put_i32(v);
             }
-            HeaderValue::Int64(v) => {
+            HeaderRef::Int64(v) => {
                 out.put_u8(5);
-                out.put_i64(*v);
+                out.put_i64(v);
             }
-            HeaderValue::ByteBuf(b) => {
+            HeaderRef::ByteBuf(b) => {
                 out.put_u8(6);
                 out.put_u16(b.len() as u16);
                 out.put_slice(b);
             }
-            HeaderValue::String(s) => {
+            HeaderRef::String(s) => {
                 out.put_u8(7);
                 out.put_u16(s.len() as u16);
                 out.put_slice(s.as_bytes());
             }
-            HeaderValue::Timestamp(v) => {
+            HeaderRef::Timestamp(v) => {
                 out.put_u8(8);
-                out.put_i64(*v);
+                out.put_i64(v);
             }
-            HeaderValue::Uuid(u) => {
+            HeaderRef::Uuid(u) => {
                 out.put_u8(9);
                 out.put_slice(u);
             }
         }
     }
-    out.put_slice(&frame.payload);
+    out.put_slice(payload);
     let crc = crc32fast::hash(&out);
     out.put_u32(crc);
     Ok(out.freeze())

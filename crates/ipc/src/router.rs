@@ -11,8 +11,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 use crate::authz::{Authorizer, ResourceStyle};
-use crate::codec;
-use crate::rpc::{APPLICATION_MESSAGE, json_message};
+use crate::rpc::{APPLICATION_MESSAGE, encode_json_message};
 use crate::writer::FrameWriter;
 
 /// The Greengrass IPC service id used in `_service` of error payloads.
@@ -257,15 +256,15 @@ impl EventSink {
         if inner.open.has_changed().is_err() {
             return Err(StreamClosed);
         }
-        let frame = json_message(
+        let bytes = encode_json_message(
             APPLICATION_MESSAGE,
             0,
             inner.stream,
             Some(&inner.shape),
             &[],
-            event,
-        );
-        let bytes = codec::encode(&frame).map_err(|_| StreamClosed)?;
+            &event,
+        )
+        .map_err(|_| StreamClosed)?;
         {
             let mut early = inner.early.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(early) = early.as_mut()

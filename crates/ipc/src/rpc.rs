@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::codec::{Frame, Header, HeaderValue};
+use crate::codec::{self, CodecError, Frame, Header, HeaderRef, HeaderValue};
 
 pub(crate) const APPLICATION_MESSAGE: i32 = 0;
 pub(crate) const APPLICATION_ERROR: i32 = 1;
@@ -64,6 +64,30 @@ pub(crate) fn json_message(
     Frame { headers, payload }
 }
 
+/// The encoded bytes of [`json_message`]`(kind, flags, stream, shape, extra, payload)`, built
+/// without an intermediate [`Frame`] (the per-message path: requests, responses, events).
+pub(crate) fn encode_json_message(
+    kind: i32,
+    flags: i32,
+    stream: i32,
+    shape: Option<&str>,
+    extra: &[(&str, &str)],
+    payload: &[u8],
+) -> Result<Bytes, CodecError> {
+    let fixed = [
+        Some((CONTENT_TYPE, HeaderRef::String(JSON))),
+        shape.map(|s| (SERVICE_MODEL_TYPE, HeaderRef::String(s))),
+        Some((MESSAGE_TYPE, HeaderRef::Int32(kind))),
+        Some((MESSAGE_FLAGS, HeaderRef::Int32(flags))),
+        Some((STREAM_ID, HeaderRef::Int32(stream))),
+    ];
+    let headers = fixed
+        .into_iter()
+        .flatten()
+        .chain(extra.iter().map(|(n, v)| (*n, HeaderRef::String(v))));
+    codec::encode_parts(headers, payload)
+}
+
 /// A frame with only the three RPC headers (CONNECT_ACK, stream close).
 pub(crate) fn bare(kind: i32, flags: i32, stream: i32) -> Frame {
     Frame {
@@ -78,4 +102,39 @@ pub(crate) fn connection_error(kind: i32, message: &str) -> Frame {
         .unwrap_or_default()
         .into();
     json_message(kind, 0, 0, None, &[], payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_encoding_equals_encoding_the_frame() {
+        for shape in [None, Some("aws.greengrass#PublishToTopicResponse")] {
+            for extra in [&[][..], &[(OPERATION, "aws.greengrass#PublishToTopic")][..]] {
+                let payload = br#"{"topic":"a/b"}"#;
+                let frame = json_message(
+                    APPLICATION_MESSAGE,
+                    FLAG_TERMINATE_STREAM,
+                    7,
+                    shape,
+                    extra,
+                    Bytes::from_static(payload),
+                );
+                assert_eq!(
+                    encode_json_message(
+                        APPLICATION_MESSAGE,
+                        FLAG_TERMINATE_STREAM,
+                        7,
+                        shape,
+                        extra,
+                        payload
+                    )
+                    .unwrap(),
+                    codec::encode(&frame).unwrap(),
+                    "shape {shape:?}, extra {extra:?}"
+                );
+            }
+        }
+    }
 }

@@ -563,15 +563,22 @@ async fn run_stream(
         FLAG_TERMINATE_STREAM
     };
     let body = serde_json::to_vec(&response).unwrap_or_default();
-    let frame = json_message(
+    let frame = encode_json_message(
         APPLICATION_MESSAGE,
         flags,
         stream,
         Some(&op.response_shape),
         &[],
-        body.into(),
+        &body,
     );
-    if !send(out, &frame).await {
+    let sent = match frame {
+        Ok(bytes) => out.send(bytes).await.is_ok(),
+        Err(e) => {
+            tracing::error!(error = %e, "IPC response could not be encoded");
+            false
+        }
+    };
+    if !sent {
         return;
     }
     // Events only after the response: the sinks write to the connection from here on.

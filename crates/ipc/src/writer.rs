@@ -129,7 +129,28 @@ impl FrameWriter {
         }
     }
 
-    /// Hands over one frame without waiting (beyond the queue bound if need be): for `Drop`.
+    /// Waits until the queue is below its bound (then [`FrameWriter::try_send`] does not
+    /// overfill it by more than one frame per sender).
+    pub(crate) async fn ready(&self) -> Result<(), WriterClosed> {
+        loop {
+            let space = self.inner.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            {
+                let st = self.lock();
+                if st.closing || st.closed {
+                    return Err(WriterClosed);
+                }
+                if st.queue.is_empty() || st.queued_bytes < MAX_QUEUED_BYTES {
+                    return Ok(());
+                }
+            }
+            space.await;
+        }
+    }
+
+    /// Hands over one frame without waiting (beyond the queue bound if need be): for `Drop`,
+    /// and for senders that waited for [`FrameWriter::ready`].
     pub(crate) fn try_send(&self, frame: Bytes) -> Result<(), WriterClosed> {
         let mut st = self.lock();
         if st.closing || st.closed {
