@@ -5,6 +5,7 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use lichen_bus::{Bus, Delivery, Message, Payload, ReceiveMode, SubscribeOptions};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -52,6 +53,13 @@ pub fn register_kernel_operations(
         let bus = b.clone();
         async move { publish_to_topic(&bus, caller, req) }
     });
+    let b = bus.clone();
+    router.add_fast_path(
+        "PublishToTopic",
+        Arc::new(move |caller, payload, authorize| {
+            fast_publish_to_topic(&b, caller, payload, authorize)
+        }),
+    );
     router.register_streaming(
         "SubscribeToTopic",
         "SubscriptionResponseMessage",
@@ -115,12 +123,7 @@ fn publish_to_topic(bus: &Bus, caller: Caller, req: Value) -> Result<Value, IpcE
         (Some(j), None) => Payload::Json(j.get("message").cloned().unwrap_or(Value::Null)),
         (None, Some(b)) => {
             let text = b.get("message").and_then(Value::as_str).unwrap_or_default();
-            let bytes = B64.decode(text).map_err(|e| {
-                IpcError::invalid_arguments(format!(
-                    "PublishToTopic: publishMessage.binaryMessage.message is not base64: {e}"
-                ))
-            })?;
-            Payload::Binary(bytes.into())
+            binary_payload(text)?
         }
         _ => {
             return Err(IpcError::invalid_arguments(
@@ -137,6 +140,105 @@ fn publish_to_topic(bus: &Bus, caller: Caller, req: Value) -> Result<Value, IpcE
     )
     .map_err(|e| IpcError::invalid_arguments(format!("PublishToTopic: {e}")))?;
     Ok(json!({}))
+}
+
+fn binary_payload(base64_text: &str) -> Result<Payload, IpcError> {
+    let bytes = B64.decode(base64_text).map_err(|e| {
+        IpcError::invalid_arguments(format!(
+            "PublishToTopic: publishMessage.binaryMessage.message is not base64: {e}"
+        ))
+    })?;
+    Ok(Payload::Binary(bytes.into()))
+}
+
+/// A member that may be absent, `null` or set (the general path tells the three apart).
+#[derive(Default)]
+enum Member<T> {
+    #[default]
+    Absent,
+    Null,
+    Set(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Member<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match Option::<T>::deserialize(d)? {
+            None => Member::Null,
+            Some(v) => Member::Set(v),
+        })
+    }
+}
+
+/// The common shape of a PublishToTopic request, borrowed from the payload (strings without
+/// escapes only; anything else fails to parse and takes the general path).
+#[derive(Deserialize)]
+struct FastPublish<'a> {
+    topic: &'a str,
+    #[serde(rename = "publishMessage", borrow)]
+    publish_message: FastPublishMessage<'a>,
+}
+
+#[derive(Deserialize)]
+struct FastPublishMessage<'a> {
+    #[serde(rename = "jsonMessage", default)]
+    json_message: Member<FastJsonMessage>,
+    #[serde(rename = "binaryMessage", default, borrow)]
+    binary_message: Member<FastBinaryMessage<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FastJsonMessage {
+    #[serde(default)]
+    message: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct FastBinaryMessage<'a> {
+    #[serde(default)]
+    message: Option<&'a str>,
+}
+
+/// PublishToTopic without building a `Value` of the request: handles the well-formed request
+/// exactly as [`publish_to_topic`] does and declines (`None`) everything else — not an object,
+/// escaped strings, an empty or wildcard topic, not exactly one message kind — so every error
+/// keeps the general path's wording and order (authorization first).
+fn fast_publish_to_topic(
+    bus: &Bus,
+    caller: &Caller,
+    payload: &[u8],
+    authorize: &dyn Fn(&str) -> Result<(), IpcError>,
+) -> Option<Result<(), IpcError>> {
+    // A struct also deserializes from a JSON array; the general path refuses one.
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let request: FastPublish<'_> = serde_json::from_slice(payload).ok()?;
+    let topic = request.topic;
+    if topic.is_empty() || topic.contains(['+', '#', '*']) {
+        return None;
+    }
+    let message = request.publish_message;
+    let kind = match (message.json_message, message.binary_message) {
+        (Member::Set(json), Member::Absent) => Ok(json),
+        (Member::Absent, Member::Set(binary)) => Err(binary),
+        _ => return None,
+    };
+    Some((|| {
+        authorize(topic)?;
+        let payload = match kind {
+            Ok(json) => Payload::Json(json.message.unwrap_or(Value::Null)),
+            Err(binary) => binary_payload(binary.message.unwrap_or_default())?,
+        };
+        bus.publish(
+            topic,
+            Message {
+                payload,
+                publisher: caller.component.clone(),
+            },
+        )
+        .map_err(|e| IpcError::invalid_arguments(format!("PublishToTopic: {e}")))?;
+        Ok(())
+    })())
 }
 
 fn subscribe_to_topic(
@@ -443,6 +545,115 @@ mod tests {
                 payload,
                 publisher: "p".into(),
             },
+        }
+    }
+
+    /// What a publish did: its result and what a subscriber of `#` received.
+    fn publish_outcome(
+        publish: impl FnOnce(&Bus) -> Result<(), IpcError>,
+    ) -> (Result<(), IpcError>, Option<Delivery>) {
+        let bus = Bus::new();
+        let mut sub = bus
+            .subscribe(
+                "#",
+                SubscribeOptions {
+                    receive_mode: Some(ReceiveMode::ReceiveAllMessages),
+                    ..SubscribeOptions::for_subscriber("s")
+                },
+            )
+            .unwrap();
+        let result = publish(&bus);
+        (result, sub.try_recv().map(|d| Delivery::clone(&d)))
+    }
+
+    #[test]
+    fn the_fast_publish_path_answers_exactly_as_the_general_path_or_declines() {
+        let caller = Caller {
+            component: "pub".into(),
+        };
+        let deny = |topic: &str| {
+            if topic.starts_with("deny") {
+                Err(IpcError::Unauthorized {
+                    message: format!("no access to {topic}"),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        let requests = [
+            (
+                r#"{"topic":"a/b","publishMessage":{"binaryMessage":{"message":"aGVsbG8="}}}"#,
+                true,
+            ),
+            (
+                r#" {"publishMessage":{"jsonMessage":{"message":{"n":[1,2]}}},"topic":"a"}"#,
+                true,
+            ),
+            (r#"{"topic":"a","publishMessage":{"jsonMessage":{}}}"#, true),
+            (
+                r#"{"topic":"a","publishMessage":{"jsonMessage":{"message":null}}}"#,
+                true,
+            ),
+            (
+                r#"{"topic":"a","publishMessage":{"binaryMessage":{}}}"#,
+                true,
+            ),
+            (
+                r#"{"topic":"a","publishMessage":{"binaryMessage":{"message":7}}}"#,
+                false,
+            ),
+            (
+                r#"{"topic":"a","publishMessage":{"binaryMessage":{"message":"not base64!"}}}"#,
+                true,
+            ),
+            (
+                r#"{"topic":"deny/x","publishMessage":{"binaryMessage":{"message":"!!"}}}"#,
+                true,
+            ),
+            (
+                r#"{"topic":"a","publishMessage":{"binaryMessage":null,"jsonMessage":{"message":1}}}"#,
+                false,
+            ),
+            (
+                r#"{"topic":"a","publishMessage":{"binaryMessage":{"message":""},"jsonMessage":{}}}"#,
+                false,
+            ),
+            (r#"{"topic":"a","publishMessage":{}}"#, false),
+            (r#"{"topic":"a","publishMessage":null}"#, false),
+            (
+                r#"{"topic":"a/+","publishMessage":{"jsonMessage":{}}}"#,
+                false,
+            ),
+            (r#"{"topic":"","publishMessage":{"jsonMessage":{}}}"#, false),
+            (r#"{"topic":7,"publishMessage":{"jsonMessage":{}}}"#, false),
+            (
+                r#"{"topic":"a\/bé","publishMessage":{"jsonMessage":{"message":"x"}}}"#,
+                false,
+            ),
+            (
+                r#"{"topic":"a","topic":"b","publishMessage":{"jsonMessage":{}}}"#,
+                false,
+            ),
+            (r#"["a",{"jsonMessage":{}}]"#, false),
+        ];
+        // (request, whether the fast path handles it)
+        for (request, takes_fast_path) in requests {
+            let value: Value = serde_json::from_str(request).unwrap();
+            let general = publish_outcome(|bus| {
+                deny(value["topic"].as_str().unwrap_or_default())?;
+                publish_to_topic(bus, caller.clone(), value.clone()).map(|_| ())
+            });
+            let mut answered = None;
+            let fast = publish_outcome(|bus| {
+                answered = fast_publish_to_topic(bus, &caller, request.as_bytes(), &deny);
+                answered.clone().unwrap_or(Ok(()))
+            });
+            assert_eq!(answered.is_some(), takes_fast_path, "request {request}");
+            if answered.is_some() {
+                assert_eq!(fast, general, "request {request}");
+            } else {
+                assert_eq!(fast.1, None, "declined, yet published: {request}");
+            }
         }
     }
 

@@ -308,6 +308,15 @@ pub(crate) enum Handler {
     },
 }
 
+/// A unary operation's allocation-light path: given the caller, the raw request payload and
+/// the operation's authorization check for a resource, it either handles the call
+/// (`Some(Ok(()))` answers `{}`, `Some(Err(_))` the error) or declines with `None`, and the
+/// call takes the general path (parsed `Value`, declared authorization, handler) instead. It
+/// must decline whenever the general path could answer differently.
+pub(crate) type FastUnaryFn = dyn Fn(&Caller, &[u8], &dyn Fn(&str) -> Result<(), IpcError>) -> Option<Result<(), IpcError>>
+    + Send
+    + Sync;
+
 #[derive(Clone)]
 pub(crate) struct Operation {
     pub(crate) name: String,
@@ -315,6 +324,7 @@ pub(crate) struct Operation {
     pub(crate) response_shape: String,
     pub(crate) authz: Authz,
     pub(crate) handler: Handler,
+    pub(crate) fast: Option<Arc<FastUnaryFn>>,
 }
 
 /// Full operation id: `PublishToTopic` → `aws.greengrass#PublishToTopic`.
@@ -400,8 +410,37 @@ impl Router {
                 name,
                 authz,
                 handler,
+                fast: None,
             }),
         );
+    }
+
+    /// Gives the registered operation `op` a fast path (see [`FastUnaryFn`]); registering the
+    /// operation again removes it.
+    pub(crate) fn add_fast_path(&self, op: &str, fast: Arc<FastUnaryFn>) {
+        let mut ops = self.ops.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(current) = ops.get_mut(&full_name(op)) {
+            let mut with_fast = Operation::clone(current);
+            with_fast.fast = Some(fast);
+            *current = Arc::new(with_fast);
+        }
+    }
+
+    /// The authorization `op` declared, for an already extracted resource.
+    pub(crate) fn authorize_resource(
+        &self,
+        op: &Operation,
+        caller: &Caller,
+        resource: &str,
+    ) -> Result<(), IpcError> {
+        match &op.authz {
+            Authz::None => Ok(()),
+            Authz::Service {
+                service_id, style, ..
+            } => self
+                .authorizer
+                .check(&caller.component, service_id, &op.name, resource, *style),
+        }
     }
 
     pub(crate) fn lookup(&self, op: &str) -> Option<Arc<Operation>> {

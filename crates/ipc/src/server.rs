@@ -521,6 +521,32 @@ async fn run_stream(
         send_error(out, stream, &error).await;
         return;
     };
+    if let Some(fast) = &op.fast {
+        let authorize = |resource: &str| router.authorize_resource(&op, &caller, resource);
+        match fast(&caller, &payload, &authorize) {
+            Some(Ok(())) => {
+                match encode_json_message(
+                    APPLICATION_MESSAGE,
+                    FLAG_TERMINATE_STREAM,
+                    stream,
+                    Some(&op.response_shape),
+                    &[],
+                    b"{}",
+                ) {
+                    Ok(bytes) => {
+                        let _ = out.send(bytes).await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "IPC response could not be encoded"),
+                }
+                return;
+            }
+            Some(Err(error)) => {
+                send_error(out, stream, &error).await;
+                return;
+            }
+            None => {}
+        }
+    }
     let request = if payload.is_empty() {
         Ok(Value::Object(Default::default()))
     } else {
