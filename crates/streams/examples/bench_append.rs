@@ -40,6 +40,7 @@ enum Job {
     WriteFsync(File),
     GroupCommit { file: File, n: u64 },
     GroupCommitPrealloc { file: File, n: u64, at: u64 },
+    HandOff { file: File, writers: usize },
     Sequential(File),
 }
 
@@ -94,6 +95,16 @@ fn main() -> anyhow::Result<()> {
         file.sync_all()?;
         jobs.push(Job::GroupCommitPrealloc { file, n: 8, at: 0 });
         tallies.push("disk: group commit N=8, preallocated file".into());
+    }
+    {
+        let file = raw("disk-handoff")?;
+        let zeros = vec![0u8; 1 << 20];
+        for i in 0..64u64 {
+            file.write_all_at(&zeros, i << 20)?;
+        }
+        file.sync_all()?;
+        jobs.push(Job::HandOff { file, writers: 8 });
+        tallies.push("threads: 8 writers, bare leader/follower".into());
     }
     jobs.push(Job::Sequential(raw("disk-seq")?));
     tallies.push("disk: sequential 1 MiB writes + fsync".into());
@@ -164,6 +175,10 @@ fn main() -> anyhow::Result<()> {
     };
     println!("\nratios:");
     let pairs = [
+        (
+            "store flushOnWrite=true  writers=8",
+            "threads: 8 writers, bare",
+        ),
         ("store flushOnWrite=false writers=1", "disk: sequential"),
         ("store flushOnWrite=false writers=8", "disk: sequential"),
         ("store flushOnWrite=true  writers=1", "disk: write+fsync"),
@@ -183,7 +198,10 @@ fn main() -> anyhow::Result<()> {
             tallies
                 .iter()
                 .find(|t| t.label.starts_with(limit))
-                .map(|t| t.label.trim_start_matches("disk: "))
+                .map(|t| t
+                    .label
+                    .trim_start_matches("disk: ")
+                    .trim_start_matches("threads: "))
                 .unwrap_or(limit)
         );
     }
@@ -262,6 +280,7 @@ fn run_slice(job: &mut Job, secs: f64, payload: &[u8]) -> anyhow::Result<(f64, f
             }
             (recs, syncs)
         }
+        Job::HandOff { file, writers } => hand_off(file, *writers, secs, payload),
         Job::Sequential(f) => {
             let chunk = vec![0xa5u8; 1 << 20];
             let mut bytes = 0u64;
@@ -277,4 +296,80 @@ fn run_slice(job: &mut Job, secs: f64, payload: &[u8]) -> anyhow::Result<(f64, f
         }
     };
     Ok((count as f64, start.elapsed().as_secs_f64(), commits as f64))
+}
+
+/// The least a group commit of blocking writer threads can cost, without any store: each of
+/// `writers` threads writes one record into a preallocated file and sleeps on a futex until an
+/// fsync covers it; the thread whose record completes a batch of `writers` runs the fdatasync
+/// itself and wakes the others with one system call. The gap between this and the single-thread
+/// loop is the price of putting threads to sleep and waking them, which no store can avoid.
+/// Returns (records synced, fsyncs).
+fn hand_off(file: &File, writers: usize, secs: f64, payload: &[u8]) -> (u64, u64) {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicU32;
+    let batch = writers as u32;
+    let at = AtomicU64::new(0);
+    let pending = Mutex::new(0u32);
+    let epoch = AtomicU32::new(0);
+    let stop = AtomicBool::new(false);
+    let synced = AtomicU64::new(0);
+    let syncs = AtomicU64::new(0);
+    let wake_all = |word: &AtomicU32| {
+        // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE does not access memory.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX,
+            );
+        }
+    };
+    std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for _ in 0..writers {
+            handles.push(s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let offset = at.fetch_add(REC as u64, Ordering::Relaxed) % (64 << 20);
+                    file.write_all_at(payload, offset).expect("write");
+                    let mut p = pending.lock().unwrap();
+                    *p += 1;
+                    let seen = epoch.load(Ordering::Acquire);
+                    if *p == batch {
+                        *p = 0;
+                        drop(p);
+                        file.sync_data().expect("fdatasync");
+                        synced.fetch_add(batch as u64, Ordering::Relaxed);
+                        syncs.fetch_add(1, Ordering::Relaxed);
+                        epoch.fetch_add(1, Ordering::Release);
+                        wake_all(&epoch);
+                        continue;
+                    }
+                    drop(p);
+                    while epoch.load(Ordering::Acquire) == seen && !stop.load(Ordering::Relaxed) {
+                        // SAFETY: `epoch` is a live, aligned u32 and the timeout pointer is
+                        // null; FUTEX_WAIT only reads the word.
+                        unsafe {
+                            libc::syscall(
+                                libc::SYS_futex,
+                                epoch.as_ptr(),
+                                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                                seen,
+                                std::ptr::null::<libc::timespec>(),
+                            );
+                        }
+                    }
+                }
+            }));
+        }
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+        // Release writers waiting for a batch that will not fill any more.
+        while handles.iter().any(|h| !h.is_finished()) {
+            epoch.fetch_add(1, Ordering::Release);
+            wake_all(&epoch);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    (synced.into_inner(), syncs.into_inner())
 }

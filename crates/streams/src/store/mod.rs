@@ -339,7 +339,11 @@ impl Stream {
         inner.next_seq += 1;
         let needs_sync = inner.definition.flush_on_write && inner.dir.is_some();
         drop(g);
-        self.appended.send_replace(seq + 1);
+        // Notifying takes a lock per waker slot of the channel: skip it when nobody listens
+        // (a new subscriber catches up in `subscribe`).
+        if self.appended.receiver_count() > 0 {
+            self.publish_next(seq + 1);
+        }
         Ok(Appended {
             sequence_number: seq,
             needs_sync,
@@ -509,7 +513,22 @@ impl Stream {
 
     /// The next sequence number to be assigned; changes on every append.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.appended.subscribe()
+        // Subscribe first: every append from now on notifies; then catch up with the appends
+        // made while nobody listened.
+        let rx = self.appended.subscribe();
+        let next = lock(&self.inner).next_seq;
+        self.publish_next(next);
+        rx
+    }
+
+    /// Raises the published next sequence number (never lowers it: appends finishing out of
+    /// order publish out of order).
+    fn publish_next(&self, next: u64) {
+        self.appended.send_if_modified(|published| {
+            let raised = next > *published;
+            *published = (*published).max(next);
+            raised
+        });
     }
 
     pub fn info(&self) -> StreamInfo {

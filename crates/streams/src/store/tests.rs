@@ -904,3 +904,53 @@ fn a_commit_waiting_for_writers_that_went_away_still_ends() {
     assert_eq!(got.len(), 260);
     assert_eq!(got[259].payload, payload(9019, 64));
 }
+
+#[test]
+fn a_leader_whose_sync_panics_does_not_strand_the_waiters() {
+    use super::commit::{GroupCommit, SyncOutcome};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+
+    let commit = Arc::new(GroupCommit::new(0));
+    let written = Arc::new(AtomicU64::new(0));
+    let panicked_once = Arc::new(AtomicBool::new(false));
+    let outcomes = with_watchdog(60, "panicking leader", move || {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..6)
+                .map(|_| {
+                    let (commit, written, panicked_once) = (&commit, &written, &panicked_once);
+                    scope.spawn(move || {
+                        let mut out = Vec::new();
+                        for _ in 0..20 {
+                            let seq = written.fetch_add(1, Ordering::SeqCst);
+                            let sync = || {
+                                let covers = written.load(Ordering::SeqCst);
+                                std::thread::sleep(std::time::Duration::from_micros(200));
+                                if !panicked_once.swap(true, Ordering::SeqCst) {
+                                    panic!("injected sync panic");
+                                }
+                                SyncOutcome {
+                                    covers,
+                                    result: Ok(()),
+                                }
+                            };
+                            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                commit.wait(seq, &sync)
+                            }));
+                            out.push(r.map(|r| r.is_ok()));
+                        }
+                        out
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+    });
+    assert_eq!(outcomes.len(), 120);
+    let panics = outcomes.iter().filter(|o| o.is_err()).count();
+    assert_eq!(panics, 1, "exactly the leader that panicked saw the panic");
+    assert!(outcomes.iter().flatten().all(|&ok| ok));
+}
