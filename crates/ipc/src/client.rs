@@ -12,7 +12,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::codec::{self, Decoder, Frame};
+use crate::codec::{self, Decoder, Frame, RawFrame};
 use crate::router::full_name;
 use crate::rpc::*;
 use crate::server::short_path;
@@ -43,16 +43,16 @@ pub enum ClientError {
 /// Where the reader hands a stream's frames: a call wants its one response, a streaming
 /// operation its response and then its events.
 enum Route {
-    Call(oneshot::Sender<Frame>),
-    Stream(mpsc::UnboundedSender<Frame>),
+    Call(oneshot::Sender<RawFrame>),
+    Stream(mpsc::UnboundedSender<RawFrame>),
 }
 
 type Routes = Arc<Mutex<HashMap<i32, Route>>>;
 
 /// How the caller of [`IpcClient::open`] receives the stream's frames.
 enum Receiver {
-    Call(oneshot::Receiver<Frame>),
-    Stream(mpsc::UnboundedReceiver<Frame>),
+    Call(oneshot::Receiver<RawFrame>),
+    Stream(mpsc::UnboundedReceiver<RawFrame>),
 }
 
 /// A connected, authenticated IPC client. Dropping it closes the connection.
@@ -126,7 +126,7 @@ impl IpcClient {
             loop {
                 let mut failed = false;
                 loop {
-                    match decoder.decode(&mut buf) {
+                    match decoder.decode_raw(&mut buf) {
                         Ok(Some(frame)) => frames.push(frame),
                         Ok(None) => break,
                         Err(_) => {
@@ -183,7 +183,7 @@ impl IpcClient {
         op: &str,
         request: &Value,
         streaming: bool,
-    ) -> Result<(i32, Option<mpsc::UnboundedReceiver<Frame>>, Value), ClientError> {
+    ) -> Result<(i32, Option<mpsc::UnboundedReceiver<RawFrame>>, Value), ClientError> {
         let op = full_name(op);
         let shape = format!("{op}Request");
         let body = serde_json::to_vec(request).unwrap_or_default();
@@ -288,7 +288,7 @@ impl Drop for IpcClient {
 }
 
 /// `Ok(Some(json))` for an application message with payload, `Ok(None)` for a bare stream close.
-fn decode_message(frame: &Frame) -> Result<Option<Value>, ClientError> {
+fn decode_message(frame: &RawFrame) -> Result<Option<Value>, ClientError> {
     let kind = frame.header_i32(MESSAGE_TYPE);
     let flags = frame.header_i32(MESSAGE_FLAGS).unwrap_or(0);
     let payload: Option<Value> = if frame.payload.is_empty() {
@@ -329,7 +329,7 @@ fn decode_message(frame: &Frame) -> Result<Option<Value>, ClientError> {
 /// the subscription).
 pub struct EventStream {
     stream: i32,
-    rx: mpsc::UnboundedReceiver<Frame>,
+    rx: mpsc::UnboundedReceiver<RawFrame>,
     out: FrameWriter,
     routes: Routes,
     closed: bool,

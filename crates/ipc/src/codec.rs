@@ -256,6 +256,12 @@ impl Decoder {
     /// The prelude is checked (CRC, lengths) as soon as its 12 bytes are in, so a hostile length
     /// is refused before anything is buffered for it. After an error the stream is unusable.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        Ok(self.decode_raw(buf)?.map(|raw| raw.to_frame()))
+    }
+
+    /// As [`Decoder::decode`], but the headers stay encoded (checked, not copied): reading
+    /// one allocates nothing.
+    pub(crate) fn decode_raw(&self, buf: &mut BytesMut) -> Result<Option<RawFrame>, CodecError> {
         if buf.len() < PRELUDE_LEN {
             return Ok(None);
         }
@@ -294,21 +300,99 @@ impl Decoder {
         }
         let mut frame = buf.split_to(total).freeze();
         frame.advance(PRELUDE_LEN);
-        let headers = decode_headers(&frame[..headers_len])?;
-        let payload = frame.slice(headers_len..total - FRAME_OVERHEAD);
-        Ok(Some(Frame { headers, payload }))
+        walk_headers(&frame[..headers_len], |_, _| true)?;
+        Ok(Some(RawFrame {
+            headers: frame.slice(..headers_len),
+            payload: frame.slice(headers_len..total - FRAME_OVERHEAD),
+        }))
     }
 }
 
-fn decode_headers(mut block: &[u8]) -> Result<Vec<Header>, CodecError> {
+/// A decoded frame whose header block was checked but is kept encoded; looking a header up
+/// walks the block (a handful of headers) instead of building a `Vec` of `String`s.
+#[derive(Debug, Clone)]
+pub(crate) struct RawFrame {
+    /// A header block [`walk_headers`] accepted.
+    headers: Bytes,
+    pub(crate) payload: Bytes,
+}
+
+impl RawFrame {
+    /// The first header with this name, compared case-insensitively like [`Frame::header`].
+    fn header(&self, name: &str) -> Option<HeaderRef<'_>> {
+        let mut found = None;
+        let _ = walk_headers(&self.headers, |n, v| {
+            if n.eq_ignore_ascii_case(name) {
+                found = Some(v);
+                return false;
+            }
+            true
+        });
+        found
+    }
+
+    pub(crate) fn header_i32(&self, name: &str) -> Option<i32> {
+        match self.header(name) {
+            Some(HeaderRef::Int32(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn header_str(&self, name: &str) -> Option<&str> {
+        match self.header(name) {
+            Some(HeaderRef::String(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The frame with its headers decoded.
+    pub(crate) fn to_frame(&self) -> Frame {
+        let mut headers = Vec::new();
+        let _ = walk_headers(&self.headers, |name, value| {
+            headers.push(Header {
+                name: name.to_string(),
+                value: value.to_owned(),
+            });
+            true
+        });
+        Frame {
+            headers,
+            payload: self.payload.clone(),
+        }
+    }
+}
+
+impl HeaderRef<'_> {
+    fn to_owned(self) -> HeaderValue {
+        match self {
+            HeaderRef::Bool(v) => HeaderValue::Bool(v),
+            HeaderRef::Byte(v) => HeaderValue::Byte(v),
+            HeaderRef::Int16(v) => HeaderValue::Int16(v),
+            HeaderRef::Int32(v) => HeaderValue::Int32(v),
+            HeaderRef::Int64(v) => HeaderValue::Int64(v),
+            HeaderRef::ByteBuf(b) => HeaderValue::ByteBuf(Bytes::copy_from_slice(b)),
+            HeaderRef::String(s) => HeaderValue::String(s.to_string()),
+            HeaderRef::Timestamp(v) => HeaderValue::Timestamp(v),
+            HeaderRef::Uuid(u) => HeaderValue::Uuid(*u),
+        }
+    }
+}
+
+/// Checks a header block and hands each header to `visit` in order, until `visit` returns
+/// `false`. An error names the first malformed header.
+fn walk_headers<'a>(
+    mut block: &'a [u8],
+    mut visit: impl FnMut(&'a str, HeaderRef<'a>) -> bool,
+) -> Result<(), CodecError> {
     let start_len = block.len();
-    let mut headers = Vec::new();
+    let mut count = 0usize;
     while !block.is_empty() {
         let offset = start_len - block.len();
         let bad = |reason| CodecError::BadHeader { offset, reason };
-        if headers.len() == MAX_HEADERS {
+        if count == MAX_HEADERS {
             return Err(bad("more than 1024 headers"));
         }
+        count += 1;
         let name_len = block[0] as usize;
         if name_len == 0 {
             return Err(bad("empty header name"));
@@ -317,11 +401,10 @@ fn decode_headers(mut block: &[u8]) -> Result<Vec<Header>, CodecError> {
             return Err(bad("header name runs past the header block"));
         }
         let name = std::str::from_utf8(&block[1..1 + name_len])
-            .map_err(|_| bad("header name is not UTF-8"))?
-            .to_string();
+            .map_err(|_| bad("header name is not UTF-8"))?;
         let kind = block[1 + name_len];
         block = &block[2 + name_len..];
-        let mut take = |n: usize| -> Result<&[u8], CodecError> {
+        let mut take = |n: usize| -> Result<&'a [u8], CodecError> {
             if block.len() < n {
                 return Err(bad("header value runs past the header block"));
             }
@@ -330,12 +413,12 @@ fn decode_headers(mut block: &[u8]) -> Result<Vec<Header>, CodecError> {
             Ok(v)
         };
         let value = match kind {
-            0 => HeaderValue::Bool(true),
-            1 => HeaderValue::Bool(false),
-            2 => HeaderValue::Byte(take(1)?[0] as i8),
-            3 => HeaderValue::Int16(i16::from_be_bytes(take(2)?.try_into().unwrap_or_default())),
-            4 => HeaderValue::Int32(i32::from_be_bytes(take(4)?.try_into().unwrap_or_default())),
-            5 => HeaderValue::Int64(i64::from_be_bytes(take(8)?.try_into().unwrap_or_default())),
+            0 => HeaderRef::Bool(true),
+            1 => HeaderRef::Bool(false),
+            2 => HeaderRef::Byte(take(1)?[0] as i8),
+            3 => HeaderRef::Int16(i16::from_be_bytes(take(2)?.try_into().unwrap_or_default())),
+            4 => HeaderRef::Int32(i32::from_be_bytes(take(4)?.try_into().unwrap_or_default())),
+            5 => HeaderRef::Int64(i64::from_be_bytes(take(8)?.try_into().unwrap_or_default())),
             6 | 7 => {
                 let len = u16::from_be_bytes(take(2)?.try_into().unwrap_or_default()) as usize;
                 if len > MAX_HEADER_VALUE_LEN {
@@ -343,24 +426,26 @@ fn decode_headers(mut block: &[u8]) -> Result<Vec<Header>, CodecError> {
                 }
                 let v = take(len)?;
                 if kind == 6 {
-                    HeaderValue::ByteBuf(Bytes::copy_from_slice(v))
+                    HeaderRef::ByteBuf(v)
                 } else {
-                    HeaderValue::String(
+                    HeaderRef::String(
                         std::str::from_utf8(v)
-                            .map_err(|_| bad("string header value is not UTF-8"))?
-                            .to_string(),
+                            .map_err(|_| bad("string header value is not UTF-8"))?,
                     )
                 }
             }
-            8 => {
-                HeaderValue::Timestamp(i64::from_be_bytes(take(8)?.try_into().unwrap_or_default()))
+            8 => HeaderRef::Timestamp(i64::from_be_bytes(take(8)?.try_into().unwrap_or_default())),
+            9 => {
+                let v = take(16)?;
+                HeaderRef::Uuid(v.try_into().map_err(|_| bad("uuid is not 16 bytes"))?)
             }
-            9 => HeaderValue::Uuid(take(16)?.try_into().unwrap_or_default()),
             _ => return Err(bad("unknown header value type")),
         };
-        headers.push(Header { name, value });
+        if !visit(name, value) {
+            break;
+        }
     }
-    Ok(headers)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
-use crate::codec::{self, Decoder, Frame};
+use crate::codec::{self, Decoder, Frame, RawFrame};
 use crate::router::{Caller, EventSink, Handler, IpcError, Router};
 use crate::rpc::*;
 use crate::tokens::TokenRegistry;
@@ -237,7 +237,7 @@ async fn serve_connection(
             // The answers to every frame of this read leave in one write when the cork goes.
             let _cork = out.cork();
             loop {
-                match shared.decoder.decode(&mut buf) {
+                match shared.decoder.decode_raw(&mut buf) {
                     Ok(Some(frame)) => {
                         if let Err(close) = conn.handle(frame).await {
                             break 'read close;
@@ -298,7 +298,7 @@ impl Connection<'_> {
         self.out.send(bytes).await.map_err(|_| Close::Quiet)
     }
 
-    async fn handle(&mut self, frame: Frame) -> Result<(), Close> {
+    async fn handle(&mut self, frame: RawFrame) -> Result<(), Close> {
         let (Some(kind), Some(flags), Some(stream)) = (
             frame.header_i32(MESSAGE_TYPE),
             frame.header_i32(MESSAGE_FLAGS),
@@ -317,6 +317,7 @@ impl Connection<'_> {
                 self.stream_message(kind, flags, stream, frame)
             }
             PING => {
+                let frame = frame.to_frame();
                 let mut headers: Vec<_> = frame
                     .headers
                     .into_iter()
@@ -337,7 +338,7 @@ impl Connection<'_> {
         }
     }
 
-    async fn connect(&mut self, kind: i32, frame: &Frame) -> Result<(), Close> {
+    async fn connect(&mut self, kind: i32, frame: &RawFrame) -> Result<(), Close> {
         if kind != CONNECT {
             return Err(Close::Protocol(format!(
                 "message type {kind} before CONNECT"
@@ -377,7 +378,7 @@ impl Connection<'_> {
         kind: i32,
         flags: i32,
         stream: i32,
-        frame: Frame,
+        frame: RawFrame,
     ) -> Result<(), Close> {
         if stream <= self.last_stream {
             let active = self

@@ -270,6 +270,21 @@ proptest! {
         prop_assert!(buf.is_empty());
     }
 
+    /// Looking headers up in the undecoded block finds what the decoded frame holds.
+    #[test]
+    fn raw_frame_lookups_match_the_decoded_frame(f in frame()) {
+        let bytes = encode(&f).unwrap();
+        let raw = Decoder::default().decode_raw(&mut BytesMut::from(&bytes[..])).unwrap().unwrap();
+        prop_assert_eq!(&raw.payload, &f.payload);
+        for h in &f.headers {
+            let upper = h.name.to_ascii_uppercase();
+            prop_assert_eq!(raw.header_i32(&upper), f.header_i32(&h.name));
+            prop_assert_eq!(raw.header_str(&upper), f.header_str(&h.name));
+        }
+        prop_assert_eq!(raw.header_i32(":absent"), None);
+        prop_assert_eq!(raw.to_frame(), f);
+    }
+
     /// Mutated frames never panic; whatever decodes re-encodes to the exact bytes consumed.
     #[test]
     fn mutations_never_panic(f in frame(), flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..4), cut in any::<usize>()) {
