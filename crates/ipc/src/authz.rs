@@ -107,8 +107,8 @@ struct Policy {
     resources: Vec<String>,
 }
 
-/// (principal, service id) → policies.
-type PolicyMap = HashMap<(String, String), Vec<Policy>>;
+/// principal → service id → policies (nested, so a check looks up borrowed names).
+type PolicyMap = HashMap<String, HashMap<String, Vec<Policy>>>;
 
 fn strings(v: Option<&Value>) -> Vec<String> {
     match v {
@@ -135,7 +135,9 @@ fn load_policies(config: &dyn ConfigSource) -> PolicyMap {
                 continue;
             };
             let entry = map
-                .entry((component.clone(), service_id.clone()))
+                .entry(component.clone())
+                .or_default()
+                .entry(service_id.clone())
                 .or_default();
             for policy in policies.values() {
                 entry.push(Policy {
@@ -205,8 +207,8 @@ impl Authorizer {
             *self.policies.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         }
         let policies = self.policies.read().unwrap_or_else(|e| e.into_inner());
-        let key = (principal.to_string(), service_id.to_string());
-        let allowed = policies.get(&key).is_some_and(|list| {
+        let list = policies.get(principal).and_then(|by| by.get(service_id));
+        let allowed = list.is_some_and(|list| {
             list.iter().any(|p| {
                 p.operations.iter().any(|o| o == operation || o == "*")
                     && p.resources.iter().any(|r| {

@@ -321,9 +321,10 @@ impl RawFrame {
     /// The first header with this name, compared case-insensitively like [`Frame::header`].
     fn header(&self, name: &str) -> Option<HeaderRef<'_>> {
         let mut found = None;
-        let _ = walk_headers(&self.headers, |n, v| {
-            if n.eq_ignore_ascii_case(name) {
-                found = Some(v);
+        // Names are compared as bytes: the block's UTF-8 was checked when it was decoded.
+        let _ = walk_raw(&self.headers, |_, n, kind, value| {
+            if n.eq_ignore_ascii_case(name.as_bytes()) {
+                found = header_value(kind, value).ok();
                 return false;
             }
             true
@@ -381,8 +382,51 @@ impl HeaderRef<'_> {
 /// Checks a header block and hands each header to `visit` in order, until `visit` returns
 /// `false`. An error names the first malformed header.
 fn walk_headers<'a>(
-    mut block: &'a [u8],
+    block: &'a [u8],
     mut visit: impl FnMut(&'a str, HeaderRef<'a>) -> bool,
+) -> Result<(), CodecError> {
+    let mut failed = None;
+    walk_raw(block, |offset, name, kind, value| {
+        let bad = |reason| CodecError::BadHeader { offset, reason };
+        let decoded = std::str::from_utf8(name)
+            .map_err(|_| bad("header name is not UTF-8"))
+            .and_then(|name| Ok((name, header_value(kind, value).map_err(bad)?)));
+        match decoded {
+            Ok((name, value)) => visit(name, value),
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        }
+    })?;
+    failed.map_or(Ok(()), Err)
+}
+
+/// A header value from its wire type and bytes ([`walk_raw`] checked their length).
+fn header_value(kind: u8, v: &[u8]) -> Result<HeaderRef<'_>, &'static str> {
+    let short = "header value runs past the header block";
+    Ok(match kind {
+        0 => HeaderRef::Bool(true),
+        1 => HeaderRef::Bool(false),
+        2 => HeaderRef::Byte(*v.first().ok_or(short)? as i8),
+        3 => HeaderRef::Int16(i16::from_be_bytes(v.try_into().map_err(|_| short)?)),
+        4 => HeaderRef::Int32(i32::from_be_bytes(v.try_into().map_err(|_| short)?)),
+        5 => HeaderRef::Int64(i64::from_be_bytes(v.try_into().map_err(|_| short)?)),
+        6 => HeaderRef::ByteBuf(v),
+        7 => HeaderRef::String(
+            std::str::from_utf8(v).map_err(|_| "string header value is not UTF-8")?,
+        ),
+        8 => HeaderRef::Timestamp(i64::from_be_bytes(v.try_into().map_err(|_| short)?)),
+        9 => HeaderRef::Uuid(v.try_into().map_err(|_| short)?),
+        _ => return Err("unknown header value type"),
+    })
+}
+
+/// Splits a header block into `(offset, name, type, value bytes)` without interpreting names
+/// or values, checking only that every length stays inside the block.
+fn walk_raw<'a>(
+    mut block: &'a [u8],
+    mut visit: impl FnMut(usize, &'a [u8], u8, &'a [u8]) -> bool,
 ) -> Result<(), CodecError> {
     let start_len = block.len();
     let mut count = 0usize;
@@ -400,48 +444,35 @@ fn walk_headers<'a>(
         if block.len() < 2 + name_len {
             return Err(bad("header name runs past the header block"));
         }
-        let name = std::str::from_utf8(&block[1..1 + name_len])
-            .map_err(|_| bad("header name is not UTF-8"))?;
+        let name = &block[1..1 + name_len];
         let kind = block[1 + name_len];
         block = &block[2 + name_len..];
-        let mut take = |n: usize| -> Result<&'a [u8], CodecError> {
-            if block.len() < n {
-                return Err(bad("header value runs past the header block"));
-            }
-            let (v, rest) = block.split_at(n);
-            block = rest;
-            Ok(v)
-        };
-        let value = match kind {
-            0 => HeaderRef::Bool(true),
-            1 => HeaderRef::Bool(false),
-            2 => HeaderRef::Byte(take(1)?[0] as i8),
-            3 => HeaderRef::Int16(i16::from_be_bytes(take(2)?.try_into().unwrap_or_default())),
-            4 => HeaderRef::Int32(i32::from_be_bytes(take(4)?.try_into().unwrap_or_default())),
-            5 => HeaderRef::Int64(i64::from_be_bytes(take(8)?.try_into().unwrap_or_default())),
+        let value_len = match kind {
+            0 | 1 => 0,
+            2 => 1,
+            3 => 2,
+            4 => 4,
+            5 | 8 => 8,
+            9 => 16,
             6 | 7 => {
-                let len = u16::from_be_bytes(take(2)?.try_into().unwrap_or_default()) as usize;
+                let Some(len) = block.get(..2) else {
+                    return Err(bad("header value runs past the header block"));
+                };
+                let len = u16::from_be_bytes([len[0], len[1]]) as usize;
                 if len > MAX_HEADER_VALUE_LEN {
                     return Err(bad("header value longer than 32767 bytes"));
                 }
-                let v = take(len)?;
-                if kind == 6 {
-                    HeaderRef::ByteBuf(v)
-                } else {
-                    HeaderRef::String(
-                        std::str::from_utf8(v)
-                            .map_err(|_| bad("string header value is not UTF-8"))?,
-                    )
-                }
-            }
-            8 => HeaderRef::Timestamp(i64::from_be_bytes(take(8)?.try_into().unwrap_or_default())),
-            9 => {
-                let v = take(16)?;
-                HeaderRef::Uuid(v.try_into().map_err(|_| bad("uuid is not 16 bytes"))?)
+                block = &block[2..];
+                len
             }
             _ => return Err(bad("unknown header value type")),
         };
-        if !visit(name, value) {
+        if block.len() < value_len {
+            return Err(bad("header value runs past the header block"));
+        }
+        let (value, rest) = block.split_at(value_len);
+        block = rest;
+        if !visit(offset, name, kind, value) {
             break;
         }
     }

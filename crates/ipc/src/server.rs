@@ -314,7 +314,10 @@ impl Connection<'_> {
         }
         match kind {
             APPLICATION_MESSAGE | APPLICATION_ERROR if stream > 0 => {
-                self.stream_message(kind, flags, stream, frame)
+                if let Some(answer) = self.stream_message(kind, flags, stream, frame)? {
+                    self.out.send(answer).await.map_err(|_| Close::Quiet)?;
+                }
+                Ok(())
             }
             PING => {
                 let frame = frame.to_frame();
@@ -373,13 +376,15 @@ impl Connection<'_> {
         }
     }
 
+    /// Opens, continues or closes a stream; `Some(bytes)` is an answer to send now (a call the
+    /// reader completed itself).
     fn stream_message(
         &mut self,
         kind: i32,
         flags: i32,
         stream: i32,
         frame: RawFrame,
-    ) -> Result<(), Close> {
+    ) -> Result<Option<Bytes>, Close> {
         if stream <= self.last_stream {
             let active = self
                 .streams
@@ -407,16 +412,20 @@ impl Connection<'_> {
                 }
             }
             // Anything else on an old stream (e.g. late close of a finished call) is ignored.
-            return Ok(());
+            return Ok(None);
         }
         self.last_stream = stream;
         if kind != APPLICATION_MESSAGE || flags & FLAG_TERMINATE_STREAM != 0 {
-            return Ok(());
+            return Ok(None);
         }
+        let op = frame.header_str(OPERATION).unwrap_or_default();
+        if let Some(answer) = self.fast_call(op, stream, &frame.payload) {
+            return Ok(Some(answer));
+        }
+        let op = op.to_string();
         let caller = self.caller.clone().unwrap_or(Caller {
             component: String::new(),
         });
-        let op = frame.header_str(OPERATION).unwrap_or_default().to_string();
         let out = self.out.clone();
         let shared = self.shared.clone();
         let mut call = Box::pin(async move {
@@ -428,7 +437,7 @@ impl Connection<'_> {
         // is never relied on.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         if call.as_mut().poll(&mut cx).is_ready() {
-            return Ok(());
+            return Ok(None);
         }
         let streams = self.streams.clone();
         let mut guard = self.streams.lock().unwrap_or_else(|e| e.into_inner());
@@ -440,7 +449,30 @@ impl Connection<'_> {
                 .remove(&stream);
         });
         guard.insert(stream, handle);
-        Ok(())
+        Ok(None)
+    }
+
+    /// The answer of an operation with a fast path that handled the call (no task, no parsed
+    /// request, no copy of the caller); `None` when the call takes the general path.
+    fn fast_call(&self, op_name: &str, stream: i32, payload: &[u8]) -> Option<Bytes> {
+        let router = &self.shared.router;
+        let op = router.lookup(op_name)?;
+        let fast = op.fast.as_ref()?;
+        let caller = self.caller.as_ref()?;
+        let authorize = |resource: &str| router.authorize_resource(&op, caller, resource);
+        match fast(caller, payload, &authorize)? {
+            Ok(()) => encode_json_message(
+                APPLICATION_MESSAGE,
+                FLAG_TERMINATE_STREAM,
+                stream,
+                Some(&op.response_shape),
+                &[],
+                b"{}",
+            )
+            .map_err(|e| tracing::error!(error = %e, "IPC response could not be encoded"))
+            .ok(),
+            Err(error) => error_bytes(stream, &error),
+        }
     }
 }
 
@@ -454,21 +486,26 @@ async fn send(out: &FrameWriter, frame: &Frame) -> bool {
     }
 }
 
-async fn send_error(out: &FrameWriter, stream: i32, error: &IpcError) {
+/// The APPLICATION_ERROR frame that ends `stream` with `error`.
+fn error_bytes(stream: i32, error: &IpcError) -> Option<Bytes> {
     let shape = format!("aws.greengrass#{}", error.shape());
     let payload = serde_json::to_vec(&error.to_payload()).unwrap_or_default();
-    send(
-        out,
-        &json_message(
-            APPLICATION_ERROR,
-            FLAG_TERMINATE_STREAM,
-            stream,
-            Some(&shape),
-            &[],
-            payload.into(),
-        ),
+    encode_json_message(
+        APPLICATION_ERROR,
+        FLAG_TERMINATE_STREAM,
+        stream,
+        Some(&shape),
+        &[],
+        &payload,
     )
-    .await;
+    .map_err(|e| tracing::error!(error = %e, "IPC error frame could not be encoded"))
+    .ok()
+}
+
+async fn send_error(out: &FrameWriter, stream: i32, error: &IpcError) {
+    if let Some(bytes) = error_bytes(stream, error) {
+        let _ = out.send(bytes).await;
+    }
 }
 
 /// The Greengrass component whose plugin registers `op` (spec §3.1), for the error that names
@@ -522,32 +559,6 @@ async fn run_stream(
         send_error(out, stream, &error).await;
         return;
     };
-    if let Some(fast) = &op.fast {
-        let authorize = |resource: &str| router.authorize_resource(&op, &caller, resource);
-        match fast(&caller, &payload, &authorize) {
-            Some(Ok(())) => {
-                match encode_json_message(
-                    APPLICATION_MESSAGE,
-                    FLAG_TERMINATE_STREAM,
-                    stream,
-                    Some(&op.response_shape),
-                    &[],
-                    b"{}",
-                ) {
-                    Ok(bytes) => {
-                        let _ = out.send(bytes).await;
-                    }
-                    Err(e) => tracing::error!(error = %e, "IPC response could not be encoded"),
-                }
-                return;
-            }
-            Some(Err(error)) => {
-                send_error(out, stream, &error).await;
-                return;
-            }
-            None => {}
-        }
-    }
     let request = if payload.is_empty() {
         Ok(Value::Object(Default::default()))
     } else {
