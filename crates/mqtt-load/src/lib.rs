@@ -375,7 +375,7 @@ pub fn latency_table(series: &[LatencySeries], ours: &str, theirs: &str) -> Stri
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| {:<10} | {:>5} | {:>12} | {:>12} | {:>12} | {:>12} |",
+        "| {:<10} | {:>5} | {:>13} | {:>13} | {:>13} | {:>13} |",
         "latency us",
         "run",
         format!("{ours} p50"),
@@ -385,7 +385,7 @@ pub fn latency_table(series: &[LatencySeries], ours: &str, theirs: &str) -> Stri
     );
     let _ = writeln!(
         out,
-        "|{:-<12}|{:-<7}|{:-<14}|{:-<14}|{:-<14}|{:-<14}|",
+        "|{:-<12}|{:-<7}|{:-<15}|{:-<15}|{:-<15}|{:-<15}|",
         "", "", "", "", "", ""
     );
     for s in series {
@@ -393,7 +393,7 @@ pub fn latency_table(series: &[LatencySeries], ours: &str, theirs: &str) -> Stri
         for (i, (a, b)) in s.ours.iter().zip(&s.theirs).enumerate() {
             let _ = writeln!(
                 out,
-                "| {q:<10} | {:>5} | {:>12.0} | {:>12.0} | {:>12.0} | {:>12.0} |",
+                "| {q:<10} | {:>5} | {:>13.0} | {:>13.0} | {:>13.0} | {:>13.0} |",
                 i + 1,
                 a.p50_us,
                 a.p99_us,
@@ -405,12 +405,12 @@ pub fn latency_table(series: &[LatencySeries], ours: &str, theirs: &str) -> Stri
         let (b50, b99) = s.theirs_medians();
         let _ = writeln!(
             out,
-            "| {q:<10} | {:>5} | {a50:>12.0} | {a99:>12.0} | {b50:>12.0} | {b99:>12.0} |",
+            "| {q:<10} | {:>5} | {a50:>13.0} | {a99:>13.0} | {b50:>13.0} | {b99:>13.0} |",
             "med"
         );
         let _ = writeln!(
             out,
-            "| {q:<10} | {:>5} | {:>12} | {:>12} | {:>12} | {:>12} |",
+            "| {q:<10} | {:>5} | {:>13} | {:>13} | {:>13} | {:>13} |",
             "ratio",
             format!("{:.2}x", a50 / b50),
             format!("{:.2}x", a99 / b99),
