@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::codec::{self, Decoder, Frame, RawFrame};
-use crate::router::full_name;
+use crate::router::NAMESPACE;
 use crate::rpc::*;
 use crate::server::short_path;
 use crate::writer::FrameWriter;
@@ -184,8 +184,13 @@ impl IpcClient {
         request: &Value,
         streaming: bool,
     ) -> Result<(i32, Option<mpsc::UnboundedReceiver<RawFrame>>, Value), ClientError> {
-        let op = full_name(op);
-        let shape = format!("{op}Request");
+        // One string holds both the operation id and its request shape (`<op>Request`).
+        let shape = if op.contains('#') {
+            format!("{op}Request")
+        } else {
+            format!("{NAMESPACE}{op}Request")
+        };
+        let op = &shape[..shape.len() - "Request".len()];
         let body = serde_json::to_vec(request).unwrap_or_default();
         // Queue space first (the bound is a soft one: the id's frame is queued without waiting).
         self.out.ready().await.map_err(|_| ClientError::Closed)?;
@@ -197,7 +202,7 @@ impl IpcClient {
                 0,
                 stream,
                 Some(&shape),
-                &[(OPERATION, &op)],
+                &[(OPERATION, op)],
                 &body,
             )
             .map_err(|e| ClientError::Protocol(e.to_string()))?;

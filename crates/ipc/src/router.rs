@@ -16,7 +16,7 @@ use crate::writer::FrameWriter;
 
 /// The Greengrass IPC service id used in `_service` of error payloads.
 pub const SERVICE_ID: &str = "aws.greengrass#GreengrassCoreIPC";
-const NAMESPACE: &str = "aws.greengrass#";
+pub(crate) const NAMESPACE: &str = "aws.greengrass#";
 
 /// An operation's error, mapped to a Greengrass error shape (spec §3.3).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -251,12 +251,13 @@ fn write_queued(
         let result = if queue.len() == 1 {
             stream.try_write(&queue[0])
         } else {
-            let slices: Vec<IoSlice<'_>> = queue
-                .iter()
-                .take(UNCORK_IOVECS)
-                .map(|f| IoSlice::new(f))
-                .collect();
-            stream.try_write_vectored(&slices)
+            let mut slices = [IoSlice::new(&[]); UNCORK_IOVECS];
+            let mut n = 0;
+            for (slot, frame) in slices.iter_mut().zip(queue.iter()) {
+                *slot = IoSlice::new(frame);
+                n += 1;
+            }
+            stream.try_write_vectored(&slices[..n])
         };
         // WouldBlock, or an error the writer task will meet and report.
         let Ok(mut written) = result else {
