@@ -123,6 +123,9 @@ def test_persistent_session_queues_messages(broker, version):
     for i in range(3):
         pub.publish("pq/t", f"m{i}".encode(), qos=1)
     pub.publish("pq/t", b"qos0", qos=0)
+    # A QoS 0 publish returns once written: its PUBACKed successor on the same connection (and a
+    # topic the session does not match) proves the broker routed it before the session is back.
+    pub.publish("pq-fence", b"", qos=1)
     sub = client(broker, version, client_id="queue-1", clean=False, **kw)
     assert sub.session_present is True
     got = [sub.get().payload for _ in range(3)]
