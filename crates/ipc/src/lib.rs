@@ -16,6 +16,9 @@
 //! Architecture invariant: a malformed or hostile client can only close its own connection —
 //! every length is checked before use and every frame is bounded.
 //! Architecture invariant: no event is sent on a stream before its response.
+//! Architecture invariant: frames leave a connection in the order they were handed to its
+//! writer, and a frame held back to share a write (a cork) is always written by the uncork or
+//! by the writer task — never left queued without a wake-up.
 //! Architecture invariant: an operation nobody registered answers `ServiceError`, never a dropped
 //! connection; this crate knows `bus` and `config` but no service.
 //! Architecture invariant: tokens live only in memory; a restarted core mints new ones.
