@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use bytes::{BufMut, Bytes, BytesMut};
 use lichen_bus::Bus;
 use lichen_config::ConfigStore;
@@ -789,4 +791,65 @@ async fn decreasing_stream_id_is_a_protocol_error() {
     let frames = read_until_closed(&mut s).await;
     assert!(is_protocol_error(&frames), "{frames:?}");
     still_works(&good).await;
+}
+
+/// Publishes pipelined from two connections reach a subscriber on a third connection complete
+/// and in each publisher's order (the path where answers and events share writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_from_two_connections_all_arrive_in_order() {
+    let fx = start().await;
+    let subscriber = fx.client("pub").await;
+    let (_, mut events) = subscriber
+        .subscribe(
+            "SubscribeToTopic",
+            json!({ "topic": "pipe/#", "receiveMode": "RECEIVE_ALL_MESSAGES" }),
+        )
+        .await
+        .unwrap();
+    const TASKS: usize = 8;
+    const EACH: u32 = 60;
+    let mut tasks = Vec::new();
+    for connection in 0..2u8 {
+        let publisher = Arc::new(fx.client("pub").await);
+        for task in 0..TASKS as u8 {
+            let publisher = publisher.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..EACH {
+                    // Binary body: connection, task, sequence number.
+                    let mut body = vec![connection, task];
+                    body.extend(i.to_be_bytes());
+                    publisher
+                        .call(
+                            "PublishToTopic",
+                            json!({ "topic": format!("pipe/{connection}"), "publishMessage": {
+                                "binaryMessage": { "message": B64.encode(&body) } } }),
+                        )
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+    }
+    let mut next = [[0u32; TASKS]; 2];
+    for _ in 0..2 * TASKS * EACH as usize {
+        let event = tokio::time::timeout(Duration::from_secs(20), events.recv())
+            .await
+            .expect("every published event arrives")
+            .unwrap()
+            .unwrap();
+        let text = event["binaryMessage"]["message"].as_str().unwrap();
+        let body = B64.decode(text).unwrap();
+        let (c, t) = (body[0] as usize, body[1] as usize);
+        let i = u32::from_be_bytes(body[2..6].try_into().unwrap());
+        assert_eq!(
+            event["binaryMessage"]["context"]["topic"],
+            json!(format!("pipe/{c}"))
+        );
+        assert_eq!(i, next[c][t], "connection {c} task {t} out of order");
+        next[c][t] += 1;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(next, [[EACH; TASKS]; 2]);
 }
