@@ -238,22 +238,26 @@ impl Node {
         self.children.is_empty() && self.subscribers.is_empty()
     }
 
-    /// Subscribers whose filter matches the remaining `levels` of a topic (an iterator, so a
-    /// publish allocates no list of levels).
-    fn collect(&self, mut levels: std::str::Split<'_, char>, out: &mut Vec<Arc<SubscriberQueue>>) {
+    /// Calls `visit` with every subscriber whose filter matches the remaining `levels` of a
+    /// topic (an iterator, so a publish allocates no list of levels or of subscribers).
+    fn for_each_match(
+        &self,
+        mut levels: std::str::Split<'_, char>,
+        visit: &mut impl FnMut(&SubscriberQueue),
+    ) {
         // `#` also matches the parent level itself (MQTT: `a/#` matches `a`).
         if let Some(hash) = self.children.get("#") {
-            out.extend(hash.subscribers.iter().cloned());
+            hash.subscribers.iter().for_each(|s| visit(s));
         }
         let Some(first) = levels.next() else {
-            out.extend(self.subscribers.iter().cloned());
+            self.subscribers.iter().for_each(|s| visit(s));
             return;
         };
         if let Some(child) = self.children.get(first) {
-            child.collect(levels.clone(), out);
+            child.for_each_match(levels.clone(), visit);
         }
         if let Some(plus) = self.children.get("+") {
-            plus.collect(levels, out);
+            plus.for_each_match(levels, visit);
         }
     }
 
@@ -424,26 +428,26 @@ impl Bus {
     /// Publishing with no subscriber succeeds and returns 0.
     pub fn publish(&self, topic: &str, message: Message) -> Result<usize, BusError> {
         validate_topic(topic)?;
-        let mut matched = Vec::new();
-        self.inner
-            .root
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .collect(topic.split('/'), &mut matched);
         let delivery = Arc::new(Delivery {
             topic: topic.to_string(),
             message,
         });
         let mut delivered = 0;
-        for sub in matched {
-            if sub.mode == ReceiveMode::ReceiveMessagesFromOthers
-                && sub.subscriber_id == delivery.message.publisher
-            {
-                continue;
-            }
-            sub.push(delivery.clone());
-            delivered += 1;
-        }
+        // Queued during the walk, under the trie's read lock: a queue push only takes that
+        // subscriber's own lock, never the trie's.
+        self.inner
+            .root
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .for_each_match(topic.split('/'), &mut |sub| {
+                if sub.mode == ReceiveMode::ReceiveMessagesFromOthers
+                    && sub.subscriber_id == delivery.message.publisher
+                {
+                    return;
+                }
+                sub.push(delivery.clone());
+                delivered += 1;
+            });
         Ok(delivered)
     }
 

@@ -144,6 +144,19 @@ pub(crate) fn encode_parts<'a, I>(headers: I, payload: &[u8]) -> Result<Bytes, C
 where
     I: Iterator<Item = (&'a str, HeaderRef<'a>)> + Clone,
 {
+    encode_parts_with(headers, payload.len(), |out| out.put_slice(payload))
+}
+
+/// As [`encode_parts`], with the payload written by `write_payload` straight into the frame's
+/// buffer (no payload buffer of its own); `size_hint` is the payload's expected length.
+pub(crate) fn encode_parts_with<'a, I>(
+    headers: I,
+    size_hint: usize,
+    write_payload: impl FnOnce(&mut BytesMut),
+) -> Result<Bytes, CodecError>
+where
+    I: Iterator<Item = (&'a str, HeaderRef<'a>)> + Clone,
+{
     let mut count = 0usize;
     let mut headers_len = 0usize;
     for (name, value) in headers.clone() {
@@ -173,17 +186,9 @@ where
         }
         headers_len += 1 + name.len() + 1 + encoded_value_len(value);
     }
-    let total = FRAME_OVERHEAD + headers_len + payload.len();
-    if total > MAX_FRAME_LIMIT {
-        return Err(CodecError::FrameLength {
-            len: total,
-            max: MAX_FRAME_LIMIT,
-        });
-    }
-    let mut out = BytesMut::with_capacity(total);
-    out.put_u32(total as u32);
-    out.put_u32(headers_len as u32);
-    out.put_u32(crc32fast::hash(&out[..8]));
+    let mut out = BytesMut::with_capacity(FRAME_OVERHEAD + headers_len + size_hint);
+    // The prelude is written once the payload's length is known.
+    out.put_bytes(0, PRELUDE_LEN);
     for (name, value) in headers {
         out.put_u8(name.len() as u8);
         out.put_slice(name.as_bytes());
@@ -226,7 +231,18 @@ where
             }
         }
     }
-    out.put_slice(payload);
+    write_payload(&mut out);
+    let total = out.len() + 4;
+    if total > MAX_FRAME_LIMIT {
+        return Err(CodecError::FrameLength {
+            len: total,
+            max: MAX_FRAME_LIMIT,
+        });
+    }
+    out[..4].copy_from_slice(&(total as u32).to_be_bytes());
+    out[4..8].copy_from_slice(&(headers_len as u32).to_be_bytes());
+    let prelude_crc = crc32fast::hash(&out[..8]);
+    out[8..12].copy_from_slice(&prelude_crc.to_be_bytes());
     let crc = crc32fast::hash(&out);
     out.put_u32(crc);
     Ok(out.freeze())

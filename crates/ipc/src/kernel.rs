@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use bytes::{BufMut, BytesMut};
 use lichen_bus::{Bus, Delivery, Message, Payload, ReceiveMode, SubscribeOptions};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -279,11 +280,10 @@ fn subscribe_to_topic(
             let mut next = Some(delivery);
             let mut sent = 0;
             while let Some(delivery) = next {
-                if sink
-                    .send_serialized(subscription_event(&delivery))
-                    .await
-                    .is_err()
-                {
+                let written = sink.send_written(subscription_event_len(&delivery), |out| {
+                    write_subscription_event(&delivery, out)
+                });
+                if written.await.is_err() {
                     break 'deliver;
                 }
                 sent += 1;
@@ -299,18 +299,22 @@ fn subscribe_to_topic(
     Ok(json!({}))
 }
 
-/// The `SubscriptionResponseMessage` of a delivery, serialized in one pass (no `Value` built and
-/// serialized again; base64 written straight into the buffer).
-fn subscription_event(delivery: &Delivery) -> bytes::Bytes {
-    let mut out = Vec::with_capacity(match &delivery.message.payload {
+/// About how long [`write_subscription_event`] makes the event of `delivery`.
+fn subscription_event_len(delivery: &Delivery) -> usize {
+    match &delivery.message.payload {
         Payload::Binary(b) => b.len() * 4 / 3 + delivery.topic.len() + 96,
         Payload::Json(_) => delivery.topic.len() + 128,
-    });
+    }
+}
+
+/// Writes the `SubscriptionResponseMessage` of a delivery in one pass (no `Value` built and
+/// serialized again; base64 written straight into the buffer).
+fn write_subscription_event(delivery: &Delivery, out: &mut BytesMut) {
     match &delivery.message.payload {
         Payload::Json(v) => {
             out.extend_from_slice(br#"{"jsonMessage":{"message":"#);
-            // Serializing a Value into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut out, v);
+            // Serializing a Value into a buffer cannot fail.
+            let _ = serde_json::to_writer(out.writer(), v);
         }
         Payload::Binary(b) => {
             out.extend_from_slice(br#"{"binaryMessage":{"message":""#);
@@ -318,13 +322,12 @@ fn subscription_event(delivery: &Delivery) -> bytes::Bytes {
             out.resize(start + base64::encoded_len(b.len(), true).unwrap_or(0), 0);
             let written = B64.encode_slice(b, &mut out[start..]).unwrap_or(0);
             out.truncate(start + written);
-            out.push(b'"');
+            out.put_u8(b'"');
         }
     }
     out.extend_from_slice(br#","context":{"topic":"#);
-    let _ = serde_json::to_writer(&mut out, &delivery.topic);
+    let _ = serde_json::to_writer(out.writer(), &delivery.topic);
     out.extend_from_slice(b"}}}");
-    out.into()
 }
 
 fn key_path(req: &Value, op: &str) -> Result<Vec<String>, IpcError> {
@@ -546,6 +549,12 @@ mod tests {
                 publisher: "p".into(),
             },
         }
+    }
+
+    fn subscription_event(delivery: &Delivery) -> BytesMut {
+        let mut out = BytesMut::new();
+        write_subscription_event(delivery, &mut out);
+        out
     }
 
     /// What a publish did: its result and what a subscriber of `#` received.

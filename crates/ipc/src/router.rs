@@ -5,13 +5,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 use crate::authz::{Authorizer, ResourceStyle};
-use crate::rpc::{APPLICATION_MESSAGE, encode_json_message};
+use crate::rpc::{APPLICATION_MESSAGE, encode_json_message_with};
 use crate::writer::FrameWriter;
 
 /// The Greengrass IPC service id used in `_service` of error payloads.
@@ -252,17 +252,29 @@ impl EventSink {
 
     /// Queues one event given as its serialized JSON object (the caller vouches it is one).
     pub async fn send_serialized(&self, event: Bytes) -> Result<(), StreamClosed> {
+        self.send_written(event.len(), |out| out.put_slice(&event))
+            .await
+    }
+
+    /// Queues one event whose serialized JSON object `write_event` writes straight into the
+    /// frame (no buffer of its own); `size_hint` is its expected length.
+    pub(crate) async fn send_written(
+        &self,
+        size_hint: usize,
+        write_event: impl FnOnce(&mut BytesMut),
+    ) -> Result<(), StreamClosed> {
         let inner = &self.inner;
         if inner.open.has_changed().is_err() {
             return Err(StreamClosed);
         }
-        let bytes = encode_json_message(
+        let bytes = encode_json_message_with(
             APPLICATION_MESSAGE,
             0,
             inner.stream,
             Some(&inner.shape),
             &[],
-            &event,
+            size_hint,
+            write_event,
         )
         .map_err(|_| StreamClosed)?;
         {

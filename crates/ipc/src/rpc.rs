@@ -1,6 +1,6 @@
 //! Eventstream RPC message types, flags and frame builders (spec §2.3–2.5).
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::{self, CodecError, Frame, Header, HeaderRef, HeaderValue};
 
@@ -74,6 +74,22 @@ pub(crate) fn encode_json_message(
     extra: &[(&str, &str)],
     payload: &[u8],
 ) -> Result<Bytes, CodecError> {
+    encode_json_message_with(kind, flags, stream, shape, extra, payload.len(), |out| {
+        out.put_slice(payload)
+    })
+}
+
+/// As [`encode_json_message`], with the payload written by `write_payload` straight into the
+/// frame's buffer.
+pub(crate) fn encode_json_message_with(
+    kind: i32,
+    flags: i32,
+    stream: i32,
+    shape: Option<&str>,
+    extra: &[(&str, &str)],
+    size_hint: usize,
+    write_payload: impl FnOnce(&mut BytesMut),
+) -> Result<Bytes, CodecError> {
     let fixed = [
         Some((CONTENT_TYPE, HeaderRef::String(JSON))),
         shape.map(|s| (SERVICE_MODEL_TYPE, HeaderRef::String(s))),
@@ -85,7 +101,7 @@ pub(crate) fn encode_json_message(
         .into_iter()
         .flatten()
         .chain(extra.iter().map(|(n, v)| (*n, HeaderRef::String(v))));
-    codec::encode_parts(headers, payload)
+    codec::encode_parts_with(headers, size_hint, write_payload)
 }
 
 /// A frame with only the three RPC headers (CONNECT_ACK, stream close).
