@@ -729,6 +729,8 @@ impl<S: Transport> Conn<S> {
         };
         self.finish(end);
         let _ = self.stream.shutdown().await;
+        // Boxed: the drain's buffer exists only while a connection is closing.
+        Box::pin(drain_until_closed(&mut self.stream)).await;
         Next::Done
     }
 
@@ -1155,4 +1157,22 @@ fn forwarded(p: &Properties) -> Properties {
         user_properties: p.user_properties.clone(),
         ..Properties::default()
     }
+}
+
+/// Reads and drops what the peer still sends after our side shut down, until it closes too (at
+/// most 1 s and 64 KiB). Closing a socket with unread input resets the connection, and a reset
+/// can destroy the DISCONNECT just sent before the client has read it (a client still sending,
+/// e.g. PUBRELs after we refused its flood with 0x93, would see only a broken pipe).
+async fn drain_until_closed<S: AsyncRead + Unpin>(stream: &mut S) {
+    let mut scratch = vec![0u8; 4096];
+    let mut left = 64 * 1024usize;
+    let drain = async {
+        while left > 0 {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
