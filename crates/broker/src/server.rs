@@ -414,28 +414,38 @@ mod tests {
         panic!("{} connections parked, expected {n}", parked());
     }
 
-    /// Idle plain-TCP connections leave their tasks for the idle pool; a parked connection
-    /// wakes for what its client sends and for deliveries, and shutdown reaches it.
-    #[tokio::test]
-    async fn idle_connections_park_and_wake() {
+    /// A server on an ephemeral loopback port: its address, its core, the sender that stops it
+    /// and its task.
+    async fn start_loopback(
+        config: BrokerConfig,
+    ) -> (
+        SocketAddr,
+        Arc<Core>,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let listeners = [Listener {
             addr: "127.0.0.1:0".parse().unwrap(),
             tls: None,
         }];
-        // Parking is the default.
-        let server = Server::bind(
-            BrokerConfig::default(),
-            &listeners,
-            Arc::new(crate::AllowAll),
-        )
-        .await
-        .unwrap();
+        let server = Server::bind(config, &listeners, Arc::new(crate::AllowAll))
+            .await
+            .unwrap();
         let addr = server.local_addrs()[0];
         let core = server.core.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
+        (addr, core, stop, task)
+    }
+
+    /// Idle plain-TCP connections leave their tasks for the idle pool; a parked connection
+    /// wakes for what its client sends and for deliveries, and shutdown reaches it.
+    #[tokio::test]
+    async fn idle_connections_park_and_wake() {
+        // Parking is the default.
+        let (addr, core, stop, task) = start_loopback(BrokerConfig::default()).await;
 
         let (mut sub, mut sub_buf) = connect(addr, "subscriber").await;
         until_parked(&core, 1).await;
@@ -494,23 +504,11 @@ mod tests {
     /// With parking off, idle connections keep their tasks and are served as before.
     #[tokio::test]
     async fn parking_can_be_turned_off() {
-        let listeners = [Listener {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            tls: None,
-        }];
         let config = BrokerConfig {
             park_idle_connections: false,
             ..BrokerConfig::default()
         };
-        let server = Server::bind(config, &listeners, Arc::new(crate::AllowAll))
-            .await
-            .unwrap();
-        let addr = server.local_addrs()[0];
-        let core = server.core.clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async {
-            let _ = stopped.await;
-        }));
+        let (addr, core, stop, task) = start_loopback(config).await;
         let (mut client, mut buf) = connect(addr, "unparked").await;
         // Two housekeeping ticks: a parked connection would be parked by now.
         tokio::time::sleep(2 * HOUSEKEEPING_PERIOD + Duration::from_millis(100)).await;

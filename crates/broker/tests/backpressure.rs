@@ -3,16 +3,17 @@
 //! disconnected as a slow consumer (0x97) and its persistent session keeps the queue.
 
 use bytes::{Bytes, BytesMut};
-use lichen_broker::codec::{
-    self, Ack, Connect, Packet, Properties, Publish, QoS, Subscribe, SubscriptionOptions, Version,
-};
+use lichen_broker::codec::{Ack, Connect, Packet, Properties, Publish, QoS, Version};
 use lichen_broker::{AllowAll, BrokerConfig, Listener, Server};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
+
+mod support;
+use support::{read_packet, subscribe_packet, write_packets};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -37,31 +38,14 @@ struct Rd(OwnedReadHalf, BytesMut);
 impl Rd {
     /// The next packet; `None` when the broker closed the connection.
     async fn next(&mut self) -> Option<Packet> {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some((p, used)) =
-                    codec::decode(&self.1, Some(Version::V5), usize::MAX).expect("valid packet")
-                {
-                    let _ = self.1.split_to(used);
-                    return Some(p);
-                }
-                match self.0.read_buf(&mut self.1).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await
-        .expect("a packet or a close in time")
+        read_packet(&mut self.0, &mut self.1, Version::V5, WAIT)
+            .await
+            .expect("a packet or a close in time")
     }
 }
 
 async fn send(w: &mut OwnedWriteHalf, packets: &[Packet]) {
-    let mut out = BytesMut::new();
-    for p in packets {
-        codec::encode(p, Version::V5, &mut out);
-    }
-    w.write_all(&out).await.expect("write");
+    write_packets(w, Version::V5, packets).await;
 }
 
 async fn client(addr: SocketAddr, id: &str, clean: bool, expiry: u32) -> (Rd, OwnedWriteHalf) {
@@ -94,20 +78,7 @@ async fn subscribe(rd: &mut Rd, w: &mut OwnedWriteHalf, filter: &str) {
 }
 
 async fn subscribe_at(rd: &mut Rd, w: &mut OwnedWriteHalf, filter: &str, qos: QoS) {
-    let s = Subscribe {
-        packet_id: 1,
-        properties: Properties::default(),
-        filters: vec![(
-            filter.into(),
-            SubscriptionOptions {
-                qos,
-                no_local: false,
-                retain_as_published: false,
-                retain_handling: 0,
-            },
-        )],
-    };
-    send(w, &[Packet::Subscribe(s)]).await;
+    send(w, &[subscribe_packet(filter, qos)]).await;
     assert!(matches!(rd.next().await, Some(Packet::SubAck(_))));
 }
 

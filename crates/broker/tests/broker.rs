@@ -9,9 +9,12 @@ use lichen_broker::{AllowAll, Authorizer, BrokerConfig, ClientContext, Listener,
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+
+mod support;
+use support::{read_packet, subscribe_packet, write_packets};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -102,9 +105,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TestClient<S> {
     }
 
     async fn send(&mut self, p: &Packet) {
-        let mut out = BytesMut::new();
-        codec::encode(p, self.version, &mut out);
-        self.stream.write_all(&out).await.expect("write");
+        write_packets(&mut self.stream, self.version, std::slice::from_ref(p)).await;
     }
 
     /// The next packet, or `None` when the broker closed the connection.
@@ -116,39 +117,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TestClient<S> {
 
     /// `Err(())` if nothing arrived within `d`.
     async fn recv_within(&mut self, d: Duration) -> Result<Option<Packet>, ()> {
-        tokio::time::timeout(d, async {
-            loop {
-                if let Some((p, used)) = codec::decode(&self.buf, Some(self.version), usize::MAX)
-                    .expect("valid packet from broker")
-                {
-                    let _ = self.buf.split_to(used);
-                    return Some(p);
-                }
-                match self.stream.read_buf(&mut self.buf).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await
-        .map_err(|_| ())
+        read_packet(&mut self.stream, &mut self.buf, self.version, d).await
     }
 
     async fn subscribe(&mut self, filter: &str, qos: QoS) {
-        let s = Subscribe {
-            packet_id: 1,
-            properties: Properties::default(),
-            filters: vec![(
-                filter.into(),
-                SubscriptionOptions {
-                    qos,
-                    no_local: false,
-                    retain_as_published: false,
-                    retain_handling: 0,
-                },
-            )],
-        };
-        self.send(&Packet::Subscribe(s)).await;
+        self.send(&subscribe_packet(filter, qos)).await;
         match self.recv().await {
             Some(Packet::SubAck(a)) => assert_eq!(a.reason_codes, vec![qos as u8]),
             other => panic!("expected SUBACK, got {other:?}"),

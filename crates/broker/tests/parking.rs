@@ -8,10 +8,7 @@
 //! shutdown must reach parked connections.
 
 use bytes::{Bytes, BytesMut};
-use lichen_broker::codec::{
-    self, Ack, Connect, Packet, Properties, Publish, QoS, Subscribe, SubscriptionOptions, Version,
-    Will,
-};
+use lichen_broker::codec::{self, Ack, Connect, Packet, Properties, Publish, QoS, Version, Will};
 use lichen_broker::{AllowAll, BrokerConfig, Listener, Server};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,6 +17,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+
+mod support;
+use support::{read_packet, subscribe_packet, write_packets};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -84,47 +84,18 @@ impl Client {
     }
 
     async fn send(&mut self, p: &Packet) {
-        let mut out = BytesMut::new();
-        codec::encode(p, self.version, &mut out);
-        self.stream.write_all(&out).await.expect("write");
+        write_packets(&mut self.stream, self.version, std::slice::from_ref(p)).await;
     }
 
     /// The next packet, or `None` once the broker closed (or reset) the connection.
     async fn recv(&mut self) -> Option<Packet> {
-        let read = async {
-            loop {
-                if let Some((p, used)) = codec::decode(&self.buf, Some(self.version), usize::MAX)
-                    .expect("valid packet from the broker")
-                {
-                    let _ = self.buf.split_to(used);
-                    return Some(p);
-                }
-                match self.stream.read_buf(&mut self.buf).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-            }
-        };
-        tokio::time::timeout(WAIT + WAIT, read)
+        read_packet(&mut self.stream, &mut self.buf, self.version, WAIT + WAIT)
             .await
             .expect("a packet or a close in time")
     }
 
     async fn subscribe(&mut self, filter: &str) {
-        let s = Subscribe {
-            packet_id: 1,
-            properties: Properties::default(),
-            filters: vec![(
-                filter.into(),
-                SubscriptionOptions {
-                    qos: QoS::AtLeastOnce,
-                    no_local: false,
-                    retain_as_published: false,
-                    retain_handling: 0,
-                },
-            )],
-        };
-        self.send(&Packet::Subscribe(s)).await;
+        self.send(&subscribe_packet(filter, QoS::AtLeastOnce)).await;
         match self.recv().await {
             Some(Packet::SubAck(a)) => assert_eq!(a.reason_codes, vec![1]),
             other => panic!("expected SUBACK, got {other:?}"),

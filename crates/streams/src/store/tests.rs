@@ -13,6 +13,20 @@ fn payload(i: u64, len: usize) -> Vec<u8> {
     p
 }
 
+/// `writers` threads, each appending `each` records and waiting until every one is durable.
+fn durable_writers(s: &Stream, writers: u64, each: u64) {
+    std::thread::scope(|scope| {
+        for t in 0..writers {
+            scope.spawn(move || {
+                for i in 0..each {
+                    let a = s.append(&payload(t * 1000 + i, 64)).unwrap();
+                    s.wait_durable(a.sequence_number).unwrap();
+                }
+            });
+        }
+    });
+}
+
 fn read_all(s: &Stream) -> Vec<Message> {
     s.read(0, usize::MAX, u64::MAX).unwrap()
 }
@@ -603,17 +617,7 @@ fn concurrent_durable_appends_share_group_commits() {
     let mut d = def("gc");
     d.flush_on_write = true;
     let s = store.create(d).unwrap();
-    std::thread::scope(|scope| {
-        for t in 0..8u64 {
-            let s = &s;
-            scope.spawn(move || {
-                for i in 0..50 {
-                    let a = s.append(&payload(t * 1000 + i, 64)).unwrap();
-                    s.wait_durable(a.sequence_number).unwrap();
-                }
-            });
-        }
-    });
+    durable_writers(&s, 8, 50);
     // Every record was synced by some group commit, and each commit synced at least one.
     let commits = s.group_commits();
     assert!((1..=400).contains(&commits), "{commits} group commits");
@@ -878,17 +882,7 @@ fn a_commit_waiting_for_writers_that_went_away_still_ends() {
     d.flush_on_write = true;
     let s = store.create(d).unwrap();
     let s = with_watchdog(60, "writers that went away", move || {
-        std::thread::scope(|scope| {
-            for t in 0..8u64 {
-                let s = &s;
-                scope.spawn(move || {
-                    for i in 0..30 {
-                        let a = s.append(&payload(t * 1000 + i, 64)).unwrap();
-                        s.wait_durable(a.sequence_number).unwrap();
-                    }
-                });
-            }
-        });
+        durable_writers(&s, 8, 30);
         let before = s.group_commits();
         for i in 0..20 {
             let a = s.append(&payload(9000 + i, 64)).unwrap();
