@@ -35,16 +35,8 @@ fn members(pgid: i32) -> Vec<i32> {
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-                return false;
-            };
-            let mut f = rest.split_whitespace();
-            let state = f.next().unwrap_or("Z");
-            let pgrp = f.nth(1).and_then(|x| x.parse::<i32>().ok());
-            pgrp == Some(pgid) && state != "Z" && state != "X"
+            crate::process::proc_stat(&pid.to_string())
+                .is_some_and(|stat| stat.pgrp == pgid && stat.state != 'Z' && stat.state != 'X')
         })
         .collect()
 }

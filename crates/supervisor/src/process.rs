@@ -357,30 +357,49 @@ pub(crate) fn signal_group(pgid: i32, signal: libc::c_int) {
 ///
 /// Step groups are made with setpgid inside the core's session; requiring that session keeps a group
 /// id that was freed and reused by an unrelated program (which would lead its own session) out of reach.
+/// Our own session is read from /proc too, not from getsid: in a PID namespace whose session leader
+/// lives outside it (a container started without a new session) the kernel reports session 0, and
+/// /proc then shows 0 for every process of that session, so both sides must come from the same view.
 pub(crate) fn group_members(pgid: i32) -> Vec<i32> {
-    let own_session = rustix::process::getsid(None)
-        .map(|sid| sid.as_raw_nonzero().get())
-        .unwrap_or(0);
+    let Some(own_session) = proc_stat("self").map(|s| s.session) else {
+        return Vec::new();
+    };
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            // Fields after the command name, which may itself contain spaces and parentheses.
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-                return false;
-            };
-            let mut fields = rest.split_whitespace();
-            let state = fields.next().unwrap_or("Z");
-            let pgrp = fields.nth(1).and_then(|f| f.parse::<i32>().ok());
-            let session = fields.next().and_then(|f| f.parse::<i32>().ok());
-            pgrp == Some(pgid) && session == Some(own_session) && state != "Z" && state != "X"
+            proc_stat(&pid.to_string()).is_some_and(|stat| {
+                stat.pgrp == pgid
+                    && stat.session == own_session
+                    && stat.state != 'Z'
+                    && stat.state != 'X'
+            })
         })
         .collect()
+}
+
+/// The fields of /proc/<pid>/stat that group membership needs.
+pub(crate) struct ProcStat {
+    pub(crate) state: char,
+    pub(crate) pgrp: i32,
+    pub(crate) session: i32,
+}
+
+pub(crate) fn proc_stat(pid: &str) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may itself contain spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let pgrp = fields.nth(1)?.parse().ok()?;
+    let session = fields.next()?.parse().ok()?;
+    Some(ProcStat {
+        state,
+        pgrp,
+        session,
+    })
 }
 
 /// SIGTERM to each group, SIGKILL to what is left after `grace`; returns once the groups are empty
