@@ -407,6 +407,57 @@ fn inherited_ignored_sigchld_and_blocked_sigterm_do_not_stop_supervision() {
 }
 
 #[test]
+fn supervision_works_where_every_session_reads_as_zero() {
+    let ws = Workspace::new();
+    let m = marker();
+    ws.recipe(
+        "h.yaml",
+        &recipe("test.Hello", "1.0.0", "", "Run: echo hello-finished"),
+    );
+    ws.recipe(
+        "l.yaml",
+        &recipe(
+            "test.Long",
+            "1.0.0",
+            "",
+            &format!("Run: export LICHEN_E2E_MARK={m}; sleep 1000"),
+        ),
+    );
+    let Some(core) = Core::start_in_pid_namespace(&ws.root()) else {
+        eprintln!("skipped: this machine does not allow a new PID namespace (unshare --pid)");
+        return;
+    };
+    let (ok, d) = core.deploy(&[
+        "--recipe-dir",
+        &ws.recipes(),
+        "--merge",
+        "test.Hello=1.0.0",
+        "--merge",
+        "test.Long=1.0.0",
+    ]);
+    assert!(ok, "{d}");
+    core.wait_state("test.Hello", "FINISHED");
+    core.wait_state("test.Long", "RUNNING");
+    let mut first = Vec::new();
+    eventually(30, "component process running", || {
+        first = processes_with(&m);
+        !first.is_empty()
+    });
+    // A restart must find the old process group (by its session) and end it before starting anew.
+    core.ok(&["component", "restart", "--names", "test.Long"]);
+    eventually(30, "the first run process ended and a new one runs", || {
+        let now = processes_with(&m);
+        !now.is_empty() && now.iter().all(|p| !first.contains(p))
+    });
+    core.wait_state("test.Long", "RUNNING");
+    core.ok(&["component", "stop", "--names", "test.Long"]);
+    eventually(30, "the run process ended after stop", || {
+        processes_with(&m).is_empty()
+    });
+    assert_eq!(core.terminate(), Some(0));
+}
+
+#[test]
 fn a_second_core_on_the_same_root_refuses_to_start() {
     let ws = Workspace::new();
     let _core = Core::start(&ws.root());

@@ -14,6 +14,8 @@ pub fn bin() -> PathBuf {
 pub struct Core {
     pub root: PathBuf,
     child: Option<Child>,
+    /// The child is `unshare`, which ignores SIGTERM; the core is its only child.
+    in_pid_namespace: bool,
 }
 
 impl Core {
@@ -22,19 +24,40 @@ impl Core {
     }
 
     pub fn try_start(root: &Path) -> Result<Core, String> {
-        Self::spawn(root, false)
+        Self::spawn(root, Command::new(bin()), false)
     }
 
     /// A core whose parent ignores SIGCHLD and blocks SIGTERM and SIGCHLD, as some service managers
     /// and CI runners do: both are inherited through exec.
     pub fn start_with_hostile_signals(root: &Path) -> Core {
-        Self::spawn(root, true).expect("core did not become ready")
+        Self::spawn(root, Command::new(bin()), true).expect("core did not become ready")
     }
 
-    fn spawn(root: &Path, hostile_signals: bool) -> Result<Core, String> {
+    /// A core in a new PID namespace (with its own /proc) whose session leader stays outside it, as
+    /// in a container entered without a new session: there the kernel reports every session as 0.
+    /// `None` where this machine does not allow new PID namespaces. The namespace ends with the
+    /// `unshare` process (`--kill-child`), so dropping the core leaves nothing behind.
+    pub fn start_in_pid_namespace(root: &Path) -> Option<Core> {
+        let probe = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !probe.is_ok_and(|s| s.success()) {
+            return None;
+        }
+        let mut command = Command::new("unshare");
+        command
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(bin());
+        let mut core = Self::spawn(root, command, false).expect("core did not become ready");
+        core.in_pid_namespace = true;
+        Some(core)
+    }
+
+    fn spawn(root: &Path, mut command: Command, hostile_signals: bool) -> Result<Core, String> {
         // The harness waits for its children too: an inherited ignored SIGCHLD would lose their statuses.
         lichen_supervisor::restore_child_exit_signal();
-        let mut command = Command::new(bin());
         if hostile_signals {
             use std::os::unix::process::CommandExt;
             // SAFETY: signal, sigemptyset, sigaddset and pthread_sigmask on stack data, after fork.
@@ -90,6 +113,7 @@ impl Core {
                     return Ok(Core {
                         root: root.to_path_buf(),
                         child: Some(child),
+                        in_pid_namespace: false,
                     });
                 }
                 Ok(_) => {}
@@ -119,7 +143,7 @@ impl Core {
     /// SIGTERM and wait for a clean exit; returns the exit code.
     pub fn terminate(mut self) -> Option<i32> {
         let mut c = self.child.take().unwrap();
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        self.sigterm(&c);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(s) = c.try_wait().unwrap() {
@@ -206,10 +230,35 @@ impl Core {
     }
 }
 
+impl Core {
+    /// SIGTERM to the core itself (inside its PID namespace when it has one).
+    fn sigterm(&self, child: &Child) {
+        let parent = child.id() as i32;
+        let pid = if self.in_pid_namespace {
+            let children = std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                .find(|pid| {
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                    stat.rfind(')')
+                        .and_then(|i| stat[i + 1..].split_whitespace().nth(1)?.parse::<i32>().ok())
+                        == Some(parent)
+                });
+            children.unwrap_or(parent)
+        } else {
+            parent
+        };
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
+
 impl Drop for Core {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            self.sigterm(&c);
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {

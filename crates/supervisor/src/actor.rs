@@ -193,6 +193,8 @@ pub(crate) enum Msg {
     Report(State),
     /// Re-run `advance` on a later poll.
     Continue,
+    /// The processes of an abandoned one-shot step are gone.
+    Abandoned,
     StepDone {
         generation: u64,
         outcome: StepOutcome,
@@ -272,6 +274,10 @@ struct Actor {
     stop_error_reported: bool,
     stop_waiters: Vec<oneshot::Sender<()>>,
     remove_waiter: Option<oneshot::Sender<()>>,
+    /// Abandoned one-shot steps whose processes are still being terminated: a stop is only done,
+    /// and the actor only exits, once they are gone, so no step outlives a core's shutdown.
+    abandoning: usize,
+    abandoned: Vec<tokio::task::JoinHandle<()>>,
     exit: bool,
     /// State changes of all components; only HARD dependencies' matter here.
     events: broadcast::Receiver<StateChange>,
@@ -317,6 +323,8 @@ pub(crate) fn spawn_component(shared: &Arc<Shared>, spec: ComponentSpec) {
         stop_error_reported: false,
         stop_waiters: Vec::new(),
         remove_waiter: None,
+        abandoning: 0,
+        abandoned: Vec::new(),
         exit: false,
         events,
     };
@@ -342,6 +350,9 @@ impl Actor {
                 },
             }
             self.advance();
+        }
+        for task in self.abandoned.drain(..) {
+            let _ = task.await;
         }
         self.shared.lock_table().remove(&self.name);
         if let Some(done) = self.remove_waiter.take() {
@@ -429,7 +440,7 @@ impl Actor {
                 break;
             }
         }
-        if self.active.is_none() && !self.want_running {
+        if self.active.is_none() && !self.want_running && self.abandoning == 0 {
             for done in self.stop_waiters.drain(..) {
                 let _ = done.send(());
             }
@@ -557,7 +568,13 @@ impl Actor {
             && !matches!(active.phase, Phase::Startup | Phase::Run)
             && let Some(pgid) = active.pgid
         {
-            tokio::spawn(async move { terminate_groups(&[pgid], KILL_GRACE).await });
+            self.abandoning += 1;
+            self.abandoned.retain(|task| !task.is_finished());
+            let tx = self.tx.clone();
+            self.abandoned.push(tokio::spawn(async move {
+                terminate_groups(&[pgid], KILL_GRACE).await;
+                let _ = tx.send(Msg::Abandoned);
+            }));
         }
     }
 
@@ -798,6 +815,7 @@ impl Actor {
             }
             Msg::Report(reported) => self.on_report(reported),
             Msg::Continue => {}
+            Msg::Abandoned => self.abandoning = self.abandoning.saturating_sub(1),
         }
     }
 

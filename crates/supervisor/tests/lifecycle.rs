@@ -195,6 +195,18 @@ fn processes_with(marker: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Live `sleep <marker>` processes: exactly that command line, so never the shell that will exec it.
+fn sleeping(marker: &str) -> Vec<i32> {
+    let wanted = format!("sleep\0{marker}\0");
+    all_pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted.as_bytes())
+                && proc_state(*pid) != "Z"
+        })
+        .collect()
+}
+
 fn collect_changes(
     rx: &mut tokio::sync::broadcast::Receiver<StateChange>,
     name: &str,
@@ -452,6 +464,28 @@ async fn soft_dependency_does_not_block() {
 }
 
 #[tokio::test]
+async fn stop_and_shutdown_during_install_return_once_its_processes_are_gone() {
+    let h = Harness::new();
+    // Ignoring SIGTERM survives exec: only the SIGKILL after the grace period ends these.
+    let mut stopped = lifecycle();
+    stopped.install = step("trap '' TERM; exec sleep 100335");
+    let mut shut = lifecycle();
+    shut.install = step("trap '' TERM; exec sleep 100336");
+    h.reconcile(vec![h.spec("stopped", stopped), h.spec("shut", shut)])
+        .await;
+    wait_until(&h.sup, || {
+        sleeping("100335").len() == 1 && sleeping("100336").len() == 1
+    })
+    .await
+    .expect("both install steps run");
+    h.sup.stop("stopped").await.unwrap();
+    assert_eq!(h.sup.status("stopped").unwrap().state, State::New);
+    assert!(processes_with("100335").is_empty());
+    h.sup.shutdown().await;
+    assert!(processes_with("100336").is_empty());
+}
+
+#[tokio::test]
 async fn step_timeout_kills_the_whole_process_group() {
     let h = Harness::new();
     let mut lc = lifecycle();
@@ -630,7 +664,10 @@ async fn report_state_follows_the_allowed_transitions() {
         h.log("reporter")
             .contains("ignored report of INSTALLED while STARTING")
     );
-    assert_eq!(processes_with("100666").len(), 1);
+    // The report may come before the step's shell has even been exec'd.
+    wait_until(&h.sup, || sleeping("100666").len() == 1)
+        .await
+        .expect("the startup process runs");
     h.sup.report_state("reporter", State::Finished).unwrap();
     h.wait_state("reporter", State::Finished).await;
     assert!(processes_with("100666").is_empty());
@@ -684,7 +721,8 @@ async fn reconcile_reinstalls_restarts_leaves_alone_and_removes() {
         .wait_settled(&["a".into(), "b".into()], SETTLE)
         .await
         .unwrap();
-    wait_until(&h.sup, || processes_with("100774").len() == 1)
+    // The sleep itself, not its shell (whose command line names the marker before it has run echo).
+    wait_until(&h.sup, || sleeping("100774").len() == 1)
         .await
         .unwrap();
     assert_eq!(h.lines("a_installs"), 1);
