@@ -110,10 +110,10 @@ async fn resolution_picks_highest_in_range_and_interpolates_dependencies() {
         record.failure_cause
     );
     assert_eq!(core.version("com.example.B").as_deref(), Some("1.5.0"));
-    assert_eq!(
-        read(&root.join("work/com.example.A/dep.txt")).trim(),
-        "bee-1.5.0"
-    );
+    // The deployment settles once A's run step is spawned; its output comes a moment later.
+    let dep = root.join("work/com.example.A/dep.txt");
+    eventually("A wrote its dependency's name", || !read(&dep).is_empty()).await;
+    assert_eq!(read(&dep).trim(), "bee-1.5.0");
     assert_eq!(
         core.config
             .get(&["services", "com.example.A", "dependencies"]),
