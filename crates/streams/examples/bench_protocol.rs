@@ -56,8 +56,9 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| tmp.path().to_path_buf());
     let secs: f64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(2.0);
     let rt = tokio::runtime::Runtime::new()?;
+    let store_root = dir.join(format!("bench-protocol-{}", std::process::id()));
     let sm = rt.block_on(StreamManager::start(StreamManagerConfig {
-        store_root: dir.join(format!("bench-protocol-{}", std::process::id())),
+        store_root: store_root.clone(),
         port: 0,
         authenticate_client: false,
         token_validator: None,
@@ -110,10 +111,31 @@ fn main() -> anyhow::Result<()> {
                     let (append, done, stop) = (&append, &done, &stop);
                     let sent = std::sync::Arc::new(AtomicU64::new(0));
                     let acked = std::sync::Arc::new(AtomicU64::new(0));
-                    let mut reader = BufReader::new(sock.try_clone().unwrap());
+                    let reader = BufReader::new(sock.try_clone().unwrap());
                     let acked_r = acked.clone();
                     let sent_r = sent.clone();
+                    let mut w = sock;
+                    // The writer sleeps while its window is full and the reader wakes it: a
+                    // client that spun would take the CPU the server needs.
+                    let writer = scope.spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            if sent.load(Ordering::Acquire) - acked.load(Ordering::Acquire)
+                                >= WINDOW
+                            {
+                                std::thread::park_timeout(Duration::from_millis(5));
+                                continue;
+                            }
+                            sent.fetch_add(1, Ordering::Release);
+                            w.write_all(append).unwrap();
+                        }
+                        // One last request, so a reader that has caught up is not left waiting.
+                        sent.fetch_add(1, Ordering::Release);
+                        w.write_all(&frame(11, vec![("requestId", Value::Text("end".into()))]))
+                            .unwrap();
+                    });
+                    let writer = writer.thread().clone();
                     scope.spawn(move || {
+                        let mut reader = reader;
                         let mut head = [0u8; 5];
                         let mut body = Vec::new();
                         loop {
@@ -132,24 +154,8 @@ fn main() -> anyhow::Result<()> {
                             reader.read_exact(&mut body).unwrap();
                             acked_r.fetch_add(1, Ordering::Release);
                             done.fetch_add(1, Ordering::Relaxed);
+                            writer.unpark();
                         }
-                    });
-                    let mut w = sock;
-                    scope.spawn(move || {
-                        while !stop.load(Ordering::Relaxed) {
-                            if sent.load(Ordering::Acquire) - acked.load(Ordering::Acquire)
-                                >= WINDOW
-                            {
-                                std::thread::yield_now();
-                                continue;
-                            }
-                            sent.fetch_add(1, Ordering::Release);
-                            w.write_all(append).unwrap();
-                        }
-                        // One last request, so a reader that has caught up is not left waiting.
-                        sent.fetch_add(1, Ordering::Release);
-                        w.write_all(&frame(11, vec![("requestId", Value::Text("end".into()))]))
-                            .unwrap();
                     });
                 }
                 std::thread::sleep(Duration::from_secs_f64(secs));
@@ -167,5 +173,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     rt.block_on(sm.stop());
+    // Gigabytes per run: leave nothing behind on the measured disk.
+    std::fs::remove_dir_all(&store_root)?;
     Ok(())
 }
