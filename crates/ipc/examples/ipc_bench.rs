@@ -7,37 +7,40 @@
 //! For 64 B and 8 KiB binary payloads it prints: throughput with 16, 64 and 256 publishes in
 //! flight from one connection (one subscriber; msgs/s counted at the subscriber) and
 //! publish→event latency p50/p99 with one message in flight.
+//!
+//! The clients publish with `IpcClient::publish_binary` and read with
+//! `EventStream::recv_topic_message` (typed, no JSON value tree). As a component the bench runs
+//! on a single-threaded runtime, as a component process with one event loop does: its publisher
+//! and subscriber then hand frames to each other without waking a second thread.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use lichen_bus::Bus;
 use lichen_config::ConfigStore;
 use lichen_ipc::{
     Authorizer, ConfigSource, IpcClient, IpcServer, Router, ServerOptions, TokenRegistry,
-    register_kernel_operations,
+    TopicMessage, register_kernel_operations,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Publish windows measured; the first is the headline figure (`msgs_per_s`).
 const IN_FLIGHT: [usize; 3] = [16, 64, 256];
 
-fn publish_request(size: usize, stamp_ns: u64) -> Value {
+fn payload(size: usize, stamp_ns: u64) -> Vec<u8> {
     let mut body = vec![0x5a_u8; size.max(8)];
     body[..8].copy_from_slice(&stamp_ns.to_be_bytes());
-    json!({ "topic": "bench/t", "publishMessage": { "binaryMessage": { "message": B64.encode(&body) } } })
+    body
 }
 
-fn stamp_of(event: &Value) -> u64 {
-    let text = event["binaryMessage"]["message"]
-        .as_str()
-        .unwrap_or_default();
-    let body = B64.decode(text).unwrap_or_default();
-    body.get(..8)
-        .map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()))
-        .unwrap_or(0)
+fn stamp_of(message: &TopicMessage) -> u64 {
+    match message {
+        TopicMessage::Binary { message, .. } => message
+            .get(..8)
+            .map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()))
+            .unwrap_or(0),
+        TopicMessage::Json { .. } => 0,
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -71,8 +74,20 @@ fn in_process_server(socket: &std::path::Path) -> Result<Served, Box<dyn std::er
     Ok((server, tokens))
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let rt = if std::env::args().nth(1).as_deref() == Some("--component") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(run())
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let result_file = match args.first().map(String::as_str) {
         Some("--component") => {
@@ -131,7 +146,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     for _ in 0..count {
                         let stamp = origin.elapsed().as_nanos() as u64;
                         publisher
-                            .call("PublishToTopic", publish_request(size, stamp))
+                            .publish_binary("bench/t", &payload(size, stamp))
                             .await
                             .expect("publish");
                     }
@@ -140,7 +155,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut received = 0usize;
             let mut elapsed = Duration::ZERO;
             while received < messages {
-                match tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
+                match tokio::time::timeout(Duration::from_secs(2), events.recv_topic_message())
+                    .await
+                {
                     Ok(Some(Ok(_))) => {
                         received += 1;
                         elapsed = start.elapsed();
@@ -171,9 +188,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for _ in 0..rounds {
             let stamp = origin.elapsed().as_nanos() as u64;
             publisher
-                .call("PublishToTopic", publish_request(size, stamp))
+                .publish_binary("bench/t", &payload(size, stamp))
                 .await?;
-            let event = events.recv().await.ok_or("stream ended")??;
+            let event = events.recv_topic_message().await.ok_or("stream ended")??;
             let sent = Duration::from_nanos(stamp_of(&event));
             latencies.push(origin.elapsed().saturating_sub(sent));
         }

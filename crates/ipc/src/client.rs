@@ -5,6 +5,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use bytes::BytesMut;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -181,7 +183,7 @@ impl IpcClient {
     async fn open(
         &self,
         op: &str,
-        request: &Value,
+        body: Vec<u8>,
         streaming: bool,
     ) -> Result<(i32, Option<mpsc::UnboundedReceiver<RawFrame>>, Value), ClientError> {
         // One string holds both the operation id and its request shape (`<op>Request`).
@@ -191,7 +193,6 @@ impl IpcClient {
             format!("{NAMESPACE}{op}Request")
         };
         let op = &shape[..shape.len() - "Request".len()];
-        let body = serde_json::to_vec(request).unwrap_or_default();
         // Queue space first (the bound is a soft one: the id's frame is queued without waiting).
         self.out.ready().await.map_err(|_| ClientError::Closed)?;
         let (stream, rx) = {
@@ -257,8 +258,25 @@ impl IpcClient {
     /// Calls a request/response operation (`op` = `GetConfiguration` or the full id).
     pub async fn call(&self, op: &str, request: Value) -> Result<Value, ClientError> {
         // The reader removed the call's route when it delivered the response.
-        let (_, _, response) = self.open(op, &request, false).await?;
+        let body = serde_json::to_vec(&request).unwrap_or_default();
+        let (_, _, response) = self.open(op, body, false).await?;
         Ok(response)
+    }
+
+    /// PublishToTopic with a binary message, encoded straight from `message` (no JSON value
+    /// tree): the call a publishing component makes most.
+    pub async fn publish_binary(&self, topic: &str, message: &[u8]) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(&PublishBinary {
+            topic,
+            publish_message: PublishMessageOut {
+                binary_message: BinaryMessageOut {
+                    message: B64.encode(message),
+                },
+            },
+        })
+        .unwrap_or_default();
+        self.open("PublishToTopic", body, false).await?;
+        Ok(())
     }
 
     /// Starts a streaming operation: its response and the stream of its events.
@@ -267,7 +285,8 @@ impl IpcClient {
         op: &str,
         request: Value,
     ) -> Result<(Value, EventStream), ClientError> {
-        let (stream, rx, response) = self.open(op, &request, true).await?;
+        let body = serde_json::to_vec(&request).unwrap_or_default();
+        let (stream, rx, response) = self.open(op, body, true).await?;
         let Some(rx) = rx else {
             return Err(ClientError::Closed);
         };
@@ -366,6 +385,118 @@ impl EventStream {
                 Some(Err(e))
             }
         }
+    }
+}
+
+/// One message of a SubscribeToTopic stream, decoded without a JSON value tree for binary
+/// messages.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TopicMessage {
+    Binary {
+        topic: Option<String>,
+        message: Vec<u8>,
+    },
+    Json {
+        topic: Option<String>,
+        message: Value,
+    },
+}
+
+#[derive(serde::Serialize)]
+struct PublishBinary<'a> {
+    topic: &'a str,
+    #[serde(rename = "publishMessage")]
+    publish_message: PublishMessageOut,
+}
+
+#[derive(serde::Serialize)]
+struct PublishMessageOut {
+    #[serde(rename = "binaryMessage")]
+    binary_message: BinaryMessageOut,
+}
+
+#[derive(serde::Serialize)]
+struct BinaryMessageOut {
+    message: String,
+}
+
+#[derive(serde::Deserialize)]
+struct EventIn<'a> {
+    #[serde(rename = "binaryMessage", borrow, default)]
+    binary_message: Option<BinaryIn<'a>>,
+    #[serde(rename = "jsonMessage", default)]
+    json_message: Option<JsonIn>,
+}
+
+#[derive(serde::Deserialize)]
+struct BinaryIn<'a> {
+    #[serde(borrow, default)]
+    message: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    context: Option<ContextIn>,
+}
+
+#[derive(serde::Deserialize)]
+struct JsonIn {
+    #[serde(default)]
+    message: Value,
+    #[serde(default)]
+    context: Option<ContextIn>,
+}
+
+#[derive(serde::Deserialize)]
+struct ContextIn {
+    #[serde(default)]
+    topic: Option<String>,
+}
+
+impl EventStream {
+    /// The next message of a SubscribeToTopic stream; `None` once the stream ended.
+    pub async fn recv_topic_message(&mut self) -> Option<Result<TopicMessage, ClientError>> {
+        if self.closed {
+            return None;
+        }
+        let frame = self.rx.recv().await?;
+        if frame.header_i32(MESSAGE_TYPE) != Some(APPLICATION_MESSAGE) || frame.payload.is_empty() {
+            // Errors and the stream's end: as `recv` reports them.
+            return match decode_message(&frame) {
+                Ok(Some(_)) => Some(Err(ClientError::Protocol(
+                    "SubscribeToTopic event without a message".into(),
+                ))),
+                Ok(None) => {
+                    self.closed = true;
+                    None
+                }
+                Err(e) => {
+                    self.closed = true;
+                    Some(Err(e))
+                }
+            };
+        }
+        let event: EventIn<'_> = match serde_json::from_slice(&frame.payload) {
+            Ok(event) => event,
+            Err(e) => {
+                return Some(Err(ClientError::Protocol(format!(
+                    "SubscribeToTopic event is not a subscription message: {e}"
+                ))));
+            }
+        };
+        Some(match (event.binary_message, event.json_message) {
+            (Some(b), _) => B64
+                .decode(b.message.as_deref().unwrap_or("").as_bytes())
+                .map(|message| TopicMessage::Binary {
+                    topic: b.context.and_then(|c| c.topic),
+                    message,
+                })
+                .map_err(|e| ClientError::Protocol(format!("binaryMessage is not base64: {e}"))),
+            (None, Some(j)) => Ok(TopicMessage::Json {
+                topic: j.context.and_then(|c| c.topic),
+                message: j.message,
+            }),
+            (None, None) => Err(ClientError::Protocol(
+                "SubscribeToTopic event with neither binaryMessage nor jsonMessage".into(),
+            )),
+        })
     }
 }
 

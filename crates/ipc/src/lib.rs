@@ -36,7 +36,7 @@ mod tokens;
 mod writer;
 
 pub use authz::{Authorizer, CLI_SERVICE, ResourcePattern, ResourceStyle};
-pub use client::{ClientError, EventStream, IpcClient};
+pub use client::{ClientError, EventStream, IpcClient, TopicMessage};
 pub use config_source::{ChangeCallback, ConfigSource};
 pub use kernel::{PUBSUB_SERVICE, STREAM_MANAGER, register_kernel_operations};
 pub use router::{

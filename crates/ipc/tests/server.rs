@@ -12,7 +12,8 @@ use lichen_config::ConfigStore;
 use lichen_ipc::codec::{self, Decoder, Frame, Header, HeaderValue};
 use lichen_ipc::{
     Authorizer, Authz, ClientError, ConfigSource, IpcClient, IpcError, IpcServer, ResourceStyle,
-    Router, ServerOptions, TokenRegistry, component_socket_path, register_kernel_operations,
+    Router, ServerOptions, TokenRegistry, TopicMessage, component_socket_path,
+    register_kernel_operations,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -231,6 +232,51 @@ async fn handshake_publish_subscribe_and_close_release() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(fx.bus.subscription_count(), 0);
+    still_works(&publisher).await;
+}
+
+#[tokio::test]
+async fn typed_binary_publish_and_topic_messages_round_trip_and_keep_errors() {
+    let fx = start().await;
+    let sub = fx.client("pub").await;
+    let publisher = fx.client("limited").await;
+    let (_, mut events) = sub
+        .subscribe("SubscribeToTopic", json!({ "topic": "allowed/+" }))
+        .await
+        .unwrap();
+    let every_byte: Vec<u8> = (0..=255u8).collect();
+    publisher
+        .publish_binary("allowed/bytes", &every_byte)
+        .await
+        .unwrap();
+    publisher
+        .call(
+            "PublishToTopic",
+            json!({ "topic": "allowed/json", "publishMessage": { "jsonMessage": { "message": { "n": [1, 2] } } } }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        events.recv_topic_message().await.unwrap().unwrap(),
+        TopicMessage::Binary {
+            topic: Some("allowed/bytes".into()),
+            message: every_byte,
+        }
+    );
+    assert_eq!(
+        events.recv_topic_message().await.unwrap().unwrap(),
+        TopicMessage::Json {
+            topic: Some("allowed/json".into()),
+            message: json!({ "n": [1, 2] }),
+        }
+    );
+    // The policy allows allowed/* only: the typed call reports the operation's error.
+    match publisher.publish_binary("secret/x", b"no").await {
+        Err(ClientError::Remote { shape, .. }) => {
+            assert_eq!(shape, "aws.greengrass#UnauthorizedError")
+        }
+        other => panic!("expected UnauthorizedError, got {other:?}"),
+    }
     still_works(&publisher).await;
 }
 
