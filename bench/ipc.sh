@@ -4,11 +4,12 @@
 #   bench/ipc.sh [messages]        (default 20000 for Rust, a quarter of that for Python)
 #   LICHEN_BIN=/path/to/lichen bench/ipc.sh   (measure another core build)
 #
-# Deploys bench.Rust (crates/ipc/examples/ipc_bench.rs --component, lichen_ipc::IpcClient) and
-# then bench.Python (bench/ipc_py.py, the unmodified awsiotsdk GreengrassCoreIPCClientV2), one
-# after the other so they do not compete for CPU, and prints what each measured: msgs/s counted
-# at the subscriber (16 publishes in flight; the Rust client also 64 and 256) and publish->event p50/p99 with one in flight, for
-# 64 B and 8 KiB binary payloads. Also prints the in-process figures (no core) for reference.
+# Deploys bench.RustSub and bench.RustPub, two components (crates/ipc/examples/ipc_bench_pair.rs,
+# lichen_ipc::IpcClient), and then bench.Python (bench/ipc_py.py, the unmodified awsiotsdk
+# GreengrassCoreIPCClientV2, two connections of one component), one after the other so they do
+# not compete for CPU, and prints what each measured: msgs/s counted at the subscriber (16
+# publishes in flight; the Rust client also 64 and 256) and publish->event p50/p99 with one in
+# flight, for 64 B and 8 KiB binary payloads. Also prints the in-process figures (no core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -17,10 +18,11 @@ NPY=$(( N / 4 ))
 PY=${LICHEN_PYTHON:-$REPO/.venv/bin/python}
 # LICHEN_BIN: a core binary to measure instead of building this tree's (e.g. an older build).
 [ -n "${LICHEN_BIN:-}" ] || cargo build -q --release -p lichen
-cargo build -q --release -p lichen-ipc --example ipc_bench
+cargo build -q --release -p lichen-ipc --example ipc_bench --example ipc_bench_pair
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 LICHEN=${LICHEN_BIN:-$TARGET/release/lichen}
 BENCH=$TARGET/release/examples/ipc_bench
+PAIR=$TARGET/release/examples/ipc_bench_pair
 
 WORK=$(mktemp -d /tmp/lichen-ipc-bench.XXXXXX)
 CORE_PID=
@@ -39,24 +41,28 @@ recipe() { # name run
  "Manifests": [{"Platform": {"os": "*"}, "Lifecycle": {"Run": "$2"}}]}
 JSON
 }
-recipe bench.Rust "$BENCH --component $WORK/rust.json $N"
+recipe bench.RustSub "$PAIR --subscriber $WORK $N"
+recipe bench.RustPub "$PAIR --publisher $WORK $N"
 recipe bench.Python "$PY -u $REPO/bench/ipc_py.py $WORK/python.json $NPY"
 
 LICHEN_LOG=warn "$LICHEN" core run --root "$WORK/root" > "$WORK/core.out" 2>&1 &
 CORE_PID=$!
 for _ in $(seq 300); do grep -q "ready in" "$WORK/core.out" 2>/dev/null && break; sleep 0.1; done
 
-run_component() { # name result
+run_components() { # result name...
+  local result=$1; shift
+  local merges=() removes=()
+  for c in "$@"; do merges+=(--merge "$c=1.0.0"); removes+=(--remove "$c"); done
   "$LICHEN" deployment create --root "$WORK/root" --recipe-dir "$WORK/recipes" --artifact-dir "$WORK/artifacts" \
-    --merge "$1=1.0.0" --wait > /dev/null
-  for _ in $(seq 1200); do [ -f "$2" ] && break; sleep 0.1; done
-  [ -f "$2" ] || { echo "$1 wrote no result; its log:"; cat "$WORK/root/logs/$1.log" || true; exit 1; }
-  "$LICHEN" deployment create --root "$WORK/root" --remove "$1" --wait > /dev/null
+    "${merges[@]}" --wait > /dev/null
+  for _ in $(seq 1200); do [ -f "$result" ] && break; sleep 0.1; done
+  [ -f "$result" ] || { echo "$* wrote no result; logs:"; for c in "$@"; do cat "$WORK/root/logs/$c.log" || true; done; exit 1; }
+  "$LICHEN" deployment create --root "$WORK/root" "${removes[@]}" --wait > /dev/null
 }
-run_component bench.Rust "$WORK/rust.json"
-run_component bench.Python "$WORK/python.json"
+run_components "$WORK/rust.json" bench.RustSub bench.RustPub
+run_components "$WORK/python.json" bench.Python
 
-echo "== real core (release), two connections of one component, $(nproc) CPUs"
+echo "== real core (release), $(nproc) CPUs; Rust: two components; Python: two connections of one component"
 "$PY" - "$WORK/rust.json" "$WORK/python.json" <<'PYEOF'
 import json, sys
 for path in sys.argv[1:]:

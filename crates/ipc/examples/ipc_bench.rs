@@ -1,17 +1,11 @@
-//! Local pub/sub through the IPC server between two Rust clients.
+//! Local pub/sub through an in-process IPC server between two Rust clients (no core; for the
+//! figures between two components of a real core see `ipc_bench_pair` and bench/ipc.sh).
 //!
-//! `cargo run --release -p lichen-ipc --example ipc_bench [messages]` runs its own server in
-//! process. `ipc_bench --component <result.json> [messages]` runs as a component of a real core
-//! (recipe `Run`): it connects with the core's `SVCUID` and socket from the environment, prints
-//! the same lines to its log and writes them as JSON to `<result.json>` (bench/ipc.sh).
-//! For 64 B and 8 KiB binary payloads it prints: throughput with 16, 64 and 256 publishes in
-//! flight from one connection (one subscriber; msgs/s counted at the subscriber) and
-//! publish→event latency p50/p99 with one message in flight.
-//!
-//! The clients publish with `IpcClient::publish_binary` and read with
-//! `EventStream::recv_topic_message` (typed, no JSON value tree). As a component the bench runs
-//! on a single-threaded runtime, as a component process with one event loop does: its publisher
-//! and subscriber then hand frames to each other without waking a second thread.
+//! `cargo run --release -p lichen-ipc --example ipc_bench [messages]`. For 64 B and 8 KiB binary
+//! payloads it prints: throughput with 16, 64 and 256 publishes in flight from one connection
+//! (one subscriber; msgs/s counted at the subscriber) and publish→event latency p50/p99 with one
+//! message in flight. The clients publish with `IpcClient::publish_binary` and read with
+//! `EventStream::recv_topic_message` (typed, no JSON value tree).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,51 +68,15 @@ fn in_process_server(socket: &std::path::Path) -> Result<Served, Box<dyn std::er
     Ok((server, tokens))
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let rt = if std::env::args().nth(1).as_deref() == Some("--component") {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-    };
-    rt.block_on(run())
-}
-
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let result_file = match args.first().map(String::as_str) {
-        Some("--component") => {
-            args.remove(0);
-            Some(std::path::PathBuf::from(args.remove(0)))
-        }
-        _ => None,
-    };
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let messages: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(20_000);
-    let mut server = None;
-    let _dir;
-    let (publisher, subscriber) = if result_file.is_some() {
-        let socket = std::env::var("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT")?;
-        let token = std::env::var("SVCUID")?;
-        let socket = std::path::Path::new(&socket);
-        (
-            Arc::new(IpcClient::connect(socket, &token).await?),
-            IpcClient::connect(socket, &token).await?,
-        )
-    } else {
-        let dir = tempfile::tempdir()?;
-        let socket = dir.path().join("ipc.socket");
-        _dir = dir;
-        let (s, tokens) = in_process_server(&socket)?;
-        server = Some(s);
-        (
-            Arc::new(IpcClient::connect(&socket, &tokens.mint("bench.Pub")).await?),
-            IpcClient::connect(&socket, &tokens.mint("bench.Sub")).await?,
-        )
-    };
-    let mut results = Vec::new();
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("ipc.socket");
+    let (server, tokens) = in_process_server(&socket)?;
+    let publisher = Arc::new(IpcClient::connect(&socket, &tokens.mint("bench.Pub")).await?);
+    let subscriber = IpcClient::connect(&socket, &tokens.mint("bench.Sub")).await?;
     let origin = Instant::now();
 
     // LICHEN_IPC_BENCH_SIZES=64 measures one payload size only (e.g. to profile it).
@@ -180,7 +138,6 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             );
             rates.push((in_flight, received, rate));
         }
-        let (_, received, rate) = rates[0];
 
         // Latency, one message in flight.
         let rounds = (messages / 10).clamp(100, 5000);
@@ -199,21 +156,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "payload {size:>5} B: publish→event latency p50 {p50:.1?} p99 {p99:.1?} ({rounds} messages)"
         );
-        results.push(json!({
-            "client": "rust", "payload": size, "messages": messages, "received": received,
-            "msgs_per_s": rate.round(),
-            "msgs_per_s_by_in_flight": rates.iter().map(|(w, _, r)| (w.to_string(), json!(r.round()))).collect::<serde_json::Map<_, _>>(),
-            "p50_us": p50.as_secs_f64() * 1e6, "p99_us": p99.as_secs_f64() * 1e6,
-        }));
         drop(events);
     }
-    if let Some(path) = result_file {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&results)?)?;
-        std::fs::rename(tmp, path)?;
-    }
-    if let Some(server) = server {
-        server.shutdown().await;
-    }
+    server.shutdown().await;
     Ok(())
 }
