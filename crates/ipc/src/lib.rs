@@ -11,7 +11,9 @@
 //!   `accessControl` policies (deny by default);
 //! * [`register_kernel_operations`] — local pub/sub on the [`lichen_bus::Bus`], component
 //!   configuration, token validation;
-//! * [`IpcClient`] — a client for the CLI, tests and benchmarks.
+//! * [`IpcClient`] — a client for the CLI, tests, benchmarks and Rust components: generic
+//!   `call`/`subscribe` with JSON values, and typed `publish_binary` / `recv_topic_message` for
+//!   the pub/sub hot path.
 //!
 //! Architecture invariant: a malformed or hostile client can only close its own connection —
 //! every length is checked before use and every frame is bounded.
