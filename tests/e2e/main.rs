@@ -367,9 +367,9 @@ fn sigterm_stops_every_component_process() {
     assert!(left.is_empty(), "processes left behind: {left:?}");
 }
 
-#[test]
-fn inherited_ignored_sigchld_and_blocked_sigterm_do_not_stop_supervision() {
-    let ws = Workspace::new();
+/// test.Hello (a run step that ends) and test.Long (a run step that sleeps, marked with the
+/// returned marker in its environment).
+fn hello_and_long_recipes(ws: &Workspace) -> String {
     let m = marker();
     ws.recipe(
         "h.yaml",
@@ -384,7 +384,10 @@ fn inherited_ignored_sigchld_and_blocked_sigterm_do_not_stop_supervision() {
             &format!("Install: exit 0\nRun: export LICHEN_E2E_MARK={m}; sleep 1000"),
         ),
     );
-    let core = Core::start_with_hostile_signals(&ws.root());
+    m
+}
+
+fn deploy_hello_and_long(core: &Core, ws: &Workspace) {
     let (ok, d) = core.deploy(&[
         "--recipe-dir",
         &ws.recipes(),
@@ -394,6 +397,14 @@ fn inherited_ignored_sigchld_and_blocked_sigterm_do_not_stop_supervision() {
         "test.Long=1.0.0",
     ]);
     assert!(ok, "{d}");
+}
+
+#[test]
+fn inherited_ignored_sigchld_and_blocked_sigterm_do_not_stop_supervision() {
+    let ws = Workspace::new();
+    let m = hello_and_long_recipes(&ws);
+    let core = Core::start_with_hostile_signals(&ws.root());
+    deploy_hello_and_long(&core, &ws);
     // FINISHED needs the exit status of the run step: lost if SIGCHLD stayed ignored.
     core.wait_state("test.Hello", "FINISHED");
     core.wait_state("test.Long", "RUNNING");
@@ -409,33 +420,12 @@ fn inherited_ignored_sigchld_and_blocked_sigterm_do_not_stop_supervision() {
 #[test]
 fn supervision_works_where_every_session_reads_as_zero() {
     let ws = Workspace::new();
-    let m = marker();
-    ws.recipe(
-        "h.yaml",
-        &recipe("test.Hello", "1.0.0", "", "Run: echo hello-finished"),
-    );
-    ws.recipe(
-        "l.yaml",
-        &recipe(
-            "test.Long",
-            "1.0.0",
-            "",
-            &format!("Run: export LICHEN_E2E_MARK={m}; sleep 1000"),
-        ),
-    );
+    let m = hello_and_long_recipes(&ws);
     let Some(core) = Core::start_in_pid_namespace(&ws.root()) else {
         eprintln!("skipped: this machine does not allow a new PID namespace (unshare --pid)");
         return;
     };
-    let (ok, d) = core.deploy(&[
-        "--recipe-dir",
-        &ws.recipes(),
-        "--merge",
-        "test.Hello=1.0.0",
-        "--merge",
-        "test.Long=1.0.0",
-    ]);
-    assert!(ok, "{d}");
+    deploy_hello_and_long(&core, &ws);
     core.wait_state("test.Hello", "FINISHED");
     core.wait_state("test.Long", "RUNNING");
     let mut first = Vec::new();

@@ -374,7 +374,12 @@ impl EventStream {
             return None;
         }
         let frame = self.rx.recv().await?;
-        match decode_message(&frame) {
+        self.decoded(&frame)
+    }
+
+    /// `decode_message`'s reading of `frame`; the stream counts as closed at its end or an error.
+    fn decoded(&mut self, frame: &RawFrame) -> Option<Result<Value, ClientError>> {
+        match decode_message(frame) {
             Ok(Some(v)) => Some(Ok(v)),
             Ok(None) => {
                 self.closed = true;
@@ -459,19 +464,13 @@ impl EventStream {
         let frame = self.rx.recv().await?;
         if frame.header_i32(MESSAGE_TYPE) != Some(APPLICATION_MESSAGE) || frame.payload.is_empty() {
             // Errors and the stream's end: as `recv` reports them.
-            return match decode_message(&frame) {
-                Ok(Some(_)) => Some(Err(ClientError::Protocol(
-                    "SubscribeToTopic event without a message".into(),
-                ))),
-                Ok(None) => {
-                    self.closed = true;
-                    None
-                }
-                Err(e) => {
-                    self.closed = true;
-                    Some(Err(e))
-                }
-            };
+            return self.decoded(&frame).map(|decoded| {
+                decoded.and_then(|_| {
+                    Err(ClientError::Protocol(
+                        "SubscribeToTopic event without a message".into(),
+                    ))
+                })
+            });
         }
         let event: EventIn<'_> = match serde_json::from_slice(&frame.payload) {
             Ok(event) => event,
