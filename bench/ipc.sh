@@ -5,9 +5,9 @@
 #   LICHEN_BIN=/path/to/lichen bench/ipc.sh   (measure another core build)
 #
 # Deploys bench.RustSub and bench.RustPub, two components (crates/ipc/examples/ipc_bench_pair.rs,
-# lichen_ipc::IpcClient), and then bench.Python (bench/ipc_py.py, the unmodified awsiotsdk
-# GreengrassCoreIPCClientV2, two connections of one component), one after the other so they do
-# not compete for CPU, and prints what each measured: msgs/s counted at the subscriber (16
+# lichen_ipc::IpcClient), and then bench.PySub and bench.PyPub (bench/ipc_py.py, the unmodified
+# awsiotsdk GreengrassCoreIPCClientV2), one pair after the other so they do not compete for CPU,
+# and prints what each measured: msgs/s counted at the subscriber (16
 # publishes in flight; the Rust client also 64 and 256) and publish->event p50/p99 with one in
 # flight, for 64 B and 8 KiB binary payloads. Also prints the in-process figures (no core).
 set -euo pipefail
@@ -43,7 +43,8 @@ JSON
 }
 recipe bench.RustSub "$PAIR --subscriber $WORK $N"
 recipe bench.RustPub "$PAIR --publisher $WORK $N"
-recipe bench.Python "$PY -u $REPO/bench/ipc_py.py $WORK/python.json $NPY"
+recipe bench.PySub "$PY -u $REPO/bench/ipc_py.py --subscriber $WORK $NPY"
+recipe bench.PyPub "$PY -u $REPO/bench/ipc_py.py --publisher $WORK $NPY"
 
 LICHEN_LOG=warn "$LICHEN" core run --root "$WORK/root" > "$WORK/core.out" 2>&1 &
 CORE_PID=$!
@@ -60,9 +61,9 @@ run_components() { # result name...
   "$LICHEN" deployment create --root "$WORK/root" "${removes[@]}" --wait > /dev/null
 }
 run_components "$WORK/rust.json" bench.RustSub bench.RustPub
-run_components "$WORK/python.json" bench.Python
+run_components "$WORK/python.json" bench.PySub bench.PyPub
 
-echo "== real core (release), $(nproc) CPUs; Rust: two components; Python: two connections of one component"
+echo "== real core (release), $(nproc) CPUs; each client: a publisher and a subscriber component"
 "$PY" - "$WORK/rust.json" "$WORK/python.json" <<'PYEOF'
 import json, sys
 for path in sys.argv[1:]:
