@@ -193,8 +193,6 @@ pub(crate) enum Msg {
     Report(State),
     /// Re-run `advance` on a later poll.
     Continue,
-    /// The processes of an abandoned one-shot step are gone.
-    Abandoned,
     StepDone {
         generation: u64,
         outcome: StepOutcome,
@@ -276,8 +274,7 @@ struct Actor {
     remove_waiter: Option<oneshot::Sender<()>>,
     /// Abandoned one-shot steps whose processes are still being terminated: a stop is only done,
     /// and the actor only exits, once they are gone, so no step outlives a core's shutdown.
-    abandoning: usize,
-    abandoned: Vec<tokio::task::JoinHandle<()>>,
+    abandoned: tokio::task::JoinSet<()>,
     exit: bool,
     /// State changes of all components; only HARD dependencies' matter here.
     events: broadcast::Receiver<StateChange>,
@@ -323,8 +320,7 @@ pub(crate) fn spawn_component(shared: &Arc<Shared>, spec: ComponentSpec) {
         stop_error_reported: false,
         stop_waiters: Vec::new(),
         remove_waiter: None,
-        abandoning: 0,
-        abandoned: Vec::new(),
+        abandoned: tokio::task::JoinSet::new(),
         exit: false,
         events,
     };
@@ -348,12 +344,12 @@ impl Actor {
                     // Lagged: `advance` re-checks the table rather than guess what was missed.
                     _ => {}
                 },
+                // An abandoned step's processes are gone: a waiting stop may now be done.
+                Some(_) = self.abandoned.join_next(), if !self.abandoned.is_empty() => {}
             }
             self.advance();
         }
-        for task in self.abandoned.drain(..) {
-            let _ = task.await;
-        }
+        while self.abandoned.join_next().await.is_some() {}
         self.shared.lock_table().remove(&self.name);
         if let Some(done) = self.remove_waiter.take() {
             let _ = done.send(());
@@ -440,7 +436,7 @@ impl Actor {
                 break;
             }
         }
-        if self.active.is_none() && !self.want_running && self.abandoning == 0 {
+        if self.active.is_none() && !self.want_running && self.abandoned.is_empty() {
             for done in self.stop_waiters.drain(..) {
                 let _ = done.send(());
             }
@@ -568,13 +564,8 @@ impl Actor {
             && !matches!(active.phase, Phase::Startup | Phase::Run)
             && let Some(pgid) = active.pgid
         {
-            self.abandoning += 1;
-            self.abandoned.retain(|task| !task.is_finished());
-            let tx = self.tx.clone();
-            self.abandoned.push(tokio::spawn(async move {
-                terminate_groups(&[pgid], KILL_GRACE).await;
-                let _ = tx.send(Msg::Abandoned);
-            }));
+            self.abandoned
+                .spawn(async move { terminate_groups(&[pgid], KILL_GRACE).await });
         }
     }
 
@@ -815,7 +806,6 @@ impl Actor {
             }
             Msg::Report(reported) => self.on_report(reported),
             Msg::Continue => {}
-            Msg::Abandoned => self.abandoning = self.abandoning.saturating_sub(1),
         }
     }
 
