@@ -672,6 +672,69 @@ impl Rng {
 }
 
 #[test]
+fn waiters_that_stop_yielding_or_never_yield_are_woken_by_the_commit_that_covers_them() {
+    use super::commit::{GroupCommit, SyncOutcome};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+
+    // Syncs alternate between fast (busy for 20 µs: waiters yield for twice that, then sleep
+    // when the next sync is slow) and slow (3 ms, beyond the spinning limit: waiters sleep at
+    // once). A leader that skipped a sleeping waiter's wake-up would hang it.
+    let written = Arc::new(AtomicU64::new(0));
+    let syncs = Arc::new(AtomicU64::new(0));
+    let commit = Arc::new(GroupCommit::new(0));
+    let results = with_watchdog(60, "waiters woken after yielding", {
+        let (written, syncs, commit) = (written.clone(), syncs.clone(), commit.clone());
+        move || {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        let (written, syncs, commit) = (&written, &syncs, &commit);
+                        scope.spawn(move || {
+                            let sync = || {
+                                let covers = written.load(Ordering::SeqCst);
+                                if syncs.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                                    let t = std::time::Instant::now();
+                                    while t.elapsed() < std::time::Duration::from_micros(20) {
+                                        std::hint::spin_loop();
+                                    }
+                                } else {
+                                    std::thread::sleep(std::time::Duration::from_millis(3));
+                                }
+                                SyncOutcome {
+                                    covers,
+                                    result: Ok(()),
+                                }
+                            };
+                            (0..150)
+                                .map(|_| {
+                                    let seq = written.fetch_add(1, Ordering::SeqCst);
+                                    commit.wait(seq, &sync)
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap())
+                    .collect::<Vec<_>>()
+            })
+        }
+    });
+    assert_eq!(results.len(), 8 * 150, "every wait returned");
+    assert!(
+        results.iter().all(|r| r.is_ok()),
+        "no sync failed, so none may"
+    );
+    assert!(
+        commit.sleeps() > 0,
+        "3 ms syncs are beyond the spinning limit: their waiters must have slept"
+    );
+    assert!(commit.commits() < 8 * 150, "waiters shared syncs");
+}
+
+#[test]
 fn group_commit_protocol_under_stress_acknowledges_only_covered_records_and_never_hangs() {
     use super::commit::{GroupCommit, SyncOutcome};
     use std::sync::atomic::AtomicU64;
