@@ -1,4 +1,5 @@
-//! A size-rotated log file for the core's own log (`logs/lichen.log`), used as a tracing writer.
+//! A size-rotated log file for the core's own log (`logs/lichen.log`) and the built-in services'
+//! logs (`logs/<component>.log`), used as a tracing writer.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -7,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 struct Inner {
     path: PathBuf,
-    file: File,
+    /// `None` until the first write, for a log that should exist only once something is logged.
+    file: Option<File>,
     written: u64,
     max_bytes: u64,
     keep: usize,
@@ -24,7 +26,7 @@ impl Inner {
         if self.keep > 0 {
             std::fs::rename(&self.path, rotated(&self.path, 1))?;
         }
-        self.file = open(&self.path)?;
+        self.file = Some(open(&self.path)?);
         self.written = 0;
         Ok(())
     }
@@ -55,21 +57,38 @@ impl RotatingFile {
         let written = file.metadata()?.len();
         Ok(Self(Arc::new(Mutex::new(Inner {
             path: path.to_path_buf(),
-            file,
+            file: Some(file),
             written,
             max_bytes,
             keep,
         }))))
+    }
+
+    /// Like [`RotatingFile::open`], but creates or opens the file only when the first line is
+    /// written (a built-in service's log appears once the service logs something).
+    pub fn open_on_first_write(path: &Path, max_bytes: u64, keep: usize) -> Self {
+        Self(Arc::new(Mutex::new(Inner {
+            path: path.to_path_buf(),
+            file: None,
+            written: 0,
+            max_bytes,
+            keep,
+        })))
     }
 }
 
 impl Write for RotatingFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.file.is_none() {
+            let file = open(&inner.path)?;
+            inner.written = file.metadata()?.len();
+            inner.file = Some(file);
+        }
         if inner.written + buf.len() as u64 > inner.max_bytes && inner.written > 0 {
             inner.rotate()?;
         }
-        inner.file.write_all(buf)?;
+        inner.file.as_mut().expect("opened above").write_all(buf)?;
         inner.written += buf.len() as u64;
         Ok(buf.len())
     }
@@ -104,5 +123,19 @@ mod tests {
         assert!(std::fs::metadata(&path).unwrap().len() <= 100);
         let last = std::fs::read_to_string(&path).unwrap();
         assert!(last.contains("line number 0029"));
+    }
+
+    #[test]
+    fn a_log_opened_on_first_write_appears_with_its_first_line_and_appends_to_an_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aws.greengrass.StreamManager.log");
+        let mut f = RotatingFile::open_on_first_write(&path, 1000, 2);
+        assert!(!path.exists(), "nothing logged yet, no file");
+        writeln!(f, "first").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "first\n");
+        drop(f);
+        let mut again = RotatingFile::open_on_first_write(&path, 1000, 2);
+        writeln!(again, "second").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "first\nsecond\n");
     }
 }

@@ -63,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         authenticate_client: false,
         token_validator: None,
         exporters: Default::default(),
+        log_level: tracing::level_filters::LevelFilter::INFO,
     }))?;
     let addr = sm.local_addr();
     println!(

@@ -24,6 +24,7 @@
 //!     authenticate_client: true,
 //!     token_validator: Some(Arc::new(|token: &str| token == "secret")),
 //!     exporters: Default::default(),
+//!     log_level: tracing::level_filters::LevelFilter::INFO,
 //! })
 //! .await?;
 //! println!("listening on {}", sm.local_addr());
@@ -42,7 +43,7 @@ pub mod store;
 pub use exporter::ExporterSettings;
 pub use model::{Persistence, StrategyOnFull, StreamDefinition};
 pub use server::TokenValidator;
-pub use service::{ConfigError, StreamManager, StreamManagerConfig};
+pub use service::{ConfigError, StreamManager, StreamManagerConfig, parse_log_level};
 pub use store::{Message, Store, StoreError, Stream, StreamInfo};
 
 use std::sync::Arc;
@@ -61,24 +62,27 @@ pub struct StandaloneOptions {
 /// Runs a standalone stream manager until SIGINT or SIGTERM. Prints
 /// `stream manager listening on 127.0.0.1:<port>` on stdout once it accepts connections.
 /// Exporter settings come from `STREAM_MANAGER_EXPORTER_*` environment variables (the keys of
-/// the component configuration).
+/// the component configuration), and `LOG_LEVEL` is checked the same way (the caller installs
+/// the logger).
 pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<()> {
     let tokens = opts.auth_tokens;
     let env: serde_json::Map<String, serde_json::Value> = std::env::vars()
         .filter(|(k, _)| {
-            k.starts_with("STREAM_MANAGER_EXPORTER_") || k == "STREAM_MANAGER_THREAD_POOL_SIZE"
+            k.starts_with("STREAM_MANAGER_EXPORTER_")
+                || k == "STREAM_MANAGER_THREAD_POOL_SIZE"
+                || k == "LOG_LEVEL"
         })
         .map(|(k, v)| (k, serde_json::Value::String(v)))
         .collect();
-    let exporters =
-        StreamManagerConfig::from_component_config(&serde_json::Value::Object(env), "".into())?
-            .exporters;
+    let from_env =
+        StreamManagerConfig::from_component_config(&serde_json::Value::Object(env), "".into())?;
     let sm = StreamManager::start(StreamManagerConfig {
         store_root: opts.store_root,
         port: opts.port,
         authenticate_client: !tokens.is_empty(),
         token_validator: Some(Arc::new(move |t: &str| tokens.iter().any(|k| k == t))),
-        exporters,
+        exporters: from_env.exporters,
+        log_level: from_env.log_level,
     })
     .await?;
     {

@@ -151,10 +151,12 @@ async fn serve_connection(mut sock: TcpStream, ctx: Arc<Context>) -> Result<(), 
             .encode(op::CONNECT_RESPONSE),
     );
     sock.write_all(&hello).await?;
-    if let Some((_, e)) = refusal {
+    if let Some((status, e)) = refusal {
+        tracing::warn!(client = %request_id, ?status, reason = %e, "connection refused");
         let _ = sock.shutdown().await;
         return Err(ConnError::Protocol(format!("connect refused: {e}")));
     }
+    tracing::debug!(client = %request_id, "client connected");
 
     let (mut rd, mut wr) = sock.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUTBOUND_QUEUE);
@@ -179,6 +181,7 @@ async fn serve_connection(mut sock: TcpStream, ctx: Arc<Context>) -> Result<(), 
     pending.abort_all();
     drop(tx);
     let _ = writer.await;
+    tracing::debug!(client = %request_id, "client disconnected");
     result
 }
 
@@ -285,15 +288,34 @@ async fn dispatch(
         Request::Create {
             request_id,
             definition,
-        } => match blocking(store, move |s| s.create(definition).map(drop)).await {
-            Ok(_) => Response::new(&request_id, Status::Success, None).encode(op::CREATE_RESPONSE),
+        } => match blocking(store, move |s| s.create(definition).map(|s| s.info())).await {
+            Ok(info) => {
+                let d = &info.definition;
+                tracing::info!(
+                    stream = %d.name,
+                    max_size = d.max_size,
+                    persistence = ?d.persistence,
+                    flush_on_write = d.flush_on_write,
+                    exports = d.exports.len(),
+                    "stream created"
+                );
+                Response::new(&request_id, Status::Success, None).encode(op::CREATE_RESPONSE)
+            }
             Err(e) => failure(fop, &request_id, store_status(&e), e.to_string()),
         },
         Request::Update {
             request_id,
             definition,
-        } => match blocking(store, move |s| s.update(definition)).await {
-            Ok(()) => Response::new(&request_id, Status::Success, None).encode(op::UPDATE_RESPONSE),
+        } => match blocking(store, move |s| {
+            let name = definition.name.clone();
+            s.update(definition).map(|()| name)
+        })
+        .await
+        {
+            Ok(name) => {
+                tracing::info!(stream = %name, "stream updated");
+                Response::new(&request_id, Status::Success, None).encode(op::UPDATE_RESPONSE)
+            }
             Err(e) => {
                 let status = match &e {
                     StoreError::Io { .. } => Status::UpdateFailed,
@@ -302,12 +324,15 @@ async fn dispatch(
                 failure(fop, &request_id, status, e.to_string())
             }
         },
-        Request::Delete { request_id, name } => match blocking(store, move |s| s.delete(&name))
-            .await
-        {
-            Ok(()) => Response::new(&request_id, Status::Success, None).encode(op::DELETE_RESPONSE),
-            Err(e) => failure(fop, &request_id, store_status(&e), e.to_string()),
-        },
+        Request::Delete { request_id, name } => {
+            match blocking(store, move |s| s.delete(&name).map(|()| name)).await {
+                Ok(name) => {
+                    tracing::info!(stream = %name, "stream deleted");
+                    Response::new(&request_id, Status::Success, None).encode(op::DELETE_RESPONSE)
+                }
+                Err(e) => failure(fop, &request_id, store_status(&e), e.to_string()),
+            }
+        }
         Request::Describe { request_id, name } => match store.get(&name) {
             Ok(s) => Response::new(&request_id, Status::Success, None)
                 .field("messageStreamInfo", codec::stream_info_value(&s.info()))

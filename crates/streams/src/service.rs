@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::level_filters::LevelFilter;
 
 /// How often TTLs are applied to all streams.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -28,6 +29,10 @@ pub struct StreamManagerConfig {
     pub token_validator: Option<TokenValidator>,
     /// Exporter limits, endpoints and credentials (spec §1.2 plus Lichen's extensions).
     pub exporters: ExporterSettings,
+    /// `LOG_LEVEL`: how much the stream manager logs (the events of this crate's targets). The
+    /// host applies it; the core writes them to `logs/aws.greengrass.StreamManager.log`.
+    /// `JVM_ARGS` is accepted and has no effect: there is no JVM.
+    pub log_level: LevelFilter,
 }
 
 impl std::fmt::Debug for StreamManagerConfig {
@@ -38,6 +43,7 @@ impl std::fmt::Debug for StreamManagerConfig {
             .field("authenticate_client", &self.authenticate_client)
             .field("token_validator", &self.token_validator.is_some())
             .field("exporters", &self.exporters)
+            .field("log_level", &self.log_level)
             .finish()
     }
 }
@@ -94,13 +100,35 @@ impl StreamManagerConfig {
                 }
             },
         };
+        let log_level = match get("LOG_LEVEL") {
+            None => LevelFilter::INFO,
+            Some(v) => parse_log_level(&scalar_text(v))?,
+        };
         Ok(StreamManagerConfig {
             store_root,
             port,
             authenticate_client,
             token_validator: None,
             exporters: exporter_settings(config)?,
+            log_level,
         })
+    }
+}
+
+/// Reads a `LOG_LEVEL` value: TRACE, DEBUG, INFO, WARN or ERROR (any case; the Java stream
+/// manager's WARNING and OFF are accepted too).
+pub fn parse_log_level(text: &str) -> Result<LevelFilter, ConfigError> {
+    match text.trim().to_ascii_uppercase().as_str() {
+        "TRACE" | "ALL" => Ok(LevelFilter::TRACE),
+        "DEBUG" => Ok(LevelFilter::DEBUG),
+        "INFO" => Ok(LevelFilter::INFO),
+        "WARN" | "WARNING" => Ok(LevelFilter::WARN),
+        "ERROR" => Ok(LevelFilter::ERROR),
+        "OFF" => Ok(LevelFilter::OFF),
+        _ => Err(ConfigError {
+            key: "LOG_LEVEL".into(),
+            reason: format!("must be one of TRACE, DEBUG, INFO, WARN, ERROR, not {text:?}"),
+        }),
     }
 }
 
@@ -289,5 +317,28 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key, "STREAM_MANAGER_SERVER_PORT");
+    }
+
+    #[test]
+    fn log_level_takes_the_documented_levels_in_any_case_and_names_the_key_otherwise() {
+        let level = |v: serde_json::Value| {
+            StreamManagerConfig::from_component_config(
+                &serde_json::json!({ "LOG_LEVEL": v, "JVM_ARGS": "-Xmx64m" }),
+                PathBuf::new(),
+            )
+            .map(|c| c.log_level)
+        };
+        assert_eq!(level("DEBUG".into()).unwrap(), LevelFilter::DEBUG);
+        assert_eq!(level("warn".into()).unwrap(), LevelFilter::WARN);
+        assert_eq!(level(" Trace ".into()).unwrap(), LevelFilter::TRACE);
+        assert_eq!(level("ERROR".into()).unwrap(), LevelFilter::ERROR);
+        assert_eq!(level(serde_json::Value::Null).unwrap(), LevelFilter::INFO);
+        let e = level("LOUD".into()).unwrap_err();
+        assert_eq!(e.key, "LOG_LEVEL");
+        assert!(e.to_string().contains("LOUD"), "{e}");
+        let defaults =
+            StreamManagerConfig::from_component_config(&serde_json::json!({}), PathBuf::new())
+                .unwrap();
+        assert_eq!(defaults.log_level, LevelFilter::INFO);
     }
 }

@@ -28,6 +28,7 @@ impl Server {
                 authenticate_client: token.is_some(),
                 token_validator: token.map(|t| Arc::new(move |s: &str| s == t) as _),
                 exporters: Default::default(),
+                log_level: tracing::level_filters::LevelFilter::INFO,
             }))
             .unwrap();
         let addr = sm.local_addr();

@@ -23,6 +23,17 @@ pub struct StreamManagerArgs {
 }
 
 pub fn run(a: StreamManagerArgs) -> anyhow::Result<ExitCode> {
+    // The stream manager's `LOG_LEVEL` key, as an environment variable here; logs go to stderr.
+    let level = match std::env::var("LOG_LEVEL") {
+        Ok(v) => lichen_streams::parse_log_level(&v).map_err(|e| anyhow::anyhow!("{e}"))?,
+        Err(_) => tracing_subscriber::filter::LevelFilter::INFO,
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_ansi(false)
+        .try_init()
+        .ok();
     let opts = lichen_streams::StandaloneOptions {
         store_root: a.store_root,
         port: a.port,

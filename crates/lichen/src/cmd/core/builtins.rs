@@ -186,6 +186,7 @@ impl Builtins {
                 return;
             }
         };
+        super::set_stream_manager_log_level(cfg.log_level);
         let tokens = self.tokens.clone();
         cfg.token_validator = Some(Arc::new(move |t: &str| tokens.identity(t).is_some()));
         match lichen_streams::StreamManager::start(cfg).await {

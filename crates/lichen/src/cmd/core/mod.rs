@@ -113,20 +113,60 @@ enum Stopped {
     Restart,
 }
 
+/// Targets whose events belong to the stream manager's own log, as Greengrass keeps each
+/// component's output in `logs/<component>.log`.
+const STREAM_MANAGER_TARGET: &str = "lichen_streams";
+
+type LevelHandle = tracing_subscriber::reload::Handle<
+    tracing_subscriber::filter::LevelFilter,
+    tracing_subscriber::Registry,
+>;
+
+/// The level of `logs/aws.greengrass.StreamManager.log`, changed by its `LOG_LEVEL` key.
+static STREAM_MANAGER_LEVEL: std::sync::OnceLock<LevelHandle> = std::sync::OnceLock::new();
+
+/// Applies the stream manager's `LOG_LEVEL` to its log (no-op before tracing is set up).
+pub(crate) fn set_stream_manager_log_level(level: tracing_subscriber::filter::LevelFilter) {
+    if let Some(h) = STREAM_MANAGER_LEVEL.get() {
+        let _ = h.modify(|l| *l = level);
+    }
+}
+
+/// `logs/lichen.log` gets the core's events (level from `LICHEN_LOG`, default info);
+/// `logs/aws.greengrass.StreamManager.log`, created with its first line, gets the stream
+/// manager's (level from its `LOG_LEVEL`, default INFO).
 fn init_tracing(root: &Path) -> anyhow::Result<()> {
+    use tracing_subscriber::filter::{FilterExt, LevelFilter, filter_fn};
     use tracing_subscriber::prelude::*;
-    let file = crate::logfile::RotatingFile::open(&root.join("logs/lichen.log"), 10 << 20, 5)?;
+    let logs = root.join("logs");
+    let file = crate::logfile::RotatingFile::open(&logs.join("lichen.log"), 10 << 20, 5)?;
+    let sm_file = crate::logfile::RotatingFile::open_on_first_write(
+        &logs.join(format!("{}.log", builtins::STREAM_MANAGER)),
+        10 << 20,
+        5,
+    );
     let filter = tracing_subscriber::EnvFilter::try_from_env("LICHEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::registry()
-        .with(filter)
+    let streams = || filter_fn(|m| m.target().starts_with(STREAM_MANAGER_TARGET));
+    let (sm_level, handle) = tracing_subscriber::reload::Layer::new(LevelFilter::INFO);
+    let installed = tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .with_ansi(false)
-                .with_writer(file),
+                .with_writer(sm_file)
+                .with_filter(streams().and(sm_level)),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(file)
+                .with_filter(filter.and(streams().not())),
         )
         .try_init()
-        .ok();
+        .is_ok();
+    if installed {
+        let _ = STREAM_MANAGER_LEVEL.set(handle);
+    }
     Ok(())
 }
 
