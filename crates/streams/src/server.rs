@@ -3,7 +3,7 @@
 //! their own tasks so they never block other requests on the same connection.
 
 use crate::codec::{self, DecodeError, ReadOptions, Request, Response, Status, op};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Stream};
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -169,10 +169,11 @@ async fn serve_connection(mut sock: TcpStream, ctx: Arc<Context>) -> Result<(), 
     });
     // Requests answered off the connection's task (long polls, durable appends).
     let mut pending = JoinSet::new();
+    let mut durable = DurableAnswers::default();
     let result = async {
         while let Some(frame) = read_frame(&mut rd, &mut buf).await? {
             while pending.try_join_next().is_some() {}
-            dispatch(frame, &ctx, &tx, &mut pending).await?;
+            dispatch(frame, &ctx, &tx, &mut pending, &mut durable).await?;
         }
         Ok(())
     }
@@ -250,6 +251,7 @@ async fn dispatch(
     ctx: &Arc<Context>,
     tx: &mpsc::Sender<Vec<u8>>,
     pending: &mut JoinSet<()>,
+    durable: &mut DurableAnswers,
 ) -> Result<(), ConnError> {
     let fop = frame.op;
     let known = matches!(
@@ -354,28 +356,15 @@ async fn dispatch(
                 Ok((stream, a)) if a.needs_sync => {
                     // The record has its place in the log (so appends keep their order); the
                     // answer waits for a group commit off the connection's task.
-                    let tx = tx.clone();
-                    pending.spawn(async move {
-                        let seq = a.sequence_number;
-                        let synced =
-                            tokio::task::spawn_blocking(move || stream.wait_durable(seq)).await;
-                        let frame = match synced {
-                            Ok(Ok(())) => append_ok(&request_id, seq),
-                            Ok(Err(e)) => failure(
-                                op::APPEND,
-                                &request_id,
-                                Status::UnknownFailure,
-                                e.to_string(),
-                            ),
-                            Err(e) => failure(
-                                op::APPEND,
-                                &request_id,
-                                Status::UnknownFailure,
-                                e.to_string(),
-                            ),
-                        };
-                        let _ = tx.send(frame).await;
-                    });
+                    durable.queue(
+                        DurableAppend {
+                            stream,
+                            seq: a.sequence_number,
+                            request_id,
+                        },
+                        pending,
+                        tx,
+                    );
                     return Ok(());
                 }
                 Ok((_, a)) => append_ok(&request_id, a.sequence_number),
@@ -416,6 +405,78 @@ async fn blocking<T: Send + 'static>(
                 "store task failed: {e}"
             )))
         })
+}
+
+/// A flushOnWrite append whose answer waits until its record is on disk.
+struct DurableAppend {
+    stream: Arc<Stream>,
+    seq: u64,
+    request_id: String,
+}
+
+/// The durable appends of one connection, answered in order by one blocking thread at a time,
+/// not one thread per append: a pipelining client has dozens pending, and each thread woken
+/// for a single record costs more than the record.
+#[derive(Default)]
+struct DurableAnswers(Option<mpsc::UnboundedSender<DurableAppend>>);
+
+impl DurableAnswers {
+    fn queue(&mut self, a: DurableAppend, pending: &mut JoinSet<()>, tx: &mpsc::Sender<Vec<u8>>) {
+        let queue = self.0.get_or_insert_with(|| {
+            let (queue, waiting) = mpsc::unbounded_channel();
+            pending.spawn(answer_durable(waiting, tx.clone()));
+            queue
+        });
+        // Fails only once the answering task is gone, which ends the connection anyway.
+        let _ = queue.send(a);
+    }
+}
+
+/// Takes whatever durable appends are queued, waits for each record's own verdict in order
+/// on one blocking thread (after the first wait the others are usually covered by the same
+/// fsync and return at once), then sends the answers from this task, so a client that stops
+/// reading holds a task, not a thread; then the next batch.
+async fn answer_durable(
+    mut waiting: mpsc::UnboundedReceiver<DurableAppend>,
+    tx: mpsc::Sender<Vec<u8>>,
+) {
+    let mut batch = Vec::new();
+    while waiting.recv_many(&mut batch, 4096).await > 0 {
+        let appends = std::mem::take(&mut batch);
+        let answered = tokio::task::spawn_blocking(move || {
+            appends
+                .into_iter()
+                .map(|a| {
+                    let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        a.stream.wait_durable(a.seq)
+                    }));
+                    match verdict {
+                        Ok(Ok(())) => append_ok(&a.request_id, a.seq),
+                        Ok(Err(e)) => failure(
+                            op::APPEND,
+                            &a.request_id,
+                            Status::UnknownFailure,
+                            e.to_string(),
+                        ),
+                        Err(_) => failure(
+                            op::APPEND,
+                            &a.request_id,
+                            Status::UnknownFailure,
+                            "waiting for the record to reach the disk failed".into(),
+                        ),
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        // The closure catches every panic, so it always returns its answers.
+        let Ok(frames) = answered else { return };
+        for frame in frames {
+            if tx.send(frame).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 fn append_ok(request_id: &str, seq: u64) -> Vec<u8> {

@@ -263,6 +263,50 @@ fn pipelined_durable_appends_keep_their_order_and_survive_restart() {
 }
 
 #[test]
+fn durable_appends_to_two_streams_on_one_connection_get_their_own_sequence_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let (mut c, _) = Client::connect(server.addr, None);
+    create(&mut c, "x", true);
+    create(&mut c, "y", true);
+    // Interleaved, pipelined, with a buffered stream's append and an unknown stream among them.
+    create(&mut c, "z", false);
+    for i in 0..60 {
+        let name = ["x", "y"][i % 2];
+        c.send(4, append(&format!("{name}{i}"), name, b"r"));
+        if i == 30 {
+            c.send(4, append("z", "z", b"r"));
+            c.send(4, append("nope", "missing", b"r"));
+        }
+    }
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..62 {
+        let (op, r) = c.recv().unwrap();
+        assert_eq!(op, 9, "an AppendMessageResponse");
+        let id = field(&r, "requestId").as_text().unwrap().to_string();
+        answers.insert(id, r);
+    }
+    assert_eq!(
+        status(&answers["nope"]),
+        5,
+        "ResourceNotFound for the unknown stream"
+    );
+    assert_eq!(status(&answers["z"]), 0);
+    for (n, name) in ["x", "y"].into_iter().enumerate() {
+        let seqs: Vec<u64> = (0..60)
+            .filter(|i| i % 2 == n)
+            .map(|i| {
+                let r = &answers[&format!("{name}{i}")];
+                assert_eq!(status(r), 0, "{name}{i}: {r:?}");
+                u64::try_from(i128::from(field(r, "sequenceNumber").as_integer().unwrap())).unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, (0..30).collect::<Vec<_>>(), "stream {name}");
+    }
+    server.stop();
+}
+
+#[test]
 fn a_malformed_frame_closes_only_its_connection() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), None);
