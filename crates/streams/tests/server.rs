@@ -133,6 +133,11 @@ fn create(c: &mut Client, name: &str, flush: bool) {
     assert_eq!((op, status(&r)), (7, 0), "{r:?}");
 }
 
+/// The `sequenceNumber` of an AppendMessageResponse.
+fn sequence_number(r: &Value) -> u64 {
+    u64::try_from(i128::from(field(r, "sequenceNumber").as_integer().unwrap())).unwrap()
+}
+
 fn append(id: &str, name: &str, payload: &[u8]) -> Value {
     map(vec![
         ("requestId", text(id)),
@@ -241,11 +246,7 @@ fn pipelined_durable_appends_keep_their_order_and_survive_restart() {
             .trim_start_matches('a')
             .parse::<u64>()
             .unwrap();
-        let seq = u64::try_from(i128::from(
-            field(&r, "sequenceNumber").as_integer().unwrap(),
-        ))
-        .unwrap();
-        seen.insert(id, seq);
+        seen.insert(id, sequence_number(&r));
     }
     assert!(
         seen.iter().all(|(id, seq)| id == seq),
@@ -298,7 +299,7 @@ fn durable_appends_to_two_streams_on_one_connection_get_their_own_sequence_numbe
             .map(|i| {
                 let r = &answers[&format!("{name}{i}")];
                 assert_eq!(status(r), 0, "{name}{i}: {r:?}");
-                u64::try_from(i128::from(field(r, "sequenceNumber").as_integer().unwrap())).unwrap()
+                sequence_number(r)
             })
             .collect();
         assert_eq!(seqs, (0..30).collect::<Vec<_>>(), "stream {name}");
