@@ -56,6 +56,10 @@ fn main() -> anyhow::Result<()> {
     let slice = secs / rounds as f64;
     let root = dir.join(format!("bench-{}", std::process::id()));
     let store = Store::open(&root)?;
+    // BENCH_FLUSH_WAIT_YIELD=false: durable waiters sleep at once (the store's setting).
+    if std::env::var("BENCH_FLUSH_WAIT_YIELD").is_ok_and(|v| v == "false") {
+        store.set_yield_while_waiting(false);
+    }
     let payload = vec![0x5au8; REC];
     let raw = |name: &str| File::create(root.join(name));
 

@@ -64,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         token_validator: None,
         exporters: Default::default(),
         log_level: tracing::level_filters::LevelFilter::INFO,
+        flush_wait_yield: true,
     }))?;
     let addr = sm.local_addr();
     println!(

@@ -25,6 +25,7 @@
 //!     token_validator: Some(Arc::new(|token: &str| token == "secret")),
 //!     exporters: Default::default(),
 //!     log_level: tracing::level_filters::LevelFilter::INFO,
+//!     flush_wait_yield: true,
 //! })
 //! .await?;
 //! println!("listening on {}", sm.local_addr());
@@ -71,6 +72,7 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<()> {
             k.starts_with("STREAM_MANAGER_EXPORTER_")
                 || k == "STREAM_MANAGER_THREAD_POOL_SIZE"
                 || k == "LOG_LEVEL"
+                || k == "STREAM_MANAGER_FLUSH_WAIT_YIELD"
         })
         .map(|(k, v)| (k, serde_json::Value::String(v)))
         .collect();
@@ -83,6 +85,7 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<()> {
         token_validator: Some(Arc::new(move |t: &str| tokens.iter().any(|k| k == t))),
         exporters: from_env.exporters,
         log_level: from_env.log_level,
+        flush_wait_yield: from_env.flush_wait_yield,
     })
     .await?;
     {

@@ -33,6 +33,11 @@ pub struct StreamManagerConfig {
     /// host applies it; the core writes them to `logs/aws.greengrass.StreamManager.log`.
     /// `JVM_ARGS` is accepted and has no effect: there is no JVM.
     pub log_level: LevelFilter,
+    /// `STREAM_MANAGER_FLUSH_WAIT_YIELD` (Lichen's, default true): whether an append to a
+    /// flushOnWrite stream, waiting for its group commit, yields the CPU for a moment before it
+    /// sleeps (see [`Store::set_yield_while_waiting`]); false for devices where CPU time costs
+    /// more than durable-append throughput.
+    pub flush_wait_yield: bool,
 }
 
 impl std::fmt::Debug for StreamManagerConfig {
@@ -44,6 +49,7 @@ impl std::fmt::Debug for StreamManagerConfig {
             .field("token_validator", &self.token_validator.is_some())
             .field("exporters", &self.exporters)
             .field("log_level", &self.log_level)
+            .field("flush_wait_yield", &self.flush_wait_yield)
             .finish()
     }
 }
@@ -87,19 +93,16 @@ impl StreamManagerConfig {
                 )
             })?,
         };
-        let authenticate_client = match get("STREAM_MANAGER_AUTHENTICATE_CLIENT") {
-            None => true,
+        let flag = |key: &str, default: bool| match get(key) {
+            None => Ok(default),
             Some(v) => match scalar_text(v).to_ascii_lowercase().as_str() {
-                "true" => true,
-                "false" => false,
-                _ => {
-                    return Err(bad(
-                        "STREAM_MANAGER_AUTHENTICATE_CLIENT",
-                        "must be true or false",
-                    ));
-                }
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(bad(key, "must be true or false")),
             },
         };
+        let authenticate_client = flag("STREAM_MANAGER_AUTHENTICATE_CLIENT", true)?;
+        let flush_wait_yield = flag("STREAM_MANAGER_FLUSH_WAIT_YIELD", true)?;
         let log_level = match get("LOG_LEVEL") {
             None => LevelFilter::INFO,
             Some(v) => parse_log_level(&scalar_text(v))?,
@@ -111,6 +114,7 @@ impl StreamManagerConfig {
             token_validator: None,
             exporters: exporter_settings(config)?,
             log_level,
+            flush_wait_yield,
         })
     }
 }
@@ -218,6 +222,7 @@ impl StreamManager {
     pub async fn start(config: StreamManagerConfig) -> anyhow::Result<StreamManager> {
         let root = config.store_root.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(root)).await??;
+        store.set_yield_while_waiting(config.flush_wait_yield);
         let store = Arc::new(store);
         let (listener, local_addr) = server::bind(config.port).await.map_err(|e| {
             anyhow::anyhow!(
@@ -340,5 +345,21 @@ mod tests {
             StreamManagerConfig::from_component_config(&serde_json::json!({}), PathBuf::new())
                 .unwrap();
         assert_eq!(defaults.log_level, LevelFilter::INFO);
+    }
+
+    #[test]
+    fn flush_wait_yield_is_a_flag_on_by_default() {
+        let parse = |v: serde_json::Value| {
+            StreamManagerConfig::from_component_config(
+                &serde_json::json!({ "STREAM_MANAGER_FLUSH_WAIT_YIELD": v }),
+                PathBuf::new(),
+            )
+        };
+        assert!(parse(serde_json::Value::Null).unwrap().flush_wait_yield);
+        assert!(!parse("false".into()).unwrap().flush_wait_yield);
+        assert!(!parse(false.into()).unwrap().flush_wait_yield);
+        assert!(parse("TRUE".into()).unwrap().flush_wait_yield);
+        let e = parse("sometimes".into()).unwrap_err();
+        assert_eq!(e.key, "STREAM_MANAGER_FLUSH_WAIT_YIELD");
     }
 }

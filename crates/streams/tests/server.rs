@@ -29,6 +29,7 @@ impl Server {
                 token_validator: token.map(|t| Arc::new(move |s: &str| s == t) as _),
                 exporters: Default::default(),
                 log_level: tracing::level_filters::LevelFilter::INFO,
+                flush_wait_yield: true,
             }))
             .unwrap();
         let addr = sm.local_addr();

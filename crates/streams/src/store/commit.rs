@@ -45,7 +45,7 @@ use super::StoreError;
 use std::collections::VecDeque;
 use std::io;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -169,6 +169,8 @@ pub(super) struct GroupCommit {
     spinners: AtomicUsize,
     /// Times a caller went to sleep on `epoch` (tests check both ways of waiting are taken).
     sleeps: AtomicU64,
+    /// Off: callers sleep at once (the store's setting, shared by all its streams).
+    yielding: Arc<AtomicBool>,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -177,8 +179,9 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl GroupCommit {
-    /// `durable_next`: the next sequence number, everything below it being on disk already.
-    pub(super) fn new(durable_next: u64) -> GroupCommit {
+    /// `durable_next`: the next sequence number, everything below it being on disk already;
+    /// `yielding`: whether waiters may yield the CPU before they sleep.
+    pub(super) fn new(durable_next: u64, yielding: Arc<AtomicBool>) -> GroupCommit {
         GroupCommit {
             state: Mutex::new(State {
                 durable_next,
@@ -196,6 +199,7 @@ impl GroupCommit {
             parked: AtomicUsize::new(0),
             spinners: AtomicUsize::new(0),
             sleeps: AtomicU64::new(0),
+            yielding,
         }
     }
 
@@ -203,7 +207,7 @@ impl GroupCommit {
     /// (callers re-check their state): first yields the CPU for up to `spin`, then sleeps on
     /// the word.
     fn park(&self, seen: u32, deadline: Option<Instant>, spin: Duration) {
-        if !spin.is_zero() {
+        if !spin.is_zero() && self.yielding.load(Ordering::Relaxed) {
             if self.spinners.fetch_add(1, Ordering::Relaxed) < MAX_SPINNERS {
                 let start = Instant::now();
                 let until = deadline.map_or(start + spin, |d| d.min(start + spin));

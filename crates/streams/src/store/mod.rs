@@ -32,6 +32,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tokio::sync::watch;
 
@@ -655,6 +656,9 @@ pub struct Store {
     root: PathBuf,
     streams: RwLock<BTreeMap<String, Arc<Stream>>>,
     clock: Clock,
+    /// Whether durable-append waiters yield the CPU before they sleep (every stream's group
+    /// commit reads it; see [`Store::set_yield_while_waiting`]).
+    yielding: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -667,6 +671,7 @@ impl Store {
     pub fn open_with_clock(root: impl Into<PathBuf>, clock: Clock) -> Result<Store, StoreError> {
         let root = root.into();
         fs::create_dir_all(&root).map_err(io_err("create store root", &root))?;
+        let yielding = Arc::new(AtomicBool::new(true));
         let mut streams = BTreeMap::new();
         let entries = fs::read_dir(&root).map_err(io_err("list store root", &root))?;
         for entry in entries {
@@ -681,7 +686,7 @@ impl Store {
             if !path.is_dir() {
                 continue;
             }
-            match recover_stream(&path, &clock) {
+            match recover_stream(&path, &clock, &yielding) {
                 Ok(stream) => {
                     streams.insert(stream.name.clone(), Arc::new(stream));
                 }
@@ -694,7 +699,17 @@ impl Store {
             root,
             streams: RwLock::new(streams),
             clock,
+            yielding,
         })
+    }
+
+    /// Whether a caller of [`Stream::wait_durable`] yields the CPU for a while before it sleeps
+    /// (default: yes). Yielding makes group commits of several writers faster where fsyncs are
+    /// fast (no wake-ups between commits) at the price of CPU time while they wait; without
+    /// it, waiters sleep at once (devices that count every milliwatt). Applies to every stream,
+    /// from their next wait.
+    pub fn set_yield_while_waiting(&self, yielding: bool) {
+        self.yielding.store(yielding, Ordering::Relaxed);
     }
 
     pub fn root(&self) -> &Path {
@@ -750,6 +765,7 @@ impl Store {
             0,
             dir,
             &self.clock,
+            &self.yielding,
         ));
         map.insert(stream.name.clone(), stream.clone());
         Ok(stream)
@@ -886,6 +902,7 @@ fn new_stream(
     next_seq: u64,
     dir: Option<PathBuf>,
     clock: &Clock,
+    yielding: &Arc<AtomicBool>,
 ) -> Stream {
     let total_bytes = segments.iter().map(|s| s.bytes).sum();
     Stream {
@@ -901,7 +918,7 @@ fn new_stream(
             unsynced: Vec::new(),
             scratch: Vec::new(),
         }),
-        commit: GroupCommit::new(next_seq),
+        commit: GroupCommit::new(next_seq, yielding.clone()),
         appended: watch::Sender::new(next_seq),
         clock: clock.clone(),
     }
@@ -909,7 +926,11 @@ fn new_stream(
 
 /// Reopens one stream directory: reads its definition and checkpoints, scans every segment,
 /// truncates each at its first damaged byte.
-fn recover_stream(dir: &Path, clock: &Clock) -> Result<Stream, StoreError> {
+fn recover_stream(
+    dir: &Path,
+    clock: &Clock,
+    yielding: &Arc<AtomicBool>,
+) -> Result<Stream, StoreError> {
     let def_path = dir.join(DEFINITION_FILE);
     let text = fs::read(&def_path).map_err(io_err("read", &def_path))?;
     let definition: StreamDefinition =
@@ -1049,6 +1070,7 @@ fn recover_stream(dir: &Path, clock: &Clock) -> Result<Stream, StoreError> {
         next_seq,
         Some(dir.to_path_buf()),
         clock,
+        yielding,
     ))
 }
 

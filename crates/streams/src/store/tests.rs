@@ -673,6 +673,13 @@ impl Rng {
 
 #[test]
 fn waiters_that_stop_yielding_or_never_yield_are_woken_by_the_commit_that_covers_them() {
+    // Yielding allowed, then turned off (the store's setting): every waiter sleeps at once.
+    for yielding in [true, false] {
+        waiters_are_woken_by_the_commit_that_covers_them(yielding);
+    }
+}
+
+fn waiters_are_woken_by_the_commit_that_covers_them(yielding: bool) {
     use super::commit::{GroupCommit, SyncOutcome};
     use std::sync::Arc;
     use std::sync::atomic::AtomicU64;
@@ -682,7 +689,7 @@ fn waiters_that_stop_yielding_or_never_yield_are_woken_by_the_commit_that_covers
     // once). A leader that skipped a sleeping waiter's wake-up would hang it.
     let written = Arc::new(AtomicU64::new(0));
     let syncs = Arc::new(AtomicU64::new(0));
-    let commit = Arc::new(GroupCommit::new(0));
+    let commit = Arc::new(GroupCommit::new(0, Arc::new(AtomicBool::new(yielding))));
     let results = with_watchdog(60, "waiters woken after yielding", {
         let (written, syncs, commit) = (written.clone(), syncs.clone(), commit.clone());
         move || {
@@ -752,7 +759,7 @@ fn group_commit_protocol_under_stress_acknowledges_only_covered_records_and_neve
         syncs: Mutex::new(Vec::new()),
         rng: Mutex::new(Rng(0x9e37_79b9_7f4a_7c15)),
     });
-    let commit = Arc::new(GroupCommit::new(0));
+    let commit = Arc::new(GroupCommit::new(0, Arc::new(AtomicBool::new(true))));
     let results = with_watchdog(60, "group commit stress", {
         let fake = fake.clone();
         let commit = commit.clone();
@@ -968,7 +975,7 @@ fn a_leader_whose_sync_panics_does_not_strand_the_waiters() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64};
 
-    let commit = Arc::new(GroupCommit::new(0));
+    let commit = Arc::new(GroupCommit::new(0, Arc::new(AtomicBool::new(true))));
     let written = Arc::new(AtomicU64::new(0));
     let panicked_once = Arc::new(AtomicBool::new(false));
     let outcomes = with_watchdog(60, "panicking leader", move || {
