@@ -56,6 +56,17 @@ pub use update::{apply_configuration_update, pointer_to_path};
 use tlog::Tlog;
 use tree::{Entry, Node, Op, UndoStep, apply_entry, fold, is_runtime_path, undo_all};
 
+/// Whether two keys name the same node: the tree's own (case-insensitive) key comparison, for
+/// callers that must recognise a node by name before writing, e.g. `accessControl` guards.
+///
+/// ```
+/// assert!(lichen_config::same_key("AccessControl", "accessControl"));
+/// assert!(!lichen_config::same_key("access", "accessControl"));
+/// ```
+pub fn same_key(a: &str, b: &str) -> bool {
+    a == b || fold(a) == fold(b)
+}
+
 /// Milliseconds since the Unix epoch.
 pub type Timestamp = i64;
 

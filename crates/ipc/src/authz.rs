@@ -121,13 +121,25 @@ fn strings(v: Option<&Value>) -> Vec<String> {
     }
 }
 
+/// The member of `value` named `key` in the configuration tree's key comparison.
+fn child<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+    value
+        .as_object()?
+        .iter()
+        .find(|(k, _)| lichen_config::same_key(k, key))
+        .map(|(_, v)| v)
+}
+
 fn load_policies(config: &dyn ConfigSource) -> PolicyMap {
     let mut map = PolicyMap::new();
     let Some(Value::Object(services)) = config.get(&["services"]) else {
         return map;
     };
     for (component, service) in &services {
-        let Some(Value::Object(acl)) = service.pointer("/configuration/accessControl") else {
+        // Keys as the configuration tree resolves them: any letter case.
+        let Some(Value::Object(acl)) =
+            child(service, "configuration").and_then(|c| child(c, "accessControl"))
+        else {
             continue;
         };
         for (service_id, policies) in acl {
@@ -173,7 +185,11 @@ impl Authorizer {
             &["services"],
             Box::new(move |path: &[String]| {
                 // A change to a policy, or to a whole component or configuration container.
-                if path.len() <= 3 || path.iter().any(|p| p == "accessControl") {
+                if path.len() <= 3
+                    || path
+                        .iter()
+                        .any(|p| lichen_config::same_key(p, "accessControl"))
+                {
                     flag.store(true, Ordering::Release);
                 }
             }),

@@ -17,6 +17,10 @@ use crate::tokens::TokenRegistry;
 
 /// The accessControl service id of local pub/sub.
 pub const PUBSUB_SERVICE: &str = "aws.greengrass.ipc.pubsub";
+/// How far ahead of the core's clock an UpdateConfiguration timestamp may be; a later one is
+/// clamped to the core's clock plus this, so a component cannot make its configuration immune
+/// to deployments by writing it "in the future".
+pub const MAX_TIMESTAMP_SKEW_MS: i64 = 5_000;
 /// The only component allowed to call ValidateAuthorizationToken.
 pub const STREAM_MANAGER: &str = "aws.greengrass.StreamManager";
 /// Config change events buffered per subscription before further ones are dropped (and logged).
@@ -408,6 +412,39 @@ fn leaves(value: &Value, base: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
     }
 }
 
+/// The key of a component's IPC policy, under its `configuration`.
+const ACCESS_CONTROL: &str = "accessControl";
+
+/// Whether a merge of `value` at `key_path` (relative to the caller's `configuration`) would
+/// write into its `accessControl` node. Keys are compared as the configuration tree resolves
+/// them ([`lichen_config::same_key`]), so every spelling that reaches the node is caught.
+fn reaches_access_control(key_path: &[String], value: &Value) -> bool {
+    match key_path.first() {
+        Some(first) => lichen_config::same_key(first, ACCESS_CONTROL),
+        None => value.as_object().is_some_and(|map| {
+            map.keys()
+                .any(|k| lichen_config::same_key(k, ACCESS_CONTROL))
+        }),
+    }
+}
+
+/// Clamps a proposed timestamp to the core's clock plus [`MAX_TIMESTAMP_SKEW_MS`]: the tree is
+/// last-writer-wins, so a timestamp from the future would make the node immune to deployments.
+fn clamp_timestamp(component: &str, proposed_ms: i64) -> i64 {
+    let limit = lichen_config::now_ms().saturating_add(MAX_TIMESTAMP_SKEW_MS);
+    if proposed_ms > limit {
+        tracing::warn!(
+            component,
+            proposed_ms,
+            recorded_ms = limit,
+            "UpdateConfiguration timestamp is ahead of the core's clock; recorded at the clock's limit"
+        );
+        limit
+    } else {
+        proposed_ms
+    }
+}
+
 fn update_configuration(
     config: &dyn ConfigSource,
     caller: Caller,
@@ -440,14 +477,12 @@ fn update_configuration(
             }
         },
     };
-    let touches_acl = key_path.first().map(String::as_str) == Some("accessControl")
-        || (key_path.is_empty() && value.get("accessControl").is_some());
-    if touches_acl {
+    if reaches_access_control(&key_path, &value) {
         return Err(IpcError::invalid_arguments(format!(
-            "{OP}: accessControl cannot be changed through IPC; change it with a deployment"
+            "{OP}: accessControl (in any letter case) cannot be changed through IPC; change it with a deployment"
         )));
     }
-    let timestamp_ms = (timestamp_s * 1000.0) as i64;
+    let timestamp_ms = clamp_timestamp(&caller.component, (timestamp_s * 1000.0) as i64);
     let mut changed = Vec::new();
     leaves(&value, &mut key_path.clone(), &mut changed);
     for leaf in &changed {

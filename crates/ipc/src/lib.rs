@@ -40,7 +40,9 @@ mod writer;
 pub use authz::{Authorizer, CLI_SERVICE, ResourcePattern, ResourceStyle};
 pub use client::{ClientError, EventStream, IpcClient, TopicMessage};
 pub use config_source::{ChangeCallback, ConfigSource};
-pub use kernel::{PUBSUB_SERVICE, STREAM_MANAGER, register_kernel_operations};
+pub use kernel::{
+    MAX_TIMESTAMP_SKEW_MS, PUBSUB_SERVICE, STREAM_MANAGER, register_kernel_operations,
+};
 pub use router::{
     Authz, Caller, EventSink, HandlerFuture, IpcError, Router, SERVICE_ID, StreamClosed,
 };

@@ -538,7 +538,9 @@ async fn configuration_update_guard_events_and_acl_protection() {
         )
         .await
         .unwrap();
-    let now = 1_800_000_000.5;
+    // Whole milliseconds, so the recorded timestamp is exact.
+    let now_ms = lichen_config::now_ms();
+    let now = now_ms as f64 / 1000.0;
     client
         .call(
             "UpdateConfiguration",
@@ -562,7 +564,7 @@ async fn configuration_update_guard_events_and_acl_protection() {
     assert_eq!(
         fx.store
             .timestamp(&["services", "limited", "configuration", "box", "w"]),
-        Some(1_800_000_000_500)
+        Some(now_ms)
     );
     // Older than the node: refused, value kept.
     assert_eq!(
