@@ -268,6 +268,18 @@ impl ConfigStore {
     /// Applies all changes, in order, as one durable record: after a crash either all are
     /// visible or none. Each change is guarded as its method is; a guarded-out change is skipped.
     pub fn apply(&self, changes: Vec<Change>) -> Result<(), ConfigError> {
+        self.apply_batch(changes, true)
+    }
+
+    /// [`ConfigStore::apply`] without the timestamp guards: every change applies, whatever
+    /// timestamps the tree holds. For a deployment's commit, whose decision must take effect
+    /// even over a node stamped in the future (last-writer-wins would otherwise skip it
+    /// silently); the changed nodes take the given timestamps.
+    pub fn apply_overriding(&self, changes: Vec<Change>) -> Result<(), ConfigError> {
+        self.apply_batch(changes, false)
+    }
+
+    fn apply_batch(&self, changes: Vec<Change>, guarded: bool) -> Result<(), ConfigError> {
         for change in &changes {
             match change {
                 Change::Set { path, value, .. } | Change::Merge { path, value, .. } => {
@@ -277,6 +289,7 @@ impl ConfigStore {
             }
         }
         self.transact(|txn| {
+            txn.guarded = guarded;
             for change in &changes {
                 match change {
                     Change::Set { path, value, ts } => {
@@ -425,6 +438,7 @@ impl ConfigStore {
             undo: Vec::new(),
             events: Vec::new(),
             changed: false,
+            guarded: true,
         };
         let result = body(&mut txn);
         let Txn {
@@ -559,6 +573,8 @@ struct Txn<'a> {
     events: Vec<ConfigEvent>,
     /// Some visible change happened since the flag was last cleared.
     changed: bool,
+    /// Timestamps guard the changes (see [`ConfigStore::apply_overriding`] for `false`).
+    guarded: bool,
 }
 
 impl Txn<'_> {
@@ -607,7 +623,7 @@ impl Txn<'_> {
             match node.child(segment) {
                 Some((_, child @ Node::Container { .. })) => node = child,
                 Some((_, Node::Leaf { ts: leaf_ts, .. })) => {
-                    if ts < *leaf_ts {
+                    if self.guarded && ts < *leaf_ts {
                         return None;
                     }
                     build_from = Some(i);
@@ -638,7 +654,7 @@ impl Txn<'_> {
         let Some(resolved) = self.prepare(path, ts) else {
             return false;
         };
-        if self.guard_ts(&resolved).is_some_and(|newest| ts < newest) {
+        if self.guarded && self.guard_ts(&resolved).is_some_and(|newest| ts < newest) {
             return false;
         }
         self.write(resolved, value, ts);
@@ -710,7 +726,7 @@ impl Txn<'_> {
             )
         });
         let Value::Object(map) = value else {
-            if existing.is_some_and(|(_, newest)| ts < newest) {
+            if self.guarded && existing.is_some_and(|(_, newest)| ts < newest) {
                 return;
             }
             self.exec(path, ts, Op::Changed(value.clone()), true);
@@ -718,7 +734,7 @@ impl Txn<'_> {
         };
         match existing {
             Some((true, _)) => {}
-            Some((false, leaf_ts)) if ts < leaf_ts => return,
+            Some((false, leaf_ts)) if self.guarded && ts < leaf_ts => return,
             _ => self.exec(path.clone(), ts, Op::InteriorAdded, map.is_empty()),
         }
         for (key, child_value) in map {
@@ -730,7 +746,7 @@ impl Txn<'_> {
     fn remove(&mut self, path: &[String], ts: Timestamp) -> bool {
         let resolved = self.resolve(path);
         match self.guard_ts(&resolved) {
-            Some(newest) if ts >= newest => {
+            Some(newest) if !self.guarded || ts >= newest => {
                 self.exec(resolved, ts, Op::Removed, true);
                 true
             }

@@ -513,3 +513,65 @@ services:
         .unwrap_err();
     assert!(missing.to_string().contains("none.yaml"), "{missing}");
 }
+
+#[test]
+fn apply_overriding_takes_effect_over_nodes_stamped_in_the_future() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ConfigStore::open(dir.path()).unwrap();
+    let now = now_ms();
+    let future = now + 86_400_000;
+    store
+        .merge(
+            &["services", "c", "configuration"],
+            json!({"m": "pinned", "keep": 1}),
+            future,
+        )
+        .unwrap();
+    store
+        .set(
+            &["services", "gone", "configuration", "x"],
+            json!(1),
+            future,
+        )
+        .unwrap();
+    // The guarded batch skips every change silently.
+    store
+        .apply(vec![Change::Set {
+            path: vec!["services".into(), "c".into()],
+            value: json!({"configuration": {"m": "deployed"}}),
+            ts: now,
+        }])
+        .unwrap();
+    assert_eq!(
+        store.get(&["services", "c", "configuration", "m"]),
+        Some(json!("pinned"))
+    );
+    store
+        .apply_overriding(vec![
+            Change::Set {
+                path: vec!["services".into(), "c".into()],
+                value: json!({"configuration": {"m": "deployed"}}),
+                ts: now,
+            },
+            Change::Remove {
+                path: vec!["services".into(), "gone".into()],
+                ts: now,
+            },
+            Change::Merge {
+                path: vec!["services".into(), "c".into(), "configuration".into()],
+                value: json!({"n": 2}),
+                ts: now,
+            },
+        ])
+        .unwrap();
+    let expected = json!({"c": {"configuration": {"m": "deployed", "n": 2}}});
+    assert_eq!(store.get(&["services"]), Some(expected.clone()));
+    assert_eq!(
+        store.timestamp(&["services", "c", "configuration", "m"]),
+        Some(now)
+    );
+    drop(store);
+    // The log replays to the same tree.
+    let store = ConfigStore::open(dir.path()).unwrap();
+    assert_eq!(store.get(&["services"]), Some(expected));
+}

@@ -756,6 +756,36 @@ impl Inner {
     }
 }
 
+/// Whether the tree's `stored` value is `planned`, with keys compared as the tree compares them
+/// and runtime (`_`) keys, which the tree keeps beside a written value, left aside.
+fn same_value(stored: &Value, planned: &Value) -> bool {
+    match (stored, planned) {
+        (Value::Object(stored), Value::Object(planned)) => {
+            let stored: Vec<_> = stored.iter().filter(|(k, _)| !k.starts_with('_')).collect();
+            // Keys that differ only in case name one node; the last one written is kept.
+            let planned: Vec<_> = planned
+                .iter()
+                .enumerate()
+                .filter(|(i, (k, _))| {
+                    !k.starts_with('_')
+                        && !planned
+                            .keys()
+                            .skip(i + 1)
+                            .any(|later| lichen_config::same_key(later, k))
+                })
+                .map(|(_, kv)| kv)
+                .collect();
+            stored.len() == planned.len()
+                && planned.iter().all(|(key, value)| {
+                    stored
+                        .iter()
+                        .any(|(k, v)| lichen_config::same_key(k, key) && same_value(v, value))
+                })
+        }
+        _ => stored == planned,
+    }
+}
+
 /// How a deployment ended.
 struct Outcome {
     status: DeploymentStatus,
@@ -934,9 +964,38 @@ impl Inner {
             value: Value::String(id.to_string()),
             ts,
         });
+        // Overriding: the deployment's decision takes effect whatever timestamps the tree holds
+        // (a node stamped in the future would otherwise make the commit a silent no-op).
         self.config
-            .apply(changes)
-            .map_err(|e| DeployError::Config(format!("cannot commit deployment {id}: {e}")))
+            .apply_overriding(changes)
+            .map_err(|e| DeployError::Config(format!("cannot commit deployment {id}: {e}")))?;
+        self.check_took_effect(id, plan)
+    }
+
+    /// Every committed service entry and built-in configuration reads back as planned; a
+    /// deployment never reports success for a change the tree did not take.
+    fn check_took_effect(&self, id: &str, plan: &Plan) -> Result<(), DeployError> {
+        let mismatch = |name: &str, what: &str| {
+            DeployError::Config(format!(
+                "deployment {id}: the {what} of component {name} did not take effect in the configuration tree; inspect services.{name} in effectiveConfig.yaml and deploy again"
+            ))
+        };
+        for (name, entry) in &plan.entries {
+            let stored = self.config.get(&[SERVICES, name]).unwrap_or(Value::Null);
+            if !same_value(&stored, entry) {
+                return Err(mismatch(name, "configuration"));
+            }
+        }
+        for (name, (_, configuration)) in &plan.builtin_updates {
+            let stored = self
+                .config
+                .get(&[SERVICES, name, "configuration"])
+                .unwrap_or(Value::Null);
+            if !same_value(&stored, configuration) {
+                return Err(mismatch(name, "configuration"));
+            }
+        }
+        Ok(())
     }
 
     /// Puts the snapshot back exactly, in ONE batch.
@@ -984,7 +1043,7 @@ impl Inner {
             ts,
         });
         self.config
-            .apply(changes)
+            .apply_overriding(changes)
             .map_err(|e| DeployError::Config(format!("cannot restore snapshot of {id}: {e}")))
     }
 
