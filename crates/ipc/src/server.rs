@@ -61,6 +61,42 @@ pub(crate) fn short_path(path: &Path) -> io::Result<(PathBuf, Option<std::fs::Fi
     Ok((short, Some(dir)))
 }
 
+/// Binds a listening socket at `path` with mode 0666 (whatever the umask), replacing a stale
+/// socket there atomically.
+///
+/// The mode cannot be set on the socket's descriptor once it is bound (on Linux `fchmod` of a
+/// socket changes the socket's own inode, not the file `bind` made), and `chmod` by path follows
+/// whatever the path is when it runs. So the socket is bound in a fresh directory of mode 0700
+/// beside `path`, where nobody else can swap the file, its mode is set there, and it is renamed
+/// into place.
+fn bind_0666(path: &Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("socket path {} has no file name", path.display()),
+        )
+    })?;
+    let private = parent.join(format!(
+        ".{}.{:016x}",
+        name.to_string_lossy(),
+        rand::random::<u64>()
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join(name);
+    let bound = (|| {
+        let (bind_path, _dir) = short_path(&staged)?;
+        let listener = UnixListener::bind(&bind_path)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o666))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    bound
+}
+
 /// Server settings.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -68,6 +104,10 @@ pub struct ServerOptions {
     pub max_frame: usize,
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// A connection that has not authenticated (CONNECT accepted) by then is closed; default 10 s.
+    pub connect_timeout: std::time::Duration,
+    /// Largest frame accepted before authentication (the CONNECT); default 64 KiB.
+    pub max_connect_frame: usize,
 }
 
 impl Default for ServerOptions {
@@ -75,6 +115,8 @@ impl Default for ServerOptions {
         ServerOptions {
             max_frame: codec::DEFAULT_MAX_FRAME,
             max_connections: 4096,
+            connect_timeout: std::time::Duration::from_secs(10),
+            max_connect_frame: 64 * 1024,
         }
     }
 }
@@ -89,6 +131,9 @@ struct Shared {
     router: Arc<Router>,
     tokens: Arc<TokenRegistry>,
     decoder: Decoder,
+    /// Frames before authentication: only a small CONNECT is read from an unknown client.
+    connect_decoder: Decoder,
+    connect_timeout: std::time::Duration,
 }
 
 /// A running IPC server. Dropping it without [`IpcServer::shutdown`] also stops it.
@@ -107,7 +152,8 @@ impl std::fmt::Debug for IpcServer {
 }
 
 impl IpcServer {
-    /// Binds `path` (mode 0666, a stale socket file is replaced) and starts serving.
+    /// Binds `path` (mode 0666 whatever the umask, a stale socket file is replaced atomically;
+    /// any other file there is an error) and starts serving.
     /// Must be called inside a tokio runtime.
     pub fn bind(
         path: &Path,
@@ -120,17 +166,20 @@ impl IpcServer {
             source,
         };
         if let Ok(meta) = std::fs::symlink_metadata(path)
-            && meta.file_type().is_socket()
+            && !meta.file_type().is_socket()
         {
-            std::fs::remove_file(path).map_err(err)?;
+            return Err(err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way; move it away",
+            )));
         }
-        let (bind_path, _dir) = short_path(path).map_err(err)?;
-        let listener = UnixListener::bind(&bind_path).map_err(err)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(err)?;
+        let listener = bind_0666(path).map_err(err)?;
         let shared = Arc::new(Shared {
             router,
             tokens,
             decoder: Decoder::new(options.max_frame),
+            connect_decoder: Decoder::new(options.max_connect_frame.min(options.max_frame)),
+            connect_timeout: options.connect_timeout,
         });
         let (shutdown, rx) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(listener, shared, rx, options.max_connections));
@@ -232,18 +281,31 @@ async fn serve_connection(
         last_stream: 0,
     };
     let mut buf = BytesMut::with_capacity(8192);
+    // Unauthenticated clients get a deadline: any local user can open the socket.
+    let connect_deadline = tokio::time::Instant::now() + shared.connect_timeout;
     let close = 'read: loop {
         {
             // The answers to every frame of this read leave in one write when the cork goes.
             let _cork = out.cork();
             loop {
-                match shared.decoder.decode_raw(&mut buf) {
+                // Re-chosen per frame: the CONNECT is read with the small limit, what follows
+                // it (even in the same read) with the full one.
+                let decoder = match conn.caller {
+                    Some(_) => &shared.decoder,
+                    None => &shared.connect_decoder,
+                };
+                match decoder.decode_raw(&mut buf) {
                     Ok(Some(frame)) => {
                         if let Err(close) = conn.handle(frame).await {
                             break 'read close;
                         }
                     }
                     Ok(None) => break,
+                    Err(e) if conn.caller.is_none() => {
+                        break 'read Close::Protocol(format!(
+                            "bad frame before CONNECT was accepted: {e}"
+                        ));
+                    }
                     Err(e) => break 'read Close::Protocol(format!("bad frame: {e}")),
                 }
             }
@@ -255,6 +317,12 @@ async fn serve_connection(
                 Ok(_) => {}
             },
             _ = shutdown.changed() => break Close::Quiet,
+            _ = tokio::time::sleep_until(connect_deadline), if conn.caller.is_none() => {
+                break Close::Protocol(format!(
+                    "no accepted CONNECT within {} ms of connecting",
+                    shared.connect_timeout.as_millis()
+                ));
+            }
         }
     };
     let who = conn
