@@ -18,6 +18,12 @@ use tokio::sync::oneshot;
 const CLI: &str = "aws.greengrass.Cli";
 const LIFECYCLE: &str = "aws.greengrass.ipc.lifecycle";
 const METRIC: &str = "aws.greengrass.ipc.componentmetric";
+/// How many times the components may defer one deployment (DeferComponentUpdate); the next
+/// deferral is not honoured and the update proceeds, so no component can hold updates off for
+/// ever.
+pub const MAX_DEFERRALS: u32 = 10;
+/// How long the components may defer one deployment in all; a longer recheck is cut to it.
+pub const MAX_DEFERRAL_TOTAL: Duration = Duration::from_secs(3600);
 
 #[derive(Clone)]
 pub struct Kernel {
@@ -714,6 +720,8 @@ impl DeploymentHooks for ComponentUpdateHooks {
     ) -> lichen_deploy::BoxFuture<'_, ()> {
         let id = deployment_id.to_string();
         Box::pin(async move {
+            let started = tokio::time::Instant::now();
+            let mut deferrals = 0u32;
             loop {
                 let subs = Self::live(&self.update_subscribers);
                 if subs.is_empty() {
@@ -756,8 +764,23 @@ impl DeploymentHooks for ComponentUpdateHooks {
                 if delay == 0 {
                     return;
                 }
-                tracing::info!(deployment = %id, delay_ms = delay, "a component deferred the update; asking again later");
-                tokio::time::sleep(Duration::from_millis(delay)).await;
+                deferrals += 1;
+                let left = MAX_DEFERRAL_TOTAL.saturating_sub(started.elapsed());
+                if deferrals > MAX_DEFERRALS || left.is_zero() {
+                    tracing::warn!(
+                        deployment = %id,
+                        deferred_by = ?replies
+                            .iter()
+                            .filter(|(_, ms)| **ms > 0)
+                            .map(|(c, _)| c)
+                            .collect::<Vec<_>>(),
+                        "the update was deferred {MAX_DEFERRALS} times or for {} s in all; it proceeds now",
+                        MAX_DEFERRAL_TOTAL.as_secs()
+                    );
+                    return;
+                }
+                tracing::info!(deployment = %id, delay_ms = delay, deferrals, "a component deferred the update; asking again later");
+                tokio::time::sleep(Duration::from_millis(delay).min(left)).await;
             }
         })
     }
