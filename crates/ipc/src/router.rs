@@ -409,6 +409,26 @@ impl Router {
             .is_some()
     }
 
+    /// Every registered operation: its full name, the `accessControl` service id whose policy
+    /// it requires (`None`: no policy, the handler decides) and whether it is streaming. For
+    /// audits and tests that must cover every operation.
+    pub fn operations(&self) -> Vec<(String, Option<String>, bool)> {
+        let ops = self.ops.read().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<_> = ops
+            .values()
+            .map(|op| {
+                let service = match &op.authz {
+                    Authz::None => None,
+                    Authz::Service { service_id, .. } => Some(service_id.clone()),
+                };
+                let streaming = matches!(op.handler, Handler::Streaming { .. });
+                (op.name.clone(), service, streaming)
+            })
+            .collect();
+        list.sort();
+        list
+    }
+
     pub fn authorizer(&self) -> &Arc<Authorizer> {
         &self.authorizer
     }

@@ -4,6 +4,8 @@
 //! server with the kernel's operations and the CLI operations, then waits for SIGTERM/SIGINT and
 //! stops every component in reverse dependency order.
 
+#[cfg(test)]
+mod authz_matrix_tests;
 mod bridge;
 mod builtins;
 mod client_devices;
