@@ -11,7 +11,8 @@
 //!   Replacing or removing a container applies when the timestamp is equal to or newer than the
 //!   newest timestamp anywhere in that container's persisted subtree, so a replace never clobbers
 //!   a newer write. Merges are guarded leaf by leaf. Recipe defaults are merged with timestamp 1
-//!   so they never clobber anything.
+//!   so they never clobber anything. A deployment's commit applies unguarded
+//!   (`ConfigStore::apply_overriding`): its decision wins even over a node stamped in the future.
 //! * A path with a segment starting with `_` is runtime-only: kept in memory, never persisted.
 //!
 //! Persistence: `<dir>/config.tlog`, an append-only log of checksummed JSON-line records, one per

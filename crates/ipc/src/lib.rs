@@ -17,6 +17,11 @@
 //!
 //! Architecture invariant: a malformed or hostile client can only close its own connection —
 //! every length is checked before use and every frame is bounded.
+//! Architecture invariant: until its CONNECT is accepted a client gets one small frame
+//! (`ServerOptions::max_connect_frame`) and a deadline (`ServerOptions::connect_timeout`).
+//! Architecture invariant: no IPC operation writes a component's `accessControl` (keys are
+//! compared as the configuration tree compares them), and an authorization check refuses a
+//! resource over [`MAX_RESOURCE_BYTES`] before matching, which allocates nothing.
 //! Architecture invariant: no event is sent on a stream before its response.
 //! Architecture invariant: frames leave a connection in the order they were handed to its
 //! writer, and a frame held back to share a write (a cork) is always written by the uncork or
