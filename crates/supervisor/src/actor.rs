@@ -118,25 +118,30 @@ impl Shared {
                 }
             }
         };
-        let mut env: BTreeMap<String, String> = std::env::vars_os()
-            .map(|(k, v)| {
-                (
-                    k.to_string_lossy().into_owned(),
-                    v.to_string_lossy().into_owned(),
-                )
-            })
-            .collect();
-        if let Some(run_as) = &run_as {
+        // Only what the core chose to hand on (base_env), never its whole environment: its
+        // secrets and settings are not the component's.
+        let mut env = self.cfg.base_env.clone();
+        let own_user;
+        let identity = match &run_as {
+            Some(run_as) => Some(run_as),
+            None => {
+                own_user =
+                    process::resolve_user(&rustix::process::geteuid().as_raw().to_string()).ok();
+                own_user.as_ref()
+            }
+        };
+        if let Some(identity) = identity {
             // Like `sudo -H`: the user's own home, not the core's.
-            if let Some(home) = &run_as.home {
+            if let Some(home) = &identity.home {
                 env.insert("HOME".into(), home.clone());
             }
-            if let Some(name) = &run_as.name {
+            if let Some(name) = &identity.name {
                 env.insert("USER".into(), name.clone());
                 env.insert("LOGNAME".into(), name.clone());
             }
         }
-        env.extend(self.cfg.base_env.clone());
+        env.entry("PATH".into())
+            .or_insert_with(|| process::DEFAULT_PATH.into());
         env.extend(self.env.component_env(&spec.name));
         env.extend(spec.setenv.clone());
         env.extend(spec.lifecycle.setenv.clone());

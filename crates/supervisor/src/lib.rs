@@ -93,7 +93,9 @@ pub struct SupervisorConfig {
     pub root: PathBuf,
     /// Component logs are `<logs_dir>/<name>.log`.
     pub logs_dir: PathBuf,
-    /// The root `setenv` namespace (AWS_REGION, GGC_VERSION, socket paths, …).
+    /// The root `setenv` namespace (AWS_REGION, GGC_VERSION, socket paths, …) and whatever else of
+    /// the core's own environment components may see (PATH, locale): a step's environment starts
+    /// from this, never from the core's whole environment.
     pub base_env: BTreeMap<String, String>,
     /// `runWithDefault.posixUser`.
     pub default_posix_user: Option<String>,

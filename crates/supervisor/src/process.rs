@@ -15,6 +15,14 @@ use tokio::process::{Child, Command};
 
 use crate::logs::ComponentLog;
 
+/// PATH of a step when the core hands on none.
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The umask of every step process, whatever the core's own (0077, for its private state): what a
+/// component creates is readable by others as under Greengrass's usual systemd service (umask 0022).
+pub(crate) const STEP_UMASK: libc::mode_t = 0o022;
+
 /// SIGTERM → SIGKILL grace period (spec §1.6: "5 s grace").
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
 
@@ -243,6 +251,7 @@ pub(crate) fn spawn_step(cmd: &StepCommand) -> std::io::Result<(Child, i32)> {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::umask(STEP_UMASK);
             if let Some(run_as) = &run_as {
                 let groups = &run_as.groups;
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {

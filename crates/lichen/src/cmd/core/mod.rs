@@ -192,7 +192,7 @@ async fn serve(
     let tokens = Arc::new(lichen_ipc::TokenRegistry::new());
     let (socket_abs, socket_for_components) = lichen_ipc::component_socket_path(&root);
 
-    let mut base_env = BTreeMap::new();
+    let mut base_env = inherited_env(&settings.pass_environment);
     base_env.insert("AWS_REGION".into(), settings.region.clone());
     base_env.insert("AWS_DEFAULT_REGION".into(), settings.region.clone());
     base_env.insert("AWS_IOT_THING_NAME".into(), settings.thing_name.clone());
@@ -373,6 +373,19 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What of the core's own environment its components see: PATH, the locale and time zone, and the
+/// variables named by the nucleus's `lichen.passEnvironment` (a Lichen key; Greengrass has none).
+/// Nothing else: the core's environment may hold credentials and settings that are not theirs.
+fn inherited_env(pass: &[String]) -> BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            matches!(k.as_str(), "PATH" | "LANG" | "LANGUAGE" | "TZ")
+                || k.starts_with("LC_")
+                || pass.iter().any(|p| p == k)
+        })
+        .collect()
+}
+
 /// Gives each component process its IPC token (SVCUID and AWS_CONTAINER_AUTHORIZATION_TOKEN).
 struct TokenEnv(Arc<lichen_ipc::TokenRegistry>);
 
@@ -432,6 +445,8 @@ struct Settings {
     settle_timeout_s: u64,
     /// What a bootstrap step's exit 101 (reboot) runs; without it the core restarts instead.
     reboot_command: Option<String>,
+    /// Variables of the core's environment handed on to components (`lichen.passEnvironment`).
+    pass_environment: Vec<String>,
     root: PathBuf,
 }
 
@@ -485,6 +500,7 @@ impl Settings {
             deployment_history: num_of(nucleus(&["deploymentHistorySize"]), 50) as usize,
             settle_timeout_s: num_of(nucleus(&["deploymentSettleTimeoutSeconds"]), 120),
             reboot_command: str_of(nucleus(&["bootstrapRebootCommand"])),
+            pass_environment: names_of(nucleus(&["lichen", "passEnvironment"]))?,
             root: root.to_path_buf(),
         })
     }
@@ -514,6 +530,26 @@ impl Settings {
         )?;
         Ok(())
     }
+}
+
+/// A list of environment variable names: a YAML/JSON list or one comma-separated string.
+fn names_of(v: Option<serde_json::Value>) -> anyhow::Result<Vec<String>> {
+    let key = "services.aws.greengrass.Nucleus.configuration.lichen.passEnvironment";
+    let names: Vec<String> = match v {
+        None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
+        Some(serde_json::Value::String(s)) => s.split(',').map(|n| n.trim().to_string()).collect(),
+        Some(serde_json::Value::Array(items)) => items
+            .into_iter()
+            .map(|i| match i {
+                serde_json::Value::String(s) => Ok(s.trim().to_string()),
+                other => Err(anyhow::anyhow!(
+                    "{key}: {other} is not a variable name; list names as strings"
+                )),
+            })
+            .collect::<anyhow::Result<_>>()?,
+        Some(other) => anyhow::bail!("{key}: expected a list of variable names, got {other}"),
+    };
+    Ok(names.into_iter().filter(|n| !n.is_empty()).collect())
 }
 
 fn default_thing_name() -> String {
