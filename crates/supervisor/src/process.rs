@@ -521,13 +521,14 @@ async fn terminate_live_groups(pgids: &[i32], grace: Duration) {
     }
 }
 
-/// Creates the work directory and hands it to the run-as user.
+/// Creates the work directory and hands it to the run-as user, who alone may enter it (0700).
 pub(crate) fn prepare_work_dir(dir: &Path, run_as: Option<&RunAs>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
     if let Some(run_as) = run_as {
         std::os::unix::fs::chown(dir, Some(run_as.uid), Some(run_as.gid))?;
     }
-    Ok(())
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 #[cfg(test)]

@@ -210,6 +210,13 @@ impl Builtins {
         // Until it starts, a stream manager that cannot is ERRORED, as a component whose Run fails.
         self.set_state(STREAM_MANAGER, Some("ERRORED"));
         let default_root = self.root.join("work").join(STREAM_MANAGER);
+        // The stream store is the core's: `work/` is searchable by component users, this is not.
+        if let Err(e) = std::fs::create_dir_all(&default_root).and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&default_root, std::fs::Permissions::from_mode(0o700))
+        }) {
+            tracing::warn!(service = STREAM_MANAGER, error = %e, "cannot make the stream store private");
+        }
         let mut cfg = match lichen_streams::StreamManagerConfig::from_component_config(
             &wanted,
             default_root,

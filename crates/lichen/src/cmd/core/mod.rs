@@ -9,6 +9,7 @@ mod builtins;
 mod client_devices;
 mod cloud;
 mod ipc_ops;
+mod layout;
 mod lock;
 
 use super::RootArgs;
@@ -74,15 +75,15 @@ fn effective_config(root: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn run_core(a: RunArgs) -> anyhow::Result<ExitCode> {
+    // Before the first file: the core's state is its own (component steps get umask 0022 from
+    // the supervisor, and shared paths get explicit modes).
+    layout::set_core_umask();
     let started = Instant::now();
     let root = a.root.root;
-    std::fs::create_dir_all(&root)
-        .with_context(|| format!("creating the core root {}", root.display()))?;
+    layout::create_root(&root)?;
     let root = std::fs::canonicalize(&root)?;
     let _lock = lock::RootLock::acquire(&root)?;
-    for d in ["config", "logs", "work", "packages", "deployments"] {
-        std::fs::create_dir_all(root.join(d))?;
-    }
+    layout::prepare(&root)?;
     init_tracing(&root)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
