@@ -93,6 +93,14 @@ fn core_state_is_private_and_work_folders_belong_to_the_component_user() {
         "work folder owner"
     );
     assert_eq!(meta.permissions().mode() & 0o777, 0o700, "work folder mode");
+    // The core's umask (0077) does not reach the component: its steps run with 0022.
+    let made = std::fs::metadata(work.join("made-by-me")).unwrap();
+    assert_eq!(
+        made.permissions().mode() & 0o777,
+        0o644,
+        "a file the step made"
+    );
+    assert_eq!(made.uid(), 65534);
     let _ = std::fs::read_to_string(root.join("config/effectiveConfig.yaml")).unwrap();
     let bad = shared_state(&root);
     assert!(bad.is_empty(), "state readable by others: {bad:#?}");

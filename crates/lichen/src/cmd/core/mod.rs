@@ -221,7 +221,8 @@ async fn serve(
         Arc::new(TokenEnv(tokens.clone())),
     );
 
-    let bus = lichen_bus::Bus::new();
+    let new_bus = || lichen_bus::Bus::with_queue_bytes(settings.bus_queue_bytes);
+    let bus = new_bus();
     let config_source: Arc<dyn lichen_ipc::ConfigSource> = Arc::new(config.clone());
     let authorizer = Arc::new(lichen_ipc::Authorizer::new(
         config_source.clone(),
@@ -240,8 +241,8 @@ async fn serve(
         tokens: tokens.clone(),
         router: router.clone(),
         bus: bus.clone(),
-        iot_core: lichen_bus::Bus::new(),
-        local_mqtt: lichen_bus::Bus::new(),
+        iot_core: new_bus(),
+        local_mqtt: new_bus(),
     };
     let cloud_link = cloud::start(&service_ctx).await?;
     let services = builtins::services(&service_ctx);
@@ -448,6 +449,8 @@ struct Settings {
     reboot_command: Option<String>,
     /// Variables of the core's environment handed on to components (`lichen.passEnvironment`).
     pass_environment: Vec<String>,
+    /// Bytes each subscriber of a message bus may have queued (`lichen.busQueueBytes`).
+    bus_queue_bytes: usize,
     root: PathBuf,
 }
 
@@ -502,6 +505,10 @@ impl Settings {
             settle_timeout_s: num_of(nucleus(&["deploymentSettleTimeoutSeconds"]), 120),
             reboot_command: str_of(nucleus(&["bootstrapRebootCommand"])),
             pass_environment: names_of(nucleus(&["lichen", "passEnvironment"]))?,
+            bus_queue_bytes: num_of(
+                nucleus(&["lichen", "busQueueBytes"]),
+                lichen_bus::DEFAULT_QUEUE_BYTES as u64,
+            ) as usize,
             root: root.to_path_buf(),
         })
     }
