@@ -497,7 +497,8 @@ impl Bus {
             topic: topic.to_string(),
             message,
         });
-        let size = delivery_size(&delivery);
+        // Measured once, and only when someone subscribes (JSON is measured by serializing it).
+        let mut size = None;
         let mut delivered = 0;
         // Queued during the walk, under the trie's read lock: a queue push only takes that
         // subscriber's own lock, never the trie's.
@@ -511,6 +512,7 @@ impl Bus {
                 {
                     return;
                 }
+                let size = *size.get_or_insert_with(|| delivery_size(&delivery));
                 sub.push(delivery.clone(), size);
                 delivered += 1;
             });
