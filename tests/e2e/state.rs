@@ -53,11 +53,14 @@ fn shared_state(root: &Path) -> Vec<String> {
     bad
 }
 
+/// Reads an artifact every user may read, and one with the default `Permission` (read by its
+/// owner, which Greengrass makes the component's user).
 fn private_recipe() -> String {
     "RecipeFormatVersion: '2020-01-25'\nComponentName: test.Private\nComponentVersion: '1.0.0'\n\
      Manifests:\n  - Platform:\n      os: '*'\n    Artifacts:\n      - Uri: s3://b/test.Private/data.txt\n\
-     \x20       Permission:\n          Read: ALL\n    Lifecycle:\n\
-     \x20     Run: cat {artifacts:path}/data.txt > out.txt && touch made-by-me && id -u >> out.txt\n"
+     \x20       Permission:\n          Read: ALL\n      - Uri: s3://b/test.Private/own.txt\n\
+     \x20   Lifecycle:\n\
+     \x20     Run: cat {artifacts:path}/data.txt {artifacts:path}/own.txt > out.txt && touch made-by-me && id -u >> out.txt\n"
         .to_string()
 }
 
@@ -66,6 +69,7 @@ fn core_state_is_private_and_work_folders_belong_to_the_component_user() {
     let ws = Workspace::new();
     ws.recipe("p.yaml", &private_recipe());
     ws.artifact("test.Private", "1.0.0", "data.txt", b"artifact-text\n");
+    ws.artifact("test.Private", "1.0.0", "own.txt", b"owner-only\n");
     let core = Core::start(&ws.root());
     let (ok, d) = core.deploy(&[
         "--recipe-dir",
@@ -83,8 +87,20 @@ fn core_state_is_private_and_work_folders_belong_to_the_component_user() {
     let work = root.join("work/test.Private");
     let out = std::fs::read_to_string(work.join("out.txt")).unwrap();
     assert_eq!(
-        out, "artifact-text\n65534\n",
-        "the component read its artifact as nobody"
+        out, "artifact-text\nowner-only\n65534\n",
+        "the component read its artifacts as nobody"
+    );
+    let own =
+        std::fs::metadata(root.join("packages/artifacts/test.Private/1.0.0/own.txt")).unwrap();
+    assert_eq!(
+        own.uid(),
+        65534,
+        "an artifact belongs to the component's user"
+    );
+    assert_eq!(
+        own.permissions().mode() & 0o777,
+        0o400,
+        "and is not writable"
     );
     let meta = std::fs::metadata(&work).unwrap();
     assert_eq!(

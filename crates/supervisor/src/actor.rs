@@ -152,6 +152,20 @@ impl Shared {
             suffix: "IO_ERROR",
             reason: format!("cannot prepare work directory {}: {err}", cwd.display()),
         })?;
+        if let Some(run_as) = &run_as {
+            let packages = self.cfg.root.join("packages");
+            for tree in ["artifacts", "artifacts-unarchived"] {
+                let dir = packages.join(tree).join(&spec.name).join(&spec.version);
+                process::hand_artifacts(&dir, run_as).map_err(|err| PrepareError {
+                    suffix: "IO_ERROR",
+                    reason: format!(
+                        "cannot hand the artifacts in {} to uid {}: {err}",
+                        dir.display(),
+                        run_as.uid
+                    ),
+                })?;
+            }
+        }
         if let Some(skip_if) = &step.skip_if
             && skip_if.evaluate(env.get("PATH").map(String::as_str), &cwd)
         {

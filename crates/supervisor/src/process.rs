@@ -521,6 +521,28 @@ async fn terminate_live_groups(pgids: &[i32], grace: Duration) {
     }
 }
 
+/// Makes the run-as user the owner of the artifact files under `dir` (a missing `dir` is fine), as
+/// Greengrass does, so the recipe's `Permission` (OWNER by default) is about that user. Folders stay
+/// the core's, so a component cannot add or remove its artifacts; symlinks are never followed.
+pub(crate) fn hand_artifacts(dir: &Path, run_as: &RunAs) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            hand_artifacts(&path, run_as)?;
+        } else if meta.is_file() && (meta.uid(), meta.gid()) != (run_as.uid, run_as.gid) {
+            std::os::unix::fs::lchown(&path, Some(run_as.uid), Some(run_as.gid))?;
+        }
+    }
+    Ok(())
+}
+
 /// Creates the work directory and hands it to the run-as user, who alone may enter it (0700).
 pub(crate) fn prepare_work_dir(dir: &Path, run_as: Option<&RunAs>) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
