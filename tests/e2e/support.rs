@@ -381,3 +381,19 @@ pub fn processes_with(marker: &str) -> Vec<i32> {
     }
     pids
 }
+
+/// A core started with extra environment variables and extra `core run` arguments (`--config …`).
+pub fn start_core_with(root: &Path, env: &[(&str, &str)], args: &[&str]) -> Core {
+    // `sh -c 'exec "$0" "$@" <args>' lichen core run --root <root>`: the shell becomes the core
+    // (same pid), with the extra arguments after the ones `spawn` adds.
+    let mut script = String::from("exec \"$0\" \"$@\"");
+    for a in args {
+        script.push_str(&format!(" '{}'", a.replace('\'', "'\\''")));
+    }
+    let mut command = Command::new("sh");
+    command.arg("-c").arg(script).arg(bin());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    Core::spawn(root, command, false).expect("core did not become ready")
+}

@@ -5,10 +5,12 @@
 //! in a trie, so a publish costs one walk down the topic's levels, not one test per subscription.
 //!
 //! Delivery rules:
-//! * Every subscriber gets its own bounded queue (`queue_capacity`, default
-//!   [`DEFAULT_QUEUE_CAPACITY`]). **Overflow policy: when a subscriber's queue is full, the oldest
-//!   queued message of that subscriber is dropped and counted** ([`Subscription::dropped`]).
-//!   Publishers never wait for subscribers and memory never grows without bound.
+//! * Every subscriber gets its own queue, bounded by count (`queue_capacity`, default
+//!   [`DEFAULT_QUEUE_CAPACITY`]) and by bytes (the sum of the queued topics and payloads; per bus,
+//!   [`Bus::with_queue_bytes`], default [`DEFAULT_QUEUE_BYTES`]). **Overflow policy: when a
+//!   subscriber's queue is full by either bound, its oldest queued messages are dropped and counted**
+//!   ([`Subscription::dropped`]) until the new one fits; a single message larger than the byte
+//!   bound is queued alone. Publishers never wait for subscribers and memory never grows without bound.
 //! * Messages reach each subscriber in the order they were published (per publisher).
 //! * [`ReceiveMode::ReceiveMessagesFromOthers`] skips messages whose `publisher` equals the
 //!   subscriber's `subscriber_id`. The Greengrass default is from-others when the filter has a
@@ -49,6 +51,10 @@ use tokio::sync::{Notify, watch};
 
 /// Queue length per subscriber when [`SubscribeOptions::queue_capacity`] is 0.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+
+/// Bytes (topics and payloads) queued per subscriber on a [`Bus::new`] bus: 8 MiB, so a thousand
+/// stalled subscribers of large messages still cannot take the device's memory.
+pub const DEFAULT_QUEUE_BYTES: usize = 8 << 20;
 
 /// A message body: JSON or raw bytes; the bus keeps the kind so a JSON publish arrives as JSON.
 #[derive(Debug, Clone, PartialEq)]
@@ -202,21 +208,65 @@ struct SubscriberQueue {
     subscriber_id: String,
     mode: ReceiveMode,
     capacity: usize,
-    queue: Mutex<VecDeque<Arc<Delivery>>>,
+    /// Bound of the sum of the queued messages' sizes.
+    max_bytes: usize,
+    queue: Mutex<Queued>,
     notify: Notify,
     dropped: AtomicU64,
     closed: AtomicBool,
 }
 
+/// A subscriber's queued messages, each with its size, and the sum of those sizes.
+#[derive(Default)]
+struct Queued {
+    messages: VecDeque<(Arc<Delivery>, usize)>,
+    bytes: usize,
+}
+
+impl Queued {
+    fn pop(&mut self) -> Option<Arc<Delivery>> {
+        let (d, size) = self.messages.pop_front()?;
+        self.bytes -= size;
+        Some(d)
+    }
+}
+
+/// What a queued message counts against the byte bound: its topic and payload.
+fn delivery_size(d: &Delivery) -> usize {
+    let payload = match &d.message.payload {
+        Payload::Binary(b) => b.len(),
+        Payload::Json(v) => {
+            /// Counts serialized bytes without keeping them.
+            struct Count(usize);
+            impl std::io::Write for Count {
+                fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                    self.0 += buf.len();
+                    Ok(buf.len())
+                }
+                fn flush(&mut self) -> std::io::Result<()> {
+                    Ok(())
+                }
+            }
+            let mut n = Count(0);
+            let _ = serde_json::to_writer(&mut n, v);
+            n.0
+        }
+    };
+    d.topic.len() + payload
+}
+
 impl SubscriberQueue {
-    fn push(&self, delivery: Arc<Delivery>) {
+    fn push(&self, delivery: Arc<Delivery>, size: usize) {
         {
             let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if queue.len() >= self.capacity {
-                queue.pop_front();
+            while !queue.messages.is_empty()
+                && (queue.messages.len() >= self.capacity || queue.bytes + size > self.max_bytes)
+            {
+                queue.pop();
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
-            queue.push_back(delivery);
+            queue.messages.push_back((delivery, size));
+            queue.bytes += size;
         }
         self.notify.notify_one();
     }
@@ -340,6 +390,8 @@ struct Inner {
     root: RwLock<Node>,
     next_id: AtomicU64,
     interest: Mutex<InterestState>,
+    /// Byte bound of each subscriber's queue.
+    queue_bytes: usize,
 }
 
 impl Drop for Inner {
@@ -370,12 +422,24 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
+    /// A bus whose subscribers each queue at most [`DEFAULT_QUEUE_BYTES`].
     pub fn new() -> Bus {
+        Bus::with_queue_bytes(DEFAULT_QUEUE_BYTES)
+    }
+
+    /// A bus whose subscribers each queue at most `max_bytes` of topics and payloads (0 =
+    /// [`DEFAULT_QUEUE_BYTES`]); see the overflow policy in the crate documentation.
+    pub fn with_queue_bytes(max_bytes: usize) -> Bus {
         Bus {
             inner: Arc::new(Inner {
                 root: RwLock::new(Node::default()),
                 next_id: AtomicU64::new(1),
                 interest: Mutex::new(InterestState::default()),
+                queue_bytes: if max_bytes == 0 {
+                    DEFAULT_QUEUE_BYTES
+                } else {
+                    max_bytes
+                },
             }),
         }
     }
@@ -399,7 +463,8 @@ impl Bus {
             } else {
                 options.queue_capacity
             },
-            queue: Mutex::new(VecDeque::new()),
+            max_bytes: self.inner.queue_bytes,
+            queue: Mutex::new(Queued::default()),
             notify: Notify::new(),
             dropped: AtomicU64::new(0),
             closed: AtomicBool::new(false),
@@ -432,6 +497,8 @@ impl Bus {
             topic: topic.to_string(),
             message,
         });
+        // Measured once, and only when someone subscribes (JSON is measured by serializing it).
+        let mut size = None;
         let mut delivered = 0;
         // Queued during the walk, under the trie's read lock: a queue push only takes that
         // subscriber's own lock, never the trie's.
@@ -445,7 +512,8 @@ impl Bus {
                 {
                     return;
                 }
-                sub.push(delivery.clone());
+                let size = *size.get_or_insert_with(|| delivery_size(&delivery));
+                sub.push(delivery.clone(), size);
                 delivered += 1;
             });
         Ok(delivered)
@@ -525,10 +593,10 @@ impl Subscription {
             .queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
+            .pop()
     }
 
-    /// How many messages were dropped because this subscriber's queue was full.
+    /// How many messages were dropped because this subscriber's queue was full (by count or bytes).
     pub fn dropped(&self) -> u64 {
         self.queue.dropped.load(Ordering::Relaxed)
     }

@@ -343,3 +343,63 @@ fn a_dropped_interest_watcher_is_forgotten() {
         .unwrap();
     assert!(bus.inner.interest.lock().unwrap().watchers.is_empty());
 }
+
+fn binary(publisher: &str, n: u8, len: usize) -> Message {
+    Message {
+        payload: Payload::Binary(Bytes::from(vec![n; len])),
+        publisher: publisher.to_string(),
+    }
+}
+
+/// Sum of queued payload sizes, drained.
+fn drain_bytes(sub: &mut Subscription) -> (usize, Vec<u8>) {
+    let mut total = 0;
+    let mut firsts = Vec::new();
+    while let Some(d) = sub.try_recv() {
+        if let Payload::Binary(b) = &d.message.payload {
+            total += b.len();
+            firsts.push(b[0]);
+        }
+    }
+    (total, firsts)
+}
+
+#[tokio::test]
+async fn stalled_subscriber_of_large_payloads_stops_growing_at_the_byte_bound() {
+    let bus = Bus::new();
+    let mut stalled = bus
+        .subscribe("big", SubscribeOptions::for_subscriber("slow"))
+        .unwrap();
+    // 1000 messages of 64 KiB: far under the count bound, 64 MiB in all.
+    for n in 0..1000u32 {
+        bus.publish("big", binary("p", (n % 251) as u8, 64 << 10))
+            .unwrap();
+    }
+    assert!(stalled.dropped() > 0, "nothing was dropped");
+    let (queued, firsts) = drain_bytes(&mut stalled);
+    assert!(
+        queued <= 8 << 20,
+        "a stalled subscriber holds {queued} bytes, over the 8 MiB default"
+    );
+    // The oldest went first: what is left is the newest, in order.
+    assert_eq!(*firsts.last().unwrap(), (999 % 251) as u8);
+    assert_eq!(stalled.dropped() as usize + firsts.len(), 1000);
+}
+#[tokio::test]
+async fn the_byte_bound_is_configurable_and_one_oversized_message_still_arrives() {
+    let bus = Bus::with_queue_bytes(100 << 10);
+    let mut sub = bus
+        .subscribe("t", SubscribeOptions::for_subscriber("s"))
+        .unwrap();
+    for n in 0..10u8 {
+        bus.publish("t", binary("p", n, 30 << 10)).unwrap();
+    }
+    let (queued, firsts) = drain_bytes(&mut sub);
+    assert_eq!(firsts, vec![7, 8, 9], "{queued} bytes queued");
+    assert_eq!(sub.dropped(), 7);
+    // A message larger than the bound replaces the queue rather than being lost.
+    bus.publish("t", binary("p", 1, 10)).unwrap();
+    bus.publish("t", binary("p", 2, 200 << 10)).unwrap();
+    let (_, firsts) = drain_bytes(&mut sub);
+    assert_eq!(firsts, vec![2]);
+}

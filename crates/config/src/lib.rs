@@ -332,7 +332,7 @@ impl ConfigStore {
         let tmp = dir.join(tmp_name);
         let write = || -> std::io::Result<()> {
             use std::io::Write;
-            let mut file = std::fs::File::create(&tmp)?;
+            let mut file = tlog::private_file(&tmp)?;
             file.write_all(yaml.as_bytes())?;
             file.sync_all()
         };

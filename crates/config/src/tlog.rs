@@ -17,7 +17,31 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+/// Mode of every file the store writes: the configuration holds secrets (keys' paths, tokens'
+/// policies, component configuration) and is the core's alone, whatever the process umask.
+pub(crate) const PRIVATE_FILE: u32 = 0o600;
+const PRIVATE_DIR: u32 = 0o700;
+
+/// Creates `dir` if needed and makes it (and so everything in it) reachable by its owner only;
+/// a directory left readable by an earlier version is tightened.
+pub(crate) fn private_dir(dir: &Path) -> Result<(), ConfigError> {
+    std::fs::create_dir_all(dir).map_err(|e| ConfigError::io("create directory", dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR))
+        .map_err(|e| ConfigError::io("restrict the permissions of", dir, e))
+}
+
+/// Creates (truncating) a file only its owner may read or write.
+pub(crate) fn private_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(PRIVATE_FILE)
+        .open(path)
+}
 
 use serde_json::Value;
 
@@ -139,7 +163,7 @@ impl Tlog {
         dir: &Path,
         compact_after_entries: u64,
     ) -> Result<(Tlog, Node), ConfigError> {
-        std::fs::create_dir_all(dir).map_err(|e| ConfigError::io("create directory", dir, e))?;
+        private_dir(dir)?;
         let path = dir.join(TLOG);
         let unfinished = dir.join(TLOG_NEW);
         if unfinished.exists() {
@@ -157,8 +181,12 @@ impl Tlog {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(PRIVATE_FILE)
             .open(&path)
             .map_err(|e| ConfigError::io("open for appending", &path, e))?;
+        // A log written by an earlier version under a permissive umask.
+        file.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE))
+            .map_err(|e| ConfigError::io("restrict the permissions of", &path, e))?;
         if let Some((offset, reason, torn)) = replay.damage {
             let dropped = bytes.len() as u64 - offset;
             if torn {
@@ -166,7 +194,9 @@ impl Tlog {
             } else {
                 let copy = dir.join(TLOG_CORRUPT);
                 tracing::error!(file = %path.display(), offset, dropped, reason, copy = %copy.display(), "configuration log is damaged; keeping the records before the damage and dropping the rest; the damaged file is kept for inspection");
-                std::fs::write(&copy, &bytes).map_err(|e| ConfigError::io("write", &copy, e))?;
+                private_file(&copy)
+                    .and_then(|mut f| f.write_all(&bytes))
+                    .map_err(|e| ConfigError::io("write", &copy, e))?;
             }
             file.set_len(replay.good_len)
                 .and_then(|()| file.sync_all())
@@ -215,7 +245,7 @@ impl Tlog {
     /// Rewrites the log from the tree (see the module docs for the crash-safety argument).
     pub(crate) fn compact(&mut self, root: &Node) -> Result<(), ConfigError> {
         let tmp = self.dir.join(TLOG_NEW);
-        let file = File::create(&tmp).map_err(|e| ConfigError::io("create", &tmp, e))?;
+        let file = private_file(&tmp).map_err(|e| ConfigError::io("create", &tmp, e))?;
         let mut out = BufWriter::new(file);
         let mut len = 0u64;
         for entry in root.dump_entries() {

@@ -85,7 +85,7 @@ pub(crate) fn prepare(
     local_dir: Option<&Path>,
 ) -> Result<(), DeployError> {
     let dir = store.artifacts_dir(name, version);
-    fs::create_dir_all(&dir)
+    fsutil::create_shared_dir_all(&dir)
         .map_err(|e| DeployError::io("cannot create artifact directory", &dir, e))?;
     let mut refreshed = std::collections::BTreeSet::new();
     if let Some(local) = local_dir {
@@ -223,7 +223,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), DeployError> {
 /// sibling temp directory first so a rejected archive leaves nothing behind.
 pub(crate) fn unzip(archive: &Path, target: &Path, file_mode: u32) -> Result<(), DeployError> {
     let parent = target.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(parent)
+    fsutil::create_shared_dir_all(parent)
         .map_err(|e| DeployError::io("cannot create directory", parent, e))?;
     let tmp = parent.join(format!(
         ".{}.unzip-{}",

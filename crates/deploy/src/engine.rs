@@ -34,6 +34,8 @@ const GROUP_ROOTS: &str = "GroupToRootComponents";
 /// commit happened, because it is written in the same atomic batch as the services.
 const COMMITTED_ID: &str = "CommittedDeploymentId";
 const MAIN: &str = "main";
+/// The nucleus's entry is the core's own, never removed by a deployment.
+const NUCLEUS: &str = "aws.greengrass.Nucleus";
 /// Configuration validation timeout of local deployments (spec §6.2).
 const VALIDATION_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -100,7 +102,7 @@ struct Plan {
     entries: BTreeMap<String, Value>,
     /// New configuration (and version) of built-ins in the resolved set.
     builtin_updates: BTreeMap<String, (String, Value)>,
-    /// Supervised components that go away.
+    /// Supervised components and deployed built-ins that go away.
     removed: Vec<String>,
     /// Components whose entry is new or differs (to bootstrap, validate and wait for).
     changed: Vec<String>,
@@ -878,6 +880,7 @@ impl Inner {
         let mut names: BTreeSet<String> = self.managed_services().into_keys().collect();
         names.extend(plan.entries.keys().cloned());
         names.extend(plan.builtin_updates.keys().cloned());
+        names.extend(plan.removed.iter().cloned());
         let services = names
             .into_iter()
             .map(|name| {
@@ -1487,10 +1490,12 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
         plan.entries.insert(name.clone(), entry);
     }
     for (name, entry) in &input.services {
-        if input.builtins.contains_key(name) || name == MAIN {
+        if name == MAIN || name == NUCLEUS {
             continue;
         }
-        let managed = entry.get("version").is_some() && entry.get("componentType").is_some();
+        // A built-in is deployed while its entry has a version; removing it stops its service.
+        let managed = entry.get("version").is_some()
+            && (input.builtins.contains_key(name) || entry.get("componentType").is_some());
         if managed && !resolution.versions.contains_key(name) {
             plan.removed.push(name.clone());
         }

@@ -2,7 +2,38 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+
+/// A new file only its owner may read: deployment records and snapshots are the core's, and the
+/// copy of an artifact gets its recipe's mode only once it is complete and verified.
+fn private_file(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Creates `dir` and any missing parent as readable and searchable by all (0755), whatever the
+/// umask: artifact folders must be reachable by the component users (spec §1.7).
+pub(crate) fn create_shared_dir_all(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.exists() {
+        missing.push(at.to_path_buf());
+        match at.parent() {
+            Some(p) => at = p,
+            None => break,
+        }
+    }
+    fs::create_dir_all(dir)?;
+    for d in missing.iter().rev() {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}
 
 /// Writes `bytes` to `path` so that a crash leaves either the old or the new content, never a torn
 /// file: temp file in the same directory, fsync, rename, fsync the directory.
@@ -17,7 +48,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = private_file(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -31,7 +62,8 @@ pub(crate) fn copy_atomic(from: &Path, to: &Path) -> io::Result<()> {
     let dir = to
         .parent()
         .ok_or_else(|| io::Error::other(format!("{} has no parent directory", to.display())))?;
-    fs::create_dir_all(dir)?;
+    // Artifacts only: their folders are reachable by component users.
+    create_shared_dir_all(dir)?;
     let file_name = to
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -39,7 +71,7 @@ pub(crate) fn copy_atomic(from: &Path, to: &Path) -> io::Result<()> {
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     {
         let mut src = File::open(from)?;
-        let mut dst = File::create(&tmp)?;
+        let mut dst = private_file(&tmp)?;
         io::copy(&mut src, &mut dst)?;
         dst.sync_all()?;
     }

@@ -43,7 +43,7 @@ fn open(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .create(true)
         .append(true)
-        .mode(0o640)
+        .mode(0o600)
         .open(path)
 }
 

@@ -118,25 +118,30 @@ impl Shared {
                 }
             }
         };
-        let mut env: BTreeMap<String, String> = std::env::vars_os()
-            .map(|(k, v)| {
-                (
-                    k.to_string_lossy().into_owned(),
-                    v.to_string_lossy().into_owned(),
-                )
-            })
-            .collect();
-        if let Some(run_as) = &run_as {
+        // Only what the core chose to hand on (base_env), never its whole environment: its
+        // secrets and settings are not the component's.
+        let mut env = self.cfg.base_env.clone();
+        let own_user;
+        let identity = match &run_as {
+            Some(run_as) => Some(run_as),
+            None => {
+                own_user =
+                    process::resolve_user(&rustix::process::geteuid().as_raw().to_string()).ok();
+                own_user.as_ref()
+            }
+        };
+        if let Some(identity) = identity {
             // Like `sudo -H`: the user's own home, not the core's.
-            if let Some(home) = &run_as.home {
+            if let Some(home) = &identity.home {
                 env.insert("HOME".into(), home.clone());
             }
-            if let Some(name) = &run_as.name {
+            if let Some(name) = &identity.name {
                 env.insert("USER".into(), name.clone());
                 env.insert("LOGNAME".into(), name.clone());
             }
         }
-        env.extend(self.cfg.base_env.clone());
+        env.entry("PATH".into())
+            .or_insert_with(|| process::DEFAULT_PATH.into());
         env.extend(self.env.component_env(&spec.name));
         env.extend(spec.setenv.clone());
         env.extend(spec.lifecycle.setenv.clone());
@@ -147,6 +152,20 @@ impl Shared {
             suffix: "IO_ERROR",
             reason: format!("cannot prepare work directory {}: {err}", cwd.display()),
         })?;
+        if let Some(run_as) = &run_as {
+            let packages = self.cfg.root.join("packages");
+            for tree in ["artifacts", "artifacts-unarchived"] {
+                let dir = packages.join(tree).join(&spec.name).join(&spec.version);
+                process::hand_artifacts(&dir, run_as).map_err(|err| PrepareError {
+                    suffix: "IO_ERROR",
+                    reason: format!(
+                        "cannot hand the artifacts in {} to uid {}: {err}",
+                        dir.display(),
+                        run_as.uid
+                    ),
+                })?;
+            }
+        }
         if let Some(skip_if) = &step.skip_if
             && skip_if.evaluate(env.get("PATH").map(String::as_str), &cwd)
         {

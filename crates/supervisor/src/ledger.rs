@@ -50,9 +50,24 @@ pub(crate) fn record(dir: &Path, pgid: i32, component: &str) {
     let Some(start) = start_time(pgid) else {
         return;
     };
-    let _ = std::fs::create_dir_all(dir);
+    // The ledger is the core's: `work/` is searchable by component users, this folder is not.
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir);
     let path = dir.join(pgid.to_string());
-    if std::fs::write(&path, format!("{}\n{start}\n{component}\n", boot_id())).is_ok() {
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(format!("{}\n{start}\n{component}\n", boot_id()).as_bytes())
+        });
+    if written.is_ok() {
         ENTRIES
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -5,7 +5,13 @@
 //! one tokio task that owns its state machine (NEW → INSTALLED → STARTING → RUNNING → STOPPING →
 //! FINISHED, ERRORED with retries, BROKEN after the 3rd error from one state) and its processes. Steps run
 //! as `<posixShell> -c <script>` in `<root>/work/<component>/`, each in its own process group, as the
-//! component's POSIX user; their output lines go to `<logs>/<component>.log`.
+//! component's POSIX user; their output lines go to `<logs>/<component>.log` (0600, the core's), a
+//! line longer than 64 KiB in parts.
+//!
+//! What a step gets: the environment in [`SupervisorConfig::base_env`], the run-as user's HOME, USER
+//! and LOGNAME, the per-component variables of the [`EnvProvider`] and the recipe's Setenv layers —
+//! never the core's own environment; umask 0022 whatever the core's; a work folder that is its
+//! user's alone (0700); artifact files owned by its user (folders stay the core's).
 //!
 //! Architecture invariant: every process a step starts lives in a process group the supervisor created
 //! and kills (SIGTERM, then SIGKILL after the grace period) when the component stops, errors or breaks;
@@ -93,7 +99,9 @@ pub struct SupervisorConfig {
     pub root: PathBuf,
     /// Component logs are `<logs_dir>/<name>.log`.
     pub logs_dir: PathBuf,
-    /// The root `setenv` namespace (AWS_REGION, GGC_VERSION, socket paths, …).
+    /// The root `setenv` namespace (AWS_REGION, GGC_VERSION, socket paths, …) and whatever else of
+    /// the core's own environment components may see (PATH, locale): a step's environment starts
+    /// from this, never from the core's whole environment.
     pub base_env: BTreeMap<String, String>,
     /// `runWithDefault.posixUser`.
     pub default_posix_user: Option<String>,

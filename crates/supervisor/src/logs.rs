@@ -2,7 +2,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+/// Component logs are the core's, as under Greengrass (root-owned): a component's output may hold
+/// what other users must not read, and the component itself has IPC, not its log, to talk to the core.
+const LOG_MODE: u32 = 0o600;
 use std::sync::Mutex;
 
 use time::OffsetDateTime;
@@ -71,6 +76,7 @@ impl LogFile {
             let handle = OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(LOG_MODE)
                 .open(&self.path)?;
             self.size = handle.metadata()?.len();
             self.handle = Some(handle);
@@ -101,6 +107,7 @@ impl LogFile {
             .create(true)
             .write(true)
             .truncate(true)
+            .mode(LOG_MODE)
             .open(&self.path)?;
         self.size = 0;
         self.handle = Some(handle);

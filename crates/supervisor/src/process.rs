@@ -15,6 +15,14 @@ use tokio::process::{Child, Command};
 
 use crate::logs::ComponentLog;
 
+/// PATH of a step when the core hands on none.
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The umask of every step process, whatever the core's own (0077, for its private state): what a
+/// component creates is readable by others as under Greengrass's usual systemd service (umask 0022).
+pub(crate) const STEP_UMASK: libc::mode_t = 0o022;
+
 /// SIGTERM → SIGKILL grace period (spec §1.6: "5 s grace").
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
 
@@ -243,6 +251,7 @@ pub(crate) fn spawn_step(cmd: &StepCommand) -> std::io::Result<(Child, i32)> {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::umask(STEP_UMASK);
             if let Some(run_as) = &run_as {
                 let groups = &run_as.groups;
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
@@ -274,6 +283,11 @@ pub(crate) fn spawn_step(cmd: &StepCommand) -> std::io::Result<(Child, i32)> {
     Ok((child, pgid))
 }
 
+/// Longest output line written as one log line; a longer one is cut into parts of this size, each
+/// later part marked `[continued] `, so a component that never prints a newline cannot make the
+/// core buffer its output.
+pub(crate) const MAX_LINE_BYTES: usize = 64 << 10;
+
 /// Copies each output line into the component log until every writer of the pipe has closed it.
 async fn pump_lines(
     stream: impl AsyncRead + Unpin,
@@ -282,17 +296,72 @@ async fn pump_lines(
     context: String,
 ) {
     let mut reader = BufReader::new(stream);
-    let mut line = Vec::new();
+    let mut line: Vec<u8> = Vec::new();
+    let mut continued = false;
+    let write = |part: &[u8], continued: bool| {
+        let text = String::from_utf8_lossy(part);
+        let text = text.trim_end_matches(['\n', '\r']);
+        if continued {
+            log.write(level, &context, &format!("[continued] {text}"));
+        } else {
+            log.write(level, &context, text);
+        }
+    };
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&line);
-                log.write(level, &context, text.trim_end_matches(['\n', '\r']));
+        let buf = match reader.fill_buf().await {
+            Ok([]) | Err(_) => {
+                if !line.is_empty() {
+                    write(&line, continued);
+                }
+                return;
             }
+            Ok(buf) => buf,
+        };
+        let room = MAX_LINE_BYTES - line.len();
+        let (take, ends) = match buf.iter().take(room).position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len().min(room), false),
+        };
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+        if ends {
+            write(&line, continued);
+            line.clear();
+            continued = false;
+        } else if line.len() >= MAX_LINE_BYTES {
+            // Cut at a character boundary; the bytes of a split character start the next part.
+            let cut = complete_chars(&line);
+            write(&line[..cut], continued);
+            line.drain(..cut);
+            continued = true;
         }
     }
+}
+
+/// Length of the prefix of `bytes` that does not end inside a UTF-8 character.
+fn complete_chars(bytes: &[u8]) -> usize {
+    for back in 1..=bytes.len().min(3) {
+        let b = bytes[bytes.len() - back];
+        if b & 0xC0 == 0xC0 {
+            // A lead byte: its character is complete only if all its bytes are here.
+            let need = if b >= 0xF0 {
+                4
+            } else if b >= 0xE0 {
+                3
+            } else {
+                2
+            };
+            return if need > back {
+                bytes.len() - back
+            } else {
+                bytes.len()
+            };
+        }
+        if b & 0xC0 != 0x80 {
+            break;
+        }
+    }
+    bytes.len()
 }
 
 /// Waits for the step's shell to exit; on timeout kills its whole group.
@@ -452,11 +521,66 @@ async fn terminate_live_groups(pgids: &[i32], grace: Duration) {
     }
 }
 
-/// Creates the work directory and hands it to the run-as user.
+/// Makes the run-as user the owner of the artifact files under `dir` (a missing `dir` is fine), as
+/// Greengrass does, so the recipe's `Permission` (OWNER by default) is about that user. Folders stay
+/// the core's, so a component cannot add or remove its artifacts; symlinks are never followed.
+pub(crate) fn hand_artifacts(dir: &Path, run_as: &RunAs) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            hand_artifacts(&path, run_as)?;
+        } else if meta.is_file() && (meta.uid(), meta.gid()) != (run_as.uid, run_as.gid) {
+            std::os::unix::fs::lchown(&path, Some(run_as.uid), Some(run_as.gid))?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates the work directory and hands it to the run-as user, who alone may enter it (0700).
 pub(crate) fn prepare_work_dir(dir: &Path, run_as: Option<&RunAs>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
     if let Some(run_as) = run_as {
         std::os::unix::fs::chown(dir, Some(run_as.uid), Some(run_as.gid))?;
     }
-    Ok(())
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_endless_line_is_written_in_bounded_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(ComponentLog::new(dir.path(), "long", 64 << 20, 1));
+        let mut output = vec![b'x'; (1 << 20) + 1];
+        output.extend_from_slice("é".repeat(40_000).as_bytes());
+        output.extend_from_slice(b"\nshort line\n");
+        pump_lines(
+            &output[..],
+            log.clone(),
+            "INFO",
+            "lifecycle=Run stream=stdout".into(),
+        )
+        .await;
+        let text = std::fs::read_to_string(dir.path().join("long.log")).unwrap();
+        let longest = text.lines().map(str::len).max().unwrap();
+        assert!(
+            longest <= MAX_LINE_BYTES + 200,
+            "a log line of {longest} bytes"
+        );
+        let xs = text.bytes().filter(|b| *b == b'x').count();
+        assert_eq!(xs, (1 << 20) + 1, "every byte of the long line was kept");
+        assert_eq!(text.matches('é').count(), 40_000, "no character was split");
+        assert!(text.contains("[continued] "), "{}", &text[..200]);
+        assert!(text.lines().last().unwrap().ends_with(": short line"));
+    }
 }

@@ -51,6 +51,7 @@ pub fn services(ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
 }
 
 pub const STREAM_MANAGER: &str = "aws.greengrass.StreamManager";
+const CLI: &str = "aws.greengrass.Cli";
 
 /// Built-in components and the versions they report: always resolvable by deployments (a 2.x in the
 /// same major series as the Greengrass component each stands for), never run as processes.
@@ -89,6 +90,8 @@ pub struct Builtins {
     stream_manager: tokio::sync::Mutex<Option<Running<lichen_streams::StreamManager>>>,
     /// The other services with the configuration each was last given.
     others: Vec<(Arc<dyn BuiltinService>, LastApplied)>,
+    /// Lifecycle state of each deployed service, as its last reconciliation left it.
+    states: std::sync::Mutex<BTreeMap<String, &'static str>>,
 }
 
 impl Builtins {
@@ -121,6 +124,7 @@ impl Builtins {
             changed,
             stream_manager: tokio::sync::Mutex::new(None),
             others,
+            states: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -144,6 +148,32 @@ impl Builtins {
         )
     }
 
+    /// The state `ListComponents` reports for built-in `name`, or `None` when it is not deployed
+    /// (or not a built-in). The nucleus and the CLI are always there: the core is them.
+    pub fn listed_state(&self, name: &str) -> Option<&'static str> {
+        if name == super::NUCLEUS || name == CLI {
+            return Some("RUNNING");
+        }
+        self.config.get(&["services", name, "version"])?;
+        let served = name == STREAM_MANAGER || self.others.iter().any(|(s, _)| s.name() == name);
+        if !served {
+            // A built-in without a service of its own (the token exchange service) is part of the
+            // core and runs when the core does.
+            return versions(&[]).contains_key(name).then_some("RUNNING");
+        }
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        // Deployed, not reconciled yet.
+        Some(states.get(name).copied().unwrap_or("STARTING"))
+    }
+
+    fn set_state(&self, name: &str, state: Option<&'static str>) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        match state {
+            Some(s) => states.insert(name.to_string(), s),
+            None => states.remove(name),
+        };
+    }
+
     pub async fn reconcile(&self) {
         self.reconcile_stream_manager().await;
         for (service, last) in &self.others {
@@ -151,6 +181,7 @@ impl Builtins {
             let wanted = self.deployed(service.name());
             if *last != wanted {
                 service.apply(wanted.clone()).await;
+                self.set_state(service.name(), wanted.is_some().then_some("RUNNING"));
                 *last = wanted;
             }
         }
@@ -173,9 +204,19 @@ impl Builtins {
             tracing::info!(service = STREAM_MANAGER, "stopped");
         }
         let Some(wanted) = wanted else {
+            self.set_state(STREAM_MANAGER, None);
             return;
         };
+        // Until it starts, a stream manager that cannot is ERRORED, as a component whose Run fails.
+        self.set_state(STREAM_MANAGER, Some("ERRORED"));
         let default_root = self.root.join("work").join(STREAM_MANAGER);
+        // The stream store is the core's: `work/` is searchable by component users, this is not.
+        if let Err(e) = std::fs::create_dir_all(&default_root).and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&default_root, std::fs::Permissions::from_mode(0o700))
+        }) {
+            tracing::warn!(service = STREAM_MANAGER, error = %e, "cannot make the stream store private");
+        }
         let mut cfg = match lichen_streams::StreamManagerConfig::from_component_config(
             &wanted,
             default_root,
@@ -202,6 +243,7 @@ impl Builtins {
                     config: wanted,
                     service: sm,
                 });
+                self.set_state(STREAM_MANAGER, Some("RUNNING"));
             }
             Err(e) => tracing::error!(service = STREAM_MANAGER, error = %e, "cannot start"),
         }

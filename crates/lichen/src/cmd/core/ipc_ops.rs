@@ -90,12 +90,13 @@ impl Kernel {
                 "configuration": configuration,
             }));
         }
-        // Built-ins run inside the core: they are RUNNING whenever the core is.
+        // Built-ins run inside the core: listed only while deployed, in the state they really have.
+        let state = self.hooks.builtins.get()?.listed_state(name)?;
         deployed.get(name).map(|(version, _)| {
             json!({
                 "componentName": name,
                 "version": version,
-                "state": "RUNNING",
+                "state": state,
                 "configuration": configuration,
             })
         })

@@ -13,11 +13,13 @@ pub struct RootLock {
 impl RootLock {
     pub fn acquire(root: &Path) -> anyhow::Result<RootLock> {
         let path = root.join("lichen.lock");
+        use std::os::unix::fs::OpenOptionsExt;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {

@@ -11,6 +11,7 @@ mod builtins;
 mod client_devices;
 mod cloud;
 mod ipc_ops;
+mod layout;
 mod lock;
 
 use super::RootArgs;
@@ -76,15 +77,15 @@ fn effective_config(root: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn run_core(a: RunArgs) -> anyhow::Result<ExitCode> {
+    // Before the first file: the core's state is its own (component steps get umask 0022 from
+    // the supervisor, and shared paths get explicit modes).
+    layout::set_core_umask();
     let started = Instant::now();
     let root = a.root.root;
-    std::fs::create_dir_all(&root)
-        .with_context(|| format!("creating the core root {}", root.display()))?;
+    layout::create_root(&root)?;
     let root = std::fs::canonicalize(&root)?;
     let _lock = lock::RootLock::acquire(&root)?;
-    for d in ["config", "logs", "work", "packages", "deployments"] {
-        std::fs::create_dir_all(root.join(d))?;
-    }
+    layout::prepare(&root)?;
     init_tracing(&root)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -194,7 +195,7 @@ async fn serve(
     let tokens = Arc::new(lichen_ipc::TokenRegistry::new());
     let (socket_abs, socket_for_components) = lichen_ipc::component_socket_path(&root);
 
-    let mut base_env = BTreeMap::new();
+    let mut base_env = inherited_env(&settings.pass_environment);
     base_env.insert("AWS_REGION".into(), settings.region.clone());
     base_env.insert("AWS_DEFAULT_REGION".into(), settings.region.clone());
     base_env.insert("AWS_IOT_THING_NAME".into(), settings.thing_name.clone());
@@ -222,7 +223,8 @@ async fn serve(
         Arc::new(TokenEnv(tokens.clone())),
     );
 
-    let bus = lichen_bus::Bus::new();
+    let new_bus = || lichen_bus::Bus::with_queue_bytes(settings.bus_queue_bytes);
+    let bus = new_bus();
     let config_source: Arc<dyn lichen_ipc::ConfigSource> = Arc::new(config.clone());
     let authorizer = Arc::new(lichen_ipc::Authorizer::new(
         config_source.clone(),
@@ -241,8 +243,8 @@ async fn serve(
         tokens: tokens.clone(),
         router: router.clone(),
         bus: bus.clone(),
-        iot_core: lichen_bus::Bus::new(),
-        local_mqtt: lichen_bus::Bus::new(),
+        iot_core: new_bus(),
+        local_mqtt: new_bus(),
     };
     let cloud_link = cloud::start(&service_ctx).await?;
     let services = builtins::services(&service_ctx);
@@ -375,6 +377,19 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What of the core's own environment its components see: PATH, the locale and time zone, and the
+/// variables named by the nucleus's `lichen.passEnvironment` (a Lichen key; Greengrass has none).
+/// Nothing else: the core's environment may hold credentials and settings that are not theirs.
+fn inherited_env(pass: &[String]) -> BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            matches!(k.as_str(), "PATH" | "LANG" | "LANGUAGE" | "TZ")
+                || k.starts_with("LC_")
+                || pass.iter().any(|p| p == k)
+        })
+        .collect()
+}
+
 /// Gives each component process its IPC token (SVCUID and AWS_CONTAINER_AUTHORIZATION_TOKEN).
 struct TokenEnv(Arc<lichen_ipc::TokenRegistry>);
 
@@ -434,6 +449,10 @@ struct Settings {
     settle_timeout_s: u64,
     /// What a bootstrap step's exit 101 (reboot) runs; without it the core restarts instead.
     reboot_command: Option<String>,
+    /// Variables of the core's environment handed on to components (`lichen.passEnvironment`).
+    pass_environment: Vec<String>,
+    /// Bytes each subscriber of a message bus may have queued (`lichen.busQueueBytes`).
+    bus_queue_bytes: usize,
     root: PathBuf,
 }
 
@@ -487,6 +506,11 @@ impl Settings {
             deployment_history: num_of(nucleus(&["deploymentHistorySize"]), 50) as usize,
             settle_timeout_s: num_of(nucleus(&["deploymentSettleTimeoutSeconds"]), 120),
             reboot_command: str_of(nucleus(&["bootstrapRebootCommand"])),
+            pass_environment: names_of(nucleus(&["lichen", "passEnvironment"]))?,
+            bus_queue_bytes: num_of(
+                nucleus(&["lichen", "busQueueBytes"]),
+                lichen_bus::DEFAULT_QUEUE_BYTES as u64,
+            ) as usize,
             root: root.to_path_buf(),
         })
     }
@@ -516,6 +540,26 @@ impl Settings {
         )?;
         Ok(())
     }
+}
+
+/// A list of environment variable names: a YAML/JSON list or one comma-separated string.
+fn names_of(v: Option<serde_json::Value>) -> anyhow::Result<Vec<String>> {
+    let key = "services.aws.greengrass.Nucleus.configuration.lichen.passEnvironment";
+    let names: Vec<String> = match v {
+        None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
+        Some(serde_json::Value::String(s)) => s.split(',').map(|n| n.trim().to_string()).collect(),
+        Some(serde_json::Value::Array(items)) => items
+            .into_iter()
+            .map(|i| match i {
+                serde_json::Value::String(s) => Ok(s.trim().to_string()),
+                other => Err(anyhow::anyhow!(
+                    "{key}: {other} is not a variable name; list names as strings"
+                )),
+            })
+            .collect::<anyhow::Result<_>>()?,
+        Some(other) => anyhow::bail!("{key}: expected a list of variable names, got {other}"),
+    };
+    Ok(names.into_iter().filter(|n| !n.is_empty()).collect())
 }
 
 fn default_thing_name() -> String {
