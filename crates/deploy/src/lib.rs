@@ -39,6 +39,7 @@ mod error;
 mod fsutil;
 mod resolve;
 mod store;
+mod unzip;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -47,6 +48,7 @@ use std::time::Duration;
 pub use artifacts::{ArtifactFetcher, FetchRequest};
 pub use engine::DeploymentEngine;
 pub use error::DeployError;
+pub use unzip::{ArchiveLimits, unarchive_zip};
 
 /// Group name of deployments made without a group (Greengrass CLI without `--groupId`).
 pub const LOCAL_GROUP: &str = "LOCAL_DEPLOYMENT";
