@@ -30,6 +30,12 @@
 //! rename; a record IN_PROGRESS at start-up is resumed (not yet committed ⇒ run again from the
 //! start; committed ⇒ finish waiting or roll back per its policy).
 //!
+//! Architecture invariant: archives are extracted only by [`unarchive_zip`]: no symbolic links,
+//! no entry outside the extraction folder, every path opened relative to its parent folder with
+//! `O_NOFOLLOW` (nothing is written through a link), inflated bytes and entries capped by
+//! [`ArchiveLimits`]. An artifact about to be downloaded needs a recipe `Digest`; only a local
+//! deployment's own files may come without one.
+//!
 //! Architecture invariant: every wait is bounded (`settle_timeout`), so a deployment cannot
 //! block the queue forever.
 

@@ -1,8 +1,8 @@
 //! Extracting `Unarchive: ZIP` artifacts without trusting the archive.
 //!
 //! The core extracts as root, so an archive must never reach outside its extraction folder:
-//! - symbolic links are refused outright (Greengrass does not extract them as links either, and a
-//!   chain of harmless-looking links such as `x -> .`, `y -> x/..` climbs out of any folder);
+//! - symbolic links are refused outright: a chain of harmless-looking links such as `x -> .`,
+//!   `y -> x/..` climbs out of any folder, and component archives have no need of them;
 //! - entry names are normalised lexically and refused when absolute, when `..` climbs above the
 //!   folder, or when they contain a backslash or NUL;
 //! - every folder is created and opened relative to its parent's descriptor with `O_NOFOLLOW`,
