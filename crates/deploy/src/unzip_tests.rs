@@ -196,6 +196,38 @@ fn too_many_or_too_large_entries_are_refused() {
     unarchive_zip(&archive, &tmp.path().join("out"), 0o444, &limits).unwrap();
 }
 
+#[test]
+fn devices_pipes_and_sockets_are_refused() {
+    for (kind, mode) in [
+        ("fifo", 0o010_644),
+        ("char", 0o020_644),
+        ("socket", 0o140_644),
+    ] {
+        assert_refused(
+            |p| {
+                let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+                let options = SimpleFileOptions::default().unix_permissions(0o644);
+                zip.start_file(kind, options).unwrap();
+                zip.write_all(b"x").unwrap();
+                let mut bytes = zip.finish().unwrap().into_inner();
+                set_central_mode(&mut bytes, mode);
+                fs::write(p, bytes).unwrap();
+            },
+            &ArchiveLimits::DEFAULT,
+            "device, pipe or socket",
+        );
+    }
+}
+
+/// Rewrites the Unix mode (high half of the external attributes) of every central header.
+fn set_central_mode(bytes: &mut [u8], mode: u32) {
+    for i in 0..bytes.len().saturating_sub(46) {
+        if bytes[i..i + 4] == 0x0201_4b50u32.to_le_bytes() {
+            bytes[i + 38..i + 42].copy_from_slice(&(mode << 16).to_le_bytes());
+        }
+    }
+}
+
 /// Rewrites the uncompressed size in every local and central header to `claimed`.
 fn lie_about_sizes(bytes: &mut [u8], claimed: u32) {
     let mut i = 0;

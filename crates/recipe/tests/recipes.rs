@@ -789,6 +789,16 @@ fn path_hostile_component_names_are_refused() {
         ("bad.json", "ComponentName")
     );
     assert!(e.message.contains("must not start with '.'"), "{e}");
+    // Versions are strict semver, so no separator or NUL can reach a path through them.
+    for version in ["'1.0.0/..'", "'1.0.0+a/b'", "'1.0.0-a\\b'", "\"1.0.0\\0\""] {
+        assert_err(
+            &format!(
+                "RecipeFormatVersion: '2020-01-25'\nComponentName: a.B\nComponentVersion: {version}\n{body}"
+            ),
+            "ComponentVersion",
+            "semantic version",
+        );
+    }
     // Greengrass names keep working, dots inside included.
     for name in [
         "com.example.Hello",
