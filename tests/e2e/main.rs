@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `lichen` binary on temporary roots, driven through its CLI.
 
+mod archives;
 mod state;
 mod support;
 

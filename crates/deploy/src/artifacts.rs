@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -15,6 +15,7 @@ use sha2::{Digest as _, Sha256};
 use crate::error::DeployError;
 use crate::fsutil;
 use crate::store::Store;
+use crate::unzip::{self, ArchiveLimits};
 
 /// What a fetcher is asked for.
 pub struct FetchRequest<'a> {
@@ -84,7 +85,7 @@ pub(crate) fn prepare(
     artifacts: &[Artifact],
     local_dir: Option<&Path>,
 ) -> Result<(), DeployError> {
-    let dir = store.artifacts_dir(name, version);
+    let dir = store.artifacts_dir(name, version)?;
     fsutil::create_shared_dir_all(&dir)
         .map_err(|e| DeployError::io("cannot create artifact directory", &dir, e))?;
     let mut refreshed = std::collections::BTreeSet::new();
@@ -109,6 +110,7 @@ pub(crate) fn prepare(
     }
     for artifact in artifacts {
         let file_name = artifact.file_name().to_string();
+        plain_segment(name, version, artifact, &file_name)?;
         let dest = dir.join(&file_name);
         if !dest.is_file() {
             let request = FetchRequest {
@@ -120,6 +122,8 @@ pub(crate) fn prepare(
             let scheme = artifact.scheme().to_ascii_lowercase();
             let mut found = fetchers.local.fetch(&request, &dest)?;
             if !found && let Some(fetcher) = fetchers.by_scheme.get(&scheme) {
+                // Only a local deployment's own files may come without a digest.
+                require_digest(name, version, artifact)?;
                 found = fetcher.fetch(&request, &dest)?;
             }
             if !found {
@@ -139,17 +143,53 @@ pub(crate) fn prepare(
         verify_digest(name, version, artifact, &dest)?;
         set_mode(&dest, artifact_mode(artifact))?;
         if matches!(artifact.unarchive, Unarchive::Zip) {
-            let stem = Path::new(&file_name)
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| file_name.clone());
-            let target = store.unarchived_dir(name, version).join(stem);
+            let stem = artifact.unarchive_dir_name();
+            plain_segment(name, version, artifact, stem)?;
+            let target = store.unarchived_dir(name, version)?.join(stem);
             if refreshed.contains(Path::new(&file_name)) || !target.exists() {
-                unzip(&dest, &target, artifact_mode(artifact))?;
+                // The archive may be unreadable under its recipe permission; we own it.
+                set_mode(&dest, 0o600)?;
+                let result = unzip::unarchive_zip(
+                    &dest,
+                    &target,
+                    artifact_mode(artifact),
+                    &ArchiveLimits::DEFAULT,
+                );
+                set_mode(&dest, artifact_mode(artifact))?;
+                result?;
             }
         }
     }
     Ok(())
+}
+
+/// Refuses an artifact that is about to be downloaded without a `Digest` to check it against.
+fn require_digest(name: &str, version: &Version, artifact: &Artifact) -> Result<(), DeployError> {
+    if artifact.digest.as_deref().is_some_and(|d| !d.is_empty()) {
+        return Ok(());
+    }
+    Err(DeployError::MissingDigest {
+        component: format!("{name}@{version}"),
+        uri: artifact.uri.clone(),
+    })
+}
+
+/// Defence in depth behind recipe validation: a name joined into a store path must stay one
+/// plain path segment.
+fn plain_segment(
+    name: &str,
+    version: &Version,
+    artifact: &Artifact,
+    segment: &str,
+) -> Result<(), DeployError> {
+    match lichen_recipe::check_file_name(segment) {
+        Ok(()) => Ok(()),
+        Err(message) => Err(DeployError::UnsupportedArtifact {
+            component: format!("{name}@{version}"),
+            uri: artifact.uri.clone(),
+            message,
+        }),
+    }
 }
 
 fn verify_digest(
@@ -218,208 +258,9 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), DeployError> {
         .map_err(|e| DeployError::io("cannot set permissions of", path, e))
 }
 
-/// Extracts `archive` into `target` (replacing it). Rejects entries that would land outside
-/// the target: `..`, absolute paths, and symlinks pointing outside. Extraction goes to a
-/// sibling temp directory first so a rejected archive leaves nothing behind.
-pub(crate) fn unzip(archive: &Path, target: &Path, file_mode: u32) -> Result<(), DeployError> {
-    let parent = target.parent().unwrap_or(Path::new("."));
-    fsutil::create_shared_dir_all(parent)
-        .map_err(|e| DeployError::io("cannot create directory", parent, e))?;
-    let tmp = parent.join(format!(
-        ".{}.unzip-{}",
-        target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let _ = fsutil::remove_tree(&tmp);
-    let result = extract_into(archive, &tmp, file_mode);
-    if let Err(e) = result {
-        let _ = fsutil::remove_tree(&tmp);
-        return Err(e);
-    }
-    fsutil::remove_tree(target).map_err(|e| DeployError::io("cannot replace", target, e))?;
-    fs::rename(&tmp, target)
-        .map_err(|e| DeployError::io("cannot move unarchived files to", target, e))?;
-    Ok(())
-}
-
-fn extract_into(archive: &Path, dest: &Path, file_mode: u32) -> Result<(), DeployError> {
-    let bad = |message: String| DeployError::BadArchive {
-        archive: archive.to_path_buf(),
-        message,
-    };
-    set_mode(archive, 0o600)?;
-    let file =
-        File::open(archive).map_err(|e| DeployError::io("cannot open archive", archive, e))?;
-    let result = (|| {
-        let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
-        fs::create_dir_all(dest)
-            .map_err(|e| DeployError::io("cannot create directory", dest, e))?;
-        let mut dirs = vec![dest.to_path_buf()];
-        for i in 0..zip.len() {
-            let mut entry = zip.by_index(i).map_err(|e| bad(e.to_string()))?;
-            let raw_name = entry.name().to_string();
-            let rel = safe_relative(&raw_name).ok_or_else(|| DeployError::UnsafeArchive {
-                archive: archive.to_path_buf(),
-                entry: raw_name.clone(),
-                reason: "path is absolute or leaves the extraction directory".to_string(),
-            })?;
-            let out = dest.join(&rel);
-            if entry.is_dir() {
-                fs::create_dir_all(&out)
-                    .map_err(|e| DeployError::io("cannot create directory", &out, e))?;
-                dirs.push(out);
-                continue;
-            }
-            if let Some(parent) = out.parent() {
-                fs::create_dir_all(parent)
-                    .map_err(|e| DeployError::io("cannot create directory", parent, e))?;
-                dirs.push(parent.to_path_buf());
-            }
-            if entry.is_symlink() {
-                let mut link = String::new();
-                entry
-                    .read_to_string(&mut link)
-                    .map_err(|e| bad(e.to_string()))?;
-                let link_parent = rel.parent().unwrap_or(Path::new(""));
-                if Path::new(&link).is_absolute()
-                    || safe_relative_path(&link_parent.join(&link)).is_none()
-                {
-                    return Err(DeployError::UnsafeArchive {
-                        archive: archive.to_path_buf(),
-                        entry: raw_name,
-                        reason: format!(
-                            "symlink to {link:?} points outside the extraction directory"
-                        ),
-                    });
-                }
-                std::os::unix::fs::symlink(&link, &out)
-                    .map_err(|e| DeployError::io("cannot create symlink", &out, e))?;
-                continue;
-            }
-            let mut writer =
-                File::create(&out).map_err(|e| DeployError::io("cannot create file", &out, e))?;
-            io::copy(&mut entry, &mut writer)
-                .map_err(|e| DeployError::io("cannot extract to", &out, e))?;
-            // Keep executable bits the archive carries, on top of the recipe's permission.
-            let exec = entry.unix_mode().map(|m| m & 0o111).unwrap_or(0);
-            let mode = if exec != 0 {
-                file_mode | ((file_mode & 0o444) >> 2)
-            } else {
-                file_mode
-            };
-            set_mode(&out, if mode == 0 { 0o400 } else { mode })?;
-        }
-        // Unarchived directories are readable and searchable by all (spec §1.7).
-        for dir in dirs {
-            set_mode(&dir, 0o755)?;
-        }
-        Ok(())
-    })();
-    set_mode(archive, file_mode)?;
-    result
-}
-
-/// A relative path with no `..` escaping, no root, no prefix; `None` when unsafe.
-fn safe_relative(name: &str) -> Option<PathBuf> {
-    if name.starts_with('/') || name.starts_with('\\') || name.contains('\\') {
-        return None;
-    }
-    safe_relative_path(Path::new(name))
-}
-
-fn safe_relative_path(path: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::Normal(part) => out.push(part),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    return None;
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-    use zip::write::SimpleFileOptions;
-
-    fn build_zip(path: &Path, entries: &[(&str, Option<&str>)]) {
-        let mut zip = zip::ZipWriter::new(File::create(path).unwrap());
-        for (name, link) in entries {
-            match link {
-                Some(target) => zip
-                    .add_symlink(*name, *target, SimpleFileOptions::default())
-                    .unwrap(),
-                None => {
-                    zip.start_file(*name, SimpleFileOptions::default()).unwrap();
-                    zip.write_all(b"content").unwrap();
-                }
-            }
-        }
-        zip.finish().unwrap();
-    }
-
-    fn try_unzip(entries: &[(&str, Option<&str>)]) -> (tempfile::TempDir, Result<(), DeployError>) {
-        let tmp = tempfile::tempdir().unwrap();
-        let archive = tmp.path().join("a.zip");
-        build_zip(&archive, entries);
-        let target = tmp.path().join("out/a");
-        let result = unzip(&archive, &target, 0o444);
-        (tmp, result)
-    }
-
-    #[test]
-    fn traversal_is_rejected_and_leaves_nothing() {
-        for bad in ["../evil.txt", "ok/../../evil.txt", "/abs/evil.txt"] {
-            let (tmp, result) = try_unzip(&[("fine.txt", None), (bad, None)]);
-            let err = result.expect_err(bad);
-            assert!(
-                matches!(err, DeployError::UnsafeArchive { .. }),
-                "{bad}: {err}"
-            );
-            assert!(
-                err.to_string().contains(bad.trim_start_matches('/')),
-                "{err}"
-            );
-            assert!(!tmp.path().join("evil.txt").exists());
-            assert!(
-                !tmp.path().join("out/a").exists(),
-                "nothing extracted for {bad}"
-            );
-            let leftovers: Vec<_> = fs::read_dir(tmp.path().join("out")).unwrap().collect();
-            assert!(leftovers.is_empty(), "temp dir cleaned for {bad}");
-        }
-    }
-
-    #[test]
-    fn escaping_symlinks_are_rejected_inner_ones_kept() {
-        let (_tmp, result) = try_unzip(&[("link", Some("../../etc"))]);
-        assert!(matches!(result, Err(DeployError::UnsafeArchive { .. })));
-        let (_tmp, result) = try_unzip(&[("link", Some("/etc/passwd"))]);
-        assert!(matches!(result, Err(DeployError::UnsafeArchive { .. })));
-        let (tmp, result) = try_unzip(&[("dir/file.txt", None), ("dir/link", Some("file.txt"))]);
-        result.unwrap();
-        let out = tmp.path().join("out/a/dir");
-        assert_eq!(fs::read_to_string(out.join("link")).unwrap(), "content");
-        let mode = fs::metadata(out.join("file.txt"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(mode, 0o444);
-        let dir_mode = fs::metadata(&out).unwrap().permissions().mode() & 0o777;
-        assert_eq!(dir_mode, 0o755);
-    }
 
     #[test]
     fn permission_maps_to_modes() {

@@ -72,6 +72,14 @@ pub enum DeployError {
         entry: String,
         reason: String,
     },
+    #[error(
+        "archive {archive}: {message}; split it into several artifacts or ship large files unarchived"
+    )]
+    ArchiveTooLarge { archive: PathBuf, message: String },
+    #[error(
+        "artifact {uri} of {component}: the recipe gives no Digest, and downloaded artifacts must be verified; add Digest (base64 SHA-256) and Algorithm: SHA-256 to the artifact, or deploy the file locally from an artifacts directory"
+    )]
+    MissingDigest { component: String, uri: String },
     #[error("archive {archive}: {message}; check that it is a valid ZIP file")]
     BadArchive { archive: PathBuf, message: String },
     #[error("configuration store: {0}")]
@@ -120,6 +128,8 @@ impl DeployError {
             | DeployError::DigestMismatch { .. }
             | DeployError::UnsupportedArtifact { .. }
             | DeployError::UnsafeArchive { .. }
+            | DeployError::ArchiveTooLarge { .. }
+            | DeployError::MissingDigest { .. }
             | DeployError::BadArchive { .. } => "ARTIFACT_ERROR",
             DeployError::Config(_) | DeployError::BadRecord { .. } => "NUCLEUS_ERROR",
             DeployError::Bootstrap { .. } | DeployError::BootstrapRun { .. } => "COMPONENT_ERROR",
@@ -141,9 +151,10 @@ impl DeployError {
             DeployError::Platform { .. } => "COMPONENT_RECIPE_NOT_APPLICABLE",
             DeployError::MissingArtifact { .. } => "LOCAL_ARTIFACT_NOT_FOUND",
             DeployError::DigestMismatch { .. } => "ARTIFACT_CHECKSUM_MISMATCH",
-            DeployError::UnsafeArchive { .. } | DeployError::BadArchive { .. } => {
-                "ARTIFACT_UNARCHIVE_ERROR"
-            }
+            DeployError::UnsafeArchive { .. }
+            | DeployError::ArchiveTooLarge { .. }
+            | DeployError::BadArchive { .. } => "ARTIFACT_UNARCHIVE_ERROR",
+            DeployError::MissingDigest { .. } => "RECIPE_MISSING_ARTIFACT_HASH_ALGORITHM",
             DeployError::Bootstrap { .. } | DeployError::BootstrapRun { .. } => "BOOTSTRAP_ERROR",
             DeployError::ConfigurationRejected { .. } => "COMPONENT_CONFIGURATION_NOT_VALID",
             DeployError::Settle(_) => "COMPONENT_BROKEN",

@@ -30,6 +30,12 @@
 //! rename; a record IN_PROGRESS at start-up is resumed (not yet committed ⇒ run again from the
 //! start; committed ⇒ finish waiting or roll back per its policy).
 //!
+//! Architecture invariant: archives are extracted only by [`unarchive_zip`]: no symbolic links,
+//! no entry outside the extraction folder, every path opened relative to its parent folder with
+//! `O_NOFOLLOW` (nothing is written through a link), inflated bytes and entries capped by
+//! [`ArchiveLimits`]. An artifact about to be downloaded needs a recipe `Digest`; only a local
+//! deployment's own files may come without one.
+//!
 //! Architecture invariant: every wait is bounded (`settle_timeout`), so a deployment cannot
 //! block the queue forever.
 
@@ -39,6 +45,7 @@ mod error;
 mod fsutil;
 mod resolve;
 mod store;
+mod unzip;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -47,6 +54,7 @@ use std::time::Duration;
 pub use artifacts::{ArtifactFetcher, FetchRequest};
 pub use engine::DeploymentEngine;
 pub use error::DeployError;
+pub use unzip::{ArchiveLimits, unarchive_zip};
 
 /// Group name of deployments made without a group (Greengrass CLI without `--groupId`).
 pub const LOCAL_GROUP: &str = "LOCAL_DEPLOYMENT";

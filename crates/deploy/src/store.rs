@@ -32,29 +32,47 @@ impl Store {
         Ok(Store { packages })
     }
 
-    pub(crate) fn recipe_path(&self, name: &str, version: &Version) -> PathBuf {
-        self.packages
+    pub(crate) fn recipe_path(
+        &self,
+        name: &str,
+        version: &Version,
+    ) -> Result<PathBuf, DeployError> {
+        checked_name(name)?;
+        Ok(self
+            .packages
             .join("recipes")
-            .join(format!("{name}@{version}{RECIPE_SUFFIX}"))
+            .join(format!("{name}@{version}{RECIPE_SUFFIX}")))
     }
 
-    pub(crate) fn artifacts_dir(&self, name: &str, version: &Version) -> PathBuf {
-        self.packages
+    pub(crate) fn artifacts_dir(
+        &self,
+        name: &str,
+        version: &Version,
+    ) -> Result<PathBuf, DeployError> {
+        checked_name(name)?;
+        Ok(self
+            .packages
             .join("artifacts")
             .join(name)
-            .join(version.to_string())
+            .join(version.to_string()))
     }
 
-    pub(crate) fn unarchived_dir(&self, name: &str, version: &Version) -> PathBuf {
-        self.packages
+    pub(crate) fn unarchived_dir(
+        &self,
+        name: &str,
+        version: &Version,
+    ) -> Result<PathBuf, DeployError> {
+        checked_name(name)?;
+        Ok(self
+            .packages
             .join("artifacts-unarchived")
             .join(name)
-            .join(version.to_string())
+            .join(version.to_string()))
     }
 
     /// Writes the recipe durably as canonical JSON.
     pub(crate) fn save_recipe(&self, recipe: &Recipe) -> Result<(), DeployError> {
-        let path = self.recipe_path(&recipe.name, &recipe.version);
+        let path = self.recipe_path(&recipe.name, &recipe.version)?;
         let text = serde_json::to_vec_pretty(&recipe.to_json())
             .map_err(|e| DeployError::Config(format!("cannot serialise recipe: {e}")))?;
         fsutil::write_atomic(&path, &text)
@@ -62,7 +80,7 @@ impl Store {
     }
 
     pub(crate) fn load_recipe(&self, name: &str, version: &Version) -> Result<Recipe, DeployError> {
-        let path = self.recipe_path(name, version);
+        let path = self.recipe_path(name, version)?;
         let text = fs::read_to_string(&path)
             .map_err(|e| DeployError::io("cannot read stored recipe", &path, e))?;
         lichen_recipe::parse_str(&text, Format::Json, &path.display().to_string()).map_err(|e| {
@@ -98,6 +116,10 @@ impl Store {
             let Some((name, version)) = stem.split_once('@') else {
                 continue;
             };
+            // Names the core never writes (a planted `..@1.0.0…`) are not components.
+            if lichen_recipe::validate_component_name(name).is_err() {
+                continue;
+            }
             if let Ok(version) = Version::parse(version) {
                 out.push((name.to_string(), version));
             }
@@ -117,7 +139,7 @@ impl Store {
         for (name, version) in self.stored_recipes()? {
             let v = version.to_string();
             if !kept(&name, &v) {
-                let path = self.recipe_path(&name, &version);
+                let path = self.recipe_path(&name, &version)?;
                 fs::remove_file(&path)
                     .map_err(|e| DeployError::io("cannot remove recipe", &path, e))?;
                 removed.insert(format!("{name}@{v}"));
@@ -149,6 +171,13 @@ impl Store {
         }
         Ok(removed.into_iter().collect())
     }
+}
+
+/// Defence in depth behind recipe validation: a component name becomes one path segment under
+/// the store (and the work and log folders), so `..`, `/` and friends must never reach here.
+fn checked_name(name: &str) -> Result<(), DeployError> {
+    lichen_recipe::validate_component_name(name)
+        .map_err(|e| DeployError::BadRequest(format!("{e}; no store path is made for it")))
 }
 
 /// Parses every `.yaml`/`.yml`/`.json` file under `dir` (recursively). Nothing is written: a bad

@@ -46,7 +46,9 @@ pub use recipe::{
     Access, Artifact, ComponentType, Dependency, DependencyType, Format, Manifest, Permission,
     RECIPE_FORMAT_VERSION, Recipe, SelectedRecipe, Unarchive, parse_file, parse_str,
 };
-pub use version::{VersionRequirement, parse_component_version, validate_component_name};
+pub use version::{
+    VersionRequirement, check_file_name, parse_component_version, validate_component_name,
+};
 
 /// A recipe that cannot be read, or cannot be used on this device.
 ///

@@ -12,7 +12,9 @@ use crate::platform::Platform;
 use crate::value::{
     expect_object, expect_string, get_ci_present, join, scalar_text, type_name, yaml_to_json,
 };
-use crate::version::{VersionRequirement, parse_component_version, validate_component_name};
+use crate::version::{
+    VersionRequirement, check_file_name, parse_component_version, validate_component_name,
+};
 
 /// The only `RecipeFormatVersion` Greengrass defines.
 pub const RECIPE_FORMAT_VERSION: &str = "2020-01-25";
@@ -189,6 +191,16 @@ impl Artifact {
             _ => rest,
         };
         rest.rsplit('/').next().unwrap_or(rest)
+    }
+
+    /// The folder a ZIP artifact is unpacked to under `{artifacts:decompressedPath}`: its file
+    /// name without the last extension (`model.zip` → `model`).
+    pub fn unarchive_dir_name(&self) -> &str {
+        let name = self.file_name();
+        Path::new(name)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or(name)
     }
 }
 
@@ -858,11 +870,26 @@ fn parse_artifact(v: &Value, origin: &str, path: &str) -> Result<Artifact, Recip
             permission.execute = parse_enum(v, origin, &join(&ppath, k), &access)?;
         }
     }
-    Ok(Artifact {
+    let artifact = Artifact {
         uri,
         digest,
         algorithm,
         unarchive,
         permission,
-    })
+    };
+    // Docker images are not files; everything else lands in the store under its file name.
+    if artifact.scheme() != "docker" {
+        check_file_name(artifact.file_name())
+            .map_err(|e| RecipeError::new(origin, &uri_path, e))?;
+        if artifact.unarchive == Unarchive::Zip {
+            check_file_name(artifact.unarchive_dir_name()).map_err(|e| {
+                RecipeError::new(
+                    origin,
+                    &uri_path,
+                    format!("{e} (without its extension it names the folder the ZIP unpacks to)"),
+                )
+            })?;
+        }
+    }
+    Ok(artifact)
 }

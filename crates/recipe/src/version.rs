@@ -42,10 +42,32 @@ pub fn validate_component_name(name: &str) -> Result<(), String> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
         return Err(format!(
-            "component name '{name}' contains '{bad}'; only letters, digits, '-', '_' and '.' are allowed"
+            "component name '{name}' contains {bad:?}; only letters, digits, '-', '_' and '.' are allowed"
+        ));
+    }
+    // The name is a folder under work/, logs/ and the store: `..` would be the core root, and
+    // dot files hide from listings.
+    if name.starts_with('.') {
+        return Err(format!(
+            "component name '{name}' must not start with '.'; use a name such as com.example.Hello"
         ));
     }
     Ok(())
+}
+
+/// Checks that `name` (an artifact's file name, or the folder a ZIP artifact unpacks to) is one
+/// plain path segment: not empty, not `.` or `..`, without `/` or NUL.
+pub fn check_file_name(name: &str) -> Result<(), String> {
+    let problem = match name {
+        "" => "is empty",
+        "." | ".." => "is a relative folder reference",
+        _ if name.contains('/') => "contains '/'",
+        _ if name.contains('\0') => "contains a NUL character",
+        _ => return Ok(()),
+    };
+    Err(format!(
+        "the artifact's file name '{name}' {problem}; the last part of the URI must be a plain file name such as app.zip"
+    ))
 }
 
 /// Parses a `ComponentVersion`: strict semver, at most 64 characters, major, minor and patch

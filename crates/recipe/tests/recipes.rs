@@ -756,3 +756,93 @@ fn error_display_names_origin_field_and_fix() {
         "test.yaml: Manifests[0].Lifecycle.Install.Timeout: timeout \"abc\" is not a number; expected a whole number of seconds such as 60"
     );
 }
+
+#[test]
+fn path_hostile_component_names_are_refused() {
+    let body = "Manifests: [{}]\n";
+    let with_name = |name: &str| {
+        format!(
+            "RecipeFormatVersion: '2020-01-25'\nComponentName: {name}\nComponentVersion: 1.0.0\n{body}"
+        )
+    };
+    // The work folder of `..` would be the core root; dot files hide from listings.
+    for name in ["'.'", "'..'", "'.hidden'", "'..x'"] {
+        assert_err(&with_name(name), "ComponentName", "must not start with '.'");
+    }
+    for name in ["'a/b'", "'a\\b'", "\"a\\0b\"", "'../etc'", "'a b'"] {
+        assert_err(&with_name(name), "ComponentName", "only letters");
+    }
+    assert_err(
+        &minimal("ComponentDependencies:\n  '..':\n    VersionRequirement: '*'\nManifests: [{}]\n"),
+        "ComponentDependencies...",
+        "must not start with '.'",
+    );
+    // The same rule whatever the format.
+    let e = parse_str(
+        r#"{"RecipeFormatVersion": "2020-01-25", "ComponentName": "..", "ComponentVersion": "1.0.0", "Manifests": [{}]}"#,
+        Format::Json,
+        "bad.json",
+    )
+    .unwrap_err();
+    assert_eq!(
+        (e.origin.as_str(), e.field.as_str()),
+        ("bad.json", "ComponentName")
+    );
+    assert!(e.message.contains("must not start with '.'"), "{e}");
+    // Versions are strict semver, so no separator or NUL can reach a path through them.
+    for version in ["'1.0.0/..'", "'1.0.0+a/b'", "'1.0.0-a\\b'", "\"1.0.0\\0\""] {
+        assert_err(
+            &format!(
+                "RecipeFormatVersion: '2020-01-25'\nComponentName: a.B\nComponentVersion: {version}\n{body}"
+            ),
+            "ComponentVersion",
+            "semantic version",
+        );
+    }
+    // Greengrass names keep working, dots inside included.
+    for name in [
+        "com.example.Hello",
+        "aws.greengrass.Nucleus",
+        "a..b",
+        "x.",
+        "_a-1",
+    ] {
+        assert_eq!(yaml(&with_name(&format!("'{name}'"))).unwrap().name, name);
+    }
+}
+
+#[test]
+fn artifact_file_names_must_be_plain_file_names() {
+    // The last URI segment becomes a file under the component's artifact folder, and a ZIP's
+    // stem a folder beside its siblings: `..` and friends would leave it.
+    for uri in [
+        "s3://b/..",
+        "s3://b/.",
+        "s3://b/",
+        "greengrass:..",
+        "https://h/x/..?q=1",
+    ] {
+        assert_err(
+            &minimal(&format!(
+                "Manifests:\n  - Artifacts:\n      - Uri: '{uri}'\n"
+            )),
+            "Manifests[0].Artifacts[0].Uri",
+            "file name",
+        );
+    }
+    for uri in ["s3://b/...zip", "s3://b/..zip"] {
+        assert_err(
+            &minimal(&format!(
+                "Manifests:\n  - Artifacts:\n      - Uri: '{uri}'\n        Unarchive: ZIP\n"
+            )),
+            "Manifests[0].Artifacts[0].Uri",
+            "file name",
+        );
+    }
+    // Ordinary names stay valid, docker images are not files.
+    let r = yaml(&minimal(
+        "Manifests:\n  - Artifacts:\n      - Uri: s3://b/.env\n      - Uri: s3://b/app.zip\n        Unarchive: ZIP\n      - Uri: docker:repo/image:1\n",
+    ))
+    .unwrap();
+    assert_eq!(r.manifests[0].artifacts.len(), 3);
+}

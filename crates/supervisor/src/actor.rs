@@ -147,6 +147,11 @@ impl Shared {
         env.extend(spec.lifecycle.setenv.clone());
         env.extend(step.setenv.clone());
 
+        // The name becomes a folder under work/: never `..` or a path, whoever built the spec.
+        lichen_recipe::validate_component_name(&spec.name).map_err(|reason| PrepareError {
+            suffix: "CONFIG_NOT_VALID",
+            reason,
+        })?;
         let cwd = self.work_dir(&spec.name);
         process::prepare_work_dir(&cwd, run_as.as_ref()).map_err(|err| PrepareError {
             suffix: "IO_ERROR",
