@@ -551,6 +551,11 @@ impl<S: Transport> Conn<S> {
             self.refuse(0x05, 0x87).await;
             return false;
         }
+        if !self.authorizer.client_id_acceptable(&self.ctx) {
+            tracing::info!(client_id, peer = %self.ctx.peer, "refused: client identifier not acceptable");
+            self.refuse(0x02, 0x85).await;
+            return false;
+        }
         if !self.authorizer.connect(&self.ctx) {
             self.refuse(0x05, 0x87).await;
             return false;

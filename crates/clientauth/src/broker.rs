@@ -2,7 +2,7 @@
 //! `lichen-broker` on one TLS listener with client certificates required, its certificates and
 //! checks from [`ClientDeviceAuth`], joined both ways to the core's `local_mqtt` bus.
 
-use crate::{ClientDeviceAuth, Trust, trust};
+use crate::{ClientDeviceAuth, Trust, trust, valid_thing_name};
 use bytes::BytesMut;
 use lichen_broker::codec::{self, Packet, QoS, SubscriptionOptions, Version};
 use lichen_broker::rustls::ServerConfig;
@@ -99,10 +99,14 @@ struct DeviceAuthorizer {
 }
 
 impl DeviceAuthorizer {
+    /// A device acts only as the thing its certificate is bound to (checked on every action, so
+    /// a changed mapping applies at once); a component (own CA) is allowed everything.
     fn check(&self, ctx: &ClientContext, operation: &str, resource: &str) -> bool {
-        let allowed = match self.auth.classify(&ctx.certificate_chain) {
+        let allowed = match self
+            .auth
+            .client_trust(&ctx.certificate_chain, &ctx.client_id)
+        {
             None => false,
-            Some(Trust::Device) if ctx.client_id.is_empty() || ctx.client_id.len() > 128 => false,
             Some(t) => self.auth.allowed(t, &ctx.client_id, operation, resource),
         };
         if !allowed {
@@ -113,7 +117,22 @@ impl DeviceAuthorizer {
 }
 
 impl Authorizer for DeviceAuthorizer {
+    fn client_id_acceptable(&self, ctx: &ClientContext) -> bool {
+        match self.auth.classify(&ctx.certificate_chain) {
+            Some(Trust::Component) => true,
+            // A device's client id is its thing name.
+            _ => valid_thing_name(&ctx.client_id),
+        }
+    }
     fn connect(&self, ctx: &ClientContext) -> bool {
+        if self.auth.classify(&ctx.certificate_chain) == Some(Trust::Device)
+            && self
+                .auth
+                .client_trust(&ctx.certificate_chain, &ctx.client_id)
+                .is_none()
+        {
+            tracing::info!(client_id = %ctx.client_id, peer = %ctx.peer, "refused: the certificate is not bound to this thing name (its CN, or trustedClientCertificates.thingCertificates)");
+        }
         self.check(
             ctx,
             "mqtt:connect",
