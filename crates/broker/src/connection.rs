@@ -17,8 +17,8 @@ use crate::codec::{
 };
 use crate::router::{Subscription, parse_shared};
 use crate::state::{
-    Attached, Congested, Core, Delivery, Inflight, Message, Outbox, SERVER_SHUTTING_DOWN,
-    SessionData,
+    AttachRefused, Attached, Congested, Core, Delivery, Inflight, Message, Outbox, QUOTA_EXCEEDED,
+    QuotaExceeded, SERVER_SHUTTING_DOWN, SessionData,
 };
 use bytes::{Buf, BytesMut};
 use std::collections::HashMap;
@@ -489,7 +489,12 @@ impl<S: Transport> Conn<S> {
     /// Queues the CONNACK accepting this client. Not inlined into `run`: its property set would
     /// otherwise take room in every connection's task.
     #[inline(never)]
-    fn send_connack(&mut self, session_present: bool, assigned: Option<String>) {
+    fn send_connack(
+        &mut self,
+        session_present: bool,
+        assigned: Option<String>,
+        session_expiry: Option<u32>,
+    ) {
         let mut properties = Properties::default();
         if self.v5() {
             let cfg = &self.core.config;
@@ -503,6 +508,8 @@ impl<S: Transport> Conn<S> {
             properties.subscription_identifier_available = Some(1);
             properties.shared_subscription_available = Some(1);
             properties.assigned_client_identifier = assigned;
+            // Set when the broker shortened the expiry the client asked for.
+            properties.session_expiry_interval = session_expiry;
         }
         let ack = ConnAck {
             session_present,
@@ -560,13 +567,17 @@ impl<S: Transport> Conn<S> {
             self.refuse(0x05, 0x87).await;
             return false;
         }
+        let max_expiry = self.core.config.max_session_expiry_secs;
+        let asked = connect.properties.session_expiry_interval.unwrap_or(0);
         self.session_expiry = if v5 {
-            connect.properties.session_expiry_interval.unwrap_or(0)
+            asked.min(max_expiry)
         } else if connect.clean_start {
             0
         } else {
-            u32::MAX
+            // MQTT 3.1.1 has no expiry of its own: persistent sessions get the broker's bound.
+            max_expiry
         };
+        let shortened = (v5 && asked > max_expiry).then_some(max_expiry);
         self.connect_expiry_was_zero = self.session_expiry == 0;
         self.client_receive_max = if v5 {
             usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX))
@@ -581,9 +592,16 @@ impl<S: Transport> Conn<S> {
         // Take the session over from an earlier connection with the same identifier.
         let mut attached = None;
         for _ in 0..500 {
-            if let Some(a) = self.core.attach(&client_id, connect.clean_start) {
-                attached = Some(a);
-                break;
+            match self.core.attach(&client_id, connect.clean_start) {
+                Ok(a) => {
+                    attached = Some(a);
+                    break;
+                }
+                Err(AttachRefused::Quota) => {
+                    self.refuse(0x03, QUOTA_EXCEEDED).await;
+                    return false;
+                }
+                Err(AttachRefused::Busy) => {}
             }
             Box::pin(tokio::time::sleep(Duration::from_millis(10))).await;
         }
@@ -602,7 +620,7 @@ impl<S: Transport> Conn<S> {
         self.data = data;
         self.conn_id = conn_id;
 
-        self.send_connack(session_present, assigned);
+        self.send_connack(session_present, assigned, shortened);
         tracing::debug!(client_id, version = ?self.version, session_present, "connected");
         self.resend_inflight();
         self.fill_window();
@@ -878,7 +896,7 @@ impl<S: Transport> Conn<S> {
                     if self.connect_expiry_was_zero && expiry != 0 {
                         return Err(Some(0x82));
                     }
-                    self.session_expiry = expiry;
+                    self.session_expiry = expiry.min(self.core.config.max_session_expiry_secs);
                 }
                 return Ok(Some(End::Normal {
                     send_will: d.reason_code == 0x04,
@@ -938,6 +956,7 @@ impl<S: Transport> Conn<S> {
         let allowed = self.authorizer.publish(&self.ctx, &p.topic);
         let mut reason = 0x87;
         if allowed {
+            let topic = p.topic.clone();
             let now = Instant::now();
             let message = Arc::new(Message {
                 expires_at: p
@@ -951,8 +970,22 @@ impl<S: Transport> Conn<S> {
                 retain: p.retain,
                 publisher: self.ctx.client_id.clone(),
             });
-            let reached = self.core.publish(message, &mut self.held_back);
-            reason = if reached == 0 { 0x10 } else { 0x00 };
+            reason = match self.core.publish(message, &mut self.held_back) {
+                Ok(0) => 0x10,
+                Ok(_) => 0x00,
+                Err(QuotaExceeded) => {
+                    tracing::info!(
+                        client_id = self.ctx.client_id,
+                        topic,
+                        "retained publication refused: the retained store is at its bound"
+                    );
+                    // Only an MQTT 5 acknowledgement can say so; otherwise the connection goes.
+                    if !self.v5() || p.qos == QoS::AtMostOnce {
+                        return Err(Some(QUOTA_EXCEEDED));
+                    }
+                    QUOTA_EXCEEDED
+                }
+            };
         } else {
             tracing::info!(client_id = self.ctx.client_id, "publish not authorized");
         }
@@ -1005,7 +1038,16 @@ impl<S: Transport> Conn<S> {
                 options: *options,
                 identifier,
             };
-            let (existed, matching) = self.core.subscribe(&self.ctx.client_id, filter, sub);
+            let Ok((existed, matching)) = self.core.subscribe(&self.ctx.client_id, filter, sub)
+            else {
+                tracing::info!(
+                    client_id = self.ctx.client_id,
+                    filter,
+                    "subscription refused: the session holds as many as it may"
+                );
+                reason_codes.push(if v5 { QUOTA_EXCEEDED } else { 0x80 });
+                continue;
+            };
             reason_codes.push(options.qos as u8);
             let send_retained = !shared
                 && (options.retain_handling == 0 || (options.retain_handling == 1 && !existed));

@@ -35,15 +35,17 @@ mod ca;
 mod identity;
 mod policy;
 mod rule;
+mod settings;
 mod trust;
 
-pub use broker::{BrokerSettings, DeviceBroker, LOCAL_MQTT_PUBLISHER};
+pub use broker::{DeviceBroker, LOCAL_MQTT_PUBLISHER};
 pub use ca::{CaError, CaType, CertificateAuthority, IssuedCertificate};
 pub use identity::{
     CertificateIdentity, MAX_THING_NAME, ThingCertificates, subject_common_name, valid_thing_name,
 };
 pub use policy::{DeviceGroups, PolicyError};
 pub use rule::{RuleError, SelectionRule};
+pub use settings::BrokerSettings;
 pub use trust::{Trust, TrustStore, fingerprint};
 
 use lichen_ipc::{Authz, EventSink, IpcError, ResourceStyle, Router};
