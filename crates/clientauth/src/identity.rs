@@ -40,7 +40,7 @@ impl CertificateIdentity {
 }
 
 /// One DER element: tag, contents, what follows. `None` when malformed or truncated.
-fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub(crate) fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
     if tag & 0x1f == 0x1f {
         // High tag numbers do not occur in the parts of a certificate read here.
@@ -70,18 +70,8 @@ const CN_OID: [u8; 3] = [0x55, 0x04, 0x03];
 /// The subject common name of a DER certificate: `None` without one, with more than one, or when
 /// it is not text.
 pub fn subject_common_name(der: &[u8]) -> Option<String> {
-    let (SEQUENCE, certificate, _) = element(der)? else {
-        return None;
-    };
-    let (SEQUENCE, tbs, _) = element(certificate)? else {
-        return None;
-    };
-    let mut rest = tbs;
-    // [0] version (optional), serial, signature algorithm, issuer, validity, subject.
-    let (tag, _, r) = element(rest)?;
-    if tag == 0xa0 {
-        rest = r;
-    }
+    // Serial, signature algorithm, issuer, validity, then the subject.
+    let mut rest = tbs_fields(der)?;
     for _ in 0..4 {
         rest = element(rest)?.2;
     }
@@ -125,6 +115,92 @@ pub fn subject_common_name(der: &[u8]) -> Option<String> {
         }
     }
     found
+}
+
+/// The elements of a certificate's TBSCertificate after its optional version: serial,
+/// signature algorithm, issuer, validity, subject, subject public key info, then the optional
+/// unique ids and extensions.
+fn tbs_fields(der: &[u8]) -> Option<&[u8]> {
+    let (SEQUENCE, certificate, _) = element(der)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs, _) = element(certificate)? else {
+        return None;
+    };
+    let (tag, _, rest) = element(tbs)?;
+    Some(if tag == 0xa0 { rest } else { tbs })
+}
+
+/// The subject public key of a DER certificate (the BIT STRING's bits).
+pub(crate) fn subject_public_key(der: &[u8]) -> Option<&[u8]> {
+    let mut rest = tbs_fields(der)?;
+    for _ in 0..5 {
+        rest = element(rest)?.2;
+    }
+    let (SEQUENCE, spki, _) = element(rest)? else {
+        return None;
+    };
+    let (SEQUENCE, _, bits) = element(spki)? else {
+        return None;
+    };
+    let (0x03, bits, _) = element(bits)? else {
+        return None;
+    };
+    match bits.split_first() {
+        Some((0, key)) => Some(key),
+        _ => None,
+    }
+}
+
+/// The basicConstraints path length of a DER certificate: `None` without one (or without the
+/// extension).
+pub(crate) fn path_len_constraint(der: &[u8]) -> Option<u64> {
+    let mut rest = tbs_fields(der)?;
+    for _ in 0..6 {
+        rest = element(rest)?.2;
+    }
+    while !rest.is_empty() {
+        let (tag, contents, next) = element(rest)?;
+        rest = next;
+        if tag != 0xa3 {
+            continue;
+        }
+        let (SEQUENCE, mut extensions, _) = element(contents)? else {
+            return None;
+        };
+        while !extensions.is_empty() {
+            let (SEQUENCE, extension, next) = element(extensions)? else {
+                return None;
+            };
+            extensions = next;
+            let (OID, oid, mut value) = element(extension)? else {
+                return None;
+            };
+            if oid != [0x55, 0x1d, 0x13] {
+                continue;
+            }
+            let (tag, _, after) = element(value)?;
+            if tag == 0x01 {
+                // The critical flag.
+                value = after;
+            }
+            let (0x04, octets, _) = element(value)? else {
+                return None;
+            };
+            let (SEQUENCE, mut fields, _) = element(octets)? else {
+                return None;
+            };
+            while !fields.is_empty() {
+                let (tag, v, next) = element(fields)?;
+                fields = next;
+                if tag == 0x02 && v.len() <= 8 {
+                    return Some(v.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b)));
+                }
+            }
+            return None;
+        }
+    }
+    None
 }
 
 /// `trustedClientCertificates.thingCertificates`: thing name → its certificates (fingerprints
