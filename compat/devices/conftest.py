@@ -77,6 +77,9 @@ def token(client_id, cert):
         mqtt_credential=model.MQTTCredential(client_id=client_id, certificate_pem=cert))).client_device_auth_token
 attempt("token_stranger", lambda: token("sensor9", stranger_pem))
 attempt("token_device", lambda: token("sensor1", device_pem))
+# A device certificate gets a token only for the thing it is bound to, under a valid thing name.
+attempt("token_other_thing", lambda: token("sensor2", device_pem))
+attempt("token_wildcard", lambda: token("sensor*", device_pem))
 tok = result["token_device"] if isinstance(result["token_device"], str) else "missing"
 def authz(op, res):
     return client.authorize_client_device_action(client_device_auth_token=tok, operation=op, resource=res).is_authorized
