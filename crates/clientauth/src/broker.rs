@@ -125,7 +125,11 @@ impl DeviceBroker {
             .first()
             .copied()
             .unwrap_or(settings.addr);
-        let link = tokio::spawn(bus_link(server.handle().connect_in_process(), local_mqtt));
+        let link = tokio::spawn(bus_link(
+            server.handle().connect_in_process(),
+            local_mqtt,
+            settings.max_packet_size as usize,
+        ));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(server.run(async {
             let _ = stop_rx.await;
@@ -173,7 +177,9 @@ fn send(packet: &Packet, out: &mut BytesMut) {
 /// Joins the broker and the `local_mqtt` bus through an in-process MQTT 5 connection: it
 /// subscribes to everything with no-local (so what it publishes never comes back), mirrors what
 /// it receives onto the bus, and publishes what others put on the bus.
-async fn bus_link(stream: tokio::io::DuplexStream, local_mqtt: Bus) {
+/// A bus message whose PUBLISH would exceed `max_packet` is skipped (logged): the broker would
+/// otherwise end the link for it.
+async fn bus_link(stream: tokio::io::DuplexStream, local_mqtt: Bus, max_packet: usize) {
     let client_id = format!("{LOCAL_MQTT_PUBLISHER}-{}", uuid_like());
     let (mut rd, mut wr) = tokio::io::split(stream);
     let options = SubscribeOptions {
@@ -290,6 +296,7 @@ async fn bus_link(stream: tokio::io::DuplexStream, local_mqtt: Bus) {
                 };
                 let packet_id = next_id;
                 next_id = next_id.checked_add(1).unwrap_or(1);
+                let start = out.len();
                 send(
                     &Packet::Publish(codec::Publish {
                         dup: false,
@@ -302,6 +309,10 @@ async fn bus_link(stream: tokio::io::DuplexStream, local_mqtt: Bus) {
                     }),
                     &mut out,
                 );
+                if out.len() - start > max_packet {
+                    out.truncate(start);
+                    tracing::warn!(topic = %d.topic, max_packet, "local_mqtt message not passed to client devices: larger than the broker's maximum packet size");
+                }
             }
         }
         if !out.is_empty() {

@@ -779,4 +779,6 @@ impl ClientDeviceAuth {
 }
 
 #[cfg(test)]
+mod broker_tests;
+#[cfg(test)]
 mod tests;
