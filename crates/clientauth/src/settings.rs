@@ -54,7 +54,12 @@ fn lookup<'a>(cfg: &'a Value, section: &str, key: &str) -> Option<&'a Value> {
 fn text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.trim().to_string()),
-        Value::Number(n) => Some(n.to_string()),
+        // Configuration merged from JSON documents may carry whole numbers as `2.0`.
+        Value::Number(n) => Some(match (n.as_u64(), n.as_f64()) {
+            (Some(u), _) => u.to_string(),
+            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f < 1.8e19 => (f as u64).to_string(),
+            _ => n.to_string(),
+        }),
         _ => None,
     }
 }
@@ -310,7 +315,7 @@ mod tests {
                 &json!({
                     "emqx": {"zone.external.max_subscriptions": "7"},
                     "brokerLimits": {
-                        "maxRetainedMessages": 2, "maxRetainedBytes": "1KB",
+                        "maxRetainedMessages": 2.0, "maxRetainedBytes": "1KB",
                         "maxSubscriptionsPerClient": "3", "maxSessions": 4,
                         "maxSessionExpirySeconds": "90s"
                     }
