@@ -328,3 +328,30 @@ async fn a_token_is_only_for_the_thing_the_certificate_names() {
     let odd = device_cert(&dev_ca, "sensor*");
     assert!(auth.auth_token("sensor*", &odd).is_err());
 }
+
+#[tokio::test]
+async fn thing_certificates_take_pem_texts_as_well_as_fingerprints() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = ClientDeviceAuth::new(dir.path().to_path_buf());
+    let gateway = foreign_cert("gateway-cert");
+    auth.apply(Some(&config(json!({"trustedClientCertificates": {
+        "thingCertificates": {"sensor-gw": [&gateway]}
+    }}))))
+    .await
+    .unwrap();
+    // Listed, so trusted, and bound to its thing only.
+    assert!(auth.verify_identity(&gateway));
+    assert!(auth.auth_token("sensor-gw", &gateway).is_ok());
+    assert!(auth.auth_token("gateway-cert", &gateway).is_err());
+    let e = auth
+        .apply(Some(&config(json!({"trustedClientCertificates": {
+            "thingCertificates": {"a/b": [&gateway]}
+        }}))))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("trustedClientCertificates.thingCertificates"),
+        "{e}"
+    );
+}
