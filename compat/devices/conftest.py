@@ -77,6 +77,9 @@ def token(client_id, cert):
         mqtt_credential=model.MQTTCredential(client_id=client_id, certificate_pem=cert))).client_device_auth_token
 attempt("token_stranger", lambda: token("sensor9", stranger_pem))
 attempt("token_device", lambda: token("sensor1", device_pem))
+# A device certificate gets a token only for the thing it is bound to, under a valid thing name.
+attempt("token_other_thing", lambda: token("sensor2", device_pem))
+attempt("token_wildcard", lambda: token("sensor*", device_pem))
 tok = result["token_device"] if isinstance(result["token_device"], str) else "missing"
 def authz(op, res):
     return client.authorize_client_device_action(client_device_auth_token=tok, operation=op, resource=res).is_authorized
@@ -139,7 +142,22 @@ def devices(tmp_path_factory):
         "intruder": make_leaf(ca, "intruder", d),
         "stranger": make_leaf(stranger_ca, "stranger", d),
         "sdk": make_leaf(ca, "sdk-client", d),
+        "sensor2": make_leaf(ca, "sensor2", d),
+        # Bound to thing sensor-mapped by fingerprint (thingCertificates), whatever its CN says.
+        "mapped": make_leaf(ca, "sensor-cn", d),
+        # A CA-trusted certificate naming a thing whose certificates are listed explicitly.
+        "impostor": make_leaf(ca, "sensor-mapped", d),
+        "bounded": make_leaf(ca, "bounded1", d),
     }
+
+
+def fingerprint(cert_path):
+    """`sha256:<hex>` of a PEM certificate's DER, the form thingCertificates takes."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    return "sha256:" + cert.fingerprint(hashes.SHA256()).hex()
 
 
 @pytest.fixture(scope="session")
@@ -181,7 +199,10 @@ def core(tmp_path_factory, devices):
             AUTH: {
                 "MERGE": {
                     "certificateAuthority": {"caType": "ECDSA_P256"},
-                    "trustedClientCertificates": {"caCertificates": [devices["ca_pem"]]},
+                    "trustedClientCertificates": {
+                        "caCertificates": [devices["ca_pem"]],
+                        "thingCertificates": {"sensor-mapped": [fingerprint(devices["mapped"][0])]},
+                    },
                     "deviceGroups": DEVICE_GROUPS,
                 }
             },
@@ -197,6 +218,71 @@ def core(tmp_path_factory, devices):
         wait_listening(port)
         c.port = port
         c.work = work
+        c.ca_path = str(root / "work" / AUTH / "ca.pem")
+        yield c
+    finally:
+        c.stop()
+        if os.environ.get("LICHEN_KEEP_LOG"):
+            print(c.log())
+
+
+BOUNDED_GROUPS = {
+    "formatVersion": "2021-03-05",
+    "definitions": {"bounded": {"selectionRule": "thingName: bounded*", "policyName": "everything"}},
+    "policies": {
+        "everything": {
+            "all": {
+                "operations": ["mqtt:connect", "mqtt:publish", "mqtt:subscribe"],
+                "resources": ["mqtt:clientId:*", "mqtt:topic:*", "mqtt:topicfilter:*"],
+            }
+        }
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def bounded_core(tmp_path_factory, devices):
+    """A second core whose client-device broker has small bounds (brokerLimits and EMQX keys)."""
+    root = tmp_path_factory.mktemp("bounded-core")
+    port = free_port()
+    proc = subprocess.Popen(
+        [lichen_bin(), "core", "run", "--root", str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "LICHEN_LOG": "info"},
+    )
+    c = Core(root, proc)
+    try:
+        deadline = time.monotonic() + 60
+        while "ready in" not in (proc.stdout.readline() or ""):
+            assert proc.poll() is None and time.monotonic() < deadline, "core did not become ready"
+        update = {
+            AUTH: {
+                "MERGE": {
+                    "certificateAuthority": {"caType": "ECDSA_P256"},
+                    "trustedClientCertificates": {"caCertificates": [devices["ca_pem"]]},
+                    "deviceGroups": BOUNDED_GROUPS,
+                }
+            },
+            BROKER: {
+                "MERGE": {
+                    "emqx": {
+                        "listener.ssl.external": f"127.0.0.1:{port}",
+                        "mqtt.max_packet_size": "4096",
+                        "zone.external.max_subscriptions": "3",
+                    },
+                    "brokerLimits": {"maxRetainedMessages": 2, "maxRetainedBytes": 1000},
+                }
+            },
+        }
+        c.cli(
+            "deployment", "create", "--wait", "--json",
+            "--merge", f"{AUTH}=2.5.3", "--merge", f"{BROKER}=2.0.1",
+            "--update-config", json.dumps(update),
+        )
+        wait_listening(port)
+        c.port = port
         c.ca_path = str(root / "work" / AUTH / "ca.pem")
         yield c
     finally:

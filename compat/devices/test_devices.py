@@ -179,6 +179,8 @@ def test_a_component_calls_the_four_client_device_operations(core, devices):
     assert r["verify_device"] is True
     assert r["verify_stranger"] is False
     assert r["token_stranger"]["error"] == "InvalidCredentialError"
+    assert r["token_other_thing"]["error"] == "InvalidCredentialError", r["token_other_thing"]
+    assert r["token_wildcard"]["error"] == "InvalidCredentialError", r["token_wildcard"]
     # Topic filters compare as strings: `allowed/#` is allowed, `allowed/x` is not.
     assert r["connect"] is True
     assert r["publish_allowed"] is True

@@ -18,6 +18,11 @@ pub struct ClientContext {
 
 /// Decides connects, publishes and subscribes. Called on the connection's task: keep it quick.
 pub trait Authorizer: Send + Sync + 'static {
+    /// Whether the client identifier is one this client may present at all; checked before
+    /// [`Authorizer::connect`], a refusal answers CONNACK 0x85 (3.1.1: 0x02, identifier rejected).
+    fn client_id_acceptable(&self, _ctx: &ClientContext) -> bool {
+        true
+    }
     fn connect(&self, ctx: &ClientContext) -> bool;
     fn publish(&self, ctx: &ClientContext, topic: &str) -> bool;
     /// `filter` is the literal filter string, `$share/<group>/` prefix included.

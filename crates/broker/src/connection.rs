@@ -12,13 +12,12 @@
 
 use crate::auth::{Authorizer, ClientContext};
 use crate::codec::{
-    self, Ack, CodecError, ConnAck, Connect, Disconnect, Packet, Properties, Publish, QoS, SubAck,
+    self, Ack, CodecError, ConnAck, Connect, Disconnect, Packet, Properties, Publish, QoS,
     UnsubAck, Version, Will,
 };
-use crate::router::{Subscription, parse_shared};
 use crate::state::{
-    Attached, Congested, Core, Delivery, Inflight, Message, Outbox, SERVER_SHUTTING_DOWN,
-    SessionData,
+    AttachRefused, Attached, Congested, Core, Delivery, Inflight, Message, Outbox, QUOTA_EXCEEDED,
+    SERVER_SHUTTING_DOWN, SessionData,
 };
 use bytes::{Buf, BytesMut};
 use std::collections::HashMap;
@@ -30,6 +29,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
+
+mod inbound;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read while waiting for a client: idle connections keep only this, inline.
@@ -489,7 +490,12 @@ impl<S: Transport> Conn<S> {
     /// Queues the CONNACK accepting this client. Not inlined into `run`: its property set would
     /// otherwise take room in every connection's task.
     #[inline(never)]
-    fn send_connack(&mut self, session_present: bool, assigned: Option<String>) {
+    fn send_connack(
+        &mut self,
+        session_present: bool,
+        assigned: Option<String>,
+        session_expiry: Option<u32>,
+    ) {
         let mut properties = Properties::default();
         if self.v5() {
             let cfg = &self.core.config;
@@ -503,6 +509,8 @@ impl<S: Transport> Conn<S> {
             properties.subscription_identifier_available = Some(1);
             properties.shared_subscription_available = Some(1);
             properties.assigned_client_identifier = assigned;
+            // Set when the broker shortened the expiry the client asked for.
+            properties.session_expiry_interval = session_expiry;
         }
         let ack = ConnAck {
             session_present,
@@ -551,17 +559,26 @@ impl<S: Transport> Conn<S> {
             self.refuse(0x05, 0x87).await;
             return false;
         }
+        if !self.authorizer.client_id_acceptable(&self.ctx) {
+            tracing::info!(client_id, peer = %self.ctx.peer, "refused: client identifier not acceptable");
+            self.refuse(0x02, 0x85).await;
+            return false;
+        }
         if !self.authorizer.connect(&self.ctx) {
             self.refuse(0x05, 0x87).await;
             return false;
         }
+        let max_expiry = self.core.config.max_session_expiry_secs;
+        let asked = connect.properties.session_expiry_interval.unwrap_or(0);
         self.session_expiry = if v5 {
-            connect.properties.session_expiry_interval.unwrap_or(0)
+            asked.min(max_expiry)
         } else if connect.clean_start {
             0
         } else {
-            u32::MAX
+            // MQTT 3.1.1 has no expiry of its own: persistent sessions get the broker's bound.
+            max_expiry
         };
+        let shortened = (v5 && asked > max_expiry).then_some(max_expiry);
         self.connect_expiry_was_zero = self.session_expiry == 0;
         self.client_receive_max = if v5 {
             usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX))
@@ -576,9 +593,16 @@ impl<S: Transport> Conn<S> {
         // Take the session over from an earlier connection with the same identifier.
         let mut attached = None;
         for _ in 0..500 {
-            if let Some(a) = self.core.attach(&client_id, connect.clean_start) {
-                attached = Some(a);
-                break;
+            match self.core.attach(&client_id, connect.clean_start) {
+                Ok(a) => {
+                    attached = Some(a);
+                    break;
+                }
+                Err(AttachRefused::Quota) => {
+                    self.refuse(0x03, QUOTA_EXCEEDED).await;
+                    return false;
+                }
+                Err(AttachRefused::Busy) => {}
             }
             Box::pin(tokio::time::sleep(Duration::from_millis(10))).await;
         }
@@ -597,7 +621,7 @@ impl<S: Transport> Conn<S> {
         self.data = data;
         self.conn_id = conn_id;
 
-        self.send_connack(session_present, assigned);
+        self.send_connack(session_present, assigned, shortened);
         tracing::debug!(client_id, version = ?self.version, session_present, "connected");
         self.resend_inflight();
         self.fill_window();
@@ -873,7 +897,7 @@ impl<S: Transport> Conn<S> {
                     if self.connect_expiry_was_zero && expiry != 0 {
                         return Err(Some(0x82));
                     }
-                    self.session_expiry = expiry;
+                    self.session_expiry = expiry.min(self.core.config.max_session_expiry_secs);
                 }
                 return Ok(Some(End::Normal {
                     send_will: d.reason_code == 0x04,
@@ -897,134 +921,6 @@ impl<S: Transport> Conn<S> {
             }
         }
         Ok(None)
-    }
-
-    fn on_publish(&mut self, mut p: Publish) -> Result<(), Option<u8>> {
-        if let Some(alias) = p.properties.topic_alias {
-            if alias > self.core.config.topic_alias_maximum {
-                return Err(Some(0x94));
-            }
-            if p.topic.is_empty() {
-                match self.aliases.as_ref().and_then(|a| a.get(&alias)) {
-                    Some(t) => p.topic = t.clone(),
-                    None => return Err(Some(0x82)),
-                }
-            } else {
-                self.aliases
-                    .get_or_insert_default()
-                    .insert(alias, p.topic.clone());
-            }
-        } else if p.topic.is_empty() {
-            return Err(Some(0x82));
-        }
-        if p.qos == QoS::ExactlyOnce
-            && let Some(id) = p.packet_id
-            && self.data.incoming_qos2.contains(&id)
-        {
-            // A retransmission of a message already taken: acknowledge, do not route again.
-            self.queue(&Packet::PubRec(ack(id, 0)));
-            return Ok(());
-        }
-        if p.qos == QoS::ExactlyOnce
-            && self.data.incoming_qos2.len() >= usize::from(self.core.config.receive_maximum)
-        {
-            return Err(Some(0x93));
-        }
-        let allowed = self.authorizer.publish(&self.ctx, &p.topic);
-        let mut reason = 0x87;
-        if allowed {
-            let now = Instant::now();
-            let message = Arc::new(Message {
-                expires_at: p
-                    .properties
-                    .message_expiry_interval
-                    .map(|s| now + Duration::from_secs(u64::from(s))),
-                properties: forwarded(&p.properties),
-                topic: p.topic,
-                payload: p.payload,
-                qos: p.qos,
-                retain: p.retain,
-                publisher: self.ctx.client_id.clone(),
-            });
-            let reached = self.core.publish(message, &mut self.held_back);
-            reason = if reached == 0 { 0x10 } else { 0x00 };
-        } else {
-            tracing::info!(client_id = self.ctx.client_id, "publish not authorized");
-        }
-        let reason = if self.v5() { reason } else { 0 };
-        match (p.qos, p.packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => self.queue(&Packet::PubAck(ack(id, reason))),
-            (QoS::ExactlyOnce, Some(id)) => {
-                if reason < 0x80 {
-                    self.data.incoming_qos2.insert(id);
-                }
-                self.queue(&Packet::PubRec(ack(id, reason)));
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn on_subscribe(&mut self, s: codec::Subscribe) -> Result<(), Option<u8>> {
-        let v5 = self.v5();
-        let identifier = s.properties.subscription_identifiers.first().copied();
-        let mut reason_codes = Vec::with_capacity(s.filters.len());
-        let mut retained = Vec::new();
-        for (filter, options) in &s.filters {
-            let (shared, inner) = match parse_shared(filter) {
-                Some((group, inner)) => {
-                    if group.is_empty() || group.contains(['+', '#']) {
-                        reason_codes.push(if v5 { 0x8F } else { 0x80 });
-                        continue;
-                    }
-                    if options.no_local {
-                        return Err(Some(0x82));
-                    }
-                    (true, inner)
-                }
-                None if filter.starts_with("$share/") || filter == "$share" => {
-                    reason_codes.push(if v5 { 0x8F } else { 0x80 });
-                    continue;
-                }
-                None => (false, filter.as_str()),
-            };
-            if codec::validate_topic_filter(inner).is_err() {
-                reason_codes.push(if v5 { 0x8F } else { 0x80 });
-                continue;
-            }
-            if !self.authorizer.subscribe(&self.ctx, filter) {
-                reason_codes.push(if v5 { 0x87 } else { 0x80 });
-                continue;
-            }
-            let sub = Subscription {
-                options: *options,
-                identifier,
-            };
-            let (existed, matching) = self.core.subscribe(&self.ctx.client_id, filter, sub);
-            reason_codes.push(options.qos as u8);
-            let send_retained = !shared
-                && (options.retain_handling == 0 || (options.retain_handling == 1 && !existed));
-            if send_retained {
-                for message in matching {
-                    retained.push(Delivery {
-                        qos: message.qos.min(options.qos),
-                        message,
-                        retain: true,
-                        subscription_ids: identifier.into_iter().collect(),
-                    });
-                }
-            }
-        }
-        let ack = SubAck {
-            packet_id: s.packet_id,
-            properties: Properties::default(),
-            reason_codes,
-        };
-        self.queue(&Packet::SubAck(ack));
-        for d in retained {
-            self.deliver(d);
-        }
-        Ok(())
     }
 
     /// Sends a delivery now, or queues it behind a full in-flight window.

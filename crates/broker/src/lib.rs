@@ -23,6 +23,11 @@
 //! is disconnected). A publisher is never held back by its own subscriptions. QoS 0 messages are
 //! not kept for offline sessions. The only drops by policy, each counted and logged, are QoS 1/2
 //! messages for an offline session whose queue is full.
+//! Bounds: packets (`max_packet_size`, DISCONNECT 0x95), retained messages by count and bytes,
+//! subscriptions per session, sessions, and how long a session outlives its connection (MQTT
+//! 3.1.1 persistent sessions included) are all bounded by [`BrokerConfig`]; an action beyond a
+//! bound is refused with 0x97 (quota exceeded) where MQTT 5 can say so, and the MQTT 3.1.1 way
+//! otherwise (SUBACK 0x80, CONNACK 0x03, or the connection closed).
 //! Architecture invariant: a client without a certificate is accepted only on a plain-TCP listener
 //! bound to a loopback address.
 //! Architecture invariant: an idle plain-TCP connection has no task and no reactor entry: it is
@@ -79,6 +84,13 @@ pub struct StandaloneOptions {
     /// Park idle plain-TCP connections in one pool (see `BrokerConfig::park_idle_connections`);
     /// on by default.
     pub park_idle_connections: bool,
+    /// Bounds on retained messages (count, bytes), subscriptions per session, sessions and
+    /// session expiry (seconds); `None` keeps `BrokerConfig`'s default.
+    pub max_retained_messages: Option<usize>,
+    pub max_retained_bytes: Option<usize>,
+    pub max_subscriptions_per_client: Option<usize>,
+    pub max_sessions: Option<usize>,
+    pub max_session_expiry_secs: Option<u32>,
 }
 
 impl Default for StandaloneOptions {
@@ -91,6 +103,11 @@ impl Default for StandaloneOptions {
             max_packet_size: None,
             max_queued_messages: None,
             park_idle_connections: BrokerConfig::default().park_idle_connections,
+            max_retained_messages: None,
+            max_retained_bytes: None,
+            max_subscriptions_per_client: None,
+            max_sessions: None,
+            max_session_expiry_secs: None,
         }
     }
 }
@@ -137,6 +154,28 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<()> {
             "--max-queued-messages must be at least 1 (it bounds each session's queue)"
         );
         config.max_queued_messages = max;
+    }
+    let at_least_one = |v: Option<usize>, flag: &str| -> anyhow::Result<Option<usize>> {
+        anyhow::ensure!(v != Some(0), "{flag} must be at least 1");
+        Ok(v)
+    };
+    if let Some(v) = at_least_one(opts.max_retained_messages, "--max-retained-messages")? {
+        config.max_retained_messages = v;
+    }
+    if let Some(v) = at_least_one(opts.max_retained_bytes, "--max-retained-bytes")? {
+        config.max_retained_bytes = v;
+    }
+    if let Some(v) = at_least_one(
+        opts.max_subscriptions_per_client,
+        "--max-subscriptions-per-client",
+    )? {
+        config.max_subscriptions_per_client = v;
+    }
+    if let Some(v) = at_least_one(opts.max_sessions, "--max-sessions")? {
+        config.max_sessions = v;
+    }
+    if let Some(v) = opts.max_session_expiry_secs {
+        config.max_session_expiry_secs = v;
     }
     let server = Server::bind(config, &listeners, Arc::new(AllowAll)).await?;
     for addr in server.local_addrs() {

@@ -20,6 +20,9 @@ use tokio::sync::Notify;
 
 /// Reason code sent to a client whose outbound queue overflowed.
 pub(crate) const SLOW_CONSUMER: u8 = 0x97;
+/// Reason code for an action over one of the broker's bounds (retained messages, subscriptions,
+/// sessions).
+pub(crate) const QUOTA_EXCEEDED: u8 = 0x97;
 /// Reason code sent to a client whose client identifier was taken over.
 pub(crate) const SESSION_TAKEN_OVER: u8 = 0x8E;
 /// Reason code sent to every client when the broker shuts down.
@@ -52,6 +55,20 @@ pub struct BrokerConfig {
     /// 1 KB per idle connection instead of ~2 KB). On by default; off, every connection keeps
     /// its task (`lichen broker --no-park-idle-connections`).
     pub park_idle_connections: bool,
+    /// Retained messages kept at once (one per topic). A retained publication for a new topic
+    /// beyond it is refused: PUBACK/PUBREC 0x97 (MQTT 5, QoS 1/2), else DISCONNECT 0x97 / close.
+    pub max_retained_messages: usize,
+    /// Bytes (topic and payload) of all retained messages together; refused as above beyond it.
+    pub max_retained_bytes: usize,
+    /// Subscriptions one session may hold; a further filter gets SUBACK 0x97 (3.1.1: 0x80).
+    pub max_subscriptions_per_client: usize,
+    /// Sessions at once, connected or kept for a persistent client; a CONNECT that would start
+    /// one more is refused with CONNACK 0x97 (3.1.1: 0x03, server unavailable).
+    pub max_sessions: usize,
+    /// Longest a session outlives its connection, in seconds: MQTT 3.1.1 persistent sessions
+    /// (clean session 0) get exactly this, MQTT 5 clients asking for more get this (announced in
+    /// CONNACK). `u32::MAX`: sessions may never expire.
+    pub max_session_expiry_secs: u32,
 }
 
 impl Default for BrokerConfig {
@@ -65,6 +82,12 @@ impl Default for BrokerConfig {
             max_inflight_v311: 20,
             max_connections: 10_000,
             park_idle_connections: true,
+            max_retained_messages: 10_000,
+            max_retained_bytes: 64 * 1024 * 1024,
+            max_subscriptions_per_client: 100,
+            max_sessions: 20_000,
+            // AWS IoT Core's default persistent session expiry.
+            max_session_expiry_secs: 3600,
         }
     }
 }
@@ -356,11 +379,26 @@ struct State {
     sessions: HashMap<String, Session>,
     subscriptions: SubscriptionTree,
     retained: HashMap<String, Arc<Message>>,
+    /// Topic and payload bytes of `retained`.
+    retained_bytes: usize,
     delayed_wills: HashMap<String, DelayedWill>,
     next_conn_id: u64,
     /// Set at shutdown: connections attaching from then on are told to go at once.
     closing: bool,
 }
+
+/// Why a connection could not attach to its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttachRefused {
+    /// Another connection still holds the session; it has been told to go, retry shortly.
+    Busy,
+    /// A new session would exceed `max_sessions`.
+    Quota,
+}
+
+/// A publication, subscription or session over one of the broker's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QuotaExceeded;
 
 /// A session handed to a connection task.
 pub(crate) struct Attached {
@@ -409,9 +447,10 @@ impl Core {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Attaches a connection to the session `client_id`. Returns `None` while another connection
-    /// still holds it (that one has been told to go; retry shortly).
-    pub fn attach(&self, client_id: &str, clean_start: bool) -> Option<Attached> {
+    /// Attaches a connection to the session `client_id`. Refused while another connection still
+    /// holds it (that one has been told to go; retry shortly) and when a new session would
+    /// exceed `max_sessions`.
+    pub fn attach(&self, client_id: &str, clean_start: bool) -> Result<Attached, AttachRefused> {
         let mut guard = self.lock();
         let st = &mut *guard;
         let now = Instant::now();
@@ -419,7 +458,15 @@ impl Core {
             && let Slot::Online { outbox, .. } = &session.slot
         {
             outbox.kick(SESSION_TAKEN_OVER);
-            return None;
+            return Err(AttachRefused::Busy);
+        }
+        if !st.sessions.contains_key(client_id) && st.sessions.len() >= self.config.max_sessions {
+            tracing::warn!(
+                client_id,
+                max_sessions = self.config.max_sessions,
+                "refused: the broker holds as many sessions as it may"
+            );
+            return Err(AttachRefused::Quota);
         }
         let expired = matches!(
             st.sessions.get(client_id),
@@ -473,7 +520,7 @@ impl Core {
                 st.sessions.insert(client_id.to_owned(), session);
             }
         }
-        Some(Attached {
+        Ok(Attached {
             conn_id,
             session_present,
             data,
@@ -545,20 +592,41 @@ impl Core {
     /// Routes a message to every matching session and stores or clears it as retained.
     /// Returns how many sessions it reached; sessions whose queue is at its bound after taking
     /// the delivery are added to `congested` (the publisher's connection waits on them).
-    pub fn publish(&self, message: Arc<Message>, congested: &mut Vec<Congested>) -> usize {
+    /// A retained message the retained store has no room for is refused whole (not routed).
+    pub fn publish(
+        &self,
+        message: Arc<Message>,
+        congested: &mut Vec<Congested>,
+    ) -> Result<usize, QuotaExceeded> {
         let mut guard = self.lock();
-        route(&mut guard, message, &self.config, &self.dropped, congested)
+        if !retain_fits(&guard, &self.config, &message) {
+            return Err(QuotaExceeded);
+        }
+        Ok(route(
+            &mut guard,
+            message,
+            &self.config,
+            &self.dropped,
+            congested,
+        ))
     }
 
-    /// Records a subscription; returns whether it replaced one and the retained messages it matches.
+    /// Records a subscription; returns whether it replaced one and the retained messages it
+    /// matches. A new filter beyond `max_subscriptions_per_client` is refused.
     pub fn subscribe(
         &self,
         client_id: &str,
         filter: &str,
         sub: Subscription,
-    ) -> (bool, Vec<Arc<Message>>) {
+    ) -> Result<(bool, Vec<Arc<Message>>), QuotaExceeded> {
         let mut guard = self.lock();
         let st = &mut *guard;
+        if let Some(session) = st.sessions.get(client_id)
+            && !session.subscriptions.contains_key(filter)
+            && session.subscriptions.len() >= self.config.max_subscriptions_per_client
+        {
+            return Err(QuotaExceeded);
+        }
         let existed = st.subscriptions.subscribe(client_id, filter, sub.clone());
         if let Some(session) = st.sessions.get_mut(client_id) {
             session.subscriptions.insert(filter.to_owned(), sub);
@@ -573,7 +641,7 @@ impl Core {
                 .cloned()
                 .collect()
         };
-        (existed, retained)
+        Ok((existed, retained))
     }
 
     pub fn unsubscribe(&self, client_id: &str, filter: &str) -> bool {
@@ -639,7 +707,15 @@ impl Core {
                 );
             }
         }
-        st.retained.retain(|_, m| !m.expired(now));
+        let mut freed = 0;
+        st.retained.retain(|_, m| {
+            let keep = !m.expired(now);
+            if !keep {
+                freed += retained_size(m);
+            }
+            keep
+        });
+        st.retained_bytes -= freed;
         for (client_id, session) in &st.sessions {
             if let Slot::Online { outbox, .. } = &session.slot {
                 if outbox.check_keep_alive(now) {
@@ -673,6 +749,22 @@ fn end_session(st: &mut State, client_id: &str) {
     }
 }
 
+/// What a retained message counts towards `max_retained_bytes`.
+fn retained_size(m: &Message) -> usize {
+    m.topic.len() + m.payload.len()
+}
+
+/// Whether keeping `message` as retained (if it is to be kept) stays within the bounds.
+fn retain_fits(st: &State, config: &BrokerConfig, message: &Message) -> bool {
+    if !message.retain || message.payload.is_empty() {
+        return true;
+    }
+    let old = st.retained.get(&message.topic);
+    let count = st.retained.len() + usize::from(old.is_none());
+    let bytes = st.retained_bytes - old.map_or(0, |m| retained_size(m)) + retained_size(message);
+    count <= config.max_retained_messages && bytes <= config.max_retained_bytes
+}
+
 fn route(
     st: &mut State,
     message: Arc<Message>,
@@ -682,9 +774,20 @@ fn route(
 ) -> usize {
     if message.retain {
         if message.payload.is_empty() {
-            st.retained.remove(&message.topic);
+            if let Some(old) = st.retained.remove(&message.topic) {
+                st.retained_bytes -= retained_size(&old);
+            }
+        } else if retain_fits(st, config, &message) {
+            st.retained_bytes += retained_size(&message);
+            if let Some(old) = st.retained.insert(message.topic.clone(), message.clone()) {
+                st.retained_bytes -= retained_size(&old);
+            }
         } else {
-            st.retained.insert(message.topic.clone(), message.clone());
+            // Only a will gets here (publications are checked first): it goes out, unretained.
+            tracing::warn!(
+                topic = message.topic,
+                "retained message not kept: the retained store is at its bound"
+            );
         }
     }
     let State {

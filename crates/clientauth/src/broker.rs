@@ -2,94 +2,19 @@
 //! `lichen-broker` on one TLS listener with client certificates required, its certificates and
 //! checks from [`ClientDeviceAuth`], joined both ways to the core's `local_mqtt` bus.
 
-use crate::{ClientDeviceAuth, Trust, trust};
+use crate::settings::BrokerSettings;
+use crate::{ClientDeviceAuth, Trust, trust, valid_thing_name};
 use bytes::BytesMut;
 use lichen_broker::codec::{self, Packet, QoS, SubscriptionOptions, Version};
 use lichen_broker::rustls::ServerConfig;
 use lichen_broker::{Authorizer, BrokerConfig, BrokerError, ClientContext, Listener, Server};
 use lichen_bus::{Bus, Message, Payload, ReceiveMode, SubscribeOptions};
-use serde_json::Value;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The publisher id of messages client devices publish, as they appear on the `local_mqtt` bus.
 pub const LOCAL_MQTT_PUBLISHER: &str = "aws.greengrass.clientdevices.broker";
-const MOQUETTE: &str = "aws.greengrass.clientdevices.mqtt.Moquette";
-const DEFAULT_PORT: u16 = 8883;
-
-/// Where and how the broker listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerSettings {
-    pub addr: SocketAddr,
-    pub max_packet_size: u32,
-}
-
-/// Looks up `key` under `section` as a literal dotted key (`"listener.ssl.external"`, as the
-/// Greengrass components spell them) or as a nested path.
-fn lookup<'a>(cfg: &'a Value, section: &str, key: &str) -> Option<&'a Value> {
-    let s = cfg.get(section)?;
-    if let Some(v) = s.get(key) {
-        return Some(v);
-    }
-    key.split('.').try_fold(s, |v, k| v.get(k))
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.trim().to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-impl BrokerSettings {
-    /// Reads `moquette.{ssl_port, host, netty.mqtt.message_size}` for the Moquette component, and
-    /// `emqx.{listener.ssl.external (port or host:port), mqtt.max_packet_size}` for EMQX.
-    pub fn from_component_config(component: &str, cfg: &Value) -> Result<BrokerSettings, String> {
-        let (section, port_key, size_key, default_size) = if component == MOQUETTE {
-            ("moquette", "ssl_port", "netty.mqtt.message_size", 131_072)
-        } else {
-            (
-                "emqx",
-                "listener.ssl.external",
-                "mqtt.max_packet_size",
-                268_435_455,
-            )
-        };
-        let host_text = lookup(cfg, section, "host")
-            .and_then(text)
-            .unwrap_or_else(|| "0.0.0.0".into());
-        let mut ip: IpAddr = host_text
-            .parse()
-            .map_err(|_| format!("{section}.host {host_text:?} is not an IP address"))?;
-        let mut port = DEFAULT_PORT;
-        if let Some(v) = lookup(cfg, section, port_key) {
-            let t = text(v).ok_or_else(|| format!("{section}.{port_key} must be a port"))?;
-            if let Ok(addr) = t.parse::<SocketAddr>() {
-                ip = addr.ip();
-                port = addr.port();
-            } else {
-                port = t.parse().map_err(|_| {
-                    format!("{section}.{port_key} {t:?} is not a port or host:port")
-                })?;
-            }
-        }
-        let max_packet_size = match lookup(cfg, section, size_key) {
-            None => default_size,
-            Some(v) => text(v)
-                .and_then(|t| t.parse::<u32>().ok())
-                .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    format!("{section}.{size_key} must be a positive number of bytes")
-                })?,
-        };
-        Ok(BrokerSettings {
-            addr: SocketAddr::new(ip, port),
-            max_packet_size,
-        })
-    }
-}
 
 /// Connect, publish and subscribe decisions from client device auth (spec: `mqtt:connect` on
 /// `mqtt:clientId:<id>`, `mqtt:publish` on `mqtt:topic:<topic>`, `mqtt:subscribe` on
@@ -99,10 +24,14 @@ struct DeviceAuthorizer {
 }
 
 impl DeviceAuthorizer {
+    /// A device acts only as the thing its certificate is bound to (checked on every action, so
+    /// a changed mapping applies at once); a component (own CA) is allowed everything.
     fn check(&self, ctx: &ClientContext, operation: &str, resource: &str) -> bool {
-        let allowed = match self.auth.classify(&ctx.certificate_chain) {
+        let allowed = match self
+            .auth
+            .client_trust(&ctx.certificate_chain, &ctx.client_id)
+        {
             None => false,
-            Some(Trust::Device) if ctx.client_id.is_empty() || ctx.client_id.len() > 128 => false,
             Some(t) => self.auth.allowed(t, &ctx.client_id, operation, resource),
         };
         if !allowed {
@@ -113,7 +42,22 @@ impl DeviceAuthorizer {
 }
 
 impl Authorizer for DeviceAuthorizer {
+    fn client_id_acceptable(&self, ctx: &ClientContext) -> bool {
+        match self.auth.classify(&ctx.certificate_chain) {
+            Some(Trust::Component) => true,
+            // A device's client id is its thing name.
+            _ => valid_thing_name(&ctx.client_id),
+        }
+    }
     fn connect(&self, ctx: &ClientContext) -> bool {
+        if self.auth.classify(&ctx.certificate_chain) == Some(Trust::Device)
+            && self
+                .auth
+                .client_trust(&ctx.certificate_chain, &ctx.client_id)
+                .is_none()
+        {
+            tracing::info!(client_id = %ctx.client_id, peer = %ctx.peer, "refused: the certificate is not bound to this thing name (its CN, or trustedClientCertificates.thingCertificates)");
+        }
         self.check(
             ctx,
             "mqtt:connect",
@@ -163,6 +107,11 @@ impl DeviceBroker {
     ) -> Result<DeviceBroker, BrokerError> {
         let config = BrokerConfig {
             max_packet_size: settings.max_packet_size,
+            max_retained_messages: settings.max_retained_messages,
+            max_retained_bytes: settings.max_retained_bytes,
+            max_subscriptions_per_client: settings.max_subscriptions_per_client,
+            max_sessions: settings.max_sessions,
+            max_session_expiry_secs: settings.max_session_expiry_secs,
             ..BrokerConfig::default()
         };
         let listener = Listener {
@@ -176,7 +125,11 @@ impl DeviceBroker {
             .first()
             .copied()
             .unwrap_or(settings.addr);
-        let link = tokio::spawn(bus_link(server.handle().connect_in_process(), local_mqtt));
+        let link = tokio::spawn(bus_link(
+            server.handle().connect_in_process(),
+            local_mqtt,
+            settings.max_packet_size as usize,
+        ));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(server.run(async {
             let _ = stop_rx.await;
@@ -224,7 +177,9 @@ fn send(packet: &Packet, out: &mut BytesMut) {
 /// Joins the broker and the `local_mqtt` bus through an in-process MQTT 5 connection: it
 /// subscribes to everything with no-local (so what it publishes never comes back), mirrors what
 /// it receives onto the bus, and publishes what others put on the bus.
-async fn bus_link(stream: tokio::io::DuplexStream, local_mqtt: Bus) {
+/// A bus message whose PUBLISH would exceed `max_packet` is skipped (logged): the broker would
+/// otherwise end the link for it.
+async fn bus_link(stream: tokio::io::DuplexStream, local_mqtt: Bus, max_packet: usize) {
     let client_id = format!("{LOCAL_MQTT_PUBLISHER}-{}", uuid_like());
     let (mut rd, mut wr) = tokio::io::split(stream);
     let options = SubscribeOptions {
@@ -341,6 +296,7 @@ async fn bus_link(stream: tokio::io::DuplexStream, local_mqtt: Bus) {
                 };
                 let packet_id = next_id;
                 next_id = next_id.checked_add(1).unwrap_or(1);
+                let start = out.len();
                 send(
                     &Packet::Publish(codec::Publish {
                         dup: false,
@@ -353,6 +309,10 @@ async fn bus_link(stream: tokio::io::DuplexStream, local_mqtt: Bus) {
                     }),
                     &mut out,
                 );
+                if out.len() - start > max_packet {
+                    out.truncate(start);
+                    tracing::warn!(topic = %d.topic, max_packet, "local_mqtt message not passed to client devices: larger than the broker's maximum packet size");
+                }
             }
         }
         if !out.is_empty() {

@@ -4,7 +4,7 @@
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, SerialNumber,
+    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, PublicKeyData, SerialNumber,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -44,6 +44,10 @@ pub enum CaError {
         "{path}: not a usable CA key or certificate ({what}); remove {path} to have a new CA generated"
     )]
     Stored { path: PathBuf, what: String },
+    #[error(
+        "{key} is not the private key of {certificate}: the CA's key and certificate do not belong together (a partial restore or a replaced file?); put back the matching pair, or remove both to have a new CA generated (every client device must then trust the new CA)"
+    )]
+    Mismatch { key: PathBuf, certificate: PathBuf },
     #[error("certificate generation for {what}: {source}")]
     Generate { what: String, source: rcgen::Error },
     #[error("RSA key generation: {0}")]
@@ -104,7 +108,8 @@ fn validity(params: &mut CertificateParams, now: SystemTime, lifetime: Duration)
 fn ca_params(now: SystemTime) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = subject(CA_COMMON_NAME);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Path length 0: the CA issues leaves only, so no certificate made from it can vouch for others.
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -113,6 +118,13 @@ fn ca_params(now: SystemTime) -> CertificateParams {
     params.serial_number = Some(random_serial());
     validity(&mut params, now, CA_VALIDITY);
     params
+}
+
+fn ca_algorithm(ca_type: CaType) -> &'static rcgen::SignatureAlgorithm {
+    match ca_type {
+        CaType::Rsa2048 => &PKCS_RSA_SHA256,
+        CaType::EcdsaP256 => &PKCS_ECDSA_P256_SHA256,
+    }
 }
 
 fn generate_key(ca_type: CaType) -> Result<KeyPair, CaError> {
@@ -157,7 +169,17 @@ fn write_private(path: &Path, text: &str, mode: u32) -> Result<(), CaError> {
         .map_err(io)?;
     f.write_all(text.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    std::fs::rename(&tmp, path).map_err(io)?;
+    // The rename is durable only once the folder's entry is on disk too.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| CaError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 impl CertificateAuthority {
@@ -184,15 +206,35 @@ impl CertificateAuthority {
                 what: e.to_string(),
             })?;
             let certificate_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
-            if !certificate_pem.contains("-----BEGIN CERTIFICATE-----") {
-                return Err(CaError::Stored {
-                    path: cert_path,
-                    what: "no PEM certificate".into(),
+            let der = crate::trust::pem_certificates(&certificate_pem)
+                .map_err(|what| CaError::Stored {
+                    path: cert_path.clone(),
+                    what,
+                })?
+                .remove(0);
+            // Refused rather than replaced: a new CA would silently cut off every device that
+            // trusts the old one, and a mismatched pair needs the operator's eyes.
+            if crate::identity::subject_public_key(&der) != Some(key.der_bytes()) {
+                return Err(CaError::Mismatch {
+                    key: key_path,
+                    certificate: cert_path,
                 });
             }
-            let ca = CertificateAuthority::from_parts(certificate_pem, key)?;
-            if ca.ca_type() == ca_type {
-                return Ok(ca);
+            if key.algorithm() == ca_algorithm(ca_type) {
+                if crate::identity::path_len_constraint(&der) == Some(0) {
+                    return CertificateAuthority::from_parts(certificate_pem, key);
+                }
+                // A CA stored before path lengths were set: the same key and name, re-signed
+                // with path length 0, so everything issued so far still chains to it.
+                let cert = ca_params(SystemTime::now())
+                    .self_signed(&key)
+                    .map_err(|source| CaError::Generate {
+                        what: "the CA certificate".into(),
+                        source,
+                    })?;
+                write_private(&cert_path, &cert.pem(), 0o600)?;
+                tracing::info!(dir = %dir.display(), "re-signed the client device CA certificate with path length 0");
+                return CertificateAuthority::from_parts(cert.pem(), key);
             }
             tracing::info!(dir = %dir.display(), wanted = ?ca_type, "certificateAuthority.caType changed; generating a new CA");
         }
@@ -299,5 +341,96 @@ impl CertificateAuthority {
             ExtendedKeyUsagePurpose::ClientAuth,
             lifetime,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trust::{TrustStore, pem_certificates};
+
+    /// The DER of basicConstraints `cA: TRUE, pathLenConstraint: 0`.
+    const PATH_LEN_ZERO: [u8; 8] = [0x30, 0x06, 0x01, 0x01, 0xff, 0x02, 0x01, 0x00];
+
+    fn der(pem: &str) -> Vec<u8> {
+        pem_certificates(pem).unwrap()[0].to_vec()
+    }
+
+    fn has_path_len_zero(pem: &str) -> bool {
+        der(pem)
+            .windows(PATH_LEN_ZERO.len())
+            .any(|w| w == PATH_LEN_ZERO)
+    }
+
+    #[test]
+    fn the_ca_may_not_sign_an_intermediate_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::load_or_create(dir.path(), CaType::EcdsaP256).unwrap();
+        assert!(has_path_len_zero(ca.certificate_pem()));
+        // An intermediate made with the CA's key vouches for nothing: path length 0.
+        let mut params = CertificateParams::default();
+        params.distinguished_name = subject("intermediate");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let intermediate = params.signed_by(&key, &ca.issuer, &ca.key).unwrap();
+        let mut leaf = CertificateParams::default();
+        leaf.distinguished_name = subject("component");
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let leaf = leaf.signed_by(&leaf_key, &intermediate, &key).unwrap();
+        let store = TrustStore::new(&pem_certificates(ca.certificate_pem()).unwrap(), &[], []);
+        let chain = [leaf.der().clone(), intermediate.der().clone()];
+        assert_eq!(store.classify(&chain), None);
+        // While a leaf it issues itself is trusted.
+        let own = ca.issue_client("bridge", Duration::from_secs(60)).unwrap();
+        assert!(
+            store
+                .classify(&pem_certificates(&own.certificate_pem).unwrap())
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_stored_ca_without_a_path_length_is_reissued_with_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = ca_params(SystemTime::now());
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let old = params.self_signed(&key).unwrap();
+        std::fs::write(dir.path().join(CA_KEY_FILE), key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join(CA_CERT_FILE), old.pem()).unwrap();
+        assert!(!has_path_len_zero(&old.pem()));
+        let ca = CertificateAuthority::load_or_create(dir.path(), CaType::EcdsaP256).unwrap();
+        assert!(has_path_len_zero(ca.certificate_pem()));
+        let stored = std::fs::read_to_string(dir.path().join(CA_CERT_FILE)).unwrap();
+        assert_eq!(stored, ca.certificate_pem());
+        // Same key and name: what the old certificate's holders trust still verifies.
+        let issued = ca.issue_client("bridge", Duration::from_secs(60)).unwrap();
+        let old_store = TrustStore::new(&pem_certificates(&old.pem()).unwrap(), &[], []);
+        assert!(
+            old_store
+                .classify(&pem_certificates(&issued.certificate_pem).unwrap())
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused_naming_both_files() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        CertificateAuthority::load_or_create(a.path(), CaType::EcdsaP256).unwrap();
+        CertificateAuthority::load_or_create(b.path(), CaType::EcdsaP256).unwrap();
+        std::fs::copy(b.path().join(CA_KEY_FILE), a.path().join(CA_KEY_FILE)).unwrap();
+        let before = std::fs::read(a.path().join(CA_CERT_FILE)).unwrap();
+        let e = CertificateAuthority::load_or_create(a.path(), CaType::EcdsaP256).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains(CA_KEY_FILE) && text.contains(CA_CERT_FILE),
+            "{text}"
+        );
+        assert!(text.contains("remove both"), "{text}");
+        // Nothing was replaced: the operator decides.
+        assert_eq!(std::fs::read(a.path().join(CA_CERT_FILE)).unwrap(), before);
     }
 }

@@ -13,25 +13,39 @@
 //! disableCertificateRotation}`, `certificateAuthority.caType`, `performance.maxActiveAuthTokens`;
 //! and two of ours, since there is no cloud registry to ask:
 //! `trustedClientCertificates.caCertificates` (PEM texts; devices whose chain leads to one are
-//! trusted) and `trustedClientCertificates.fingerprints` (`sha256:<hex>` of a device certificate's
-//! DER), plus `connectivity.hostAddresses` (extra server certificate names/addresses).
+//! trusted), `trustedClientCertificates.fingerprints` (`sha256:<hex>` of a device certificate's
+//! DER) and `trustedClientCertificates.thingCertificates` (thing name → its certificates, as
+//! fingerprints or PEM texts: each is trusted, and bound to exactly the things it is listed for),
+//! plus `connectivity.hostAddresses` (extra server certificate names/addresses).
+//!
+//! Identity: a client device's MQTT client id is its thing name, and it must be a valid one
+//! (`[a-zA-Z0-9:_-]`, 1 to 128) bound to the certificate it presents: the certificate's subject
+//! CN names the thing, or `thingCertificates` lists the certificate for it (a thing listed there
+//! takes only its listed certificates; a listed certificate binds only to its listed things).
 //!
 //! Architecture invariant: deny by default — a client is refused unless its certificate is from
 //! the own CA (a component: allowed everything) or trusted by configuration, and then each action
-//! needs a statement of a device group whose selection rule matches its client id.
+//! needs a statement of a device group whose selection rule matches its client id, which must
+//! be a thing name bound to its certificate.
 //! Architecture invariant: the CA private key never leaves the work folder and is never logged;
 //! it is written with mode 0600 in a 0700 folder.
 
 mod broker;
 mod ca;
+mod identity;
 mod policy;
 mod rule;
+mod settings;
 mod trust;
 
-pub use broker::{BrokerSettings, DeviceBroker, LOCAL_MQTT_PUBLISHER};
+pub use broker::{DeviceBroker, LOCAL_MQTT_PUBLISHER};
 pub use ca::{CaError, CaType, CertificateAuthority, IssuedCertificate};
+pub use identity::{
+    CertificateIdentity, MAX_THING_NAME, ThingCertificates, subject_common_name, valid_thing_name,
+};
 pub use policy::{DeviceGroups, PolicyError};
 pub use rule::{RuleError, SelectionRule};
+pub use settings::BrokerSettings;
 pub use trust::{Trust, TrustStore, fingerprint};
 
 use lichen_ipc::{Authz, EventSink, IpcError, ResourceStyle, Router};
@@ -49,7 +63,6 @@ pub const SERVER_COMMON_NAME: &str = "aws.greengrass.clientdevices.mqtt.EMQX";
 /// How often rotation checks the server certificate.
 const ROTATION_CHECK: Duration = Duration::from_secs(30);
 const RENEW_AHEAD_MAX: Duration = Duration::from_secs(24 * 3600);
-const MAX_THING_NAME: usize = 128;
 
 /// The four client-device operations, all authorized under [`SERVICE_NAME`] on resource `*`.
 pub const IPC_OPERATIONS: [&str; 4] = [
@@ -89,6 +102,7 @@ struct Settings {
     max_tokens: usize,
     trusted_cas: Vec<String>,
     fingerprints: Vec<String>,
+    things: ThingCertificates,
     hosts: Vec<String>,
 }
 
@@ -210,6 +224,13 @@ impl Settings {
                 c.pointer("/trustedClientCertificates/fingerprints"),
                 "trustedClientCertificates.fingerprints",
             )?,
+            things: ThingCertificates::from_config(
+                c.pointer("/trustedClientCertificates/thingCertificates"),
+            )
+            .map_err(|what| ConfigError::Value {
+                key: ThingCertificates::KEY,
+                what,
+            })?,
             hosts,
         })
     }
@@ -244,12 +265,15 @@ struct Sessions {
     clock: u64,
 }
 
+/// How a leaf certificate is trusted, and what it says of its holder.
+type Classified = (Trust, Arc<CertificateIdentity>);
+
 struct Inner {
     work_dir: PathBuf,
     active: RwLock<Option<Active>>,
     trust: Arc<RwLock<Arc<TrustStore>>>,
-    /// Leaf fingerprint → trust, so per-message checks skip chain verification.
-    trust_cache: Mutex<HashMap<String, Option<Trust>>>,
+    /// Leaf fingerprint → trust and identity, so per-message checks skip chain verification.
+    trust_cache: Mutex<HashMap<String, Option<Classified>>>,
     resolver: Arc<trust::ServerCertResolver>,
     identity: watch::Sender<Option<Arc<ServerIdentity>>>,
     sessions: Mutex<Sessions>,
@@ -350,7 +374,12 @@ impl ClientDeviceAuth {
         for pem in &settings.trusted_cas {
             device_cas.extend(trust::pem_certificates(pem).unwrap_or_default());
         }
-        let store = TrustStore::new(&own, &device_cas, settings.fingerprints.iter().cloned());
+        let pinned = settings
+            .fingerprints
+            .iter()
+            .chain(settings.things.fingerprints())
+            .cloned();
+        let store = TrustStore::new(&own, &device_cas, pinned);
         *self.inner.trust.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(store);
         lock(&self.inner.trust_cache).clear();
         if ca_changed {
@@ -463,15 +492,16 @@ impl ClientDeviceAuth {
         Ok(a.ca.issue_client(common_name, a.settings.client_validity)?)
     }
 
-    /// How a certificate chain (DER, leaf first) is trusted, cached by the leaf's fingerprint.
-    pub fn classify(
+    /// How a certificate chain (DER, leaf first) is trusted, with what its leaf says of its
+    /// holder; cached by the leaf's fingerprint.
+    fn classify_leaf(
         &self,
         chain: &[lichen_broker::rustls::pki_types::CertificateDer<'_>],
-    ) -> Option<Trust> {
+    ) -> Option<Classified> {
         let leaf = chain.first()?;
         let key = fingerprint(leaf);
         if let Some(t) = lock(&self.inner.trust_cache).get(&key) {
-            return *t;
+            return t.clone();
         }
         let store = self
             .inner
@@ -479,13 +509,50 @@ impl ClientDeviceAuth {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let t = store.classify(chain);
+        let t = store.classify(chain).map(|t| {
+            let id = CertificateIdentity {
+                fingerprint: key.clone(),
+                common_name: subject_common_name(leaf),
+            };
+            (t, Arc::new(id))
+        });
         let mut cache = lock(&self.inner.trust_cache);
         if cache.len() > 10_000 {
             cache.clear();
         }
-        cache.insert(key, t);
+        cache.insert(key, t.clone());
         t
+    }
+
+    /// How a certificate chain (DER, leaf first) is trusted.
+    pub fn classify(
+        &self,
+        chain: &[lichen_broker::rustls::pki_types::CertificateDer<'_>],
+    ) -> Option<Trust> {
+        self.classify_leaf(chain).map(|(t, _)| t)
+    }
+
+    /// How a client presenting `chain` under `client_id` is trusted: a component (own CA) under
+    /// any id; a device only under a thing name bound to its certificate. `None`: refused.
+    pub fn client_trust(
+        &self,
+        chain: &[lichen_broker::rustls::pki_types::CertificateDer<'_>],
+        client_id: &str,
+    ) -> Option<Trust> {
+        let (trust, id) = self.classify_leaf(chain)?;
+        match trust {
+            Trust::Component => Some(trust),
+            Trust::Device => self.binds(&id, client_id).then_some(trust),
+        }
+    }
+
+    fn binds(&self, id: &CertificateIdentity, thing: &str) -> bool {
+        self.inner
+            .active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|a| a.settings.things.binds(id, thing))
     }
 
     fn classify_pem(&self, pem: &str) -> Option<Trust> {
@@ -505,14 +572,20 @@ impl ClientDeviceAuth {
             shape: "InvalidCredentialError".into(),
             message,
         };
-        let Some(trust) = self.classify_pem(certificate_pem) else {
+        let chain = trust::pem_certificates(certificate_pem).unwrap_or_default();
+        let Some(trust) = self.classify(&chain) else {
             return Err(invalid(format!(
                 "the certificate of client {client_id:?} is not trusted; add its CA to trustedClientCertificates.caCertificates or its fingerprint to trustedClientCertificates.fingerprints"
             )));
         };
-        if trust == Trust::Device && (client_id.is_empty() || client_id.len() > MAX_THING_NAME) {
+        if trust == Trust::Device && !valid_thing_name(client_id) {
             return Err(invalid(format!(
-                "client id {client_id:?} is not a thing name (1 to {MAX_THING_NAME} characters)"
+                "client id {client_id:?} is not a thing name (1 to {MAX_THING_NAME} of A-Z a-z 0-9 : _ -)"
+            )));
+        }
+        if self.client_trust(&chain, client_id).is_none() {
+            return Err(invalid(format!(
+                "the certificate is not bound to thing {client_id:?}: its subject CN must be the thing name, or trustedClientCertificates.thingCertificates must list it for that thing"
             )));
         }
         let max = self
@@ -705,5 +778,7 @@ impl ClientDeviceAuth {
     }
 }
 
+#[cfg(test)]
+mod broker_tests;
 #[cfg(test)]
 mod tests;

@@ -81,28 +81,74 @@ fn object<'a>(
     }
 }
 
-/// `*` matches any run of characters (including none and `/`); everything else is literal.
-pub(crate) fn glob_matches(pattern: &str, text: &str) -> bool {
-    let p = pattern.as_bytes();
-    let t = text.as_bytes();
+/// One element of a resource or operation pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    /// A byte that must be there as is.
+    Byte(u8),
+    /// `*` written in the policy: any run of bytes, including none and `/`.
+    Any,
+}
+
+/// Tokens of `pattern`, with every `${iot:Connection.Thing.ThingName}` replaced by the thing
+/// name as literal bytes: a `*` (or `?`, `+`, `#`) in a substituted value never acts as a
+/// wildcard, so a device cannot widen a policy by choosing its name.
+fn tokens(pattern: &str, thing_name: Option<&str>) -> Vec<Token> {
+    let pattern_tokens = |text: &str, out: &mut Vec<Token>| {
+        out.extend(text.bytes().map(|b| match b {
+            b'*' => Token::Any,
+            b => Token::Byte(b),
+        }));
+    };
+    let mut out = Vec::with_capacity(pattern.len());
+    let mut rest = pattern;
+    if let Some(thing) = thing_name {
+        while let Some(at) = rest.find(THING_NAME_VARIABLE) {
+            pattern_tokens(&rest[..at], &mut out);
+            out.extend(thing.bytes().map(Token::Byte));
+            rest = &rest[at + THING_NAME_VARIABLE.len()..];
+        }
+    }
+    pattern_tokens(rest, &mut out);
+    out
+}
+
+/// Whether `text` matches the tokens; one backtracking point, so time is at most
+/// pattern × text and nothing is allocated.
+fn tokens_match(p: &[Token], t: &[u8]) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut backtrack: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            backtrack = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((bp, bt)) = backtrack {
-            pi = bp + 1;
-            ti = bt + 1;
-            backtrack = Some((bp, bt + 1));
-        } else {
-            return false;
+        match p.get(pi) {
+            Some(Token::Any) => {
+                backtrack = Some((pi, ti));
+                pi += 1;
+            }
+            Some(Token::Byte(b)) if *b == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match backtrack {
+                Some((bp, bt)) => {
+                    pi = bp + 1;
+                    ti = bt + 1;
+                    backtrack = Some((bp, bt + 1));
+                }
+                None => return false,
+            },
         }
     }
-    p[pi..].iter().all(|c| *c == b'*')
+    p[pi..].iter().all(|c| *c == Token::Any)
+}
+
+/// `*` matches any run of characters (including none and `/`); everything else is literal.
+pub(crate) fn glob_matches(pattern: &str, text: &str) -> bool {
+    tokens_match(&tokens(pattern, None), text.as_bytes())
+}
+
+/// Whether a policy resource matches, its thing-name variable standing for `thing_name` literally.
+pub(crate) fn resource_matches(pattern: &str, thing_name: &str, resource: &str) -> bool {
+    tokens_match(&tokens(pattern, Some(thing_name)), resource.as_bytes())
 }
 
 impl DeviceGroups {
@@ -125,19 +171,20 @@ impl DeviceGroups {
         if let Some(ps) = object(root.get("policies"), "policies")? {
             for (name, statements) in ps {
                 let path = format!("policies.{name}");
+                // A null entry (a key removed by a configuration merge) is no entry.
+                let Some(st) = object(Some(statements), &path)? else {
+                    continue;
+                };
                 let mut list = Vec::new();
-                if let Some(st) = object(Some(statements), &path)? {
-                    for (sid, s) in st {
-                        let spath = format!("{path}.{sid}");
-                        let s = object(Some(s), &spath)?.expect("present");
-                        list.push(Statement {
-                            operations: strings(
-                                s.get("operations"),
-                                &format!("{spath}.operations"),
-                            )?,
-                            resources: strings(s.get("resources"), &format!("{spath}.resources"))?,
-                        });
-                    }
+                for (sid, s) in st {
+                    let spath = format!("{path}.{sid}");
+                    let Some(s) = object(Some(s), &spath)? else {
+                        continue;
+                    };
+                    list.push(Statement {
+                        operations: strings(s.get("operations"), &format!("{spath}.operations"))?,
+                        resources: strings(s.get("resources"), &format!("{spath}.resources"))?,
+                    });
                 }
                 policies.insert(name.clone(), list);
             }
@@ -146,7 +193,9 @@ impl DeviceGroups {
         if let Some(defs) = object(root.get("definitions"), "definitions")? {
             for (group, def) in defs {
                 let path = format!("definitions.{group}");
-                let def = object(Some(def), &path)?.expect("present");
+                let Some(def) = object(Some(def), &path)? else {
+                    continue;
+                };
                 let rule_text = def
                     .get("selectionRule")
                     .and_then(Value::as_str)
@@ -190,10 +239,9 @@ impl DeviceGroups {
             .flatten()
             .any(|s| {
                 s.operations.iter().any(|o| glob_matches(o, operation))
-                    && s.resources.iter().any(|r| {
-                        let r = r.replace(THING_NAME_VARIABLE, thing_name);
-                        glob_matches(&r, resource)
-                    })
+                    && s.resources
+                        .iter()
+                        .any(|r| resource_matches(r, thing_name, resource))
             })
     }
 }
@@ -247,6 +295,32 @@ mod tests {
     }
 
     #[test]
+    fn a_substituted_thing_name_matches_literally() {
+        let g = groups();
+        // A `*` (or `?`, `+`, `#`) in the thing name is a character, never a wildcard.
+        assert!(!g.authorize("sensor*", "mqtt:publish", "mqtt:topic:sensors/sensor2/data"));
+        assert!(!g.authorize(
+            "sensor*",
+            "mqtt:publish",
+            "mqtt:topic:sensors/sensor/x/data"
+        ));
+        assert!(g.authorize("sensor*", "mqtt:publish", "mqtt:topic:sensors/sensor*/data"));
+        assert!(!g.authorize("sensor+", "mqtt:publish", "mqtt:topic:sensors/sensor1/data"));
+        assert!(!g.authorize("sensor?", "mqtt:publish", "mqtt:topic:sensors/sensor1/data"));
+        // Around the variable, `*` still is a wildcard.
+        let g = DeviceGroups::from_config(Some(&json!({
+            "definitions": {"all": {"selectionRule": "thingName: *", "policyName": "p"}},
+            "policies": {"p": {"s": {"operations": ["mqtt:publish"], "resources": [
+                "mqtt:topic:*/${iot:Connection.Thing.ThingName}/*"
+            ]}}}
+        })))
+        .unwrap();
+        assert!(g.authorize("t1", "mqtt:publish", "mqtt:topic:a/t1/b/c"));
+        assert!(!g.authorize("t*", "mqtt:publish", "mqtt:topic:a/t1/b"));
+        assert!(g.authorize("t*", "mqtt:publish", "mqtt:topic:a/t*/b"));
+    }
+
+    #[test]
     fn topic_filters_compare_as_strings() {
         let g = groups();
         assert!(g.authorize("sensor1", "mqtt:subscribe", "mqtt:topicfilter:cmd/+/x"));
@@ -271,6 +345,31 @@ mod tests {
         assert!(!glob_matches("a*c", "abcd"));
         assert!(glob_matches("*b*b", "abxbb"));
         assert!(!glob_matches("abc", "ab"));
+    }
+
+    #[test]
+    fn null_entries_are_absent_entries() {
+        for shape in [
+            json!({"definitions": {"g": null}}),
+            json!({"definitions": null, "policies": {"p": null}}),
+            json!({"policies": {"p": {"s": null}}}),
+            json!({
+                "definitions": {"g": {"selectionRule": "thingName: a", "policyName": "p"}, "h": null},
+                "policies": {"p": {"s": null, "t": {"operations": null, "resources": null}}, "q": null}
+            }),
+        ] {
+            let g = DeviceGroups::from_config(Some(&shape)).unwrap();
+            assert!(
+                !g.authorize("a", "mqtt:connect", "mqtt:clientId:a"),
+                "{shape}"
+            );
+        }
+        let e = DeviceGroups::from_config(Some(&json!({
+            "definitions": {"g": {"selectionRule": "thingName: a", "policyName": "p"}},
+            "policies": {"p": null}
+        })))
+        .unwrap_err();
+        assert!(matches!(e, PolicyError::UnknownPolicy { .. }), "{e}");
     }
 
     #[test]

@@ -238,6 +238,15 @@ mod tests {
     }
 
     #[test]
+    fn a_thing_name_is_matched_as_data_never_as_a_pattern() {
+        assert!(!m("thingName: sensor1", "sensor*"));
+        assert!(!m("thingName: sensor1", "*"));
+        assert!(!m("thingName: sensor*", "*"));
+        assert!(!m("thingName: *1", "*"));
+        assert!(m("thingName: sensor*", "sensor*"));
+    }
+
+    #[test]
     fn keywords_are_case_sensitive() {
         assert!(SelectionRule::parse("ThingName: a").is_err());
         assert!(SelectionRule::parse("thingName: a Or thingName: b").is_err());

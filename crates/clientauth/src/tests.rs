@@ -204,7 +204,10 @@ async fn tokens_carry_the_thing_name_and_follow_device_groups() {
     let pinned = foreign_cert("d");
     let fp = fingerprint(&trust::pem_certificates(&pinned).unwrap()[0]);
     auth.apply(Some(&config(
-        json!({"trustedClientCertificates": {"fingerprints": [fp]}, "performance": {"maxActiveAuthTokens": 2}}),
+        // One certificate listed for three things may act as each of them.
+        json!({"trustedClientCertificates": {"thingCertificates": {
+            "sensor1": [&fp], "other": [&fp], "sensor2": [&fp]
+        }}, "performance": {"maxActiveAuthTokens": 2}}),
     )))
     .await
     .unwrap();
@@ -293,5 +296,62 @@ fn broker_settings_follow_the_component_keys() {
             &json!({"emqx": {"listener.ssl.external": "http"}})
         )
         .is_err()
+    );
+}
+
+/// A certificate with subject CN `name` from `ca`, as PEM.
+fn device_cert(ca: &CertificateAuthority, name: &str) -> String {
+    ca.issue_client(name, Duration::from_secs(3600))
+        .unwrap()
+        .certificate_pem
+}
+
+#[tokio::test]
+async fn a_token_is_only_for_the_thing_the_certificate_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = ClientDeviceAuth::new(dir.path().to_path_buf());
+    let dev_ca_dir = tempfile::tempdir().unwrap();
+    let dev_ca =
+        CertificateAuthority::load_or_create(dev_ca_dir.path(), CaType::EcdsaP256).unwrap();
+    auth.apply(Some(&config(json!({"trustedClientCertificates": {
+        "caCertificates": [dev_ca.certificate_pem()],
+    }}))))
+    .await
+    .unwrap();
+    let sensor1 = device_cert(&dev_ca, "sensor1");
+    assert!(auth.auth_token("sensor1", &sensor1).is_ok());
+    for other in ["sensor2", "sensor*", "*", "sensor1/x", "Sensor1", ""] {
+        let e = auth.auth_token(other, &sensor1).unwrap_err();
+        assert_eq!(e.shape(), "InvalidCredentialError", "{other}");
+    }
+    // A CN that is no thing name binds to nothing.
+    let odd = device_cert(&dev_ca, "sensor*");
+    assert!(auth.auth_token("sensor*", &odd).is_err());
+}
+
+#[tokio::test]
+async fn thing_certificates_take_pem_texts_as_well_as_fingerprints() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = ClientDeviceAuth::new(dir.path().to_path_buf());
+    let gateway = foreign_cert("gateway-cert");
+    auth.apply(Some(&config(json!({"trustedClientCertificates": {
+        "thingCertificates": {"sensor-gw": [&gateway]}
+    }}))))
+    .await
+    .unwrap();
+    // Listed, so trusted, and bound to its thing only.
+    assert!(auth.verify_identity(&gateway));
+    assert!(auth.auth_token("sensor-gw", &gateway).is_ok());
+    assert!(auth.auth_token("gateway-cert", &gateway).is_err());
+    let e = auth
+        .apply(Some(&config(json!({"trustedClientCertificates": {
+            "thingCertificates": {"a/b": [&gateway]}
+        }}))))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("trustedClientCertificates.thingCertificates"),
+        "{e}"
     );
 }

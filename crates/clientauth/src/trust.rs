@@ -108,13 +108,17 @@ impl TrustStore {
     pub fn classify(&self, chain: &[CertificateDer<'_>]) -> Option<Trust> {
         let (leaf, intermediates) = chain.split_first()?;
         let now = UnixTime::now();
-        let passes = |v: &Option<Arc<dyn ClientCertVerifier>>| {
+        let passes = |v: &Option<Arc<dyn ClientCertVerifier>>, intermediates| {
             v.as_ref()
                 .is_some_and(|v| v.verify_client_cert(leaf, intermediates, now).is_ok())
         };
-        if passes(&self.own) {
+        // The own CA (path length 0) signs leaves only: webpki does not apply a trust anchor's
+        // path length, so its leaves are verified without intermediates.
+        if passes(&self.own, &[]) {
             Some(Trust::Component)
-        } else if self.fingerprints.contains(&fingerprint(leaf)) || passes(&self.devices) {
+        } else if self.fingerprints.contains(&fingerprint(leaf))
+            || passes(&self.devices, intermediates)
+        {
             Some(Trust::Device)
         } else {
             None
