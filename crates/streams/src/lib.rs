@@ -26,6 +26,7 @@
 //!     exporters: Default::default(),
 //!     log_level: tracing::level_filters::LevelFilter::INFO,
 //!     flush_wait_yield: true,
+//!     task_file_access: None,
 //! })
 //! .await?;
 //! println!("listening on {}", sm.local_addr());
@@ -36,12 +37,14 @@
 mod codec;
 pub mod export;
 mod exporter;
+pub mod file_access;
 pub mod model;
 mod server;
 mod service;
 pub mod store;
 
 pub use exporter::ExporterSettings;
+pub use file_access::{FileAccess, FileAccessResolver};
 pub use model::{Persistence, StrategyOnFull, StreamDefinition};
 pub use server::TokenValidator;
 pub use service::{ConfigError, StreamManager, StreamManagerConfig, parse_log_level};
@@ -86,6 +89,9 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<()> {
         exporters: from_env.exporters,
         log_level: from_env.log_level,
         flush_wait_yield: from_env.flush_wait_yield,
+        // No core to say which component appended a task: files are read with this
+        // process's own privileges, so run it as the user whose files it may upload.
+        task_file_access: None,
     })
     .await?;
     {

@@ -3,6 +3,7 @@
 //! their own tasks so they never block other requests on the same connection.
 
 use crate::codec::{self, DecodeError, ReadOptions, Request, Response, Status, op};
+use crate::file_access::{FileAccess, FileAccessResolver};
 use crate::store::{Store, StoreError, Stream};
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -26,6 +27,8 @@ const OUTBOUND_QUEUE: usize = 64;
 pub(crate) struct Context {
     pub store: Arc<Store>,
     pub validator: Option<TokenValidator>,
+    /// Whose privileges the S3 export tasks a connection appends are read with.
+    pub file_access: Option<FileAccessResolver>,
 }
 
 pub(crate) async fn accept_loop(
@@ -157,6 +160,11 @@ async fn serve_connection(mut sock: TcpStream, ctx: Arc<Context>) -> Result<(), 
         return Err(ConnError::Protocol(format!("connect refused: {e}")));
     }
     tracing::debug!(client = %request_id, "client connected");
+    // Only a token the validator checked names a component: without authentication any local
+    // process could present another component's token.
+    let proven_token = auth_token.as_deref().filter(|_| ctx.validator.is_some());
+    let appender: Option<Arc<FileAccess>> =
+        ctx.file_access.as_ref().map(|r| Arc::new(r(proven_token)));
 
     let (mut rd, mut wr) = sock.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUTBOUND_QUEUE);
@@ -173,7 +181,15 @@ async fn serve_connection(mut sock: TcpStream, ctx: Arc<Context>) -> Result<(), 
     let result = async {
         while let Some(frame) = read_frame(&mut rd, &mut buf).await? {
             while pending.try_join_next().is_some() {}
-            dispatch(frame, &ctx, &tx, &mut pending, &mut durable).await?;
+            dispatch(
+                frame,
+                &ctx,
+                appender.as_ref(),
+                &tx,
+                &mut pending,
+                &mut durable,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -249,6 +265,7 @@ async fn send(tx: &mpsc::Sender<Vec<u8>>, frame: Vec<u8>) -> Result<(), ConnErro
 async fn dispatch(
     frame: codec::Frame,
     ctx: &Arc<Context>,
+    appender: Option<&Arc<FileAccess>>,
     tx: &mpsc::Sender<Vec<u8>>,
     pending: &mut JoinSet<()>,
     durable: &mut DurableAnswers,
@@ -351,7 +368,7 @@ async fn dispatch(
         } => {
             let appended = store
                 .get(&name)
-                .and_then(|s| s.append(&payload).map(|a| (s, a)));
+                .and_then(|s| s.append_as(&payload, appender).map(|a| (s, a)));
             match appended {
                 Ok((stream, a)) if a.needs_sync => {
                     // The record has its place in the log (so appends keep their order); the

@@ -21,11 +21,14 @@
 //! space and truncates any other tail (a torn record), so an old record can never reappear
 //! behind new ones. Sealed segments are cut to their logical size when the next one starts.
 
+mod appenders;
 mod commit;
 mod record;
 
-use crate::export::{ExportCheckpoint, carry_checkpoints};
+use crate::export::{ExportCheckpoint, ExportKind, carry_checkpoints};
+use crate::file_access::FileAccess;
 use crate::model::{DefinitionError, Persistence, StrategyOnFull, StreamDefinition};
+use appenders::Appenders;
 use commit::{GroupCommit, SyncOutcome};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -239,6 +242,8 @@ struct Inner {
     /// Files with writes not yet fsynced by a group commit (sealed segments).
     unsynced: Vec<(Arc<File>, PathBuf)>,
     scratch: Vec<u8>,
+    /// Who appended the records, while the stream has an S3 export (see [`Stream::append_as`]).
+    appenders: Appenders,
 }
 
 /// One stream. Appends serialize on the stream's lock; durable appends share fsyncs.
@@ -266,6 +271,17 @@ impl Stream {
     /// Appends one record. With flushOnWrite the record is written but not yet durable: call
     /// [`Stream::wait_durable`] before acknowledging it.
     pub fn append(&self, payload: &[u8]) -> Result<Appended, StoreError> {
+        self.append_as(payload, None)
+    }
+
+    /// [`Stream::append`], remembering who appended: while the stream has an S3 export, its
+    /// task records are opened with the appender's privileges ([`Stream::appended_by`]). Kept
+    /// in memory only: after a restart every record's appender is unknown.
+    pub fn append_as(
+        &self,
+        payload: &[u8],
+        appender: Option<&Arc<FileAccess>>,
+    ) -> Result<Appended, StoreError> {
         if payload.is_empty() {
             return Err(StoreError::InvalidRequest(
                 "payload must not be empty".into(),
@@ -338,6 +354,12 @@ impl Stream {
         active.last_ingest_ms = now;
         inner.total_bytes += rec_len;
         inner.next_seq += 1;
+        let s3_tasks = inner
+            .definition
+            .exports
+            .iter()
+            .any(|e| e.kind == ExportKind::S3TaskExecutor);
+        inner.appenders.record(seq, appender.filter(|_| s3_tasks));
         let needs_sync = inner.definition.flush_on_write && inner.dir.is_some();
         drop(g);
         // Notifying takes a lock per waker slot of the channel: skip it when nobody listens
@@ -513,6 +535,12 @@ impl Stream {
     }
 
     /// The next sequence number to be assigned; changes on every append.
+    /// Who appended record `seq` through [`Stream::append_as`], when the store was told and the
+    /// stream had an S3 export at the time.
+    pub fn appended_by(&self, seq: u64) -> Option<Arc<FileAccess>> {
+        lock(&self.inner).appenders.of(seq)
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         // Subscribe first: every append from now on notifies; then catch up with the appends
         // made while nobody listened.
@@ -630,6 +658,8 @@ impl Inner {
         if let Some(s) = self.segments.pop_front() {
             self.total_bytes -= s.bytes;
             s.remove();
+            let oldest = self.segments.front().map_or(self.next_seq, |f| f.first_seq);
+            self.appenders.forget_before(oldest);
         }
     }
 
@@ -917,6 +947,7 @@ fn new_stream(
             deleted: false,
             unsynced: Vec::new(),
             scratch: Vec::new(),
+            appenders: Appenders::default(),
         }),
         commit: GroupCommit::new(next_seq, yielding.clone()),
         appended: watch::Sender::new(next_seq),
