@@ -404,3 +404,86 @@ fn s3_tasks_remember_the_authenticated_appender_and_only_it() {
     );
     server.stop();
 }
+
+/// Reads until the peer closes: true on end of stream or reset, false when it is still open
+/// after `wait` (the client's read timeout, not a measurement).
+fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn a_connect_frame_larger_than_the_pre_auth_limit_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), Some("tok"));
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    // Version byte, then a Connect frame announcing 1 MiB: the server must not wait for (and
+    // buffer) a body that large from a client that has not authenticated.
+    let mut hello = vec![1u8];
+    hello.extend((1i32 << 20).to_be_bytes());
+    hello.push(1);
+    hello.extend(vec![0xa0u8; 128 * 1024]);
+    let _ = s.write_all(&hello);
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)),
+        "an oversized Connect frame must close the connection"
+    );
+    // A Connect of ordinary size still works.
+    let (_, r) = Client::connect(server.addr, Some("tok"));
+    assert_eq!(status(&r), 0);
+    server.stop();
+}
+
+#[test]
+fn an_unauthenticated_connection_is_closed_after_the_connect_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), Some("tok"));
+    // Silent after connecting, and a slow trickle that never completes its Connect frame.
+    let mut silent = TcpStream::connect(server.addr).unwrap();
+    let mut partial = TcpStream::connect(server.addr).unwrap();
+    partial.write_all(&[1, 0, 0, 0, 40, 1]).unwrap();
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(30)),
+        "a connection that never sends Connect must be closed"
+    );
+    assert!(
+        closed_within(&mut partial, Duration::from_secs(30)),
+        "a connection that never completes Connect must be closed"
+    );
+    server.stop();
+}
+
+#[test]
+fn long_polls_per_connection_are_capped_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let (mut c, _) = Client::connect(server.addr, None);
+    create(&mut c, "s", false);
+    // Fill every slot with reads that wait for messages that never come, then one more.
+    const CAP: usize = 128;
+    for i in 0..CAP {
+        c.send(5, read(&format!("r{i}"), "s", 0, 1, 600_000));
+    }
+    let (op, r) = c.call(5, read("over", "s", 0, 1, 600_000));
+    assert_eq!(op, 10, "{r:?}");
+    assert_eq!(field(&r, "requestId").as_text(), Some("over"));
+    assert_eq!(status(&r), 3, "{r:?}");
+    let msg = field(&r, "errorMessage").as_text().unwrap_or_default();
+    assert!(msg.contains("128"), "{msg}");
+    // The connection still serves other requests, and the parked reads are still answered.
+    let (op, r) = c.call(4, append("a", "s", b"wake"));
+    assert_eq!((op, status(&r)), (9, 0), "{r:?}");
+    for _ in 0..CAP {
+        let (op, r) = c.recv().expect("a parked read is answered");
+        assert_eq!((op, status(&r)), (10, 0), "{r:?}");
+    }
+    server.stop();
+}
