@@ -478,12 +478,17 @@ fn long_polls_per_connection_are_capped_with_a_clear_error() {
     assert_eq!(status(&r), 3, "{r:?}");
     let msg = field(&r, "errorMessage").as_text().unwrap_or_default();
     assert!(msg.contains("128"), "{msg}");
-    // The connection still serves other requests, and the parked reads are still answered.
-    let (op, r) = c.call(4, append("a", "s", b"wake"));
-    assert_eq!((op, status(&r)), (9, 0), "{r:?}");
-    for _ in 0..CAP {
-        let (op, r) = c.recv().expect("a parked read is answered");
-        assert_eq!((op, status(&r)), (10, 0), "{r:?}");
-    }
+    // The connection still serves other requests, and the parked reads are still answered
+    // (in whatever order the answers come).
+    c.send(4, append("a", "s", b"wake"));
+    let mut answers: Vec<(u8, u64)> = (0..=CAP)
+        .map(|_| {
+            let (op, r) = c.recv().expect("an answer");
+            (op, status(&r))
+        })
+        .collect();
+    answers.sort();
+    assert_eq!(answers[0], (9, 0), "the append succeeds");
+    assert!(answers[1..].iter().all(|a| *a == (10, 0)), "{answers:?}");
     server.stop();
 }
