@@ -67,7 +67,8 @@ pub struct StandaloneOptions {
 /// `stream manager listening on 127.0.0.1:<port>` on stdout once it accepts connections.
 /// Exporter settings come from `STREAM_MANAGER_EXPORTER_*` environment variables (the keys of
 /// the component configuration), and `LOG_LEVEL` is checked the same way (the caller installs
-/// the logger).
+/// the logger). Without a core there is no component identity: S3 export tasks read their
+/// input files with this process's own privileges.
 pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<()> {
     let tokens = opts.auth_tokens;
     let env: serde_json::Map<String, serde_json::Value> = std::env::vars()
@@ -94,6 +95,13 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<()> {
         task_file_access: None,
     })
     .await?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        tracing::warn!(
+            "running as root without a core: S3 export tasks read their input files as root; \
+             run `lichen stream-manager` as the user whose files it may upload"
+        );
+    }
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
