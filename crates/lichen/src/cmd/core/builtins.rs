@@ -265,3 +265,63 @@ impl Builtins {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lichen_streams::FileAccess;
+
+    fn set(config: &ConfigStore, path: &[&str], value: &str) {
+        config
+            .set(path, Value::String(value.into()), lichen_config::now_ms())
+            .unwrap();
+    }
+
+    #[test]
+    fn s3_task_files_are_opened_as_the_component_user_the_supervisor_would_use() {
+        let config = ConfigStore::in_memory();
+        let access = |c: Option<&str>| task_file_access(&config, c.map(str::to_string));
+        if !rustix::process::geteuid().is_root() {
+            // Nothing to drop: the core's own privileges are all it has.
+            assert_eq!(access(Some("a")), FileAccess::Own);
+            return;
+        }
+        // No user configured anywhere: components run as root, and so does the open.
+        assert_eq!(access(Some("a")), FileAccess::Own);
+        set(
+            &config,
+            &[
+                "services",
+                super::super::NUCLEUS,
+                "configuration",
+                "runWithDefault",
+                "posixUser",
+            ],
+            "nobody",
+        );
+        set(&config, &["services", "a", "version"], "1.0.0");
+        let Ok(user) = lichen_supervisor::resolve_user("nobody") else {
+            eprintln!("skipped: this system has no user nobody");
+            return;
+        };
+        let nobody = FileAccess::User {
+            uid: user.uid,
+            gid: user.gid,
+            groups: user.groups,
+        };
+        assert_eq!(access(Some("a")), nobody);
+        // Unknown appenders and CLI clients get the default component user.
+        assert_eq!(access(None), nobody);
+        assert_eq!(access(Some("greengrass-cli#1")), nobody);
+        set(&config, &["services", "a", "runWith", "posixUser"], "0:0");
+        assert_eq!(access(Some("a")), FileAccess::Own);
+        set(
+            &config,
+            &["services", "a", "runWith", "posixUser"],
+            "no-such-user-here",
+        );
+        assert!(
+            matches!(access(Some("a")), FileAccess::Denied(why) if why.contains("no-such-user-here")),
+        );
+    }
+}
