@@ -59,11 +59,11 @@ os.rename(out + ".tmp", out)
 
 
 @contextlib.contextmanager
-def running_core(root):
-    """A `lichen core run` on `root`, ready; on exit it is stopped and whatever it started is
-    killed."""
+def running_core(root, args=()):
+    """A `lichen core run` on `root` (with `args`), ready; on exit it is stopped and whatever it
+    started is killed."""
     core = subprocess.Popen(
-        [lichen_bin(), "core", "run", "--root", str(root)],
+        [lichen_bin(), "core", "run", "--root", str(root), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

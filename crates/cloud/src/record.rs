@@ -16,6 +16,11 @@ const KIND_ACK: u8 = 2;
 /// No record body is this large: a longer length field means a torn or corrupt header.
 pub(crate) const MAX_BODY_LEN: usize = 1 << 30;
 
+/// Whether `b` is the kind byte of a record (the first byte of a body).
+pub(crate) fn is_kind(b: u8) -> bool {
+    b == KIND_MESSAGE || b == KIND_ACK
+}
+
 /// One decoded record.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Record {

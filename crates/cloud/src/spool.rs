@@ -6,8 +6,8 @@
 //! survives kill -9 and power loss. Delivery appends an ack record (not fsynced on its own: losing
 //! one only means that message is sent once more). Segments are deleted oldest first once every
 //! message in them is acked, which keeps each ack record alive as long as the message it covers.
-//! Recovery reads every segment, truncates a torn or corrupt tail and keeps the messages without
-//! an ack.
+//! Recovery reads every segment, skips a damaged record in the middle of a segment (resyncing on
+//! the next whole record), truncates a torn or corrupt tail and keeps the messages without an ack.
 //!
 //! Memory storage keeps the same queue without files (lost on restart).
 //!
@@ -112,6 +112,8 @@ pub struct Recovered {
     pub messages: usize,
     pub bytes: u64,
     pub truncated_bytes: u64,
+    /// Bytes of damaged records skipped in the middle of a segment.
+    pub skipped_bytes: u64,
     pub segments_deleted: usize,
 }
 
@@ -362,13 +364,24 @@ fn recover(dir: &Path, st: &mut State) -> Result<Recovered, CloudError> {
                     }
                     pos += len;
                 }
-                Decoded::Incomplete => {
-                    bad = Some("torn record at the end");
-                    break;
-                }
-                Decoded::Corrupt(why) => {
-                    bad = Some(why);
-                    break;
+                Decoded::Incomplete | Decoded::Corrupt(_) => {
+                    let why = match record::decode(&buf[pos..]) {
+                        Decoded::Corrupt(why) => why,
+                        _ => "torn record at the end",
+                    };
+                    // Damage in the middle of a segment (a bad sector, a flipped bit) costs
+                    // only the records it hit: whole records after it are still good.
+                    match resync(&buf, pos + 1) {
+                        Some(next) => {
+                            tracing::warn!(segment = %path.display(), offset = pos, reason = why, skipped_bytes = next - pos, "spool segment: skipping a damaged record");
+                            out.skipped_bytes += (next - pos) as u64;
+                            pos = next;
+                        }
+                        None => {
+                            bad = Some(why);
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -408,6 +421,29 @@ fn recover(dir: &Path, st: &mut State) -> Result<Recovered, CloudError> {
         out.segments_deleted += 1;
     }
     Ok(out)
+}
+
+/// The offset of the next whole record at or after `from`, if any. Cheap checks on the header
+/// (a plausible length, a known kind, an id below 2^48) come before the checksum, so scanning
+/// past damage does not checksum a candidate body at every byte.
+fn resync(buf: &[u8], from: usize) -> Option<usize> {
+    let last = buf.len().checked_sub(record::HEADER_LEN + 9)?;
+    (from..=last).find(|&off| {
+        let b = &buf[off..];
+        let len = u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")) as usize;
+        let kind = b[record::HEADER_LEN];
+        let id = u64::from_le_bytes(
+            b[record::HEADER_LEN + 1..record::HEADER_LEN + 9]
+                .try_into()
+                .expect("8 bytes"),
+        );
+        let plausible = len >= 9
+            && len <= b.len() - record::HEADER_LEN
+            && record::is_kind(kind)
+            && id > 0
+            && id < 1 << 48;
+        plausible && matches!(record::decode(b), Decoded::Record { .. })
+    })
 }
 
 struct Writer {

@@ -65,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         exporters: Default::default(),
         log_level: tracing::level_filters::LevelFilter::INFO,
         flush_wait_yield: true,
+        task_file_access: None,
     }))?;
     let addr = sm.local_addr();
     println!(

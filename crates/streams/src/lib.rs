@@ -26,6 +26,7 @@
 //!     exporters: Default::default(),
 //!     log_level: tracing::level_filters::LevelFilter::INFO,
 //!     flush_wait_yield: true,
+//!     task_file_access: None,
 //! })
 //! .await?;
 //! println!("listening on {}", sm.local_addr());
@@ -36,12 +37,14 @@
 mod codec;
 pub mod export;
 mod exporter;
+pub mod file_access;
 pub mod model;
 mod server;
 mod service;
 pub mod store;
 
 pub use exporter::ExporterSettings;
+pub use file_access::{FileAccess, FileAccessResolver};
 pub use model::{Persistence, StrategyOnFull, StreamDefinition};
 pub use server::TokenValidator;
 pub use service::{ConfigError, StreamManager, StreamManagerConfig, parse_log_level};
@@ -64,7 +67,8 @@ pub struct StandaloneOptions {
 /// `stream manager listening on 127.0.0.1:<port>` on stdout once it accepts connections.
 /// Exporter settings come from `STREAM_MANAGER_EXPORTER_*` environment variables (the keys of
 /// the component configuration), and `LOG_LEVEL` is checked the same way (the caller installs
-/// the logger).
+/// the logger). Without a core there is no component identity: S3 export tasks read their
+/// input files with this process's own privileges.
 pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<()> {
     let tokens = opts.auth_tokens;
     let env: serde_json::Map<String, serde_json::Value> = std::env::vars()
@@ -86,8 +90,18 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<()> {
         exporters: from_env.exporters,
         log_level: from_env.log_level,
         flush_wait_yield: from_env.flush_wait_yield,
+        // No core to say which component appended a task: files are read with this
+        // process's own privileges, so run it as the user whose files it may upload.
+        task_file_access: None,
     })
     .await?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        tracing::warn!(
+            "running as root without a core: S3 export tasks read their input files as root; \
+             run `lichen stream-manager` as the user whose files it may upload"
+        );
+    }
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();

@@ -3,6 +3,7 @@
 //! their own tasks so they never block other requests on the same connection.
 
 use crate::codec::{self, DecodeError, ReadOptions, Request, Response, Status, op};
+use crate::file_access::{FileAccess, FileAccessResolver};
 use crate::store::{Store, StoreError, Stream};
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -22,10 +23,25 @@ const READ_RESPONSE_BYTE_CAP: u64 = 256 * 1024 * 1024;
 const MAX_CONNECTIONS: usize = 1024;
 /// Responses queued per connection before the connection stops reading requests.
 const OUTBOUND_QUEUE: usize = 64;
+/// A client has this long from its TCP connect to a complete Connect request; until then it
+/// holds one of the [`MAX_CONNECTIONS`] slots without having proven anything.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+/// The largest frame read before authentication: a Connect request is a few hundred bytes
+/// (request id, version, token), so the 2^30 limit of later frames need not be offered to
+/// anyone who can reach the port.
+const MAX_CONNECT_FRAME: usize = 64 * 1024;
+/// Long-polling reads one connection may have waiting at once; one more is refused at once
+/// with InvalidRequest rather than parked (each holds a task and a subscription).
+const MAX_PENDING_READS: usize = 128;
+/// Durable appends one connection may have waiting for their fsync; past it the connection
+/// stops reading requests until the disk catches up.
+const MAX_PENDING_DURABLE: usize = 4096;
 
 pub(crate) struct Context {
     pub store: Arc<Store>,
     pub validator: Option<TokenValidator>,
+    /// Whose privileges the S3 export tasks a connection appends are read with.
+    pub file_access: Option<FileAccessResolver>,
 }
 
 pub(crate) async fn accept_loop(
@@ -77,8 +93,17 @@ enum ConnError {
 async fn read_frame(
     sock: &mut (impl AsyncReadExt + Unpin),
     buf: &mut BytesMut,
+    max_len: usize,
 ) -> Result<Option<codec::Frame>, ConnError> {
     loop {
+        if buf.len() >= 4 {
+            let len = i32::from_be_bytes(buf[..4].try_into().expect("4 bytes"));
+            if len > 0 && len as usize > max_len {
+                return Err(ConnError::Protocol(format!(
+                    "frame of {len} bytes exceeds the {max_len} bytes allowed here"
+                )));
+            }
+        }
         if let Some(f) = codec::decode_frame(buf).map_err(|e| ConnError::Protocol(e.to_string()))? {
             return Ok(Some(f));
         }
@@ -95,8 +120,22 @@ async fn read_frame(
 async fn serve_connection(mut sock: TcpStream, ctx: Arc<Context>) -> Result<(), ConnError> {
     sock.set_nodelay(true)?;
     let mut buf = BytesMut::with_capacity(8 * 1024);
-    let version = sock.read_u8().await?;
-    let Some(frame) = read_frame(&mut sock, &mut buf).await? else {
+    let hello = async {
+        let version = sock.read_u8().await?;
+        let frame = read_frame(&mut sock, &mut buf, MAX_CONNECT_FRAME).await?;
+        Ok::<_, ConnError>((version, frame))
+    };
+    let (version, frame) = match tokio::time::timeout(CONNECT_DEADLINE, hello).await {
+        Ok(r) => r?,
+        Err(_) => {
+            tracing::warn!(
+                deadline_s = CONNECT_DEADLINE.as_secs(),
+                "connection closed: no complete Connect request in time"
+            );
+            return Err(ConnError::Protocol("no Connect request in time".into()));
+        }
+    };
+    let Some(frame) = frame else {
         return Ok(());
     };
     if frame.op != op::CONNECT {
@@ -157,6 +196,11 @@ async fn serve_connection(mut sock: TcpStream, ctx: Arc<Context>) -> Result<(), 
         return Err(ConnError::Protocol(format!("connect refused: {e}")));
     }
     tracing::debug!(client = %request_id, "client connected");
+    // Only a token the validator checked names a component: without authentication any local
+    // process could present another component's token.
+    let proven_token = auth_token.as_deref().filter(|_| ctx.validator.is_some());
+    let appender: Option<Arc<FileAccess>> =
+        ctx.file_access.as_ref().map(|r| Arc::new(r(proven_token)));
 
     let (mut rd, mut wr) = sock.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUTBOUND_QUEUE);
@@ -167,19 +211,22 @@ async fn serve_connection(mut sock: TcpStream, ctx: Arc<Context>) -> Result<(), 
             }
         }
     });
-    // Requests answered off the connection's task (long polls, durable appends).
-    let mut pending = JoinSet::new();
-    let mut durable = DurableAnswers::default();
+    let mut conn = Connection {
+        pending: JoinSet::new(),
+        durable: DurableAnswers::default(),
+        reads: Arc::new(Semaphore::new(MAX_PENDING_READS)),
+        appender,
+    };
     let result = async {
-        while let Some(frame) = read_frame(&mut rd, &mut buf).await? {
-            while pending.try_join_next().is_some() {}
-            dispatch(frame, &ctx, &tx, &mut pending, &mut durable).await?;
+        while let Some(frame) = read_frame(&mut rd, &mut buf, codec::MAX_FRAME_LEN).await? {
+            while conn.pending.try_join_next().is_some() {}
+            dispatch(frame, &ctx, &tx, &mut conn).await?;
         }
         Ok(())
     }
     .await;
     // The client is gone or broke the protocol: nobody is left to answer.
-    pending.abort_all();
+    conn.pending.abort_all();
     drop(tx);
     let _ = writer.await;
     tracing::debug!(client = %request_id, "client disconnected");
@@ -246,12 +293,22 @@ async fn send(tx: &mpsc::Sender<Vec<u8>>, frame: Vec<u8>) -> Result<(), ConnErro
         .map_err(|_| ConnError::Protocol("connection writer stopped".into()))
 }
 
+/// What one authenticated connection has in flight.
+struct Connection {
+    /// Requests answered off the connection's task (long polls, durable appends).
+    pending: JoinSet<()>,
+    durable: DurableAnswers,
+    /// Slots for long-polling reads ([`MAX_PENDING_READS`]).
+    reads: Arc<Semaphore>,
+    /// Whose privileges the S3 export tasks it appends are read with.
+    appender: Option<Arc<FileAccess>>,
+}
+
 async fn dispatch(
     frame: codec::Frame,
     ctx: &Arc<Context>,
     tx: &mpsc::Sender<Vec<u8>>,
-    pending: &mut JoinSet<()>,
-    durable: &mut DurableAnswers,
+    conn: &mut Connection,
 ) -> Result<(), ConnError> {
     let fop = frame.op;
     let known = matches!(
@@ -349,22 +406,25 @@ async fn dispatch(
             name,
             payload,
         } => {
-            let appended = store
-                .get(&name)
-                .and_then(|s| s.append(&payload).map(|a| (s, a)));
+            let appended = store.get(&name).and_then(|s| {
+                s.append_as(&payload, conn.appender.as_ref())
+                    .map(|a| (s, a))
+            });
             match appended {
                 Ok((stream, a)) if a.needs_sync => {
                     // The record has its place in the log (so appends keep their order); the
                     // answer waits for a group commit off the connection's task.
-                    durable.queue(
-                        DurableAppend {
-                            stream,
-                            seq: a.sequence_number,
-                            request_id,
-                        },
-                        pending,
-                        tx,
-                    );
+                    conn.durable
+                        .queue(
+                            DurableAppend {
+                                stream,
+                                seq: a.sequence_number,
+                                request_id,
+                            },
+                            &mut conn.pending,
+                            tx,
+                        )
+                        .await;
                     return Ok(());
                 }
                 Ok((_, a)) => append_ok(&request_id, a.sequence_number),
@@ -378,14 +438,26 @@ async fn dispatch(
         } => {
             if options.timeout_millis == 0 {
                 read_messages(store, &request_id, &stream_name, &options).await
-            } else {
+            } else if let Ok(slot) = conn.reads.clone().try_acquire_owned() {
                 let tx = tx.clone();
                 let store = store.clone();
-                pending.spawn(async move {
+                conn.pending.spawn(async move {
                     let frame = read_messages(&store, &request_id, &stream_name, &options).await;
+                    drop(slot);
                     let _ = tx.send(frame).await;
                 });
                 return Ok(());
+            } else {
+                failure(
+                    fop,
+                    &request_id,
+                    Status::InvalidRequest,
+                    format!(
+                        "this connection already has {MAX_PENDING_READS} reads waiting for \
+                         messages; wait for one to be answered, or read with \
+                         readTimeoutMillis 0"
+                    ),
+                )
             }
         }
     };
@@ -418,17 +490,23 @@ struct DurableAppend {
 /// not one thread per append: a pipelining client has dozens pending, and each thread woken
 /// for a single record costs more than the record.
 #[derive(Default)]
-struct DurableAnswers(Option<mpsc::UnboundedSender<DurableAppend>>);
+struct DurableAnswers(Option<mpsc::Sender<DurableAppend>>);
 
 impl DurableAnswers {
-    fn queue(&mut self, a: DurableAppend, pending: &mut JoinSet<()>, tx: &mpsc::Sender<Vec<u8>>) {
+    /// Waits while [`MAX_PENDING_DURABLE`] appends are already waiting.
+    async fn queue(
+        &mut self,
+        a: DurableAppend,
+        pending: &mut JoinSet<()>,
+        tx: &mpsc::Sender<Vec<u8>>,
+    ) {
         let queue = self.0.get_or_insert_with(|| {
-            let (queue, waiting) = mpsc::unbounded_channel();
+            let (queue, waiting) = mpsc::channel(MAX_PENDING_DURABLE);
             pending.spawn(answer_durable(waiting, tx.clone()));
             queue
         });
         // Fails only once the answering task is gone, which ends the connection anyway.
-        let _ = queue.send(a);
+        let _ = queue.send(a).await;
     }
 }
 
@@ -436,10 +514,7 @@ impl DurableAnswers {
 /// on one blocking thread (after the first wait the others are usually covered by the same
 /// fsync and return at once), then sends the answers from this task, so a client that stops
 /// reading holds a task, not a thread; then the next batch.
-async fn answer_durable(
-    mut waiting: mpsc::UnboundedReceiver<DurableAppend>,
-    tx: mpsc::Sender<Vec<u8>>,
-) {
+async fn answer_durable(mut waiting: mpsc::Receiver<DurableAppend>, tx: mpsc::Sender<Vec<u8>>) {
     let mut batch = Vec::new();
     while waiting.recv_many(&mut batch, 4096).await > 0 {
         let appends = std::mem::take(&mut batch);

@@ -2,6 +2,7 @@
 //! `aws.greengrass.StreamManager` component configuration (spec §1.2).
 
 use crate::exporter::{self, ExporterSettings};
+use crate::file_access::FileAccessResolver;
 use crate::server::{self, Context, TokenValidator};
 use crate::store::Store;
 use std::net::SocketAddr;
@@ -38,6 +39,11 @@ pub struct StreamManagerConfig {
     /// sleeps (see [`Store::set_yield_while_waiting`]); false for devices where CPU time costs
     /// more than durable-append throughput.
     pub flush_wait_yield: bool,
+    /// Whose privileges open the `inputUrl` file of an S3 export task, from the token of the
+    /// connection that appended it (`None` for a task whose appender is unknown: appended
+    /// before a restart, or without authentication). Without a resolver every file is opened
+    /// with the stream manager's own privileges.
+    pub task_file_access: Option<FileAccessResolver>,
 }
 
 impl std::fmt::Debug for StreamManagerConfig {
@@ -50,6 +56,7 @@ impl std::fmt::Debug for StreamManagerConfig {
             .field("exporters", &self.exporters)
             .field("log_level", &self.log_level)
             .field("flush_wait_yield", &self.flush_wait_yield)
+            .field("task_file_access", &self.task_file_access.is_some())
             .finish()
     }
 }
@@ -115,6 +122,7 @@ impl StreamManagerConfig {
             exporters: exporter_settings(config)?,
             log_level,
             flush_wait_yield,
+            task_file_access: None,
         })
     }
 }
@@ -243,10 +251,16 @@ impl StreamManager {
         let ctx = Arc::new(Context {
             store: store.clone(),
             validator,
+            file_access: config.task_file_access.clone(),
         });
         let (shutdown, rx) = watch::channel(false);
         let accept = tokio::spawn(server::accept_loop(listener, ctx, rx.clone()));
-        let exporters = exporter::start(store.clone(), config.exporters.clone(), rx.clone());
+        let exporters = exporter::start(
+            store.clone(),
+            config.exporters.clone(),
+            config.task_file_access.clone(),
+            rx.clone(),
+        );
         let sweeper_store = store.clone();
         let mut sweeper_rx = rx;
         let sweeper = tokio::spawn(async move {

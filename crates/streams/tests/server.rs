@@ -2,7 +2,7 @@
 //! protocol description (the Python SDK suite in compat/streams covers the real client).
 
 use ciborium::value::Value;
-use lichen_streams::{StreamManager, StreamManagerConfig};
+use lichen_streams::{FileAccess, StreamManager, StreamManagerConfig};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -16,22 +16,32 @@ struct Server {
 
 impl Server {
     fn start(root: &std::path::Path, token: Option<&'static str>) -> Server {
+        Server::start_with(root, token, |_| {})
+    }
+
+    /// [`Server::start`] with `adjust` applied to the configuration.
+    fn start_with(
+        root: &std::path::Path,
+        token: Option<&'static str>,
+        adjust: impl FnOnce(&mut StreamManagerConfig),
+    ) -> Server {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let sm = rt
-            .block_on(StreamManager::start(StreamManagerConfig {
-                store_root: root.to_path_buf(),
-                port: 0,
-                authenticate_client: token.is_some(),
-                token_validator: token.map(|t| Arc::new(move |s: &str| s == t) as _),
-                exporters: Default::default(),
-                log_level: tracing::level_filters::LevelFilter::INFO,
-                flush_wait_yield: true,
-            }))
-            .unwrap();
+        let mut config = StreamManagerConfig {
+            store_root: root.to_path_buf(),
+            port: 0,
+            authenticate_client: token.is_some(),
+            token_validator: token.map(|t| Arc::new(move |s: &str| s == t) as _),
+            exporters: Default::default(),
+            log_level: tracing::level_filters::LevelFilter::INFO,
+            flush_wait_yield: true,
+            task_file_access: None,
+        };
+        adjust(&mut config);
+        let sm = rt.block_on(StreamManager::start(config)).unwrap();
         let addr = sm.local_addr();
         Server {
             rt,
@@ -318,5 +328,167 @@ fn a_malformed_frame_closes_only_its_connection() {
     assert!(bad.recv().is_none());
     let (op, r) = good.call(11, map(vec![("requestId", text("l"))]));
     assert_eq!((op, status(&r)), (12, 0));
+    server.stop();
+}
+
+/// A stream with an S3 task export (disabled, so nothing is uploaded).
+fn create_s3_tasks(c: &mut Client, name: &str) {
+    let export = map(vec![
+        ("identifier", text("s3")),
+        ("disabled", Value::Bool(true)),
+    ]);
+    let def = map(vec![
+        ("name", text(name)),
+        ("strategyOnFull", int(0)),
+        (
+            "exportDefinition",
+            map(vec![("s3TaskExecutor", Value::Array(vec![export]))]),
+        ),
+    ]);
+    let (op, r) = c.call(
+        2,
+        map(vec![("requestId", text("create")), ("definition", def)]),
+    );
+    assert_eq!((op, status(&r)), (7, 0), "{r:?}");
+}
+
+/// Maps the component token `tok` to uid 1000 and any other appender to a refusal.
+fn resolver(config: &mut StreamManagerConfig) {
+    config.task_file_access = Some(Arc::new(|token: Option<&str>| match token {
+        Some("tok") => FileAccess::User {
+            uid: 1000,
+            gid: 1000,
+            groups: vec![1000],
+        },
+        other => FileAccess::Denied(format!("appender {other:?} unknown")),
+    }));
+}
+
+#[test]
+fn s3_tasks_remember_the_authenticated_appender_and_only_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), Some("tok"), resolver);
+    let (mut c, r) = Client::connect(server.addr, Some("tok"));
+    assert_eq!(status(&r), 0);
+    create_s3_tasks(&mut c, "tasks");
+    create(&mut c, "plain", false);
+    for (stream, id) in [("tasks", "a0"), ("tasks", "a1"), ("plain", "p0")] {
+        let (op, r) = c.call(4, append(id, stream, b"{}"));
+        assert_eq!((op, status(&r)), (9, 0), "{r:?}");
+    }
+    let store = server.sm.as_ref().unwrap().store();
+    let tasks = store.get("tasks").unwrap();
+    let user = FileAccess::User {
+        uid: 1000,
+        gid: 1000,
+        groups: vec![1000],
+    };
+    assert_eq!(tasks.appended_by(0).as_deref(), Some(&user));
+    assert_eq!(tasks.appended_by(1).as_deref(), Some(&user));
+    // Streams without an S3 export keep no appenders.
+    assert_eq!(store.get("plain").unwrap().appended_by(0), None);
+    server.stop();
+
+    // Without authentication the token proves nothing: the appender is unknown.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), None, resolver);
+    let (mut c, r) = Client::connect(server.addr, Some("tok"));
+    assert_eq!(status(&r), 0);
+    create_s3_tasks(&mut c, "tasks");
+    let (_, r) = c.call(4, append("a0", "tasks", b"{}"));
+    assert_eq!(status(&r), 0, "{r:?}");
+    let store = server.sm.as_ref().unwrap().store();
+    assert_eq!(
+        store.get("tasks").unwrap().appended_by(0).as_deref(),
+        Some(&FileAccess::Denied("appender None unknown".into()))
+    );
+    server.stop();
+}
+
+/// Reads until the peer closes: true on end of stream or reset, false when it is still open
+/// after `wait` (the client's read timeout, not a measurement).
+fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn a_connect_frame_larger_than_the_pre_auth_limit_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), Some("tok"));
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    // Version byte, then a Connect frame announcing 1 MiB: the server must not wait for (and
+    // buffer) a body that large from a client that has not authenticated.
+    let mut hello = vec![1u8];
+    hello.extend((1i32 << 20).to_be_bytes());
+    hello.push(1);
+    hello.extend(vec![0xa0u8; 128 * 1024]);
+    let _ = s.write_all(&hello);
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)),
+        "an oversized Connect frame must close the connection"
+    );
+    // A Connect of ordinary size still works.
+    let (_, r) = Client::connect(server.addr, Some("tok"));
+    assert_eq!(status(&r), 0);
+    server.stop();
+}
+
+#[test]
+fn an_unauthenticated_connection_is_closed_after_the_connect_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), Some("tok"));
+    // Silent after connecting, and a slow trickle that never completes its Connect frame.
+    let mut silent = TcpStream::connect(server.addr).unwrap();
+    let mut partial = TcpStream::connect(server.addr).unwrap();
+    partial.write_all(&[1, 0, 0, 0, 40, 1]).unwrap();
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(30)),
+        "a connection that never sends Connect must be closed"
+    );
+    assert!(
+        closed_within(&mut partial, Duration::from_secs(30)),
+        "a connection that never completes Connect must be closed"
+    );
+    server.stop();
+}
+
+#[test]
+fn long_polls_per_connection_are_capped_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let (mut c, _) = Client::connect(server.addr, None);
+    create(&mut c, "s", false);
+    // Fill every slot with reads that wait for messages that never come, then one more.
+    const CAP: usize = 128;
+    for i in 0..CAP {
+        c.send(5, read(&format!("r{i}"), "s", 0, 1, 600_000));
+    }
+    let (op, r) = c.call(5, read("over", "s", 0, 1, 600_000));
+    assert_eq!(op, 10, "{r:?}");
+    assert_eq!(field(&r, "requestId").as_text(), Some("over"));
+    assert_eq!(status(&r), 3, "{r:?}");
+    let msg = field(&r, "errorMessage").as_text().unwrap_or_default();
+    assert!(msg.contains("128"), "{msg}");
+    // The connection still serves other requests, and the parked reads are still answered
+    // (in whatever order the answers come).
+    c.send(4, append("a", "s", b"wake"));
+    let mut answers: Vec<(u8, u64)> = (0..=CAP)
+        .map(|_| {
+            let (op, r) = c.recv().expect("an answer");
+            (op, status(&r))
+        })
+        .collect();
+    answers.sort();
+    assert_eq!(answers[0], (9, 0), "the append succeeds");
+    assert!(answers[1..].iter().all(|a| *a == (10, 0)), "{answers:?}");
     server.stop();
 }

@@ -54,7 +54,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use actor::{Change, Msg, Shared};
 pub use error::SupervisorError;
-pub use process::{restore_child_exit_signal, unblock_inherited_signals};
+pub use process::{RunAs, resolve_user, restore_child_exit_signal, unblock_inherited_signals};
 pub use state::State;
 
 /// One component as the deployment engine hands it to the supervisor.

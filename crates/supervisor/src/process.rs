@@ -61,7 +61,7 @@ pub fn unblock_inherited_signals() {
 
 /// The identity a step runs as when the core is root.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct RunAs {
+pub struct RunAs {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
@@ -70,7 +70,7 @@ pub(crate) struct RunAs {
 }
 
 /// Resolves `user[:group]` (names or numeric ids) against the system databases.
-pub(crate) fn resolve_user(spec: &str) -> Result<RunAs, String> {
+pub fn resolve_user(spec: &str) -> Result<RunAs, String> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u.trim(), Some(g.trim())),
         None => (spec.trim(), None),

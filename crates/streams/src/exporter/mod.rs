@@ -16,6 +16,7 @@ mod s3;
 mod sigv4;
 
 use crate::export::{ExportCheckpoint, ExportConfig, ExportKind};
+use crate::file_access::FileAccessResolver;
 use crate::store::{Message, Store, Stream};
 use pool::{Bandwidth, PriorityPool};
 use std::collections::HashMap;
@@ -105,6 +106,9 @@ pub(crate) struct Delivered {
 pub(crate) struct Shared {
     pub store: Arc<Store>,
     pub settings: ExporterSettings,
+    /// Whose privileges S3 export tasks read their files with (see [`crate::file_access`]).
+    #[cfg_attr(not(feature = "exporters-aws"), allow(dead_code))]
+    pub file_access: Option<FileAccessResolver>,
     pool: Arc<PriorityPool>,
     global_bandwidth: Option<Bandwidth>,
     stream_bandwidth: Mutex<HashMap<String, Arc<Bandwidth>>>,
@@ -193,10 +197,12 @@ fn now_ms() -> i64 {
 pub(crate) fn start(
     store: Arc<Store>,
     settings: ExporterSettings,
+    file_access: Option<FileAccessResolver>,
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let shared = Arc::new(Shared {
         store,
+        file_access,
         pool: PriorityPool::new(settings.thread_pool_size),
         global_bandwidth: settings
             .max_bandwidth_kbps

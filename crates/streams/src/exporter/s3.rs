@@ -7,8 +7,11 @@ use super::aws::{Signed, endpoint, send_signed};
 use super::sigv4::uri_encode;
 use super::{Delivered, Failure, MIN_PART_SIZE, Shared, now_ms};
 use crate::export::ExportConfig;
+use crate::file_access::{self, FileAccess};
 use crate::store::Message;
 use serde_json::{Value, json};
+use std::fs::File;
+use std::sync::Arc;
 
 // StatusMessage enums as the SDK serializes them (integers).
 const LEVEL_ERROR: u64 = 0;
@@ -70,7 +73,8 @@ impl S3Executor {
             });
             self.status(shared, &ctx, LEVEL_INFO, STATUS_IN_PROGRESS, "task started")
                 .await;
-            match self.run_task(shared, &task).await {
+            let access = task_access(shared, stream, m.sequence_number);
+            match self.run_task(shared, &task, access).await {
                 Ok(size) => {
                     bytes += m.payload.len() as u64;
                     self.status(
@@ -128,7 +132,12 @@ impl S3Executor {
         }
     }
 
-    async fn run_task(&self, shared: &Shared, task: &Value) -> Result<u64, TaskError> {
+    async fn run_task(
+        &self,
+        shared: &Shared,
+        task: &Value,
+        access: FileAccess,
+    ) -> Result<u64, TaskError> {
         let field = |k: &str| task.get(k).and_then(|v| v.as_str()).map(str::to_string);
         let (Some(input), Some(bucket), Some(key)) =
             (field("inputUrl"), field("bucket"), field("key"))
@@ -151,7 +160,10 @@ impl S3Executor {
                 meta.push((format!("x-amz-meta-{k}"), v));
             }
         }
-        let size = std::fs::metadata(&path)
+        let input = open(&path, access).await?;
+        let size = input
+            .file
+            .metadata()
             .map_err(|e| TaskError::Fatal(format!("input file {path}: {e}")))?
             .len();
         let upload = Upload {
@@ -160,28 +172,76 @@ impl S3Executor {
             key: &key,
         };
         if size <= self.threshold {
-            let data = read_range(&path, 0, size).await?;
+            let data = input.read_range(0, size).await?;
             upload.put(&data, meta).await?;
         } else {
             let part_size = shared.settings.s3_min_part_size.max(MIN_PART_SIZE);
-            upload.multipart(&path, size, part_size, meta).await?;
+            upload.multipart(&input, size, part_size, meta).await?;
         }
         Ok(size)
     }
 }
 
-async fn read_range(path: &str, offset: u64, len: u64) -> Result<Vec<u8>, TaskError> {
+/// The privileges task `seq` of `stream` reads its file with: its appender's, else those of
+/// an unknown appender (the core's default component user).
+fn task_access(shared: &Shared, stream: &str, seq: u64) -> FileAccess {
+    let recorded = shared
+        .store
+        .get(stream)
+        .ok()
+        .and_then(|s| s.appended_by(seq));
+    match (recorded, &shared.file_access) {
+        (Some(a), _) => (*a).clone(),
+        (None, Some(resolve)) => resolve(None),
+        (None, None) => FileAccess::Own,
+    }
+}
+
+/// A task's input file, opened once with the task's privileges; every part is read from this
+/// descriptor, so the path is never looked up again.
+struct Input {
+    path: String,
+    file: Arc<File>,
+}
+
+async fn open(path: &str, access: FileAccess) -> Result<Input, TaskError> {
     let p = path.to_string();
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(&p)?;
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, offset)?;
-        Ok::<_, std::io::Error>(buf)
+    let who = access.to_string();
+    let file = tokio::task::spawn_blocking(move || {
+        file_access::open_input(std::path::Path::new(&p), &access)
     })
     .await
     .map_err(|e| TaskError::Retry(Failure::new(e.to_string())))?
-    .map_err(|e| TaskError::Fatal(format!("input file {path}: {e}")))
+    .map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            format!(
+                " (read as {who}, the user the appending component runs as; make the file \
+                 readable to that user)"
+            )
+        } else {
+            String::new()
+        };
+        TaskError::Fatal(format!("input file {path}: {e}{hint}"))
+    })?;
+    Ok(Input {
+        path: path.to_string(),
+        file: Arc::new(file),
+    })
+}
+
+impl Input {
+    async fn read_range(&self, offset: u64, len: u64) -> Result<Vec<u8>, TaskError> {
+        let f = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact_at(&mut buf, offset)?;
+            Ok::<_, std::io::Error>(buf)
+        })
+        .await
+        .map_err(|e| TaskError::Retry(Failure::new(e.to_string())))?
+        .map_err(|e| TaskError::Fatal(format!("input file {}: {e}", self.path)))
+    }
 }
 
 struct Upload<'a> {
@@ -254,7 +314,7 @@ impl Upload<'_> {
 
     async fn multipart(
         &self,
-        path: &str,
+        input: &Input,
         size: u64,
         part_size: u64,
         meta: Vec<(String, String)>,
@@ -269,7 +329,7 @@ impl Upload<'_> {
                 self.bucket, self.key
             )))
         })?;
-        let result = self.parts(path, size, part_size, &upload_id).await;
+        let result = self.parts(input, size, part_size, &upload_id).await;
         if result.is_err() {
             // Leave no parts behind to be billed; failing to abort is only worth a warning.
             let abort = self
@@ -293,7 +353,7 @@ impl Upload<'_> {
 
     async fn parts(
         &self,
-        path: &str,
+        input: &Input,
         size: u64,
         part_size: u64,
         upload_id: &str,
@@ -303,7 +363,7 @@ impl Upload<'_> {
         let mut number = 1u32;
         while offset < size {
             let len = part_size.min(size - offset);
-            let data = read_range(path, offset, len).await?;
+            let data = input.read_range(offset, len).await?;
             let resp = self
                 .request(
                     "PUT",

@@ -8,8 +8,9 @@
 //!
 //! Invariants: sequence numbers of a stream strictly increase and are never reused (the active
 //! segment's file name carries the next number across restarts); an append acknowledged with
-//! `flushOnWrite` is on disk before the acknowledgement; recovery keeps every record before the
-//! first damaged byte of a segment and drops the rest of that segment; memory per stream is the
+//! `flushOnWrite` is on disk before the acknowledgement; recovery loses only damaged records: whole
+//! records after damage in a segment move to a segment of their own (see `store/recover.rs`), and only a
+//! tail with no whole record after it is cut; memory per stream is the
 //! index (4 bytes per record) plus small per-segment state, whatever the backlog — payloads are
 //! read from disk.
 //!
@@ -21,11 +22,15 @@
 //! space and truncates any other tail (a torn record), so an old record can never reappear
 //! behind new ones. Sealed segments are cut to their logical size when the next one starts.
 
+mod appenders;
 mod commit;
 mod record;
+mod recover;
 
-use crate::export::{ExportCheckpoint, carry_checkpoints};
+use crate::export::{ExportCheckpoint, ExportKind, carry_checkpoints};
+use crate::file_access::FileAccess;
 use crate::model::{DefinitionError, Persistence, StrategyOnFull, StreamDefinition};
+use appenders::Appenders;
 use commit::{GroupCommit, SyncOutcome};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -239,6 +244,8 @@ struct Inner {
     /// Files with writes not yet fsynced by a group commit (sealed segments).
     unsynced: Vec<(Arc<File>, PathBuf)>,
     scratch: Vec<u8>,
+    /// Who appended the records, while the stream has an S3 export (see [`Stream::append_as`]).
+    appenders: Appenders,
 }
 
 /// One stream. Appends serialize on the stream's lock; durable appends share fsyncs.
@@ -266,6 +273,17 @@ impl Stream {
     /// Appends one record. With flushOnWrite the record is written but not yet durable: call
     /// [`Stream::wait_durable`] before acknowledging it.
     pub fn append(&self, payload: &[u8]) -> Result<Appended, StoreError> {
+        self.append_as(payload, None)
+    }
+
+    /// [`Stream::append`], remembering who appended: while the stream has an S3 export, its
+    /// task records are opened with the appender's privileges ([`Stream::appended_by`]). Kept
+    /// in memory only: after a restart every record's appender is unknown.
+    pub fn append_as(
+        &self,
+        payload: &[u8],
+        appender: Option<&Arc<FileAccess>>,
+    ) -> Result<Appended, StoreError> {
         if payload.is_empty() {
             return Err(StoreError::InvalidRequest(
                 "payload must not be empty".into(),
@@ -338,6 +356,12 @@ impl Stream {
         active.last_ingest_ms = now;
         inner.total_bytes += rec_len;
         inner.next_seq += 1;
+        let s3_tasks = inner
+            .definition
+            .exports
+            .iter()
+            .any(|e| e.kind == ExportKind::S3TaskExecutor);
+        inner.appenders.record(seq, appender.filter(|_| s3_tasks));
         let needs_sync = inner.definition.flush_on_write && inner.dir.is_some();
         drop(g);
         // Notifying takes a lock per waker slot of the channel: skip it when nobody listens
@@ -512,6 +536,12 @@ impl Stream {
         Ok(chunks)
     }
 
+    /// Who appended record `seq` through [`Stream::append_as`], when the store was told and the
+    /// stream had an S3 export at the time.
+    pub fn appended_by(&self, seq: u64) -> Option<Arc<FileAccess>> {
+        lock(&self.inner).appenders.of(seq)
+    }
+
     /// The next sequence number to be assigned; changes on every append.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         // Subscribe first: every append from now on notifies; then catch up with the appends
@@ -630,6 +660,8 @@ impl Inner {
         if let Some(s) = self.segments.pop_front() {
             self.total_bytes -= s.bytes;
             s.remove();
+            let oldest = self.segments.front().map_or(self.next_seq, |f| f.first_seq);
+            self.appenders.forget_before(oldest);
         }
     }
 
@@ -686,7 +718,7 @@ impl Store {
             if !path.is_dir() {
                 continue;
             }
-            match recover_stream(&path, &clock, &yielding) {
+            match recover::recover_stream(&path, &clock, &yielding) {
                 Ok(stream) => {
                     streams.insert(stream.name.clone(), Arc::new(stream));
                 }
@@ -917,161 +949,12 @@ fn new_stream(
             deleted: false,
             unsynced: Vec::new(),
             scratch: Vec::new(),
+            appenders: Appenders::default(),
         }),
         commit: GroupCommit::new(next_seq, yielding.clone()),
         appended: watch::Sender::new(next_seq),
         clock: clock.clone(),
     }
-}
-
-/// Reopens one stream directory: reads its definition and checkpoints, scans every segment,
-/// truncates each at its first damaged byte.
-fn recover_stream(
-    dir: &Path,
-    clock: &Clock,
-    yielding: &Arc<AtomicBool>,
-) -> Result<Stream, StoreError> {
-    let def_path = dir.join(DEFINITION_FILE);
-    let text = fs::read(&def_path).map_err(io_err("read", &def_path))?;
-    let definition: StreamDefinition =
-        serde_json::from_slice(&text).map_err(|e| StoreError::Io {
-            op: "parse",
-            path: def_path.clone(),
-            source: io::Error::new(io::ErrorKind::InvalidData, e),
-        })?;
-    let cp_path = dir.join(CHECKPOINT_FILE);
-    let saved: Vec<ExportCheckpoint> = fs::read(&cp_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    let checkpoints = carry_checkpoints(&definition.exports, &saved);
-
-    let mut firsts: Vec<u64> = fs::read_dir(dir)
-        .map_err(io_err("list", dir))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.strip_suffix(".log")
-                .filter(|s| s.len() == 19)
-                .and_then(|s| s.parse().ok())
-        })
-        .collect();
-    firsts.sort_unstable();
-    if firsts.is_empty() {
-        firsts.push(0);
-    }
-    let mut segments = VecDeque::new();
-    let count = firsts.len();
-    let mut next_seq = 0;
-    for (i, first_seq) in firsts.into_iter().enumerate() {
-        let path = dir.join(segment_file_name(first_seq));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err("open segment", &path))?;
-        let file_len = file
-            .metadata()
-            .map_err(io_err("stat segment", &path))?
-            .len();
-        let reader = io::BufReader::with_capacity(1 << 20, &file);
-        let scan = record::scan_reader(reader, file_len, first_seq)
-            .map_err(io_err("read segment", &path))?;
-        let last = i + 1 == count;
-        let mut allocated = file_len;
-        if scan.valid_len < file_len {
-            let zero_tail =
-                all_zero(&file, scan.valid_len, file_len).map_err(io_err("read segment", &path))?;
-            if !zero_tail {
-                tracing::warn!(
-                    path = %path.display(),
-                    kept_records = scan.offsets.len(),
-                    dropped_bytes = file_len - scan.valid_len,
-                    "segment has a torn or damaged tail; truncating it"
-                );
-            }
-            // The active segment keeps a zero tail as preallocated space; anything else goes,
-            // so that bytes of a lost record can never follow new ones.
-            if !(last && zero_tail) {
-                file.set_len(scan.valid_len)
-                    .map_err(io_err("truncate", &path))?;
-                file.sync_all().map_err(io_err("fsync", &path))?;
-                allocated = scan.valid_len;
-            }
-        }
-        if scan.offsets.is_empty() && !last {
-            drop(file);
-            let _ = fs::remove_file(&path);
-            continue;
-        }
-        next_seq = first_seq + scan.offsets.len() as u64;
-        segments.push_back(Segment {
-            first_seq,
-            offsets: scan.offsets,
-            bytes: scan.valid_len,
-            allocated,
-            last_ingest_ms: scan.last_ingest_ms,
-            storage: Storage::File {
-                file: Arc::new(file),
-                path,
-            },
-        });
-    }
-    // Records lost from a damaged or unsynced tail may already have been exported: never hand
-    // their numbers out again, or exporters would skip the new records as already sent.
-    let exported_next = checkpoints
-        .iter()
-        .map(|c| (c.last_exported_sequence_number + 1).max(0) as u64)
-        .max()
-        .unwrap_or(0);
-    if exported_next > next_seq {
-        tracing::warn!(
-            dir = %dir.display(),
-            from = next_seq,
-            to = exported_next,
-            "stream lost records that were already exported; continuing numbering after them"
-        );
-        next_seq = exported_next;
-        let path = dir.join(segment_file_name(next_seq));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io_err("create segment", &path))?;
-        sync_dir(dir)?;
-        if segments.back().is_some_and(|s| s.offsets.is_empty())
-            && let Some(empty) = segments.pop_back()
-        {
-            empty.remove();
-        }
-        if let Some(sealed) = segments.back_mut() {
-            sealed.seal();
-        }
-        segments.push_back(Segment {
-            first_seq: next_seq,
-            offsets: Vec::new(),
-            bytes: 0,
-            allocated: 0,
-            last_ingest_ms: 0,
-            storage: Storage::File {
-                file: Arc::new(file),
-                path,
-            },
-        });
-    }
-    Ok(new_stream(
-        definition,
-        checkpoints,
-        segments,
-        next_seq,
-        Some(dir.to_path_buf()),
-        clock,
-        yielding,
-    ))
 }
 
 /// A stream's directory name: the name itself when it is a plain portable file name, otherwise

@@ -63,6 +63,29 @@ pub(crate) fn decode(buf: &[u8]) -> Option<Decoded<'_>> {
     })
 }
 
+/// Whether `header` (at least [`HEADER_LEN`] bytes, `distance` bytes after the start of a
+/// damaged record, `remaining` bytes before the end of the segment) may start the record that
+/// resumes the log after `expected` was lost: its length fits, and its number is past
+/// `expected` by no more records than `distance` could have held. Returns the record's whole
+/// length and number; only its checksum can confirm it.
+pub(crate) fn plausible_header(
+    header: &[u8],
+    expected: u64,
+    distance: u64,
+    remaining: u64,
+) -> Option<(usize, u64)> {
+    let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+    let seq = u64::from_le_bytes(header[8..16].try_into().unwrap());
+    let whole = HEADER_LEN + len;
+    let most_lost = distance / (HEADER_LEN as u64 + 1);
+    (len > 0
+        && len <= MAX_PAYLOAD_LEN
+        && whole as u64 <= remaining
+        && seq > expected
+        && seq - expected <= most_lost)
+        .then_some((whole, seq))
+}
+
 /// The index recovered from a segment's bytes: every record from the start whose checksum holds
 /// and whose sequence number continues `first_seq`, stopping at the first that does not.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -333,7 +333,7 @@ fn damage_case(
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
-    fn damaged_segments_recover_every_record_before_the_damage(
+    fn damaged_segments_recover_every_record_but_the_damaged_ones(
         lens in prop::collection::vec(1usize..300, 1..40),
         which in any::<prop::sample::Index>(),
         at in any::<prop::sample::Index>(),
@@ -355,13 +355,16 @@ proptest! {
         let store = Store::open(dir.path()).unwrap();
         let s = store.get("x").unwrap();
         let got: Vec<u64> = read_all(&s).iter().map(|m| m.sequence_number).collect();
-        // Every record outside the damaged file, and every one ending before the damage, survives.
+        // Every record outside the damaged file, every one ending before the damage, and, when
+        // a bit flipped (rather than the file being cut), every one starting after it survives.
         let mut expect = Vec::new();
         for (i, e) in ends.iter().enumerate() {
+            let mut start = 0;
             for &(seq, end) in e {
-                if i != f || end <= damage_at {
+                if i != f || end <= damage_at || (flip && start > damage_at) {
                     expect.push(seq);
                 }
+                start = end;
             }
         }
         prop_assert_eq!(&got, &expect);
@@ -568,46 +571,72 @@ fn preallocated_segments_keep_their_logical_end_across_reopen_and_are_trimmed_wh
     assert_eq!(read_all(&s).len() as u64, n + 1);
 }
 
-#[test]
-fn a_torn_record_before_a_zero_tail_is_cut_and_never_reappears_behind_new_records() {
-    let dir = tempfile::tempdir().unwrap();
+/// Five durable records in the active segment (followed by its preallocated zeros), then the
+/// first byte of record `damaged` lost, as if that block never reached the disk.
+fn damaged_active_segment(dir: &Path, damaged: u64) -> (PathBuf, u64) {
     let mut d = def("torn");
     d.flush_on_write = true;
-    let seg = dir.path().join("torn").join(segment_file_name(0));
+    let seg = dir.join("torn").join(segment_file_name(0));
     let rec = (HEADER_LEN + 50) as u64;
     {
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir).unwrap();
         let s = store.create(d).unwrap();
         for i in 0..5 {
             s.append(&payload(i, 50)).unwrap();
         }
         s.wait_durable(4).unwrap();
     }
-    // Record 2 loses its first byte (as if that block never reached the disk); records 3 and 4
-    // stay intact behind it, followed by the preallocated zeros.
     let f = fs::OpenOptions::new().write(true).open(&seg).unwrap();
-    f.write_all_at(&[0x7f], 2 * rec).unwrap();
-    drop(f);
+    f.write_all_at(&[0x7f], damaged * rec).unwrap();
+    (seg, rec)
+}
+
+#[test]
+fn a_torn_record_before_a_zero_tail_is_cut_and_never_reappears_behind_new_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, rec) = damaged_active_segment(dir.path(), 4);
     {
         let store = Store::open(dir.path()).unwrap();
         let s = store.get("torn").unwrap();
         let got: Vec<u64> = read_all(&s).iter().map(|m| m.sequence_number).collect();
-        assert_eq!(got, vec![0, 1]);
+        assert_eq!(got, vec![0, 1, 2, 3]);
         assert_eq!(
             fs::metadata(&seg).unwrap().len(),
-            2 * rec,
+            4 * rec,
             "torn tail truncated"
         );
-        // A new record of the same size takes number 2 and the same offset.
-        assert_eq!(s.append(&payload(20, 50)).unwrap().sequence_number, 2);
+        // A new record of the same size takes number 4 and the same offset.
+        assert_eq!(s.append(&payload(20, 50)).unwrap().sequence_number, 4);
     }
-    // The old record 3 must not come back behind the new record 2.
+    // The old record 4 must not come back behind the new one.
     let store = Store::open(dir.path()).unwrap();
     let s = store.get("torn").unwrap();
     let got = read_all(&s);
-    assert_eq!(got.len(), 3);
-    assert_eq!(got[2].payload, payload(20, 50));
-    assert_eq!(s.append(b"next").unwrap().sequence_number, 3);
+    assert_eq!(got.len(), 5);
+    assert_eq!(got[4].payload, payload(20, 50));
+    assert_eq!(s.append(b"next").unwrap().sequence_number, 5);
+}
+
+#[test]
+fn whole_records_after_a_damaged_one_in_the_active_segment_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, rec) = damaged_active_segment(dir.path(), 2);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let s = store.get("torn").unwrap();
+        let got: Vec<u64> = read_all(&s).iter().map(|m| m.sequence_number).collect();
+        assert_eq!(got, vec![0, 1, 3, 4]);
+        assert_eq!(fs::metadata(&seg).unwrap().len(), 2 * rec, "damage cut off");
+        // Number 2 is never handed out again: it may have been read already.
+        assert_eq!(s.append(&payload(20, 50)).unwrap().sequence_number, 5);
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let s = store.get("torn").unwrap();
+    let got = read_all(&s);
+    let seqs: Vec<u64> = got.iter().map(|m| m.sequence_number).collect();
+    assert_eq!(seqs, vec![0, 1, 3, 4, 5]);
+    assert_eq!(got[2].payload, payload(3, 50));
+    assert_eq!(got[4].payload, payload(20, 50));
 }
 
 #[test]
@@ -1017,4 +1046,36 @@ fn a_leader_whose_sync_panics_does_not_strand_the_waiters() {
     let panics = outcomes.iter().filter(|o| o.is_err()).count();
     assert_eq!(panics, 1, "exactly the leader that panicked saw the panic");
     assert!(outcomes.iter().flatten().all(|&ok| ok));
+}
+
+#[test]
+fn a_damaged_record_in_a_middle_segment_loses_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let lens: Vec<usize> = (0..60).map(|i| 40 + i % 7).collect();
+    let (files, ends) = damage_case(dir.path(), &lens, false);
+    assert!(files.len() >= 3, "{files:?}");
+    let f = files.len() / 2;
+    let victim = ends[f].len() / 2;
+    let (lost, end) = ends[f][victim];
+    let start = ends[f][victim - 1].1;
+    let mut bytes = fs::read(&files[f]).unwrap();
+    for b in &mut bytes[start as usize + HEADER_LEN..end as usize] {
+        *b ^= 0xa5;
+    }
+    fs::write(&files[f], &bytes).unwrap();
+    for _ in 0..2 {
+        let store = Store::open(dir.path()).unwrap();
+        let s = store.get("x").unwrap();
+        let got: Vec<u64> = read_all(&s).iter().map(|m| m.sequence_number).collect();
+        let expect: Vec<u64> = (0..lens.len() as u64).filter(|&q| q != lost).collect();
+        assert_eq!(got, expect, "every record but {lost} survives, in order");
+        // Reads from inside the gap start at the next record.
+        assert_eq!(
+            s.read(lost, 1, u64::MAX).unwrap()[0].sequence_number,
+            lost + 1
+        );
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let s = store.get("x").unwrap();
+    assert_eq!(s.append(b"z").unwrap().sequence_number, lens.len() as u64);
 }

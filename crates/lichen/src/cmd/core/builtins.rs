@@ -74,6 +74,48 @@ pub fn versions(services: &[Arc<dyn BuiltinService>]) -> BTreeMap<String, String
     v
 }
 
+/// The privileges an S3 export task appended by `component` opens its input file with: the
+/// user the supervisor runs that component as (`runWith.posixUser`, else the nucleus's
+/// `runWithDefault.posixUser`; an unknown appender gets the latter, as Greengrass runs its
+/// stream manager as the default component user). A core that is not root, or that runs the
+/// component as root (no user configured), opens with its own privileges.
+fn task_file_access(config: &ConfigStore, component: Option<String>) -> lichen_streams::FileAccess {
+    use lichen_streams::FileAccess;
+    if !rustix::process::geteuid().is_root() {
+        return FileAccess::Own;
+    }
+    let text = |path: &[&str]| match config.get(path) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    // CLI clients register tokens too; they are not components and get the default user.
+    let own = component
+        .filter(|c| config.get(&["services", c.as_str()]).is_some())
+        .and_then(|c| text(&["services", &c, "runWith", "posixUser"]));
+    let spec = own.or_else(|| {
+        text(&[
+            "services",
+            super::NUCLEUS,
+            "configuration",
+            "runWithDefault",
+            "posixUser",
+        ])
+    });
+    let Some(spec) = spec else {
+        return FileAccess::Own;
+    };
+    match lichen_supervisor::resolve_user(&spec) {
+        Ok(u) if u.uid == 0 => FileAccess::Own,
+        Ok(u) => FileAccess::User {
+            uid: u.uid,
+            gid: u.gid,
+            groups: u.groups,
+        },
+        Err(reason) => FileAccess::Denied(format!("posixUser {spec:?}: {reason}")),
+    }
+}
+
 /// What a running built-in was started with, to tell a reconfiguration from a no-op.
 struct Running<T> {
     config: Value,
@@ -230,6 +272,10 @@ impl Builtins {
         super::set_stream_manager_log_level(cfg.log_level);
         let tokens = self.tokens.clone();
         cfg.token_validator = Some(Arc::new(move |t: &str| tokens.identity(t).is_some()));
+        let (tokens, config) = (self.tokens.clone(), self.config.clone());
+        cfg.task_file_access = Some(Arc::new(move |token: Option<&str>| {
+            task_file_access(&config, token.and_then(|t| tokens.identity(t)))
+        }));
         match lichen_streams::StreamManager::start(cfg).await {
             Ok(sm) => {
                 let port = sm.local_addr().port();
@@ -259,5 +305,65 @@ impl Builtins {
                 service.apply(None).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lichen_streams::FileAccess;
+
+    fn set(config: &ConfigStore, path: &[&str], value: &str) {
+        config
+            .set(path, Value::String(value.into()), lichen_config::now_ms())
+            .unwrap();
+    }
+
+    #[test]
+    fn s3_task_files_are_opened_as_the_component_user_the_supervisor_would_use() {
+        let config = ConfigStore::in_memory();
+        let access = |c: Option<&str>| task_file_access(&config, c.map(str::to_string));
+        if !rustix::process::geteuid().is_root() {
+            // Nothing to drop: the core's own privileges are all it has.
+            assert_eq!(access(Some("a")), FileAccess::Own);
+            return;
+        }
+        // No user configured anywhere: components run as root, and so does the open.
+        assert_eq!(access(Some("a")), FileAccess::Own);
+        set(
+            &config,
+            &[
+                "services",
+                super::super::NUCLEUS,
+                "configuration",
+                "runWithDefault",
+                "posixUser",
+            ],
+            "nobody",
+        );
+        set(&config, &["services", "a", "version"], "1.0.0");
+        let Ok(user) = lichen_supervisor::resolve_user("nobody") else {
+            eprintln!("skipped: this system has no user nobody");
+            return;
+        };
+        let nobody = FileAccess::User {
+            uid: user.uid,
+            gid: user.gid,
+            groups: user.groups,
+        };
+        assert_eq!(access(Some("a")), nobody);
+        // Unknown appenders and CLI clients get the default component user.
+        assert_eq!(access(None), nobody);
+        assert_eq!(access(Some("greengrass-cli#1")), nobody);
+        set(&config, &["services", "a", "runWith", "posixUser"], "0:0");
+        assert_eq!(access(Some("a")), FileAccess::Own);
+        set(
+            &config,
+            &["services", "a", "runWith", "posixUser"],
+            "no-such-user-here",
+        );
+        assert!(
+            matches!(access(Some("a")), FileAccess::Denied(why) if why.contains("no-such-user-here")),
+        );
     }
 }
