@@ -74,25 +74,35 @@ os.rename(out + ".tmp", out)
 '''
 
 
-def interpreter_for(user):
+def interpreter_for(user, base):
     """A Python that `user` can run with the SDK importable: (argv prefix, PYTHONPATH). The
-    venv's interpreter may live where only root can reach it (e.g. under /root)."""
-    import stream_manager
+    venv's interpreter and site-packages may live where only root can reach them (e.g. under
+    /root), so the SDK and what it needs are copied into `base`, which the user can read."""
+    import importlib.metadata
 
-    site = str(Path(stream_manager.__file__).resolve().parents[1])
+    site = base / "site"
+    for dist in ("stream-manager", "cbor2"):
+        for f in importlib.metadata.distribution(dist).files or []:
+            src = Path(f.locate())
+            if ".." not in f.parts and src.is_file():
+                dst = site / f
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(src, dst)
+    for d in [site, *site.rglob("*")]:
+        d.chmod(0o755 if d.is_dir() else 0o644)
     candidates = [PYTHON, os.path.realpath(PYTHON), shutil.which("python3"), "/usr/bin/python3"]
     for exe in dict.fromkeys(c for c in candidates if c):
         try:
             ok = subprocess.run(
-                [exe, "-c", "import stream_manager"],
+                [exe, "-c", "import stream_manager, cbor2"],
                 user=user.pw_uid, group=user.pw_gid, extra_groups=[],
-                env={"PYTHONPATH": site, "PATH": "/usr/bin:/bin"}, cwd="/",
+                env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, cwd="/",
                 capture_output=True, timeout=60,
             ).returncode == 0
         except OSError:
             ok = False
         if ok:
-            return exe, site
+            return exe, str(site)
     pytest.skip(f"no Python that user {user.pw_name} may run imports the Stream Manager SDK from {site}")
 
 
@@ -111,7 +121,7 @@ def world_readable_dir():
 def test_s3_export_reads_the_input_file_as_the_component_user(world_readable_dir, moto):
     base = world_readable_dir
     nobody = pwd.getpwnam("nobody")
-    python, site = interpreter_for(nobody)
+    python, site = interpreter_for(nobody, base)
     s3 = boto("s3", moto)
     s3.create_bucket(Bucket="lichen-bucket")
 

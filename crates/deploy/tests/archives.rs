@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{Core, Inputs};
+use common::{Core, Inputs, eventually};
 use lichen_deploy::{ArtifactFetcher, DeployError, DeploymentStatus, DetailedStatus, FetchRequest};
 use lichen_supervisor::State;
 use zip::write::SimpleFileOptions;
@@ -236,6 +236,10 @@ async fn downloaded_artifacts_need_a_digest_local_ones_do_not() {
         record.failure_cause
     );
     assert_eq!(fetcher.fetched.load(Ordering::SeqCst), 1);
-    assert_eq!(core.state("com.example.Local"), Some(State::Finished));
+    // RUNNING once spawned settles the deployment; FINISHED follows on exit 0.
+    eventually("local finished", || {
+        core.state("com.example.Local") == Some(State::Finished)
+    })
+    .await;
     core.stop().await;
 }
