@@ -932,7 +932,9 @@ impl<S: Transport> Conn<S> {
         }
         let allowed = self.authorizer.publish(&self.ctx, &p.topic);
         let mut reason = 0x87;
-        if allowed {
+        if allowed && self.authorizer.intercept(&self.ctx, &p.topic, &p.payload) {
+            reason = 0x00;
+        } else if allowed {
             let now = Instant::now();
             let message = Arc::new(Message {
                 expires_at: p
@@ -948,8 +950,11 @@ impl<S: Transport> Conn<S> {
             });
             let reached = self.core.publish(message, &mut self.held_back);
             reason = if reached == 0 { 0x10 } else { 0x00 };
-        } else {
+        } else if !allowed {
             tracing::info!(client_id = self.ctx.client_id, "publish not authorized");
+            if !self.v5() && self.authorizer.disconnect_on_refused_publish(&self.ctx) {
+                return Err(None);
+            }
         }
         let reason = if self.v5() { reason } else { 0 };
         match (p.qos, p.packet_id) {
@@ -1029,6 +1034,9 @@ impl<S: Transport> Conn<S> {
 
     /// Sends a delivery now, or queues it behind a full in-flight window.
     fn deliver(&mut self, d: Delivery) {
+        if !self.authorizer.receive(&self.ctx, &d.message.topic) {
+            return;
+        }
         if d.qos == QoS::AtMostOnce {
             self.send_publish(&d, None, false);
             return;

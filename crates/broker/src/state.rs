@@ -585,6 +585,19 @@ impl Core {
         st.subscriptions.unsubscribe(client_id, filter)
     }
 
+    /// Tells the connection of `client_id`, if one is attached, to go with `reason`; returns
+    /// whether one was.
+    pub fn kick_client(&self, client_id: &str, reason: u8) -> bool {
+        let st = self.lock();
+        match st.sessions.get(client_id).map(|s| &s.slot) {
+            Some(Slot::Online { outbox, .. }) => {
+                outbox.kick(reason);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Tells every connected client to go (DISCONNECT 0x8B), now and whenever one attaches later.
     pub fn shut_down(&self) {
         let mut st = self.lock();
