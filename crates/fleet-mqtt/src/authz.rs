@@ -96,7 +96,30 @@ impl FleetAuthorizer {
         evaluate(&record.policies, action, resource, &pctx).is_allowed()
     }
 
-    /// Notes that `conn` holds `client_id`.
+    /// Forgets a connection that ended.
+    pub(crate) fn remove(&self, peer: SocketAddr, conn: &Arc<DeviceConn>) {
+        let mut conns = self.conns.write().unwrap_or_else(|e| e.into_inner());
+        if conns.get(&peer).is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            conns.remove(&peer);
+        }
+        drop(conns);
+        if let Some(id) = conn
+            .client_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+            if owners
+                .get(id)
+                .is_some_and(|w| w.as_ptr() == Arc::as_ptr(conn))
+            {
+                owners.remove(id);
+            }
+        }
+    }
+
+    /// Whether `conn` still holds the client id it connected with.
     pub(crate) fn owns(&self, conn: &Arc<DeviceConn>) -> bool {
         let Some(id) = conn
             .client_id
@@ -128,9 +151,10 @@ impl Authorizer for FleetAuthorizer {
             return false;
         }
         *conn.client_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctx.client_id.clone());
-        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-        owners.retain(|_, w| w.strong_count() > 0);
-        owners.insert(ctx.client_id.clone(), Arc::downgrade(&conn));
+        self.owners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ctx.client_id.clone(), Arc::downgrade(&conn));
         true
     }
 

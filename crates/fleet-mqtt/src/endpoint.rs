@@ -446,12 +446,5 @@ async fn serve_device(
         .broker
         .serve_tls(stream, peer, shared.authz.clone())
         .await;
-    let mut conns = shared
-        .authz
-        .conns
-        .write()
-        .unwrap_or_else(|e| e.into_inner());
-    if conns.get(&peer).is_some_and(|c| Arc::ptr_eq(c, &conn)) {
-        conns.remove(&peer);
-    }
+    shared.authz.remove(peer, &conn);
 }

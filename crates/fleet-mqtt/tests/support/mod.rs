@@ -50,6 +50,10 @@ impl Ca {
         self.cert.der().clone()
     }
 
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
     fn issue(&self, names: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose) -> Credentials {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(names).unwrap();
@@ -60,6 +64,8 @@ impl Ca {
             id: certificate_id(cert.der()),
             der: cert.der().clone(),
             key: key.serialize_der(),
+            pem: cert.pem(),
+            key_pem: key.serialize_pem(),
         }
     }
 
@@ -74,6 +80,8 @@ pub struct Credentials {
     pub id: String,
     pub der: CertificateDer<'static>,
     key: Vec<u8>,
+    pub pem: String,
+    pub key_pem: String,
 }
 
 impl Credentials {
