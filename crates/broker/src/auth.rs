@@ -23,6 +23,12 @@ pub trait Authorizer: Send + Sync + 'static {
     /// `filter` is the literal filter string, `$share/<group>/` prefix included.
     fn subscribe(&self, ctx: &ClientContext, filter: &str) -> bool;
 
+    /// Whether this client may have a message on `topic` retained; asked besides
+    /// [`Authorizer::publish`] for each retained PUBLISH and will.
+    fn retain(&self, _ctx: &ClientContext, _topic: &str) -> bool {
+        true
+    }
+
     /// Whether a message on `topic` may be delivered to this client; checked at each delivery,
     /// a refused one is dropped without a word (the subscription stays).
     fn receive(&self, _ctx: &ClientContext, _topic: &str) -> bool {

@@ -310,7 +310,10 @@ impl<S> Conn<S> {
                 (message, w.properties.will_delay_interval.unwrap_or(0))
             })
         });
-        let will = will.filter(|(m, _)| self.authorizer.publish(&self.ctx, &m.topic));
+        let will = will.filter(|(m, _)| {
+            self.authorizer.publish(&self.ctx, &m.topic)
+                && (!m.retain || self.authorizer.retain(&self.ctx, &m.topic))
+        });
         let data = std::mem::take(&mut self.data);
         self.held_back.clear();
         self.core.detach(
@@ -930,7 +933,8 @@ impl<S: Transport> Conn<S> {
         {
             return Err(Some(0x93));
         }
-        let allowed = self.authorizer.publish(&self.ctx, &p.topic);
+        let allowed = self.authorizer.publish(&self.ctx, &p.topic)
+            && (!p.retain || self.authorizer.retain(&self.ctx, &p.topic));
         let mut reason = 0x87;
         if allowed && self.authorizer.intercept(&self.ctx, &p.topic, &p.payload) {
             reason = 0x00;

@@ -166,6 +166,10 @@ impl Authorizer for FleetAuthorizer {
         self.allowed(ctx, "iot:Publish", &self.arns.topic(topic))
     }
 
+    fn retain(&self, ctx: &ClientContext, topic: &str) -> bool {
+        self.allowed(ctx, "iot:RetainPublish", &self.arns.topic(topic))
+    }
+
     fn subscribe(&self, ctx: &ClientContext, filter: &str) -> bool {
         self.allowed(ctx, "iot:Subscribe", &self.arns.topic_filter(filter))
     }

@@ -15,6 +15,7 @@
 //!   policy alone. `${iot:Connection.Thing.*}` refer to the attached thing named as the client id.
 //! - **PUBLISH** needs `iot:Publish` on `topic/<topic>`. Refused: MQTT 5 gets PUBACK 0x87, MQTT
 //!   3.1.1 is disconnected (3.1.1 has no negative acknowledgement; AWS IoT closes the connection).
+//!   A retained PUBLISH (or will) needs `iot:RetainPublish` on the same resource as well.
 //!   Topics under `$aws/` are the service's: a device may publish there only to topics a service
 //!   handler serves ([`DeviceEndpoint::serve_topics`]), and only as its policy allows.
 //! - **SUBSCRIBE** needs `iot:Subscribe` on `topicfilter/<filter>` for each filter; a refused one

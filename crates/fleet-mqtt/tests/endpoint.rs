@@ -187,6 +187,35 @@ async fn a_publish_outside_the_policy_is_refused() {
 }
 
 #[tokio::test]
+async fn a_retained_publish_needs_retain_publish() {
+    let fleet = Fleet::start().await;
+    let publish_only = policy(
+        "publish-only",
+        r#"{"Version":"2012-10-17","Statement":[
+            {"Effect":"Allow","Action":["iot:Connect","iot:Publish","iot:Subscribe","iot:Receive"],"Resource":"*"},
+            {"Effect":"Allow","Action":"iot:RetainPublish","Resource":"arn:aws:iot:*:*:topic/kept/*"}]}"#,
+    );
+    let creds = fleet.register("door", Active, &["door-1"], vec![publish_only]);
+    let mut c = fleet
+        .connect(Some(&creds), "door-1", Version::V5)
+        .await
+        .accepted();
+    assert_eq!(
+        c.publish_retained("state/door-1", b"open").await,
+        Some(NOT_AUTHORIZED)
+    );
+    assert_eq!(c.publish_retained("kept/door-1", b"open").await, Some(0x10));
+    // Only the allowed one was kept.
+    assert_eq!(c.subscribe(&["state/#", "kept/#"]).await, vec![1, 1]);
+    let (topic, payload) = c.message(WAIT).await.expect("the retained message");
+    assert_eq!(
+        (topic.as_str(), &payload[..]),
+        ("kept/door-1", &b"open"[..])
+    );
+    assert_eq!(c.message(QUIET).await, None);
+}
+
+#[tokio::test]
 async fn subscriptions_are_refused_per_filter() {
     let fleet = Fleet::start().await;
     let creds = fleet.register("door", Active, &["door-1"], vec![thing_policy()]);

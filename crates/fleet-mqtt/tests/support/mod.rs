@@ -347,11 +347,20 @@ impl Client {
 
     /// Publishes at QoS 1 and returns the PUBACK's reason code; `None` if the connection closed.
     pub async fn publish(&mut self, topic: &str, payload: &[u8]) -> Option<u8> {
+        self.publish_with(topic, payload, false).await
+    }
+
+    /// As [`Client::publish`], retained.
+    pub async fn publish_retained(&mut self, topic: &str, payload: &[u8]) -> Option<u8> {
+        self.publish_with(topic, payload, true).await
+    }
+
+    async fn publish_with(&mut self, topic: &str, payload: &[u8], retain: bool) -> Option<u8> {
         let id = self.id();
         let p = Publish {
             dup: false,
             qos: QoS::AtLeastOnce,
-            retain: false,
+            retain,
             topic: topic.into(),
             packet_id: Some(id),
             properties: Properties::default(),
