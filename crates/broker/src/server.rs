@@ -351,6 +351,28 @@ impl BrokerHandle {
         connection::serve(self.core.clone(), authorizer, stream, ctx, None)
     }
 
+    /// Publishes to one connected client, through its subscriptions that match `topic` (and
+    /// as its authorizer lets it receive), to no one else; the message is never retained.
+    /// Returns whether the client is connected with a matching subscription.
+    pub fn publish_to(
+        &self,
+        client_id: &str,
+        topic: &str,
+        payload: bytes::Bytes,
+        qos: crate::codec::QoS,
+    ) -> bool {
+        let message = Arc::new(crate::state::Message {
+            topic: topic.to_owned(),
+            payload,
+            qos,
+            retain: false,
+            properties: crate::codec::Properties::default(),
+            expires_at: None,
+            publisher: String::new(),
+        });
+        self.core.publish_to(client_id, message)
+    }
+
     /// Tells the connected client `client_id` to go: MQTT 5 clients get a DISCONNECT with
     /// `reason_code`, 3.1.1 clients see the connection close. Its will is published as for any
     /// abnormal end. Returns whether such a client was connected.

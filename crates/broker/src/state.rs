@@ -550,6 +550,21 @@ impl Core {
         route(&mut guard, message, &self.config, &self.dropped, congested)
     }
 
+    /// Routes a message to the matching subscriptions of one connected client only (a reply
+    /// meant for it alone); never retained. Returns whether it reached the client.
+    pub fn publish_to(&self, client_id: &str, message: Arc<Message>) -> bool {
+        let mut guard = self.lock();
+        let reached = route_to(
+            &mut guard,
+            message,
+            &self.config,
+            &self.dropped,
+            &mut Vec::new(),
+            Some(client_id),
+        );
+        reached > 0
+    }
+
     /// Records a subscription; returns whether it replaced one and the retained messages it matches.
     pub fn subscribe(
         &self,
@@ -693,7 +708,20 @@ fn route(
     dropped: &AtomicU64,
     congested: &mut Vec<Congested>,
 ) -> usize {
-    if message.retain {
+    route_to(st, message, config, dropped, congested, None)
+}
+
+/// Routes `message` as [`route`] does; with `only`, to that client's matching subscriptions
+/// alone, and never retained.
+fn route_to(
+    st: &mut State,
+    message: Arc<Message>,
+    config: &BrokerConfig,
+    dropped: &AtomicU64,
+    congested: &mut Vec<Congested>,
+    only: Option<&str>,
+) -> usize {
+    if message.retain && only.is_none() {
         if message.payload.is_empty() {
             st.retained.remove(&message.topic);
         } else {
@@ -719,6 +747,9 @@ fn route(
     matches.sort_unstable_by(|a, b| a.client_id.cmp(&b.client_id));
     let mut deliveries: Vec<(String, Delivery)> = Vec::with_capacity(matches.len());
     for m in matches {
+        if only.is_some_and(|o| o != m.client_id) {
+            continue;
+        }
         let o = &m.subscription.options;
         if o.no_local && m.client_id == message.publisher {
             continue;

@@ -297,6 +297,29 @@ impl DeviceEndpoint {
         }
     }
 
+    /// Publishes to the device connected as `client_id` alone, through its subscriptions that
+    /// match `topic` and as its policy lets it receive: a reply meant for one device (fleet
+    /// provisioning answers with a private key). Returns whether it reached a subscription.
+    pub fn publish_to(
+        &self,
+        client_id: &str,
+        topic: &str,
+        payload: Bytes,
+        qos: QoS,
+    ) -> Result<bool, EndpointError> {
+        if qos == QoS::ExactlyOnce {
+            return Err(EndpointError::Qos2);
+        }
+        codec::validate_topic_name(topic).map_err(|what| EndpointError::Topic {
+            topic: topic.to_owned(),
+            what,
+        })?;
+        Ok(self
+            .shared
+            .broker
+            .publish_to(client_id, topic, payload, qos))
+    }
+
     /// Serves the topics `filter` matches: devices' publishes there (as their policies allow)
     /// go to the returned handler instead of to subscribers. Under `$aws/` these are the only
     /// topics devices may publish to.

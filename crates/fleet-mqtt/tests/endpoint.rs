@@ -428,6 +428,56 @@ async fn service_topics_take_device_publishes_and_nothing_else_under_aws() {
 }
 
 #[tokio::test]
+async fn a_reply_to_one_device_reaches_it_alone() {
+    let fleet = Fleet::start().await;
+    let claim = policy(
+        "claim",
+        r#"{"Version":"2012-10-17","Statement":[
+            {"Effect":"Allow","Action":"iot:Connect","Resource":"*"},
+            {"Effect":"Allow","Action":["iot:Subscribe","iot:Receive"],"Resource":["arn:aws:iot:*:*:topicfilter/$aws/certificates/create/*","arn:aws:iot:*:*:topic/$aws/certificates/create/*"]}]}"#,
+    );
+    let creds = fleet.register("claim", Active, &[], vec![claim]);
+    let accepted = "$aws/certificates/create/json/accepted";
+    let mut a = fleet
+        .connect(Some(&creds), "maker-a", Version::V311)
+        .await
+        .accepted();
+    let mut b = fleet
+        .connect(Some(&creds), "maker-b", Version::V5)
+        .await
+        .accepted();
+    assert_eq!(a.subscribe(&[accepted]).await, vec![1]);
+    assert_eq!(b.subscribe(&[accepted]).await, vec![1]);
+    let ep = &fleet.endpoint;
+    let reached = ep
+        .publish_to(
+            "maker-b",
+            accepted,
+            Bytes::from_static(b"{\"privateKey\":\"k\"}"),
+            QoS::AtLeastOnce,
+        )
+        .unwrap();
+    assert!(reached);
+    let (topic, _) = b.message(WAIT).await.expect("the reply");
+    assert_eq!(topic, accepted);
+    assert_eq!(a.message(QUIET).await, None);
+    // Not subscribed, or not connected: it reaches no one.
+    assert!(
+        !ep.publish_to(
+            "maker-b",
+            "$aws/certificates/create/json/rejected",
+            Bytes::new(),
+            QoS::AtMostOnce
+        )
+        .unwrap()
+    );
+    assert!(
+        !ep.publish_to("maker-c", accepted, Bytes::new(), QoS::AtMostOnce)
+            .unwrap()
+    );
+}
+
+#[tokio::test]
 async fn the_service_publishes_at_qos_0_or_1_only() {
     let fleet = Fleet::start().await;
     let err = fleet
