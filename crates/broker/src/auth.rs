@@ -27,6 +27,32 @@ pub trait Authorizer: Send + Sync + 'static {
     fn publish(&self, ctx: &ClientContext, topic: &str) -> bool;
     /// `filter` is the literal filter string, `$share/<group>/` prefix included.
     fn subscribe(&self, ctx: &ClientContext, filter: &str) -> bool;
+
+    /// Whether this client may have a message on `topic` retained; asked besides
+    /// [`Authorizer::publish`] for each retained PUBLISH and will.
+    fn retain(&self, _ctx: &ClientContext, _topic: &str) -> bool {
+        true
+    }
+
+    /// Whether a message on `topic` may be delivered to this client; checked at each delivery,
+    /// a refused one is dropped without a word (the subscription stays).
+    fn receive(&self, _ctx: &ClientContext, _topic: &str) -> bool {
+        true
+    }
+
+    /// Whether an MQTT 3.1.1 client whose PUBLISH was refused is disconnected. 3.1.1 has no
+    /// negative acknowledgement, so by default the message is acknowledged and dropped; a broker
+    /// that must behave like AWS IoT Core closes the connection instead. MQTT 5 clients get
+    /// reason code 0x87 either way.
+    fn disconnect_on_refused_publish(&self, _ctx: &ClientContext) -> bool {
+        false
+    }
+
+    /// Offers an authorized publish to the embedding service before it is routed; returns true
+    /// when the service took it, which then reaches no subscriber.
+    fn intercept(&self, _ctx: &ClientContext, _topic: &str, _payload: &bytes::Bytes) -> bool {
+        false
+    }
 }
 
 /// Allows everything a connected client asks for.

@@ -311,7 +311,10 @@ impl<S> Conn<S> {
                 (message, w.properties.will_delay_interval.unwrap_or(0))
             })
         });
-        let will = will.filter(|(m, _)| self.authorizer.publish(&self.ctx, &m.topic));
+        let will = will.filter(|(m, _)| {
+            self.authorizer.publish(&self.ctx, &m.topic)
+                && (!m.retain || self.authorizer.retain(&self.ctx, &m.topic))
+        });
         let data = std::mem::take(&mut self.data);
         self.held_back.clear();
         self.core.detach(
@@ -925,6 +928,9 @@ impl<S: Transport> Conn<S> {
 
     /// Sends a delivery now, or queues it behind a full in-flight window.
     fn deliver(&mut self, d: Delivery) {
+        if !self.authorizer.receive(&self.ctx, &d.message.topic) {
+            return;
+        }
         if d.qos == QoS::AtMostOnce {
             self.send_publish(&d, None, false);
             return;

@@ -324,6 +324,61 @@ impl BrokerHandle {
         ));
         ours
     }
+
+    /// Serves a client whose TLS handshake the embedding process completed itself (to look its
+    /// certificate up before any MQTT, say): the connection is the broker's from here, under
+    /// `authorizer`, and the future ends when it does. A client without a certificate is refused
+    /// at CONNECT, as on any listener that is not plain loopback TCP.
+    pub fn serve_tls(
+        &self,
+        stream: tokio_rustls::server::TlsStream<TcpStream>,
+        peer: SocketAddr,
+        authorizer: Arc<dyn Authorizer>,
+    ) -> impl Future<Output = ()> + Send + use<> {
+        let certificate_chain = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+        let ctx = ClientContext {
+            client_id: String::new(),
+            username: None,
+            peer,
+            certificate_chain,
+            anonymous_allowed: false,
+        };
+        connection::serve(self.core.clone(), authorizer, stream, ctx, None)
+    }
+
+    /// Publishes to one connected client, through its subscriptions that match `topic` (and
+    /// as its authorizer lets it receive), to no one else; the message is never retained.
+    /// Returns whether the client is connected with a matching subscription.
+    pub fn publish_to(
+        &self,
+        client_id: &str,
+        topic: &str,
+        payload: bytes::Bytes,
+        qos: crate::codec::QoS,
+    ) -> bool {
+        let message = Arc::new(crate::state::Message {
+            topic: topic.to_owned(),
+            payload,
+            qos,
+            retain: false,
+            properties: crate::codec::Properties::default(),
+            expires_at: None,
+            publisher: String::new(),
+        });
+        self.core.publish_to(client_id, message)
+    }
+
+    /// Tells the connected client `client_id` to go: MQTT 5 clients get a DISCONNECT with
+    /// `reason_code`, 3.1.1 clients see the connection close. Its will is published as for any
+    /// abnormal end. Returns whether such a client was connected.
+    pub fn disconnect(&self, client_id: &str, reason_code: u8) -> bool {
+        self.core.kick_client(client_id, reason_code)
+    }
 }
 
 #[cfg(test)]

@@ -611,6 +611,21 @@ impl Core {
         ))
     }
 
+    /// Routes a message to the matching subscriptions of one connected client only (a reply
+    /// meant for it alone); never retained. Returns whether it reached the client.
+    pub fn publish_to(&self, client_id: &str, message: Arc<Message>) -> bool {
+        let mut guard = self.lock();
+        let reached = route_to(
+            &mut guard,
+            message,
+            &self.config,
+            &self.dropped,
+            &mut Vec::new(),
+            Some(client_id),
+        );
+        reached > 0
+    }
+
     /// Records a subscription; returns whether it replaced one and the retained messages it
     /// matches. A new filter beyond `max_subscriptions_per_client` is refused.
     pub fn subscribe(
@@ -651,6 +666,19 @@ impl Core {
             session.subscriptions.remove(filter);
         }
         st.subscriptions.unsubscribe(client_id, filter)
+    }
+
+    /// Tells the connection of `client_id`, if one is attached, to go with `reason`; returns
+    /// whether one was.
+    pub fn kick_client(&self, client_id: &str, reason: u8) -> bool {
+        let st = self.lock();
+        match st.sessions.get(client_id).map(|s| &s.slot) {
+            Some(Slot::Online { outbox, .. }) => {
+                outbox.kick(reason);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Tells every connected client to go (DISCONNECT 0x8B), now and whenever one attaches later.
@@ -772,7 +800,20 @@ fn route(
     dropped: &AtomicU64,
     congested: &mut Vec<Congested>,
 ) -> usize {
-    if message.retain {
+    route_to(st, message, config, dropped, congested, None)
+}
+
+/// Routes `message` as [`route`] does; with `only`, to that client's matching subscriptions
+/// alone, and never retained.
+fn route_to(
+    st: &mut State,
+    message: Arc<Message>,
+    config: &BrokerConfig,
+    dropped: &AtomicU64,
+    congested: &mut Vec<Congested>,
+    only: Option<&str>,
+) -> usize {
+    if message.retain && only.is_none() {
         if message.payload.is_empty() {
             if let Some(old) = st.retained.remove(&message.topic) {
                 st.retained_bytes -= retained_size(&old);
@@ -809,6 +850,9 @@ fn route(
     matches.sort_unstable_by(|a, b| a.client_id.cmp(&b.client_id));
     let mut deliveries: Vec<(String, Delivery)> = Vec::with_capacity(matches.len());
     for m in matches {
+        if only.is_some_and(|o| o != m.client_id) {
+            continue;
+        }
         let o = &m.subscription.options;
         if o.no_local && m.client_id == message.publisher {
             continue;

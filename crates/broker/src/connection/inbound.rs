@@ -40,9 +40,12 @@ impl<S: Transport> Conn<S> {
         {
             return Err(Some(0x93));
         }
-        let allowed = self.authorizer.publish(&self.ctx, &p.topic);
+        let allowed = self.authorizer.publish(&self.ctx, &p.topic)
+            && (!p.retain || self.authorizer.retain(&self.ctx, &p.topic));
         let mut reason = 0x87;
-        if allowed {
+        if allowed && self.authorizer.intercept(&self.ctx, &p.topic, &p.payload) {
+            reason = 0x00;
+        } else if allowed {
             let topic = p.topic.clone();
             let now = Instant::now();
             let message = Arc::new(Message {
@@ -75,6 +78,9 @@ impl<S: Transport> Conn<S> {
             };
         } else {
             tracing::info!(client_id = self.ctx.client_id, "publish not authorized");
+            if !self.v5() && self.authorizer.disconnect_on_refused_publish(&self.ctx) {
+                return Err(None);
+            }
         }
         let reason = if self.v5() { reason } else { 0 };
         match (p.qos, p.packet_id) {
