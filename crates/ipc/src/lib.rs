@@ -19,6 +19,9 @@
 //! every length is checked before use and every frame is bounded.
 //! Architecture invariant: until its CONNECT is accepted a client gets one small frame
 //! (`ServerOptions::max_connect_frame`) and a deadline (`ServerOptions::connect_timeout`).
+//! Architecture invariant: one connection holds at most `ServerOptions::max_streams` open
+//! streams and one component at most `ServerOptions::max_connections_per_component`
+//! connections; beyond them only the new stream (or CONNECT) is refused.
 //! Architecture invariant: no IPC operation writes a component's `accessControl` (keys are
 //! compared as the configuration tree compares them), and an authorization check refuses a
 //! resource over [`MAX_RESOURCE_BYTES`] before matching, which allocates nothing.

@@ -97,6 +97,17 @@ fn bind_0666(path: &Path) -> io::Result<UnixListener> {
     bound
 }
 
+/// Default bound on the streams open at once on one connection. Greengrass documents no figure;
+/// a component's subscriptions fit many times over, and each stream holds a task and a bus
+/// queue, so the bound is what keeps one connection from exhausting the core's memory.
+pub const DEFAULT_MAX_STREAMS: usize = 1024;
+
+/// Default bound on one component's connections at once. The SDK opens one connection per IPC
+/// client and a component usually makes one client; the bound leaves room for components that
+/// make many (hundreds, under load) while keeping one component from taking every connection
+/// the server serves (`max_connections`) away from the others.
+pub const DEFAULT_MAX_CONNECTIONS_PER_COMPONENT: usize = 1024;
+
 /// Server settings.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -108,6 +119,11 @@ pub struct ServerOptions {
     pub connect_timeout: std::time::Duration,
     /// Largest frame accepted before authentication (the CONNECT); default 64 KiB.
     pub max_connect_frame: usize,
+    /// Streams open at once on one connection (subscriptions, calls awaiting their answer);
+    /// a new one beyond it is refused alone with a ServiceError. Default 1024.
+    pub max_streams: usize,
+    /// Connections one component holds at once; a further CONNECT is rejected. Default 1024.
+    pub max_connections_per_component: usize,
 }
 
 impl Default for ServerOptions {
@@ -117,6 +133,8 @@ impl Default for ServerOptions {
             max_connections: 4096,
             connect_timeout: std::time::Duration::from_secs(10),
             max_connect_frame: 64 * 1024,
+            max_streams: DEFAULT_MAX_STREAMS,
+            max_connections_per_component: DEFAULT_MAX_CONNECTIONS_PER_COMPONENT,
         }
     }
 }
@@ -134,6 +152,51 @@ struct Shared {
     /// Frames before authentication: only a small CONNECT is read from an unknown client.
     connect_decoder: Decoder,
     connect_timeout: std::time::Duration,
+    max_streams: usize,
+    max_connections_per_component: usize,
+    /// Authenticated connections held by each component.
+    connections_by_component: Mutex<HashMap<String, usize>>,
+}
+
+/// One component's hold on one of its connection slots, given back when dropped.
+struct ComponentSlot {
+    shared: Arc<Shared>,
+    component: String,
+}
+
+impl ComponentSlot {
+    /// A slot for `component`, or `None` when it already holds every one it may.
+    fn take(shared: &Arc<Shared>, component: &str) -> Option<ComponentSlot> {
+        let mut held = shared
+            .connections_by_component
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let count = held.entry(component.to_string()).or_insert(0);
+        if *count >= shared.max_connections_per_component {
+            return None;
+        }
+        *count += 1;
+        Some(ComponentSlot {
+            shared: shared.clone(),
+            component: component.to_string(),
+        })
+    }
+}
+
+impl Drop for ComponentSlot {
+    fn drop(&mut self) {
+        let mut held = self
+            .shared
+            .connections_by_component
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = held.get_mut(&self.component) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.component);
+            }
+        }
+    }
 }
 
 /// A running IPC server. Dropping it without [`IpcServer::shutdown`] also stops it.
@@ -180,6 +243,9 @@ impl IpcServer {
             decoder: Decoder::new(options.max_frame),
             connect_decoder: Decoder::new(options.max_connect_frame.min(options.max_frame)),
             connect_timeout: options.connect_timeout,
+            max_streams: options.max_streams.max(1),
+            max_connections_per_component: options.max_connections_per_component.max(1),
+            connections_by_component: Mutex::default(),
         });
         let (shutdown, rx) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(listener, shared, rx, options.max_connections));
@@ -278,6 +344,7 @@ async fn serve_connection(
         streams: streams.clone(),
         tasks: &mut tasks,
         caller: None,
+        _slot: None,
         last_stream: 0,
     };
     let mut buf = BytesMut::with_capacity(8192);
@@ -357,6 +424,8 @@ struct Connection<'a> {
     streams: Streams,
     tasks: &'a mut JoinSet<()>,
     caller: Option<Caller>,
+    /// Held from the accepted CONNECT until the connection ends.
+    _slot: Option<ComponentSlot>,
     last_stream: i32,
 }
 
@@ -429,6 +498,15 @@ impl Connection<'_> {
             .and_then(|t| self.shared.tokens.identity(t));
         match identity {
             Some(component) => {
+                let Some(slot) = ComponentSlot::take(self.shared, &component) else {
+                    self.send(&bare(CONNECT_ACK, 0, 0)).await?;
+                    return Err(Close::Answered(format!(
+                        "CONNECT rejected: {component} already holds {} IPC connections, the most one component may; \
+                         close connections it no longer uses (one IPC client per component is enough)",
+                        self.shared.max_connections_per_component
+                    )));
+                };
+                self._slot = Some(slot);
                 self.send(&bare(CONNECT_ACK, FLAG_CONNECTION_ACCEPTED, 0))
                     .await?;
                 tracing::debug!(client = %component, "IPC client connected");
@@ -489,6 +567,18 @@ impl Connection<'_> {
         let op = frame.header_str(OPERATION).unwrap_or_default();
         if let Some(answer) = self.fast_call(op, stream, &frame.payload) {
             return Ok(Some(answer));
+        }
+        // A stream that has to wait holds a task and, for a subscription, a bus queue until it
+        // closes: one connection holds only so many at once. The new one alone is refused.
+        let open = self.streams.lock().unwrap_or_else(|e| e.into_inner()).len();
+        if open >= self.shared.max_streams {
+            let component = self.caller.as_ref().map_or("", |c| c.component.as_str());
+            tracing::warn!(client = %component, operation = %op, streams = open, "IPC stream refused: too many streams open on one connection");
+            let error = IpcError::service(format!(
+                "{op} refused: this IPC connection already has {} streams open (subscriptions and calls awaiting their answer), the most one connection may hold; close streams that are no longer needed before opening more",
+                self.shared.max_streams
+            ));
+            return Ok(error_bytes(stream, &error));
         }
         let op = op.to_string();
         let caller = self.caller.clone().unwrap_or(Caller {
