@@ -4,6 +4,8 @@
 //! Loads the JSON file as the whole config tree (in memory, timestamp 1), mints a token for each
 //! component, registers the kernel operations, and prints one JSON line on stdout:
 //! `{"socket": "<path>", "tokens": {"<component>": "<token>", ...}}`.
+//! `LICHEN_IPC_MAX_STREAMS` and `LICHEN_IPC_MAX_CONNECTIONS_PER_COMPONENT`, when set, replace
+//! the server's default bounds (so a test can reach them with a few streams).
 //! Runs until stdin reaches end of file or SIGTERM/SIGINT arrives; logs go to stderr
 //! (`RUST_LOG` filters them).
 
@@ -50,7 +52,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokens.clone(),
     ))));
     register_kernel_operations(&router, Bus::new(), config, tokens.clone());
-    let server = IpcServer::bind(&socket, router, tokens, ServerOptions::default())?;
+    let mut options = ServerOptions::default();
+    if let Some(n) = bound_from_env("LICHEN_IPC_MAX_STREAMS")? {
+        options.max_streams = n;
+    }
+    if let Some(n) = bound_from_env("LICHEN_IPC_MAX_CONNECTIONS_PER_COMPONENT")? {
+        options.max_connections_per_component = n;
+    }
+    let server = IpcServer::bind(&socket, router, tokens, options)?;
     println!(
         "{}",
         serde_json::json!({ "socket": socket, "tokens": printed })
@@ -67,4 +76,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     server.shutdown().await;
     Ok(())
+}
+
+/// A positive count from environment variable `name`, if set.
+fn bound_from_env(name: &str) -> Result<Option<usize>, String> {
+    let Ok(text) = std::env::var(name) else {
+        return Ok(None);
+    };
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => Err(format!(
+            "{name}={text:?} is not a positive whole number; set it to one such as 4"
+        )),
+    }
 }

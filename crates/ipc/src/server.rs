@@ -401,7 +401,15 @@ async fn serve_connection(
     match close {
         Close::Quiet => tracing::debug!(client = %who, "IPC connection closed"),
         Close::Answered(reason) => {
-            tracing::warn!(client = %who, %reason, "IPC connection closed")
+            tracing::warn!(client = %who, %reason, "IPC connection closed");
+            // Let the client read the answer and close first: a client whose socket closes
+            // under it reports "socket closed" rather than the refusal it was sent.
+            let mut sink = [0u8; 1024];
+            let drained = async { while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {} };
+            tokio::select! {
+                _ = tokio::time::timeout(std::time::Duration::from_secs(2), drained) => {}
+                _ = shutdown.changed() => {}
+            }
         }
         Close::Protocol(reason) => {
             tracing::warn!(client = %who, %reason, "IPC connection closed: protocol error");
