@@ -345,6 +345,7 @@ async fn serve_connection(
         tasks: &mut tasks,
         caller: None,
         _slot: None,
+        told_stream_bound: false,
         last_stream: 0,
     };
     let mut buf = BytesMut::with_capacity(8192);
@@ -434,6 +435,8 @@ struct Connection<'a> {
     caller: Option<Caller>,
     /// Held from the accepted CONNECT until the connection ends.
     _slot: Option<ComponentSlot>,
+    /// Whether a stream refused for the bound was logged.
+    told_stream_bound: bool,
     last_stream: i32,
 }
 
@@ -581,7 +584,11 @@ impl Connection<'_> {
         let open = self.streams.lock().unwrap_or_else(|e| e.into_inner()).len();
         if open >= self.shared.max_streams {
             let component = self.caller.as_ref().map_or("", |c| c.component.as_str());
-            tracing::warn!(client = %component, operation = %op, streams = open, "IPC stream refused: too many streams open on one connection");
+            // Once per connection: a client retrying in a loop must not flood the log.
+            if !self.told_stream_bound {
+                self.told_stream_bound = true;
+                tracing::warn!(client = %component, operation = %op, streams = open, "IPC stream refused: too many streams open on one connection (further refusals on it are not logged)");
+            }
             let error = IpcError::service(format!(
                 "{op} refused: this IPC connection already has {} streams open (subscriptions and calls awaiting their answer), the most one connection may hold; close streams that are no longer needed before opening more",
                 self.shared.max_streams
