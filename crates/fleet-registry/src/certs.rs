@@ -87,8 +87,9 @@ pub struct PrincipalAuthorization {
     pub certificate_id: String,
     pub certificate_arn: String,
     pub status: CertificateStatus,
-    /// Things the certificate is attached to.
-    pub things: Vec<String>,
+    /// Things the certificate is attached to (name, type, attributes: what policy variables
+    /// such as `${iot:Connection.Thing.ThingName}` refer to).
+    pub things: Vec<crate::Thing>,
     /// (policy name, default version's document) attached to the certificate, or to a group
     /// (or an ancestor group) of one of its things.
     pub policies: Vec<(String, String)>,
@@ -440,7 +441,11 @@ impl Registry {
                 .query_map([&c.arn], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             let mut targets = vec![c.arn.clone()];
+            let mut thing_rows = Vec::with_capacity(things.len());
             for t in &things {
+                if let Some(row) = self.thing_record(tx, t)? {
+                    thing_rows.push(row);
+                }
                 for g in self.groups_with_ancestors(tx, t)? {
                     targets.push(self.arn(&format!("thinggroup/{g}")));
                 }
@@ -464,7 +469,7 @@ impl Registry {
                 certificate_id: c.id,
                 certificate_arn: c.arn,
                 status: c.status,
-                things,
+                things: thing_rows,
                 policies: policies.into_iter().collect(),
             }))
         })

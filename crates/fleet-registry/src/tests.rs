@@ -272,7 +272,10 @@ fn principal_authorization_answers_status_things_and_policies() {
         .unwrap();
     let a = r.principal_authorization(&c.id).unwrap().unwrap();
     assert_eq!(a.status, CertificateStatus::Active);
-    assert_eq!(a.things, ["dev1"]);
+    assert_eq!(
+        a.things.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["dev1"]
+    );
     assert_eq!(
         a.policies,
         [

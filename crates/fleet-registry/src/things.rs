@@ -87,6 +87,10 @@ impl Registry {
             }))
     }
 
+    pub(crate) fn thing_record(&self, tx: &Transaction<'_>, name: &str) -> Result<Option<Thing>> {
+        self.thing_row(tx, name)
+    }
+
     /// CreateThing: idempotent when the thing exists with the same type and attributes.
     pub fn create_thing(
         &self,
