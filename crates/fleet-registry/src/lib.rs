@@ -113,6 +113,23 @@ impl Registry {
             path: path.to_path_buf(),
             source,
         };
+        // The database holds access-key secrets: created 0600 (SQLite gives its -wal and -shm
+        // files the same mode).
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| {
+                    db(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                        Some(format!("cannot create the database file: {e}")),
+                    ))
+                })?;
+        }
         let mut conn = Connection::open(path).map_err(db)?;
         // WAL + FULL: a commit returns only once the WAL is fsynced, so acknowledged = durable.
         conn.pragma_update(None, "journal_mode", "WAL")
