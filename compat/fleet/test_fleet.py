@@ -315,3 +315,31 @@ def test_kill_9_during_a_burst_loses_no_acknowledged_thing(fleet_root):
     finally:
         stop.set()
         fleet.stop()
+
+
+def test_dynamic_thing_groups_follow_thing_attributes(fleet, iot):
+    iot.create_thing(thingName="pump-1", attributePayload={"attributes": {"fw": "1.0", "site": "north"}})
+    iot.create_thing(thingName="pump-2", attributePayload={"attributes": {"fw": "2.0", "site": "north"}})
+    r = iot.create_dynamic_thing_group(thingGroupName="old-firmware", queryString="attributes.fw:1.*")
+    assert r["queryString"] == "attributes.fw:1.*" and r["indexName"] == "AWS_Things"
+    d = iot.describe_thing_group(thingGroupName="old-firmware")
+    assert d["queryString"] == "attributes.fw:1.*" and d["status"] == "ACTIVE"
+    assert iot.list_things_in_thing_group(thingGroupName="old-firmware")["things"] == ["pump-1"]
+
+    # Membership is kept current as things are created and updated.
+    iot.create_thing(thingName="pump-3", attributePayload={"attributes": {"fw": "1.4"}})
+    iot.update_thing(thingName="pump-1", attributePayload={"attributes": {"fw": "2.1"}, "merge": True})
+    assert iot.list_things_in_thing_group(thingGroupName="old-firmware")["things"] == ["pump-3"]
+    assert [g["groupName"] for g in iot.list_thing_groups_for_thing(thingName="pump-3")["thingGroups"]] == ["old-firmware"]
+
+    with pytest.raises(ClientError) as e:
+        iot.add_thing_to_thing_group(thingGroupName="old-firmware", thingName="pump-2")
+    assert error_code(e) == "InvalidRequestException"
+    with pytest.raises(ClientError) as e:
+        iot.create_dynamic_thing_group(thingGroupName="broken", queryString="fw:1.*")
+    assert error_code(e) == "InvalidRequestException"
+
+    iot.update_dynamic_thing_group(thingGroupName="old-firmware", thingGroupProperties={}, queryString="attributes.site:north AND NOT attributes.fw:1.*")
+    assert iot.list_things_in_thing_group(thingGroupName="old-firmware")["things"] == ["pump-1", "pump-2"]
+    fleet.aws("delete-dynamic-thing-group", "--thing-group-name", "old-firmware")
+    assert iot.list_thing_groups()["thingGroups"] == []

@@ -99,6 +99,28 @@ fn route(s: &ApiState, c: &Call) -> ApiResult<Response> {
             Ok(json(json!({})))
         }
         (&Method::POST, ["thing-groups", name]) => create_thing_group(s, c, name),
+        (&Method::POST, ["dynamic-thing-groups", name]) => create_dynamic_thing_group(s, c, name),
+        (&Method::PATCH, ["dynamic-thing-groups", name]) => {
+            let body = c.json()?;
+            let description = match body.get("thingGroupProperties") {
+                Some(Value::Object(p)) => str_field(p, "thingGroupDescription")?,
+                _ => None,
+            };
+            let expected = body.get("expectedVersion").and_then(Value::as_i64);
+            let v = s.registry.update_dynamic_thing_group(
+                who(c),
+                name,
+                str_field(&body, "queryString")?,
+                description,
+                expected,
+            )?;
+            Ok(json(json!({ "version": v })))
+        }
+        (&Method::DELETE, ["dynamic-thing-groups", name]) => {
+            s.registry
+                .delete_thing_group(who(c), name, c.q_int("expectedVersion")?)?;
+            Ok(json(json!({})))
+        }
         (&Method::GET, ["thing-groups", name]) => describe_thing_group(s, name),
         (&Method::DELETE, ["thing-groups", name]) => {
             s.registry
@@ -450,6 +472,39 @@ fn create_thing_group(s: &ApiState, c: &Call, name: &str) -> ApiResult<Response>
     })))
 }
 
+fn create_dynamic_thing_group(s: &ApiState, c: &Call, name: &str) -> ApiResult<Response> {
+    let body = c.json()?;
+    let query = required(str_field(&body, "queryString")?, "queryString")?;
+    if let Some(index) = str_field(&body, "indexName")?
+        && index != "AWS_Things"
+    {
+        return Err(ApiError::invalid(format!(
+            "indexName {index:?}: only AWS_Things is indexed"
+        )));
+    }
+    let (description, attrs) = match body.get("thingGroupProperties").filter(|v| !v.is_null()) {
+        None => (None, BTreeMap::new()),
+        Some(Value::Object(p)) => (
+            str_field(p, "thingGroupDescription")?,
+            attribute_payload(p, "attributePayload")?
+                .map(|(a, _)| a)
+                .unwrap_or_default(),
+        ),
+        Some(_) => return Err(ApiError::invalid("thingGroupProperties must be an object")),
+    };
+    let g = s
+        .registry
+        .create_dynamic_thing_group(who(c), name, description, attrs, query)?;
+    Ok(json(json!({
+        "thingGroupName": g.name,
+        "thingGroupArn": g.arn,
+        "thingGroupId": g.id,
+        "indexName": "AWS_Things",
+        "queryString": query,
+        "queryVersion": "2017-09-30",
+    })))
+}
+
 fn describe_thing_group(s: &ApiState, name: &str) -> ApiResult<Response> {
     let g = s.registry.describe_thing_group(name)?;
     let mut props = json!({ "attributePayload": { "attributes": g.attributes } });
@@ -465,14 +520,21 @@ fn describe_thing_group(s: &ApiState, name: &str) -> ApiResult<Response> {
     if let Some(p) = &g.parent {
         meta["parentGroupName"] = json!(p);
     }
-    Ok(json(json!({
+    let mut out = json!({
         "thingGroupName": g.name,
         "thingGroupId": g.id,
         "thingGroupArn": g.arn,
         "version": g.version,
         "thingGroupProperties": props,
         "thingGroupMetadata": meta,
-    })))
+    });
+    if let Some(q) = &g.query {
+        out["indexName"] = json!("AWS_Things");
+        out["queryString"] = json!(q);
+        out["queryVersion"] = json!("2017-09-30");
+        out["status"] = json!("ACTIVE");
+    }
+    Ok(json(out))
 }
 
 /// The group and thing of Add/RemoveThingToThingGroup, by name or by ARN.

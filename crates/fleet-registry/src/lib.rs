@@ -18,6 +18,7 @@ mod certs;
 mod migrations;
 mod page;
 mod policies;
+mod query;
 mod things;
 
 pub use audit::AuditEntry;

@@ -406,3 +406,90 @@ fn access_keys_are_created_once() {
     assert_eq!(r.secret_for("AKIA1").unwrap().as_deref(), Some("s1"));
     assert_eq!(r.secret_for("AKIA2").unwrap(), None);
 }
+
+#[test]
+fn dynamic_groups_follow_their_query_as_things_change() {
+    let (_d, r) = open();
+    let members = |g: &str| {
+        r.list_things_in_group(g, false, &PageRequest::default())
+            .unwrap()
+            .items
+    };
+    r.create_thing("k", "a", None, attrs(&[("color", "red")]))
+        .unwrap();
+    r.create_thing("k", "b", None, attrs(&[("color", "blue")]))
+        .unwrap();
+    let g = r
+        .create_dynamic_thing_group("k", "reds", None, attrs(&[]), "attributes.color:red")
+        .unwrap();
+    assert_eq!(g.query.as_deref(), Some("attributes.color:red"));
+    assert_eq!(members("reds"), ["a"]);
+    // New and changed things join and leave in the same transaction as the change.
+    r.create_thing("k", "c", None, attrs(&[("color", "red")]))
+        .unwrap();
+    r.update_thing(
+        "k",
+        "a",
+        None,
+        false,
+        Some((attrs(&[("color", "green")]), true)),
+        None,
+    )
+    .unwrap();
+    assert_eq!(members("reds"), ["c"]);
+    r.update_thing(
+        "k",
+        "b",
+        None,
+        false,
+        Some((attrs(&[("color", "red")]), true)),
+        None,
+    )
+    .unwrap();
+    assert_eq!(members("reds"), ["b", "c"]);
+    r.delete_thing("k", "c", None).unwrap();
+    assert_eq!(members("reds"), ["b"]);
+    assert!(matches!(
+        r.add_thing_to_group("k", "reds", "a"),
+        Err(RegistryError::Invalid(_))
+    ));
+    // A query over static membership follows that membership.
+    r.create_thing_group("k", "plant", None, None, attrs(&[]))
+        .unwrap();
+    r.create_dynamic_thing_group(
+        "k",
+        "plant-reds",
+        None,
+        attrs(&[]),
+        "thingGroupNames:plant AND attributes.color:red",
+    )
+    .unwrap();
+    assert!(members("plant-reds").is_empty());
+    r.add_thing_to_group("k", "plant", "b").unwrap();
+    assert_eq!(members("plant-reds"), ["b"]);
+    // A new query re-evaluates every thing.
+    assert_eq!(
+        r.update_dynamic_thing_group("k", "reds", Some("attributes.color:green"), None, Some(1))
+            .unwrap(),
+        2
+    );
+    assert_eq!(members("reds"), ["a"]);
+    assert!(matches!(
+        r.create_dynamic_thing_group("k", "bad", None, attrs(&[]), "color:red"),
+        Err(RegistryError::Invalid(_))
+    ));
+    // Policies attached to a dynamic group reach its members' certificates.
+    let c = cert(&r, 5, CertificateStatus::Active);
+    r.attach_thing_principal("k", "a", &c.arn, false).unwrap();
+    r.create_policy("k", "greens", DOC).unwrap();
+    r.attach_policy("k", "greens", &r.arn("thinggroup/reds"))
+        .unwrap();
+    let auth = r.principal_authorization(&c.id).unwrap().unwrap();
+    assert_eq!(
+        auth.policies
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>(),
+        ["greens"]
+    );
+}

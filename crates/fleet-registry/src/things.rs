@@ -29,6 +29,8 @@ pub struct ThingGroup {
     pub created_ms: i64,
     /// From the root down to the direct parent.
     pub root_to_parent: Vec<(String, String)>,
+    /// A dynamic group's query (its members are the things that match, kept current).
+    pub query: Option<String>,
 }
 
 /// ListThings filters.
@@ -53,6 +55,17 @@ fn valid_name(kind: &str, name: &str) -> Result<()> {
             "{kind} name {name:?} is invalid: use 1 to 128 of [a-zA-Z0-9:_-]"
         )))
     }
+}
+
+fn static_group(g: ThingGroup) -> Result<ThingGroup> {
+    if g.query.is_some() {
+        return Err(RegistryError::Invalid(format!(
+            "thing group {:?} is dynamic: its members are the things its query matches; \
+             change the things or the query (UpdateDynamicThingGroup) instead",
+            g.name
+        )));
+    }
+    Ok(g)
 }
 
 fn attrs_json(a: &Attributes) -> String {
@@ -117,7 +130,8 @@ impl Registry {
                  VALUES (?1, ?2, ?3, ?4, 1, ?5)",
                 params![name, id, thing_type, attrs_json(&attributes), now_ms()],
             )?;
-            Ok((self.thing_row(tx, name)?.expect("inserted"), vec![]))
+            let changes = self.refresh_dynamic_groups(tx, name)?;
+            Ok((self.thing_row(tx, name)?.expect("inserted"), changes))
         })
     }
 
@@ -234,6 +248,7 @@ impl Registry {
                  WHERE name = ?1",
                 params![name, t.thing_type, attrs_json(&t.attributes)],
             )?;
+            self.refresh_dynamic_groups(tx, name)?;
             Ok((
                 (),
                 vec![Change::Thing {
@@ -285,7 +300,7 @@ impl Registry {
     fn group_row(&self, tx: &Transaction<'_>, name: &str) -> Result<Option<ThingGroup>> {
         let g = tx
             .query_row(
-                "SELECT name, id, parent, description, attributes, version, created_at
+                "SELECT name, id, parent, description, attributes, version, created_at, query
                  FROM thing_groups WHERE name = ?1",
                 [name],
                 |r| {
@@ -299,6 +314,7 @@ impl Registry {
                         version: r.get(5)?,
                         created_ms: r.get(6)?,
                         root_to_parent: vec![],
+                        query: r.get(7)?,
                     })
                 },
             )
@@ -482,7 +498,7 @@ impl Registry {
             "AddThingToThingGroup",
             &format!("{group}/{thing}"),
             |tx| {
-                self.group_exists(tx, group)?;
+                static_group(self.group_exists(tx, group)?)?;
                 self.thing_row(tx, thing)?.ok_or(RegistryError::NotFound {
                     kind: "thing",
                     name: thing.into(),
@@ -493,13 +509,12 @@ impl Registry {
                    WHERE group_name = ?1 AND thing_name = ?2)",
                     params![group, thing],
                 )?;
-                let changes = if n > 0 {
-                    vec![Change::Thing {
+                let mut changes = self.refresh_dynamic_groups(tx, thing)?;
+                if n > 0 && changes.is_empty() {
+                    changes.push(Change::Thing {
                         thing_name: thing.into(),
-                    }]
-                } else {
-                    vec![]
-                };
+                    });
+                }
                 Ok(((), changes))
             },
         )
@@ -512,18 +527,17 @@ impl Registry {
             "RemoveThingFromThingGroup",
             &format!("{group}/{thing}"),
             |tx| {
-                self.group_exists(tx, group)?;
+                static_group(self.group_exists(tx, group)?)?;
                 let n = tx.execute(
                     "DELETE FROM thing_group_members WHERE group_name = ?1 AND thing_name = ?2",
                     params![group, thing],
                 )?;
-                let changes = if n > 0 {
-                    vec![Change::Thing {
+                let mut changes = self.refresh_dynamic_groups(tx, thing)?;
+                if n > 0 && changes.is_empty() {
+                    changes.push(Change::Thing {
                         thing_name: thing.into(),
-                    }]
-                } else {
-                    vec![]
-                };
+                    });
+                }
                 Ok(((), changes))
             },
         )
@@ -611,5 +625,181 @@ impl Registry {
             all.insert(g);
         }
         Ok(all.into_iter().collect())
+    }
+}
+
+impl Registry {
+    /// Brings `thing`'s membership of every dynamic group in line with the groups' queries
+    /// (inside the caller's transaction). A change of membership is announced for the thing.
+    pub(crate) fn refresh_dynamic_groups(
+        &self,
+        tx: &Transaction<'_>,
+        thing: &str,
+    ) -> Result<Vec<Change>> {
+        let dynamic: Vec<(String, String)> = tx
+            .prepare("SELECT name, query FROM thing_groups WHERE query IS NOT NULL")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        if dynamic.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut changed = false;
+        for (group, q) in dynamic {
+            changed |= self.sync_member(tx, &group, &crate::query::parse(&q)?, thing)?;
+        }
+        Ok(if changed {
+            vec![Change::Thing {
+                thing_name: thing.into(),
+            }]
+        } else {
+            vec![]
+        })
+    }
+
+    /// Adds or removes `thing` in dynamic `group` per `query`; true when membership changed.
+    fn sync_member(
+        &self,
+        tx: &Transaction<'_>,
+        group: &str,
+        query: &crate::query::Query,
+        thing: &str,
+    ) -> Result<bool> {
+        let Some(t) = self.thing_row(tx, thing)? else {
+            return Ok(false);
+        };
+        let static_groups: Vec<String> = tx
+            .prepare(
+                "SELECT m.group_name FROM thing_group_members m
+                 JOIN thing_groups g ON g.name = m.group_name
+                 WHERE m.thing_name = ?1 AND g.query IS NULL",
+            )?
+            .query_map([thing], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let want = query.matches(&crate::query::Subject {
+            name: &t.name,
+            thing_type: t.thing_type.as_deref(),
+            attributes: &t.attributes,
+            groups: &static_groups,
+        });
+        let have: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM thing_group_members WHERE group_name = ?1 AND thing_name = ?2",
+            params![group, thing],
+            |r| r.get(0),
+        )?;
+        match (want, have > 0) {
+            (true, false) => {
+                tx.execute(
+                    "INSERT INTO thing_group_members (group_name, thing_name) VALUES (?1, ?2)",
+                    params![group, thing],
+                )?;
+                Ok(true)
+            }
+            (false, true) => {
+                tx.execute(
+                    "DELETE FROM thing_group_members WHERE group_name = ?1 AND thing_name = ?2",
+                    params![group, thing],
+                )?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Re-evaluates dynamic `group` over every thing.
+    fn populate_dynamic(&self, tx: &Transaction<'_>, group: &str, q: &str) -> Result<Vec<Change>> {
+        let query = crate::query::parse(q)?;
+        let things: Vec<String> = tx
+            .prepare("SELECT name FROM things ORDER BY name")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut changes = vec![];
+        for t in things {
+            if self.sync_member(tx, group, &query, &t)? {
+                changes.push(Change::Thing { thing_name: t });
+            }
+        }
+        Ok(changes)
+    }
+
+    /// CreateDynamicThingGroup: a group whose members are the things `query` matches, kept
+    /// current as things change. Idempotent for the same query and properties.
+    pub fn create_dynamic_thing_group(
+        &self,
+        who: &str,
+        name: &str,
+        description: Option<&str>,
+        attributes: Attributes,
+        query: &str,
+    ) -> Result<ThingGroup> {
+        valid_name("thing group", name)?;
+        crate::query::parse(query)?;
+        self.write(who, "CreateDynamicThingGroup", name, |tx| {
+            if let Some(g) = self.group_row(tx, name)? {
+                if g.query.as_deref() == Some(query)
+                    && g.description.as_deref() == description
+                    && g.attributes == attributes
+                {
+                    return Ok((g, vec![]));
+                }
+                return Err(RegistryError::AlreadyExists {
+                    kind: "thing group",
+                    name: name.into(),
+                    arn: g.arn,
+                });
+            }
+            tx.execute(
+                "INSERT INTO thing_groups (name, id, parent, description, attributes, query,
+                 version, created_at) VALUES (?1, ?2, NULL, ?3, ?4, ?5, 1, ?6)",
+                params![
+                    name,
+                    uuid::Uuid::new_v4().to_string(),
+                    description,
+                    attrs_json(&attributes),
+                    query,
+                    now_ms()
+                ],
+            )?;
+            let changes = self.populate_dynamic(tx, name, query)?;
+            Ok((self.group_row(tx, name)?.expect("inserted"), changes))
+        })
+    }
+
+    /// UpdateDynamicThingGroup: a new query (membership re-evaluated) and/or description.
+    pub fn update_dynamic_thing_group(
+        &self,
+        who: &str,
+        name: &str,
+        query: Option<&str>,
+        description: Option<&str>,
+        expected_version: Option<i64>,
+    ) -> Result<i64> {
+        if let Some(q) = query {
+            crate::query::parse(q)?;
+        }
+        self.write(who, "UpdateDynamicThingGroup", name, |tx| {
+            let g = self.group_exists(tx, name)?;
+            let Some(old) = g.query.clone() else {
+                return Err(RegistryError::Invalid(format!(
+                    "thing group {name:?} is static; UpdateDynamicThingGroup applies to \
+                     dynamic groups"
+                )));
+            };
+            if let Some(v) = expected_version
+                && v != g.version
+            {
+                return Err(RegistryError::VersionConflict(format!(
+                    "thing group {name:?} is at version {}, not the expected {v}",
+                    g.version
+                )));
+            }
+            let q = query.unwrap_or(&old);
+            tx.execute(
+                "UPDATE thing_groups SET query = ?2, description = COALESCE(?3, description),
+                 version = version + 1 WHERE name = ?1",
+                params![name, q, description],
+            )?;
+            let changes = self.populate_dynamic(tx, name, q)?;
+            Ok((g.version + 1, changes))
+        })
     }
 }
