@@ -343,3 +343,66 @@ def test_dynamic_thing_groups_follow_thing_attributes(fleet, iot):
     assert iot.list_things_in_thing_group(thingGroupName="old-firmware")["things"] == ["pump-1", "pump-2"]
     fleet.aws("delete-dynamic-thing-group", "--thing-group-name", "old-firmware")
     assert iot.list_thing_groups()["thingGroups"] == []
+
+
+def test_the_audit_log_names_who_did_what(fleet, iot):
+    iot.create_thing(thingName="audited")
+    iot.create_policy(policyName="p", policyDocument=POLICY)
+    with pytest.raises(ClientError):
+        iot.create_thing(thingName="audited", thingTypeName="other")  # refused: not audited
+    iot.delete_thing(thingName="audited")
+    from conftest import lichen_bin
+
+    p = subprocess.run([lichen_bin(), "fleet", "audit", "--root", str(fleet.root)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    entries = [json.loads(line) for line in p.stdout.splitlines()]
+    mine = [(e["who"], e["operation"], e["resource"]) for e in entries if e["who"] == fleet.access_key]
+    assert mine == [
+        (fleet.access_key, "CreateThing", "audited"),
+        (fleet.access_key, "CreatePolicy", "p"),
+        (fleet.access_key, "DeleteThing", "audited"),
+    ]
+    assert all(e["atMs"] > 0 for e in entries)
+    p = subprocess.run([lichen_bin(), "fleet", "audit", "--root", str(fleet.root), "--resource", "p"], capture_output=True, text=True, timeout=60)
+    assert [json.loads(line)["operation"] for line in p.stdout.splitlines()] == ["CreatePolicy"]
+
+
+def test_role_aliases_and_registered_certificates(fleet, iot):
+    r = iot.create_role_alias(roleAlias="GreengrassCoreTokenExchangeRoleAlias", roleArn="arn:aws:iam::123456789012:role/TES", credentialDurationSeconds=3600)
+    assert r["roleAliasArn"].endswith(":rolealias/GreengrassCoreTokenExchangeRoleAlias")
+    d = iot.describe_role_alias(roleAlias="GreengrassCoreTokenExchangeRoleAlias")["roleAliasDescription"]
+    assert d["roleArn"] == "arn:aws:iam::123456789012:role/TES" and d["credentialDurationSeconds"] == 3600
+    assert iot.list_role_aliases()["roleAliases"] == ["GreengrassCoreTokenExchangeRoleAlias"]
+    with pytest.raises(ClientError) as e:
+        iot.create_role_alias(roleAlias="GreengrassCoreTokenExchangeRoleAlias", roleArn="arn:aws:iam::123456789012:role/Other")
+    assert error_code(e) == "ResourceAlreadyExistsException"
+    iot.delete_role_alias(roleAlias="GreengrassCoreTokenExchangeRoleAlias")
+    with pytest.raises(ClientError) as e:
+        iot.describe_role_alias(roleAlias="GreengrassCoreTokenExchangeRoleAlias")
+    assert error_code(e) == "ResourceNotFoundException"
+
+    # A certificate the fleet CA signed registers (with the CA given); a stranger's only without a CA.
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "d")])).sign(key, hashes.SHA256())
+    issued = iot.create_certificate_from_csr(certificateSigningRequest=csr.public_bytes(serialization.Encoding.PEM).decode())
+    iot.delete_certificate(certificateId=issued["certificateId"])
+    ca_pem = Path(fleet.endpoints["rootCa"]).read_text()
+    r = iot.register_certificate(certificatePem=issued["certificatePem"], caCertificatePem=ca_pem, setAsActive=True)
+    assert r["certificateId"] == issued["certificateId"]
+    assert iot.describe_certificate(certificateId=r["certificateId"])["certificateDescription"]["status"] == "ACTIVE"
+
+    import datetime
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "self")])
+    own = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(7).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    own_pem = own.public_bytes(serialization.Encoding.PEM).decode()
+    with pytest.raises(ClientError) as e:
+        iot.register_certificate(certificatePem=own_pem)
+    assert error_code(e) == "CertificateValidationException"
+    r = iot.register_certificate_without_ca(certificatePem=own_pem, status="ACTIVE")
+    assert iot.describe_certificate(certificateId=r["certificateId"])["certificateDescription"]["status"] == "ACTIVE"
