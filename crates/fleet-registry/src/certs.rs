@@ -566,3 +566,78 @@ impl Registry {
         })
     }
 }
+
+impl Registry {
+    /// The certificates whose [`Registry::principal_authorization`] a committed `change` may
+    /// have altered: what a device endpoint re-reads (and disconnects, if no longer allowed).
+    pub fn certificates_affected_by(&self, change: &Change) -> Result<Vec<String>> {
+        self.read(|tx| {
+            let mut ids = std::collections::BTreeSet::new();
+            let mut things = Vec::new();
+            let mut groups = Vec::new();
+            match change {
+                Change::CertificateStatus { certificate_id, .. } => {
+                    ids.insert(certificate_id.clone());
+                }
+                Change::ThingPrincipal { principal, .. } => {
+                    if let Some(id) = self.certificate_id_of(principal) {
+                        ids.insert(id);
+                    }
+                }
+                Change::Thing { thing_name } => things.push(thing_name.clone()),
+                Change::PolicyAttachment { target, .. } => {
+                    self.classify_target(target, &mut ids, &mut groups)
+                }
+                Change::Policy { policy_name } => {
+                    let targets: Vec<String> = tx
+                        .prepare("SELECT target FROM policy_targets WHERE policy_name = ?1")?
+                        .query_map([policy_name], |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    for t in targets {
+                        self.classify_target(&t, &mut ids, &mut groups);
+                    }
+                }
+            }
+            // A group's policies reach the things of its descendant groups too.
+            let mut i = 0;
+            while i < groups.len() {
+                let kids: Vec<String> = tx
+                    .prepare("SELECT name FROM thing_groups WHERE parent = ?1")?
+                    .query_map([&groups[i]], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                groups.extend(kids);
+                i += 1;
+            }
+            for g in &groups {
+                let members: Vec<String> = tx
+                    .prepare("SELECT thing_name FROM thing_group_members WHERE group_name = ?1")?
+                    .query_map([g], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                things.extend(members);
+            }
+            let mut stmt =
+                tx.prepare("SELECT principal FROM thing_principals WHERE thing_name = ?1")?;
+            for t in &things {
+                for p in stmt.query_map([t], |r| r.get::<_, String>(0))? {
+                    if let Some(id) = self.certificate_id_of(&p?) {
+                        ids.insert(id);
+                    }
+                }
+            }
+            Ok(ids.into_iter().collect())
+        })
+    }
+
+    fn classify_target(
+        &self,
+        target: &str,
+        ids: &mut std::collections::BTreeSet<String>,
+        groups: &mut Vec<String>,
+    ) {
+        if let Some(id) = self.certificate_id_of(target) {
+            ids.insert(id);
+        } else if let Some(g) = target.strip_prefix(&self.arn("thinggroup/")) {
+            groups.push(g.to_string());
+        }
+    }
+}

@@ -493,3 +493,56 @@ fn dynamic_groups_follow_their_query_as_things_change() {
         ["greens"]
     );
 }
+
+#[test]
+fn each_change_names_the_certificates_to_re_read() {
+    let (_d, r) = open();
+    let c1 = cert(&r, 11, CertificateStatus::Active);
+    let c2 = cert(&r, 12, CertificateStatus::Active);
+    let _c3 = cert(&r, 13, CertificateStatus::Active);
+    r.create_thing("k", "t1", None, attrs(&[])).unwrap();
+    r.create_thing("k", "t2", None, attrs(&[])).unwrap();
+    r.create_thing_group("k", "top", None, None, attrs(&[]))
+        .unwrap();
+    r.create_thing_group("k", "sub", Some("top"), None, attrs(&[]))
+        .unwrap();
+    r.add_thing_to_group("k", "sub", "t2").unwrap();
+    r.attach_thing_principal("k", "t1", &c1.arn, false).unwrap();
+    r.attach_thing_principal("k", "t2", &c2.arn, false).unwrap();
+    r.create_policy("k", "p", DOC).unwrap();
+    r.attach_policy("k", "p", &c1.arn).unwrap();
+    let mut rx = r.subscribe();
+    r.attach_policy("k", "p", &r.arn("thinggroup/top")).unwrap();
+    let change = rx.try_recv().unwrap();
+    // Attached to the parent group: the certificate of the thing in the child group.
+    assert_eq!(
+        r.certificates_affected_by(&change).unwrap(),
+        [c2.id.clone()]
+    );
+    r.create_policy_version("k", "p", DOC, true).unwrap();
+    let change = rx.try_recv().unwrap();
+    assert_eq!(
+        change,
+        Change::Policy {
+            policy_name: "p".into()
+        }
+    );
+    assert_eq!(
+        r.certificates_affected_by(&change).unwrap(),
+        [c1.id.clone(), c2.id.clone()]
+    );
+    r.update_thing(
+        "k",
+        "t1",
+        None,
+        false,
+        Some((attrs(&[("x", "1")]), true)),
+        None,
+    )
+    .unwrap();
+    let change = rx.try_recv().unwrap();
+    assert_eq!(
+        r.certificates_affected_by(&change).unwrap(),
+        [c1.id.clone()]
+    );
+}
