@@ -517,7 +517,7 @@ fn each_change_names_the_certificates_to_re_read() {
     // Attached to the parent group: the certificate of the thing in the child group.
     assert_eq!(
         r.certificates_affected_by(&change).unwrap(),
-        [c2.id.clone()]
+        vec![c2.id.clone()]
     );
     r.create_policy_version("k", "p", DOC, true).unwrap();
     let change = rx.try_recv().unwrap();
@@ -543,6 +543,6 @@ fn each_change_names_the_certificates_to_re_read() {
     let change = rx.try_recv().unwrap();
     assert_eq!(
         r.certificates_affected_by(&change).unwrap(),
-        [c1.id.clone()]
+        vec![c1.id.clone()]
     );
 }
