@@ -406,3 +406,44 @@ def test_role_aliases_and_registered_certificates(fleet, iot):
     assert error_code(e) == "CertificateValidationException"
     r = iot.register_certificate_without_ca(certificatePem=own_pem, status="ACTIVE")
     assert iot.describe_certificate(certificateId=r["certificateId"])["certificateDescription"]["status"] == "ACTIVE"
+
+
+TEMPLATE = {
+    "Parameters": {"SerialNumber": {"Type": "String"}, "Location": {"Type": "String", "Default": "WA"}},
+    "Resources": {
+        "thing": {
+            "Type": "AWS::IoT::Thing",
+            "Properties": {"ThingName": {"Fn::Join": ["", ["ThingPrefix_", {"Ref": "SerialNumber"}]]}},
+        },
+        "certificate": {"Type": "AWS::IoT::Certificate", "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "Active"}},
+    },
+    "DeviceConfiguration": {"Site": {"Ref": "Location"}},
+}
+
+
+def test_provisioning_templates(fleet, iot):
+    r = iot.create_provisioning_template(
+        templateName="fleet-by-claim",
+        description="claim",
+        templateBody=json.dumps(TEMPLATE),
+        enabled=True,
+        provisioningRoleArn="arn:aws:iam::123456789012:role/Provisioning",
+        preProvisioningHook={"targetArn": "arn:aws:lambda:us-east-1:123456789012:function:hook"},
+    )
+    assert r["templateArn"].endswith(":provisioningtemplate/fleet-by-claim")
+    d = iot.describe_provisioning_template(templateName="fleet-by-claim")
+    assert json.loads(d["templateBody"]) == TEMPLATE
+    assert d["enabled"] is True and d["type"] == "FLEET_PROVISIONING"
+    assert d["preProvisioningHook"]["targetArn"].endswith(":function:hook")
+    iot.update_provisioning_template(templateName="fleet-by-claim", enabled=False, removePreProvisioningHook=True)
+    d = iot.describe_provisioning_template(templateName="fleet-by-claim")
+    assert d["enabled"] is False and "preProvisioningHook" not in d
+    listed = fleet.aws("list-provisioning-templates")["templates"]
+    assert [t["templateName"] for t in listed] == ["fleet-by-claim"]
+    with pytest.raises(ClientError) as e:
+        iot.create_provisioning_template(templateName="broken", templateBody="{}", provisioningRoleArn="arn:aws:iam::123456789012:role/P")
+    assert error_code(e) == "InvalidRequestException"
+    iot.delete_provisioning_template(templateName="fleet-by-claim")
+    with pytest.raises(ClientError) as e:
+        iot.describe_provisioning_template(templateName="fleet-by-claim")
+    assert error_code(e) == "ResourceNotFoundException"

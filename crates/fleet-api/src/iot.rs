@@ -254,6 +254,75 @@ fn route(s: &ApiState, c: &Call) -> ApiResult<Response> {
             Ok(json(json!({ "endpointAddress": host })))
         }
 
+        (&Method::POST, ["provisioning-templates"]) => create_provisioning_template(s, c),
+        (&Method::GET, ["provisioning-templates"]) => {
+            let p = s.registry.list_provisioning_templates(&token_page(c)?)?;
+            Ok(paged_token("templates", p, |t| {
+                let mut v = json!({
+                    "templateArn": t.arn,
+                    "templateName": t.name,
+                    "creationDate": seconds(t.created_ms),
+                    "lastModifiedDate": seconds(t.updated_ms),
+                    "enabled": t.enabled,
+                    "type": t.kind,
+                });
+                if let Some(d) = &t.description {
+                    v["description"] = json!(d);
+                }
+                v
+            }))
+        }
+        (&Method::GET, ["provisioning-templates", name]) => {
+            let t = s.registry.describe_provisioning_template(name)?;
+            let mut v = json!({
+                "templateArn": t.arn,
+                "templateName": t.name,
+                "creationDate": seconds(t.created_ms),
+                "lastModifiedDate": seconds(t.updated_ms),
+                "defaultVersionId": 1,
+                "templateBody": t.body,
+                "enabled": t.enabled,
+                "provisioningRoleArn": t.provisioning_role_arn,
+                "type": t.kind,
+            });
+            if let Some(d) = &t.description {
+                v["description"] = json!(d);
+            }
+            if let Some(h) = t.pre_provisioning_hook.as_deref()
+                && let Ok(h) = serde_json::from_str::<Value>(h)
+            {
+                v["preProvisioningHook"] = h;
+            }
+            Ok(json(v))
+        }
+        (&Method::PATCH, ["provisioning-templates", name]) => {
+            let body = c.json()?;
+            let hook = if body
+                .get("removePreProvisioningHook")
+                .and_then(Value::as_bool)
+                == Some(true)
+            {
+                Some(None)
+            } else {
+                body.get("preProvisioningHook")
+                    .filter(|h| h.is_object())
+                    .map(|h| Some(h.to_string()))
+            };
+            s.registry.update_provisioning_template(
+                who(c),
+                name,
+                str_field(&body, "description")?,
+                body.get("enabled").and_then(Value::as_bool),
+                str_field(&body, "provisioningRoleArn")?,
+                hook.as_ref().map(|h| h.as_deref()),
+            )?;
+            Ok(json(json!({})))
+        }
+        (&Method::DELETE, ["provisioning-templates", name]) => {
+            s.registry.delete_provisioning_template(who(c), name)?;
+            Ok(json(json!({})))
+        }
+
         (&Method::GET, ["role-aliases"]) => {
             let p = s.registry.list_role_aliases(&marker_page(c)?)?;
             Ok(paged_marker("roleAliases", p, |n| json!(n)))
@@ -649,6 +718,50 @@ fn register_certificate(s: &ApiState, c: &Call, without_ca: bool) -> ApiResult<R
     Ok(json(json!({
         "certificateArn": cert.arn,
         "certificateId": cert.id,
+    })))
+}
+
+fn create_provisioning_template(s: &ApiState, c: &Call) -> ApiResult<Response> {
+    let body = c.json()?;
+    let hook = match body.get("preProvisioningHook") {
+        None | Some(Value::Null) => None,
+        Some(h @ Value::Object(o)) if o.get("targetArn").is_some_and(Value::is_string) => {
+            Some(h.to_string())
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "preProvisioningHook must be an object with a targetArn",
+            ));
+        }
+    };
+    let t = s.registry.create_provisioning_template(
+        who(c),
+        &lichen_fleet_registry::ProvisioningTemplate {
+            name: required(str_field(&body, "templateName")?, "templateName")?.into(),
+            arn: String::new(),
+            description: str_field(&body, "description")?.map(str::to_string),
+            body: required(str_field(&body, "templateBody")?, "templateBody")?.into(),
+            enabled: body
+                .get("enabled")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            provisioning_role_arn: required(
+                str_field(&body, "provisioningRoleArn")?,
+                "provisioningRoleArn",
+            )?
+            .into(),
+            pre_provisioning_hook: hook,
+            kind: str_field(&body, "type")?
+                .unwrap_or("FLEET_PROVISIONING")
+                .into(),
+            created_ms: 0,
+            updated_ms: 0,
+        },
+    )?;
+    Ok(json(json!({
+        "templateArn": t.arn,
+        "templateName": t.name,
+        "defaultVersionId": 1,
     })))
 }
 

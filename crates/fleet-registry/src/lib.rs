@@ -19,6 +19,7 @@ mod migrations;
 mod page;
 mod policies;
 mod query;
+mod templates;
 mod things;
 
 pub use audit::AuditEntry;
@@ -27,6 +28,7 @@ pub use certs::{
 };
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
+pub use templates::ProvisioningTemplate;
 pub use things::{Thing, ThingGroup, ThingQuery};
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};

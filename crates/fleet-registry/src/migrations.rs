@@ -5,7 +5,8 @@
 
 use rusqlite::Connection;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE access_keys (
     id TEXT PRIMARY KEY, secret TEXT NOT NULL, kind TEXT NOT NULL, created_at BIGINT NOT NULL);
@@ -44,7 +45,14 @@ CREATE TABLE role_aliases (
 CREATE TABLE audit_log (
     seq BIGINT PRIMARY KEY, at BIGINT NOT NULL, who TEXT NOT NULL, operation TEXT NOT NULL,
     resource TEXT NOT NULL);
-"#];
+"#,
+    r#"
+CREATE TABLE provisioning_templates (
+    name TEXT PRIMARY KEY, description TEXT, body TEXT NOT NULL, enabled BIGINT NOT NULL,
+    role_arn TEXT NOT NULL, hook TEXT, kind TEXT NOT NULL, created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL);
+"#,
+];
 
 pub(crate) fn apply(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.execute(

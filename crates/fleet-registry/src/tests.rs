@@ -546,3 +546,58 @@ fn each_change_names_the_certificates_to_re_read() {
         vec![c1.id.clone()]
     );
 }
+
+#[test]
+fn provisioning_templates_are_stored_validated_and_updated() {
+    let (_d, r) = open();
+    let body = r#"{"Parameters":{"SerialNumber":{"Type":"String"}},"Resources":{"thing":{"Type":"AWS::IoT::Thing","Properties":{"ThingName":{"Ref":"SerialNumber"}}}}}"#;
+    let t = ProvisioningTemplate {
+        name: "fleet-tpl".into(),
+        arn: String::new(),
+        description: Some("d".into()),
+        body: body.into(),
+        enabled: true,
+        provisioning_role_arn: "arn:aws:iam::123456789012:role/prov".into(),
+        pre_provisioning_hook: None,
+        kind: "FLEET_PROVISIONING".into(),
+        created_ms: 0,
+        updated_ms: 0,
+    };
+    let created = r.create_provisioning_template("k", &t).unwrap();
+    assert!(created.arn.ends_with(":provisioningtemplate/fleet-tpl"));
+    assert!(matches!(
+        r.create_provisioning_template("k", &t),
+        Err(RegistryError::AlreadyExists { .. })
+    ));
+    for (name, body) in [("bad name", body), ("ok", "{}"), ("ok", "not json")] {
+        let bad = ProvisioningTemplate {
+            name: name.into(),
+            body: body.into(),
+            ..t.clone()
+        };
+        assert!(
+            matches!(
+                r.create_provisioning_template("k", &bad),
+                Err(RegistryError::Invalid(_))
+            ),
+            "{name} {body}"
+        );
+    }
+    r.update_provisioning_template("k", "fleet-tpl", None, Some(false), None, None)
+        .unwrap();
+    let d = r.describe_provisioning_template("fleet-tpl").unwrap();
+    assert!(!d.enabled);
+    assert_eq!(d.body, body);
+    assert_eq!(
+        r.list_provisioning_templates(&PageRequest::default())
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    r.delete_provisioning_template("k", "fleet-tpl").unwrap();
+    assert!(matches!(
+        r.describe_provisioning_template("fleet-tpl"),
+        Err(RegistryError::NotFound { .. })
+    ));
+}
