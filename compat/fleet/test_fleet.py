@@ -109,6 +109,14 @@ def test_thing_groups(iot, fleet):
     assert {g["groupName"] for g in iot.list_thing_groups()["thingGroups"]} == {"plant", "line-1"}
     assert [g["groupName"] for g in iot.list_thing_groups(parentGroup="plant")["thingGroups"]] == ["line-1"]
 
+    v = iot.update_thing_group(thingGroupName="plant", thingGroupProperties={"thingGroupDescription": "the whole plant", "attributePayload": {"attributes": {"site": "north"}}}, expectedVersion=1)["version"]
+    assert v == 2
+    props = iot.describe_thing_group(thingGroupName="plant")["thingGroupProperties"]
+    assert props["thingGroupDescription"] == "the whole plant" and props["attributePayload"]["attributes"] == {"site": "north"}
+    with pytest.raises(ClientError) as e:
+        iot.update_thing_group(thingGroupName="plant", thingGroupProperties={}, expectedVersion=1)
+    assert error_code(e) == "VersionConflictException"
+
     with pytest.raises(ClientError) as e:
         iot.delete_thing_group(thingGroupName="plant")
     assert error_code(e) == "InvalidRequestException"

@@ -122,6 +122,21 @@ fn route(s: &ApiState, c: &Call) -> ApiResult<Response> {
             Ok(json(json!({})))
         }
         (&Method::GET, ["thing-groups", name]) => describe_thing_group(s, name),
+        (&Method::PATCH, ["thing-groups", name]) => {
+            let body = c.json()?;
+            let (description, attrs) = match body.get("thingGroupProperties") {
+                Some(Value::Object(p)) => (
+                    str_field(p, "thingGroupDescription")?,
+                    attribute_payload(p, "attributePayload")?,
+                ),
+                _ => return Err(ApiError::invalid("thingGroupProperties is required")),
+            };
+            let expected = body.get("expectedVersion").and_then(Value::as_i64);
+            let v = s
+                .registry
+                .update_thing_group(who(c), name, description, attrs, expected)?;
+            Ok(json(json!({ "version": v })))
+        }
         (&Method::DELETE, ["thing-groups", name]) => {
             s.registry
                 .delete_thing_group(who(c), name, c.q_int("expectedVersion")?)?;

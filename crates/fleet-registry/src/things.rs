@@ -803,3 +803,47 @@ impl Registry {
         })
     }
 }
+
+impl Registry {
+    /// UpdateThingGroup: a new description and/or attributes (`merge` as in UpdateThing);
+    /// returns the new version.
+    pub fn update_thing_group(
+        &self,
+        who: &str,
+        name: &str,
+        description: Option<&str>,
+        attributes: Option<(Attributes, bool)>,
+        expected_version: Option<i64>,
+    ) -> Result<i64> {
+        self.write(who, "UpdateThingGroup", name, |tx| {
+            let mut g = self.group_exists(tx, name)?;
+            if let Some(v) = expected_version
+                && v != g.version
+            {
+                return Err(RegistryError::VersionConflict(format!(
+                    "thing group {name:?} is at version {}, not the expected {v}",
+                    g.version
+                )));
+            }
+            if let Some((attrs, merge)) = attributes {
+                if merge {
+                    for (k, v) in attrs {
+                        if v.is_empty() {
+                            g.attributes.remove(&k);
+                        } else {
+                            g.attributes.insert(k, v);
+                        }
+                    }
+                } else {
+                    g.attributes = attrs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+                }
+            }
+            tx.execute(
+                "UPDATE thing_groups SET description = COALESCE(?2, description),
+                 attributes = ?3, version = version + 1 WHERE name = ?1",
+                params![name, description, attrs_json(&g.attributes)],
+            )?;
+            Ok((g.version + 1, vec![]))
+        })
+    }
+}
