@@ -455,3 +455,27 @@ def test_provisioning_templates(fleet, iot):
     with pytest.raises(ClientError) as e:
         iot.describe_provisioning_template(templateName="fleet-by-claim")
     assert error_code(e) == "ResourceNotFoundException"
+
+
+def test_thing_types(fleet, iot):
+    with pytest.raises(ClientError) as e:
+        iot.create_thing(thingName="m1", thingTypeName="motor")
+    assert error_code(e) == "InvalidRequestException"
+    r = iot.create_thing_type(thingTypeName="motor", thingTypeProperties={"thingTypeDescription": "motors", "searchableAttributes": ["rpm"]})
+    assert r["thingTypeArn"].endswith(":thingtype/motor")
+    iot.create_thing(thingName="m1", thingTypeName="motor", attributePayload={"attributes": {"rpm": "900"}})
+    assert iot.describe_thing(thingName="m1")["thingTypeName"] == "motor"
+    assert [t["thingName"] for t in iot.list_things(thingTypeName="motor")["things"]] == ["m1"]
+    d = iot.describe_thing_type(thingTypeName="motor")
+    assert d["thingTypeProperties"]["searchableAttributes"] == ["rpm"] and d["thingTypeMetadata"]["deprecated"] is False
+    assert [t["thingTypeName"] for t in fleet.aws("list-thing-types")["thingTypes"]] == ["motor"]
+    iot.deprecate_thing_type(thingTypeName="motor")
+    assert iot.describe_thing_type(thingTypeName="motor")["thingTypeMetadata"]["deprecated"] is True
+    with pytest.raises(ClientError) as e:
+        iot.create_thing(thingName="m2", thingTypeName="motor")
+    assert error_code(e) == "InvalidRequestException"
+    iot.update_thing(thingName="m1", removeThingType=True)
+    iot.delete_thing_type(thingTypeName="motor")
+    with pytest.raises(ClientError) as e:
+        iot.describe_thing_type(thingTypeName="motor")
+    assert error_code(e) == "ResourceNotFoundException"

@@ -75,6 +75,57 @@ fn route(s: &ApiState, c: &Call) -> ApiResult<Response> {
             Ok(paged_token("things", p, |t| json!(t)))
         }
 
+        (&Method::POST, ["thing-types", name]) => {
+            let body = c.json()?;
+            let (description, searchable) = match body.get("thingTypeProperties") {
+                Some(Value::Object(p)) => (
+                    str_field(p, "thingTypeDescription")?,
+                    p.get("searchableAttributes")
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|v| v.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                ),
+                _ => (None, vec![]),
+            };
+            let t = s
+                .registry
+                .create_thing_type(who(c), name, description, &searchable)?;
+            Ok(json(json!({
+                "thingTypeName": t.name,
+                "thingTypeArn": t.arn,
+                "thingTypeId": t.id,
+            })))
+        }
+        (&Method::GET, ["thing-types", name]) => {
+            let t = s.registry.describe_thing_type(name)?;
+            let mut v = thing_type_json(&t);
+            v["thingTypeId"] = json!(t.id);
+            Ok(json(v))
+        }
+        (&Method::GET, ["thing-types"]) => {
+            let p = s
+                .registry
+                .list_thing_types(c.q("thingTypeName"), &token_page(c)?)?;
+            Ok(paged_token("thingTypes", p, thing_type_json))
+        }
+        (&Method::POST, ["thing-types", name, "deprecate"]) => {
+            let undo = c
+                .json()?
+                .get("undoDeprecate")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            s.registry.deprecate_thing_type(who(c), name, undo)?;
+            Ok(json(json!({})))
+        }
+        (&Method::DELETE, ["thing-types", name]) => {
+            s.registry.delete_thing_type(who(c), name)?;
+            Ok(json(json!({})))
+        }
+
         (&Method::GET, ["thing-groups"]) => {
             let p = s.registry.list_thing_groups(
                 c.q("parentGroup"),
@@ -457,6 +508,23 @@ fn attribute_payload(
     }
     let merge = p.get("merge").and_then(Value::as_bool).unwrap_or(false);
     Ok(Some((attrs, merge)))
+}
+
+fn thing_type_json(t: &lichen_fleet_registry::ThingType) -> Value {
+    let mut props = json!({ "searchableAttributes": t.searchable_attributes });
+    if let Some(d) = &t.description {
+        props["thingTypeDescription"] = json!(d);
+    }
+    let mut meta = json!({ "deprecated": t.deprecated, "creationDate": seconds(t.created_ms) });
+    if let Some(ms) = t.deprecated_ms {
+        meta["deprecationDate"] = seconds(ms);
+    }
+    json!({
+        "thingTypeName": t.name,
+        "thingTypeArn": t.arn,
+        "thingTypeProperties": props,
+        "thingTypeMetadata": meta,
+    })
 }
 
 fn list_things(s: &ApiState, c: &Call) -> ApiResult<Response> {

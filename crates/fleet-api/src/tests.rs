@@ -167,7 +167,7 @@ async fn things_round_trip_with_aws_errors() {
         "POST",
         "/things/dev%3A1",
         &[],
-        r#"{"thingTypeName":"x"}"#,
+        r#"{"attributePayload":{"attributes":{"a":"2"}}}"#,
     )
     .await;
     assert_eq!(a.status, 409);

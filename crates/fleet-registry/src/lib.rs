@@ -20,6 +20,7 @@ mod page;
 mod policies;
 mod query;
 mod templates;
+mod thing_types;
 mod things;
 
 pub use audit::AuditEntry;
@@ -29,6 +30,7 @@ pub use certs::{
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
 pub use templates::ProvisioningTemplate;
+pub use thing_types::ThingType;
 pub use things::{Thing, ThingGroup, ThingQuery};
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};

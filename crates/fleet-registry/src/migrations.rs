@@ -52,6 +52,12 @@ CREATE TABLE provisioning_templates (
     role_arn TEXT NOT NULL, hook TEXT, kind TEXT NOT NULL, created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL);
 "#,
+    r#"
+CREATE TABLE thing_types (
+    name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, description TEXT,
+    searchable_attributes TEXT NOT NULL, deprecated BIGINT NOT NULL, deprecated_at BIGINT,
+    created_at BIGINT NOT NULL);
+"#,
 ];
 
 pub(crate) fn apply(conn: &mut Connection) -> rusqlite::Result<()> {

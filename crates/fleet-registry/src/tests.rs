@@ -53,6 +53,12 @@ fn state_survives_reopening_and_the_account_is_kept() {
 #[test]
 fn create_thing_is_idempotent_for_the_same_config_only() {
     let (_d, r) = open();
+    assert!(matches!(
+        r.create_thing("k", "t", Some("sensor"), attrs(&[])),
+        Err(RegistryError::Invalid(_))
+    ));
+    r.create_thing_type("k", "sensor", Some("sensors"), &["x".into()])
+        .unwrap();
     let a = r
         .create_thing("k", "t", Some("sensor"), attrs(&[("x", "1")]))
         .unwrap();
@@ -600,4 +606,34 @@ fn provisioning_templates_are_stored_validated_and_updated() {
         r.describe_provisioning_template("fleet-tpl"),
         Err(RegistryError::NotFound { .. })
     ));
+}
+
+#[test]
+fn thing_types_gate_things_until_deprecated_and_deleted() {
+    let (_d, r) = open();
+    let t = r.create_thing_type("k", "pump", None, &[]).unwrap();
+    assert!(t.arn.ends_with(":thingtype/pump"));
+    r.create_thing("k", "p1", Some("pump"), attrs(&[])).unwrap();
+    assert!(matches!(
+        r.delete_thing_type("k", "pump"),
+        Err(RegistryError::Invalid(_))
+    ));
+    r.deprecate_thing_type("k", "pump", false).unwrap();
+    assert!(r.describe_thing_type("pump").unwrap().deprecated);
+    assert!(matches!(
+        r.create_thing("k", "p2", Some("pump"), attrs(&[])),
+        Err(RegistryError::Invalid(_))
+    ));
+    assert!(matches!(
+        r.delete_thing_type("k", "pump"),
+        Err(RegistryError::Invalid(_))
+    ));
+    r.update_thing("k", "p1", None, true, None, None).unwrap();
+    r.delete_thing_type("k", "pump").unwrap();
+    assert!(
+        r.list_thing_types(None, &PageRequest::default())
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }

@@ -114,6 +114,9 @@ impl Registry {
     ) -> Result<Thing> {
         valid_name("thing", name)?;
         self.write(who, "CreateThing", name, |tx| {
+            if let Some(tt) = thing_type {
+                self.usable_thing_type(tx, tt)?;
+            }
             if let Some(t) = self.thing_row(tx, name)? {
                 if t.thing_type.as_deref() == thing_type && t.attributes == attributes {
                     return Ok((t, vec![]));
@@ -228,6 +231,7 @@ impl Registry {
             if remove_thing_type {
                 t.thing_type = None;
             } else if let Some(tt) = thing_type {
+                self.usable_thing_type(tx, tt)?;
                 t.thing_type = Some(tt.into());
             }
             if let Some((attrs, merge)) = attributes {
