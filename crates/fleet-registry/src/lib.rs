@@ -12,6 +12,35 @@
 //! Architecture invariant: every mutation writes its audit entry (who, operation, resource) in
 //! the same transaction as the change itself.
 //! Architecture invariant: a [`Change`] is announced only after its transaction committed.
+//!
+//! A device endpoint admits a certificate with [`Registry::principal_authorization`] and keeps
+//! its connections current by following [`Registry::subscribe`]:
+//!
+//! ```
+//! use lichen_fleet_registry::{CertificateStatus, NewCertificate, Registry};
+//! # let dir = tempfile::tempdir().unwrap();
+//! let registry = Registry::open(&dir.path().join("fleet.db"), "us-east-1").unwrap();
+//! let mut changes = registry.subscribe();
+//! let id = "ab".repeat(32);
+//! registry
+//!     .insert_certificate("admin", "RegisterCertificateWithoutCA", &NewCertificate {
+//!         id: id.clone(),
+//!         pem: String::new(),
+//!         status: CertificateStatus::Active,
+//!         ca_id: None,
+//!         not_before: 0,
+//!         not_after: 0,
+//!     })
+//!     .unwrap();
+//! registry.update_certificate("admin", &id, CertificateStatus::Revoked).unwrap();
+//!
+//! // In the endpoint's task: for each change, re-read the certificates it touches.
+//! let change = changes.try_recv().unwrap();
+//! for cert in registry.certificates_affected_by(&change).unwrap() {
+//!     let auth = registry.principal_authorization(&cert).unwrap().unwrap();
+//!     assert_eq!(auth.status, CertificateStatus::Revoked); // → disconnect its devices
+//! }
+//! ```
 
 mod audit;
 mod certs;
