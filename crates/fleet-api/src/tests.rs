@@ -10,6 +10,22 @@ struct Fleet {
     creds: Credentials,
 }
 
+/// A stand-in for another service (as `iotdata` Publish will be): echoes who called what.
+struct Echo;
+
+impl ServiceHandler for Echo {
+    fn handle(&self, call: Call) -> Pin<Box<dyn Future<Output = Response> + Send + '_>> {
+        Box::pin(async move {
+            json(serde_json::json!({
+                "who": call.caller.access_key_id,
+                "service": call.caller.service,
+                "segments": call.segments,
+                "body": String::from_utf8_lossy(&call.body),
+            }))
+        })
+    }
+}
+
 async fn start() -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let registry = Arc::new(Registry::open(&dir.path().join("fleet.db"), "us-east-1").unwrap());
@@ -26,7 +42,10 @@ async fn start() -> Fleet {
             data: "localhost".into(),
             credentials: "localhost".into(),
         },
-        services: HashMap::new(),
+        services: HashMap::from([(
+            "iotdata".to_string(),
+            Arc::new(Echo) as Arc<dyn ServiceHandler>,
+        )]),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -189,8 +208,15 @@ async fn the_signing_name_routes_the_request() {
     let f = start().await;
     let c = f.creds.clone();
     send(&f, &c, "iot", "POST", "/things/t", &[], "{}").await;
-    // Same path, signed for another service: not an iot call.
-    let a = send(&f, &c, "iotdata", "GET", "/things/t", &[], "").await;
+    // Same path, signed for another service: that service's handler answers, not iot.
+    let a = send(&f, &c, "iotdata", "POST", "/topics/a%2Fb", &[], "hi").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body["who"], c.access_key_id.as_str());
+    assert_eq!(a.body["service"], "iotdata");
+    assert_eq!(a.body["segments"], serde_json::json!(["topics", "a/b"]));
+    assert_eq!(a.body["body"], "hi");
+    // A service nobody serves.
+    let a = send(&f, &c, "greengrass", "GET", "/things/t", &[], "").await;
     assert_eq!(a.status, 404);
     assert_eq!(a.error_type.as_deref(), Some("UnknownOperationException"));
     let a = send(&f, &c, "iot", "GET", "/things/t", &[], "").await;
