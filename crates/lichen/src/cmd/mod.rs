@@ -4,8 +4,6 @@ pub mod broker;
 pub mod component;
 pub mod core;
 pub mod deployment;
-#[cfg(feature = "fleet")]
-pub mod fleet;
 pub mod logs;
 pub mod recipe;
 pub mod streams;
