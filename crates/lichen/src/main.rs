@@ -40,6 +40,33 @@ enum Command {
     Broker(cmd::broker::BrokerArgs),
     /// Run a standalone stream manager server.
     StreamManager(cmd::streams::StreamManagerArgs),
+    /// Run the self-hosted fleet service (the cloud side): `lichen fleet serve|audit …`.
+    #[cfg(feature = "fleet")]
+    #[command(disable_help_flag = true)]
+    Fleet(FleetArgs),
+}
+
+/// Everything after `lichen fleet`, handed to the `lichen-fleet` executable.
+#[cfg(feature = "fleet")]
+#[derive(clap::Args)]
+struct FleetArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<std::ffi::OsString>,
+}
+
+/// Replaces this process with `lichen-fleet` from the same directory (the fleet is kept out of
+/// the core's executable; see Cargo.toml).
+#[cfg(feature = "fleet")]
+fn run_fleet(a: FleetArgs) -> anyhow::Result<std::process::ExitCode> {
+    use std::os::unix::process::CommandExt;
+    let me = std::env::current_exe()?;
+    let fleet = me.with_file_name("lichen-fleet");
+    let err = std::process::Command::new(&fleet).args(&a.args).exec();
+    anyhow::bail!(
+        "cannot run {} ({err}): `lichen fleet` needs the lichen-fleet executable beside lichen \
+         (built with the `fleet` feature)",
+        fleet.display()
+    )
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +84,8 @@ fn main() -> std::process::ExitCode {
         Command::Logs(a) => cmd::logs::run(a),
         Command::Broker(a) => cmd::broker::run(a),
         Command::StreamManager(a) => cmd::streams::run(a),
+        #[cfg(feature = "fleet")]
+        Command::Fleet(a) => run_fleet(a),
     };
     match result {
         Ok(code) => code,
