@@ -40,6 +40,10 @@ enum Command {
     Broker(cmd::broker::BrokerArgs),
     /// Run a standalone stream manager server.
     StreamManager(cmd::streams::StreamManagerArgs),
+    /// Run the self-hosted fleet service (the cloud side).
+    #[cfg(feature = "fleet")]
+    #[command(subcommand)]
+    Fleet(cmd::fleet::FleetCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +61,8 @@ fn main() -> std::process::ExitCode {
         Command::Logs(a) => cmd::logs::run(a),
         Command::Broker(a) => cmd::broker::run(a),
         Command::StreamManager(a) => cmd::streams::run(a),
+        #[cfg(feature = "fleet")]
+        Command::Fleet(c) => cmd::fleet::run(c),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,8 @@ pub mod broker;
 pub mod component;
 pub mod core;
 pub mod deployment;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 pub mod logs;
 pub mod recipe;
 pub mod streams;

@@ -13,7 +13,7 @@ mod pool;
 #[cfg(feature = "exporters-aws")]
 mod s3;
 #[cfg(feature = "exporters-aws")]
-mod sigv4;
+use lichen_sigv4 as sigv4;
 
 use crate::export::{ExportCheckpoint, ExportConfig, ExportKind};
 use crate::file_access::FileAccessResolver;

@@ -1,11 +1,10 @@
-//! AWS Signature Version 4 for the exporters' requests (header signing, signed payload hash).
+//! Request signing (header auth, signed payload hash), as the exporters send it.
 
-use ring::hmac;
-use sha2::{Digest, Sha256};
+use crate::{hex, hex_sha256, hmac_sha256, signing_key};
 
 /// Static or fetched AWS credentials.
 #[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Credentials {
+pub struct Credentials {
     pub access_key_id: String,
     pub secret_access_key: String,
     pub session_token: Option<String>,
@@ -19,23 +18,9 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-pub(crate) fn hex_sha256(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
-        .as_ref()
-        .to_vec()
-}
-
 /// URI-encodes per SigV4: unreserved characters stay, everything else is %XX; `/` stays when
 /// `keep_slash` (paths).
-pub(crate) fn uri_encode(s: &str, keep_slash: bool) -> String {
+pub fn uri_encode(s: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
@@ -50,7 +35,7 @@ pub(crate) fn uri_encode(s: &str, keep_slash: bool) -> String {
 }
 
 /// What to sign: `path` is already URI-encoded as sent; `query` pairs are raw (encoded here).
-pub(crate) struct SignInput<'a> {
+pub struct SignInput<'a> {
     pub method: &'a str,
     pub host: &'a str,
     pub path: &'a str,
@@ -68,7 +53,7 @@ pub(crate) struct SignInput<'a> {
 
 /// Returns the canonical query string and the headers to add (x-amz-date, token, content hash,
 /// Authorization).
-pub(crate) fn sign(input: &SignInput<'_>, creds: &Credentials) -> (String, Vec<(String, String)>) {
+pub fn sign(input: &SignInput<'_>, creds: &Credentials) -> (String, Vec<(String, String)>) {
     let mut query: Vec<(String, String)> = input
         .query
         .iter()
@@ -123,13 +108,7 @@ pub(crate) fn sign(input: &SignInput<'_>, creds: &Credentials) -> (String, Vec<(
         input.amz_date,
         hex_sha256(canonical_request.as_bytes())
     );
-    let k_date = hmac_sha256(
-        format!("AWS4{}", creds.secret_access_key).as_bytes(),
-        date.as_bytes(),
-    );
-    let k_region = hmac_sha256(&k_date, input.region.as_bytes());
-    let k_service = hmac_sha256(&k_region, input.service.as_bytes());
-    let k_signing = hmac_sha256(&k_service, b"aws4_request");
+    let k_signing = signing_key(&creds.secret_access_key, date, input.region, input.service);
     let signature = hex(&hmac_sha256(&k_signing, string_to_sign.as_bytes()));
     added.push((
         "Authorization".into(),
@@ -142,7 +121,7 @@ pub(crate) fn sign(input: &SignInput<'_>, creds: &Credentials) -> (String, Vec<(
 }
 
 /// The current time as SigV4's `x-amz-date`.
-pub(crate) fn amz_date_now() -> String {
+pub fn amz_date_now() -> String {
     let now = time::OffsetDateTime::now_utc();
     format!(
         "{:04}{:02}{:02}T{:02}{:02}{:02}Z",

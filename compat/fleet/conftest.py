@@ -1,0 +1,138 @@
+"""A real `lichen fleet serve` on a free loopback port, with the administrator credentials it
+writes, and the clients that prove it: boto3 and the `aws` CLI (`--endpoint-url`).
+
+The fleet is started from LICHEN_BIN with `--root <tmp> --api 127.0.0.1:0`; its address comes from
+`<root>/endpoints.json`. Every process started here is stopped at teardown.
+"""
+
+import configparser
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lichen_support import lichen_bin, wait_for  # noqa: E402
+
+
+def aws_cli():
+    """The `aws` CLI: the one installed beside this Python (tests/requirements.txt), else PATH."""
+    beside = Path(sys.executable).parent / "aws"
+    path = str(beside) if beside.exists() else shutil.which("aws")
+    if not path:
+        pytest.fail("no `aws` CLI: install tests/requirements.txt (awscli) into the venv")
+    return path
+
+
+class Fleet:
+    def __init__(self, root):
+        self.root = Path(root)
+        self.proc = None
+        self.api = None
+        self.log = None
+
+    def start(self):
+        # endpoints.json of an earlier (killed) run must not be mistaken for this one's.
+        (self.root / "endpoints.json").unlink(missing_ok=True)
+        self.log = open(self.root.parent / f"{self.root.name}.log", "ab")
+        self.proc = subprocess.Popen(
+            [lichen_bin(), "fleet", "serve", "--root", str(self.root), "--api", "127.0.0.1:0"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"lichen fleet serve exited with {self.proc.returncode}: {self.output()}")
+            try:
+                return json.loads((self.root / "endpoints.json").read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                return None
+
+        self.endpoints = wait_for(ready, 60, "endpoints.json")
+        self.api = self.endpoints["api"]
+        creds = configparser.ConfigParser()
+        creds.read(self.root / "admin" / "credentials")
+        self.access_key = creds["default"]["aws_access_key_id"]
+        self.secret_key = creds["default"]["aws_secret_access_key"]
+        return self
+
+    def output(self):
+        try:
+            return (self.root.parent / f"{self.root.name}.log").read_text(errors="replace")[-4000:]
+        except FileNotFoundError:
+            return ""
+
+    def client(self, service="iot", access_key=None, secret_key=None):
+        return boto3.client(
+            service,
+            endpoint_url=self.api,
+            region_name="us-east-1",
+            aws_access_key_id=access_key or self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key,
+            config=Config(retries={"max_attempts": 1}),
+        )
+
+    def cli_env(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env["AWS_SHARED_CREDENTIALS_FILE"] = str(self.root / "admin" / "credentials")
+        env["AWS_CONFIG_FILE"] = str(self.root / "admin" / "config")
+        return env
+
+    def aws(self, *args, check=True):
+        """Runs `aws --endpoint-url <api> iot <args>`; returns the parsed JSON output (or the
+        CompletedProcess when check=False)."""
+        p = subprocess.run(
+            [aws_cli(), "--endpoint-url", self.api, "iot", *args],
+            env=self.cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if not check:
+            return p
+        assert p.returncode == 0, f"aws iot {' '.join(args)} failed ({p.returncode}): {p.stderr}"
+        return json.loads(p.stdout) if p.stdout.strip() else {}
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.log:
+            self.log.close()
+            self.log = None
+
+
+@pytest.fixture
+def fleet_root():
+    d = tempfile.mkdtemp(prefix="lichen-fleet-")
+    yield Path(d) / "root"
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def fleet(fleet_root):
+    f = Fleet(fleet_root).start()
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def iot(fleet):
+    return fleet.client("iot")

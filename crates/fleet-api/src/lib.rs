@@ -1,0 +1,154 @@
+//! The fleet's control-plane HTTP API: AWS IoT operations over rest-json, authenticated with
+//! SigV4, so the unmodified `aws` CLI and boto3 (`--endpoint-url`) are its clients.
+//!
+//! Every request is verified first ([`lichen_sigv4::verify`] against the registry's access
+//! keys, 15 minutes of clock skew at most), then routed on the signing name of its credential
+//! scope (`iot`, `iotdata`, `greengrass`, …) and its path: paths that two services share are told
+//! apart by that name. `iot` is served here ([`iot`]); other services plug in as
+//! [`ServiceHandler`]s.
+//!
+//! Architecture invariant: no handler runs for a request whose signature did not verify.
+//! Architecture invariant: every mutation goes through the registry, which audits it in the
+//! same transaction and announces it on [`Registry::subscribe`] after commit.
+
+mod call;
+mod error;
+mod iot;
+
+pub use call::Call;
+pub use error::{ApiError, ApiResult};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use lichen_fleet_pki::FleetCa;
+use lichen_fleet_registry::Registry;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Requests larger than this are refused (the largest iot inputs are a few tens of KiB).
+const MAX_BODY: usize = 1 << 20;
+
+/// Hosts DescribeEndpoint answers (host only, as AWS does; clients add their ports).
+#[derive(Debug, Clone)]
+pub struct EndpointHosts {
+    /// `iot:Data-ATS` (and `iot:Data`, `iot:Jobs`).
+    pub data: String,
+    /// `iot:CredentialProvider`.
+    pub credentials: String,
+}
+
+/// Another service (by SigV4 signing name) served on the same listener.
+pub trait ServiceHandler: Send + Sync {
+    fn handle(&self, call: Call) -> Pin<Box<dyn Future<Output = Response> + Send + '_>>;
+}
+
+/// What the handlers share.
+pub struct ApiState {
+    pub registry: Arc<Registry>,
+    pub ca: Arc<FleetCa>,
+    pub endpoints: EndpointHosts,
+    /// Further services by signing name (`iotdata`, `greengrass`, …).
+    pub services: HashMap<String, Arc<dyn ServiceHandler>>,
+}
+
+/// The router: one fallback that authenticates and dispatches.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+/// Serves until `shutdown` resolves; in-flight requests finish first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ApiState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn handle(State(state): State<Arc<ApiState>>, req: Request) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut resp = match authenticate_and_dispatch(&state, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-amzn-RequestId", v);
+    }
+    resp
+}
+
+async fn authenticate_and_dispatch(state: &Arc<ApiState>, req: Request) -> ApiResult<Response> {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLargeException",
+            format!("the request body is over {MAX_BODY} bytes"),
+        )
+    })?;
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let payload = lichen_sigv4::hex_sha256(&body);
+    let registry = state.registry.clone();
+    let secret = |akid: &str| registry.secret_for(akid).ok().flatten();
+    let caller = lichen_sigv4::verify(
+        &lichen_sigv4::Request {
+            method: parts.method.as_str(),
+            path: &path,
+            query: &query,
+            headers: &headers,
+            payload_sha256: &payload,
+        },
+        time::OffsetDateTime::now_utc(),
+        secret,
+    )?;
+    if caller.session_token.is_some() {
+        // No temporary credentials are issued yet: a token cannot belong to any key here.
+        return Err(lichen_sigv4::VerifyError::UnknownAccessKey(caller.access_key_id).into());
+    }
+    let call = Call {
+        method: parts.method,
+        segments: call::split_path(&path)?,
+        query: call::split_query(&query)?,
+        path,
+        headers: parts.headers,
+        body,
+        caller,
+    };
+    tracing::debug!(service = %call.caller.service, method = %call.method, path = %call.path, who = %call.caller.access_key_id, "request");
+    match call.caller.service.as_str() {
+        "iot" => iot::dispatch(state, call).await,
+        other => match state.services.get(other) {
+            Some(h) => Ok(h.handle(call).await),
+            None => Err(ApiError::unknown_operation(
+                call.method.as_str(),
+                &call.path,
+                other,
+            )),
+        },
+    }
+}
+
+/// A JSON 200 answer.
+pub fn json(v: serde_json::Value) -> Response {
+    (
+        [("content-type", "application/json")],
+        Body::from(v.to_string()),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,58 @@
+//! `lichen fleet`: the self-hosted cloud side (registry, certificates, control-plane API).
+
+mod serve;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Subcommand)]
+pub enum FleetCommand {
+    /// Run the fleet service: registry, CA and the AWS IoT-compatible control-plane API.
+    Serve(serve::ServeArgs),
+    /// Print the audit log (who changed what, when) as JSON lines, oldest first.
+    Audit(AuditArgs),
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    /// Fleet root directory.
+    #[arg(long, env = "LICHEN_FLEET_ROOT", default_value = "./lichen-fleet")]
+    pub root: PathBuf,
+    /// Only entries after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    pub after: i64,
+    /// At most this many entries.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: u32,
+    /// Only entries about this resource (a thing name, certificate id, `policy|target`…).
+    #[arg(long)]
+    pub resource: Option<String>,
+}
+
+pub fn run(c: FleetCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        FleetCommand::Serve(a) => serve::run(a),
+        FleetCommand::Audit(a) => audit(a),
+    }
+}
+
+/// Reads the registry directly (SQLite in WAL mode serves readers beside a running fleet).
+fn audit(a: AuditArgs) -> anyhow::Result<ExitCode> {
+    let db = a.root.join("fleet.db");
+    if !db.exists() {
+        anyhow::bail!(
+            "no fleet registry at {}: give the --root that `lichen fleet serve` uses",
+            db.display()
+        );
+    }
+    let registry = lichen_fleet_registry::Registry::open(&db, "us-east-1")
+        .with_context(|| format!("opening {}", db.display()))?;
+    let mut out = std::io::stdout().lock();
+    for e in registry.audit_log(a.after, a.limit, a.resource.as_deref())? {
+        use std::io::Write;
+        writeln!(out, "{}", serde_json::to_string(&e)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

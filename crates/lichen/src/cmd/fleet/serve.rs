@@ -1,0 +1,176 @@
+//! `lichen fleet serve`: opens (or creates) the fleet root — CA, registry, administrator
+//! credentials — binds the listeners, writes `<root>/endpoints.json`, and serves until SIGTERM
+//! or SIGINT.
+
+use anyhow::Context;
+use clap::Args;
+use lichen_fleet_api::{ApiState, EndpointHosts};
+use lichen_fleet_pki::{FleetCa, create_private_dir, write_private};
+use lichen_fleet_registry::Registry;
+use rand::Rng;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Fleet root directory (state, CA, administrator credentials); created 0700.
+    #[arg(long, env = "LICHEN_FLEET_ROOT", default_value = "./lichen-fleet")]
+    pub root: PathBuf,
+    /// Control-plane HTTP listener (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub api: SocketAddr,
+    /// A name (DNS or IP) for the server certificate besides localhost/127.0.0.1 (repeatable);
+    /// the first one is what DescribeEndpoint answers.
+    #[arg(long = "hostname")]
+    pub hostnames: Vec<String>,
+    /// Region in ARNs and in the administrator's config.
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+}
+
+/// `<root>/endpoints.json`: where each listener is. Only listeners that are up are named;
+/// further ones (mqtt, dataPlane, credentials) are added as they are served.
+#[derive(serde::Serialize)]
+struct Endpoints {
+    api: String,
+    #[serde(rename = "rootCa")]
+    root_ca: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mqtt: Option<String>,
+    #[serde(rename = "dataPlane", skip_serializing_if = "Option::is_none")]
+    data_plane: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credentials: Option<String>,
+}
+
+pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(serve(a))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let root = &a.root;
+    create_private_dir(root)
+        .with_context(|| format!("creating the fleet root {}", root.display()))?;
+    let endpoints_path = root.join("endpoints.json");
+    // A stale file would send clients to a previous run's ports.
+    let _ = std::fs::remove_file(&endpoints_path);
+
+    let ca = FleetCa::open_or_create(&root.join("ca")).context("opening the fleet CA")?;
+    ca.write_server_certificate(&a.hostnames)
+        .context("issuing the server certificate")?;
+    let registry =
+        Registry::open(&root.join("fleet.db"), &a.region).context("opening the fleet registry")?;
+    let (akid, secret) = registry
+        .ensure_access_key("admin", generate_access_key)
+        .context("recording the administrator's access key")?;
+    write_admin_files(&root.join("admin"), &akid, &secret, &a.region)?;
+
+    let listener = tokio::net::TcpListener::bind(a.api)
+        .await
+        .with_context(|| format!("binding the control-plane API on {}", a.api))?;
+    let bound = listener.local_addr()?;
+    let host = a
+        .hostnames
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "localhost".into());
+    let state = Arc::new(ApiState {
+        registry: Arc::new(registry),
+        ca: Arc::new(ca),
+        endpoints: EndpointHosts {
+            data: host.clone(),
+            credentials: host,
+        },
+        services: HashMap::new(),
+    });
+
+    let endpoints = Endpoints {
+        api: format!("http://{}", reachable(bound)),
+        root_ca: std::path::absolute(state.ca.ca_path())?,
+        mqtt: None,
+        data_plane: None,
+        credentials: None,
+    };
+    write_private(
+        &endpoints_path,
+        serde_json::to_string_pretty(&endpoints)?.as_bytes(),
+    )
+    .context("writing endpoints.json")?;
+    tracing::info!(api = %endpoints.api, root = %root.display(), "fleet serving");
+
+    lichen_fleet_api::serve(listener, state, shutdown_signal()?)
+        .await
+        .context("serving the control-plane API")?;
+    let _ = std::fs::remove_file(&endpoints_path);
+    tracing::info!("fleet stopped");
+    Ok(())
+}
+
+/// The address clients use: an unspecified bind address is reached through loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// An AWS-shaped key pair: `AKIA` + 16 upper-case letters/digits, and a 40-character secret.
+fn generate_access_key() -> (String, String) {
+    const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    const SECRET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut rng = rand::rng();
+    let id: String = (0..16)
+        .map(|_| UPPER[rng.random_range(0..UPPER.len())] as char)
+        .collect();
+    let secret: String = (0..40)
+        .map(|_| SECRET[rng.random_range(0..SECRET.len())] as char)
+        .collect();
+    (format!("AKIA{id}"), secret)
+}
+
+/// `<root>/admin/credentials` and `config` in the shared-credentials format (profile
+/// `default`), mode 0600 in a 0700 directory.
+fn write_admin_files(dir: &Path, akid: &str, secret: &str, region: &str) -> anyhow::Result<()> {
+    create_private_dir(dir)?;
+    write_private(
+        &dir.join("credentials"),
+        format!("[default]\naws_access_key_id = {akid}\naws_secret_access_key = {secret}\n")
+            .as_bytes(),
+    )?;
+    write_private(
+        &dir.join("config"),
+        format!("[default]\nregion = {region}\noutput = json\n").as_bytes(),
+    )?;
+    lichen_fleet_pki::sync_dir(dir)?;
+    Ok(())
+}
