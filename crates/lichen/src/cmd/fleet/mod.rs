@@ -1,5 +1,6 @@
 //! `lichen fleet`: the self-hosted cloud side (registry, certificates, control-plane API).
 
+mod devices;
 mod serve;
 
 use anyhow::Context;
@@ -9,7 +10,8 @@ use std::process::ExitCode;
 
 #[derive(Subcommand)]
 pub enum FleetCommand {
-    /// Run the fleet service: registry, CA and the AWS IoT-compatible control-plane API.
+    /// Run the fleet service: registry, CA, the AWS IoT-compatible control-plane API and the
+    /// device MQTT endpoint.
     Serve(serve::ServeArgs),
     /// Print the audit log (who changed what, when) as JSON lines, oldest first.
     Audit(AuditArgs),
