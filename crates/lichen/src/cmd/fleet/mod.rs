@@ -1,6 +1,7 @@
 //! `lichen fleet`: the self-hosted cloud side (registry, certificates, control-plane API).
 
 mod devices;
+mod enroll;
 mod serve;
 
 use anyhow::Context;
@@ -13,6 +14,9 @@ pub enum FleetCommand {
     /// Run the fleet service: registry, CA, the AWS IoT-compatible control-plane API and the
     /// device MQTT endpoint.
     Serve(serve::ServeArgs),
+    /// Enroll a device: its thing, certificate, key and policy, and a config.yaml with which
+    /// `lichen core run --config` connects to this fleet.
+    Enroll(enroll::EnrollArgs),
     /// Print the audit log (who changed what, when) as JSON lines, oldest first.
     Audit(AuditArgs),
 }
@@ -36,6 +40,7 @@ pub struct AuditArgs {
 pub fn run(c: FleetCommand) -> anyhow::Result<ExitCode> {
     match c {
         FleetCommand::Serve(a) => serve::run(a),
+        FleetCommand::Enroll(a) => enroll::run(a),
         FleetCommand::Audit(a) => audit(a),
     }
 }
