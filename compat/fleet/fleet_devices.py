@@ -56,6 +56,13 @@ class Device:
         iot.attach_policy(policyName=policy_name, target=self.cert_arn)
         iot.attach_thing_principal(thingName=self.name, principal=self.cert_arn)
 
+    @classmethod
+    def existing(cls, fleet, name, cert, key):
+        """A device whose certificate was made elsewhere (fleet provisioning, enroll)."""
+        d = cls.__new__(cls)
+        d.fleet, d.name, d.cert, d.key = fleet, name, cert, key
+        return d
+
     def mqtt3(self, client_id=None, **kw):
         return mqtt_connection_builder.mtls_from_path(
             endpoint="localhost",

@@ -2,7 +2,9 @@
 
 mod devices;
 mod enroll;
+mod provisioning;
 mod serve;
+mod template;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};

@@ -72,7 +72,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     // A stale file would send clients to a previous run's ports.
     let _ = std::fs::remove_file(&endpoints_path);
 
-    let ca = FleetCa::open_or_create(&root.join("ca")).context("opening the fleet CA")?;
+    let ca = Arc::new(FleetCa::open_or_create(&root.join("ca")).context("opening the fleet CA")?);
     let server_files = ca
         .write_server_certificate(&a.hostnames)
         .context("issuing the server certificate")?;
@@ -102,6 +102,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting the device endpoint")?;
+    super::provisioning::start(&devices, registry.clone(), ca.clone())
+        .context("serving fleet provisioning")?;
     let mut services: HashMap<String, Arc<dyn ServiceHandler>> = HashMap::new();
     services.insert(
         "iotdata".into(),
@@ -111,7 +113,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     );
     let state = Arc::new(ApiState {
         registry,
-        ca: Arc::new(ca),
+        ca,
         endpoints: EndpointHosts {
             data: host.clone(),
             credentials: host,
