@@ -174,3 +174,25 @@ def test_iotidentity_certificate_from_csr_and_a_refused_token(fleet, iot, claim)
         assert reply.device_configuration == {"Site": "south"}
     finally:
         s.stop()
+
+
+def test_a_template_with_a_pre_provisioning_hook_is_refused_not_run_ungated(fleet, iot, claim):
+    iot.update_provisioning_template(
+        templateName=TEMPLATE,
+        preProvisioningHook={"targetArn": "arn:aws:lambda:us-east-1:123456789012:function:gate"},
+    )
+    s = Session3(claim, client_id=f"claim-{uuid.uuid4().hex[:8]}")
+    try:
+        assert s.outcome is True, s.outcome
+        identity = iotidentity.IotIdentityClient(s.connection)
+        created = subscribed(identity.subscribe_to_create_keys_and_certificate_accepted, iotidentity.CreateKeysAndCertificateSubscriptionRequest())
+        identity.publish_create_keys_and_certificate(iotidentity.CreateKeysAndCertificateRequest(), mqtt.QoS.AT_LEAST_ONCE).result(TIMEOUT)
+        keys = created.result(TIMEOUT)
+        accepted, rejected = register(identity, keys.certificate_ownership_token, {"SerialNumber": "0044"})
+        which, reply = first(accepted, rejected)
+        assert which == 1, "a template with a pre-provisioning hook provisioned without calling it"
+        assert reply.status_code == 403
+    finally:
+        s.stop()
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):
+        iot.describe_thing(thingName="sensor-0044")

@@ -26,6 +26,11 @@ const CREATE_FROM_CSR: &str = "$aws/certificates/create-from-csr/json";
 const REGISTER: &str = "$aws/provisioning-templates/+/provision/json";
 /// How long a certificate ownership token may be used, as AWS IoT documents.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// Certificates issued and not yet registered, at most: claims asking beyond it are throttled
+/// rather than filling the registry.
+const MAX_PENDING: usize = 10_000;
+/// Requests answered at once (key generation is CPU work); the rest wait in the route's queue.
+const CONCURRENCY: usize = 2;
 
 struct Rejection {
     status: u16,
@@ -65,6 +70,7 @@ struct Provisioning {
     ca: Arc<FleetCa>,
     /// Ownership token → (certificate id, when issued).
     tokens: Mutex<HashMap<String, (String, Instant)>>,
+    busy: tokio::sync::Semaphore,
 }
 
 /// Serves the provisioning topics on `endpoint` until it stops.
@@ -77,6 +83,7 @@ pub fn start(
         registry,
         ca,
         tokens: Mutex::new(HashMap::new()),
+        busy: tokio::sync::Semaphore::new(CONCURRENCY),
     });
     for filter in [CREATE, CREATE_FROM_CSR, REGISTER] {
         let mut topics = endpoint.serve_topics(filter)?;
@@ -95,6 +102,9 @@ impl Provisioning {
     async fn handle(self: Arc<Self>, endpoint: &DeviceEndpoint, p: DevicePublish) {
         let (client_id, topic) = (p.client_id.clone(), p.topic.clone());
         let svc = self.clone();
+        let Ok(_permit) = self.busy.acquire().await else {
+            return;
+        };
         // Key generation and the registry are blocking work.
         let answer = match tokio::task::spawn_blocking(move || svc.answer(&p)).await {
             Ok(a) => a,
@@ -147,6 +157,18 @@ impl Provisioning {
                     )
                 })?
             };
+        let issues = matches!(p.topic.as_str(), CREATE | CREATE_FROM_CSR);
+        if issues {
+            let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            tokens.retain(|_, (_, at)| at.elapsed() < TOKEN_LIFETIME);
+            if tokens.len() >= MAX_PENDING {
+                return Err(reject(
+                    429,
+                    "Throttling",
+                    format!("{MAX_PENDING} certificates await RegisterThing; try again later"),
+                ));
+            }
+        }
         match p.topic.as_str() {
             CREATE => {
                 let keys = self.ca.create_keys_and_certificate()?;
@@ -209,9 +231,10 @@ impl Provisioning {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        tokens.retain(|_, (_, at)| at.elapsed() < TOKEN_LIFETIME);
-        tokens.insert(token.clone(), (issued.id.clone(), Instant::now()));
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token.clone(), (issued.id.clone(), Instant::now()));
         Ok(token)
     }
 
@@ -249,6 +272,18 @@ impl Provisioning {
                 403,
                 "TemplateDisabled",
                 format!("provisioning template {template_name:?} is disabled"),
+            ));
+        }
+        if template.pre_provisioning_hook.is_some() {
+            // The hook is the operator's gate on who may provision; without a way to call it,
+            // refuse rather than provision ungated.
+            return Err(reject(
+                403,
+                "AccessDenied",
+                format!(
+                    "provisioning template {template_name:?} has a pre-provisioning hook, which \
+                     this fleet cannot call yet; remove the hook to provision with it"
+                ),
             ));
         }
         if template.kind != "FLEET_PROVISIONING" {
