@@ -49,6 +49,22 @@ def test_refused_without_a_certificate(fleet, device):
         connection.connect().result(TIMEOUT)
 
 
+def test_alpn_x_amzn_mqtt_ca_is_accepted(fleet, device):
+    """What the SDK offers on port 443: the same listener accepts it."""
+    opts = io.TlsContextOptions.create_client_with_mtls_from_path(str(device.cert), str(device.key))
+    opts.override_default_trust_store_from_path(ca_filepath=fleet.root_ca)
+    opts.alpn_list = ["x-amzn-mqtt-ca"]
+    connection = mqtt.Connection(
+        client=mqtt.Client(None, io.ClientTlsContext(opts)),
+        host_name="localhost",
+        port=fleet.mqtt_port,
+        client_id=device.name,
+        clean_session=True,
+    )
+    connection.connect().result(TIMEOUT)
+    connection.disconnect().result(TIMEOUT)
+
+
 @pytest.mark.parametrize("version", [3, 5])
 def test_refused_with_a_client_id_it_may_not_use(fleet, device, version):
     s = session(version, device, client_id="someone-else")
