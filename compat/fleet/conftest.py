@@ -1,7 +1,7 @@
 """A real `lichen fleet serve` on a free loopback port, with the administrator credentials it
 writes, and the clients that prove it: boto3 and the `aws` CLI (`--endpoint-url`).
 
-The fleet is started from LICHEN_BIN with `--root <tmp> --api 127.0.0.1:0`; its address comes from
+The fleet is started from LICHEN_BIN with `--root <tmp> --api 127.0.0.1:0 --mqtt 127.0.0.1:0`; its address comes from
 `<root>/endpoints.json`. Every process started here is stopped at teardown.
 """
 
@@ -44,7 +44,17 @@ class Fleet:
         (self.root / "endpoints.json").unlink(missing_ok=True)
         self.log = open(self.root.parent / f"{self.root.name}.log", "ab")
         self.proc = subprocess.Popen(
-            [lichen_bin(), "fleet", "serve", "--root", str(self.root), "--api", "127.0.0.1:0"],
+            [
+                lichen_bin(),
+                "fleet",
+                "serve",
+                "--root",
+                str(self.root),
+                "--api",
+                "127.0.0.1:0",
+                "--mqtt",
+                "127.0.0.1:0",
+            ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -59,6 +69,8 @@ class Fleet:
 
         self.endpoints = wait_for(ready, 60, "endpoints.json")
         self.api = self.endpoints["api"]
+        self.mqtt_port = int(self.endpoints["mqtt"].rsplit(":", 1)[1]) if "mqtt" in self.endpoints else None
+        self.root_ca = self.endpoints["rootCa"]
         creds = configparser.ConfigParser()
         creds.read(self.root / "admin" / "credentials")
         self.access_key = creds["default"]["aws_access_key_id"]

@@ -1,6 +1,10 @@
 //! `lichen fleet`: the self-hosted cloud side (registry, certificates, control-plane API).
 
+mod devices;
+mod enroll;
+mod provisioning;
 mod serve;
+mod template;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -9,8 +13,12 @@ use std::process::ExitCode;
 
 #[derive(Subcommand)]
 pub enum FleetCommand {
-    /// Run the fleet service: registry, CA and the AWS IoT-compatible control-plane API.
+    /// Run the fleet service: registry, CA, the AWS IoT-compatible control-plane API and the
+    /// device MQTT endpoint.
     Serve(serve::ServeArgs),
+    /// Enroll a device: its thing, certificate, key and policy, and a config.yaml with which
+    /// `lichen core run --config` connects to this fleet.
+    Enroll(enroll::EnrollArgs),
     /// Print the audit log (who changed what, when) as JSON lines, oldest first.
     Audit(AuditArgs),
 }
@@ -34,6 +42,7 @@ pub struct AuditArgs {
 pub fn run(c: FleetCommand) -> anyhow::Result<ExitCode> {
     match c {
         FleetCommand::Serve(a) => serve::run(a),
+        FleetCommand::Enroll(a) => enroll::run(a),
         FleetCommand::Audit(a) => audit(a),
     }
 }

@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use clap::Args;
-use lichen_fleet_api::{ApiState, EndpointHosts};
+use lichen_fleet_api::{ApiState, EndpointHosts, ServiceHandler};
 use lichen_fleet_pki::{FleetCa, create_private_dir, write_private};
 use lichen_fleet_registry::Registry;
 use rand::Rng;
@@ -22,6 +22,10 @@ pub struct ServeArgs {
     /// Control-plane HTTP listener (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub api: SocketAddr,
+    /// Device MQTT listener: mutual TLS with the fleet CA's server certificate, AWS IoT policies
+    /// (ALPN `x-amzn-mqtt-ca` accepted too; port 0 picks a free port).
+    #[arg(long, default_value = "0.0.0.0:8883")]
+    pub mqtt: SocketAddr,
     /// A name (DNS or IP) for the server certificate besides localhost/127.0.0.1 (repeatable);
     /// the first one is what DescribeEndpoint answers.
     #[arg(long = "hostname")]
@@ -32,7 +36,7 @@ pub struct ServeArgs {
 }
 
 /// `<root>/endpoints.json`: where each listener is. Only listeners that are up are named;
-/// further ones (mqtt, dataPlane, credentials) are added as they are served.
+/// further ones (dataPlane, credentials) are added as they are served.
 #[derive(serde::Serialize)]
 struct Endpoints {
     api: String,
@@ -68,11 +72,13 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     // A stale file would send clients to a previous run's ports.
     let _ = std::fs::remove_file(&endpoints_path);
 
-    let ca = FleetCa::open_or_create(&root.join("ca")).context("opening the fleet CA")?;
-    ca.write_server_certificate(&a.hostnames)
+    let ca = Arc::new(FleetCa::open_or_create(&root.join("ca")).context("opening the fleet CA")?);
+    let server_files = ca
+        .write_server_certificate(&a.hostnames)
         .context("issuing the server certificate")?;
-    let registry =
-        Registry::open(&root.join("fleet.db"), &a.region).context("opening the fleet registry")?;
+    let registry = Arc::new(
+        Registry::open(&root.join("fleet.db"), &a.region).context("opening the fleet registry")?,
+    );
     let (akid, secret) = registry
         .ensure_access_key("admin", generate_access_key)
         .context("recording the administrator's access key")?;
@@ -87,20 +93,38 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .first()
         .cloned()
         .unwrap_or_else(|| "localhost".into());
+    let devices = super::devices::start(
+        a.mqtt,
+        registry.clone(),
+        ca.ca_pem(),
+        &server_files.cert_path,
+        &server_files.key_path,
+    )
+    .await
+    .context("starting the device endpoint")?;
+    super::provisioning::start(&devices, registry.clone(), ca.clone())
+        .context("serving fleet provisioning")?;
+    let mut services: HashMap<String, Arc<dyn ServiceHandler>> = HashMap::new();
+    services.insert(
+        "iotdata".into(),
+        Arc::new(super::devices::IotData {
+            endpoint: devices.clone(),
+        }),
+    );
     let state = Arc::new(ApiState {
-        registry: Arc::new(registry),
-        ca: Arc::new(ca),
+        registry,
+        ca,
         endpoints: EndpointHosts {
             data: host.clone(),
             credentials: host,
         },
-        services: HashMap::new(),
+        services,
     });
 
     let endpoints = Endpoints {
         api: format!("http://{}", reachable(bound)),
         root_ca: std::path::absolute(state.ca.ca_path())?,
-        mqtt: None,
+        mqtt: Some(reachable(devices.local_addr()).to_string()),
         data_plane: None,
         credentials: None,
     };
@@ -109,11 +133,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&endpoints)?.as_bytes(),
     )
     .context("writing endpoints.json")?;
-    tracing::info!(api = %endpoints.api, root = %root.display(), "fleet serving");
+    tracing::info!(api = %endpoints.api, mqtt = ?endpoints.mqtt, root = %root.display(), "fleet serving");
 
     lichen_fleet_api::serve(listener, state, shutdown_signal()?)
         .await
         .context("serving the control-plane API")?;
+    devices.shutdown().await;
     let _ = std::fs::remove_file(&endpoints_path);
     tracing::info!("fleet stopped");
     Ok(())
