@@ -1,7 +1,8 @@
 """A real `lichen fleet serve` on a free loopback port, with the administrator credentials it
 writes, and the clients that prove it: boto3 and the `aws` CLI (`--endpoint-url`).
 
-The fleet is started from LICHEN_BIN with `--root <tmp> --api 127.0.0.1:0 --mqtt 127.0.0.1:0`; its address comes from
+The fleet is started from LICHEN_BIN with `--root <tmp> --api 127.0.0.1:0 --mqtt 127.0.0.1:0
+--data-plane 127.0.0.1:0`; its address comes from
 `<root>/endpoints.json`. Every process started here is stopped at teardown.
 """
 
@@ -54,6 +55,8 @@ class Fleet:
                 "127.0.0.1:0",
                 "--mqtt",
                 "127.0.0.1:0",
+                "--data-plane",
+                "127.0.0.1:0",
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -83,13 +86,14 @@ class Fleet:
         except FileNotFoundError:
             return ""
 
-    def client(self, service="iot", access_key=None, secret_key=None):
+    def client(self, service="iot", access_key=None, secret_key=None, session_token=None):
         return boto3.client(
             service,
             endpoint_url=self.api,
             region_name="us-east-1",
             aws_access_key_id=access_key or self.access_key,
             aws_secret_access_key=secret_key or self.secret_key,
+            aws_session_token=session_token,
             config=Config(retries={"max_attempts": 1}),
         )
 

@@ -11,7 +11,10 @@
 //! Architecture invariant: every mutation goes through the registry, which audits it in the
 //! same transaction and announces it on [`Registry::subscribe`] after commit.
 
+mod authz;
 mod call;
+pub mod credentials;
+pub mod dataplane;
 mod error;
 mod iot;
 
@@ -102,7 +105,17 @@ async fn authenticate_and_dispatch(state: &Arc<ApiState>, req: Request) -> ApiRe
         .collect();
     let payload = lichen_sigv4::hex_sha256(&body);
     let registry = state.registry.clone();
-    let secret = |akid: &str| registry.secret_for(akid).ok().flatten();
+    // An administrator key, else temporary credentials from the credentials provider.
+    let mut temporary = None;
+    let secret = |akid: &str| {
+        if let Some(s) = registry.secret_for(akid).ok().flatten() {
+            return Some(s);
+        }
+        let t = registry.temporary_credentials(akid).ok().flatten()?;
+        let s = t.secret_access_key.clone();
+        temporary = Some(t);
+        Some(s)
+    };
     let caller = lichen_sigv4::verify(
         &lichen_sigv4::Request {
             method: parts.method.as_str(),
@@ -114,10 +127,11 @@ async fn authenticate_and_dispatch(state: &Arc<ApiState>, req: Request) -> ApiRe
         time::OffsetDateTime::now_utc(),
         secret,
     )?;
-    if caller.session_token.is_some() {
-        // No temporary credentials are issued yet: a token cannot belong to any key here.
-        return Err(lichen_sigv4::VerifyError::UnknownAccessKey(caller.access_key_id).into());
-    }
+    let temporary = credentials::check_session(
+        temporary,
+        &caller,
+        time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
+    )?;
     let call = Call {
         method: parts.method,
         segments: call::split_path(&path)?,
@@ -127,6 +141,9 @@ async fn authenticate_and_dispatch(state: &Arc<ApiState>, req: Request) -> ApiRe
         body,
         caller,
     };
+    if let Some(t) = &temporary {
+        credentials::authorize(state, &call, t)?;
+    }
     tracing::debug!(service = %call.caller.service, method = %call.method, path = %call.path, who = %call.caller.access_key_id, "request");
     match call.caller.service.as_str() {
         "iot" => iot::dispatch(state, call).await,

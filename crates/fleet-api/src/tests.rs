@@ -277,3 +277,53 @@ async fn certificate_revocation_is_announced_to_subscribers() {
     assert_eq!(a.status, 406);
     assert_eq!(a.error_type.as_deref(), Some("CertificateStateException"));
 }
+
+/// Temporary credentials as the credentials provider records them, expiring at `expires_ms`.
+fn temporary(f: &Fleet, id: &str, expires_ms: i64) -> Credentials {
+    f.registry
+        .insert_temporary_credentials(&lichen_fleet_registry::TemporaryCredentials {
+            access_key_id: id.into(),
+            secret_access_key: "temp/secret".into(),
+            token_sha256: hex_sha256(b"the-token"),
+            role_arn: "arn:aws:iam::123456789012:role/reader".into(),
+            role_alias: "reader".into(),
+            thing_name: "t1".into(),
+            certificate_id: "ab".repeat(32),
+            expires_ms,
+        })
+        .unwrap();
+    Credentials {
+        access_key_id: id.into(),
+        secret_access_key: "temp/secret".into(),
+        session_token: Some("the-token".into()),
+    }
+}
+
+#[tokio::test]
+async fn temporary_credentials_do_what_their_role_allows_until_they_expire() {
+    let f = start().await;
+    f.registry
+        .put_role_policy(
+            "admin",
+            "arn:aws:iam::123456789012:role/reader",
+            r#"{"Version":"2012-10-17","Statement":[
+                {"Effect":"Allow","Action":"iot:DescribeThing","Resource":"*"}]}"#,
+        )
+        .unwrap();
+    let a = send(&f, &f.creds, "iot", "POST", "/things/t1", &[], "{}").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+
+    let live = temporary(&f, "ASIALIVE000000000000", now_ms + 3_600_000);
+    let a = send(&f, &live, "iot", "GET", "/things/t1", &[], "").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = send(&f, &live, "iot", "DELETE", "/things/t1", &[], "").await;
+    assert_eq!(a.status, 403);
+    assert_eq!(a.error_type.as_deref(), Some("AccessDeniedException"));
+    assert!(f.registry.describe_thing("t1").is_ok());
+
+    let expired = temporary(&f, "ASIAEXPIRED000000000", now_ms - 1);
+    let a = send(&f, &expired, "iot", "GET", "/things/t1", &[], "").await;
+    assert_eq!(a.status, 403);
+    assert_eq!(a.error_type.as_deref(), Some("ExpiredTokenException"));
+}

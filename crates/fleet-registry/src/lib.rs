@@ -44,6 +44,7 @@
 
 mod audit;
 mod certs;
+mod credentials;
 mod migrations;
 mod page;
 mod policies;
@@ -56,6 +57,7 @@ pub use audit::AuditEntry;
 pub use certs::{
     Certificate, CertificateStatus, NewCertificate, PrincipalAuthorization, RoleAlias,
 };
+pub use credentials::TemporaryCredentials;
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
 pub use templates::ProvisioningTemplate;

@@ -58,6 +58,15 @@ CREATE TABLE thing_types (
     searchable_attributes TEXT NOT NULL, deprecated BIGINT NOT NULL, deprecated_at BIGINT,
     created_at BIGINT NOT NULL);
 "#,
+    r#"
+CREATE TABLE role_policies (
+    role_arn TEXT PRIMARY KEY, document TEXT NOT NULL, updated_at BIGINT NOT NULL);
+CREATE TABLE temporary_credentials (
+    access_key_id TEXT PRIMARY KEY, secret TEXT NOT NULL, token_sha256 TEXT NOT NULL,
+    role_arn TEXT NOT NULL, role_alias TEXT NOT NULL, thing_name TEXT NOT NULL,
+    certificate_id TEXT NOT NULL, expires_at BIGINT NOT NULL, created_at BIGINT NOT NULL);
+CREATE INDEX temporary_credentials_expiry ON temporary_credentials (expires_at);
+"#,
 ];
 
 pub(crate) fn apply(conn: &mut Connection) -> rusqlite::Result<()> {

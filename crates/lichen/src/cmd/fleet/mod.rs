@@ -3,6 +3,7 @@
 mod devices;
 mod enroll;
 mod provisioning;
+mod role;
 mod serve;
 mod template;
 
@@ -21,6 +22,10 @@ pub enum FleetCommand {
     Enroll(enroll::EnrollArgs),
     /// Print the audit log (who changed what, when) as JSON lines, oldest first.
     Audit(AuditArgs),
+    /// The permissions policies of the roles that role aliases name (what temporary
+    /// credentials from the credentials provider may do).
+    #[command(subcommand)]
+    Role(role::RoleCommand),
 }
 
 #[derive(Args)]
@@ -44,6 +49,7 @@ pub fn run(c: FleetCommand) -> anyhow::Result<ExitCode> {
         FleetCommand::Serve(a) => serve::run(a),
         FleetCommand::Enroll(a) => enroll::run(a),
         FleetCommand::Audit(a) => audit(a),
+        FleetCommand::Role(c) => role::run(c),
     }
 }
 

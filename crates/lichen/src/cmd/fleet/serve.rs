@@ -26,6 +26,10 @@ pub struct ServeArgs {
     /// (ALPN `x-amzn-mqtt-ca` accepted too; port 0 picks a free port).
     #[arg(long, default_value = "0.0.0.0:8883")]
     pub mqtt: SocketAddr,
+    /// Device HTTPS listener with mutual TLS (the credentials provider,
+    /// `GET /role-aliases/<alias>/credentials`; port 0 picks a free port).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub data_plane: SocketAddr,
     /// A name (DNS or IP) for the server certificate besides localhost/127.0.0.1 (repeatable);
     /// the first one is what DescribeEndpoint answers.
     #[arg(long = "hostname")]
@@ -35,8 +39,8 @@ pub struct ServeArgs {
     pub region: String,
 }
 
-/// `<root>/endpoints.json`: where each listener is. Only listeners that are up are named;
-/// further ones (dataPlane, credentials) are added as they are served.
+/// `<root>/endpoints.json`: where each listener is (the credentials provider is served on the
+/// data plane's listener).
 #[derive(serde::Serialize)]
 struct Endpoints {
     api: String,
@@ -102,6 +106,18 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting the device endpoint")?;
+    let data_plane = tokio::net::TcpListener::bind(a.data_plane)
+        .await
+        .with_context(|| format!("binding the data plane on {}", a.data_plane))?;
+    let data_plane_tls = lichen_fleet_api::dataplane::tls_config(
+        &std::fs::read(&server_files.cert_path)
+            .with_context(|| format!("reading {}", server_files.cert_path.display()))?,
+        &std::fs::read(&server_files.key_path)
+            .with_context(|| format!("reading {}", server_files.key_path.display()))?,
+        ca.ca_pem(),
+    )
+    .map_err(anyhow::Error::msg)
+    .context("configuring the data plane's TLS")?;
     super::provisioning::start(&devices, registry.clone(), ca.clone())
         .context("serving fleet provisioning")?;
     let mut services: HashMap<String, Arc<dyn ServiceHandler>> = HashMap::new();
@@ -125,19 +141,39 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         api: format!("http://{}", reachable(bound)),
         root_ca: std::path::absolute(state.ca.ca_path())?,
         mqtt: Some(reachable(devices.local_addr()).to_string()),
-        data_plane: None,
-        credentials: None,
+        data_plane: Some(format!("https://{}", reachable(data_plane.local_addr()?))),
+        credentials: Some(format!("https://{}", reachable(data_plane.local_addr()?))),
     };
     write_private(
         &endpoints_path,
         serde_json::to_string_pretty(&endpoints)?.as_bytes(),
     )
     .context("writing endpoints.json")?;
-    tracing::info!(api = %endpoints.api, mqtt = ?endpoints.mqtt, root = %root.display(), "fleet serving");
+    tracing::info!(api = %endpoints.api, mqtt = ?endpoints.mqtt, data_plane = ?endpoints.data_plane, root = %root.display(), "fleet serving");
 
-    lichen_fleet_api::serve(listener, state, shutdown_signal()?)
+    // One signal stops both HTTP listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signal = shutdown_signal()?;
+    tokio::spawn(async move {
+        signal.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let data_plane = tokio::spawn(lichen_fleet_api::dataplane::serve(
+        data_plane,
+        data_plane_tls,
+        state.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    lichen_fleet_api::serve(listener, state, stopped(stop_rx))
         .await
         .context("serving the control-plane API")?;
+    data_plane
+        .await
+        .context("the data plane task failed")?
+        .context("serving the data plane")?;
     devices.shutdown().await;
     let _ = std::fs::remove_file(&endpoints_path);
     tracing::info!("fleet stopped");
