@@ -24,7 +24,8 @@ from botocore.config import Config
 
 
 def start(binary, root):
-    p = subprocess.Popen([binary, "fleet", "serve", "--root", root, "--api", "127.0.0.1:0"],
+    p = subprocess.Popen([binary, "fleet", "serve", "--root", root, "--api", "127.0.0.1:0",
+                          "--mqtt", "127.0.0.1:0", "--data-plane", "127.0.0.1:0"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     path = os.path.join(root, "endpoints.json")
     deadline = time.monotonic() + 30
