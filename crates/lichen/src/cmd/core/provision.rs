@@ -355,4 +355,82 @@ mod tests {
         assert_eq!(dir.permissions().mode() & 0o777, 0o700);
         assert_eq!(std::fs::read_dir(f.parent().unwrap()).unwrap().count(), 1);
     }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// A configuration whose endpoint refuses connections: any network attempt would retry
+    /// forever, so finishing proves none was made.
+    fn claim_config(dir: &Path) -> ConfigStore {
+        let config = ConfigStore::in_memory();
+        let conf = json!({
+            "iotDataEndpoint": "127.0.0.1", "mqttPort": 1, "provisioningTemplate": "t",
+            "claimCertificatePath": "/c.crt", "claimCertificatePrivateKeyPath": "/c.key",
+            "rootCaPath": dir.join("ca.pem").display().to_string(),
+            "rootPath": dir.display().to_string(),
+            "iotCredentialEndpoint": "creds.example", "awsRegion": "eu-west-1"
+        });
+        config
+            .set(&["services", PLUGIN, "configuration"], conf, 1)
+            .unwrap();
+        config
+    }
+
+    #[test]
+    fn a_crash_after_storing_the_identity_commits_it_without_provisioning_again() {
+        let d = tempfile::tempdir().unwrap();
+        let config = claim_config(d.path());
+        let p = plan(
+            &config.get(&["services", PLUGIN, "configuration"]).unwrap(),
+            d.path(),
+        )
+        .unwrap();
+        let stored = store(
+            &p,
+            &Provisioned {
+                thing_name: "sensor-1".into(),
+                certificate_id: "abc".into(),
+                certificate_pem: "CERT".into(),
+                private_key: Some("KEY".into()),
+                device_configuration: Value::Null,
+            },
+        )
+        .unwrap();
+        // The configuration commit never happened; the restart finds the record.
+        let done = block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), ensure(&config, d.path())).await
+        })
+        .expect("no network attempt")
+        .unwrap();
+        assert!(done);
+        let sys = |k: &str| config.get(&["system", k]).unwrap();
+        assert_eq!(sys("thingName"), json!("sensor-1"));
+        assert_eq!(
+            sys("certificateFilePath"),
+            json!(stored.certificate_path.display().to_string())
+        );
+        assert_eq!(std::fs::read(&stored.private_key_path).unwrap(), b"KEY");
+        let nucleus = |k: &str| config.get(&["services", NUCLEUS, "configuration", k]);
+        assert_eq!(nucleus("iotCredEndpoint"), Some(json!("creds.example")));
+        assert_eq!(nucleus("awsRegion"), Some(json!("eu-west-1")));
+        assert_eq!(
+            config.get(&["services", NUCLEUS, "configuration", "mqtt", "port"]),
+            Some(json!(1))
+        );
+        // Once committed, later starts do nothing.
+        assert!(!block_on(ensure(&config, d.path())).unwrap());
+    }
+
+    #[test]
+    fn a_core_without_the_plugin_is_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let config = ConfigStore::in_memory();
+        assert!(!block_on(ensure(&config, d.path())).unwrap());
+        assert_eq!(config.get(&["system", "thingName"]), None);
+    }
 }
