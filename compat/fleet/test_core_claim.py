@@ -203,3 +203,42 @@ def _device_policy():
     from fleet_devices import DEVICE_POLICY
 
     return DEVICE_POLICY
+
+
+def test_with_a_csr_the_private_key_never_leaves_the_device(fleet, iot, claim, tmp_path):
+    """`csrPath` + `csrPrivateKeyPath`: the core asks CreateCertificateFromCsr for its own key and
+    keeps that key where it is; the fleet never sees it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, THING)])).sign(key, hashes.SHA256())
+    own_key, csr_file = tmp_path / "own.key", tmp_path / "own.csr"
+    own_key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    own_key.chmod(0o600)
+    csr_file.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+
+    work = tmp_path / "core"
+    work.mkdir()
+    root = work / "root"
+    config_path = claim_config(fleet, claim, work / "claim-config.yaml", root)
+    config = yaml.safe_load(config_path.read_text())
+    plugin = config["services"]["aws.greengrass.FleetProvisioningByClaim"]["configuration"]
+    plugin["csrPath"], plugin["csrPrivateKeyPath"] = str(csr_file), str(own_key)
+    config_path.write_text(yaml.safe_dump(config))
+
+    core = Core(root, config_path, work)
+    try:
+        core.start()
+        wait_for(lambda: "connected to the cloud" in core.log(), 60, f"the core to connect\n{core.log()[-3000:]}")
+        system = effective(root)["system"]
+        assert system["privateKeyPath"] == str(own_key)
+        assert not (root / "privKey.key").exists()
+        cert = x509.load_pem_x509_certificate((root / "thingCert.crt").read_bytes())
+        assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+        principals = iot.list_thing_principals(thingName=THING)["principals"]
+        assert len(principals) == 1, principals
+    finally:
+        core.stop()
