@@ -101,9 +101,9 @@ pub async fn provision(req: &ClaimRequest) -> Result<Provisioned, ProvisionError
         private_key: req.claim_private_key.clone(),
     };
     let keys = tls::Keys {
-        root_ca: "rootCaPath",
-        certificate: "claimCertificatePath",
-        private_key: "claimCertificatePrivateKeyPath",
+        root_ca: "services.aws.greengrass.FleetProvisioningByClaim.configuration.rootCaPath",
+        certificate: "services.aws.greengrass.FleetProvisioningByClaim.configuration.claimCertificatePath",
+        private_key: "services.aws.greengrass.FleetProvisioningByClaim.configuration.claimCertificatePrivateKeyPath",
     };
     let tls: Arc<ClientConfig> = tls::client_config_named(&endpoint, &keys).map_err(|e| {
         ProvisionError::Credentials(match e {
