@@ -21,11 +21,11 @@ use tokio_rustls::rustls::ClientConfig;
 
 use crate::{CloudError, CloudMessage, Command, ConnectionStatus, MessageProperties, Shared};
 
-type Stream = TlsStream<TcpStream>;
+pub(crate) type Stream = TlsStream<TcpStream>;
 type SubscribeReply = oneshot::Sender<Result<(), CloudError>>;
 
 /// Largest packet accepted from the server.
-const MAX_INCOMING_PACKET: usize = 64 << 20;
+pub(crate) const MAX_INCOMING_PACKET: usize = 64 << 20;
 /// Bytes of outgoing packets gathered before they are written.
 const WRITE_CHUNK: usize = 256 << 10;
 /// AWS IoT Core accepts at most 8 filters per SUBSCRIBE.
@@ -36,7 +36,7 @@ enum End {
     Lost(String),
 }
 
-fn jittered_backoff(min: Duration, max: Duration, failures: u32) -> Duration {
+pub(crate) fn jittered_backoff(min: Duration, max: Duration, failures: u32) -> Duration {
     let exp = min
         .saturating_mul(1u32 << failures.min(20))
         .min(max.max(min));
@@ -58,7 +58,7 @@ pub(crate) async fn run(
         .expect("run is started only with an endpoint");
     loop {
         let attempt = tokio::select! {
-            r = connect(&shared, &tls) => r,
+            r = connect(&shared.config, &tls) => r,
             _ = shared.shutdown.notified() => return,
         };
         match attempt {
@@ -119,11 +119,10 @@ pub(crate) async fn run(
     }
 }
 
-async fn connect(
-    shared: &Shared,
+pub(crate) async fn connect(
+    c: &crate::LinkConfig,
     tls: &Arc<ClientConfig>,
 ) -> Result<(Stream, mqtt::ConnAck, BytesMut), String> {
-    let c = &shared.config;
     let ep = c.endpoint.as_ref().expect("endpoint");
     let op = c.operation_timeout;
     let tcp = tokio::time::timeout(op, TcpStream::connect((ep.host.as_str(), ep.port)))

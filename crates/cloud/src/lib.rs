@@ -23,6 +23,7 @@
 
 mod client;
 pub mod ipc;
+pub mod provision;
 mod record;
 mod spool;
 mod tls;

@@ -10,46 +10,68 @@ use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 use crate::{CloudError, Endpoint};
 
-fn file_err(what: &str, path: &Path, e: impl std::fmt::Display) -> CloudError {
-    CloudError::Tls {
-        what: format!(
-            "{what} {}: {e}; check system.{}",
-            path.display(),
-            match what {
-                "root CA" => "rootCaPath",
-                "device certificate" => "certificateFilePath",
-                _ => "privateKeyPath",
-            }
-        ),
-    }
+/// The configuration keys that name the three files, for error messages.
+pub(crate) struct Keys {
+    pub root_ca: &'static str,
+    pub certificate: &'static str,
+    pub private_key: &'static str,
 }
 
+/// The device identity's keys (`system.*`).
+pub(crate) const SYSTEM_KEYS: Keys = Keys {
+    root_ca: "system.rootCaPath",
+    certificate: "system.certificateFilePath",
+    private_key: "system.privateKeyPath",
+};
+
 pub(crate) fn client_config(ep: &Endpoint) -> Result<Arc<ClientConfig>, CloudError> {
+    client_config_named(ep, &SYSTEM_KEYS)
+}
+
+pub(crate) fn client_config_named(
+    ep: &Endpoint,
+    keys: &Keys,
+) -> Result<Arc<ClientConfig>, CloudError> {
+    let file_err = |what: &str, path: &Path, e: &dyn std::fmt::Display| CloudError::Tls {
+        what: format!(
+            "{what} {}: {e}; check {}",
+            path.display(),
+            match what {
+                "root CA" => keys.root_ca,
+                "device certificate" => keys.certificate,
+                _ => keys.private_key,
+            }
+        ),
+    };
     let mut roots = RootCertStore::empty();
     let cas = CertificateDer::pem_file_iter(&ep.root_ca)
-        .map_err(|e| file_err("root CA", &ep.root_ca, e))?;
+        .map_err(|e| file_err("root CA", &ep.root_ca, &e))?;
     for c in cas {
-        let c = c.map_err(|e| file_err("root CA", &ep.root_ca, e))?;
+        let c = c.map_err(|e| file_err("root CA", &ep.root_ca, &e))?;
         roots
             .add(c)
-            .map_err(|e| file_err("root CA", &ep.root_ca, e))?;
+            .map_err(|e| file_err("root CA", &ep.root_ca, &e))?;
     }
     if roots.is_empty() {
-        return Err(file_err("root CA", &ep.root_ca, "no PEM certificate found"));
+        return Err(file_err(
+            "root CA",
+            &ep.root_ca,
+            &"no PEM certificate found",
+        ));
     }
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&ep.certificate)
-        .map_err(|e| file_err("device certificate", &ep.certificate, e))?
+        .map_err(|e| file_err("device certificate", &ep.certificate, &e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| file_err("device certificate", &ep.certificate, e))?;
+        .map_err(|e| file_err("device certificate", &ep.certificate, &e))?;
     if chain.is_empty() {
         return Err(file_err(
             "device certificate",
             &ep.certificate,
-            "no PEM certificate found",
+            &"no PEM certificate found",
         ));
     }
     let key = PrivateKeyDer::from_pem_file(&ep.private_key)
-        .map_err(|e| file_err("private key", &ep.private_key, e))?;
+        .map_err(|e| file_err("private key", &ep.private_key, &e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -13,6 +13,7 @@ mod cloud;
 mod ipc_ops;
 mod layout;
 mod lock;
+mod provision;
 
 use super::RootArgs;
 use anyhow::Context;
@@ -189,6 +190,8 @@ async fn serve(
             .merge_file(f, lichen_config::now_ms())
             .with_context(|| format!("merging --config {}", f.display()))?;
     }
+    // Before anything reads the thing name or the endpoint: they come from provisioning.
+    provision::ensure(&config, &root).await?;
     let settings = Settings::from_config(&config, &root)?;
     settings.write_defaults(&config)?;
 
