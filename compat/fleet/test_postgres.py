@@ -1,8 +1,8 @@
 """Several `lichen fleet serve` processes on one PostgreSQL database serve one registry: what one
 writes the other reads, and a race between them has exactly one winner."""
 
+import multiprocessing
 import shutil
-import threading
 
 import pytest
 from botocore.exceptions import ClientError
@@ -42,28 +42,43 @@ def test_a_thing_created_through_one_process_is_described_through_the_other(two_
     assert e.value.response["Error"]["Code"] == "ResourceNotFoundException"
 
 
+def race_creates(args):
+    """One racing caller (in its own process, so callers truly overlap): CreateThing of every
+    name with its own configuration; what each call answered."""
+    import boto3
+    from botocore.config import Config
+
+    api, access_key, secret_key, caller, names = args
+    iot = boto3.client(
+        "iot",
+        endpoint_url=api,
+        region_name="us-east-1",
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        # No client retry: a conflict the service failed to resolve must show.
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+    out = {}
+    for name in names:
+        try:
+            iot.create_thing(thingName=name, attributePayload={"attributes": {"by": str(caller)}})
+            out[name] = "created"
+        except ClientError as e:
+            out[name] = e.response["Error"]["Code"]
+    return out
+
+
 def test_concurrent_create_thing_of_one_name_through_both_has_one_winner(two_fleets):
     a, b = two_fleets
-    clients = [a.client("iot"), b.client("iot")]
-    for round in range(10):
-        name = f"contested-{round}"
-        barrier = threading.Barrier(2)
-        results = [None, None]
-
-        def create(i):
-            barrier.wait()
-            try:
-                results[i] = clients[i].create_thing(thingName=name, attributePayload={"attributes": {"by": str(i)}})
-            except ClientError as e:
-                results[i] = e.response["Error"]["Code"]
-
-        threads = [threading.Thread(target=create, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-        winners = [i for i, r in enumerate(results) if isinstance(r, dict)]
-        assert len(winners) == 1, f"round {round}: {results}"
-        assert results[1 - winners[0]] == "ResourceAlreadyExistsException", f"round {round}: {results}"
-        stored = clients[1 - winners[0]].describe_thing(thingName=name)
-        assert stored["attributes"] == {"by": str(winners[0])}
+    # Two callers on each process race through the same names, each asking for a different
+    # configuration: for every name exactly one wins; every other caller is told it exists.
+    names = [f"contested-{n}" for n in range(60)]
+    callers = [(f.api, f.access_key, f.secret_key, i, names) for i, f in enumerate([a, b, a, b])]
+    with multiprocessing.get_context("fork").Pool(len(callers)) as pool:
+        results = pool.map(race_creates, callers, chunksize=1)
+    for name in names:
+        outcomes = [r[name] for r in results]
+        assert sorted(outcomes) == ["ResourceAlreadyExistsException"] * 3 + ["created"], f"{name}: {outcomes}"
+        winner = outcomes.index("created")
+        for f in (a, b):
+            assert f.client("iot").describe_thing(thingName=name)["attributes"] == {"by": str(winner)}
