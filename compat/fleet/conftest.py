@@ -71,7 +71,7 @@ def postgres_server():
     port = free_port()
     data = d / "data"
     run = lambda *a: subprocess.run([*as_user, *a], check=True, capture_output=True, timeout=120)  # noqa: E731
-    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale")
     opts = f"-p {port} -k {d} -c listen_addresses=127.0.0.1"
     run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(d / "log"), "-w", "-o", opts, "start")
     try:
@@ -82,13 +82,13 @@ def postgres_server():
 
 
 def fresh_postgres_database(admin_url):
-    """Creates an empty database on the server; its URL."""
+    """Creates an empty database on the server (byte-order collation, as the registry needs); its URL."""
     import uuid
 
     name = f"lichen_fleet_{uuid.uuid4().hex}"
     bindir = postgres_bin_dir()
     psql = str(bindir / "psql") if bindir else (shutil.which("psql") or "psql")
-    subprocess.run([psql, admin_url, "-q", "-c", f"CREATE DATABASE {name}"], check=True, capture_output=True, timeout=60)
+    subprocess.run([psql, admin_url, "-q", "-c", f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C'"], check=True, capture_output=True, timeout=60)
     return admin_url.rsplit("/", 1)[0] + "/" + name
 
 

@@ -221,6 +221,14 @@ impl Registry {
                 location: redact(url),
                 source: DbError::Pg(e),
             })?;
+        let mut client = client;
+        check_collation(&mut client).map_err(|e| match e {
+            RegistryError::Sql(source) => RegistryError::Db {
+                location: redact(url),
+                source,
+            },
+            e => e,
+        })?;
         let store = Store::Pg {
             client,
             config: Box::new(config),
@@ -444,6 +452,30 @@ fn pg_attempt<T>(
     let v = f(&tx)?;
     tx.commit()?;
     Ok(v)
+}
+
+/// Pages continue after the last name returned and some lists merge names in Rust, so text must
+/// sort in byte order as in SQLite: a database with another collation is refused.
+fn check_collation(client: &mut postgres::Client) -> Result<()> {
+    let row = client
+        .query_one(
+            "SELECT current_database()::text, datcollate::text, datlocprovider::text
+             FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .map_err(DbError::Pg)?;
+    let (name, collate, provider): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    let bytewise =
+        provider == "c" && ["C", "POSIX", "C.UTF-8", "C.utf8"].contains(&collate.as_str());
+    if bytewise {
+        return Ok(());
+    }
+    Err(RegistryError::Invalid(format!(
+        "PostgreSQL database {name:?} sorts text by the {} collation {collate:?}; the fleet \
+         registry needs byte order: create its database with \
+         CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C'",
+        if provider == "i" { "ICU" } else { "libc" }
+    )))
 }
 
 /// The URL as errors show it: without a password.

@@ -29,10 +29,16 @@ pub(crate) mod pg_support {
 
     /// A new, empty database on that server; its URL.
     pub fn fresh_database() -> Option<String> {
+        fresh_database_with("TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C'")
+    }
+
+    /// A new database created `WITH` these options; its URL.
+    pub fn fresh_database_with(options: &str) -> Option<String> {
         let admin = admin_url()?;
         let name = format!("lichen_test_{}", uuid::Uuid::new_v4().simple());
         let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
-        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        c.batch_execute(&format!("CREATE DATABASE {name} {options}"))
+            .unwrap();
         let (base, query) = match admin.split_once('?') {
             Some((b, q)) => (b, format!("?{q}")),
             None => (admin.as_str(), String::new()),
@@ -163,4 +169,21 @@ fn a_bad_url_or_unreachable_server_says_where() {
     };
     assert!(e.contains("postgres://nobody@127.0.0.1:1/x"), "{e}");
     assert!(!e.contains("secret"), "the password is not shown: {e}");
+}
+
+#[test]
+fn a_database_that_does_not_sort_bytewise_is_refused() {
+    let Some(url) = pg_support::fresh_database_with(
+        "TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C' LOCALE_PROVIDER icu ICU_LOCALE 'en-US'",
+    ) else {
+        return;
+    };
+    let e = match Registry::open_postgres(&url, "us-east-1") {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("an ICU-collated database sorts names out of byte order"),
+    };
+    assert!(
+        e.contains("needs byte order") && e.contains("LOCALE 'C'"),
+        "{e}"
+    );
 }
