@@ -159,6 +159,7 @@ enum Store {
 /// The registry: cheap to share behind an `Arc`.
 pub struct Registry {
     store: Mutex<Store>,
+    postgres: bool,
     location: String,
     account: String,
     region: String,
@@ -239,6 +240,7 @@ impl Registry {
     fn start(store: Store, location: String, region: &str) -> Result<Self> {
         let (changes, _) = broadcast::channel(1024);
         let mut registry = Registry {
+            postgres: matches!(store, Store::Pg { .. }),
             store: Mutex::new(store),
             location,
             account: String::new(),
@@ -332,11 +334,7 @@ impl Registry {
                 }
             }
         };
-        let pg = matches!(
-            *self.store.lock().unwrap_or_else(|p| p.into_inner()),
-            Store::Pg { .. }
-        );
-        let r = if pg && tokio::runtime::Handle::try_current().is_ok() {
+        let r = if self.postgres && tokio::runtime::Handle::try_current().is_ok() {
             // The synchronous PostgreSQL client drives its own runtime, which must not be
             // entered from a thread that runs async tasks: do the transaction on its own thread.
             std::thread::scope(|s| {
