@@ -187,3 +187,26 @@ fn a_database_that_does_not_sort_bytewise_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn calls_from_an_async_task_and_the_drop_there_do_not_block_its_runtime() {
+    let Some(url) = pg_support::fresh_database() else {
+        return;
+    };
+    let registry = Registry::open_postgres(&url, "us-east-1").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        // As the device endpoint's tasks call it: directly on a thread that runs async tasks.
+        registry
+            .create_thing("AKID", "from-async", None, BTreeMap::new())
+            .unwrap();
+        assert_eq!(
+            registry.describe_thing("from-async").unwrap().name,
+            "from-async"
+        );
+        drop(registry);
+    });
+}
