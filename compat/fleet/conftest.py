@@ -4,6 +4,10 @@ writes, and the clients that prove it: boto3 and the `aws` CLI (`--endpoint-url`
 The fleet is started from LICHEN_BIN with `--root <tmp> --api 127.0.0.1:0 --mqtt 127.0.0.1:0
 --data-plane 127.0.0.1:0`; its address comes from
 `<root>/endpoints.json`. Every process started here is stopped at teardown.
+
+A module that overrides `fleet_store` with params ["sqlite", "postgres"] runs against both stores:
+for PostgreSQL each test gets a fresh database on the server at LICHEN_TEST_POSTGRES_URL, or else on
+a private server this session starts (initdb + pg_ctl on a free loopback port) and stops.
 """
 
 import configparser
@@ -33,9 +37,80 @@ def aws_cli():
     return path
 
 
+def postgres_bin_dir():
+    """The newest installed PostgreSQL's binaries (Debian: /usr/lib/postgresql/<major>/bin)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    return found[-1].parent if found else None
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """URL of a PostgreSQL server for the tests (superuser, trust auth on loopback)."""
+    given = os.environ.get("LICHEN_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    bindir = postgres_bin_dir()
+    if bindir is None:
+        reason = "PostgreSQL is not installed (Debian package `postgresql`; ./scripts/test installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    d = Path(tempfile.mkdtemp(prefix="lichen-pg-"))
+    # PostgreSQL refuses to run as root: as root, run it as the `postgres` user.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(d, "postgres", "postgres")
+    port = free_port()
+    data = d / "data"
+    run = lambda *a: subprocess.run([*as_user, *a], check=True, capture_output=True, timeout=120)  # noqa: E731
+    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale")
+    opts = f"-p {port} -k {d} -c listen_addresses=127.0.0.1"
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(d / "log"), "-w", "-o", opts, "start")
+    try:
+        yield f"postgres://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def fresh_postgres_database(admin_url):
+    """Creates an empty database on the server (byte-order collation, as the registry needs); its URL."""
+    import uuid
+
+    name = f"lichen_fleet_{uuid.uuid4().hex}"
+    bindir = postgres_bin_dir()
+    psql = str(bindir / "psql") if bindir else (shutil.which("psql") or "psql")
+    subprocess.run([psql, admin_url, "-q", "-c", f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C'"], check=True, capture_output=True, timeout=60)
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+def fleet_store():
+    """The registry's store; a module overrides this to run on both (see the module docstring)."""
+    return "sqlite"
+
+
+@pytest.fixture
+def fleet_database(fleet_store, request):
+    """`--database` for `lichen fleet serve`: None (SQLite in the root) or a fresh PostgreSQL database."""
+    if fleet_store == "sqlite":
+        return None
+    return fresh_postgres_database(request.getfixturevalue("postgres_server"))
+
+
 class Fleet:
-    def __init__(self, root):
+    def __init__(self, root, database=None):
         self.root = Path(root)
+        self.database = database
         self.proc = None
         self.api = None
         self.log = None
@@ -57,6 +132,7 @@ class Fleet:
                 "127.0.0.1:0",
                 "--data-plane",
                 "127.0.0.1:0",
+                *(["--database", self.database] if self.database else []),
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -143,8 +219,8 @@ def fleet_root():
 
 
 @pytest.fixture
-def fleet(fleet_root):
-    f = Fleet(fleet_root).start()
+def fleet(fleet_root, fleet_database):
+    f = Fleet(fleet_root, fleet_database).start()
     yield f
     f.stop()
 

@@ -31,6 +31,12 @@ def error_code(excinfo):
     return excinfo.value.response["Error"]["Code"]
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def fleet_store(request):
+    """The whole control-plane suite runs on the embedded store and on PostgreSQL."""
+    return request.param
+
+
 def test_serve_writes_endpoints_and_private_admin_credentials(fleet):
     root = fleet.root
     assert fleet.api.startswith("http://127.0.0.1:")
@@ -280,8 +286,8 @@ def test_pagination(fleet, iot):
     assert error_code(e) == "InvalidRequestException"
 
 
-def test_kill_9_during_a_burst_loses_no_acknowledged_thing(fleet_root):
-    fleet = Fleet(fleet_root).start()
+def test_kill_9_during_a_burst_loses_no_acknowledged_thing(fleet_root, fleet_database):
+    fleet = Fleet(fleet_root, fleet_database).start()
     acknowledged = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -361,7 +367,8 @@ def test_the_audit_log_names_who_did_what(fleet, iot):
     iot.delete_thing(thingName="audited")
     from conftest import lichen_bin
 
-    p = subprocess.run([lichen_bin(), "fleet", "audit", "--root", str(fleet.root)], capture_output=True, text=True, timeout=60)
+    database = ["--database", fleet.database] if fleet.database else []
+    p = subprocess.run([lichen_bin(), "fleet", "audit", "--root", str(fleet.root), *database], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     entries = [json.loads(line) for line in p.stdout.splitlines()]
     mine = [(e["who"], e["operation"], e["resource"]) for e in entries if e["who"] == fleet.access_key]
@@ -371,7 +378,8 @@ def test_the_audit_log_names_who_did_what(fleet, iot):
         (fleet.access_key, "DeleteThing", "audited"),
     ]
     assert all(e["atMs"] > 0 for e in entries)
-    p = subprocess.run([lichen_bin(), "fleet", "audit", "--root", str(fleet.root), "--resource", "p"], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([lichen_bin(), "fleet", "audit", "--root", str(fleet.root), *database, "--resource", "p"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
     assert [json.loads(line)["operation"] for line in p.stdout.splitlines()] == ["CreatePolicy"]
 
 

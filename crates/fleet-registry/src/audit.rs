@@ -1,7 +1,7 @@
 //! The audit log: one row per committed mutation, in commit order.
 
+use crate::db::Transaction;
 use crate::{Registry, Result};
-use rusqlite::Transaction;
 
 /// Who (access key id, or `lichen` for the service itself) did what to which resource, when.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -20,12 +20,12 @@ pub(crate) fn record(
     who: &str,
     operation: &str,
     resource: &str,
-) -> rusqlite::Result<()> {
+) -> crate::db::DbResult<()> {
     // Sequence assigned inside the writing transaction (writes are serialized), portable SQL.
     tx.execute(
         "INSERT INTO audit_log (seq, at, who, operation, resource)
          SELECT COALESCE(MAX(seq), 0) + 1, ?1, ?2, ?3, ?4 FROM audit_log",
-        rusqlite::params![crate::now_ms(), who, operation, resource],
+        crate::db::params![crate::now_ms(), who, operation, resource],
     )?;
     Ok(())
 }
@@ -42,9 +42,9 @@ impl Registry {
         self.read(|tx| {
             let mut stmt = tx.prepare(
                 "SELECT seq, at, who, operation, resource FROM audit_log
-                 WHERE seq > ?1 AND (?2 IS NULL OR resource = ?2) ORDER BY seq LIMIT ?3",
+                 WHERE seq > ?1 AND (CAST(?2 AS TEXT) IS NULL OR resource = ?2) ORDER BY seq LIMIT ?3",
             )?;
-            let rows = stmt.query_map(rusqlite::params![after_seq, resource, limit], |r| {
+            let rows = stmt.query_map(crate::db::params![after_seq, resource, limit], |r| {
                 Ok(AuditEntry {
                     seq: r.get(0)?,
                     at_ms: r.get(1)?,
@@ -53,7 +53,7 @@ impl Registry {
                     resource: r.get(4)?,
                 })
             })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            Ok(rows.collect::<crate::db::DbResult<Vec<_>>>()?)
         })
     }
 }

@@ -1,9 +1,9 @@
 //! Certificates, thing principals, role aliases, and the device endpoint's one question:
 //! [`Registry::principal_authorization`].
 
+use crate::db::{OptionalExtension, Transaction, params};
 use crate::page::{self, Page, PageRequest};
 use crate::{Change, Registry, RegistryError, Result, now_ms};
-use rusqlite::{OptionalExtension, Transaction, params};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CertificateStatus {
@@ -95,7 +95,7 @@ pub struct PrincipalAuthorization {
     pub policies: Vec<(String, String)>,
 }
 
-fn cert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Certificate> {
+fn cert_from_row(r: &crate::db::Row) -> crate::db::DbResult<Certificate> {
     let status: String = r.get(2)?;
     Ok(Certificate {
         id: r.get(0)?,
@@ -194,7 +194,7 @@ impl Registry {
             let mut out: Vec<Certificate> = stmt
                 .query_map([&after], cert_from_row)?
                 .take(limit + 1)
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<crate::db::DbResult<_>>()?;
             for c in &mut out {
                 c.arn = self.certificate_arn(&c.id);
             }
@@ -250,7 +250,7 @@ impl Registry {
             let policies: Vec<String> = tx
                 .prepare("SELECT policy_name FROM policy_targets WHERE target = ?1")?
                 .query_map([&c.arn], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<crate::db::DbResult<_>>()?;
             if !policies.is_empty() && !force {
                 return Err(RegistryError::DeleteConflict(format!(
                     "certificate {id} has policies attached ({}); detach them or use forceDelete",
@@ -296,7 +296,7 @@ impl Registry {
                         "SELECT thing_name, exclusive FROM thing_principals WHERE principal = ?1",
                     )?
                     .query_map([principal], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<_>>()?;
+                    .collect::<crate::db::DbResult<_>>()?;
                 if others.iter().any(|(t, _)| t == thing) {
                     return Ok(((), vec![]));
                 }
@@ -367,7 +367,7 @@ impl Registry {
                 )?
                 .query_map(params![thing, after], |r| r.get(0))?
                 .take(limit + 1)
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<crate::db::DbResult<_>>()?;
             Ok(page::finish(out, limit, Clone::clone))
         })
     }
@@ -389,7 +389,7 @@ impl Registry {
                 )?
                 .query_map(params![principal, after], |r| r.get(0))?
                 .take(limit + 1)
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<crate::db::DbResult<_>>()?;
             Ok(page::finish(out, limit, Clone::clone))
         })
     }
@@ -439,7 +439,7 @@ impl Registry {
                      ORDER BY thing_name",
                 )?
                 .query_map([&c.arn], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<crate::db::DbResult<_>>()?;
             let mut targets = vec![c.arn.clone()];
             let mut thing_rows = Vec::with_capacity(things.len());
             for t in &things {
@@ -548,7 +548,7 @@ impl Registry {
                 .prepare("SELECT name FROM role_aliases WHERE name > ?1 ORDER BY name")?
                 .query_map([&after], |r| r.get(0))?
                 .take(limit + 1)
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<crate::db::DbResult<_>>()?;
             Ok(page::finish(out, limit, Clone::clone))
         })
     }
@@ -592,7 +592,7 @@ impl Registry {
                     let targets: Vec<String> = tx
                         .prepare("SELECT target FROM policy_targets WHERE policy_name = ?1")?
                         .query_map([policy_name], |r| r.get(0))?
-                        .collect::<rusqlite::Result<_>>()?;
+                        .collect::<crate::db::DbResult<_>>()?;
                     for t in targets {
                         self.classify_target(&t, &mut ids, &mut groups);
                     }
@@ -604,7 +604,7 @@ impl Registry {
                 let kids: Vec<String> = tx
                     .prepare("SELECT name FROM thing_groups WHERE parent = ?1")?
                     .query_map([&groups[i]], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
+                    .collect::<crate::db::DbResult<_>>()?;
                 groups.extend(kids);
                 i += 1;
             }
@@ -612,7 +612,7 @@ impl Registry {
                 let members: Vec<String> = tx
                     .prepare("SELECT thing_name FROM thing_group_members WHERE group_name = ?1")?
                     .query_map([g], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
+                    .collect::<crate::db::DbResult<_>>()?;
                 things.extend(members);
             }
             let mut stmt =

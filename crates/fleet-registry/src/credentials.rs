@@ -7,7 +7,7 @@
 //! The session token is only ever compared, so only its SHA-256 is kept.
 
 use crate::{Registry, Result, none_if_no_rows, now_ms};
-use rusqlite::params;
+use crate::db::params;
 
 /// Temporary credentials bound to a role, a role alias, a thing and a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,14 +1,17 @@
 //! The fleet's durable registry: things, thing groups, certificates, policies, the attachments
 //! between them, role aliases, access keys and the audit log.
 //!
-//! Storage is SQLite (embedded, `rusqlite`) under one connection and one mutex. The schema and
-//! every statement keep to SQL that PostgreSQL also runs (TEXT/BIGINT columns, explicit keys,
-//! no `AUTOINCREMENT`, JSON kept as text and read in Rust), so a PostgreSQL store can later run
-//! the same migrations.
+//! Storage is SQLite (embedded, `rusqlite`) or PostgreSQL (`postgres`, for several fleet
+//! processes on one database), each under one connection and one mutex per process. The schema
+//! and every statement keep to SQL both run (TEXT/BIGINT columns, explicit keys, no
+//! `AUTOINCREMENT`, JSON kept as text and read in Rust); `db` rewrites placeholders.
 //!
-//! Architecture invariant: a call that returns `Ok` has committed: the database runs in WAL mode
-//! with `synchronous=FULL`, so an acknowledged change survives a crash of the process or the
-//! machine.
+//! Architecture invariant: a call that returns `Ok` has committed: SQLite runs in WAL mode
+//! with `synchronous=FULL`, PostgreSQL commits synchronously, so an acknowledged change
+//! survives a crash of the process or the machine.
+//! Architecture invariant: on PostgreSQL every write transaction is SERIALIZABLE (retried when
+//! it loses a race), so processes sharing a database behave as one: of two concurrent
+//! CreateThing of one name with different attributes exactly one succeeds.
 //! Architecture invariant: every mutation writes its audit entry (who, operation, resource) in
 //! the same transaction as the change itself.
 //! Architecture invariant: a [`Change`] is announced only after its transaction committed.
@@ -45,6 +48,7 @@
 mod audit;
 mod certs;
 mod credentials;
+mod db;
 mod migrations;
 mod page;
 mod policies;
@@ -64,8 +68,9 @@ pub use templates::ProvisioningTemplate;
 pub use thing_types::ThingType;
 pub use things::{Thing, ThingGroup, ThingQuery};
 
-use rusqlite::{Connection, Transaction, TransactionBehavior};
-use std::path::{Path, PathBuf};
+use db::{DbError, Transaction};
+use std::cell::RefCell;
+use std::path::Path;
 use std::sync::Mutex;
 use tokio::sync::broadcast;
 
@@ -90,23 +95,34 @@ pub enum RegistryError {
     MalformedPolicy(String),
     #[error("{0}")]
     Invalid(String),
-    #[error("registry database {path}: {source}; check the file and its directory")]
+    #[error("registry database {location}: {source}; check that it is reachable and writable")]
     Db {
-        path: PathBuf,
+        /// The SQLite file, or the PostgreSQL URL without its password.
+        location: String,
         #[source]
-        source: rusqlite::Error,
+        source: DbError,
     },
-    /// A statement failed inside a transaction; [`Registry`] turns it into `Db` with the path.
+    /// A statement failed inside a transaction; [`Registry`] turns it into `Db` with the location.
     #[error("registry statement: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Sql(#[from] DbError),
 }
 
 pub type Result<T> = std::result::Result<T, RegistryError>;
+
+impl From<rusqlite::Error> for RegistryError {
+    fn from(e: rusqlite::Error) -> Self {
+        RegistryError::Sql(e.into())
+    }
+}
 
 /// A committed change the device endpoint acts on (drop sessions, re-read policies).
 ///
 /// Delivered through a bounded broadcast channel: a receiver that lags gets
 /// `RecvError::Lagged` and must re-read the state it caches.
+///
+/// Only this process's own changes are announced. With several fleet processes on one
+/// PostgreSQL database, a change made through another process reaches this one's devices
+/// when the device endpoint next re-checks its connections (every 30 s).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// A certificate's status changed (e.g. ACTIVE → REVOKED), or it was deleted (`None`).
@@ -132,22 +148,37 @@ pub enum Change {
     Thing { thing_name: String },
 }
 
+enum Store {
+    Sqlite(rusqlite::Connection),
+    Pg {
+        client: postgres::Client,
+        config: Box<postgres::Config>,
+    },
+    /// Only while the registry is dropped.
+    Closed,
+}
+
 /// The registry: cheap to share behind an `Arc`.
 pub struct Registry {
-    conn: Mutex<Connection>,
-    path: PathBuf,
+    store: Mutex<Store>,
+    postgres: bool,
+    location: String,
     account: String,
     region: String,
     changes: broadcast::Sender<Change>,
 }
 
+/// How often a PostgreSQL transaction is retried after it lost a race with another process.
+const PG_RETRIES: u32 = 30;
+
 impl Registry {
     /// Opens (creating if absent) the database at `path` and applies pending migrations.
     /// `region` is the region in ARNs; the account id is generated once and kept.
     pub fn open(path: &Path, region: &str) -> Result<Self> {
-        let db = |source| RegistryError::Db {
-            path: path.to_path_buf(),
-            source,
+        let location = path.display().to_string();
+        let db = |source: rusqlite::Error| RegistryError::Db {
+            location: location.clone(),
+            source: source.into(),
         };
         // The database holds access-key secrets: created 0600 (SQLite gives its -wal and -shm
         // files the same mode).
@@ -166,7 +197,7 @@ impl Registry {
                     ))
                 })?;
         }
-        let mut conn = Connection::open(path).map_err(db)?;
+        let conn = rusqlite::Connection::open(path).map_err(db)?;
         // WAL + FULL: a commit returns only once the WAL is fsynced, so acknowledged = durable.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
@@ -175,33 +206,61 @@ impl Registry {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
-        migrations::apply(&mut conn).map_err(db)?;
-        let account = {
-            let tx = conn.transaction().map_err(db)?;
-            let account = setting(&tx, "account_id").map_err(db)?;
-            let account = match account {
-                Some(a) => a,
-                None => {
-                    let a = format!("{:012}", rand::random::<u64>() % 1_000_000_000_000);
-                    tx.execute(
-                        "INSERT INTO settings (name, value) VALUES ('account_id', ?1)",
-                        [&a],
-                    )
-                    .map_err(db)?;
-                    a
-                }
-            };
-            tx.commit().map_err(db)?;
-            account
+        Self::start(Store::Sqlite(conn), location, region)
+    }
+
+    /// Opens the registry in a PostgreSQL database (`postgres://user@host:port/db`, or
+    /// `?host=/socket/dir`), applying pending migrations; several fleet processes may share it.
+    /// The connection is not encrypted: reach the server over a local socket, loopback or a
+    /// tunnel.
+    pub fn open_postgres(url: &str, region: &str) -> Result<Self> {
+        let config: postgres::Config = url.parse().map_err(|e| RegistryError::Db {
+            location: redact(url),
+            source: DbError::Pg(e),
+        })?;
+        let client = config
+            .connect(postgres::NoTls)
+            .map_err(|e| RegistryError::Db {
+                location: redact(url),
+                source: DbError::Pg(e),
+            })?;
+        let mut client = client;
+        check_collation(&mut client).map_err(|e| match e {
+            RegistryError::Sql(source) => RegistryError::Db {
+                location: redact(url),
+                source,
+            },
+            e => e,
+        })?;
+        let store = Store::Pg {
+            client,
+            config: Box::new(config),
         };
+        Self::start(store, redact(url), region)
+    }
+
+    fn start(store: Store, location: String, region: &str) -> Result<Self> {
         let (changes, _) = broadcast::channel(1024);
-        Ok(Registry {
-            conn: Mutex::new(conn),
-            path: path.to_path_buf(),
-            account,
+        let mut registry = Registry {
+            postgres: matches!(store, Store::Pg { .. }),
+            store: Mutex::new(store),
+            location,
+            account: String::new(),
             region: region.to_string(),
             changes,
-        })
+        };
+        registry.run(true, migrations::apply)?;
+        registry.account = registry.run(true, |tx| {
+            // Two processes starting at once on one database agree on the first account id.
+            let candidate = format!("{:012}", rand::random::<u64>() % 1_000_000_000_000);
+            tx.execute(
+                "INSERT INTO settings (name, value) VALUES ('account_id', ?1)
+                 ON CONFLICT (name) DO NOTHING",
+                [&candidate],
+            )?;
+            Ok(setting(tx, "account_id")?.unwrap_or(candidate))
+        })?;
+        Ok(registry)
     }
 
     /// The 12-digit account id in every ARN.
@@ -223,37 +282,88 @@ impl Registry {
         self.changes.subscribe()
     }
 
-    fn db_err(&self, source: rusqlite::Error) -> RegistryError {
-        RegistryError::Db {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
     fn with_path(&self, e: RegistryError) -> RegistryError {
         match e {
-            RegistryError::Sql(source) => self.db_err(source),
+            RegistryError::Sql(source) => RegistryError::Db {
+                location: self.location.clone(),
+                source,
+            },
             e => e,
         }
     }
 
-    /// Runs `f` in one immediate transaction, writes the audit entry and commits; then announces
+    /// Runs `f` in one transaction and commits. A write is exclusive (SQLite: immediate;
+    /// PostgreSQL: serializable, retried when it lost a race with another process, so `f` may
+    /// run more than once); a read sees one consistent snapshot.
+    fn run<T: Send>(
+        &self,
+        write: bool,
+        mut f: impl FnMut(&Transaction<'_>) -> Result<T> + Send,
+    ) -> Result<T> {
+        let mut go = || -> Result<T> {
+            let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+            match &mut *store {
+                Store::Sqlite(conn) => {
+                    let tx = if write {
+                        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?
+                    } else {
+                        conn.transaction()?
+                    };
+                    let tx = Transaction::Sqlite(tx);
+                    let v = f(&tx)?;
+                    tx.commit()?;
+                    Ok(v)
+                }
+                Store::Closed => unreachable!("a registry being dropped is not used"),
+                Store::Pg { client, config } => {
+                    let mut attempt = 0;
+                    loop {
+                        if client.is_closed() {
+                            // The server restarted or the connection broke: one fresh try.
+                            *client = config.connect(postgres::NoTls).map_err(DbError::Pg)?;
+                        }
+                        match pg_attempt(client, write, &mut f) {
+                            Err(RegistryError::Sql(e))
+                                if e.is_retryable() && attempt < PG_RETRIES =>
+                            {
+                                attempt += 1;
+                                let ms = rand::random::<u64>() % (2 + 2 * u64::from(attempt));
+                                std::thread::sleep(std::time::Duration::from_millis(ms));
+                            }
+                            r => return r,
+                        }
+                    }
+                }
+            }
+        };
+        let r = if self.postgres && tokio::runtime::Handle::try_current().is_ok() {
+            // The synchronous PostgreSQL client drives its own runtime, which must not be
+            // entered from a thread that runs async tasks: do the transaction on its own thread.
+            std::thread::scope(|s| {
+                s.spawn(go)
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })
+        } else {
+            go()
+        };
+        r.map_err(|e| self.with_path(e))
+    }
+
+    /// Runs `f` in one write transaction, writes the audit entry and commits; then announces
     /// the changes `f` returned.
-    fn write<T>(
+    fn write<T: Send>(
         &self,
         who: &str,
         operation: &str,
         resource: &str,
-        f: impl FnOnce(&Transaction<'_>) -> Result<(T, Vec<Change>)>,
+        mut f: impl FnMut(&Transaction<'_>) -> Result<(T, Vec<Change>)> + Send,
     ) -> Result<T> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.db_err(e))?;
-        let (value, changes) = f(&tx).map_err(|e| self.with_path(e))?;
-        audit::record(&tx, who, operation, resource).map_err(|e| self.db_err(e))?;
-        tx.commit().map_err(|e| self.db_err(e))?;
-        drop(conn);
+        let (value, changes) = self.run(true, |tx| {
+            let r = f(tx)?;
+            audit::record(tx, who, operation, resource)?;
+            Ok(r)
+        })?;
         for c in changes {
             // No receiver is fine: nobody caches state yet.
             let _ = self.changes.send(c);
@@ -262,12 +372,8 @@ impl Registry {
     }
 
     /// Runs a read in a transaction (one consistent snapshot).
-    fn read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction().map_err(|e| self.db_err(e))?;
-        let v = f(&tx).map_err(|e| self.with_path(e))?;
-        tx.commit().map_err(|e| self.db_err(e))?;
-        Ok(v)
+    fn read<T: Send>(&self, f: impl FnMut(&Transaction<'_>) -> Result<T> + Send) -> Result<T> {
+        self.run(false, f)
     }
 
     /// Records an administrator access key (or returns the existing one of that `kind`).
@@ -293,7 +399,7 @@ impl Registry {
         self.write("lichen", "CreateAccessKey", &id, |tx| {
             tx.execute(
                 "INSERT INTO access_keys (id, secret, kind, created_at) VALUES (?1, ?2, ?3, ?4)",
-                rusqlite::params![id, secret, kind, now_ms()],
+                db::params![id, secret, kind, now_ms()],
             )?;
             Ok(((), vec![]))
         })?;
@@ -315,7 +421,76 @@ impl Registry {
     }
 }
 
-fn setting(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<Option<String>> {
+impl Drop for Registry {
+    fn drop(&mut self) {
+        // Closing the PostgreSQL client blocks on its runtime, which panics on a thread that
+        // drives async tasks: close it on a thread of its own.
+        let store = self.store.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Store::Pg { .. } = store
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            let store = std::mem::replace(store, Store::Closed);
+            let _ = std::thread::spawn(move || drop(store)).join();
+        }
+    }
+}
+
+fn pg_attempt<T>(
+    client: &mut postgres::Client,
+    write: bool,
+    f: &mut impl FnMut(&Transaction<'_>) -> Result<T>,
+) -> Result<T> {
+    use postgres::IsolationLevel;
+    let b = client.build_transaction();
+    let b = if write {
+        b.isolation_level(IsolationLevel::Serializable)
+    } else {
+        b.isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+    };
+    let tx = Transaction::Pg(RefCell::new(b.start().map_err(DbError::Pg)?));
+    let v = f(&tx)?;
+    tx.commit()?;
+    Ok(v)
+}
+
+/// Pages continue after the last name returned and some lists merge names in Rust, so text must
+/// sort in byte order as in SQLite: a database with another collation is refused.
+fn check_collation(client: &mut postgres::Client) -> Result<()> {
+    let row = client
+        .query_one(
+            "SELECT current_database()::text, datcollate::text, datlocprovider::text
+             FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .map_err(DbError::Pg)?;
+    let (name, collate, provider): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    let bytewise =
+        provider == "c" && ["C", "POSIX", "C.UTF-8", "C.utf8"].contains(&collate.as_str());
+    if bytewise {
+        return Ok(());
+    }
+    Err(RegistryError::Invalid(format!(
+        "PostgreSQL database {name:?} sorts text by the {} collation {collate:?}; the fleet \
+         registry needs byte order: create its database with \
+         CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C'",
+        if provider == "i" { "ICU" } else { "libc" }
+    )))
+}
+
+/// The URL as errors show it: without a password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn setting(tx: &Transaction<'_>, name: &str) -> db::DbResult<Option<String>> {
     tx.query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| {
         r.get(0)
     })
@@ -323,9 +498,9 @@ fn setting(tx: &Transaction<'_>, name: &str) -> rusqlite::Result<Option<String>>
     .or_else(none_if_no_rows)
 }
 
-fn none_if_no_rows<T>(e: rusqlite::Error) -> rusqlite::Result<Option<T>> {
+fn none_if_no_rows<T>(e: DbError) -> db::DbResult<Option<T>> {
     match e {
-        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+        DbError::NoRows => Ok(None),
         e => Err(e),
     }
 }
@@ -335,5 +510,7 @@ pub(crate) fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+#[cfg(test)]
+mod pg_tests;
 #[cfg(test)]
 mod tests;

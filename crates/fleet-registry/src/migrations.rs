@@ -1,9 +1,10 @@
-//! Embedded schema migrations, applied in order, each in its own transaction.
+//! Embedded schema migrations, applied in order in one transaction (on PostgreSQL under an
+//! advisory lock, so concurrent starts migrate once).
 //!
 //! Portable SQL only (SQLite and PostgreSQL): TEXT and BIGINT columns, explicit primary keys,
 //! JSON kept as TEXT. Never edit a released migration; add the next one.
 
-use rusqlite::Connection;
+use crate::db::{Transaction, params};
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -69,14 +70,17 @@ CREATE INDEX temporary_credentials_expiry ON temporary_credentials (expires_at);
 "#,
 ];
 
-pub(crate) fn apply(conn: &mut Connection) -> rusqlite::Result<()> {
-    conn.execute(
+pub(crate) fn apply(tx: &Transaction<'_>) -> crate::Result<()> {
+    if let Transaction::Pg(_) = tx {
+        // Processes starting at once on a fresh database: one migrates, the others wait.
+        tx.query_row("SELECT pg_advisory_xact_lock(7366231)", [], |_| Ok(()))?;
+    }
+    tx.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
         [],
     )?;
     for (i, sql) in MIGRATIONS.iter().enumerate() {
         let version = i as i64 + 1;
-        let tx = conn.transaction()?;
         let done: i64 = tx.query_row(
             "SELECT COUNT(*) FROM schema_migrations WHERE version = ?1",
             [version],
@@ -86,10 +90,9 @@ pub(crate) fn apply(conn: &mut Connection) -> rusqlite::Result<()> {
             tx.execute_batch(sql)?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
-                rusqlite::params![version, crate::now_ms()],
+                params![version, crate::now_ms()],
             )?;
         }
-        tx.commit()?;
     }
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! IoT policies (versioned documents) and their attachments to certificates and thing groups.
 
+use crate::db::{OptionalExtension, Transaction, params};
 use crate::page::{self, Page, PageRequest};
 use crate::{Change, Registry, RegistryError, Result, now_ms};
-use rusqlite::{OptionalExtension, Transaction, params};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -179,7 +179,7 @@ impl Registry {
                 .query_map([&after], |r| r.get::<_, String>(0))?
                 .take(limit + 1)
                 .map(|n| n.map(|n| (n.clone(), self.arn(&format!("policy/{n}")))))
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<crate::db::DbResult<_>>()?;
             Ok(page::finish(out, limit, |(n, _)| n.clone()))
         })
     }
@@ -366,7 +366,7 @@ impl Registry {
                 )?
                 .query_map(params![policy, after], |r| r.get(0))?
                 .take(limit + 1)
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<crate::db::DbResult<_>>()?;
             Ok(page::finish(out, limit, Clone::clone))
         })
     }

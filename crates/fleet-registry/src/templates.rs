@@ -1,9 +1,9 @@
 //! Fleet provisioning templates (CreateProvisioningTemplate …): stored here, applied by the
 //! device endpoint's RegisterThing.
 
+use crate::db::{OptionalExtension, Transaction, params};
 use crate::page::{self, Page, PageRequest};
 use crate::{Registry, RegistryError, Result, now_ms};
-use rusqlite::{OptionalExtension, Transaction, params};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProvisioningTemplate {
@@ -159,7 +159,7 @@ impl Registry {
                 .prepare("SELECT name FROM provisioning_templates WHERE name > ?1 ORDER BY name")?
                 .query_map([&after], |r| r.get(0))?
                 .take(limit + 1)
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<crate::db::DbResult<_>>()?;
             let mut out = Vec::with_capacity(names.len());
             for n in names {
                 out.push(self.template_exists(tx, &n)?);

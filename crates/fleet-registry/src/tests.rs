@@ -1,11 +1,60 @@
 use super::*;
+use crate::pg_tests::pg_support;
 use std::collections::BTreeMap;
 
-fn open() -> (tempfile::TempDir, Registry) {
+/// Opens an empty registry; the first value keeps its storage alive.
+type Open = fn() -> (Box<dyn std::any::Any>, Registry);
+
+fn open_sqlite() -> (Box<dyn std::any::Any>, Registry) {
     let dir = tempfile::tempdir().unwrap();
     let r = Registry::open(&dir.path().join("fleet.db"), "us-east-1").unwrap();
-    (dir, r)
+    (Box::new(dir), r)
 }
+
+fn open_postgres() -> (Box<dyn std::any::Any>, Registry) {
+    let url = pg_support::fresh_database().expect("checked by the caller");
+    (
+        Box::new(()),
+        Registry::open_postgres(&url, "us-east-1").unwrap(),
+    )
+}
+
+/// Every test below runs on both stores; on PostgreSQL only where a server is given.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(super::open_sqlite)
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                if super::pg_support::admin_url().is_some() {
+                    super::$name(super::open_postgres)
+                }
+            })*
+        }
+    };
+}
+
+on_both_stores!(
+    create_thing_is_idempotent_for_the_same_config_only,
+    update_thing_merges_or_replaces_and_checks_versions,
+    pages_cover_every_item_once,
+    every_mutation_is_audited_and_a_refused_one_is_not,
+    groups_nest_and_list_recursively,
+    principal_authorization_answers_status_things_and_policies,
+    changes_are_announced_after_commit,
+    deletes_refuse_while_in_use,
+    malformed_policies_and_foreign_principals_are_refused,
+    access_keys_are_created_once,
+    dynamic_groups_follow_their_query_as_things_change,
+    each_change_names_the_certificates_to_re_read,
+    provisioning_templates_are_stored_validated_and_updated,
+    thing_types_gate_things_until_deprecated_and_deleted,
+);
 
 fn attrs(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
     kv.iter()
@@ -50,8 +99,7 @@ fn state_survives_reopening_and_the_account_is_kept() {
     assert_eq!(t.arn, format!("arn:aws:iot:us-east-1:{account}:thing/t1"));
 }
 
-#[test]
-fn create_thing_is_idempotent_for_the_same_config_only() {
+fn create_thing_is_idempotent_for_the_same_config_only(open: Open) {
     let (_d, r) = open();
     assert!(matches!(
         r.create_thing("k", "t", Some("sensor"), attrs(&[])),
@@ -74,8 +122,7 @@ fn create_thing_is_idempotent_for_the_same_config_only() {
     ));
 }
 
-#[test]
-fn update_thing_merges_or_replaces_and_checks_versions() {
+fn update_thing_merges_or_replaces_and_checks_versions(open: Open) {
     let (_d, r) = open();
     r.create_thing("k", "t", None, attrs(&[("a", "1"), ("b", "2")]))
         .unwrap();
@@ -110,8 +157,7 @@ fn update_thing_merges_or_replaces_and_checks_versions() {
     );
 }
 
-#[test]
-fn pages_cover_every_item_once() {
+fn pages_cover_every_item_once(open: Open) {
     let (_d, r) = open();
     for i in 0..7 {
         r.create_thing(
@@ -187,8 +233,7 @@ fn pages_cover_every_item_once() {
     ));
 }
 
-#[test]
-fn every_mutation_is_audited_and_a_refused_one_is_not() {
+fn every_mutation_is_audited_and_a_refused_one_is_not(open: Open) {
     let (_d, r) = open();
     r.create_thing("AKID1", "t", None, attrs(&[])).unwrap();
     r.create_thing_group("AKID2", "g", None, None, attrs(&[]))
@@ -216,8 +261,7 @@ fn every_mutation_is_audited_and_a_refused_one_is_not() {
     assert_eq!(r.audit_log(0, 100, Some("g")).unwrap().len(), 1);
 }
 
-#[test]
-fn groups_nest_and_list_recursively() {
+fn groups_nest_and_list_recursively(open: Open) {
     let (_d, r) = open();
     r.create_thing_group("k", "root", None, Some("top"), attrs(&[]))
         .unwrap();
@@ -259,8 +303,7 @@ fn groups_nest_and_list_recursively() {
     r.delete_thing_group("k", "root", None).unwrap();
 }
 
-#[test]
-fn principal_authorization_answers_status_things_and_policies() {
+fn principal_authorization_answers_status_things_and_policies(open: Open) {
     let (_d, r) = open();
     let c = cert(&r, 1, CertificateStatus::Active);
     r.create_thing("k", "dev1", None, attrs(&[])).unwrap();
@@ -295,8 +338,7 @@ fn principal_authorization_answers_status_things_and_policies() {
     );
 }
 
-#[test]
-fn changes_are_announced_after_commit() {
+fn changes_are_announced_after_commit(open: Open) {
     let (_d, r) = open();
     let mut rx = r.subscribe();
     let c = cert(&r, 2, CertificateStatus::Active);
@@ -331,8 +373,7 @@ fn changes_are_announced_after_commit() {
     );
 }
 
-#[test]
-fn deletes_refuse_while_in_use() {
+fn deletes_refuse_while_in_use(open: Open) {
     let (_d, r) = open();
     let c = cert(&r, 3, CertificateStatus::Active);
     r.create_thing("k", "t", None, attrs(&[])).unwrap();
@@ -371,8 +412,7 @@ fn deletes_refuse_while_in_use() {
     ));
 }
 
-#[test]
-fn malformed_policies_and_foreign_principals_are_refused() {
+fn malformed_policies_and_foreign_principals_are_refused(open: Open) {
     let (_d, r) = open();
     for doc in [
         "{",
@@ -399,8 +439,7 @@ fn malformed_policies_and_foreign_principals_are_refused() {
     assert!(matches!(err, RegistryError::Invalid(_)), "{err}");
 }
 
-#[test]
-fn access_keys_are_created_once() {
+fn access_keys_are_created_once(open: Open) {
     let (_d, r) = open();
     let a = r
         .ensure_access_key("admin", || ("AKIA1".into(), "s1".into()))
@@ -413,8 +452,7 @@ fn access_keys_are_created_once() {
     assert_eq!(r.secret_for("AKIA2").unwrap(), None);
 }
 
-#[test]
-fn dynamic_groups_follow_their_query_as_things_change() {
+fn dynamic_groups_follow_their_query_as_things_change(open: Open) {
     let (_d, r) = open();
     let members = |g: &str| {
         r.list_things_in_group(g, false, &PageRequest::default())
@@ -500,8 +538,7 @@ fn dynamic_groups_follow_their_query_as_things_change() {
     );
 }
 
-#[test]
-fn each_change_names_the_certificates_to_re_read() {
+fn each_change_names_the_certificates_to_re_read(open: Open) {
     let (_d, r) = open();
     let c1 = cert(&r, 11, CertificateStatus::Active);
     let c2 = cert(&r, 12, CertificateStatus::Active);
@@ -553,8 +590,7 @@ fn each_change_names_the_certificates_to_re_read() {
     );
 }
 
-#[test]
-fn provisioning_templates_are_stored_validated_and_updated() {
+fn provisioning_templates_are_stored_validated_and_updated(open: Open) {
     let (_d, r) = open();
     let body = r#"{"Parameters":{"SerialNumber":{"Type":"String"}},"Resources":{"thing":{"Type":"AWS::IoT::Thing","Properties":{"ThingName":{"Ref":"SerialNumber"}}}}}"#;
     let t = ProvisioningTemplate {
@@ -608,8 +644,7 @@ fn provisioning_templates_are_stored_validated_and_updated() {
     ));
 }
 
-#[test]
-fn thing_types_gate_things_until_deprecated_and_deleted() {
+fn thing_types_gate_things_until_deprecated_and_deleted(open: Open) {
     let (_d, r) = open();
     let t = r.create_thing_type("k", "pump", None, &[]).unwrap();
     assert!(t.arn.ends_with(":thingtype/pump"));

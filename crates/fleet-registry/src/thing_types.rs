@@ -1,8 +1,8 @@
 //! Thing types: a thing may name one that exists and is not deprecated.
 
+use crate::db::{OptionalExtension, Transaction, params};
 use crate::page::{self, Page, PageRequest};
 use crate::{Registry, RegistryError, Result, now_ms};
-use rusqlite::{OptionalExtension, Transaction, params};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThingType {
@@ -131,12 +131,12 @@ impl Registry {
         self.read(|tx| {
             let names: Vec<String> = tx
                 .prepare(
-                    "SELECT name FROM thing_types WHERE name > ?1 AND (?2 IS NULL OR name = ?2)
+                    "SELECT name FROM thing_types WHERE name > ?1 AND (CAST(?2 AS TEXT) IS NULL OR name = ?2)
                      ORDER BY name",
                 )?
                 .query_map(params![after, only], |r| r.get(0))?
                 .take(limit + 1)
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<crate::db::DbResult<_>>()?;
             let mut out = Vec::with_capacity(names.len());
             for n in names {
                 out.push(self.type_exists(tx, &n)?);

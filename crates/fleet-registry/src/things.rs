@@ -1,8 +1,8 @@
 //! Things and thing groups (static; a group may have a parent).
 
+use crate::db::{OptionalExtension, Transaction, params};
 use crate::page::{self, Page, PageRequest};
 use crate::{Change, Registry, RegistryError, Result, none_if_no_rows, now_ms};
-use rusqlite::{OptionalExtension, Transaction, params};
 use std::collections::BTreeMap;
 
 pub type Attributes = BTreeMap<String, String>;
@@ -234,7 +234,8 @@ impl Registry {
                 self.usable_thing_type(tx, tt)?;
                 t.thing_type = Some(tt.into());
             }
-            if let Some((attrs, merge)) = attributes {
+            // Cloned: a PostgreSQL write may run again after losing a race.
+            if let Some((attrs, merge)) = attributes.clone() {
                 if merge {
                     for (k, v) in attrs {
                         if v.is_empty() {
@@ -419,7 +420,7 @@ impl Registry {
                 tx.prepare("SELECT name, parent FROM thing_groups WHERE name > ?1 ORDER BY name")?;
             let all: Vec<(String, Option<String>)> = stmt
                 .query_map([&after], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<crate::db::DbResult<_>>()?;
             let mut out = Vec::new();
             for (name, p) in all {
                 if let Some(want) = parent {
@@ -480,7 +481,7 @@ impl Registry {
             let members: Vec<String> = tx
                 .prepare("SELECT thing_name FROM thing_group_members WHERE group_name = ?1")?
                 .query_map([name], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<crate::db::DbResult<_>>()?;
             tx.execute(
                 "DELETE FROM thing_group_members WHERE group_name = ?1",
                 [name],
@@ -565,7 +566,7 @@ impl Registry {
                     let kids: Vec<String> = tx
                         .prepare("SELECT name FROM thing_groups WHERE parent = ?1")?
                         .query_map([&groups[i]], |r| r.get(0))?
-                        .collect::<rusqlite::Result<_>>()?;
+                        .collect::<crate::db::DbResult<_>>()?;
                     groups.extend(kids);
                     i += 1;
                 }
@@ -606,7 +607,7 @@ impl Registry {
                 .query_map(params![thing, after], |r| r.get::<_, String>(0))?
                 .take(limit + 1)
                 .map(|n| n.map(|n| (n.clone(), self.arn(&format!("thinggroup/{n}")))))
-                .collect::<rusqlite::Result<_>>()?;
+                .collect::<crate::db::DbResult<_>>()?;
             Ok(page::finish(out, limit, |(n, _)| n.clone()))
         })
     }
@@ -620,7 +621,7 @@ impl Registry {
         let direct: Vec<String> = tx
             .prepare("SELECT group_name FROM thing_group_members WHERE thing_name = ?1")?
             .query_map([thing], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<crate::db::DbResult<_>>()?;
         let mut all = std::collections::BTreeSet::new();
         for g in direct {
             if let Some(row) = self.group_row(tx, &g)? {
@@ -643,7 +644,7 @@ impl Registry {
         let dynamic: Vec<(String, String)> = tx
             .prepare("SELECT name, query FROM thing_groups WHERE query IS NOT NULL")?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<crate::db::DbResult<_>>()?;
         if dynamic.is_empty() {
             return Ok(vec![]);
         }
@@ -678,7 +679,7 @@ impl Registry {
                  WHERE m.thing_name = ?1 AND g.query IS NULL",
             )?
             .query_map([thing], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<crate::db::DbResult<_>>()?;
         let want = query.matches(&crate::query::Subject {
             name: &t.name,
             thing_type: t.thing_type.as_deref(),
@@ -715,7 +716,7 @@ impl Registry {
         let things: Vec<String> = tx
             .prepare("SELECT name FROM things ORDER BY name")?
             .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<crate::db::DbResult<_>>()?;
         let mut changes = vec![];
         for t in things {
             if self.sync_member(tx, group, &query, &t)? {
@@ -829,7 +830,8 @@ impl Registry {
                     g.version
                 )));
             }
-            if let Some((attrs, merge)) = attributes {
+            // Cloned: a PostgreSQL write may run again after losing a race.
+            if let Some((attrs, merge)) = attributes.clone() {
                 if merge {
                     for (k, v) in attrs {
                         if v.is_empty() {

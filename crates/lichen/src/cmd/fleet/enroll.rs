@@ -10,7 +10,7 @@
 use anyhow::{Context, bail};
 use clap::Args;
 use lichen_fleet_pki::{FleetCa, create_private_dir, write_private};
-use lichen_fleet_registry::{CertificateStatus, NewCertificate, Registry, RegistryError};
+use lichen_fleet_registry::{CertificateStatus, NewCertificate, RegistryError};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -28,6 +28,9 @@ pub struct EnrollArgs {
     /// Fleet root directory (the one `lichen fleet serve` uses).
     #[arg(long, env = "LICHEN_FLEET_ROOT", default_value = "./lichen-fleet")]
     pub root: PathBuf,
+    /// The PostgreSQL registry the fleet serves with `--database` (instead of `<root>/fleet.db`).
+    #[arg(long, env = "LICHEN_FLEET_DATABASE", value_name = "URL")]
+    pub database: Option<String>,
     /// The device endpoint as devices reach it (HOST:PORT); default: the `mqtt` of the running
     /// fleet's endpoints.json.
     #[arg(long)]
@@ -73,7 +76,7 @@ const WHO: &str = "lichen fleet enroll";
 pub fn run(a: EnrollArgs) -> anyhow::Result<ExitCode> {
     let db = a.root.join("fleet.db");
     let ca_dir = a.root.join("ca");
-    if !db.exists() || !ca_dir.join("ca.pem").exists() {
+    if (a.database.is_none() && !db.exists()) || !ca_dir.join("ca.pem").exists() {
         bail!(
             "no fleet at {}: start `lichen fleet serve --root {}` once, or give the --root it uses",
             a.root.display(),
@@ -111,8 +114,7 @@ pub fn run(a: EnrollArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| host.clone());
     let region = admin_region(&a.root).unwrap_or_else(|| "us-east-1".into());
 
-    let registry =
-        Registry::open(&db, &region).with_context(|| format!("opening {}", db.display()))?;
+    let registry = super::open_registry(&a.root, a.database.as_deref(), &region, false)?;
     let ca = FleetCa::open_or_create(&ca_dir).context("opening the fleet CA")?;
 
     registry

@@ -9,7 +9,8 @@ mod template;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use std::path::PathBuf;
+use lichen_fleet_registry::Registry;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Subcommand)]
@@ -33,6 +34,9 @@ pub struct AuditArgs {
     /// Fleet root directory.
     #[arg(long, env = "LICHEN_FLEET_ROOT", default_value = "./lichen-fleet")]
     pub root: PathBuf,
+    /// The PostgreSQL registry the fleet serves with `--database` (instead of `<root>/fleet.db`).
+    #[arg(long, env = "LICHEN_FLEET_DATABASE", value_name = "URL")]
+    pub database: Option<String>,
     /// Only entries after this sequence number.
     #[arg(long, default_value_t = 0)]
     pub after: i64,
@@ -53,17 +57,40 @@ pub fn run(c: FleetCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Opens the fleet's registry: in PostgreSQL when `database` is given, else `<root>/fleet.db`
+/// (which must exist unless `create`). Blocks: call it off async threads.
+pub(crate) fn open_registry(
+    root: &Path,
+    database: Option<&str>,
+    region: &str,
+    create: bool,
+) -> anyhow::Result<Registry> {
+    match database {
+        None => {
+            let db = root.join("fleet.db");
+            if !create && !db.exists() {
+                anyhow::bail!(
+                    "no fleet registry at {}: give the --root that `lichen fleet serve` uses \
+                     (or its --database)",
+                    db.display()
+                );
+            }
+            Registry::open(&db, region).with_context(|| format!("opening {}", db.display()))
+        }
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Registry::open_postgres(url, region).context("opening the fleet registry in PostgreSQL")
+        }
+        Some(other) => anyhow::bail!(
+            "--database {other:?} is not a PostgreSQL URL: give postgres://user@host:port/db, \
+             or leave --database out to keep the registry in {}",
+            root.join("fleet.db").display()
+        ),
+    }
+}
+
 /// Reads the registry directly (SQLite in WAL mode serves readers beside a running fleet).
 fn audit(a: AuditArgs) -> anyhow::Result<ExitCode> {
-    let db = a.root.join("fleet.db");
-    if !db.exists() {
-        anyhow::bail!(
-            "no fleet registry at {}: give the --root that `lichen fleet serve` uses",
-            db.display()
-        );
-    }
-    let registry = lichen_fleet_registry::Registry::open(&db, "us-east-1")
-        .with_context(|| format!("opening {}", db.display()))?;
+    let registry = open_registry(&a.root, a.database.as_deref(), "us-east-1", false)?;
     let mut out = std::io::stdout().lock();
     for e in registry.audit_log(a.after, a.limit, a.resource.as_deref())? {
         use std::io::Write;

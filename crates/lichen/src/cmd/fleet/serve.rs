@@ -6,7 +6,6 @@ use anyhow::Context;
 use clap::Args;
 use lichen_fleet_api::{ApiState, EndpointHosts, ServiceHandler};
 use lichen_fleet_pki::{FleetCa, create_private_dir, write_private};
-use lichen_fleet_registry::Registry;
 use rand::Rng;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -37,6 +36,11 @@ pub struct ServeArgs {
     /// Region in ARNs and in the administrator's config.
     #[arg(long, default_value = "us-east-1")]
     pub region: String,
+    /// Keep the registry in PostgreSQL (`postgres://user[:password]@host[:port]/db`) instead of
+    /// `<root>/fleet.db`, so several fleet processes serve one registry (give them the same CA:
+    /// copy `<root>/ca`).
+    #[arg(long, env = "LICHEN_FLEET_DATABASE", value_name = "URL")]
+    pub database: Option<String>,
 }
 
 /// `<root>/endpoints.json`: where each listener is (the credentials provider is served on the
@@ -80,9 +84,16 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let server_files = ca
         .write_server_certificate(&a.hostnames)
         .context("issuing the server certificate")?;
-    let registry = Arc::new(
-        Registry::open(&root.join("fleet.db"), &a.region).context("opening the fleet registry")?,
-    );
+    let registry = {
+        let (root, database, region) = (root.clone(), a.database.clone(), a.region.clone());
+        // The PostgreSQL client blocks: connect and migrate off the async threads.
+        Arc::new(
+            tokio::task::spawn_blocking(move || {
+                super::open_registry(&root, database.as_deref(), &region, true)
+            })
+            .await??,
+        )
+    };
     let (akid, secret) = registry
         .ensure_access_key("admin", generate_access_key)
         .context("recording the administrator's access key")?;
