@@ -117,7 +117,9 @@ def start_mosquitto(program, work, ca, cert, key):
         f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n"
                 f"persistence false\nset_tcp_nodelay true\nlog_dest stderr\nlog_type error\n"
                 f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\nrequire_certificate true\n")
-    p = subprocess.Popen([program, "-c", conf], stdout=subprocess.DEVNULL)
+    # Its log (TLS errors such as a device dropped without close_notify) goes to a file.
+    p = subprocess.Popen([program, "-c", conf], stdout=subprocess.DEVNULL,
+                         stderr=open(os.path.join(work, "mosquitto.log"), "w"))
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
@@ -131,6 +133,8 @@ def start_mosquitto(program, work, ca, cert, key):
 def serving_pid(root):
     """The fleet process serving `root` (under a wrapper it is not our child)."""
     for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
         try:
             exe = os.readlink(f"/proc/{d}/exe")
             with open(f"/proc/{d}/cmdline", "rb") as f:
@@ -231,9 +235,13 @@ def main():
         if args.fleet_wrap:
             # Stop the fleet itself so that the wrapper (a profiler) sees it exit and finishes.
             try:
-                os.kill(serving_pid(root), signal.SIGTERM)
+                served = serving_pid(root)
+                os.kill(served, signal.SIGTERM)
+                deadline = time.monotonic() + 120
+                while os.path.exists(f"/proc/{served}") and time.monotonic() < deadline:
+                    time.sleep(0.2)
                 fleet.wait(timeout=120)
-            except (RuntimeError, subprocess.TimeoutExpired):
+            except (RuntimeError, OSError, subprocess.TimeoutExpired):
                 pass
         for p in (mosq, fleet):
             if p is not None:
