@@ -11,6 +11,7 @@
 mod brokers;
 pub mod client;
 mod scenarios;
+pub mod tls;
 
 pub use brokers::{BrokerKind, ProcStats, RunningBroker, raise_fd_limit};
 pub use scenarios::{Flow, FlowResult, Tracker, open_idle, quantile, run_flow};

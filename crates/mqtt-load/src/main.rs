@@ -5,7 +5,7 @@
 use clap::{Parser, Subcommand};
 use lichen_mqtt_load::{
     BrokerKind, Plan, add_latency_rows, latency_series, latency_table, measure, raise_fd_limit,
-    table,
+    table, tls,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +66,58 @@ enum Cmd {
         #[arg(long = "no-park-idle-connections")]
         no_park_idle_connections: bool,
     },
+    /// Write P-256 device certificates signed by a CA: `<out>/<prefix>NNNNN.pem` and `.key`.
+    DeviceCerts {
+        /// The CA certificate (PEM), e.g. `<fleet root>/ca/ca.pem`.
+        #[arg(long)]
+        ca_cert: PathBuf,
+        /// The CA's private key (PEM), e.g. `<fleet root>/ca/ca.key`.
+        #[arg(long)]
+        ca_key: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "bench-device-")]
+        prefix: String,
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+    },
+    /// Connect N devices over mutual TLS (each its own certificate, client id = its name), keep
+    /// them idle with keepalive pings, disconnect; print one JSON line of figures.
+    TlsDevices {
+        /// A name for the broker, echoed in the output.
+        #[arg(long)]
+        name: String,
+        /// The broker's device endpoint, HOST:PORT.
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        /// The broker's process id (its VmRSS is read).
+        #[arg(long)]
+        pid: u32,
+        /// The CA the broker's certificate chains to.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The folder `device-certs` wrote.
+        #[arg(long)]
+        certs: PathBuf,
+        #[arg(long, default_value = "bench-device-")]
+        prefix: String,
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 8)]
+        sources: u8,
+        #[arg(long, default_value_t = 20)]
+        keep_alive: u16,
+        /// Seconds the devices stay connected after the last one is in.
+        #[arg(long, default_value_t = 30)]
+        idle: u64,
+        /// Devices (the last ones) that never ping, with `--silent-keep-alive`.
+        #[arg(long, default_value_t = 10)]
+        silent: usize,
+        #[arg(long, default_value_t = 4)]
+        silent_keep_alive: u16,
+    },
 }
 
 fn main() -> ExitCode {
@@ -107,6 +159,73 @@ fn main() -> ExitCode {
         };
     }
     let limit = raise_fd_limit();
+    match cli.command {
+        Some(Cmd::DeviceCerts {
+            ca_cert,
+            ca_key,
+            out,
+            prefix,
+            devices,
+        }) => {
+            return match tls::generate_device_certs(&ca_cert, &ca_key, &out, &prefix, devices) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mqtt-load device-certs: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Cmd::TlsDevices {
+            name,
+            addr,
+            pid,
+            ca,
+            certs,
+            prefix,
+            devices,
+            concurrency,
+            sources,
+            keep_alive,
+            idle,
+            silent,
+            silent_keep_alive,
+        }) => {
+            if devices as u64 + 100 > limit {
+                eprintln!(
+                    "mqtt-load tls-devices: {devices} devices need more open files than the limit {limit}"
+                );
+                return ExitCode::FAILURE;
+            }
+            let plan = tls::DevicePlan {
+                addr,
+                pid,
+                ca,
+                certs,
+                prefix,
+                devices,
+                concurrency,
+                sources,
+                keep_alive,
+                idle: Duration::from_secs(idle),
+                silent,
+                silent_keep_alive,
+            };
+            return match rt.block_on(tls::connect_devices(plan)) {
+                Ok(r) => {
+                    println!("{}", r.json(&name));
+                    if let Some(e) = &r.first_error {
+                        eprintln!("{name}: first failure: {e}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mqtt-load tls-devices: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let plan = Plan {
         messages: cli.messages,
         fan: cli.fan.max(1),
