@@ -6,8 +6,8 @@
 //! so a verifier must hold it (as it does for the administrator's key; the database is 0600).
 //! The session token is only ever compared, so only its SHA-256 is kept.
 
-use crate::{Registry, Result, none_if_no_rows, now_ms};
 use crate::db::params;
+use crate::{Registry, Result, none_if_no_rows, now_ms};
 
 /// Temporary credentials bound to a role, a role alias, a thing and a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
