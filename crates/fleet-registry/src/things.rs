@@ -68,6 +68,16 @@ fn static_group(g: ThingGroup) -> Result<ThingGroup> {
     Ok(g)
 }
 
+/// Refuses a write that expected another version of `kind` `name` than the `current` one.
+fn expect_version(kind: &str, name: &str, current: i64, expected: Option<i64>) -> Result<()> {
+    match expected {
+        Some(v) if v != current => Err(RegistryError::VersionConflict(format!(
+            "{kind} {name:?} is at version {current}, not the expected {v}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn attrs_json(a: &Attributes) -> String {
     serde_json::to_string(a).unwrap_or_else(|_| "{}".into())
 }
@@ -269,14 +279,7 @@ impl Registry {
             let Some(t) = self.thing_row(tx, name)? else {
                 return Ok(((), vec![]));
             };
-            if let Some(v) = expected_version
-                && v != t.version
-            {
-                return Err(RegistryError::VersionConflict(format!(
-                    "thing {name:?} is at version {}, not the expected {v}",
-                    t.version
-                )));
-            }
+            expect_version("thing", name, t.version, expected_version)?;
             let principals: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM thing_principals WHERE thing_name = ?1",
                 [name],
@@ -460,14 +463,7 @@ impl Registry {
             let Some(g) = self.group_row(tx, name)? else {
                 return Ok(((), vec![]));
             };
-            if let Some(v) = expected_version
-                && v != g.version
-            {
-                return Err(RegistryError::VersionConflict(format!(
-                    "thing group {name:?} is at version {}, not the expected {v}",
-                    g.version
-                )));
-            }
+            expect_version("thing group", name, g.version, expected_version)?;
             let children: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM thing_groups WHERE parent = ?1",
                 [name],
@@ -789,14 +785,7 @@ impl Registry {
                      dynamic groups"
                 )));
             };
-            if let Some(v) = expected_version
-                && v != g.version
-            {
-                return Err(RegistryError::VersionConflict(format!(
-                    "thing group {name:?} is at version {}, not the expected {v}",
-                    g.version
-                )));
-            }
+            expect_version("thing group", name, g.version, expected_version)?;
             let q = query.unwrap_or(&old);
             tx.execute(
                 "UPDATE thing_groups SET query = ?2, description = COALESCE(?3, description),
@@ -822,14 +811,7 @@ impl Registry {
     ) -> Result<i64> {
         self.write(who, "UpdateThingGroup", name, |tx| {
             let mut g = self.group_exists(tx, name)?;
-            if let Some(v) = expected_version
-                && v != g.version
-            {
-                return Err(RegistryError::VersionConflict(format!(
-                    "thing group {name:?} is at version {}, not the expected {v}",
-                    g.version
-                )));
-            }
+            expect_version("thing group", name, g.version, expected_version)?;
             // Cloned: a PostgreSQL write may run again after losing a race.
             if let Some((attrs, merge)) = attributes.clone() {
                 if merge {
