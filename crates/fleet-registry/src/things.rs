@@ -78,6 +78,25 @@ fn expect_version(kind: &str, name: &str, current: i64, expected: Option<i64>) -
     }
 }
 
+/// UpdateThing's and UpdateThingGroup's attribute payload: with `merge`, an empty value removes
+/// its key and the rest are set; without, the non-empty values replace them all.
+fn apply_attributes(current: &mut Attributes, update: Option<(Attributes, bool)>) {
+    let Some((attrs, merge)) = update else {
+        return;
+    };
+    if merge {
+        for (k, v) in attrs {
+            if v.is_empty() {
+                current.remove(&k);
+            } else {
+                current.insert(k, v);
+            }
+        }
+    } else {
+        *current = attrs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+    }
+}
+
 fn attrs_json(a: &Attributes) -> String {
     serde_json::to_string(a).unwrap_or_else(|_| "{}".into())
 }
@@ -245,19 +264,7 @@ impl Registry {
                 t.thing_type = Some(tt.into());
             }
             // Cloned: a PostgreSQL write may run again after losing a race.
-            if let Some((attrs, merge)) = attributes.clone() {
-                if merge {
-                    for (k, v) in attrs {
-                        if v.is_empty() {
-                            t.attributes.remove(&k);
-                        } else {
-                            t.attributes.insert(k, v);
-                        }
-                    }
-                } else {
-                    t.attributes = attrs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
-                }
-            }
+            apply_attributes(&mut t.attributes, attributes.clone());
             tx.execute(
                 "UPDATE things SET thing_type = ?2, attributes = ?3, version = version + 1
                  WHERE name = ?1",
@@ -813,19 +820,7 @@ impl Registry {
             let mut g = self.group_exists(tx, name)?;
             expect_version("thing group", name, g.version, expected_version)?;
             // Cloned: a PostgreSQL write may run again after losing a race.
-            if let Some((attrs, merge)) = attributes.clone() {
-                if merge {
-                    for (k, v) in attrs {
-                        if v.is_empty() {
-                            g.attributes.remove(&k);
-                        } else {
-                            g.attributes.insert(k, v);
-                        }
-                    }
-                } else {
-                    g.attributes = attrs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
-                }
-            }
+            apply_attributes(&mut g.attributes, attributes.clone());
             tx.execute(
                 "UPDATE thing_groups SET description = COALESCE(?2, description),
                  attributes = ?3, version = version + 1 WHERE name = ?1",
