@@ -13,8 +13,8 @@ import time
 
 import pytest
 import yaml
-from fleet_devices import Session5, Device
-from test_enroll import COMPONENT_SCRIPT, Core, cores  # noqa: F401 (fixture)
+from fleet_core import Core, cores, publisher_recipe, watcher_policy  # noqa: F401 (fixture)
+from fleet_devices import Device, Session5
 from test_provisioning import TEMPLATE, TEMPLATE_BODY, claim  # noqa: F401 (fixture)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,40 +54,8 @@ def effective(root):
     return yaml.safe_load((root / "config" / "effectiveConfig.yaml").read_text())
 
 
-def publisher_recipe(recipes, name, topic):
-    cmd = " ".join([sys.executable, "-u", str(COMPONENT_SCRIPT), "produce", str(recipes / "progress"), "1", topic])
-    recipe = {
-        "RecipeFormatVersion": "2020-01-25",
-        "ComponentName": name,
-        "ComponentVersion": "1.0.0",
-        "ComponentConfiguration": {
-            "DefaultConfiguration": {
-                "accessControl": {
-                    "aws.greengrass.ipc.mqttproxy": {
-                        f"{name}:mqttproxy:1": {
-                            "policyDescription": "publish the core's telemetry",
-                            "operations": ["aws.greengrass#PublishToIoTCore"],
-                            "resources": [f"{topic}/*"],
-                        }
-                    }
-                }
-            }
-        },
-        "Manifests": [{"Platform": {"os": "*"}, "Lifecycle": {"Run": cmd}}],
-    }
-    (recipes / f"{name}.json").write_text(json.dumps(recipe))
-
-
 def test_core_provisions_itself_by_claim_and_publishes_to_the_fleet(fleet, iot, claim, tmp_path, cores):
-    watcher_policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
-            {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": f"arn:aws:iot:*:*:topicfilter/devices/{THING}/*"},
-            {"Effect": "Allow", "Action": "iot:Receive", "Resource": f"arn:aws:iot:*:*:topic/devices/{THING}/*"},
-        ],
-    }
-    watcher = Session5(Device(fleet, iot, tmp_path, name="watcher", policy=watcher_policy))
+    watcher = Session5(Device(fleet, iot, tmp_path, name="watcher", policy=watcher_policy(THING)))
     try:
         assert watcher.outcome is True, watcher.outcome
         assert watcher.subscribe(f"devices/{THING}/#") == [1]
@@ -129,7 +97,9 @@ def test_core_provisions_itself_by_claim_and_publishes_to_the_fleet(fleet, iot, 
 
         recipes = tmp_path / "recipes"
         recipes.mkdir()
-        publisher_recipe(recipes, "com.example.Producer", f"devices/{THING}/telemetry")
+        publisher_recipe(
+            recipes, "com.example.Producer", f"devices/{THING}/telemetry", f"devices/{THING}/telemetry/*", recipes / "progress"
+        )
         core.deploy(recipes, "com.example.Producer=1.0.0")
         topic, payload = watcher.received.result(60)
         assert topic == f"devices/{THING}/telemetry/t0"

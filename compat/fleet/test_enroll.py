@@ -6,21 +6,16 @@ subscribed on the fleet with its own certificate.
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
-import pytest
 import yaml
+from fleet_core import Core, cores, publisher_recipe, watcher_policy  # noqa: F401 (fixture)
 from fleet_devices import TIMEOUT, Device, Session5
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lichen_support import lichen_bin, wait_for  # noqa: E402
-
-COMPONENT_SCRIPT = Path(__file__).resolve().parents[1] / "cloud" / "component.py"
 
 
 def enroll(fleet, thing, out, *extra):
@@ -32,64 +27,6 @@ def enroll(fleet, thing, out, *extra):
     )
     assert p.returncode == 0, f"lichen fleet enroll failed ({p.returncode}): {p.stderr}"
     return json.loads(p.stdout)
-
-
-class Core:
-    """`lichen core run --root R --config C`, stopped at teardown."""
-
-    def __init__(self, root, config, workdir):
-        self.root, self.config, self.workdir = root, config, workdir
-        self.proc = None
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            [lichen_bin(), "core", "run", "--root", str(self.root), "--config", str(self.config)],
-            stdout=subprocess.PIPE,
-            stderr=open(self.workdir / "core.stderr", "ab"),
-            env={**os.environ, "LICHEN_LOG": os.environ.get("LICHEN_LOG", "info")},
-            text=True,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise AssertionError(f"core exited: {(self.workdir / 'core.stderr').read_text()}")
-            if "ready in" in line:
-                threading.Thread(target=lambda p=self.proc: [None for _ in p.stdout], daemon=True).start()
-                return self
-        raise AssertionError("core not ready within 60 s")
-
-    def log(self):
-        p = self.root / "logs" / "lichen.log"
-        return p.read_text() if p.exists() else ""
-
-    def deploy(self, recipe_dir, *components):
-        args = ["deployment", "create", "--wait", "--json", "--recipe-dir", str(recipe_dir)]
-        for c in components:
-            args += ["--merge", c]
-        out = subprocess.run(
-            [lichen_bin(), *args], env={**os.environ, "LICHEN_ROOT": str(self.root)}, capture_output=True, text=True
-        )
-        assert out.returncode == 0, f"deployment failed: {out.stdout}{out.stderr}"
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-
-@pytest.fixture
-def cores():
-    started = []
-    yield started
-    for c in started:
-        c.stop()
 
 
 def test_enroll_writes_a_greengrass_config_and_scoped_identity(fleet, iot, tmp_path):
@@ -120,15 +57,7 @@ def test_enrolled_core_publishes_to_a_device_on_the_fleet(fleet, iot, tmp_path, 
     enroll(fleet, thing, out)
 
     # A device of the operator's that may watch the core's topics.
-    watcher_policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
-            {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": f"arn:aws:iot:*:*:topicfilter/devices/{thing}/*"},
-            {"Effect": "Allow", "Action": "iot:Receive", "Resource": f"arn:aws:iot:*:*:topic/devices/{thing}/*"},
-        ],
-    }
-    watcher = Session5(Device(fleet, iot, tmp_path, name="watcher", policy=watcher_policy))
+    watcher = Session5(Device(fleet, iot, tmp_path, name="watcher", policy=watcher_policy(thing)))
     try:
         assert watcher.outcome is True, watcher.outcome
         assert watcher.subscribe(f"devices/{thing}/#") == [1]
@@ -143,28 +72,7 @@ def test_enrolled_core_publishes_to_a_device_on_the_fleet(fleet, iot, tmp_path, 
         recipes = tmp_path / "recipes"
         recipes.mkdir()
         name = "com.example.Producer"
-        progress = tmp_path / "progress"
-        cmd = " ".join([sys.executable, "-u", str(COMPONENT_SCRIPT), "produce", str(progress), "1", f"devices/{thing}/telemetry"])
-        recipe = {
-            "RecipeFormatVersion": "2020-01-25",
-            "ComponentName": name,
-            "ComponentVersion": "1.0.0",
-            "ComponentConfiguration": {
-                "DefaultConfiguration": {
-                    "accessControl": {
-                        "aws.greengrass.ipc.mqttproxy": {
-                            f"{name}:mqttproxy:1": {
-                                "policyDescription": "publish the core's telemetry",
-                                "operations": ["aws.greengrass#PublishToIoTCore"],
-                                "resources": [f"devices/{thing}/*"],
-                            }
-                        }
-                    }
-                }
-            },
-            "Manifests": [{"Platform": {"os": "*"}, "Lifecycle": {"Run": cmd}}],
-        }
-        (recipes / f"{name}.json").write_text(json.dumps(recipe))
+        publisher_recipe(recipes, name, f"devices/{thing}/telemetry", f"devices/{thing}/*", tmp_path / "progress")
         core.deploy(recipes, f"{name}=1.0.0")
 
         topic, payload = watcher.received.result(60)

@@ -8,12 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{Core, Inputs, eventually};
+use common::{Core, Inputs, SLEEP, eventually};
 use lichen_deploy::{ArtifactFetcher, DeployError, DeploymentStatus, DetailedStatus, FetchRequest};
 use lichen_supervisor::State;
 use zip::write::SimpleFileOptions;
-
-const SLEEP: &str = "exec sleep 1000";
 
 enum Entry<'a> {
     File(&'a str),
@@ -80,19 +78,8 @@ fn assert_failed_unchanged(record: &lichen_deploy::DeploymentRecord, needles: &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_archives_fail_the_deployment_and_write_nothing_outside() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    let core = Core::start(&root).await;
-    let base = Inputs::new(tmp.path(), "base");
-    base.run_recipe("com.example.Keep", "1.0.0", "", SLEEP);
-    let record = core
-        .deploy(base.request(&[("com.example.Keep", "1.0.0")]))
-        .await;
-    assert_eq!(
-        record.status,
-        DeploymentStatus::Succeeded,
-        "{}",
-        record.failure_cause
-    );
+    let (core, _) = Core::start_deployed(tmp.path(), "base", "com.example.Keep", "", SLEEP).await;
+    let root = core.root.clone();
     let services_before = core.config.get(&["services"]).unwrap();
 
     // Each link alone stays inside; the chain climbs out of the store, and the last entry is

@@ -2,14 +2,12 @@
 
 mod common;
 
-use common::{Core, Inputs, NUCLEUS, eventually, read};
+use common::{Core, Inputs, NUCLEUS, SLEEP, eventually, read};
 use lichen_deploy::{
     ConfigurationUpdate, DeployError, DeploymentStatus, DetailedStatus, FailureHandlingPolicy,
 };
 use lichen_supervisor::State;
 use serde_json::json;
-
-const SLEEP: &str = "exec sleep 1000";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_world_finishes_and_is_recorded() {
@@ -144,19 +142,8 @@ async fn resolution_picks_highest_in_range_and_interpolates_dependencies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_before_commit_leave_the_running_set_unchanged() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    let core = Core::start(&root).await;
-    let base = Inputs::new(tmp.path(), "base");
-    base.run_recipe("com.example.Keep", "1.0.0", "", SLEEP);
-    let record = core
-        .deploy(base.request(&[("com.example.Keep", "1.0.0")]))
-        .await;
-    assert_eq!(
-        record.status,
-        DeploymentStatus::Succeeded,
-        "{}",
-        record.failure_cause
-    );
+    let (core, base) =
+        Core::start_deployed(tmp.path(), "base", "com.example.Keep", "", SLEEP).await;
     let services_before = core.config.get(&["services"]).unwrap();
 
     let check = |record: lichen_deploy::DeploymentRecord, needles: &[&str]| {
@@ -312,25 +299,15 @@ async fn failures_before_commit_leave_the_running_set_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configuration_merge_and_reset_reach_the_script() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    let core = Core::start(&root).await;
-    let inputs = Inputs::new(tmp.path(), "a");
-    inputs.run_recipe(
+    let (core, inputs) = Core::start_deployed(
+        tmp.path(),
+        "a",
         "com.example.Cfg",
-        "1.0.0",
         "ComponentConfiguration:\n  DefaultConfiguration:\n    message: default\n    other: x",
         "echo {configuration:/message} {configuration:/other} > {work:path}/msg.txt",
-    );
-    let out = root.join("work/com.example.Cfg/msg.txt");
-    let record = core
-        .deploy(inputs.request(&[("com.example.Cfg", "1.0.0")]))
-        .await;
-    assert_eq!(
-        record.status,
-        DeploymentStatus::Succeeded,
-        "{}",
-        record.failure_cause
-    );
+    )
+    .await;
+    let out = core.root.join("work/com.example.Cfg/msg.txt");
     eventually("default message", || read(&out).trim() == "default x").await;
 
     let mut req = inputs.request(&[("com.example.Cfg", "1.0.0")]);

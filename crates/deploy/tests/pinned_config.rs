@@ -3,32 +3,22 @@
 
 mod common;
 
-use common::{Core, Inputs, eventually, read};
+use common::{Core, eventually, read};
 use lichen_deploy::{ConfigurationUpdate, DeploymentStatus};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_merge_wins_over_configuration_pinned_in_the_future() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    let core = Core::start(&root).await;
-    let inputs = Inputs::new(tmp.path(), "a");
-    inputs.run_recipe(
+    let (core, inputs) = Core::start_deployed(
+        tmp.path(),
+        "a",
         "com.example.Cfg",
-        "1.0.0",
         "ComponentConfiguration:\n  DefaultConfiguration:\n    message: default",
         "echo {configuration:/message} > {work:path}/msg.txt",
-    );
-    let out = root.join("work/com.example.Cfg/msg.txt");
-    let record = core
-        .deploy(inputs.request(&[("com.example.Cfg", "1.0.0")]))
-        .await;
-    assert_eq!(
-        record.status,
-        DeploymentStatus::Succeeded,
-        "{}",
-        record.failure_cause
-    );
+    )
+    .await;
+    let out = core.root.join("work/com.example.Cfg/msg.txt");
     eventually("default message", || read(&out).trim() == "default").await;
 
     // Pinned a year ahead, as a component's future-dated UpdateConfiguration left it.

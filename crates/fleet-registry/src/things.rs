@@ -68,6 +68,35 @@ fn static_group(g: ThingGroup) -> Result<ThingGroup> {
     Ok(g)
 }
 
+/// Refuses a write that expected another version of `kind` `name` than the `current` one.
+fn expect_version(kind: &str, name: &str, current: i64, expected: Option<i64>) -> Result<()> {
+    match expected {
+        Some(v) if v != current => Err(RegistryError::VersionConflict(format!(
+            "{kind} {name:?} is at version {current}, not the expected {v}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// UpdateThing's and UpdateThingGroup's attribute payload: with `merge`, an empty value removes
+/// its key and the rest are set; without, the non-empty values replace them all.
+fn apply_attributes(current: &mut Attributes, update: Option<(Attributes, bool)>) {
+    let Some((attrs, merge)) = update else {
+        return;
+    };
+    if merge {
+        for (k, v) in attrs {
+            if v.is_empty() {
+                current.remove(&k);
+            } else {
+                current.insert(k, v);
+            }
+        }
+    } else {
+        *current = attrs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+    }
+}
+
 fn attrs_json(a: &Attributes) -> String {
     serde_json::to_string(a).unwrap_or_else(|_| "{}".into())
 }
@@ -235,19 +264,7 @@ impl Registry {
                 t.thing_type = Some(tt.into());
             }
             // Cloned: a PostgreSQL write may run again after losing a race.
-            if let Some((attrs, merge)) = attributes.clone() {
-                if merge {
-                    for (k, v) in attrs {
-                        if v.is_empty() {
-                            t.attributes.remove(&k);
-                        } else {
-                            t.attributes.insert(k, v);
-                        }
-                    }
-                } else {
-                    t.attributes = attrs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
-                }
-            }
+            apply_attributes(&mut t.attributes, attributes.clone());
             tx.execute(
                 "UPDATE things SET thing_type = ?2, attributes = ?3, version = version + 1
                  WHERE name = ?1",
@@ -269,14 +286,7 @@ impl Registry {
             let Some(t) = self.thing_row(tx, name)? else {
                 return Ok(((), vec![]));
             };
-            if let Some(v) = expected_version
-                && v != t.version
-            {
-                return Err(RegistryError::VersionConflict(format!(
-                    "thing {name:?} is at version {}, not the expected {v}",
-                    t.version
-                )));
-            }
+            expect_version("thing", name, t.version, expected_version)?;
             let principals: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM thing_principals WHERE thing_name = ?1",
                 [name],
@@ -460,14 +470,7 @@ impl Registry {
             let Some(g) = self.group_row(tx, name)? else {
                 return Ok(((), vec![]));
             };
-            if let Some(v) = expected_version
-                && v != g.version
-            {
-                return Err(RegistryError::VersionConflict(format!(
-                    "thing group {name:?} is at version {}, not the expected {v}",
-                    g.version
-                )));
-            }
+            expect_version("thing group", name, g.version, expected_version)?;
             let children: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM thing_groups WHERE parent = ?1",
                 [name],
@@ -789,14 +792,7 @@ impl Registry {
                      dynamic groups"
                 )));
             };
-            if let Some(v) = expected_version
-                && v != g.version
-            {
-                return Err(RegistryError::VersionConflict(format!(
-                    "thing group {name:?} is at version {}, not the expected {v}",
-                    g.version
-                )));
-            }
+            expect_version("thing group", name, g.version, expected_version)?;
             let q = query.unwrap_or(&old);
             tx.execute(
                 "UPDATE thing_groups SET query = ?2, description = COALESCE(?3, description),
@@ -822,28 +818,9 @@ impl Registry {
     ) -> Result<i64> {
         self.write(who, "UpdateThingGroup", name, |tx| {
             let mut g = self.group_exists(tx, name)?;
-            if let Some(v) = expected_version
-                && v != g.version
-            {
-                return Err(RegistryError::VersionConflict(format!(
-                    "thing group {name:?} is at version {}, not the expected {v}",
-                    g.version
-                )));
-            }
+            expect_version("thing group", name, g.version, expected_version)?;
             // Cloned: a PostgreSQL write may run again after losing a race.
-            if let Some((attrs, merge)) = attributes.clone() {
-                if merge {
-                    for (k, v) in attrs {
-                        if v.is_empty() {
-                            g.attributes.remove(&k);
-                        } else {
-                            g.attributes.insert(k, v);
-                        }
-                    }
-                } else {
-                    g.attributes = attrs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
-                }
-            }
+            apply_attributes(&mut g.attributes, attributes.clone());
             tx.execute(
                 "UPDATE thing_groups SET description = COALESCE(?2, description),
                  attributes = ?3, version = version + 1 WHERE name = ?1",

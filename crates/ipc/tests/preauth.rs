@@ -1,55 +1,17 @@
 //! Before a client authenticates it gets little: a small CONNECT frame and a deadline. A raw
 //! Unix-socket client plays the hostile part.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use lichen_bus::Bus;
-use lichen_config::ConfigStore;
+use common::start;
 use lichen_ipc::codec::{self, Decoder, Frame, Header, HeaderValue};
-use lichen_ipc::{
-    Authorizer, ConfigSource, IpcClient, IpcServer, Router, ServerOptions, TokenRegistry,
-    register_kernel_operations,
-};
+use lichen_ipc::{IpcClient, ServerOptions};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    _server: IpcServer,
-    tokens: Arc<TokenRegistry>,
-}
-
-async fn start(options: ServerOptions) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("ipc.socket");
-    let store = ConfigStore::in_memory();
-    store
-        .merge(
-            &["services", "pub", "configuration", "accessControl"],
-            json!({ "aws.greengrass.ipc.pubsub": { "p": { "operations": ["*"], "resources": ["*"] } } }),
-            1,
-        )
-        .unwrap();
-    let config: Arc<dyn ConfigSource> = Arc::new(store);
-    let tokens = Arc::new(TokenRegistry::new());
-    let router = Arc::new(Router::new(Arc::new(Authorizer::new(
-        config.clone(),
-        tokens.clone(),
-    ))));
-    register_kernel_operations(&router, Bus::new(), config, tokens.clone());
-    let server = IpcServer::bind(&socket, router, tokens.clone(), options).unwrap();
-    Fixture {
-        _dir: dir,
-        socket,
-        _server: server,
-        tokens,
-    }
-}
 
 fn connect_frame(token: &str, padding: usize) -> Bytes {
     let header = |name: &str, value: HeaderValue| Header {
@@ -97,10 +59,13 @@ fn is_protocol_error(frames: &[Frame]) -> bool {
 
 #[tokio::test]
 async fn a_client_that_does_not_authenticate_in_time_is_disconnected() {
-    let fx = start(ServerOptions {
-        connect_timeout: Duration::from_millis(300),
-        ..ServerOptions::default()
-    })
+    let fx = start(
+        &["pub"],
+        ServerOptions {
+            connect_timeout: Duration::from_millis(300),
+            ..ServerOptions::default()
+        },
+    )
     .await;
     // Silent, and trickling half a CONNECT: both are closed once the deadline passes.
     let mut silent = UnixStream::connect(&fx.socket).await.unwrap();
@@ -142,7 +107,7 @@ async fn the_default_connect_deadline_is_ten_seconds() {
 
 #[tokio::test]
 async fn a_large_frame_before_authentication_is_refused_from_its_prelude() {
-    let fx = start(ServerOptions::default()).await;
+    let fx = start(&["pub"], ServerOptions::default()).await;
     // Only the prelude of a 1 MiB frame: refused at once, without waiting for (or buffering)
     // the rest.
     let mut prelude = BytesMut::new();
@@ -194,7 +159,7 @@ async fn a_large_frame_before_authentication_is_refused_from_its_prelude() {
 
 #[tokio::test]
 async fn the_socket_is_0666_and_bound_without_leftovers() {
-    let fx = start(ServerOptions::default()).await;
+    let fx = start(&["pub"], ServerOptions::default()).await;
     let meta = std::fs::symlink_metadata(&fx.socket).unwrap();
     assert!(std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
     assert_eq!(

@@ -2,53 +2,13 @@
 //! component more than `max_connections_per_component` connections: beyond either bound the new
 //! stream (or connection) alone is refused, and what is already open keeps working.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use lichen_bus::Bus;
-use lichen_config::ConfigStore;
-use lichen_ipc::{
-    Authorizer, ClientError, ConfigSource, IpcClient, IpcServer, Router, ServerOptions,
-    TokenRegistry, TopicMessage, register_kernel_operations,
-};
+use common::start;
+use lichen_ipc::{ClientError, IpcClient, ServerOptions, TopicMessage};
 use serde_json::json;
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    _server: IpcServer,
-    tokens: Arc<TokenRegistry>,
-}
-
-async fn start(options: ServerOptions) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("ipc.socket");
-    let store = ConfigStore::in_memory();
-    for component in ["pub", "other"] {
-        store
-            .merge(
-                &["services", component, "configuration", "accessControl"],
-                json!({ "aws.greengrass.ipc.pubsub": { "p": { "operations": ["*"], "resources": ["*"] } } }),
-                1,
-            )
-            .unwrap();
-    }
-    let config: Arc<dyn ConfigSource> = Arc::new(store);
-    let tokens = Arc::new(TokenRegistry::new());
-    let router = Arc::new(Router::new(Arc::new(Authorizer::new(
-        config.clone(),
-        tokens.clone(),
-    ))));
-    register_kernel_operations(&router, Bus::new(), config, tokens.clone());
-    let server = IpcServer::bind(&socket, router, tokens.clone(), options).unwrap();
-    Fixture {
-        _dir: dir,
-        socket,
-        _server: server,
-        tokens,
-    }
-}
 
 async fn publish(client: &IpcClient, topic: &str, n: i64) {
     client
@@ -73,10 +33,13 @@ async fn next_json(stream: &mut lichen_ipc::EventStream) -> serde_json::Value {
 #[tokio::test]
 async fn streams_beyond_the_bound_are_refused_alone_and_a_closed_one_frees_its_slot() {
     const BOUND: usize = 4;
-    let fx = start(ServerOptions {
-        max_streams: BOUND,
-        ..ServerOptions::default()
-    })
+    let fx = start(
+        &["pub", "other"],
+        ServerOptions {
+            max_streams: BOUND,
+            ..ServerOptions::default()
+        },
+    )
     .await;
     let client = IpcClient::connect(&fx.socket, &fx.tokens.mint("pub"))
         .await
@@ -140,10 +103,13 @@ async fn streams_beyond_the_bound_are_refused_alone_and_a_closed_one_frees_its_s
 
 #[tokio::test]
 async fn connections_beyond_a_components_bound_are_rejected_and_a_closed_one_frees_its_slot() {
-    let fx = start(ServerOptions {
-        max_connections_per_component: 2,
-        ..ServerOptions::default()
-    })
+    let fx = start(
+        &["pub", "other"],
+        ServerOptions {
+            max_connections_per_component: 2,
+            ..ServerOptions::default()
+        },
+    )
     .await;
     let token = fx.tokens.mint("pub");
     let first = IpcClient::connect(&fx.socket, &token).await.unwrap();

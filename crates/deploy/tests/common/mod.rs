@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use lichen_config::ConfigStore;
 use lichen_deploy::{
-    DeploymentEngine, DeploymentRecord, EngineConfig, LocalDeploymentRequest, NoHooks,
+    DeploymentEngine, DeploymentRecord, DeploymentStatus, EngineConfig, LocalDeploymentRequest,
+    NoHooks,
 };
 use lichen_recipe::Platform;
 use lichen_supervisor::{EnvProvider, State, Supervisor, SupervisorConfig};
@@ -30,6 +31,9 @@ pub struct Core {
 }
 
 pub const NUCLEUS: &str = "aws.greengrass.Nucleus";
+
+/// A Run script that keeps its component running.
+pub const SLEEP: &str = "exec sleep 1000";
 
 pub fn engine_config(root: &Path) -> EngineConfig {
     let mut cfg = EngineConfig::new(
@@ -67,6 +71,28 @@ impl Core {
         let core = Core::open(root);
         core.engine.start().await.unwrap();
         core
+    }
+
+    /// Starts a core on `<base>/root` and deploys `name` 1.0.0 (Run step `script`, extra recipe
+    /// YAML `top`) from new inputs labelled `label`, which are returned for later requests.
+    pub async fn start_deployed(
+        base: &Path,
+        label: &str,
+        name: &str,
+        top: &str,
+        script: &str,
+    ) -> (Core, Inputs) {
+        let core = Core::start(&base.join("root")).await;
+        let inputs = Inputs::new(base, label);
+        inputs.run_recipe(name, "1.0.0", top, script);
+        let record = core.deploy(inputs.request(&[(name, "1.0.0")])).await;
+        assert_eq!(
+            record.status,
+            DeploymentStatus::Succeeded,
+            "{}",
+            record.failure_cause
+        );
+        (core, inputs)
     }
 
     pub async fn deploy(&self, req: LocalDeploymentRequest) -> DeploymentRecord {
