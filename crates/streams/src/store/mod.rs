@@ -26,12 +26,14 @@ mod appenders;
 mod commit;
 mod record;
 mod recover;
+mod segment;
 
 use crate::export::{ExportCheckpoint, ExportKind, carry_checkpoints};
 use crate::file_access::FileAccess;
 use crate::model::{DefinitionError, Persistence, StrategyOnFull, StreamDefinition};
 use appenders::Appenders;
 use commit::{GroupCommit, SyncOutcome};
+use segment::{Segment, Storage, segment_file_name};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -132,87 +134,6 @@ fn system_clock() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-enum Storage {
-    File { file: Arc<File>, path: PathBuf },
-    Memory(Vec<u8>),
-}
-
-struct Segment {
-    first_seq: u64,
-    offsets: Vec<u32>,
-    /// Logical size: the end of the last record.
-    bytes: u64,
-    /// File length; bytes between `bytes` and `allocated` are zeros written ahead.
-    allocated: u64,
-    last_ingest_ms: i64,
-    storage: Storage,
-}
-
-impl Segment {
-    fn len(&self) -> u64 {
-        self.offsets.len() as u64
-    }
-    fn end_seq(&self) -> u64 {
-        self.first_seq + self.len()
-    }
-    fn record_end(&self, i: usize) -> u64 {
-        self.offsets
-            .get(i + 1)
-            .map(|&o| o as u64)
-            .unwrap_or(self.bytes)
-    }
-    /// Cuts a preallocated zero tail off a segment that takes no more appends.
-    fn seal(&mut self) {
-        if let Storage::File { file, path } = &self.storage
-            && self.allocated > self.bytes
-        {
-            match file.set_len(self.bytes) {
-                Ok(()) => self.allocated = self.bytes,
-                Err(e) => {
-                    // Harmless: recovery treats a zero tail as free space.
-                    tracing::warn!(path = %path.display(), error = %e, "could not trim a sealed segment")
-                }
-            }
-        }
-    }
-
-    /// Zero-fills the file ahead of `need` (the end of the record about to be written), up to
-    /// [`PREALLOC_CHUNK`] past the write position but not past the segment size. Best effort:
-    /// when the disk is full the record is written without it and fails or succeeds alone.
-    fn preallocate(&mut self, need: u64, seg_size: u64) {
-        let Storage::File { file, path } = &self.storage else {
-            return;
-        };
-        if need <= self.allocated {
-            return;
-        }
-        let target = (self.bytes + PREALLOC_CHUNK).min(seg_size);
-        if target <= need {
-            return;
-        }
-        let zeros = vec![0u8; (target - self.allocated) as usize];
-        match file.write_all_at(&zeros, self.allocated) {
-            Ok(()) => self.allocated = target,
-            Err(e) => {
-                tracing::debug!(path = %path.display(), error = %e, "cannot preallocate segment space");
-                let _ = file.set_len(self.allocated);
-            }
-        }
-    }
-
-    fn remove(self) {
-        if let Storage::File { path, .. } = &self.storage
-            && let Err(e) = fs::remove_file(path)
-        {
-            tracing::warn!(path = %path.display(), error = %e, "could not delete an expired segment");
-        }
-    }
-}
-
-fn segment_file_name(first_seq: u64) -> String {
-    format!("{first_seq:019}.log")
 }
 
 /// A contiguous run of records of one segment, planned under the lock and read outside it.
@@ -1015,3 +936,5 @@ fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), 
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_commit;
