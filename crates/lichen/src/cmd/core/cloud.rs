@@ -152,3 +152,19 @@ pub async fn stop(link: Option<CloudLink>) {
         }
     }
 }
+
+/// Mirrors the link's connection status into `tx` (false while there is no link).
+pub fn forward_status(link: &Option<CloudLink>, tx: tokio::sync::watch::Sender<bool>) {
+    let Some(l) = link else { return };
+    let mut status = l.link.status_watch();
+    tokio::spawn(async move {
+        loop {
+            let up = *status.borrow_and_update() == lichen_cloud::ConnectionStatus::Connected;
+            tx.send_replace(up);
+            if status.changed().await.is_err() {
+                tx.send_replace(false);
+                return;
+            }
+        }
+    });
+}

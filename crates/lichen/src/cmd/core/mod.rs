@@ -14,6 +14,7 @@ mod ipc_ops;
 mod layout;
 mod lock;
 mod provision;
+mod shadows;
 
 use super::RootArgs;
 use anyhow::Context;
@@ -240,6 +241,7 @@ async fn serve(
         config_source.clone(),
         tokens.clone(),
     );
+    let (cloud_connected_tx, cloud_connected_rx) = tokio::sync::watch::channel(false);
     let service_ctx = builtins::ServiceContext {
         config: config.clone(),
         root: root.clone(),
@@ -248,8 +250,10 @@ async fn serve(
         bus: bus.clone(),
         iot_core: new_bus(),
         local_mqtt: new_bus(),
+        cloud_connected: cloud_connected_rx,
     };
     let cloud_link = cloud::start(&service_ctx).await?;
+    cloud::forward_status(&cloud_link, cloud_connected_tx);
     let services = builtins::services(&service_ctx);
     let hooks = Arc::new(ipc_ops::ComponentUpdateHooks::default());
     let engine = lichen_deploy::DeploymentEngine::new(
