@@ -68,6 +68,11 @@ CREATE TABLE temporary_credentials (
     certificate_id TEXT NOT NULL, expires_at BIGINT NOT NULL, created_at BIGINT NOT NULL);
 CREATE INDEX temporary_credentials_expiry ON temporary_credentials (expires_at);
 "#,
+    r#"
+CREATE TABLE shadows (
+    thing_name TEXT NOT NULL, shadow_name TEXT NOT NULL, document TEXT, version BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL, PRIMARY KEY (thing_name, shadow_name));
+"#,
 ];
 
 pub(crate) fn apply(tx: &Transaction<'_>) -> crate::Result<()> {

@@ -44,7 +44,7 @@ use tokio::sync::watch;
 
 pub const SERVICE_NAME: &str = "aws.greengrass.ShadowManager";
 /// The named shadow Greengrass deployments use; never synced by this service.
-pub const DEPLOYMENT_SHADOW: &str = "AWSManagedGreengrassV2Deployment";
+pub const DEPLOYMENT_SHADOW: &str = lichen_shadow::DEPLOYMENT_SHADOW;
 
 struct Running {
     shadows: Shadows,

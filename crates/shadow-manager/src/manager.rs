@@ -142,7 +142,7 @@ impl Shadows {
             st.with(|c| store::read_row(c, &t, &s))
                 .map_err(internal)?
                 .and_then(|r| r.document)
-                .ok_or_else(|| rules::not_found(&s))
+                .ok_or_else(|| rules::not_found(&t, &s))
         })
         .await
     }
@@ -208,7 +208,7 @@ impl Shadows {
                     let tx = c.transaction()?;
                     let Some(row) = store::read_row(&tx, &t, &s)?.filter(|r| r.document.is_some())
                     else {
-                        return Ok(Err(rules::not_found(&s)));
+                        return Ok(Err(rules::not_found(&t, &s)));
                     };
                     let now = now_secs();
                     store::mark_deleted(&tx, &t, &s, now)?;
