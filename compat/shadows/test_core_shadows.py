@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from conftest import THING, wait_for
+from core_shadows_support import THING, certs, device, setup, wait_for  # noqa: F401
 
 
 @pytest.fixture(scope="module")
