@@ -131,11 +131,20 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     .context("configuring the data plane's TLS")?;
     super::provisioning::start(&devices, registry.clone(), ca.clone())
         .context("serving fleet provisioning")?;
+    let shadows = lichen_fleet_shadow::ShadowService::new(
+        registry.clone(),
+        Some(devices.clone()),
+        lichen_fleet_shadow::Limits::default(),
+    );
+    shadows
+        .serve_mqtt()
+        .context("serving the device shadow topics")?;
     let mut services: HashMap<String, Arc<dyn ServiceHandler>> = HashMap::new();
     services.insert(
         "iotdata".into(),
         Arc::new(super::devices::IotData {
             endpoint: devices.clone(),
+            shadows: shadows.clone(),
         }),
     );
     let state = Arc::new(ApiState {
