@@ -38,6 +38,10 @@ use crate::topics::prefix;
 /// How long a cloud request may take before it is retried.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const TOKEN_PREFIX: &str = "lichen-sync-";
+/// Wait after a (re)connection before the first request.
+const SETTLE: Duration = Duration::from_millis(500);
+/// While changes wait in the queue, the queue is looked at again at least this often.
+const QUEUE_RECHECK: Duration = Duration::from_secs(5);
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Value, (u16, String)>>>>>;
 
@@ -187,8 +191,16 @@ async fn run(
     let mut full = true;
     let mut next_tick = Instant::now();
     loop {
+        // A change seen here (not in the select below) is a flap during a sync: the link went
+        // down and up again, and either side may have moved meanwhile.
+        if connected.has_changed().unwrap_or(false) {
+            full = true;
+        }
         let online = *connected.borrow_and_update();
         if full && online {
+            // The cloud link restores its upstream subscriptions after it reports the
+            // connection; a request sent before that would wait for an answer that never comes.
+            tokio::time::sleep(SETTLE).await;
             let now = Instant::now();
             for id in synced(&config) {
                 todo.entry(id).or_insert((0, now));
@@ -246,6 +258,10 @@ async fn run(
         // Sleep until something happens: a change on either side, the connection, the
         // configuration, a retry or the next period.
         let mut wake = todo.values().map(|(_, at)| *at).min();
+        if !todo.is_empty() {
+            let recheck = Instant::now() + QUEUE_RECHECK;
+            wake = Some(wake.map_or(recheck, |w| w.min(recheck)));
+        }
         if let Strategy::Periodic(_) = config.strategy
             && !todo.is_empty()
         {
