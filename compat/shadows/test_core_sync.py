@@ -87,6 +87,18 @@ def ipc(app, op, shadow="", doc=None):
     return app.run(code)
 
 
+def settle(read, want, timeout, what):
+    """Polls `read()` until it equals `want`; on timeout says what it last was."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = read()
+        if last == want:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: wanted {want}, still {last} after {timeout} s")
+        time.sleep(0.1)
+
+
 def queued(core):
     db = core.root / "work" / SHADOW / "shadow.db"
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
@@ -184,13 +196,13 @@ def test_changes_on_both_sides_while_cut_off_merge_on_reconnect(rig):
         d = shadow_of(data)
         return d and {k: d["state"].get(k) for k in ("desired", "reported")}
 
-    wait_for(lambda: cloud_state() == want, 90, f"the merge at the fleet (now {cloud_state()})")
+    settle(cloud_state, want, 90, "the merge at the fleet")
 
     def local_state():
         r = ipc(app, "get")
         return "ok" in r and {k: r["ok"]["state"].get(k) for k in ("desired", "reported")}
 
-    wait_for(lambda: local_state() == want, 60, f"the merge at the core (now {local_state()})")
+    settle(local_state, want, 60, "the merge at the core")
     wait_for(lambda: queued(core) == [], 60, "the sync queue to drain")
 
 
