@@ -318,3 +318,47 @@ async fn one_way_directions() {
         Some(json!({"reported": {"local": 1}}))
     );
 }
+
+#[tokio::test]
+async fn periodic_strategy_syncs_on_its_tick() {
+    let r = rig(json!({
+        "synchronize": {"coreThing": {"classic": true}},
+        "strategy": {"type": "periodic", "delay": 1}
+    }))
+    .await;
+    local_update(&r.shadows, "", json!({"state": {"reported": {"p": 1}}})).await;
+    eventually("the periodic sync", async || {
+        (r.cloud.state("core", "") == Some(json!({"reported": {"p": 1}}))).then_some(())
+    })
+    .await;
+    r.cloud
+        .update("core", "", json!({"state": {"desired": {"p": 2}}}));
+    eventually("the cloud's change locally on a later tick", async || {
+        (local_state(&r.shadows, "").await
+            == Some(json!({"desired": {"p": 2}, "reported": {"p": 1}})))
+        .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reconfiguration_stops_syncing_what_it_drops() {
+    let r = rig(sync_all()).await;
+    r.manager
+        .apply(
+            Some(&json!({"synchronize": {"coreThing": {"classic": false, "namedShadows": ["n"]}}})),
+            "core",
+        )
+        .await
+        .unwrap();
+    local_update(&r.shadows, "", json!({"state": {"reported": {"x": 1}}})).await;
+    local_update(&r.shadows, "n", json!({"state": {"reported": {"x": 1}}})).await;
+    eventually("the named shadow in the cloud", async || {
+        r.cloud.state("core", "n").map(|_| ())
+    })
+    .await;
+    assert!(
+        r.cloud.state("core", "").is_none(),
+        "the classic shadow is no longer synced"
+    );
+}
