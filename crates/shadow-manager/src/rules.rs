@@ -114,10 +114,7 @@ pub fn apply_update(
 /// The `/get/accepted` (and IPC GetThingShadow) payload of a stored document.
 pub fn get_response(doc: &Value, client_token: Option<&str>) -> Value {
     match Document::from_value(doc) {
-        Ok(d) => {
-            let now = doc.get("timestamp").and_then(Value::as_u64).unwrap_or(0);
-            d.get_response(client_token, crate::manager::now_secs().max(now))
-        }
+        Ok(d) => d.get_response(client_token, crate::manager::now_secs()),
         Err(_) => doc.clone(),
     }
 }
