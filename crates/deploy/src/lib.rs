@@ -40,6 +40,7 @@
 //! block the queue forever.
 
 mod artifacts;
+mod cloud;
 mod engine;
 mod error;
 mod fsutil;
@@ -52,6 +53,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use artifacts::{ArtifactFetcher, FetchRequest};
+pub use cloud::{
+    CloudDocument, CloudInfo, CloudResolver, CloudSource, ResolvedComponent,
+    SUPPORTED_CAPABILITIES, SigningPolicy, group_of_arn, key_id, parse_document,
+};
 pub use engine::DeploymentEngine;
 pub use error::DeployError;
 pub use unzip::{ArchiveLimits, unarchive_zip};
@@ -103,6 +108,10 @@ pub struct LocalDeploymentRequest {
     /// deployments skip notification unless asked (Greengrass: SKIP_NOTIFY_COMPONENTS).
     #[serde(default)]
     pub component_update_policy: Option<ComponentUpdatePolicy>,
+    /// Set for cloud deployments: the document replaces its group's whole root set, every root
+    /// gets its RunWith from the document, and components are resolved with the cloud.
+    #[serde(default)]
+    pub cloud: Option<CloudInfo>,
 }
 
 /// How components hear of an update before it is applied.
@@ -116,6 +125,9 @@ pub struct ComponentUpdatePolicy {
 impl LocalDeploymentRequest {
     /// The deployment group this request deploys to.
     pub fn group(&self) -> String {
+        if let Some(cloud) = &self.cloud {
+            return cloud.group.clone();
+        }
         match &self.group_name {
             None => LOCAL_GROUP.to_string(),
             Some(g) => format!("thinggroup/{g}"),
@@ -132,6 +144,9 @@ pub struct ConfigurationUpdate {
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunWithInfo {
     pub posix_user: Option<String>,
+    /// `systemResourceLimits` (`memory` in KB, `cpus`), cloud deployments only.
+    #[serde(default)]
+    pub system_resource_limits: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
