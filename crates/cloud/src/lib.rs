@@ -22,6 +22,7 @@
 //! [`ipc`] module is the only place that speaks Greengrass IPC shapes.
 
 mod client;
+pub mod dataplane;
 pub mod ipc;
 pub mod provision;
 mod record;
