@@ -147,7 +147,14 @@ pub(crate) fn prepare(
             }
             refreshed.insert(PathBuf::from(&file_name));
         }
-        verify_digest(name, version, artifact, &dest)?;
+        if let Err(e) = verify_digest(name, version, artifact, &dest) {
+            // A downloaded file that fails its digest goes, so the next attempt fetches it
+            // again instead of failing on it forever.
+            if cloud_deployment && matches!(e, DeployError::DigestMismatch { .. }) {
+                let _ = fs::remove_file(&dest);
+            }
+            return Err(e);
+        }
         set_mode(&dest, artifact_mode(artifact))?;
         if matches!(artifact.unarchive, Unarchive::Zip) {
             let stem = artifact.unarchive_dir_name();

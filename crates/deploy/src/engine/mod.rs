@@ -214,6 +214,16 @@ impl DeploymentEngine {
     pub fn submit_cloud(&self, doc: CloudDocument) -> Result<String, DeployError> {
         let info = doc.info().clone();
         let id = info.deployment_id.clone();
+        if id.is_empty()
+            || id.starts_with('.')
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        {
+            return Err(DeployError::BadRequest(format!(
+                "deployment id {id:?} must be letters, digits, '-', '_', '.' or ':' (it names a folder)"
+            )));
+        }
         if lock(&self.inner.state).records.contains_key(&id) {
             return Ok(id);
         }
