@@ -111,8 +111,8 @@ pub fn group_of_arn(arn: &str) -> Option<String> {
     None
 }
 
-/// Parses a deployment document. `deployment_id` is the job id (jobs) or the document's own
-/// `deploymentId` (shadow); the document's value wins when present.
+/// Parses a deployment document. The deployment id is the job id (`fallback_id`) for jobs, and
+/// the document's own `deploymentId` (else `fallback_id`) for the shadow.
 pub fn parse_document(
     document: &Value,
     source: CloudSource,
@@ -121,9 +121,11 @@ pub fn parse_document(
     let Value::Object(doc) = document else {
         return Err(bad("(document)", "must be a JSON object"));
     };
-    let deployment_id = text(doc, "deploymentId")
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| fallback_id.to_string());
+    // Job status goes to `…/jobs/<jobId>/…`, so a job's deployment is known by its job id.
+    let deployment_id = match text(doc, "deploymentId").filter(|s| !s.is_empty()) {
+        Some(id) if source == CloudSource::Shadow || fallback_id.is_empty() => id,
+        _ => fallback_id.to_string(),
+    };
     if deployment_id.is_empty() {
         return Err(bad("deploymentId", "missing"));
     }

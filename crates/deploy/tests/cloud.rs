@@ -143,7 +143,12 @@ fn every_document_field_is_read_case_insensitively() {
     });
     let parsed = parse_document(&doc, CloudSource::Job, "job-1").unwrap();
     let info = parsed.info();
-    assert_eq!(info.deployment_id, "d-1");
+    assert_eq!(
+        info.deployment_id, "job-1",
+        "a job's deployment is known by its job id"
+    );
+    let by_shadow = parse_document(&doc, CloudSource::Shadow, "x").unwrap();
+    assert_eq!(by_shadow.info().deployment_id, "d-1");
     assert_eq!(info.deployment_name.as_deref(), Some("first"));
     assert_eq!(info.group, "thinggroup/Fleet");
     assert_eq!(parsed.group(), "thinggroup/Fleet");

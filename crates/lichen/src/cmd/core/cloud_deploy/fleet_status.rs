@@ -53,13 +53,16 @@ async fn run(ctx: Arc<Context>) {
     let mut states = ctx.supervisor.subscribe();
     let mut last: Snapshot = BTreeMap::new();
     let mut last_deployment: Option<DeploymentRecord> = None;
-    publish(&ctx, "NUCLEUS_LAUNCH", true, &mut last, None).await;
+    // The components as a deployment found them: its PARTIAL lists what it changed, even if
+    // state-change messages already told of some of them.
+    let mut baseline: Option<Snapshot> = None;
+    publish(&ctx, "NUCLEUS_LAUNCH", true, &mut last, None, None).await;
     let mut cadence = tokio::time::interval(interval(&ctx));
     cadence.tick().await;
     loop {
         tokio::select! {
             _ = cadence.tick() => {
-                publish(&ctx, "CADENCE", true, &mut last, last_deployment.as_ref()).await;
+                publish(&ctx, "CADENCE", true, &mut last, None, last_deployment.as_ref()).await;
             }
             event = deployments.recv() => match event {
                 Ok(record) if record.status.is_terminal() && record.status != DeploymentStatus::Canceled => {
@@ -69,7 +72,11 @@ async fn run(ctx: Arc<Context>) {
                         None => "LOCAL_DEPLOYMENT",
                     };
                     last_deployment = Some(record.clone());
-                    publish(&ctx, trigger, false, &mut last, Some(&record)).await;
+                    let before = baseline.take();
+                    publish(&ctx, trigger, false, &mut last, before.as_ref(), Some(&record)).await;
+                }
+                Ok(record) if record.status == DeploymentStatus::InProgress => {
+                    baseline = Some(snapshot(&components(&ctx)));
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -79,7 +86,7 @@ async fn run(ctx: Arc<Context>) {
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     tokio::time::sleep(DEBOUNCE).await;
                     while states.try_recv().is_ok() {}
-                    publish(&ctx, "COMPONENT_STATUS_CHANGE", false, &mut last, None).await;
+                    publish(&ctx, "COMPONENT_STATUS_CHANGE", false, &mut last, None, None).await;
                 }
                 Err(_) => return,
             },
@@ -156,32 +163,40 @@ fn next_sequence(ctx: &Context) -> i64 {
     n
 }
 
-async fn publish(
-    ctx: &Context,
-    trigger: &str,
-    complete: bool,
-    last: &mut Snapshot,
-    deployment: Option<&DeploymentRecord>,
-) {
-    let all = components(ctx);
-    let now: Snapshot = all
+fn snapshot(components: &[Value]) -> Snapshot {
+    components
         .iter()
         .map(|c| {
             let f = |k: &str| c[k].as_str().unwrap_or_default().to_string();
             (f("componentName"), (f("version"), f("status")))
         })
-        .collect();
+        .collect()
+}
+
+/// Publishes one status message; PARTIAL lists the components that differ from `since`
+/// (default: what was last published).
+async fn publish(
+    ctx: &Context,
+    trigger: &str,
+    complete: bool,
+    last: &mut Snapshot,
+    since: Option<&Snapshot>,
+    deployment: Option<&DeploymentRecord>,
+) {
+    let all = components(ctx);
+    let now = snapshot(&all);
+    let reference = since.unwrap_or(last);
     let listed: Vec<Value> = if complete {
         all
     } else {
         all.into_iter()
             .filter(|c| {
                 let name = c["componentName"].as_str().unwrap_or_default();
-                last.get(name) != now.get(name)
+                reference.get(name) != now.get(name)
             })
             .collect()
     };
-    let removed = last.keys().any(|k| !now.contains_key(k));
+    let removed = reference.keys().any(|k| !now.contains_key(k));
     *last = now;
     if !complete && listed.is_empty() && deployment.is_none() && !removed {
         return;
