@@ -171,7 +171,12 @@ fn recipe(digest: &str) -> String {
 }
 
 /// The Greengrass data plane and the object store, over HTTPS with client certificates.
-fn data_plane(pki: &Pki, artifact: Vec<u8>) -> (u16, Arc<Mutex<PlaneSeen>>) {
+/// `hold`: how long the first object GET waits before it answers.
+fn data_plane(
+    pki: &Pki,
+    artifact: Vec<u8>,
+    hold: std::time::Duration,
+) -> (u16, Arc<Mutex<PlaneSeen>>) {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -289,6 +294,7 @@ fn data_plane(pki: &Pki, artifact: Vec<u8>) -> (u16, Arc<Mutex<PlaneSeen>>) {
                 };
                 let headers = format!("content-length: {}\r\n", rest.len());
                 if first_object_get {
+                    std::thread::sleep(hold);
                     // Half the body, then the connection drops.
                     send(status, headers, &rest[..rest.len() / 2]);
                 } else {
@@ -314,56 +320,110 @@ fn messages(seen: &Seen, topic: &str) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn thing_group_deployment_arrives_by_jobs_and_reports_success() {
-    let ws = Workspace::new();
-    let pki = pki(&ws.path("pki"));
-    let (_broker, mqtt_port) = mosquitto(&pki);
-    let artifact: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
-    let (plane_port, plane_seen) = data_plane(&pki, artifact.clone());
-    // The watcher is connected once it sees its own probe.
-    let (_sub, seen) = watch(&pki, mqtt_port);
-    let probe = format!("$aws/things/{THING}/probe");
-    eventually(20, "the fleet's subscription", || {
-        let _ = Command::new("mosquitto_pub")
-            .args(tls_args(&pki, mqtt_port))
-            .args(["-t", &probe, "-m", "{}"])
-            .status();
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        !messages(&seen, &probe).is_empty()
-    });
+/// The fleet's side and a core pointed at it.
+struct Rig {
+    ws: Workspace,
+    pki: Pki,
+    _broker: Proc,
+    mqtt_port: u16,
+    plane_port: u16,
+    plane_seen: Arc<Mutex<PlaneSeen>>,
+    _sub: Proc,
+    seen: Seen,
+}
 
-    let d = pki.dir.display();
-    let config = ws.path("cloud.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "system:\n  thingName: {THING}\n  rootCaPath: {d}/ca.pem\n  certificateFilePath: {d}/device.pem\n  privateKeyPath: {d}/device.key\nservices:\n  aws.greengrass.Nucleus:\n    configuration:\n      awsRegion: us-east-1\n      iotDataEndpoint: 127.0.0.1\n      greengrassDataPlaneEndpoint: 127.0.0.1\n      greengrassDataPlanePort: {plane_port}\n      mqtt:\n        port: {mqtt_port}\n"
-        ),
-    )
-    .unwrap();
-    let core = start_core_with(&ws.root(), &[], &["--config", config.to_str().unwrap()]);
+impl Rig {
+    fn new(artifact: Vec<u8>, hold: std::time::Duration) -> Rig {
+        let ws = Workspace::new();
+        let pki = pki(&ws.path("pki"));
+        let (broker, mqtt_port) = mosquitto(&pki);
+        let (plane_port, plane_seen) = data_plane(&pki, artifact, hold);
+        // The watcher is connected once it sees its own probe.
+        let (sub, seen) = watch(&pki, mqtt_port);
+        let probe = format!("$aws/things/{THING}/probe");
+        eventually(20, "the fleet's subscription", || {
+            let _ = Command::new("mosquitto_pub")
+                .args(tls_args(&pki, mqtt_port))
+                .args(["-t", &probe, "-m", "{}"])
+                .status();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            !messages(&seen, &probe).is_empty()
+        });
+        Rig {
+            ws,
+            pki,
+            _broker: broker,
+            mqtt_port,
+            plane_port,
+            plane_seen,
+            _sub: sub,
+            seen,
+        }
+    }
 
-    let next_get = format!("$aws/things/{THING}/jobs/$next/namespace-aws-gg-deployment/get");
-    eventually(30, "the core asks for its next job", || {
-        !messages(&seen, &next_get).is_empty()
-    });
-    let document = json!({
-        "deploymentId": "d-e2e-1",
+    fn start_core(&self) -> Core {
+        let d = self.pki.dir.display();
+        let config = self.ws.path("cloud.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "system:\n  thingName: {THING}\n  rootCaPath: {d}/ca.pem\n  certificateFilePath: {d}/device.pem\n  privateKeyPath: {d}/device.key\nservices:\n  aws.greengrass.Nucleus:\n    configuration:\n      awsRegion: us-east-1\n      iotDataEndpoint: 127.0.0.1\n      greengrassDataPlaneEndpoint: 127.0.0.1\n      greengrassDataPlanePort: {}\n      mqtt:\n        port: {}\n",
+                self.plane_port, self.mqtt_port
+            ),
+        )
+        .unwrap();
+        start_core_with(
+            &self.ws.root(),
+            &[],
+            &["--config", config.to_str().unwrap()],
+        )
+    }
+
+    fn publish(&self, topic: &str, payload: &Value) {
+        publish(&self.pki, self.mqtt_port, topic, payload);
+    }
+
+    fn messages(&self, topic: &str) -> Vec<Value> {
+        messages(&self.seen, topic)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.ws.root().join("logs/greengrass.log")).unwrap_or_default()
+    }
+}
+
+fn artifact() -> Vec<u8> {
+    (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+fn document(id: &str, group: &str, greeting: &str) -> Value {
+    json!({
+        "deploymentId": id,
         "schemaDate": "2021-05-17",
-        "configurationArn": "arn:aws:greengrass:us-east-1:123456789012:configuration:thinggroup/Fleet:1",
+        "configurationArn": format!("arn:aws:greengrass:us-east-1:123456789012:configuration:{group}:1"),
         "creationTimestamp": 1700000000000_i64,
         "components": {"test.CloudHello": {
             "version": "1.0.0",
-            "configurationUpdate": {"merge": "{\"greeting\":\"hi from the cloud\"}"}
+            "configurationUpdate": {"merge": format!("{{\"greeting\":\"{greeting}\"}}")}
         }},
         "failureHandlingPolicy": "ROLLBACK",
         "componentUpdatePolicy": {"timeout": 5, "action": "NOTIFY_COMPONENTS"},
+    })
+}
+
+const NEXT_GET: &str = "$aws/things/e2e-thing/jobs/$next/namespace-aws-gg-deployment/get";
+
+#[test]
+fn thing_group_deployment_arrives_by_jobs_and_reports_success() {
+    let artifact = artifact();
+    let rig = Rig::new(artifact.clone(), std::time::Duration::ZERO);
+    let core = rig.start_core();
+    eventually(30, "the core asks for its next job", || {
+        !rig.messages(NEXT_GET).is_empty()
     });
-    publish(
-        &pki,
-        mqtt_port,
-        &format!("{next_get}/accepted"),
+    let document = document("d-e2e-1", "thinggroup/Fleet", "hi from the cloud");
+    rig.publish(
+        &format!("{NEXT_GET}/accepted"),
         &json!({"execution": {
             "jobId": "job-e2e-1", "thingName": THING, "status": "QUEUED",
             "queuedAt": 1700000000, "versionNumber": 1, "executionNumber": 1,
@@ -372,9 +432,8 @@ fn thing_group_deployment_arrives_by_jobs_and_reports_success() {
     );
 
     let update = format!("$aws/things/{THING}/jobs/job-e2e-1/namespace-aws-gg-deployment/update");
-    let log = || std::fs::read_to_string(ws.root().join("logs/greengrass.log")).unwrap_or_default();
     let finished = || {
-        messages(&seen, &update)
+        rig.messages(&update)
             .iter()
             .any(|m| m["status"] == "SUCCEEDED" || m["status"] == "FAILED")
     };
@@ -384,21 +443,21 @@ fn thing_group_deployment_arrives_by_jobs_and_reports_success() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let updates = messages(&seen, &update);
+    let updates = rig.messages(&update);
     assert!(
         finished(),
         "no terminal status; updates {updates:?}; log:\n{}",
-        log()
+        rig.log()
     );
     assert_eq!(updates[0]["status"], "IN_PROGRESS", "{updates:?}");
     let last = updates.last().unwrap();
-    assert_eq!(last["status"], "SUCCEEDED", "{last}; log:\n{}", log());
+    assert_eq!(last["status"], "SUCCEEDED", "{last}; log:\n{}", rig.log());
     assert_eq!(
         last["statusDetails"]["detailed-deployment-status"],
         "SUCCESSFUL"
     );
 
-    let out = ws.root().join("work/test.CloudHello/out.txt");
+    let out = rig.ws.root().join("work/test.CloudHello/out.txt");
     eventually(20, "the component ran", || out.is_file());
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(
@@ -406,13 +465,14 @@ fn thing_group_deployment_arrives_by_jobs_and_reports_success() {
         format!("hi from the cloud {}", String::from_utf8(artifact).unwrap())
     );
     // The download broke off once and resumed where it stopped.
-    let plane = plane_seen.lock().unwrap();
+    let plane = rig.plane_seen.lock().unwrap();
     assert_eq!(plane.ranges.len(), 2, "{:?}", plane.requests);
     assert_eq!(plane.ranges[0], None);
     assert_eq!(plane.ranges[1].as_deref(), Some("bytes=100000-"));
     drop(plane);
     assert!(
-        ws.root()
+        rig.ws
+            .root()
             .join("packages/recipes/test.CloudHello@1.0.0.metadata.json")
             .is_file()
     );
@@ -420,11 +480,11 @@ fn thing_group_deployment_arrives_by_jobs_and_reports_success() {
     // Fleet status: COMPLETE at launch, then a PARTIAL for the deployment with its component.
     let health = format!("$aws/things/{THING}/greengrassv2/health/json");
     eventually(20, "fleet status after the deployment", || {
-        messages(&seen, &health)
+        rig.messages(&health)
             .iter()
             .any(|m| m["trigger"] == "THING_GROUP_DEPLOYMENT")
     });
-    let reports = messages(&seen, &health);
+    let reports = rig.messages(&health);
     assert_eq!(reports[0]["messageType"], "COMPLETE");
     assert_eq!(reports[0]["trigger"], "NUCLEUS_LAUNCH");
     let after = reports
@@ -449,5 +509,121 @@ fn thing_group_deployment_arrives_by_jobs_and_reports_success() {
         .filter_map(|m| m["sequenceNumber"].as_i64())
         .collect();
     assert!(sequences.windows(2).all(|w| w[1] > w[0]), "{sequences:?}");
+    drop(core);
+}
+
+#[test]
+fn single_thing_deployment_arrives_by_the_shadow_and_reports_under_reported() {
+    let rig = Rig::new(artifact(), std::time::Duration::ZERO);
+    let core = rig.start_core();
+    let shadow = format!("$aws/things/{THING}/shadow/name/AWSManagedGreengrassV2Deployment");
+    eventually(30, "the core reads its deployment shadow", || {
+        !rig.messages(&format!("{shadow}/get")).is_empty()
+    });
+    let document = document(
+        "d-shadow-1",
+        &format!("thing/{THING}"),
+        "hi from the shadow",
+    );
+    let arn = document["configurationArn"].clone();
+    // A desired state without desiredStatus is ignored; an older version than seen is skipped.
+    rig.publish(
+        &format!("{shadow}/update/accepted"),
+        &json!({"version": 5, "state": {"desired": {"fleetConfig": document.to_string()}}}),
+    );
+    rig.publish(
+        &format!("{shadow}/get/accepted"),
+        &json!({"version": 6, "state": {
+            "desired": {"fleetConfig": document.to_string(), "desiredStatus": "ACTIVE"}
+        }}),
+    );
+    let reported_status = || {
+        rig.messages(&format!("{shadow}/update"))
+            .iter()
+            .filter_map(|m| {
+                m["state"]["reported"]["status"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..600 {
+        if reported_status().iter().any(|s| s != "IN_PROGRESS") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        reported_status(),
+        vec!["IN_PROGRESS".to_string(), "SUCCEEDED".to_string()],
+        "log:\n{}",
+        rig.log()
+    );
+    let last = rig.messages(&format!("{shadow}/update")).pop().unwrap();
+    let reported = &last["state"]["reported"];
+    assert_eq!(reported["fleetConfigurationArnForStatus"], arn);
+    assert_eq!(reported["statusDetails"]["detailedStatus"], "SUCCESSFUL");
+    assert!(reported["ggcVersion"].is_string());
+    let out = rig.ws.root().join("work/test.CloudHello/out.txt");
+    eventually(20, "the component ran", || out.is_file());
+    assert!(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .starts_with("hi from the shadow ")
+    );
+    // The same document again (a reconnect's get) is not deployed twice.
+    rig.publish(
+        &format!("{shadow}/get/accepted"),
+        &json!({"version": 7, "state": {
+            "desired": {"fleetConfig": document.to_string(), "desiredStatus": "ACTIVE"},
+            "reported": {"fleetConfigurationArnForStatus": arn, "status": "SUCCEEDED"}
+        }}),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(reported_status().len(), 2);
+    drop(core);
+}
+
+#[test]
+fn a_job_that_vanishes_before_the_merge_is_cancelled() {
+    let rig = Rig::new(artifact(), std::time::Duration::from_secs(3));
+    let core = rig.start_core();
+    eventually(30, "the core asks for its next job", || {
+        !rig.messages(NEXT_GET).is_empty()
+    });
+    let document = document("d-cancel", "thinggroup/Fleet", "never");
+    rig.publish(
+        &format!("{NEXT_GET}/accepted"),
+        &json!({"execution": {"jobId": "job-cancel", "status": "QUEUED", "jobDocument": document}}),
+    );
+    eventually(30, "the download started", || {
+        !rig.plane_seen.lock().unwrap().ranges.is_empty()
+    });
+    // The job is cancelled in the cloud: a notification, and `$next` has nothing any more.
+    let asked = rig.messages(NEXT_GET).len();
+    rig.publish(
+        &format!("$aws/things/{THING}/jobs/notify-namespace-aws-gg-deployment"),
+        &json!({"jobs": {}}),
+    );
+    eventually(30, "the core asks again", || {
+        rig.messages(NEXT_GET).len() > asked
+    });
+    rig.publish(&format!("{NEXT_GET}/accepted"), &json!({"timestamp": 1}));
+    let record = rig.ws.root().join("deployments/job-cancel/deployment.json");
+    eventually(60, "the deployment is cancelled", || {
+        std::fs::read_to_string(&record)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .is_some_and(|v| v["record"]["status"] == "Canceled")
+    });
+    assert!(!rig.ws.root().join("work/test.CloudHello/out.txt").exists());
+    let update = format!("$aws/things/{THING}/jobs/job-cancel/namespace-aws-gg-deployment/update");
+    assert!(
+        rig.messages(&update)
+            .iter()
+            .all(|m| m["status"] == "IN_PROGRESS"),
+        "{:?}",
+        rig.messages(&update)
+    );
     drop(core);
 }
