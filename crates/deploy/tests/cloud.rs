@@ -114,7 +114,9 @@ fn document(id: &str, group: &str, created: i64, components: Value) -> Value {
 }
 
 async fn deploy_cloud(core: &Core, doc: Value) -> lichen_deploy::DeploymentRecord {
-    let parsed = parse_document(&doc, CloudSource::Job, "job").unwrap();
+    // As a job: the job id is the deployment id.
+    let job_id = doc["deploymentId"].as_str().unwrap().to_string();
+    let parsed = parse_document(&doc, CloudSource::Job, &job_id).unwrap();
     let id = core.engine.submit_cloud(parsed).unwrap();
     core.engine.wait_idle().await;
     core.engine.status(&id).unwrap()
@@ -470,5 +472,92 @@ async fn signatures_are_required_checked_and_accepted() {
             .unwrap_err()
             .contains("32 bytes")
     );
+    core.stop().await;
+}
+
+/// Writes fixed bytes for every `s3://` artifact of a cloud deployment, counting calls.
+struct BytesFetcher(Vec<u8>, Mutex<u32>);
+
+impl lichen_deploy::ArtifactFetcher for BytesFetcher {
+    fn fetch(
+        &self,
+        request: &lichen_deploy::FetchRequest<'_>,
+        dest: &std::path::Path,
+    ) -> Result<bool, DeployError> {
+        if !request.cloud_deployment {
+            return Ok(false);
+        }
+        assert!(
+            request
+                .component_arn
+                .as_deref()
+                .is_some_and(|a| a.contains(":versions:"))
+        );
+        *self.1.lock().unwrap() += 1;
+        std::fs::write(dest, &self.0).unwrap();
+        Ok(true)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downloaded_artifact_with_the_wrong_digest_is_refused_and_fetched_again() {
+    use sha2::Digest as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let core = Core::start(&tmp.path().join("root")).await;
+    let good = b"the real artifact".to_vec();
+    let digest = B64.encode(sha2::Sha256::digest(&good));
+    let catalog = Arc::new(Catalog::default());
+    let recipe = format!(
+        "RecipeFormatVersion: '2020-01-25'\nComponentName: com.example.Art\nComponentVersion: '1.0.0'\nManifests:\n  - Platform:\n      os: linux\n    Lifecycle:\n      Run: '{SLEEP}'\n    Artifacts:\n      - Uri: s3://bucket/art.bin\n        Digest: {digest}\n        Algorithm: SHA-256\n"
+    );
+    catalog.recipes.lock().unwrap().insert(
+        ("com.example.Art".into(), "1.0.0".into()),
+        (recipe.into_bytes(), None),
+    );
+    core.engine
+        .set_cloud_resolver(catalog.clone(), SigningPolicy::default());
+    let bad = Arc::new(BytesFetcher(b"tampered".to_vec(), Mutex::new(0)));
+    core.engine.register_fetcher("s3", bad.clone());
+    let doc = |id: &str, ts: i64| {
+        document(
+            id,
+            "thinggroup/D",
+            ts,
+            json!({"com.example.Art": {"version": "1.0.0"}}),
+        )
+    };
+    let record = deploy_cloud(&core, doc("a1", 1)).await;
+    assert_eq!(
+        record.detailed_status,
+        Some(DetailedStatus::FailedNoStateChange)
+    );
+    assert!(
+        record
+            .error_stack
+            .contains(&"ARTIFACT_CHECKSUM_MISMATCH".to_string()),
+        "{:?}",
+        record.error_stack
+    );
+    let stored = core
+        .root
+        .join("packages/artifacts/com.example.Art/1.0.0/art.bin");
+    assert!(!stored.exists(), "the bad download is not kept");
+    assert_eq!(core.version("com.example.Art"), None);
+
+    // A good download on the next attempt goes through.
+    let good_fetcher = Arc::new(BytesFetcher(good.clone(), Mutex::new(0)));
+    core.engine.register_fetcher("s3", good_fetcher.clone());
+    let record = deploy_cloud(&core, doc("a2", 2)).await;
+    assert_eq!(
+        record.status,
+        DeploymentStatus::Succeeded,
+        "{}",
+        record.failure_cause
+    );
+    assert_eq!(*good_fetcher.1.lock().unwrap(), 1);
+    assert_eq!(std::fs::read(&stored).unwrap(), good);
+
+    // A local deployment never uses the cloud-only fetcher.
+    assert_eq!(*bad.1.lock().unwrap(), 1);
     core.stop().await;
 }
