@@ -77,6 +77,10 @@ impl Drop for Proc {
 /// mosquitto with mutual TLS on a free port.
 fn mosquitto(pki: &Pki) -> (Proc, u16) {
     let port = free_port();
+    (mosquitto_on(pki, port), port)
+}
+
+fn mosquitto_on(pki: &Pki, port: u16) -> Proc {
     let conf = pki.dir.join("mosquitto.conf");
     let d = pki.dir.display();
     std::fs::write(
@@ -93,7 +97,10 @@ fn mosquitto(pki: &Pki) -> (Proc, u16) {
         .stderr(Stdio::null())
         .spawn()
         .expect("mosquitto is installed");
-    (Proc(child), port)
+    eventually(20, "mosquitto listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    Proc(child)
 }
 
 fn tls_args(pki: &Pki, port: u16) -> Vec<String> {
@@ -320,15 +327,30 @@ fn messages(seen: &Seen, topic: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A watcher that is known to be subscribed (it has seen its own probe).
+fn watched(pki: &Pki, port: u16) -> (Proc, Seen) {
+    let (sub, seen) = watch(pki, port);
+    let probe = format!("$aws/things/{THING}/probe");
+    eventually(20, "the fleet's subscription", || {
+        let _ = Command::new("mosquitto_pub")
+            .args(tls_args(pki, port))
+            .args(["-t", &probe, "-m", "{}"])
+            .status();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        !messages(&seen, &probe).is_empty()
+    });
+    (sub, seen)
+}
+
 /// The fleet's side and a core pointed at it.
 struct Rig {
     ws: Workspace,
     pki: Pki,
-    _broker: Proc,
+    broker: Proc,
     mqtt_port: u16,
     plane_port: u16,
     plane_seen: Arc<Mutex<PlaneSeen>>,
-    _sub: Proc,
+    sub: Proc,
     seen: Seen,
 }
 
@@ -339,26 +361,33 @@ impl Rig {
         let (broker, mqtt_port) = mosquitto(&pki);
         let (plane_port, plane_seen) = data_plane(&pki, artifact, hold);
         // The watcher is connected once it sees its own probe.
-        let (sub, seen) = watch(&pki, mqtt_port);
-        let probe = format!("$aws/things/{THING}/probe");
-        eventually(20, "the fleet's subscription", || {
-            let _ = Command::new("mosquitto_pub")
-                .args(tls_args(&pki, mqtt_port))
-                .args(["-t", &probe, "-m", "{}"])
-                .status();
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            !messages(&seen, &probe).is_empty()
-        });
+        let (sub, seen) = watched(&pki, mqtt_port);
         Rig {
             ws,
             pki,
-            _broker: broker,
+            broker,
             mqtt_port,
             plane_port,
             plane_seen,
-            _sub: sub,
+            sub,
             seen,
         }
+    }
+
+    /// The broker goes away (the device is offline).
+    fn stop_broker(&mut self) {
+        let _ = self.broker.0.kill();
+        let _ = self.broker.0.wait();
+        let _ = self.sub.0.kill();
+        let _ = self.sub.0.wait();
+    }
+
+    /// A fresh broker on the same port, with a fresh watcher.
+    fn restart_broker(&mut self) {
+        self.broker = mosquitto_on(&self.pki, self.mqtt_port);
+        let (sub, seen) = watched(&self.pki, self.mqtt_port);
+        self.sub = sub;
+        self.seen = seen;
     }
 
     fn start_core(&self) -> Core {
@@ -625,5 +654,43 @@ fn a_job_that_vanishes_before_the_merge_is_cancelled() {
         "{:?}",
         rig.messages(&update)
     );
+    drop(core);
+}
+
+#[test]
+fn a_status_reached_while_offline_is_reported_after_a_kill_and_restart() {
+    let mut rig = Rig::new(artifact(), std::time::Duration::from_secs(2));
+    let core = rig.start_core();
+    eventually(30, "the core asks for its next job", || {
+        !rig.messages(NEXT_GET).is_empty()
+    });
+    let document = document("d-offline", "thinggroup/Fleet", "offline");
+    rig.publish(
+        &format!("{NEXT_GET}/accepted"),
+        &json!({"execution": {"jobId": "job-offline", "status": "QUEUED", "jobDocument": document}}),
+    );
+    eventually(30, "the download started", || {
+        !rig.plane_seen.lock().unwrap().ranges.is_empty()
+    });
+    rig.stop_broker();
+    let record = rig
+        .ws
+        .root()
+        .join("deployments/job-offline/deployment.json");
+    eventually(60, "the deployment succeeds offline", || {
+        std::fs::read_to_string(&record)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .is_some_and(|v| v["record"]["status"] == "Succeeded")
+    });
+    core.kill9();
+    rig.restart_broker();
+    let core = rig.start_core();
+    let update = format!("$aws/things/{THING}/jobs/job-offline/namespace-aws-gg-deployment/update");
+    eventually(60, "the SUCCEEDED report after the restart", || {
+        rig.messages(&update)
+            .iter()
+            .any(|m| m["status"] == "SUCCEEDED")
+    });
     drop(core);
 }
