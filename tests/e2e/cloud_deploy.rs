@@ -160,6 +160,8 @@ fn publish(pki: &Pki, port: u16, topic: &str, payload: &Value) {
 struct PlaneSeen {
     requests: Vec<String>,
     ranges: Vec<Option<String>>,
+    /// The full document GetDeploymentConfiguration hands out (LARGE_CONFIGURATION).
+    large_document: Option<Vec<u8>>,
 }
 
 fn recipe(digest: &str) -> String {
@@ -285,6 +287,20 @@ fn data_plane(
                     "preSignedUrl": format!("https://127.0.0.1:{port}/bucket/hello.txt?X-Amz-Signature=abc")
                 }));
                 send("200 OK", h, &b);
+            } else if path.starts_with("/greengrass/v2/deployments/")
+                && path.ends_with(&format!("/coreDevices/{THING}/configuration"))
+            {
+                let doc = s.lock().unwrap().large_document.clone().unwrap_or_default();
+                let digest =
+                    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&doc));
+                let (h, b) = json_answer(json!({
+                    "preSignedUrl": format!("https://127.0.0.1:{port}/configs/doc.json?X-Amz-Signature=c"),
+                    "integrityCheck": {"algorithm": "SHA-256", "digest": digest},
+                }));
+                send("200 OK", h, &b);
+            } else if path.starts_with("/configs/doc.json") {
+                let doc = s.lock().unwrap().large_document.clone().unwrap_or_default();
+                send("200 OK", format!("content-length: {}\r\n", doc.len()), &doc);
             } else if path.starts_with(&format!("/greengrass/v2/coreDevices/{THING}/thingGroups")) {
                 let (h, b) = json_answer(json!({"thingGroups": [{"thingGroupName": "Fleet"}]}));
                 send("200 OK", h, &b);
@@ -692,5 +708,52 @@ fn a_status_reached_while_offline_is_reported_after_a_kill_and_restart() {
             .iter()
             .any(|m| m["status"] == "SUCCEEDED")
     });
+    drop(core);
+}
+
+#[test]
+fn after_a_reconnect_the_core_asks_again_and_takes_a_large_configuration() {
+    let mut rig = Rig::new(artifact(), std::time::Duration::ZERO);
+    let core = rig.start_core();
+    eventually(30, "the core asks for its next job", || {
+        !rig.messages(NEXT_GET).is_empty()
+    });
+    // The device drops off the network and comes back: the link restores its subscriptions
+    // and the core asks for its next job again.
+    rig.stop_broker();
+    rig.restart_broker();
+    eventually(60, "the core asks again after reconnecting", || {
+        !rig.messages(NEXT_GET).is_empty()
+    });
+    let full = document("d-large", "thinggroup/Fleet", "large");
+    rig.plane_seen.lock().unwrap().large_document = Some(full.to_string().into_bytes());
+    let mut small = full.clone();
+    small["components"] = json!({});
+    small["requiredCapabilities"] = json!(["LARGE_CONFIGURATION"]);
+    rig.publish(
+        &format!("{NEXT_GET}/accepted"),
+        &json!({"execution": {"jobId": "job-large", "status": "QUEUED", "jobDocument": small}}),
+    );
+    let update = format!("$aws/things/{THING}/jobs/job-large/namespace-aws-gg-deployment/update");
+    eventually(60, "SUCCEEDED", || {
+        rig.messages(&update)
+            .iter()
+            .any(|m| m["status"] == "SUCCEEDED")
+    });
+    let out = rig.ws.root().join("work/test.CloudHello/out.txt");
+    eventually(20, "the component ran", || out.is_file());
+    assert!(std::fs::read_to_string(&out).unwrap().starts_with("large "));
+    assert!(
+        rig.plane_seen
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .any(|r| r.starts_with(
+                "GET /greengrass/v2/deployments/job-large/coreDevices/e2e-thing/configuration"
+            )),
+        "{:?}",
+        rig.plane_seen.lock().unwrap().requests
+    );
     drop(core);
 }
