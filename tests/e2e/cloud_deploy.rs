@@ -757,3 +757,41 @@ fn after_a_reconnect_the_core_asks_again_and_takes_a_large_configuration() {
     );
     drop(core);
 }
+
+#[test]
+fn a_shadow_deployment_canceled_before_its_merge_is_not_applied() {
+    let rig = Rig::new(artifact(), std::time::Duration::from_secs(3));
+    let core = rig.start_core();
+    let shadow = format!("$aws/things/{THING}/shadow/name/AWSManagedGreengrassV2Deployment");
+    eventually(30, "the core reads its deployment shadow", || {
+        !rig.messages(&format!("{shadow}/get")).is_empty()
+    });
+    let document = document("d-shadow-cancel", &format!("thing/{THING}"), "never");
+    rig.publish(
+        &format!("{shadow}/update/accepted"),
+        &json!({"version": 3, "state": {
+            "desired": {"fleetConfig": document.to_string(), "desiredStatus": "ACTIVE"}
+        }}),
+    );
+    eventually(30, "the download started", || {
+        !rig.plane_seen.lock().unwrap().ranges.is_empty()
+    });
+    rig.publish(
+        &format!("{shadow}/update/accepted"),
+        &json!({"version": 4, "state": {
+            "desired": {"fleetConfig": document.to_string(), "desiredStatus": "CANCELED"}
+        }}),
+    );
+    let record = rig
+        .ws
+        .root()
+        .join("deployments/d-shadow-cancel/deployment.json");
+    eventually(60, "the deployment is cancelled", || {
+        std::fs::read_to_string(&record)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .is_some_and(|v| v["record"]["status"] == "Canceled")
+    });
+    assert!(!rig.ws.root().join("work/test.CloudHello/out.txt").exists());
+    drop(core);
+}

@@ -36,6 +36,16 @@
 //! [`ArchiveLimits`]. An artifact about to be downloaded needs a recipe `Digest`; only a local
 //! deployment's own files may come without one.
 //!
+//! Cloud deployments ([`parse_document`] → [`DeploymentEngine::submit_cloud`]) take the same
+//! queue: the document replaces its group's roots, components are negotiated with the cloud
+//! through a [`CloudResolver`] (a LOCAL group's stored recipe still wins), recipes may have to
+//! carry a trusted Ed25519 signature ([`SigningPolicy`]), and `s3` artifacts come from a fetcher
+//! used only for cloud deployments.
+//!
+//! Architecture invariant: a cloud deployment is known by one id (the job id, or the shadow
+//! document's deploymentId) and submitting it again is a no-op; one whose creationTimestamp is
+//! older than its group's last processed deployment is recorded FAILED and never runs.
+//!
 //! Architecture invariant: every wait is bounded (`settle_timeout`), so a deployment cannot
 //! block the queue forever.
 
