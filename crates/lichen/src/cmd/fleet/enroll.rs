@@ -40,7 +40,8 @@ pub struct EnrollArgs {
 /// The policy an enrolled device gets. Scoped to the thing: it connects as itself only, and
 /// publishes, subscribes and receives under `devices/<thing>/` (where its components publish
 /// through PublishToIoTCore) and under `$aws/things/<thing>/` (the service's topics for it:
-/// shadows, jobs). Anything wider is granted by attaching further policies.
+/// shadows, jobs), and calls the Greengrass data plane. Anything wider is granted by attaching
+/// further policies.
 pub fn device_policy() -> serde_json::Value {
     let t = "${iot:Connection.Thing.ThingName}";
     serde_json::json!({
@@ -66,6 +67,17 @@ pub fn device_policy() -> serde_json::Value {
                     format!("arn:aws:iot:*:*:topicfilter/devices/{t}/*"),
                     format!("arn:aws:iot:*:*:topicfilter/$aws/things/{t}/*"),
                 ],
+            },
+            {
+                // The Greengrass data plane a core deploys through (spec §6.4).
+                "Effect": "Allow",
+                "Action": [
+                    "greengrass:ResolveComponentCandidates",
+                    "greengrass:GetComponentVersionArtifact",
+                    "greengrass:GetDeploymentConfiguration",
+                    "greengrass:ListThingGroupsForCoreDevice",
+                ],
+                "Resource": "*",
             },
         ],
     })
