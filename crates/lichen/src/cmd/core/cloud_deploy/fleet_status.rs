@@ -53,16 +53,13 @@ async fn run(ctx: Arc<Context>) {
     let mut states = ctx.supervisor.subscribe();
     let mut last: Snapshot = BTreeMap::new();
     let mut last_deployment: Option<DeploymentRecord> = None;
-    // The components as a deployment found them: its PARTIAL lists what it changed, even if
-    // state-change messages already told of some of them.
-    let mut baseline: Option<Snapshot> = None;
-    publish(&ctx, "NUCLEUS_LAUNCH", true, &mut last, None, None).await;
+    publish(&ctx, "NUCLEUS_LAUNCH", true, &mut last, None).await;
     let mut cadence = tokio::time::interval(interval(&ctx));
     cadence.tick().await;
     loop {
         tokio::select! {
             _ = cadence.tick() => {
-                publish(&ctx, "CADENCE", true, &mut last, None, last_deployment.as_ref()).await;
+                publish(&ctx, "CADENCE", true, &mut last, last_deployment.as_ref()).await;
             }
             event = deployments.recv() => match event {
                 Ok(record) if record.status.is_terminal() && record.status != DeploymentStatus::Canceled => {
@@ -72,11 +69,7 @@ async fn run(ctx: Arc<Context>) {
                         None => "LOCAL_DEPLOYMENT",
                     };
                     last_deployment = Some(record.clone());
-                    let before = baseline.take();
-                    publish(&ctx, trigger, false, &mut last, before.as_ref(), Some(&record)).await;
-                }
-                Ok(record) if record.status == DeploymentStatus::InProgress => {
-                    baseline = Some(snapshot(&components(&ctx)));
+                    publish(&ctx, trigger, false, &mut last, Some(&record)).await;
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -86,7 +79,7 @@ async fn run(ctx: Arc<Context>) {
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     tokio::time::sleep(DEBOUNCE).await;
                     while states.try_recv().is_ok() {}
-                    publish(&ctx, "COMPONENT_STATUS_CHANGE", false, &mut last, None, None).await;
+                    publish(&ctx, "COMPONENT_STATUS_CHANGE", false, &mut last, None).await;
                 }
                 Err(_) => return,
             },
@@ -173,30 +166,32 @@ fn snapshot(components: &[Value]) -> Snapshot {
         .collect()
 }
 
-/// Publishes one status message; PARTIAL lists the components that differ from `since`
-/// (default: what was last published).
+/// Publishes one status message. PARTIAL lists the components that differ from what was last
+/// published, and after a deployment also that deployment's root components (state-change
+/// messages may already have told of them).
 async fn publish(
     ctx: &Context,
     trigger: &str,
     complete: bool,
     last: &mut Snapshot,
-    since: Option<&Snapshot>,
     deployment: Option<&DeploymentRecord>,
 ) {
     let all = components(ctx);
     let now = snapshot(&all);
-    let reference = since.unwrap_or(last);
+    let roots: BTreeSet<&String> = deployment
+        .map(|d| d.request.root_components_to_add.keys().collect())
+        .unwrap_or_default();
     let listed: Vec<Value> = if complete {
         all
     } else {
         all.into_iter()
             .filter(|c| {
                 let name = c["componentName"].as_str().unwrap_or_default();
-                reference.get(name) != now.get(name)
+                last.get(name) != now.get(name) || roots.contains(&name.to_string())
             })
             .collect()
     };
-    let removed = reference.keys().any(|k| !now.contains_key(k));
+    let removed = last.keys().any(|k| !now.contains_key(k));
     *last = now;
     if !complete && listed.is_empty() && deployment.is_none() && !removed {
         return;
