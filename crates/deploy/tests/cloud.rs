@@ -561,3 +561,46 @@ async fn a_downloaded_artifact_with_the_wrong_digest_is_refused_and_fetched_agai
     assert_eq!(*bad.1.lock().unwrap(), 1);
     core.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_are_resolved_with_the_cloud_with_every_requirement() {
+    let tmp = tempfile::tempdir().unwrap();
+    let core = Core::start(&tmp.path().join("root")).await;
+    let catalog = Arc::new(Catalog::default());
+    catalog.add("com.example.Lib", "1.0.0", SLEEP);
+    catalog.add("com.example.Lib", "1.5.0", SLEEP);
+    catalog.add("com.example.Lib", "2.0.0", SLEEP);
+    let app = format!(
+        "RecipeFormatVersion: '2020-01-25'\nComponentName: com.example.App\nComponentVersion: '1.0.0'\nComponentDependencies:\n  com.example.Lib:\n    VersionRequirement: '^1.0.0'\nManifests:\n  - Platform:\n      os: linux\n    Lifecycle:\n      Run: '{SLEEP}'\n"
+    );
+    catalog.recipes.lock().unwrap().insert(
+        ("com.example.App".into(), "1.0.0".into()),
+        (app.into_bytes(), None),
+    );
+    core.engine
+        .set_cloud_resolver(catalog.clone(), SigningPolicy::default());
+    let doc = document(
+        "dep-1",
+        "thinggroup/G",
+        1,
+        json!({"com.example.App": {"version": "1.0.0"}}),
+    );
+    let record = deploy_cloud(&core, doc).await;
+    assert_eq!(
+        record.status,
+        DeploymentStatus::Succeeded,
+        "{}",
+        record.failure_cause
+    );
+    assert_eq!(core.version("com.example.Lib").as_deref(), Some("1.5.0"));
+    let calls = catalog.calls.lock().unwrap().clone();
+    let lib = calls
+        .iter()
+        .find(|c| c.0 == "com.example.Lib")
+        .expect("the dependency was resolved with the cloud");
+    assert_eq!(
+        lib.2.get("com.example.App@1.0.0").map(String::as_str),
+        Some("^1.0.0")
+    );
+    core.stop().await;
+}
