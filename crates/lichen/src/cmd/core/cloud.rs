@@ -144,6 +144,13 @@ pub async fn start(ctx: &ServiceContext) -> anyhow::Result<Option<CloudLink>> {
     Ok(Some(CloudLink { link, tasks }))
 }
 
+impl CloudLink {
+    /// The link itself, for the services that talk to the cloud.
+    pub fn handle(&self) -> &lichen_cloud::CloudLink {
+        &self.link
+    }
+}
+
 pub async fn stop(link: Option<CloudLink>) {
     if let Some(l) = link {
         l.link.shutdown().await;

@@ -10,6 +10,7 @@ mod bridge;
 mod builtins;
 mod client_devices;
 mod cloud;
+mod cloud_deploy;
 mod ipc_ops;
 mod layout;
 mod lock;
@@ -296,6 +297,23 @@ async fn serve(
     }
     let services = builtins::Builtins::new(config.clone(), root.clone(), tokens.clone(), services);
     hooks.set_builtins(services.clone());
+    // Before the engine resumes an interrupted deployment, which may need the cloud.
+    let cloud_deployments = match (&cloud_link, settings.cloud_configured) {
+        (Some(link), true) => {
+            cloud_deploy::start(cloud_deploy::Context {
+                config: config.clone(),
+                root: root.clone(),
+                thing: settings.thing_name.clone(),
+                platform: settings.platform.clone(),
+                engine: engine.clone(),
+                supervisor: supervisor.clone(),
+                link: link.handle().clone(),
+                ggc_version: NUCLEUS_VERSION.to_string(),
+            })
+            .await?
+        }
+        _ => None,
+    };
     engine.start().await?;
     services.watch();
     keep_effective_config(&config, root.join("config/effectiveConfig.yaml"))?;
@@ -326,6 +344,9 @@ async fn serve(
     };
     tracing::info!("stop requested; stopping components in reverse dependency order");
     engine.shutdown();
+    if let Some(c) = cloud_deployments {
+        c.stop();
+    }
     supervisor.shutdown().await;
     services.shutdown().await;
     cloud::stop(cloud_link).await;
