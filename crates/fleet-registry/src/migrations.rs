@@ -68,6 +68,13 @@ CREATE TABLE temporary_credentials (
     certificate_id TEXT NOT NULL, expires_at BIGINT NOT NULL, created_at BIGINT NOT NULL);
 CREATE INDEX temporary_credentials_expiry ON temporary_credentials (expires_at);
 "#,
+    r#"
+CREATE TABLE component_versions (
+    name TEXT NOT NULL, version TEXT NOT NULL, recipe TEXT NOT NULL, recipe_format TEXT NOT NULL,
+    description TEXT, publisher TEXT, platforms TEXT NOT NULL, status TEXT NOT NULL,
+    message TEXT NOT NULL, signature TEXT, tags TEXT NOT NULL, client_token TEXT,
+    created_at BIGINT NOT NULL, PRIMARY KEY (name, version));
+"#,
 ];
 
 pub(crate) fn apply(tx: &Transaction<'_>) -> crate::Result<()> {
