@@ -16,7 +16,9 @@ mod call;
 pub mod credentials;
 pub mod dataplane;
 mod error;
+mod greengrass;
 mod iot;
+pub mod s3;
 
 pub use call::Call;
 pub use error::{ApiError, ApiResult};
@@ -57,6 +59,8 @@ pub struct ApiState {
     pub endpoints: EndpointHosts,
     /// Further services by signing name (`iotdata`, `greengrass`, …).
     pub services: HashMap<String, Arc<dyn ServiceHandler>>,
+    /// The object store served as S3 (signing name `s3`) and holding component artifacts.
+    pub objects: Option<Arc<s3::ObjectStore>>,
 }
 
 /// The router: one fallback that authenticates and dispatches.
@@ -76,6 +80,10 @@ pub async fn serve(
 }
 
 async fn handle(State(state): State<Arc<ApiState>>, req: Request) -> Response {
+    // S3 bodies stream to the object store; they never pass through the 1 MiB buffer below.
+    if s3::is_s3(&req) {
+        return s3::handle(&state, req).await;
+    }
     let request_id = uuid::Uuid::new_v4().to_string();
     let mut resp = match authenticate_and_dispatch(&state, req).await {
         Ok(r) => r,
@@ -147,6 +155,7 @@ async fn authenticate_and_dispatch(state: &Arc<ApiState>, req: Request) -> ApiRe
     tracing::debug!(service = %call.caller.service, method = %call.method, path = %call.path, who = %call.caller.access_key_id, "request");
     match call.caller.service.as_str() {
         "iot" => iot::dispatch(state, call).await,
+        "greengrass" => greengrass::dispatch(state, call).await,
         other => match state.services.get(other) {
             Some(h) => Ok(h.handle(call).await),
             None => Err(ApiError::unknown_operation(

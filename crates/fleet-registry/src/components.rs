@@ -123,9 +123,11 @@ impl Registry {
                     now_ms()
                 ],
             )?;
-            let stored = self.component_row(tx, &v.name, &v.version)?.ok_or_else(|| {
-                RegistryError::Invalid("the component version vanished while stored".into())
-            })?;
+            let stored = self
+                .component_row(tx, &v.name, &v.version)?
+                .ok_or_else(|| {
+                    RegistryError::Invalid("the component version vanished while stored".into())
+                })?;
             Ok((stored, vec![]))
         })
     }

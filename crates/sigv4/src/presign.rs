@@ -118,7 +118,9 @@ pub fn verify_presigned(
     let amz_date = get("X-Amz-Date").ok_or_else(|| malformed("no X-Amz-Date"))?;
     let when = parse_amz_date(amz_date)?;
     if amz_date.get(..8) != Some(*date) {
-        return Err(malformed("X-Amz-Credential's date is not the day of X-Amz-Date"));
+        return Err(malformed(
+            "X-Amz-Credential's date is not the day of X-Amz-Date",
+        ));
     }
     let expires: i64 = get("X-Amz-Expires")
         .and_then(|e| e.parse().ok())

@@ -138,7 +138,27 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             endpoint: devices.clone(),
         }),
     );
+    let objects = {
+        let dir = root.join("objects");
+        let local = lichen_fleet_api::s3::LocalStore::open(&dir)
+            .with_context(|| format!("opening the object store {}", dir.display()))?;
+        // Presigned artifact URLs are signed with a key of their own, kept only in the registry.
+        let (akid, secret) = registry
+            .ensure_access_key("presign", generate_access_key)
+            .context("recording the object store's presigning key")?;
+        Arc::new(lichen_fleet_api::s3::ObjectStore {
+            local,
+            endpoint: format!("http://{}", reachable(bound)),
+            region: a.region.clone(),
+            presign: lichen_fleet_api::s3::Credentials {
+                access_key_id: akid,
+                secret_access_key: secret,
+                session_token: None,
+            },
+        })
+    };
     let state = Arc::new(ApiState {
+        objects: Some(objects),
         registry,
         ca,
         endpoints: EndpointHosts {

@@ -1,0 +1,199 @@
+"""The component registry and its artifacts: unmodified boto3 and `aws` CLI upload artifacts
+through the fleet's S3 API (single PUT, multipart over 8 MiB, ranged and presigned GETs), publish
+component versions whose recipes name them (digests checked or filled in), and a device
+resolves and downloads them over the mutual-TLS data plane with its certificate."""
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+import pytest
+import requests
+from conftest import aws_cli
+from fleet_devices import Device
+
+GG_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Action": [
+                "greengrass:ResolveComponentCandidates",
+                "greengrass:GetComponentVersionArtifact",
+                "greengrass:ListThingGroupsForCoreDevice",
+            ],
+            "Resource": "*",
+        }
+    ],
+}
+
+
+def sha256_b64(data):
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def recipe(name, version, uri=None, digest=None, extra_manifest=None, deps=None):
+    artifact = {"URI": uri} if uri else None
+    if artifact and digest:
+        artifact["Digest"] = digest
+        artifact["Algorithm"] = "SHA-256"
+    manifests = [{"Platform": {"os": "linux"}, "Lifecycle": {"Run": "echo hi"}, "Artifacts": [artifact] if artifact else []}]
+    if extra_manifest:
+        manifests.append(extra_manifest)
+    r = {
+        "RecipeFormatVersion": "2020-01-25",
+        "ComponentName": name,
+        "ComponentVersion": version,
+        "ComponentDescription": "test component",
+        "ComponentPublisher": "tests",
+        "Manifests": manifests,
+    }
+    if deps:
+        r["ComponentDependencies"] = {k: {"VersionRequirement": v} for k, v in deps.items()}
+    return json.dumps(r).encode()
+
+
+@pytest.fixture
+def s3(fleet):
+    return fleet.client("s3")
+
+
+@pytest.fixture
+def gg(fleet):
+    return fleet.client("greengrassv2")
+
+
+def cli(fleet, *args, check=True):
+    p = subprocess.run([aws_cli(), "--endpoint-url", fleet.api, *args], env=fleet.cli_env(), capture_output=True, text=True, timeout=300)
+    if check:
+        assert p.returncode == 0, f"aws {' '.join(args)} failed ({p.returncode}): {p.stderr}"
+    return p
+
+
+def test_boto3_puts_gets_ranges_lists_and_deletes_objects(s3):
+    s3.create_bucket(Bucket="artifacts")
+    s3.head_bucket(Bucket="artifacts")
+    body = os.urandom(100_000)
+    s3.put_object(Bucket="artifacts", Key="com.example/1.0.0/app bin.tar", Body=body)
+    head = s3.head_object(Bucket="artifacts", Key="com.example/1.0.0/app bin.tar")
+    assert head["ContentLength"] == len(body)
+    assert s3.get_object(Bucket="artifacts", Key="com.example/1.0.0/app bin.tar")["Body"].read() == body
+    part = s3.get_object(Bucket="artifacts", Key="com.example/1.0.0/app bin.tar", Range="bytes=10-19")
+    assert part["ResponseMetadata"]["HTTPStatusCode"] == 206
+    assert part["ContentRange"] == f"bytes 10-19/{len(body)}"
+    assert part["Body"].read() == body[10:20]
+    s3.put_object(Bucket="artifacts", Key="other/x", Body=b"x")
+    listed = s3.list_objects_v2(Bucket="artifacts", Prefix="com.example/")
+    assert [o["Key"] for o in listed["Contents"]] == ["com.example/1.0.0/app bin.tar"]
+    by_dir = s3.list_objects_v2(Bucket="artifacts", Delimiter="/")
+    assert [p["Prefix"] for p in by_dir["CommonPrefixes"]] == ["com.example/", "other/"]
+    paged = s3.get_paginator("list_objects_v2").paginate(Bucket="artifacts", PaginationConfig={"PageSize": 1})
+    assert [o["Key"] for page in paged for o in page.get("Contents", [])] == ["com.example/1.0.0/app bin.tar", "other/x"]
+    s3.delete_object(Bucket="artifacts", Key="other/x")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.get_object(Bucket="artifacts", Key="other/x")
+    assert e.value.response["Error"]["Code"] == "NoSuchKey"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.put_object(Bucket="no-such-bucket", Key="k", Body=b"x")
+    assert e.value.response["Error"]["Code"] == "NoSuchBucket"
+    # botocore presigns S3 with SigV2 unless told s3v4; the fleet verifies SigV4 only.
+    v4 = boto3.client("s3", endpoint_url=s3.meta.endpoint_url, region_name="us-east-1", config=Config(signature_version="s3v4"),
+                      aws_access_key_id=s3._request_signer._credentials.access_key, aws_secret_access_key=s3._request_signer._credentials.secret_key)
+    url = v4.generate_presigned_url("get_object", Params={"Bucket": "artifacts", "Key": "com.example/1.0.0/app bin.tar"}, ExpiresIn=60)
+    r = requests.get(url, headers={"Range": "bytes=-5"}, timeout=30)
+    assert r.status_code == 206 and r.content == body[-5:], (url, r.text)
+    tampered = url.replace("app%20bin.tar", "other.tar")
+    assert requests.get(tampered, timeout=30).status_code == 403
+
+
+def test_aws_cli_copies_a_multipart_file_up_and_down(fleet, s3, tmp_path):
+    cli(fleet, "s3", "mb", "s3://big")
+    src = tmp_path / "big.bin"
+    data = os.urandom(9 * 1024 * 1024 + 123)
+    src.write_bytes(data)
+    cli(fleet, "s3", "cp", str(src), "s3://big/dir/big.bin")
+    head = s3.head_object(Bucket="big", Key="dir/big.bin")
+    assert head["ContentLength"] == len(data)
+    # A multipart ETag names its part count.
+    assert head["ETag"].strip('"').endswith("-2"), head["ETag"]
+    dst = tmp_path / "back.bin"
+    cli(fleet, "s3", "cp", "s3://big/dir/big.bin", str(dst))
+    assert dst.read_bytes() == data
+    listing = cli(fleet, "s3", "ls", "s3://big/dir/").stdout
+    assert "big.bin" in listing
+
+
+def test_a_component_is_published_from_a_yaml_recipe_with_the_cli_and_read_back(fleet, s3, gg, tmp_path):
+    s3.create_bucket(Bucket="art")
+    s3.put_object(Bucket="art", Key="hello/1.0.0/hello.sh", Body=b"echo hello\n")
+    yaml_recipe = tmp_path / "recipe.yaml"
+    yaml_recipe.write_text(
+        "RecipeFormatVersion: '2020-01-25'\nComponentName: com.example.Hello\nComponentVersion: 1.0.0\n"
+        "ComponentDescription: says hello\nManifests:\n  - Platform: {os: linux}\n"
+        "    Lifecycle: {Run: 'sh {artifacts:path}/hello.sh'}\n    Artifacts:\n      - URI: s3://art/hello/1.0.0/hello.sh\n"
+    )
+    out = json.loads(
+        cli(fleet, "greengrassv2", "create-component-version", "--inline-recipe", f"fileb://{yaml_recipe}").stdout
+    )
+    assert out["componentName"] == "com.example.Hello"
+    assert out["status"]["componentState"] == "DEPLOYABLE"
+    arn = out["arn"]
+    assert arn.endswith(":components:com.example.Hello:versions:1.0.0")
+    got = gg.get_component(arn=arn, recipeOutputFormat="JSON")
+    r = json.loads(got["recipe"])
+    art = r["Manifests"][0]["Artifacts"][0]
+    # The digest Greengrass would compute was filled in.
+    assert art["Digest"] == sha256_b64(b"echo hello\n")
+    assert art["Algorithm"] == "SHA-256"
+    assert gg.get_component(arn=arn, recipeOutputFormat="YAML")["recipe"].startswith(b"RecipeFormatVersion")
+    d = gg.describe_component(arn=arn)
+    assert d["description"] == "says hello"
+    assert d["platforms"][0]["attributes"] == {"os": "linux"}
+    listed = gg.list_components()["components"]
+    assert [c["componentName"] for c in listed] == ["com.example.Hello"]
+    assert listed[0]["latestVersion"]["componentVersion"] == "1.0.0"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        gg.create_component_version(inlineRecipe=yaml_recipe.read_bytes())
+    assert e.value.response["Error"]["Code"] == "ConflictException"
+
+
+def test_versions_list_newest_first_and_delete(gg):
+    for v in ["1.0.0", "1.10.0", "1.2.0"]:
+        gg.create_component_version(inlineRecipe=recipe("com.example.V", v))
+    comp_arn = gg.list_components()["components"][0]["arn"]
+    versions = [v["componentVersion"] for v in gg.list_component_versions(arn=comp_arn)["componentVersions"]]
+    assert versions == ["1.10.0", "1.2.0", "1.0.0"]
+    pages = gg.get_paginator("list_component_versions").paginate(arn=comp_arn, PaginationConfig={"PageSize": 2})
+    assert [v["componentVersion"] for p in pages for v in p["componentVersions"]] == versions
+    gg.delete_component(arn=f"{comp_arn}:versions:1.10.0")
+    assert gg.list_components()["components"][0]["latestVersion"]["componentVersion"] == "1.2.0"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        gg.describe_component(arn=f"{comp_arn}:versions:1.10.0")
+    assert e.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+def test_bad_recipes_wrong_digests_and_missing_artifacts_are_named(s3, gg):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        gg.create_component_version(inlineRecipe=b"RecipeFormatVersion: '2020-01-25'\nComponentName: x\nComponentVersion: not.a.version\nManifests: []\n")
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    assert "ComponentVersion" in e.value.response["Error"]["Message"]
+    s3.create_bucket(Bucket="art")
+    s3.put_object(Bucket="art", Key="a.bin", Body=b"the real bytes")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        gg.create_component_version(inlineRecipe=recipe("com.example.D", "1.0.0", "s3://art/a.bin", sha256_b64(b"other bytes")))
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    assert "s3://art/a.bin" in e.value.response["Error"]["Message"]
+    ok = gg.create_component_version(inlineRecipe=recipe("com.example.D", "1.0.0", "s3://art/a.bin", sha256_b64(b"the real bytes")))
+    assert ok["status"]["componentState"] == "DEPLOYABLE"
+    failed = gg.create_component_version(inlineRecipe=recipe("com.example.D", "1.1.0", "s3://art/missing.bin"))
+    assert failed["status"]["componentState"] == "FAILED"
+    assert "s3://art/missing.bin" in failed["status"]["errors"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        gg.create_component_version(lambdaFunction={"lambdaArn": "arn:aws:lambda:us-east-1:1:function:f:1"})
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    assert "lambdaFunction" in e.value.response["Error"]["Message"]
