@@ -197,3 +197,91 @@ def test_bad_recipes_wrong_digests_and_missing_artifacts_are_named(s3, gg):
         gg.create_component_version(lambdaFunction={"lambdaArn": "arn:aws:lambda:us-east-1:1:function:f:1"})
     assert e.value.response["Error"]["Code"] == "ValidationException"
     assert "lambdaFunction" in e.value.response["Error"]["Message"]
+
+
+def data_plane(fleet, device, method, path, body=None):
+    return requests.request(
+        method,
+        f"{fleet.endpoints['dataPlane']}{path}",
+        json=body,
+        cert=(str(device.cert), str(device.key)),
+        verify=fleet.root_ca,
+        timeout=30,
+    )
+
+
+def resolve(fleet, device, name, requirements, platform=None):
+    body = {
+        "platform": {"name": "linux", "attributes": platform or {"os": "linux", "architecture": "amd64"}},
+        "componentCandidates": [{"componentName": name, "componentVersion": None, "versionRequirements": requirements}],
+    }
+    return data_plane(fleet, device, "POST", "/greengrass/v2/resolveComponentCandidates", body)
+
+
+def test_a_device_resolves_across_requirers_and_downloads_its_artifact_with_a_range(fleet, iot, s3, gg, tmp_path):
+    s3.create_bucket(Bucket="art")
+    payload = os.urandom(5000)
+    s3.put_object(Bucket="art", Key="app/app.bin", Body=payload)
+    windows_only = {"Platform": {"os": "windows"}, "Lifecycle": {"Run": "x"}}
+    for v in ["1.0.0", "1.1.0", "2.0.0"]:
+        gg.create_component_version(inlineRecipe=recipe("com.example.App", v, "s3://art/app/app.bin"))
+    only_windows = json.loads(recipe("com.example.Win", "1.0.0"))
+    only_windows["Manifests"] = [windows_only]
+    gg.create_component_version(inlineRecipe=json.dumps(only_windows).encode())
+    device = Device(fleet, iot, tmp_path, policy=GG_POLICY)
+
+    r = resolve(fleet, device, "com.example.App", {"thinggroup/A": "^1.0.0", "com.example.Other": "<1.1.0"})
+    assert r.status_code == 200, r.text
+    [resolved] = r.json()["resolvedComponentVersions"]
+    assert resolved["componentVersion"] == "1.0.0"
+    assert resolved["vendorGuidance"] == "ACTIVE"
+    served = base64.b64decode(resolved["recipe"])
+    assert served == gg.get_component(arn=resolved["arn"], recipeOutputFormat="JSON")["recipe"]
+    assert json.loads(served)["Manifests"][0]["Artifacts"][0]["Digest"] == sha256_b64(payload)
+    r = resolve(fleet, device, "com.example.App", {"thinggroup/A": ">=1.0.0"})
+    assert r.json()["resolvedComponentVersions"][0]["componentVersion"] == "2.0.0"
+
+    r = resolve(fleet, device, "com.example.App", {"thinggroup/A": "^3.0.0"})
+    assert r.status_code == 404 and "no usable version" in r.json()["message"]
+    assert r.headers["x-amzn-ErrorType"] == "ResourceNotFoundException"
+    r = resolve(fleet, device, "com.example.Win", {"thinggroup/A": "*"})
+    assert r.status_code == 404 and "claim platform" in r.json()["message"], r.text
+    r = resolve(fleet, device, "com.example.App", {"thinggroup/A": "not a range"})
+    assert r.status_code == 400 and "thinggroup/A" in r.json()["message"]
+
+    arn = requests.utils.quote(resolved["arn"], safe="")
+    r = data_plane(fleet, device, "GET", f"/greengrass/v2/components/{arn}/artifacts/art/app/app.bin")
+    assert r.status_code == 200, r.text
+    url = r.json()["preSignedUrl"]
+    got = requests.get(url, timeout=30)
+    assert got.status_code == 200 and got.content == payload
+    resumed = requests.get(url, headers={"Range": "bytes=4000-"}, timeout=30)
+    assert resumed.status_code == 206 and resumed.content == payload[4000:]
+    r = data_plane(fleet, device, "GET", f"/greengrass/v2/components/{arn}/artifacts/art/other.bin")
+    assert r.status_code == 404
+
+
+def test_thing_groups_for_a_core_device_name_their_parents(fleet, iot, tmp_path):
+    iot.create_thing_group(thingGroupName="Parent")
+    iot.create_thing_group(thingGroupName="Child", parentGroupName="Parent")
+    device = Device(fleet, iot, tmp_path, policy=GG_POLICY)
+    iot.add_thing_to_thing_group(thingGroupName="Child", thingName=device.name)
+    r = data_plane(fleet, device, "GET", f"/greengrass/v2/coreDevices/{device.name}/thingGroups")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["nextToken"] is None
+    assert [(g["thingGroupName"], [p["thingGroupName"] for p in g["rootToParentThingGroups"]]) for g in body["thingGroups"]] == [
+        ("Child", ["Parent"])
+    ]
+    other = Device(fleet, iot, tmp_path, policy=GG_POLICY)
+    assert data_plane(fleet, other, "GET", f"/greengrass/v2/coreDevices/{device.name}/thingGroups").status_code == 403
+
+
+def test_a_device_without_the_greengrass_policy_is_refused(fleet, iot, gg, tmp_path):
+    gg.create_component_version(inlineRecipe=recipe("com.example.P", "1.0.0"))
+    device = Device(fleet, iot, tmp_path)
+    r = resolve(fleet, device, "com.example.P", {"g": "*"})
+    assert r.status_code == 403
+    assert r.headers["x-amzn-ErrorType"] == "AccessDeniedException"
+    r = data_plane(fleet, device, "GET", f"/greengrass/v2/coreDevices/{device.name}/thingGroups")
+    assert r.status_code == 403
