@@ -285,3 +285,78 @@ def test_a_device_without_the_greengrass_policy_is_refused(fleet, iot, gg, tmp_p
     assert r.headers["x-amzn-ErrorType"] == "AccessDeniedException"
     r = data_plane(fleet, device, "GET", f"/greengrass/v2/coreDevices/{device.name}/thingGroups")
     assert r.status_code == 403
+
+
+@pytest.fixture
+def moto(tmp_path):
+    """moto's S3 server, standing in for MinIO: its URL."""
+    import socket
+    import sys
+    import time
+    from pathlib import Path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = Path(sys.executable).parent / "moto_server"
+    log = open(tmp_path / "moto.log", "wb")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(url, timeout=2)
+                break
+            except requests.ConnectionError:
+                assert proc.poll() is None, (tmp_path / "moto.log").read_text()
+                assert time.monotonic() < deadline, "moto_server did not start"
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def test_an_external_object_store_keeps_the_artifacts_and_devices_get_urls_for_it(moto, fleet_root, iot_for_remote, tmp_path):
+    fleet, store = iot_for_remote
+    iot = fleet.client("iot")
+    gg = fleet.client("greengrassv2")
+    payload = os.urandom(3000)
+    store.put_object(Bucket="store", Key="gg/app.bin", Body=payload)
+    store.put_object(Bucket="store", Key="elsewhere/app.bin", Body=payload)
+    v = gg.create_component_version(inlineRecipe=recipe("com.example.Ext", "1.0.0", "s3://store/gg/app.bin"))
+    assert v["status"]["componentState"] == "DEPLOYABLE"
+    bad = gg.create_component_version(inlineRecipe=recipe("com.example.Ext", "1.1.0", "s3://store/elsewhere/app.bin"))
+    assert bad["status"]["componentState"] == "FAILED"
+    assert "outside" in bad["status"]["errors"]["s3://store/elsewhere/app.bin"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        gg.create_component_version(inlineRecipe=recipe("com.example.Ext", "1.2.0", "s3://store/gg/app.bin", sha256_b64(b"no")))
+    assert "s3://store/gg/app.bin" in e.value.response["Error"]["Message"]
+    recipe_json = json.loads(gg.get_component(arn=v["arn"], recipeOutputFormat="JSON")["recipe"])
+    assert recipe_json["Manifests"][0]["Artifacts"][0]["Digest"] == sha256_b64(payload)
+    device = Device(fleet, iot, tmp_path, policy=GG_POLICY)
+    arn = requests.utils.quote(v["arn"], safe="")
+    r = data_plane(fleet, device, "GET", f"/greengrass/v2/components/{arn}/artifacts/store/gg/app.bin")
+    assert r.status_code == 200, r.text
+    url = r.json()["preSignedUrl"]
+    assert url.startswith(moto + "/store/gg/app.bin?") and "X-Amz-Signature=" in url
+    got = requests.get(url, headers={"Range": "bytes=100-"}, timeout=30)
+    assert got.status_code == 206 and got.content == payload[100:]
+
+
+@pytest.fixture
+def iot_for_remote(moto, fleet_root, monkeypatch):
+    from conftest import Fleet
+
+    store = boto3.client("s3", endpoint_url=moto, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+    store.create_bucket(Bucket="store")
+    monkeypatch.setenv("LICHEN_FLEET_OBJECT_STORE", f"s3://store/gg?endpoint={moto}")
+    monkeypatch.setenv("LICHEN_OBJECT_STORE_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("LICHEN_OBJECT_STORE_SECRET_ACCESS_KEY", "testing")
+    f = Fleet(fleet_root).start()
+    try:
+        yield f, store
+    finally:
+        f.stop()

@@ -13,6 +13,7 @@
 
 mod authz;
 mod call;
+pub mod client;
 pub mod credentials;
 pub mod dataplane;
 mod dataplane_greengrass;

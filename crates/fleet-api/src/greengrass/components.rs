@@ -274,11 +274,19 @@ fn create(s: &ApiState, c: &Call) -> ApiResult<Response> {
         let Some((_, sha)) = found else {
             errors.insert(
                 a.uri.clone(),
-                format!(
-                    "the artifact {} does not exist in the object store; upload it (aws s3 cp) \
-                     and publish the version again",
-                    a.uri
-                )
+                match &objects.remote {
+                    Some(r) if !r.holds(bucket, key) => format!(
+                        "the artifact {} is outside the fleet's object store ({}); upload it \
+                         there and name it in the recipe",
+                        a.uri,
+                        r.describe()
+                    ),
+                    _ => format!(
+                        "the artifact {} does not exist in the object store; upload it (aws s3 \
+                         cp) and publish the version again",
+                        a.uri
+                    ),
+                }
                 .into(),
             );
             continue;

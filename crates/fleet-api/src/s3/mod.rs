@@ -8,6 +8,7 @@
 //! trailer) is checked before the object is committed. Errors are S3's XML.
 
 mod chunked;
+pub mod remote;
 pub mod store;
 mod xml;
 
@@ -34,6 +35,8 @@ pub const PRESIGN_SECONDS: i64 = 3600;
 /// The fleet's object store, with what presigned URLs need.
 pub struct ObjectStore {
     pub local: LocalStore,
+    /// When set, artifacts live in this external store instead (the S3 API here is off).
+    pub remote: Option<remote::RemoteStore>,
     /// `http://host:port` of the API listener (what presigned URLs point at).
     pub endpoint: String,
     pub region: String,
@@ -44,6 +47,18 @@ pub struct ObjectStore {
 impl ObjectStore {
     /// Size and base64 SHA-256 of `bucket/key`, None when absent. Blocks (file I/O).
     pub fn digest(&self, bucket: &str, key: &str) -> Result<Option<(u64, String)>, StoreError> {
+        if let Some(r) = &self.remote {
+            if !r.holds(bucket, key) {
+                return Ok(None);
+            }
+            let io = |e: crate::client::ClientError| StoreError::Io {
+                path: r.describe().into(),
+                source: std::io::Error::other(e),
+            };
+            return tokio::runtime::Handle::current()
+                .block_on(r.digest(bucket, key))
+                .map_err(io);
+        }
         match self.local.head(bucket, key) {
             Ok((m, _)) => Ok(Some((m.size, m.sha256))),
             Err(StoreError::NoSuchKey(_) | StoreError::NoSuchBucket(_)) => Ok(None),
@@ -53,6 +68,9 @@ impl ObjectStore {
 
     /// A presigned GET URL for `bucket/key`, valid for [`PRESIGN_SECONDS`].
     pub fn presigned_get(&self, bucket: &str, key: &str) -> String {
+        if let Some(r) = &self.remote {
+            return r.presigned_get(bucket, key, PRESIGN_SECONDS);
+        }
         let path = format!(
             "/{}/{}",
             lichen_sigv4::uri_encode(bucket, false),
@@ -323,6 +341,18 @@ async fn serve(state: &Arc<ApiState>, req: Request) -> S3Result<Response> {
         ));
     };
     authenticate(state, &req)?;
+    if let Some(r) = &objects.remote {
+        return Err(err(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            format!(
+                "this fleet keeps artifacts in {}: upload them there and name them \
+                 s3://{}/… in recipes",
+                r.describe(),
+                r.bucket
+            ),
+        ));
+    }
     let path = req.uri().path().to_string();
     let q = query_pairs(req.uri().query().unwrap_or(""));
     let has = |k: &str| q.iter().any(|(n, _)| n == k);
