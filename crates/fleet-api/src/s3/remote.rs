@@ -10,6 +10,7 @@ use http_body_util::BodyExt;
 use lichen_sigv4::Credentials;
 use sha2::Digest;
 
+#[derive(Debug)]
 pub struct RemoteStore {
     /// `http://host:port`.
     pub endpoint: String,
