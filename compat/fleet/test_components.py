@@ -360,3 +360,53 @@ def iot_for_remote(moto, fleet_root, monkeypatch):
         yield f, store
     finally:
         f.stop()
+
+
+def lichen_fleet(fleet, *args, check=True):
+    from lichen_support import lichen_bin
+
+    p = subprocess.run([lichen_bin(), "fleet", *args], capture_output=True, text=True, timeout=120)
+    if check:
+        assert p.returncode == 0, f"lichen fleet {' '.join(args)} failed ({p.returncode}): {p.stderr}"
+    return p
+
+
+def test_the_cli_publishes_a_signed_folder_that_devices_resolve_with_its_signature(fleet, iot, gg, tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    comp = tmp_path / "hello"
+    (comp / "artifacts" / "com.example.Signed" / "1.0.0").mkdir(parents=True)
+    (comp / "artifacts" / "com.example.Signed" / "1.0.0" / "hello.sh").write_text("echo signed\n")
+    (comp / "recipe.yaml").write_text(
+        "RecipeFormatVersion: '2020-01-25'\nComponentName: com.example.Signed\nComponentVersion: 1.0.0\n"
+        "Manifests:\n  - Platform: {os: linux}\n    Lifecycle: {Run: 'sh {artifacts:path}/hello.sh'}\n"
+        "    Artifacts:\n      - URI: hello.sh\n"
+    )
+    key = tmp_path / "signing.pem"
+    public = lichen_fleet(fleet, "component", "keygen", "--out", str(key)).stdout.strip()
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    out = lichen_fleet(fleet, "component", "publish", "--root", str(fleet.root), str(comp), "--sign-key", str(key))
+    published = json.loads(out.stdout)
+    assert published["status"]["componentState"] == "DEPLOYABLE"
+    listed = lichen_fleet(fleet, "component", "list", "--root", str(fleet.root)).stdout
+    assert "com.example.Signed\t1.0.0" in listed
+
+    device = Device(fleet, iot, tmp_path, policy=GG_POLICY)
+    r = resolve(fleet, device, "com.example.Signed", {"thinggroup/G": "1.0.0"})
+    assert r.status_code == 200, r.text
+    [v] = r.json()["resolvedComponentVersions"]
+    served = base64.b64decode(v["recipe"])
+    art = json.loads(served)["Manifests"][0]["Artifacts"][0]
+    assert art["URI"] == "s3://lichen-components/com.example.Signed/1.0.0/hello.sh"
+    assert art["Digest"] == sha256_b64(b"echo signed\n")
+    sig = v["lichenSignature"]
+    raw = base64.b64decode(public)
+    assert sig["keyId"] == hashlib.sha256(raw).hexdigest()
+    Ed25519PublicKey.from_public_bytes(raw).verify(base64.b64decode(sig["signature"]), served)
+
+    described = json.loads(lichen_fleet(fleet, "component", "describe", "--root", str(fleet.root), "com.example.Signed@1.0.0").stdout)
+    assert described["componentVersion"] == "1.0.0"
+    lichen_fleet(fleet, "component", "delete", "--root", str(fleet.root), "com.example.Signed@1.0.0")
+    assert gg.list_components()["components"] == []
+    missing = lichen_fleet(fleet, "component", "describe", "--root", str(fleet.root), published["arn"], check=False)
+    assert missing.returncode != 0 and "does not exist" in missing.stderr

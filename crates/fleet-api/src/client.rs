@@ -77,11 +77,17 @@ pub async fn send(
     let mut all: Vec<(String, String)> = headers.to_vec();
     let query_string = match &signing {
         Some(s) => {
+            // Every service but S3 signs the path URI-encoded once more.
+            let canonical_path = if s.service == "s3" {
+                full_path.clone()
+            } else {
+                lichen_sigv4::uri_encode(&full_path, true)
+            };
             let (q, added) = lichen_sigv4::sign(
                 &SignInput {
                     method,
                     host: authority,
-                    path: &full_path,
+                    path: &canonical_path,
                     query,
                     headers,
                     payload_sha256: s.payload_sha256,
@@ -147,4 +153,78 @@ pub async fn send(
         headers: parts.headers,
         body,
     })
+}
+
+/// Uploads a file as `bucket/key` through an S3 API (PutObject, payload hash signed; the body
+/// streams from the file). Returns the ETag.
+pub async fn put_file(
+    endpoint: &str,
+    bucket: &str,
+    key: &str,
+    file: &std::path::Path,
+    creds: &Credentials,
+    region: &str,
+) -> Result<String, ClientError> {
+    let io = |source| ClientError::Connect {
+        addr: file.display().to_string(),
+        source,
+    };
+    let sha = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut f = std::fs::File::open(file).map_err(io)?;
+        std::io::copy(&mut f, &mut h).map_err(io)?;
+        h.finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let len = std::fs::metadata(file).map_err(io)?.len();
+    let f = tokio::fs::File::open(file).await.map_err(io)?;
+    let answer = send(
+        "PUT",
+        endpoint,
+        &format!(
+            "/{}/{}",
+            lichen_sigv4::uri_encode(bucket, false),
+            lichen_sigv4::uri_encode(key, true)
+        ),
+        &[],
+        &[("content-length".into(), len.to_string())],
+        Body::from_stream(tokio_util::io::ReaderStream::new(f)),
+        Some(Signing {
+            creds,
+            region,
+            service: "s3",
+            payload_sha256: &sha,
+        }),
+    )
+    .await?;
+    let status = answer.status;
+    let etag = answer
+        .headers
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    if status != 200 {
+        let body = answer.bytes().await.unwrap_or_default();
+        return Err(ClientError::Http {
+            addr: endpoint.into(),
+            message: format!(
+                "PUT {bucket}/{key} answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            ),
+        });
+    }
+    Ok(etag)
+}
+
+/// Base64 SHA-256 of a file (a Greengrass artifact `Digest`).
+pub fn file_sha256_b64(path: &std::path::Path) -> std::io::Result<String> {
+    use base64::Engine;
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(h.finalize()))
 }

@@ -21,6 +21,7 @@ mod error;
 mod greengrass;
 mod iot;
 pub mod s3;
+pub mod signing;
 
 pub use call::Call;
 pub use error::{ApiError, ApiResult};

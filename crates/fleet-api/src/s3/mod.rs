@@ -18,7 +18,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-pub use lichen_sigv4::Credentials;
+pub use lichen_sigv4::{Credentials, hex_sha256, uri_encode};
 use lichen_sigv4::{Verified, VerifyError};
 use std::path::Path;
 use std::sync::Arc;
