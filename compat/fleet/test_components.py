@@ -162,6 +162,7 @@ def test_a_component_is_published_from_a_yaml_recipe_with_the_cli_and_read_back(
     assert e.value.response["Error"]["Code"] == "ConflictException"
 
 
+@pytest.mark.parametrize("fleet_store", ["sqlite", "postgres"])
 def test_versions_list_newest_first_and_delete(gg):
     for v in ["1.0.0", "1.10.0", "1.2.0"]:
         gg.create_component_version(inlineRecipe=recipe("com.example.V", v))
@@ -410,3 +411,43 @@ def test_the_cli_publishes_a_signed_folder_that_devices_resolve_with_its_signatu
     assert gg.list_components()["components"] == []
     missing = lichen_fleet(fleet, "component", "describe", "--root", str(fleet.root), published["arn"], check=False)
     assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def test_unsigned_chunked_and_checksummed_bodies_are_checked(fleet, s3):
+    import zlib
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    s3.create_bucket(Bucket="bodies")
+    unsigned = boto3.client("s3", endpoint_url=fleet.api, region_name="us-east-1", aws_access_key_id=fleet.access_key,
+                            aws_secret_access_key=fleet.secret_key, config=Config(s3={"payload_signing_enabled": False}))
+    unsigned.put_object(Bucket="bodies", Key="u", Body=b"unsigned payload")
+    assert s3.get_object(Bucket="bodies", Key="u")["Body"].read() == b"unsigned payload"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.put_object(Bucket="bodies", Key="bad", Body=b"data", ChecksumCRC32="AAAAAA==")
+    assert e.value.response["Error"]["Code"] == "BadDigest"
+
+    # What botocore sends over TLS by default: aws-chunked with a trailing CRC32, signed by
+    # botocore's own S3 signer in its trailer mode.
+    def chunked(data, crc):
+        trailer = base64.b64encode(crc.to_bytes(4, "big")).decode()
+        return f"{len(data):x}\r\n".encode() + data + f"\r\n0\r\nx-amz-checksum-crc32:{trailer}\r\n\r\n".encode()
+
+    def send(data, crc):
+        req = AWSRequest(method="PUT", url=f"{fleet.api}/bodies/chunked", data=chunked(data, crc), headers={
+            "Content-Encoding": "aws-chunked", "x-amz-trailer": "x-amz-checksum-crc32",
+            "x-amz-decoded-content-length": str(len(data))})
+        req.context["checksum"] = {"request_algorithm": {"in": "trailer", "algorithm": "crc32"}}
+        S3SigV4Auth(Credentials(fleet.access_key, fleet.secret_key), "s3", "us-east-1").add_auth(req)
+        assert req.headers["X-Amz-Content-SHA256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+        return requests.put(req.url, data=req.body, headers=dict(req.headers), timeout=30)
+
+    data = os.urandom(70_000)
+    r = send(data, zlib.crc32(data))
+    assert r.status_code == 200, r.text
+    assert s3.get_object(Bucket="bodies", Key="chunked")["Body"].read() == data
+    r = send(b"other", zlib.crc32(data))
+    assert r.status_code == 400 and "<Code>BadDigest</Code>" in r.text
+    assert s3.get_object(Bucket="bodies", Key="chunked")["Body"].read() == data

@@ -579,6 +579,25 @@ mod tests {
     }
 
     #[test]
+    fn an_abandoned_body_leaves_the_committed_object_and_no_temporary_file() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(d.path()).unwrap();
+        s.create_bucket("bkt").unwrap();
+        put(&s, "k", b"committed");
+        let mut b = s.incoming().unwrap();
+        b.write(b"half of a new bo").unwrap();
+        drop(b);
+        let (_, data) = s.head("bkt", "k").unwrap();
+        assert_eq!(std::fs::read(data).unwrap(), b"committed");
+        assert_eq!(std::fs::read_dir(d.path().join(".tmp")).unwrap().count(), 0);
+        // A restart clears what a crash left in the temporary folder.
+        std::fs::write(d.path().join(".tmp/leftover"), b"x").unwrap();
+        let s = LocalStore::open(d.path()).unwrap();
+        assert_eq!(std::fs::read_dir(d.path().join(".tmp")).unwrap().count(), 0);
+        assert_eq!(s.list("bkt", "").unwrap().len(), 1);
+    }
+
+    #[test]
     fn a_multipart_upload_joins_its_parts_in_order() {
         let d = tempfile::tempdir().unwrap();
         let s = LocalStore::open(d.path()).unwrap();
