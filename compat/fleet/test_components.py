@@ -126,6 +126,8 @@ def test_aws_cli_copies_a_multipart_file_up_and_down(fleet, s3, tmp_path):
     assert dst.read_bytes() == data
     listing = cli(fleet, "s3", "ls", "s3://big/dir/").stdout
     assert "big.bin" in listing
+    assert "big" in cli(fleet, "s3", "ls").stdout
+    assert s3.get_bucket_location(Bucket="big")["LocationConstraint"] is None
 
 
 def test_a_component_is_published_from_a_yaml_recipe_with_the_cli_and_read_back(fleet, s3, gg, tmp_path):

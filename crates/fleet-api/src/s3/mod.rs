@@ -392,9 +392,28 @@ async fn serve(state: &Arc<ApiState>, req: Request) -> S3Result<Response> {
                 blocking(move || s.local.delete_bucket(&bucket)).await?;
                 Ok(StatusCode::NO_CONTENT.into_response())
             }
-            Method::GET if has("uploads") || has("versioning") || has("location") => {
-                Err(not_implemented())
+            Method::GET if has("location") => {
+                let s = store();
+                let b = bucket.clone();
+                if !blocking(move || Ok(s.local.bucket_exists(&b))).await? {
+                    return Err(StoreError::NoSuchBucket(bucket).into());
+                }
+                // S3 answers an empty constraint for us-east-1.
+                let s = store();
+                let constraint = if s.region == "us-east-1" {
+                    ""
+                } else {
+                    s.region.as_str()
+                };
+                Ok(xml_response(
+                    StatusCode::OK,
+                    format!(
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<LocationConstraint xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">{}</LocationConstraint>",
+                        esc(constraint)
+                    ),
+                ))
             }
+            Method::GET if has("uploads") || has("versioning") => Err(not_implemented()),
             Method::GET => list_objects(store(), bucket, &q).await,
             _ => Err(method_not_allowed()),
         };
