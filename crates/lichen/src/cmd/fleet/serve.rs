@@ -26,7 +26,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "0.0.0.0:8883")]
     pub mqtt: SocketAddr,
     /// Device HTTPS listener with mutual TLS (the credentials provider,
-    /// `GET /role-aliases/<alias>/credentials`; port 0 picks a free port).
+    /// `GET /role-aliases/<alias>/credentials`, and the Greengrass data plane under
+    /// `/greengrass/v2/`; port 0 picks a free port).
     #[arg(long, default_value = "0.0.0.0:8443")]
     pub data_plane: SocketAddr,
     /// A name (DNS or IP) for the server certificate besides localhost/127.0.0.1 (repeatable);
@@ -175,7 +176,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         Arc::new(lichen_fleet_api::s3::ObjectStore {
             local,
             remote,
-            endpoint: format!("http://{}", reachable(bound)),
+            // Devices fetch presigned URLs from here: the advertised name when there is one.
+            endpoint: match a.hostnames.first() {
+                Some(h) => format!("http://{h}:{}", bound.port()),
+                None => format!("http://{}", reachable(bound)),
+            },
             region: a.region.clone(),
             presign: lichen_fleet_api::s3::Credentials {
                 access_key_id: akid,
