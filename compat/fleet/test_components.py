@@ -453,3 +453,11 @@ def test_unsigned_chunked_and_checksummed_bodies_are_checked(fleet, s3):
     r = send(b"other", zlib.crc32(data))
     assert r.status_code == 400 and "<Code>BadDigest</Code>" in r.text
     assert s3.get_object(Bucket="bodies", Key="chunked")["Body"].read() == data
+
+    # A body other than the one whose SHA-256 was signed is refused, and nothing is stored.
+    req = AWSRequest(method="PUT", url=f"{fleet.api}/bodies/swapped", data=b"signed body")
+    S3SigV4Auth(Credentials(fleet.access_key, fleet.secret_key), "s3", "us-east-1").add_auth(req)
+    r = requests.put(req.url, data=b"another body", headers=dict(req.headers), timeout=30)
+    assert r.status_code == 400 and "XAmzContentSHA256Mismatch" in r.text
+    with pytest.raises(botocore.exceptions.ClientError):
+        s3.head_object(Bucket="bodies", Key="swapped")

@@ -459,9 +459,19 @@ async fn serve(state: &Arc<ApiState>, req: Request) -> S3Result<Response> {
         }
         Method::POST if has("uploadId") => {
             let upload = get("uploadId").unwrap_or_default();
+            let declared = header(req.headers(), "x-amz-content-sha256").unwrap_or_default();
             let body = axum::body::to_bytes(req.into_body(), 1 << 20)
                 .await
                 .map_err(|_| invalid("the CompleteMultipartUpload body is over 1 MiB"))?;
+            if declared.len() == 64
+                && !declared.eq_ignore_ascii_case(&lichen_sigv4::hex_sha256(&body))
+            {
+                return Err(err(
+                    StatusCode::BAD_REQUEST,
+                    "XAmzContentSHA256Mismatch",
+                    "the body's SHA-256 is not the x-amz-content-sha256 the request was signed with",
+                ));
+            }
             let parts = xml::parts(&String::from_utf8_lossy(&body))
                 .map_err(|m| err(StatusCode::BAD_REQUEST, "MalformedXML", m))?;
             let s = store();
