@@ -461,3 +461,27 @@ def test_unsigned_chunked_and_checksummed_bodies_are_checked(fleet, s3):
     assert r.status_code == 400 and "XAmzContentSHA256Mismatch" in r.text
     with pytest.raises(botocore.exceptions.ClientError):
         s3.head_object(Bucket="bodies", Key="swapped")
+
+
+def test_device_credentials_reach_only_the_objects_their_role_allows(fleet, iot, s3, tmp_path):
+    from test_credentials import assume_policy, get_credentials, role_alias
+
+    s3.create_bucket(Bucket="art")
+    s3.put_object(Bucket="art", Key="allowed/a.bin", Body=b"for devices")
+    s3.put_object(Bucket="art", Key="secret/b.bin", Body=b"not for devices")
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::art/allowed/*"},
+        {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": "arn:aws:s3:::art"},
+    ]}
+    alias = role_alias(fleet, iot, tmp_path, policy=policy)
+    device = Device(fleet, iot, tmp_path, policy=assume_policy())
+    r = get_credentials(fleet, device, alias)
+    assert r.status_code == 200, r.text
+    c = r.json()["credentials"]
+    tes = fleet.client("s3", access_key=c["accessKeyId"], secret_key=c["secretAccessKey"], session_token=c["sessionToken"])
+    assert tes.get_bucket_location(Bucket="art")["LocationConstraint"] is None
+    assert tes.get_object(Bucket="art", Key="allowed/a.bin", Range="bytes=4-")["Body"].read() == b"devices"
+    for call in (lambda: tes.get_object(Bucket="art", Key="secret/b.bin"), lambda: tes.put_object(Bucket="art", Key="allowed/x", Body=b"x")):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            call()
+        assert e.value.response["Error"]["Code"] == "AccessDenied"
