@@ -153,6 +153,11 @@ def test_a_component_is_published_from_a_yaml_recipe_with_the_cli_and_read_back(
     assert art["Digest"] == sha256_b64(b"echo hello\n")
     assert art["Algorithm"] == "SHA-256"
     assert gg.get_component(arn=arn, recipeOutputFormat="YAML")["recipe"].startswith(b"RecipeFormatVersion")
+    # Devices get it as JSON, as the cloud serves recipes to cores.
+    device = Device(fleet, fleet.client("iot"), tmp_path, policy=GG_POLICY)
+    r = resolve(fleet, device, "com.example.Hello", {"thinggroup/G": "^1.0.0"})
+    assert r.status_code == 200, r.text
+    assert json.loads(base64.b64decode(r.json()["resolvedComponentVersions"][0]["recipe"])) == json.loads(got["recipe"])
     d = gg.describe_component(arn=arn)
     assert d["description"] == "says hello"
     assert d["platforms"][0]["attributes"] == {"os": "linux"}

@@ -9,7 +9,7 @@
 
 use crate::ApiState;
 use crate::error::{ApiError, ApiResult};
-use crate::greengrass::components::{s3_uri, sorted_versions, version_arn};
+use crate::greengrass::components::{self, s3_uri, sorted_versions, version_arn};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -220,11 +220,20 @@ fn resolve(s: &ApiState, body: &[u8]) -> ApiResult<Value> {
                     .join(", ")
             )));
         };
+        // The cloud hands cores JSON recipes (the Java nucleus parses them as JSON); a signed
+        // recipe is served as the exact bytes its signature covers.
+        let recipe = if cv.recipe_format == "YAML" && cv.signature.is_none() {
+            components::recipe_value(&cv.recipe, lichen_recipe::Format::Yaml)
+                .map_err(internal)
+                .and_then(|v| components::render(&v, lichen_recipe::Format::Json))?
+        } else {
+            cv.recipe.clone()
+        };
         let mut entry = json!({
             "arn": s.registry.component_version_arn(&cv.name, &cv.version),
             "componentName": cv.name,
             "componentVersion": cv.version,
-            "recipe": base64::engine::general_purpose::STANDARD.encode(cv.recipe.as_bytes()),
+            "recipe": base64::engine::general_purpose::STANDARD.encode(recipe.as_bytes()),
             "vendorGuidance": "ACTIVE",
             "message": "",
         });

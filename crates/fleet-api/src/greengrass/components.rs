@@ -161,7 +161,7 @@ pub(crate) fn recipe_value(text: &str, format: Format) -> Result<Value, String> 
     }
 }
 
-fn render(v: &Value, format: Format) -> ApiResult<String> {
+pub(crate) fn render(v: &Value, format: Format) -> ApiResult<String> {
     match format {
         Format::Json => {
             serde_json::to_string_pretty(v).map_err(|e| ApiError::invalid(e.to_string()))
