@@ -179,6 +179,9 @@ struct PartMeta {
 
 pub struct LocalStore {
     root: PathBuf,
+    /// Commits and deletes of one store are serialized, so a replaced object's data file is
+    /// removed exactly once and never one that a newer metadata file names.
+    commits: std::sync::Mutex<()>,
 }
 
 impl LocalStore {
@@ -190,6 +193,7 @@ impl LocalStore {
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         Ok(LocalStore {
             root: dir.to_owned(),
+            commits: std::sync::Mutex::new(()),
         })
     }
 
@@ -319,6 +323,7 @@ impl LocalStore {
             data,
         };
         let meta_path = Self::meta_path(dir, key);
+        let _one = self.commits.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.read_meta(&meta_path)?;
         let json = serde_json::to_vec(&meta).unwrap_or_default();
         write_atomic(&meta_path, &json)?;
@@ -354,6 +359,7 @@ impl LocalStore {
     pub fn delete(&self, bucket: &str, key: &str) -> StoreResult<()> {
         let dir = self.bucket_dir(bucket)?;
         let meta_path = Self::meta_path(&dir, key);
+        let _one = self.commits.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = self.read_meta(&meta_path)? {
             std::fs::remove_file(&meta_path).map_err(io(&meta_path))?;
             sync_dir(&dir)?;
@@ -595,6 +601,42 @@ mod tests {
         let s = LocalStore::open(d.path()).unwrap();
         assert_eq!(std::fs::read_dir(d.path().join(".tmp")).unwrap().count(), 0);
         assert_eq!(s.list("bkt", "").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_key_leave_one_whole_object() {
+        let d = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(LocalStore::open(d.path()).unwrap());
+        s.create_bucket("bkt").unwrap();
+        let writers: Vec<_> = (0..8u8)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..10 {
+                        put(&s, "k", &[i; 4096]);
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let (m, data) = s.head("bkt", "k").unwrap();
+        let bytes = std::fs::read(data).unwrap();
+        assert_eq!(bytes.len(), 4096);
+        assert!(bytes.iter().all(|b| *b == bytes[0]));
+        assert_eq!(m.size, 4096);
+        let datas = std::fs::read_dir(d.path().join("bkt"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".data")
+            })
+            .count();
+        assert_eq!(datas, 1);
     }
 
     #[test]
