@@ -191,10 +191,37 @@ impl LocalStore {
         let tmp = dir.join(".tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        Ok(LocalStore {
+        let store = LocalStore {
             root: dir.to_owned(),
             commits: std::sync::Mutex::new(()),
-        })
+        };
+        store.remove_orphans()?;
+        Ok(store)
+    }
+
+    /// Removes data files no metadata names (a crash between a data file's rename and its
+    /// metadata's commit leaves one).
+    fn remove_orphans(&self) -> StoreResult<()> {
+        for (bucket, _) in self.list_buckets()? {
+            let dir = self.root.join(&bucket);
+            let named: std::collections::HashSet<String> = self
+                .list(&bucket, "")?
+                .into_iter()
+                .map(|m| m.data)
+                .collect();
+            for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
+                let name = e
+                    .map_err(io(&dir))?
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned();
+                if (name.ends_with(".data") || name.starts_with(".tmp-")) && !named.contains(&name)
+                {
+                    let _ = std::fs::remove_file(dir.join(&name));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn bucket_dir(&self, bucket: &str) -> StoreResult<PathBuf> {
@@ -596,11 +623,15 @@ mod tests {
         let (_, data) = s.head("bkt", "k").unwrap();
         assert_eq!(std::fs::read(data).unwrap(), b"committed");
         assert_eq!(std::fs::read_dir(d.path().join(".tmp")).unwrap().count(), 0);
-        // A restart clears what a crash left in the temporary folder.
+        // A restart clears what a crash left: temporary files, data no metadata names.
         std::fs::write(d.path().join(".tmp/leftover"), b"x").unwrap();
+        std::fs::write(d.path().join("bkt/0123.data"), b"x").unwrap();
         let s = LocalStore::open(d.path()).unwrap();
         assert_eq!(std::fs::read_dir(d.path().join(".tmp")).unwrap().count(), 0);
         assert_eq!(s.list("bkt", "").unwrap().len(), 1);
+        assert!(!d.path().join("bkt/0123.data").exists());
+        let (_, data) = s.head("bkt", "k").unwrap();
+        assert_eq!(std::fs::read(data).unwrap(), b"committed");
     }
 
     #[test]
