@@ -490,3 +490,21 @@ def test_device_credentials_reach_only_the_objects_their_role_allows(fleet, iot,
         with pytest.raises(botocore.exceptions.ClientError) as e:
             call()
         assert e.value.response["Error"]["Code"] == "AccessDenied"
+
+
+def test_an_acknowledged_upload_and_component_survive_kill_9(fleet, s3, gg):
+    s3.create_bucket(Bucket="durable")
+    data = os.urandom(200_000)
+    s3.put_object(Bucket="durable", Key="a.bin", Body=data)
+    upload = s3.create_multipart_upload(Bucket="durable", Key="half")
+    s3.upload_part(Bucket="durable", Key="half", UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 100)
+    v = gg.create_component_version(inlineRecipe=recipe("com.example.Durable", "1.0.0", "s3://durable/a.bin"))
+    fleet.kill9()
+    fleet.start()
+    s3 = fleet.client("s3")
+    assert s3.get_object(Bucket="durable", Key="a.bin")["Body"].read() == data
+    done = s3.complete_multipart_upload(Bucket="durable", Key="half", UploadId=upload["UploadId"],
+                                        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": hashlib.md5(b"x" * 100).hexdigest()}]})
+    assert done["Key"] == "half"
+    got = fleet.client("greengrassv2").describe_component(arn=v["arn"])
+    assert got["status"]["componentState"] == "DEPLOYABLE"

@@ -4,7 +4,7 @@
 //! A write lands in a temporary file, is fsynced, renamed to a fresh unique data file, and is
 //! committed by atomically replacing the key's metadata file (then the folder is fsynced): a
 //! crash leaves either the old object or the new one, never a mix, and at worst an orphan data
-//! file. Keys never become paths, so no key can reach outside the bucket folder.
+//! file, removed when the store next opens. Keys never become paths, so no key can reach outside the bucket folder.
 
 use md5::Digest as _;
 use serde::{Deserialize, Serialize};
