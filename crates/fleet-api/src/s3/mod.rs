@@ -7,7 +7,9 @@
 //! recent botocore sends over TLS) are accepted, and a hex hash or a CRC32 checksum (header or
 //! trailer) is checked before the object is committed. Errors are S3's XML.
 
+mod body;
 mod chunked;
+mod list;
 pub mod remote;
 pub mod store;
 mod xml;
@@ -17,14 +19,13 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 pub use lichen_sigv4::{Credentials, hex_sha256, uri_encode};
 use lichen_sigv4::{Verified, VerifyError};
 use std::path::Path;
 use std::sync::Arc;
 pub use store::{LocalStore, ObjectMeta, StoreError};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use xml::{esc, iso8601, xml_response};
+use xml::{esc, xml_response};
 
 /// The largest object or part accepted in one request (S3's single-PUT limit).
 pub const MAX_OBJECT: u64 = 5 << 30;
@@ -366,7 +367,7 @@ async fn serve(state: &Arc<ApiState>, req: Request) -> S3Result<Response> {
     let store = move || objects.clone();
     if bucket.is_empty() {
         return match method {
-            Method::GET => list_buckets(store()).await,
+            Method::GET => list::list_buckets(store()).await,
             _ => Err(method_not_allowed()),
         };
     }
@@ -414,7 +415,7 @@ async fn serve(state: &Arc<ApiState>, req: Request) -> S3Result<Response> {
                 ))
             }
             Method::GET if has("uploads") || has("versioning") => Err(not_implemented()),
-            Method::GET => list_objects(store(), bucket, &q).await,
+            Method::GET => list::list_objects(store(), bucket, &q).await,
             _ => Err(method_not_allowed()),
         };
     }
@@ -428,7 +429,7 @@ async fn serve(state: &Arc<ApiState>, req: Request) -> S3Result<Response> {
                 return Err(not_implemented());
             }
             let s = store();
-            let body = receive(&s, req).await?;
+            let body = body::receive(&s, req).await?;
             let etag =
                 blocking(move || s.local.put_part(&bucket, &key, &upload, part, body)).await?;
             Ok((StatusCode::OK, [("etag", etag)]).into_response())
@@ -439,7 +440,7 @@ async fn serve(state: &Arc<ApiState>, req: Request) -> S3Result<Response> {
             }
             let ct = header(req.headers(), "content-type");
             let s = store();
-            let body = receive(&s, req).await?;
+            let body = body::receive(&s, req).await?;
             let m = blocking(move || s.local.put(&bucket, &key, ct, body)).await?;
             Ok((StatusCode::OK, [("etag", m.etag)]).into_response())
         }
@@ -541,245 +542,6 @@ async fn blocking<T: Send + 'static>(
             )
         })?
         .map_err(S3Error::from)
-}
-
-/// Receives a request body into a temporary file, decoding `aws-chunked` and checking the
-/// declared payload hash and any CRC32 checksum.
-async fn receive(s: &Arc<ObjectStore>, req: Request) -> S3Result<store::Incoming> {
-    let h = req.headers().clone();
-    let declared = header(&h, "x-amz-content-sha256").unwrap_or_default();
-    let chunked = match declared.as_str() {
-        "STREAMING-UNSIGNED-PAYLOAD-TRAILER" => true,
-        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
-        | "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
-        | "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD"
-        | "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD-TRAILER" => {
-            return Err(err(
-                StatusCode::NOT_IMPLEMENTED,
-                "NotImplemented",
-                format!(
-                    "x-amz-content-sha256 {declared} (signed chunks) is not served; send the \
-                     payload's SHA-256, UNSIGNED-PAYLOAD or STREAMING-UNSIGNED-PAYLOAD-TRAILER"
-                ),
-            ));
-        }
-        _ => header(&h, "content-encoding").is_some_and(|e| e.contains("aws-chunked")),
-    };
-    let s2 = s.clone();
-    let mut incoming = blocking(move || s2.local.incoming()).await?;
-    let mut decoder = chunked::Decoder::default();
-    let mut stream = req.into_body().into_data_stream();
-    let mut pending: Vec<u8> = Vec::new();
-    let flush = async |incoming: store::Incoming, data: Vec<u8>| {
-        tokio::task::spawn_blocking(move || {
-            let mut incoming = incoming;
-            incoming.write(&data).map(|_| incoming)
-        })
-        .await
-        .map_err(|_| {
-            err(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                "object store task failed",
-            )
-        })?
-        .map_err(S3Error::from)
-    };
-    let mut received: u64 = 0;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| invalid(format!("reading the request body: {e}")))?;
-        received += chunk.len() as u64;
-        if received > MAX_OBJECT + (1 << 20) {
-            return Err(err(
-                StatusCode::BAD_REQUEST,
-                "EntityTooLarge",
-                format!("the body is over {MAX_OBJECT} bytes; use a multipart upload"),
-            ));
-        }
-        if chunked {
-            decoder
-                .feed(&chunk, &mut |b| {
-                    pending.extend_from_slice(b);
-                    Ok(())
-                })
-                .map_err(|m| invalid(format!("the aws-chunked body is malformed: {m}")))?;
-        } else {
-            pending.extend_from_slice(&chunk);
-        }
-        if pending.len() >= 1 << 18 {
-            incoming = flush(incoming, std::mem::take(&mut pending)).await?;
-        }
-    }
-    incoming = flush(incoming, pending).await?;
-    if chunked && !decoder.finished() {
-        return Err(invalid("the aws-chunked body ended before its final chunk"));
-    }
-    if incoming.size > MAX_OBJECT {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            "EntityTooLarge",
-            format!("the object is over {MAX_OBJECT} bytes; use a multipart upload"),
-        ));
-    }
-    if declared.len() == 64
-        && declared.bytes().all(|b| b.is_ascii_hexdigit())
-        && !declared.eq_ignore_ascii_case(&incoming.sha256_hex())
-    {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            "XAmzContentSHA256Mismatch",
-            "the body's SHA-256 is not the x-amz-content-sha256 the request was signed with",
-        ));
-    }
-    let crc = decoder
-        .trailers
-        .iter()
-        .find(|(k, _)| k == "x-amz-checksum-crc32")
-        .map(|(_, v)| v.clone())
-        .or_else(|| header(&h, "x-amz-checksum-crc32"));
-    if let Some(want) = crc
-        && want != incoming.crc32_b64()
-    {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            "BadDigest",
-            "the body's CRC32 is not the x-amz-checksum-crc32 the request declared",
-        ));
-    }
-    Ok(incoming)
-}
-
-async fn list_buckets(s: Arc<ObjectStore>) -> S3Result<Response> {
-    let buckets = blocking(move || s.local.list_buckets()).await?;
-    let mut x = String::from(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListAllMyBucketsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Owner><ID>lichen</ID><DisplayName>lichen</DisplayName></Owner><Buckets>",
-    );
-    for (name, created) in buckets {
-        x.push_str(&format!(
-            "<Bucket><Name>{}</Name><CreationDate>{}</CreationDate></Bucket>",
-            esc(&name),
-            iso8601(created)
-        ));
-    }
-    x.push_str("</Buckets></ListAllMyBucketsResult>");
-    Ok(xml_response(StatusCode::OK, x))
-}
-
-async fn list_objects(
-    s: Arc<ObjectStore>,
-    bucket: String,
-    q: &[(String, String)],
-) -> S3Result<Response> {
-    let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let prefix = get("prefix").unwrap_or_default();
-    let delimiter = get("delimiter").filter(|d| !d.is_empty());
-    let v2 = get("list-type").as_deref() == Some("2");
-    let url = get("encoding-type").as_deref() == Some("url");
-    let max: usize = match get("max-keys") {
-        None => 1000,
-        Some(m) => m
-            .parse::<usize>()
-            .map_err(|_| invalid(format!("max-keys {m:?} is not a number")))?
-            .min(1000),
-    };
-    let after = if v2 {
-        get("continuation-token")
-            .map(|t| decode(&t))
-            .or_else(|| get("start-after"))
-    } else {
-        get("marker")
-    }
-    .unwrap_or_default();
-    let (b, p) = (bucket.clone(), prefix.clone());
-    let all = blocking(move || s.local.list(&b, &p)).await?;
-    let enc = |k: &str| {
-        if url {
-            lichen_sigv4::uri_encode(k, true)
-        } else {
-            k.to_string()
-        }
-    };
-    let mut contents = String::new();
-    let mut prefixes: Vec<String> = vec![];
-    let mut count = 0;
-    let mut last = String::new();
-    let mut truncated = false;
-    for m in all.iter().filter(|m| m.key.as_str() > after.as_str()) {
-        let common = delimiter.as_ref().and_then(|d| {
-            m.key[prefix.len()..]
-                .find(d.as_str())
-                .map(|i| m.key[..prefix.len() + i + d.len()].to_string())
-        });
-        if let Some(c) = &common
-            && prefixes.last() == Some(c)
-        {
-            continue;
-        }
-        if common
-            .as_ref()
-            .is_some_and(|c| c.as_str() <= after.as_str())
-        {
-            continue;
-        }
-        if count == max {
-            truncated = true;
-            break;
-        }
-        count += 1;
-        match common {
-            Some(c) => {
-                last = c.clone();
-                prefixes.push(c);
-            }
-            None => {
-                last = m.key.clone();
-                contents.push_str(&format!(
-                    "<Contents><Key>{}</Key><LastModified>{}</LastModified><ETag>{}</ETag><Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>",
-                    esc(&enc(&m.key)),
-                    iso8601(m.last_modified_ms),
-                    esc(&m.etag),
-                    m.size
-                ));
-            }
-        }
-    }
-    let mut x = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>{}</Name><Prefix>{}</Prefix><MaxKeys>{max}</MaxKeys><IsTruncated>{truncated}</IsTruncated>",
-        esc(&bucket),
-        esc(&enc(&prefix))
-    );
-    if url {
-        x.push_str("<EncodingType>url</EncodingType>");
-    }
-    if let Some(d) = &delimiter {
-        x.push_str(&format!("<Delimiter>{}</Delimiter>", esc(&enc(d))));
-    }
-    if v2 {
-        x.push_str(&format!("<KeyCount>{count}</KeyCount>"));
-        if let Some(t) = get("continuation-token") {
-            x.push_str(&format!(
-                "<ContinuationToken>{}</ContinuationToken>",
-                esc(&t)
-            ));
-        }
-        if truncated {
-            x.push_str(&format!(
-                "<NextContinuationToken>{}</NextContinuationToken>",
-                esc(&lichen_sigv4::uri_encode(&last, false))
-            ));
-        }
-    } else if truncated {
-        x.push_str(&format!("<NextMarker>{}</NextMarker>", esc(&enc(&last))));
-    }
-    x.push_str(&contents);
-    for p in prefixes {
-        x.push_str(&format!(
-            "<CommonPrefixes><Prefix>{}</Prefix></CommonPrefixes>",
-            esc(&enc(&p))
-        ));
-    }
-    x.push_str("</ListBucketResult>");
-    Ok(xml_response(StatusCode::OK, x))
 }
 
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n` against `size`: the inclusive range, None for the whole
