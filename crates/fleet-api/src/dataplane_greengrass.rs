@@ -43,7 +43,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 
 /// Allows `greengrass:<op>` on `resource` only if the certificate is ACTIVE and one of its
 /// policies allows it (policy variables refer to its first attached thing).
-fn authorize(auth: &PrincipalAuthorization, op: &str, resource: &str) -> ApiResult<()> {
+pub(crate) fn authorize(auth: &PrincipalAuthorization, op: &str, resource: &str) -> ApiResult<()> {
     let action = format!("greengrass:{op}");
     if auth.status != CertificateStatus::Active {
         return Err(denied(&action, resource));
