@@ -47,6 +47,7 @@
 
 mod audit;
 mod certs;
+mod components;
 mod credentials;
 mod db;
 mod migrations;
@@ -62,6 +63,7 @@ pub use audit::AuditEntry;
 pub use certs::{
     Certificate, CertificateStatus, NewCertificate, PrincipalAuthorization, RoleAlias,
 };
+pub use components::ComponentVersion;
 pub use credentials::TemporaryCredentials;
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
