@@ -1,5 +1,6 @@
 //! The fleet's durable registry: things, thing groups, certificates, policies, the attachments
-//! between them, role aliases, access keys and the audit log.
+//! between them, role aliases, access keys, the audit log, and the tables of the jobs service
+//! (jobs and job executions, [`JobsTx`]).
 //!
 //! Storage is SQLite (embedded, `rusqlite`) or PostgreSQL (`postgres`, for several fleet
 //! processes on one database), each under one connection and one mutex per process. The schema
@@ -49,6 +50,7 @@ mod audit;
 mod certs;
 mod credentials;
 mod db;
+mod jobs;
 mod migrations;
 mod page;
 mod policies;
@@ -62,6 +64,7 @@ pub use certs::{
     Certificate, CertificateStatus, NewCertificate, PrincipalAuthorization, RoleAlias,
 };
 pub use credentials::TemporaryCredentials;
+pub use jobs::{ExecutionRow, JobRow, JobsTx, job_not_found};
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
 pub use templates::ProvisioningTemplate;
