@@ -57,6 +57,8 @@ pub struct ApiState {
     pub endpoints: EndpointHosts,
     /// Further services by signing name (`iotdata`, `greengrass`, …).
     pub services: HashMap<String, Arc<dyn ServiceHandler>>,
+    /// The jobs service behind the iot jobs operations (none: they answer unknown operation).
+    pub jobs: Option<lichen_fleet_jobs::JobsService>,
 }
 
 /// The router: one fallback that authenticates and dispatches.

@@ -131,6 +131,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     .context("configuring the data plane's TLS")?;
     super::provisioning::start(&devices, registry.clone(), ca.clone())
         .context("serving fleet provisioning")?;
+    let jobs = lichen_fleet_jobs::JobsService::new(registry.clone());
+    jobs.serve_mqtt(&devices)
+        .context("serving the jobs topics")?;
+    jobs.start();
     let mut services: HashMap<String, Arc<dyn ServiceHandler>> = HashMap::new();
     services.insert(
         "iotdata".into(),
@@ -146,6 +150,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             credentials: host,
         },
         services,
+        jobs: Some(jobs),
     });
 
     let endpoints = Endpoints {
