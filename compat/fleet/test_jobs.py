@@ -122,6 +122,12 @@ class JobsDevice:
         self.client.stop()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def fleet_store(request):
+    """Every jobs test runs on both registry stores."""
+    return request.param
+
+
 @pytest.fixture
 def devices(fleet, iot, tmp_path):
     made = []
