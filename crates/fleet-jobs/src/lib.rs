@@ -439,12 +439,27 @@ impl JobsService {
     /// Runs the due work at `now` (rollout releases, timeouts); the background tick calls it
     /// every second.
     pub fn tick_blocking(&self, now: i64) -> Result<()> {
+        if !self.read(|tx| store::tick_due(tx, now))? {
+            return Ok(());
+        }
         let fx = self.write(SERVICE, "JobsTick", "jobs", |tx| store::tick(tx, now))?;
         self.announce(fx);
         Ok(())
     }
 
     fn thing_changed(&self, thing: &str) {
+        // Most changes concern no CONTINUOUS job: look before taking the write lock.
+        let candidate = self.read(|tx| {
+            for j in tx.active_jobs()? {
+                if j.continuous && tx.execution(&j.id, thing)?.is_none() {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        });
+        if !matches!(candidate, Ok(true)) {
+            return;
+        }
         let now = now_ms();
         let r = self.write(SERVICE, "ContinuousJobTarget", thing, |tx| {
             store::thing_changed(tx, &self.inner.arn_prefix, thing, now)

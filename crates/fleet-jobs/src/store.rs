@@ -509,6 +509,12 @@ pub(crate) fn pending(
     Ok((running, queued))
 }
 
+/// Whether [`tick`] has anything to do at `now` (read first, so that an idle fleet writes
+/// nothing).
+pub(crate) fn tick_due(tx: &JobsTx<'_, '_, '_>, now: i64) -> Result<bool> {
+    Ok(!tx.timed_out_executions(now)?.is_empty() || !tx.jobs_with_unreleased()?.is_empty())
+}
+
 /// Every active job's due work at `now`: IN_PROGRESS executions past their timeout become
 /// TIMED_OUT, and rollouts release what their rate allows.
 pub(crate) fn tick(tx: &JobsTx<'_, '_, '_>, now: i64) -> Result<Effects> {
@@ -528,8 +534,8 @@ pub(crate) fn tick(tx: &JobsTx<'_, '_, '_>, now: i64) -> Result<Effects> {
             &mut fx,
         )?;
     }
-    for row in tx.active_jobs()? {
-        let mut job = load(tx, &row.id)?;
+    for id in tx.jobs_with_unreleased()? {
+        let mut job = load(tx, &id)?;
         settle(tx, &mut job, now, &mut fx)?;
     }
     Ok(fx)

@@ -214,6 +214,17 @@ impl JobsTx<'_, '_, '_> {
             .collect::<crate::db::DbResult<_>>()?)
     }
 
+    /// Jobs with executions their rollout has not released yet.
+    pub fn jobs_with_unreleased(&self) -> Result<Vec<String>> {
+        let mut stmt = self.tx.prepare(
+            "SELECT DISTINCT job_id FROM job_executions WHERE released = 0 AND status = 'QUEUED'
+             ORDER BY job_id",
+        )?;
+        Ok(stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<crate::db::DbResult<_>>()?)
+    }
+
     pub fn thing_exists(&self, thing: &str) -> Result<bool> {
         let n: i64 = self.tx.query_row(
             "SELECT COUNT(*) FROM things WHERE name = ?1",
