@@ -516,11 +516,8 @@ impl JobsService {
             return;
         };
         for (thing, ns) in fx.things {
-            match mqtt::notifications(self, &thing, ns.as_deref()) {
-                Ok(msgs) => msgs.into_iter().for_each(|m| {
-                    let _ = out.send(m);
-                }),
-                Err(e) => tracing::warn!(thing, "jobs notification: {e}"),
+            if let Err(e) = mqtt::notify(self, &thing, ns.as_deref(), &out) {
+                tracing::warn!(thing, "jobs notification: {e}");
             }
         }
     }

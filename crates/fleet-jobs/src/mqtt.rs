@@ -133,11 +133,19 @@ fn execution_state(e: &ExecutionRow) -> Value {
 }
 
 /// The notify / notify-next messages for `thing` after a change to its executions in `ns`.
-pub(crate) fn notifications(
+/// Read and compared under the `last_next` lock, and queued before it is released, so that two
+/// threads announcing changes to one thing cannot publish a stale `notify-next` last.
+pub(crate) fn notify(
     svc: &JobsService,
     thing: &str,
     ns: Option<&str>,
-) -> crate::Result<Vec<(String, String)>> {
+    out: &mpsc::UnboundedSender<(String, String)>,
+) -> crate::Result<()> {
+    let mut last = svc
+        .inner
+        .last_next
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let (running, queued, next) = svc.read(|tx| {
         let (running, queued) = store::pending(tx, thing, ns)?;
         let next = match running.first().or(queued.first()) {
@@ -156,30 +164,21 @@ pub(crate) fn notifications(
     if !running.is_empty() {
         jobs.insert("IN_PROGRESS".into(), running.iter().map(summary).collect());
     }
-    let mut out = vec![(
+    let _ = out.send((
         format!("{base}/notify{suffix}"),
         json!({"jobs": jobs, "timestamp": now}).to_string(),
-    )];
+    ));
     let next_id = next.as_ref().map(|(e, _)| e.job_id.clone());
     let key = (thing.to_string(), ns.map(str::to_string));
-    let changed = {
-        let mut last = svc
-            .inner
-            .last_next
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let changed = last.get(&key) != Some(&next_id);
+    if last.get(&key) != Some(&next_id) {
         last.insert(key, next_id);
-        changed
-    };
-    if changed {
         let mut body = json!({"timestamp": now});
         if let Some((e, doc)) = &next {
             body["execution"] = data(e, Some(doc));
         }
-        out.push((format!("{base}/notify-next{suffix}"), body.to_string()));
+        let _ = out.send((format!("{base}/notify-next{suffix}"), body.to_string()));
     }
-    Ok(out)
+    Ok(())
 }
 
 fn document(tx: &JobsTx<'_, '_, '_>, job_id: &str) -> crate::Result<String> {

@@ -296,12 +296,14 @@ pub(crate) fn settle(
             .filter(|e| exec_status(e) == ExecutionStatus::Succeeded)
             .map(|e| e.thing_name.clone())
             .collect();
-        cancel_in(tx, job, false, Some(reason.clone()), Some(comment), now, fx)?;
+        // Announced before the cancel's events, so that a listener rolls back before it
+        // treats the job as over.
         fx.events.push(JobEvent::JobAborted {
             job_id: job.row.id.clone(),
-            reason_code: reason,
+            reason_code: reason.clone(),
             succeeded_things,
         });
+        cancel_in(tx, job, false, Some(reason), Some(comment), now, fx)?;
         return Ok(());
     }
     let waiting: Vec<&ExecutionRow> = execs
