@@ -346,3 +346,22 @@ fn acknowledged_statuses_survive_reopening() {
     assert_eq!(e.version_number, 2);
     assert_eq!(e.status_details["p"], "1");
 }
+
+#[test]
+fn continuous_jobs_follow_dynamic_groups() {
+    on_each_store(|r, svc| {
+        r.create_dynamic_thing_group("t", "reds", None, BTreeMap::new(), "attributes.color:red")
+            .unwrap();
+        let mut req = job("j", vec![r.arn("thinggroup/reds")]);
+        req.target_selection = TargetSelection::Continuous;
+        svc.create_job_blocking("t", &req).unwrap();
+        let attrs = BTreeMap::from([("color".to_string(), "red".to_string())]);
+        r.create_thing("t", "red-1", None, attrs).unwrap();
+        // What the change feed delivers for a thing whose dynamic groups changed.
+        svc.thing_changed("red-1");
+        assert_eq!(status(&svc, "j", "red-1"), ExecutionStatus::Queued);
+        // Asked again, nothing doubles.
+        svc.thing_changed("red-1");
+        assert_eq!(svc.list_executions_for_job_blocking("j").unwrap().len(), 1);
+    });
+}
