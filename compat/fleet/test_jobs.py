@@ -229,6 +229,12 @@ def test_device_takes_a_job_with_the_sdk_jobs_client(fleet, iot, devices):
     cli = fleet.aws("describe-job-execution", "--job-id", jid, "--thing-name", dev.name)
     assert cli["execution"]["status"] == "SUCCEEDED"
     assert fleet.aws("describe-job", "--job-id", jid)["job"]["status"] == "COMPLETED"
+    assert jid in [j["jobId"] for j in fleet.aws("list-jobs", "--status", "COMPLETED")["jobs"]]
+    listed = fleet.aws("list-job-executions-for-job", "--job-id", jid)["executionSummaries"]
+    assert listed[0]["jobExecutionSummary"]["status"] == "SUCCEEDED"
+    listed = fleet.aws("list-job-executions-for-thing", "--thing-name", dev.name)["executionSummaries"]
+    assert listed[0]["jobId"] == jid
+    assert json.loads(fleet.aws("get-job-document", "--job-id", jid)["document"]) == DOC
     del stream
 
 
