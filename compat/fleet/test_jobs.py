@@ -361,6 +361,10 @@ def test_continuous_job_reaches_a_thing_added_later(fleet, iot, devices):
     assert iot.describe_job_execution(jobId=jid, thingName=later.name)["execution"]["status"] == "SUCCEEDED"
     # CONTINUOUS jobs stay IN_PROGRESS for the next newcomer.
     assert iot.describe_job(jobId=jid)["job"]["status"] == "IN_PROGRESS"
+    # A thing that leaves the group before starting its execution: REMOVED.
+    iot.remove_thing_from_thing_group(thingGroupName=gname, thingName=first.name)
+    wait_for(lambda: iot.describe_job_execution(jobId=jid, thingName=first.name)["execution"]["status"] == "REMOVED",
+             10, "the execution of a thing that left the group REMOVED")
     del stream
 
 

@@ -451,7 +451,10 @@ impl JobsService {
         // Most changes concern no CONTINUOUS job: look before taking the write lock.
         let candidate = self.read(|tx| {
             for j in tx.active_jobs()? {
-                if j.continuous && tx.execution(&j.id, thing)?.is_none() {
+                let queued_or_none = tx
+                    .execution(&j.id, thing)?
+                    .is_none_or(|e| store::exec_status(&e) == ExecutionStatus::Queued);
+                if j.continuous && queued_or_none {
                     return Ok(true);
                 }
             }

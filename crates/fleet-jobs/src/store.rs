@@ -543,8 +543,9 @@ pub(crate) fn tick(tx: &JobsTx<'_, '_, '_>, now: i64) -> Result<Effects> {
     Ok(fx)
 }
 
-/// A thing joined groups: each active CONTINUOUS job targeting one of them gets an execution
-/// for it (once).
+/// A thing's groups changed: each active CONTINUOUS job targeting one of them gets an execution
+/// for it (once), and one whose groups it left loses its still-QUEUED execution (REMOVED). A
+/// deleted thing's QUEUED executions are REMOVED too.
 pub(crate) fn thing_changed(
     tx: &JobsTx<'_, '_, '_>,
     arn_prefix: &str,
@@ -552,21 +553,48 @@ pub(crate) fn thing_changed(
     now: i64,
 ) -> Result<Effects> {
     let mut fx = Effects::default();
-    if !tx.thing_exists(thing)? {
-        return Ok(fx);
-    }
-    let groups: BTreeSet<String> = tx.groups_of_thing(thing)?.into_iter().collect();
+    let exists = tx.thing_exists(thing)?;
+    let groups: BTreeSet<String> = if exists {
+        tx.groups_of_thing(thing)?.into_iter().collect()
+    } else {
+        BTreeSet::new()
+    };
     for row in tx.active_jobs()? {
-        if !row.continuous || tx.execution(&row.id, thing)?.is_some() {
+        if !row.continuous {
+            continue;
+        }
+        let existing = tx.execution(&row.id, thing)?;
+        if existing
+            .as_ref()
+            .is_some_and(|e| exec_status(e) != ExecutionStatus::Queued)
+        {
             continue;
         }
         let mut job = load(tx, &row.id)?;
-        let targeted = job.body.targets.iter().any(
-            |t| matches!(parse_target(arn_prefix, t), Ok(Target::Group(g)) if groups.contains(&g)),
-        );
-        if targeted {
-            tx.put_execution(&new_execution(&row.id, thing, now))?;
-            settle(tx, &mut job, now, &mut fx)?;
+        let targeted = exists
+            && job
+                .body
+                .targets
+                .iter()
+                .any(|t| match parse_target(arn_prefix, t) {
+                    Ok(Target::Group(g)) => groups.contains(&g),
+                    Ok(Target::Thing(n)) => n == thing,
+                    Err(_) => false,
+                });
+        match existing {
+            None if targeted => {
+                tx.put_execution(&new_execution(&row.id, thing, now))?;
+                settle(tx, &mut job, now, &mut fx)?;
+            }
+            Some(mut e) if !targeted => {
+                let new = NewStatus {
+                    status: ExecutionStatus::Removed,
+                    details: None,
+                    step_timeout_min: None,
+                };
+                set_status(tx, &mut job, &mut e, new, now, &mut fx)?;
+            }
+            _ => {}
         }
     }
     Ok(fx)

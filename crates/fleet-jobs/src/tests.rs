@@ -363,5 +363,11 @@ fn continuous_jobs_follow_dynamic_groups() {
         // Asked again, nothing doubles.
         svc.thing_changed("red-1");
         assert_eq!(svc.list_executions_for_job_blocking("j").unwrap().len(), 1);
+        // Leaving the group before starting it: REMOVED.
+        let blue = BTreeMap::from([("color".to_string(), "blue".to_string())]);
+        r.update_thing("t", "red-1", None, false, Some((blue, true)), None)
+            .unwrap();
+        svc.thing_changed("red-1");
+        assert_eq!(status(&svc, "j", "red-1"), ExecutionStatus::Removed);
     });
 }
