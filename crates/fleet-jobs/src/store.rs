@@ -258,16 +258,26 @@ pub(crate) fn settle(
     if job.status() != JobStatus::InProgress {
         return Ok(());
     }
-    let execs = tx.executions_for_job(&job.row.id)?;
+    // Counts, not rows: a job with many executions settles after each one finishes.
     let mut o = Outcomes::default();
-    let mut notified = 0u64;
-    for e in execs.iter().filter(|e| e.released) {
-        notified += 1;
-        match exec_status(e) {
-            ExecutionStatus::Succeeded => o.succeeded += 1,
-            ExecutionStatus::Failed => o.failed += 1,
-            ExecutionStatus::Rejected => o.rejected += 1,
-            ExecutionStatus::TimedOut => o.timed_out += 1,
+    let (mut notified, mut waiting, mut open) = (0u64, 0u64, 0u64);
+    for (status, released, n) in tx.execution_counts(&job.row.id)? {
+        let status = ExecutionStatus::parse(&status).unwrap_or(ExecutionStatus::Queued);
+        if !status.is_terminal() {
+            open += n;
+        }
+        if !released {
+            if status == ExecutionStatus::Queued {
+                waiting += n;
+            }
+            continue;
+        }
+        notified += n;
+        match status {
+            ExecutionStatus::Succeeded => o.succeeded += n,
+            ExecutionStatus::Failed => o.failed += n,
+            ExecutionStatus::Rejected => o.rejected += n,
+            ExecutionStatus::TimedOut => o.timed_out += n,
             _ => {}
         }
     }
@@ -291,10 +301,15 @@ pub(crate) fn settle(
             c.threshold_percentage,
             c.min_number_of_executed_things
         );
-        let succeeded_things = execs
-            .iter()
-            .filter(|e| exec_status(e) == ExecutionStatus::Succeeded)
-            .map(|e| e.thing_name.clone())
+        let succeeded_things = tx
+            .executions_in(
+                &job.row.id,
+                ExecutionStatus::Succeeded.as_str(),
+                true,
+                usize::MAX,
+            )?
+            .into_iter()
+            .map(|e| e.thing_name)
             .collect();
         // Announced before the cancel's events, so that a listener rolls back before it
         // treats the job as over.
@@ -306,16 +321,12 @@ pub(crate) fn settle(
         cancel_in(tx, job, false, Some(reason), Some(comment), now, fx)?;
         return Ok(());
     }
-    let waiting: Vec<&ExecutionRow> = execs
-        .iter()
-        .filter(|e| !e.released && exec_status(e) == ExecutionStatus::Queued)
-        .collect();
-    if !waiting.is_empty() {
+    if waiting > 0 {
         let rate = rules::rate_per_minute(job.body.rollout.as_ref(), notified, o.succeeded);
-        let (n, window) = rules::releasable(rate, job.body.window, now, waiting.len() as u64);
+        let (n, window) = rules::releasable(rate, job.body.window, now, waiting);
         job.body.window = window;
-        for e in waiting.iter().take(n as usize) {
-            let mut e = (*e).clone();
+        let queued = ExecutionStatus::Queued.as_str();
+        for mut e in tx.executions_in(&job.row.id, queued, false, n as usize)? {
             e.released = true;
             e.queued_at = now;
             e.updated_at = now;
@@ -330,13 +341,12 @@ pub(crate) fn settle(
             });
         }
         job.save(tx, now)?;
-        if n < waiting.len() as u64 {
+        if n < waiting {
             return Ok(());
         }
     }
     // Everything is released here: the job is done when no execution is open.
-    let open = execs.iter().any(|e| !exec_status(e).is_terminal());
-    if !job.row.continuous && !open {
+    if !job.row.continuous && open == 0 {
         job.row.status = JobStatus::Completed.as_str().into();
         job.body.completed_at = Some(now);
         job.save(tx, now)?;

@@ -192,6 +192,37 @@ impl JobsTx<'_, '_, '_> {
             .collect::<crate::db::DbResult<_>>()?)
     }
 
+    /// The job's executions counted by (status, released).
+    pub fn execution_counts(&self, job_id: &str) -> Result<Vec<(String, bool, u64)>> {
+        let mut stmt = self.tx.prepare(
+            "SELECT status, released, COUNT(*) FROM job_executions WHERE job_id = ?1
+             GROUP BY status, released",
+        )?;
+        Ok(stmt
+            .query_map([job_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.max(0) as u64))
+            })?
+            .collect::<crate::db::DbResult<_>>()?)
+    }
+
+    /// The job's executions in `status`, released or not, by thing name; at most `limit`.
+    pub fn executions_in(
+        &self,
+        job_id: &str,
+        status: &str,
+        released: bool,
+        limit: usize,
+    ) -> Result<Vec<ExecutionRow>> {
+        let limit = limit.min(i64::MAX as usize);
+        let mut stmt = self.tx.prepare(&format!(
+            "SELECT {EXEC_COLUMNS} FROM job_executions WHERE job_id = ?1 AND status = ?2
+             AND released = ?3 ORDER BY thing_name LIMIT {limit}"
+        ))?;
+        Ok(stmt
+            .query_map(params![job_id, status, released], exec_row)?
+            .collect::<crate::db::DbResult<_>>()?)
+    }
+
     /// The thing's executions, oldest first.
     pub fn executions_for_thing(&self, thing: &str) -> Result<Vec<ExecutionRow>> {
         let mut stmt = self.tx.prepare(&format!(
