@@ -21,6 +21,7 @@
 
 mod model;
 mod mqtt;
+mod requests;
 pub mod rules;
 mod store;
 

@@ -2,7 +2,7 @@
 //! `LICHEN_TEST_POSTGRES_URL` names a server (`./scripts/test` starts one).
 
 use super::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeMap;
 
 struct Store {
@@ -74,10 +74,6 @@ fn job(id: &str, targets: Vec<String>) -> CreateJob {
     }
 }
 
-fn payload(v: Value) -> serde_json::Map<String, Value> {
-    v.as_object().unwrap().clone()
-}
-
 fn status(svc: &JobsService, job: &str, thing: &str) -> ExecutionStatus {
     svc.describe_execution_blocking(job, thing).unwrap().status
 }
@@ -92,7 +88,7 @@ fn a_device_takes_a_job_to_success_and_the_job_completes() {
         let g = things(r, "g", &["a"]);
         let mut events = svc.subscribe();
         svc.create_job_blocking("t", &job("j1", vec![g])).unwrap();
-        let started = mqtt::start_next(&svc, "a", None, &payload(json!({}))).unwrap();
+        let started = requests::one(&svc, "a", None, requests::Op::StartNext, json!({})).unwrap();
         assert_eq!(started["execution"]["status"], "IN_PROGRESS");
         assert_eq!(
             started["execution"]["jobDocument"],
@@ -100,37 +96,41 @@ fn a_device_takes_a_job_to_success_and_the_job_completes() {
         );
         let v = started["execution"]["versionNumber"].as_i64().unwrap();
 
-        let stale = mqtt::update(
+        let stale = requests::one(
             &svc,
             "a",
-            "j1",
             None,
-            &payload(json!({"status": "SUCCEEDED", "expectedVersion": v - 1})),
+            requests::Op::Update("j1".into()),
+            json!({"status": "SUCCEEDED", "expectedVersion": v - 1}),
         )
         .err()
         .unwrap();
         assert_eq!(stale.code, "VersionMismatch");
         assert_eq!(stale.state.unwrap().version, v);
-        let bad = mqtt::update(
+        let bad = requests::one(
             &svc,
             "a",
-            "j1",
             None,
-            &payload(json!({"status": "CANCELED"})),
+            requests::Op::Update("j1".into()),
+            json!({"status": "CANCELED"}),
         );
         assert_eq!(bad.err().unwrap().code, "InvalidStateTransition");
 
-        mqtt::update(
+        requests::one(
             &svc,
             "a",
-            "j1",
             None,
-            &payload(
-                json!({"status": "SUCCEEDED", "statusDetails": {"k": "v"}, "expectedVersion": v}),
-            ),
+            requests::Op::Update("j1".into()),
+            json!({"status": "SUCCEEDED", "statusDetails": {"k": "v"}, "expectedVersion": v}),
         )
         .unwrap();
-        let again = mqtt::update(&svc, "a", "j1", None, &payload(json!({"status": "FAILED"})));
+        let again = requests::one(
+            &svc,
+            "a",
+            None,
+            requests::Op::Update("j1".into()),
+            json!({"status": "FAILED"}),
+        );
         assert_eq!(again.err().unwrap().code, "TerminalStateReached");
 
         let job = svc.describe_job_blocking("j1").unwrap();
@@ -163,7 +163,14 @@ fn abort_cancels_the_rest_and_names_the_things_that_succeeded() {
         svc.create_job_blocking("t", &req).unwrap();
         let mut events = svc.subscribe();
         let done = |t: &str, s: &str| {
-            mqtt::update(&svc, t, "j", None, &payload(json!({"status": s}))).unwrap();
+            requests::one(
+                &svc,
+                t,
+                None,
+                requests::Op::Update("j".into()),
+                json!({"status": s}),
+            )
+            .unwrap();
         };
         done("a", "SUCCEEDED");
         assert_eq!(
@@ -192,7 +199,7 @@ fn in_progress_executions_time_out() {
             in_progress_timeout_in_minutes: Some(1),
         });
         svc.create_job_blocking("t", &req).unwrap();
-        mqtt::start_next(&svc, "a", None, &payload(json!({}))).unwrap();
+        requests::one(&svc, "a", None, requests::Op::StartNext, json!({})).unwrap();
         svc.tick_blocking(now_ms() + 30_000).unwrap();
         assert_eq!(status(&svc, "j", "a"), ExecutionStatus::InProgress);
         svc.tick_blocking(now_ms() + 61_000).unwrap();
@@ -249,30 +256,37 @@ fn continuous_jobs_reach_things_that_join_later_and_namespaces_stay_apart() {
         assert_eq!(status(&svc, "j", "late"), ExecutionStatus::Queued);
         // Plain topics do not see the namespaced job; the namespaced ones do.
         assert!(
-            mqtt::start_next(&svc, "late", None, &payload(json!({})))
+            requests::one(&svc, "late", None, requests::Op::StartNext, json!({}))
                 .unwrap()
                 .get("execution")
                 .is_none()
         );
         let ns = Some("aws-gg-deployment");
-        let got = mqtt::describe(&svc, "late", "$next", ns, &payload(json!({}))).unwrap();
+        let got = requests::one(
+            &svc,
+            "late",
+            ns,
+            requests::Op::Describe("$next".into()),
+            json!({}),
+        )
+        .unwrap();
         assert_eq!(got["execution"]["jobId"], "j");
         assert!(
-            mqtt::update(
+            requests::one(
                 &svc,
                 "late",
-                "j",
                 None,
-                &payload(json!({"status": "SUCCEEDED"}))
+                requests::Op::Update("j".into()),
+                json!({"status": "SUCCEEDED"})
             )
             .is_err()
         );
-        mqtt::update(
+        requests::one(
             &svc,
             "late",
-            "j",
             ns,
-            &payload(json!({"status": "SUCCEEDED"})),
+            requests::Op::Update("j".into()),
+            json!({"status": "SUCCEEDED"}),
         )
         .unwrap();
         assert_eq!(
@@ -292,7 +306,7 @@ fn cancel_and_delete() {
         let g = things(r, "g", &["a", "b"]);
         svc.create_job_blocking("t", &job("j", vec![g.clone()]))
             .unwrap();
-        mqtt::start_next(&svc, "a", None, &payload(json!({}))).unwrap();
+        requests::one(&svc, "a", None, requests::Op::StartNext, json!({})).unwrap();
         assert!(matches!(
             svc.delete_job_blocking("t", "j", false),
             Err(JobsError::InvalidStateTransition { .. })
@@ -331,12 +345,12 @@ fn acknowledged_statuses_survive_reopening() {
         let svc = JobsService::new(r.clone());
         let g = things(&r, "g", &["a"]);
         svc.create_job_blocking("t", &job("j", vec![g])).unwrap();
-        mqtt::update(
+        requests::one(
             &svc,
             "a",
-            "j",
             None,
-            &payload(json!({"status": "IN_PROGRESS", "statusDetails": {"p": "1"}})),
+            requests::Op::Update("j".into()),
+            json!({"status": "IN_PROGRESS", "statusDetails": {"p": "1"}}),
         )
         .unwrap();
     }
@@ -369,5 +383,57 @@ fn continuous_jobs_follow_dynamic_groups() {
             .unwrap();
         svc.thing_changed("red-1");
         assert_eq!(status(&svc, "j", "red-1"), ExecutionStatus::Removed);
+    });
+}
+
+#[test]
+fn a_batch_answers_each_request_in_order_and_a_refusal_writes_nothing() {
+    on_each_store(|r, svc| {
+        let g = things(r, "g", &["a", "b"]);
+        svc.create_job_blocking("t", &job("j", vec![g])).unwrap();
+        let q = |thing: &str, op, p: serde_json::Value| requests::Request {
+            thing: thing.into(),
+            ns: None,
+            op,
+            payload: p.as_object().cloned().unwrap(),
+        };
+        let update = || requests::Op::Update("j".into());
+        let answers = requests::run(
+            &svc,
+            &[
+                q("a", requests::Op::StartNext, json!({})),
+                // start-next above made it version 2: a stale version in the same batch.
+                q(
+                    "a",
+                    update(),
+                    json!({"status": "SUCCEEDED", "expectedVersion": 1}),
+                ),
+                q("b", update(), json!({"status": "SUCCEEDED"})),
+                q(
+                    "a",
+                    update(),
+                    json!({"status": "SUCCEEDED", "expectedVersion": 2}),
+                ),
+                q("a", requests::Op::Pending, json!({})),
+            ],
+        );
+        assert_eq!(answers.len(), 5);
+        assert_eq!(
+            answers[0].as_ref().unwrap()["execution"]["versionNumber"],
+            2
+        );
+        assert_eq!(answers[1].as_ref().err().unwrap().code, "VersionMismatch");
+        assert!(answers[2].is_ok() && answers[3].is_ok());
+        assert_eq!(answers[4].as_ref().unwrap()["queuedJobs"], json!([]));
+        let a = svc.describe_execution_blocking("j", "a").unwrap();
+        assert_eq!(
+            (a.status, a.version_number),
+            (ExecutionStatus::Succeeded, 3)
+        );
+        assert_eq!(status(&svc, "j", "b"), ExecutionStatus::Succeeded);
+        assert_eq!(
+            svc.describe_job_blocking("j").unwrap().status,
+            JobStatus::Completed
+        );
     });
 }
