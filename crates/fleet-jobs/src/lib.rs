@@ -519,10 +519,9 @@ impl JobsService {
         else {
             return;
         };
-        for (thing, ns) in fx.things {
-            if let Err(e) = mqtt::notify(self, &thing, ns.as_deref(), &out) {
-                tracing::warn!(thing, "jobs notification: {e}");
-            }
+        let things: Vec<ThingNamespace> = fx.things.into_iter().collect();
+        if let Err(e) = mqtt::notify(self, &things, &out) {
+            tracing::warn!("jobs notifications for {} things: {e}", things.len());
         }
     }
 }

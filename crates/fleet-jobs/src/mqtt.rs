@@ -12,6 +12,7 @@ use crate::requests::{
 use crate::store;
 use lichen_fleet_mqtt::{DeviceEndpoint, DevicePublish, EndpointError, QoS};
 use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
 use tokio::sync::mpsc;
 
 const FILTER: &str = "$aws/things/+/jobs/#";
@@ -74,13 +75,13 @@ fn now_secs() -> i64 {
     crate::now_ms().div_euclid(1000)
 }
 
-/// The notify / notify-next messages for `thing` after a change to its executions in `ns`.
-/// Read and compared under the `last_next` lock, and queued before it is released, so that two
-/// threads announcing changes to one thing cannot publish a stale `notify-next` last.
+/// The notify / notify-next messages for each (thing, namespace) after a change to its
+/// executions, all read in one transaction. Read and compared under the `last_next` lock, and
+/// queued before it is released, so that two threads announcing changes to one thing cannot
+/// publish a stale `notify-next` last.
 pub(crate) fn notify(
     svc: &JobsService,
-    thing: &str,
-    ns: Option<&str>,
+    things: &[(String, Option<String>)],
     out: &mpsc::UnboundedSender<(String, String)>,
 ) -> crate::Result<()> {
     let mut last = svc
@@ -88,37 +89,52 @@ pub(crate) fn notify(
         .last_next
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let (running, queued, next) = svc.read(|tx| {
-        let (running, queued) = store::pending(tx, thing, ns)?;
-        let next = match running.first().or(queued.first()) {
-            Some(e) => Some((e.clone(), document(tx, &e.job_id)?)),
-            None => None,
-        };
-        Ok((running, queued, next))
-    })?;
-    let suffix = ns.map(|n| format!("-namespace-{n}")).unwrap_or_default();
-    let base = format!("$aws/things/{thing}/jobs");
-    let now = now_secs();
-    let mut jobs = Map::new();
-    if !queued.is_empty() {
-        jobs.insert("QUEUED".into(), queued.iter().map(summary).collect());
-    }
-    if !running.is_empty() {
-        jobs.insert("IN_PROGRESS".into(), running.iter().map(summary).collect());
-    }
-    let _ = out.send((
-        format!("{base}/notify{suffix}"),
-        json!({"jobs": jobs, "timestamp": now}).to_string(),
-    ));
-    let next_id = next.as_ref().map(|(e, _)| e.job_id.clone());
-    let key = (thing.to_string(), ns.map(str::to_string));
-    if last.get(&key) != Some(&next_id) {
-        last.insert(key, next_id);
-        let mut body = json!({"timestamp": now});
-        if let Some((e, doc)) = &next {
-            body["execution"] = data(e, Some(doc));
+    let states = svc.read(|tx| {
+        let mut docs: BTreeMap<String, String> = BTreeMap::new();
+        let mut states = Vec::with_capacity(things.len());
+        for (thing, ns) in things {
+            let (running, queued) = store::pending(tx, thing, ns.as_deref())?;
+            let next = match running.first().or(queued.first()) {
+                Some(e) => {
+                    if !docs.contains_key(&e.job_id) {
+                        docs.insert(e.job_id.clone(), document(tx, &e.job_id)?);
+                    }
+                    Some((e.clone(), docs[&e.job_id].clone()))
+                }
+                None => None,
+            };
+            states.push((running, queued, next));
         }
-        let _ = out.send((format!("{base}/notify-next{suffix}"), body.to_string()));
+        Ok(states)
+    })?;
+    let now = now_secs();
+    for ((thing, ns), (running, queued, next)) in things.iter().zip(states) {
+        let suffix = ns
+            .as_ref()
+            .map(|n| format!("-namespace-{n}"))
+            .unwrap_or_default();
+        let base = format!("$aws/things/{thing}/jobs");
+        let mut jobs = Map::new();
+        if !queued.is_empty() {
+            jobs.insert("QUEUED".into(), queued.iter().map(summary).collect());
+        }
+        if !running.is_empty() {
+            jobs.insert("IN_PROGRESS".into(), running.iter().map(summary).collect());
+        }
+        let _ = out.send((
+            format!("{base}/notify{suffix}"),
+            json!({"jobs": jobs, "timestamp": now}).to_string(),
+        ));
+        let next_id = next.as_ref().map(|(e, _)| e.job_id.clone());
+        let key = (thing.clone(), ns.clone());
+        if last.get(&key) != Some(&next_id) {
+            last.insert(key, next_id);
+            let mut body = json!({"timestamp": now});
+            if let Some((e, doc)) = &next {
+                body["execution"] = data(e, Some(doc));
+            }
+            let _ = out.send((format!("{base}/notify-next{suffix}"), body.to_string()));
+        }
     }
     Ok(())
 }
