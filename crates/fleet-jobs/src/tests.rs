@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 struct Store {
     registry: Arc<Registry>,
     _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL database, for a second registry on it.
+    url: Option<String>,
 }
 
 fn sqlite() -> Store {
@@ -16,6 +18,7 @@ fn sqlite() -> Store {
     Store {
         registry: Arc::new(registry),
         _dir: Some(dir),
+        url: None,
     }
 }
 
@@ -39,10 +42,12 @@ fn postgres() -> Option<Store> {
     ))
     .unwrap();
     let base = &admin[..admin.rfind('/').unwrap()];
-    let registry = Registry::open_postgres(&format!("{base}/{name}"), "us-east-1").unwrap();
+    let url = format!("{base}/{name}");
+    let registry = Registry::open_postgres(&url, "us-east-1").unwrap();
     Some(Store {
         registry: Arc::new(registry),
         _dir: None,
+        url: Some(url),
     })
 }
 
@@ -436,4 +441,50 @@ fn a_batch_answers_each_request_in_order_and_a_refusal_writes_nothing() {
             JobStatus::Completed
         );
     });
+}
+
+#[test]
+fn two_fleet_processes_on_one_database_accept_one_update_per_version() {
+    // Two registries on one PostgreSQL database, as two fleet processes hold them: of two
+    // updates racing with the same expectedVersion exactly one is accepted, every round.
+    let Some(store) = postgres() else { return };
+    let other =
+        Arc::new(Registry::open_postgres(store.url.as_deref().unwrap(), "us-east-1").unwrap());
+    let (one, two) = (
+        JobsService::new(store.registry.clone()),
+        JobsService::new(other),
+    );
+    let g = things(&store.registry, "g", &["a"]);
+    one.create_job_blocking("t", &job("j", vec![g])).unwrap();
+    for round in 0..10 {
+        let v = one
+            .describe_execution_blocking("j", "a")
+            .unwrap()
+            .version_number;
+        let barrier = std::sync::Barrier::new(2);
+        let go = |svc: &JobsService| {
+            barrier.wait();
+            let details = json!({"round": round.to_string()});
+            requests::one(
+                svc,
+                "a",
+                None,
+                requests::Op::Update("j".into()),
+                json!({"status": "IN_PROGRESS", "expectedVersion": v, "statusDetails": details}),
+            )
+            .is_ok()
+        };
+        let outcomes: Vec<bool> = std::thread::scope(|s| {
+            let a = s.spawn(|| go(&one));
+            let b = s.spawn(|| go(&two));
+            vec![a.join().unwrap(), b.join().unwrap()]
+        });
+        assert_eq!(
+            outcomes.iter().filter(|ok| **ok).count(),
+            1,
+            "round {round}"
+        );
+        let e = two.describe_execution_blocking("j", "a").unwrap();
+        assert_eq!(e.version_number, v + 1);
+    }
 }
