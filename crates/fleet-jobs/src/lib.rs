@@ -451,12 +451,17 @@ impl JobsService {
     fn thing_changed(&self, thing: &str) {
         // Most changes concern no CONTINUOUS job: look before taking the write lock.
         let candidate = self.read(|tx| {
+            let exists = tx.thing_exists(thing)?;
             for j in tx.active_jobs()? {
-                let queued_or_none = tx
-                    .execution(&j.id, thing)?
-                    .is_none_or(|e| store::exec_status(&e) == ExecutionStatus::Queued);
-                if j.continuous && queued_or_none {
-                    return Ok(true);
+                if !j.continuous && exists {
+                    continue;
+                }
+                match tx.execution(&j.id, thing)? {
+                    None if j.continuous => return Ok(true),
+                    Some(e) if store::exec_status(&e) == ExecutionStatus::Queued => {
+                        return Ok(true);
+                    }
+                    _ => {}
                 }
             }
             Ok(false)

@@ -555,7 +555,8 @@ pub(crate) fn tick(tx: &JobsTx<'_, '_, '_>, now: i64) -> Result<Effects> {
 
 /// A thing's groups changed: each active CONTINUOUS job targeting one of them gets an execution
 /// for it (once), and one whose groups it left loses its still-QUEUED execution (REMOVED). A
-/// deleted thing's QUEUED executions are REMOVED too.
+/// deleted thing's QUEUED executions are REMOVED in every job, so that a SNAPSHOT job can still
+/// complete.
 pub(crate) fn thing_changed(
     tx: &JobsTx<'_, '_, '_>,
     arn_prefix: &str,
@@ -570,7 +571,7 @@ pub(crate) fn thing_changed(
         BTreeSet::new()
     };
     for row in tx.active_jobs()? {
-        if !row.continuous {
+        if !row.continuous && exists {
             continue;
         }
         let existing = tx.execution(&row.id, thing)?;

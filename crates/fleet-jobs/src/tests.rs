@@ -488,3 +488,30 @@ fn two_fleet_processes_on_one_database_accept_one_update_per_version() {
         assert_eq!(e.version_number, v + 1);
     }
 }
+
+#[test]
+fn a_deleted_things_queued_executions_are_removed_and_the_job_completes() {
+    on_each_store(|r, svc| {
+        let g = things(r, "g", &["a", "gone"]);
+        svc.create_job_blocking("t", &job("j", vec![g])).unwrap();
+        requests::one(
+            &svc,
+            "a",
+            None,
+            requests::Op::Update("j".into()),
+            json!({"status": "SUCCEEDED"}),
+        )
+        .unwrap();
+        r.remove_thing_from_group("t", "g", "gone").unwrap();
+        // Leaving a SNAPSHOT job's group changes nothing.
+        svc.thing_changed("gone");
+        assert_eq!(status(&svc, "j", "gone"), ExecutionStatus::Queued);
+        r.delete_thing("t", "gone", None).unwrap();
+        svc.thing_changed("gone");
+        assert_eq!(status(&svc, "j", "gone"), ExecutionStatus::Removed);
+        assert_eq!(
+            svc.describe_job_blocking("j").unwrap().status,
+            JobStatus::Completed
+        );
+    });
+}
