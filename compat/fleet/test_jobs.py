@@ -283,6 +283,8 @@ def test_cancel_job_and_execution(fleet, iot, devices):
     iot.cancel_job_execution(jobId=j2, thingName=dev.name, force=True)
     assert iot.describe_job_execution(jobId=j2, thingName=dev.name)["execution"]["status"] == "CANCELED"
     assert iot.describe_job(jobId=j2)["job"]["status"] == "COMPLETED"
+    with pytest.raises(iot.exceptions.InvalidRequestException):
+        iot.cancel_job(jobId=j2)
 
     with pytest.raises(iot.exceptions.ResourceNotFoundException):
         iot.describe_job(jobId="no-such-job")

@@ -372,15 +372,13 @@ pub(crate) fn cancel_in(
         JobStatus::InProgress => {}
         JobStatus::Canceled if force && !job.body.force_canceled => {}
         JobStatus::Canceled => return Ok(()),
+        // CancelJob's model has no InvalidStateTransitionException: an invalid request.
         s => {
-            return Err(JobsError::InvalidStateTransition {
-                message: format!(
-                    "job {:?} is {} and cannot be canceled",
-                    job.row.id,
-                    s.as_str()
-                ),
-                execution: None,
-            });
+            return Err(JobsError::Invalid(format!(
+                "job {:?} is {} and cannot be canceled",
+                job.row.id,
+                s.as_str()
+            )));
         }
     }
     job.row.status = JobStatus::Canceled.as_str().into();
