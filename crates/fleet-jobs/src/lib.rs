@@ -10,6 +10,9 @@
 //! - **Rollouts.** Executions are created at once for every target thing but stay unreleased
 //!   (invisible to the device, uncounted) until the rollout's rate lets them out; a one-second
 //!   tick and each finished execution release more.
+//! - **Device requests** are answered in batches, one transaction each: what arrives while a
+//!   batch commits goes into the next (group commit), so a fleet taking a job costs one fsync per
+//!   batch, not per request.
 //! - **Events.** After commit the service announces [`JobEvent`]s to [`JobsService::subscribe`]
 //!   and publishes `notify` (the pending list changed) and `notify-next` (the next execution
 //!   changed) to the things concerned.
