@@ -82,6 +82,8 @@ pub struct ApiState {
     pub services: HashMap<String, Arc<dyn ServiceHandler>>,
     /// The object store served as S3 (signing name `s3`) and holding component artifacts.
     pub objects: Option<Arc<s3::ObjectStore>>,
+    /// The jobs service behind the iot jobs operations (none: they answer unknown operation).
+    pub jobs: Option<lichen_fleet_jobs::JobsService>,
 }
 
 /// The router: one fallback that authenticates and dispatches.

@@ -1,5 +1,6 @@
 //! The fleet's durable registry: things, thing groups, certificates, policies, the attachments
-//! between them, role aliases, access keys and the audit log.
+//! between them, role aliases, access keys, the audit log, and the tables of the jobs service
+//! (jobs and job executions, [`JobsTx`]).
 //!
 //! Storage is SQLite (embedded, `rusqlite`) or PostgreSQL (`postgres`, for several fleet
 //! processes on one database), each under one connection and one mutex per process. The schema
@@ -50,6 +51,7 @@ mod certs;
 mod components;
 mod credentials;
 mod db;
+mod jobs;
 mod migrations;
 mod page;
 mod policies;
@@ -65,6 +67,7 @@ pub use certs::{
 };
 pub use components::ComponentVersion;
 pub use credentials::TemporaryCredentials;
+pub use jobs::{ExecutionRow, JobRow, JobsTx, job_not_found};
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
 pub use shadows::{ShadowRecord, ShadowWrite};

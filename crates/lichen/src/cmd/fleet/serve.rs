@@ -147,6 +147,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     shadows
         .serve_mqtt()
         .context("serving the device shadow topics")?;
+    let jobs = lichen_fleet_jobs::JobsService::new(registry.clone());
+    jobs.serve_mqtt(&devices)
+        .context("serving the jobs topics")?;
+    jobs.start();
     let mut services: HashMap<String, Arc<dyn ServiceHandler>> = HashMap::new();
     services.insert(
         "iotdata".into(),
@@ -207,6 +211,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             credentials: host,
         },
         services,
+        jobs: Some(jobs),
     });
 
     let endpoints = Endpoints {
