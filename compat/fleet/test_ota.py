@@ -6,7 +6,7 @@ its job execution's status back to the fleet.
 """
 
 from lichen_support import wait_for
-from ota_support import APP, details, gg, job_deploy, ota_cores, publish, s3, wait_execution  # noqa: F401 (fixtures)
+from ota_support import APP, details, execution, gg, job_deploy, ota_cores, publish, s3, wait_execution  # noqa: F401 (fixtures)
 
 GROUP = "ota-fleet"
 
@@ -21,3 +21,59 @@ def test_a_component_published_with_boto3_runs_on_every_core_of_the_group(fleet,
     for c in cores:
         wait_for(lambda c=c: c.running_version() == "1.0.0", 30, f"{c.thing} to run 1.0.0")
         assert c.runs() == [f"1.0.0 {c.thing}"]
+
+
+def test_a_failing_install_rolls_each_core_back_to_the_running_version(fleet, iot, s3, gg, ota_cores):
+    cores = [ota_cores(f"core{i}", GROUP) for i in (1, 2, 3)]
+    publish(s3, gg, "1.0.0")
+    first = job_deploy(iot, GROUP, {APP: "1.0.0"})
+    for c in cores:
+        wait_execution(iot, first, c.thing)
+    publish(s3, gg, "2.0.0", install="echo cannot install >&2; exit 3")
+    second = job_deploy(iot, GROUP, {APP: "2.0.0"}, revision=2)
+    for c in cores:
+        e = wait_execution(iot, second, c.thing, statuses=("FAILED",), timeout=180, why=f"\n{c.log()[-3000:]}")
+        d = details(e)
+        assert d["detailed-deployment-status"] == "FAILED_ROLLBACK_COMPLETE", e
+        assert APP in d["deployment-failure-cause"], e
+    for c in cores:
+        wait_for(lambda c=c: c.running_version() == "1.0.0", 30, f"{c.thing} to run 1.0.0 again")
+        assert not any(r.startswith("2.0.0") for r in c.runs()), c.runs()
+
+
+def test_a_core_offline_during_the_deployment_gets_it_when_it_starts(fleet, iot, s3, gg, ota_cores):
+    online = ota_cores("core1", GROUP)
+    offline = ota_cores("core2", GROUP, start=False)
+    publish(s3, gg, "1.0.0")
+    job = job_deploy(iot, GROUP, {APP: "1.0.0"})
+    wait_execution(iot, job, online.thing)
+    assert execution(iot, job, offline.thing)["status"] == "QUEUED"
+    offline.start()
+    wait_execution(iot, job, offline.thing, why=f"\n{offline.log()[-3000:]}")
+    wait_for(lambda: offline.running_version() == "1.0.0", 30, "the late core to run 1.0.0")
+
+
+def test_a_thing_added_to_the_group_later_gets_its_deployment(fleet, iot, s3, gg, ota_cores):
+    first = ota_cores("core1", GROUP)
+    publish(s3, gg, "1.0.0")
+    job = job_deploy(iot, GROUP, {APP: "1.0.0"})
+    wait_execution(iot, job, first.thing)
+    later = ota_cores("core2")
+    assert execution(iot, job, later.thing) is None
+    iot.add_thing_to_thing_group(thingGroupName=GROUP, thingName=later.thing)
+    wait_execution(iot, job, later.thing, why=f"\n{later.log()[-3000:]}")
+    wait_for(lambda: later.running_version() == "1.0.0", 30, "the added core to run 1.0.0")
+
+
+def test_a_deployment_canceled_before_the_core_takes_it_never_runs(fleet, iot, s3, gg, ota_cores):
+    core = ota_cores("core1", GROUP, start=False)
+    publish(s3, gg, "1.0.0")
+    job = job_deploy(iot, GROUP, {APP: "1.0.0"})
+    iot.cancel_job(jobId=job)
+    core.start()
+    publish(s3, gg, "1.1.0")
+    # A later deployment reaches the core, so it has asked for its jobs by then.
+    later = job_deploy(iot, GROUP, {APP: "1.1.0"}, revision=2)
+    wait_execution(iot, later, core.thing)
+    assert execution(iot, job, core.thing)["status"] == "CANCELED"
+    assert core.runs() == ["1.1.0 core1"]
