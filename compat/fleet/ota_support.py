@@ -200,3 +200,16 @@ def wait_execution(iot, job_id, thing, statuses=("SUCCEEDED",), timeout=120, why
 def details(e):
     """An execution's statusDetails as the device sent them (boto3 nests them in `detailsMap`)."""
     return e.get("statusDetails", {}).get("detailsMap", {})
+
+
+def restart_on_same_ports(fleet):
+    """Starts a stopped (or killed) fleet again on the addresses its devices were enrolled with."""
+    hostport = lambda url: url.split("://", 1)[-1]  # noqa: E731
+    e = fleet.endpoints
+    fleet.bind = (hostport(e["api"]), hostport(e["mqtt"]), hostport(e["dataPlane"]))
+    return fleet.start()
+
+
+def partial_downloads(core):
+    """The `.partial` artifact files in the core's store, with their sizes."""
+    return {p: p.stat().st_size for p in core.core.root.rglob("*.partial") if p.is_file()}

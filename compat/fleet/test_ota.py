@@ -6,7 +6,7 @@ its job execution's status back to the fleet.
 """
 
 from lichen_support import wait_for
-from ota_support import APP, details, execution, gg, job_deploy, ota_cores, publish, s3, wait_execution  # noqa: F401 (fixtures)
+from ota_support import APP, details, execution, gg, partial_downloads, restart_on_same_ports, job_deploy, ota_cores, publish, s3, wait_execution  # noqa: F401 (fixtures)
 
 GROUP = "ota-fleet"
 
@@ -77,3 +77,40 @@ def test_a_deployment_canceled_before_the_core_takes_it_never_runs(fleet, iot, s
     wait_execution(iot, later, core.thing)
     assert execution(iot, job, core.thing)["status"] == "CANCELED"
     assert core.runs() == ["1.1.0 core1"]
+
+
+def test_a_core_killed_mid_download_resumes_where_it_stopped(fleet, iot, s3, gg, ota_cores):
+    core = ota_cores("core1", GROUP)
+    size = 50 * 1024 * 1024
+    publish(s3, gg, "1.0.0", size=size)
+    job = job_deploy(iot, GROUP, {APP: "1.0.0"})
+    # Kill the core (and its session) as soon as part of the artifact is on disk.
+    got = wait_for(lambda: {p: n for p, n in partial_downloads(core).items() if n > 0}, 120, "a partial download")
+    core.kill9()
+    (partial, _), = got.items()
+    kept = partial.stat().st_size
+    assert 0 < kept < size, kept
+    assert execution(iot, job, core.thing)["status"] in ("QUEUED", "IN_PROGRESS")
+    core.start()
+    wait_execution(iot, job, core.thing, why=f"\n{core.log()[-3000:]}")
+    wait_for(lambda: core.running_version() == "1.0.0", 30, "the core to run 1.0.0")
+    # The restarted download asked for the rest only (`Range: bytes=<kept>-`), not the whole file.
+    resumed = [line for line in core.log().splitlines() if "download resumes a partial file" in line]
+    assert resumed and f"resumed_at={kept}" in resumed[0], (kept, resumed)
+
+
+def test_a_fleet_killed_mid_rollout_loses_no_status(fleet, iot, s3, gg, ota_cores):
+    cores = [ota_cores(f"core{i}", GROUP) for i in (1, 2, 3)]
+    publish(s3, gg, "1.0.0", size=8 * 1024 * 1024)
+    job = job_deploy(iot, GROUP, {APP: "1.0.0"})
+    # Kill the fleet once the first core has taken the job; the others report while it is down.
+    wait_for(lambda: any((execution(iot, job, c.thing) or {}).get("status") in ("IN_PROGRESS", "SUCCEEDED") for c in cores),
+             60, "a core to take the job")
+    fleet.kill9()
+    before = fleet.endpoints
+    restart_on_same_ports(fleet)
+    assert fleet.endpoints["mqtt"] == before["mqtt"]
+    iot = fleet.client("iot")
+    for c in cores:
+        wait_execution(iot, job, c.thing, timeout=180, why=f"\n{c.log()[-3000:]}")
+        wait_for(lambda c=c: c.running_version() == "1.0.0", 30, f"{c.thing} to run 1.0.0")
