@@ -65,7 +65,7 @@ pub use certs::{
 pub use credentials::TemporaryCredentials;
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
-pub use shadows::{ShadowRecord, ShadowWrite};
+pub use shadows::{ShadowKey, ShadowRecord, ShadowWrite};
 pub use templates::ProvisioningTemplate;
 pub use thing_types::ThingType;
 pub use things::{Thing, ThingGroup, ThingQuery};
