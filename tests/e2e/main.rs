@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `lichen` binary on temporary roots, driven through its CLI.
 
 mod archives;
+mod cloud_deploy;
 mod state;
 mod support;
 

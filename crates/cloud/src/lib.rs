@@ -15,6 +15,10 @@
 //! * [`CloudLink::subscribe`] counts local subscribers per filter: the first one sends SUBSCRIBE
 //!   (or waits for the connection), the last one dropping sends UNSUBSCRIBE.
 //!
+//! * [`dataplane::DataPlane`] is the Greengrass data plane client (HTTPS with the same device
+//!   certificate); its downloads resume a `<file>.partial` with `Range` and only ever rename a
+//!   complete body into place.
+//!
 //! Architecture invariants: nothing accepted into the spool is dropped except by delivery, by
 //! `maxPublishRetry` running out, or (QoS 0 without `keepQos0WhenOffline`) by going offline; a
 //! full spool refuses new messages and keeps the old ones; this crate knows nothing of the
@@ -22,6 +26,7 @@
 //! [`ipc`] module is the only place that speaks Greengrass IPC shapes.
 
 mod client;
+pub mod dataplane;
 pub mod ipc;
 pub mod provision;
 mod record;

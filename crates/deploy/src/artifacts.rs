@@ -24,6 +24,10 @@ pub struct FetchRequest<'a> {
     pub artifact: &'a Artifact,
     /// The local deployment's artifacts directory, if it gave one.
     pub local_dir: Option<&'a Path>,
+    /// The deployment came from the cloud (cloud-only fetchers serve nothing else).
+    pub cloud_deployment: bool,
+    /// The component version ARN the cloud resolved this version to, if it did.
+    pub component_arn: Option<String>,
 }
 
 /// Brings one artifact to `dest`. Implementations are keyed by URI scheme (`s3`, `https`,
@@ -84,6 +88,7 @@ pub(crate) fn prepare(
     version: &Version,
     artifacts: &[Artifact],
     local_dir: Option<&Path>,
+    cloud_deployment: bool,
 ) -> Result<(), DeployError> {
     let dir = store.artifacts_dir(name, version)?;
     fsutil::create_shared_dir_all(&dir)
@@ -118,6 +123,8 @@ pub(crate) fn prepare(
                 version,
                 artifact,
                 local_dir,
+                cloud_deployment,
+                component_arn: store.arn(name, version),
             };
             let scheme = artifact.scheme().to_ascii_lowercase();
             let mut found = fetchers.local.fetch(&request, &dest)?;
@@ -140,7 +147,14 @@ pub(crate) fn prepare(
             }
             refreshed.insert(PathBuf::from(&file_name));
         }
-        verify_digest(name, version, artifact, &dest)?;
+        if let Err(e) = verify_digest(name, version, artifact, &dest) {
+            // A downloaded file that fails its digest goes, so the next attempt fetches it
+            // again instead of failing on it forever.
+            if cloud_deployment && matches!(e, DeployError::DigestMismatch { .. }) {
+                let _ = fs::remove_file(&dest);
+            }
+            return Err(e);
+        }
         set_mode(&dest, artifact_mode(artifact))?;
         if matches!(artifact.unarchive, Unarchive::Zip) {
             let stem = artifact.unarchive_dir_name();

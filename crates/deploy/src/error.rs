@@ -100,6 +100,25 @@ pub enum DeployError {
     Canceled(String),
     #[error("deployment record {path}: {message}; delete the file if it is corrupt")]
     BadRecord { path: PathBuf, message: String },
+    #[error("cloud: {0}")]
+    Cloud(String),
+    #[error(
+        "component {component}: {message}; sign the version with a key listed in lichen.componentSigningKeys, or set lichen.requireSignedComponents to false"
+    )]
+    Signature { component: String, message: String },
+    #[error(
+        "the deployment requires capabilities this core lacks: {0}; supported: LARGE_CONFIGURATION, LINUX_RESOURCE_LIMITS, SUB_DEPLOYMENTS"
+    )]
+    Capabilities(String),
+    #[error(
+        "deployment {id} is stale: created at {created} ms, before {group}'s last processed deployment ({last} ms); it was skipped"
+    )]
+    Stale {
+        id: String,
+        group: String,
+        created: i64,
+        last: i64,
+    },
 }
 
 impl DeployError {
@@ -137,6 +156,9 @@ impl DeployError {
             DeployError::Settle(_) => "COMPONENT_ERROR",
             DeployError::NotFound(_) | DeployError::NotCancelable { .. } => "REQUEST_ERROR",
             DeployError::Canceled(_) => "REQUEST_ERROR",
+            DeployError::Cloud(_) => "NETWORK_ERROR",
+            DeployError::Signature { .. } => "DEPENDENCY_ERROR",
+            DeployError::Capabilities(_) | DeployError::Stale { .. } => "REQUEST_ERROR",
         }
     }
 
@@ -158,6 +180,10 @@ impl DeployError {
             DeployError::Bootstrap { .. } | DeployError::BootstrapRun { .. } => "BOOTSTRAP_ERROR",
             DeployError::ConfigurationRejected { .. } => "COMPONENT_CONFIGURATION_NOT_VALID",
             DeployError::Settle(_) => "COMPONENT_BROKEN",
+            DeployError::Cloud(_) => "CLOUD_SERVICE_ERROR",
+            DeployError::Signature { .. } => "COMPONENT_SIGNATURE_NOT_VALID",
+            DeployError::Capabilities(_) => "UNSUPPORTED_REQUIRED_CAPABILITIES",
+            DeployError::Stale { .. } => "STALE_DEPLOYMENT",
             _ => "DEPLOYMENT_FAILURE",
         };
         vec!["DEPLOYMENT_FAILURE".to_string(), code.to_string()]

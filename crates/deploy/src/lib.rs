@@ -36,10 +36,21 @@
 //! [`ArchiveLimits`]. An artifact about to be downloaded needs a recipe `Digest`; only a local
 //! deployment's own files may come without one.
 //!
+//! Cloud deployments ([`parse_document`] → [`DeploymentEngine::submit_cloud`]) take the same
+//! queue: the document replaces its group's roots, components are negotiated with the cloud
+//! through a [`CloudResolver`] (a LOCAL group's stored recipe still wins), recipes may have to
+//! carry a trusted Ed25519 signature ([`SigningPolicy`]), and `s3` artifacts come from a fetcher
+//! used only for cloud deployments.
+//!
+//! Architecture invariant: a cloud deployment is known by one id (the job id, or the shadow
+//! document's deploymentId) and submitting it again is a no-op; one whose creationTimestamp is
+//! older than its group's last processed deployment is recorded FAILED and never runs.
+//!
 //! Architecture invariant: every wait is bounded (`settle_timeout`), so a deployment cannot
 //! block the queue forever.
 
 mod artifacts;
+mod cloud;
 mod engine;
 mod error;
 mod fsutil;
@@ -52,6 +63,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use artifacts::{ArtifactFetcher, FetchRequest};
+pub use cloud::{
+    CloudDocument, CloudInfo, CloudResolver, CloudSource, ResolvedComponent,
+    SUPPORTED_CAPABILITIES, SigningPolicy, group_of_arn, key_id, parse_document,
+};
 pub use engine::DeploymentEngine;
 pub use error::DeployError;
 pub use unzip::{ArchiveLimits, unarchive_zip};
@@ -103,6 +118,10 @@ pub struct LocalDeploymentRequest {
     /// deployments skip notification unless asked (Greengrass: SKIP_NOTIFY_COMPONENTS).
     #[serde(default)]
     pub component_update_policy: Option<ComponentUpdatePolicy>,
+    /// Set for cloud deployments: the document replaces its group's whole root set, every root
+    /// gets its RunWith from the document, and components are resolved with the cloud.
+    #[serde(default)]
+    pub cloud: Option<CloudInfo>,
 }
 
 /// How components hear of an update before it is applied.
@@ -116,6 +135,9 @@ pub struct ComponentUpdatePolicy {
 impl LocalDeploymentRequest {
     /// The deployment group this request deploys to.
     pub fn group(&self) -> String {
+        if let Some(cloud) = &self.cloud {
+            return cloud.group.clone();
+        }
         match &self.group_name {
             None => LOCAL_GROUP.to_string(),
             Some(g) => format!("thinggroup/{g}"),
@@ -132,6 +154,9 @@ pub struct ConfigurationUpdate {
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunWithInfo {
     pub posix_user: Option<String>,
+    /// `systemResourceLimits` (`memory` in KB, `cpus`), cloud deployments only.
+    #[serde(default)]
+    pub system_resource_limits: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

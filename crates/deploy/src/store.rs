@@ -15,6 +15,7 @@ use crate::error::DeployError;
 use crate::fsutil;
 
 const RECIPE_SUFFIX: &str = ".recipe.json";
+const METADATA_SUFFIX: &str = ".metadata.json";
 
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
@@ -77,6 +78,40 @@ impl Store {
             .map_err(|e| DeployError::Config(format!("cannot serialise recipe: {e}")))?;
         fsutil::write_atomic(&path, &text)
             .map_err(|e| DeployError::io("cannot write recipe", &path, e))
+    }
+
+    /// `packages/recipes/<name>@<version>.metadata.json`: where a cloud-resolved recipe came
+    /// from (its component version ARN), which artifact downloads need.
+    fn metadata_path(&self, name: &str, version: &Version) -> Result<PathBuf, DeployError> {
+        checked_name(name)?;
+        Ok(self
+            .packages
+            .join("recipes")
+            .join(format!("{name}@{version}{METADATA_SUFFIX}")))
+    }
+
+    pub(crate) fn save_arn(
+        &self,
+        name: &str,
+        version: &Version,
+        arn: &str,
+    ) -> Result<(), DeployError> {
+        let path = self.metadata_path(name, version)?;
+        let text = serde_json::to_vec(&serde_json::json!({ "componentVersionArn": arn }))
+            .map_err(|e| DeployError::Config(format!("cannot serialise recipe metadata: {e}")))?;
+        fsutil::write_atomic(&path, &text)
+            .map_err(|e| DeployError::io("cannot write recipe metadata", &path, e))
+    }
+
+    /// The component version ARN of a cloud-resolved recipe.
+    pub(crate) fn arn(&self, name: &str, version: &Version) -> Option<String> {
+        let path = self.metadata_path(name, version).ok()?;
+        let text = fs::read(path).ok()?;
+        let value: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        value
+            .get("componentVersionArn")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
     }
 
     pub(crate) fn load_recipe(&self, name: &str, version: &Version) -> Result<Recipe, DeployError> {
@@ -142,6 +177,7 @@ impl Store {
                 let path = self.recipe_path(&name, &version)?;
                 fs::remove_file(&path)
                     .map_err(|e| DeployError::io("cannot remove recipe", &path, e))?;
+                let _ = fs::remove_file(self.metadata_path(&name, &version)?);
                 removed.insert(format!("{name}@{v}"));
             }
         }

@@ -34,6 +34,11 @@ impl ServiceTopics {
     pub async fn recv(&mut self) -> Option<DevicePublish> {
         self.rx.recv().await
     }
+
+    /// The next device publish if one is already waiting (a handler batching its work).
+    pub fn try_recv(&mut self) -> Option<DevicePublish> {
+        self.rx.try_recv().ok()
+    }
 }
 
 struct Route {

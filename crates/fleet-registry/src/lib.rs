@@ -1,5 +1,6 @@
 //! The fleet's durable registry: things, thing groups, certificates, policies, the attachments
-//! between them, role aliases, access keys and the audit log.
+//! between them, role aliases, access keys, the audit log, and the tables of the jobs service
+//! (jobs and job executions, [`JobsTx`]).
 //!
 //! Storage is SQLite (embedded, `rusqlite`) or PostgreSQL (`postgres`, for several fleet
 //! processes on one database), each under one connection and one mutex per process. The schema
@@ -47,8 +48,10 @@
 
 mod audit;
 mod certs;
+mod components;
 mod credentials;
 mod db;
+mod jobs;
 mod migrations;
 mod page;
 mod policies;
@@ -62,7 +65,9 @@ pub use audit::AuditEntry;
 pub use certs::{
     Certificate, CertificateStatus, NewCertificate, PrincipalAuthorization, RoleAlias,
 };
+pub use components::ComponentVersion;
 pub use credentials::TemporaryCredentials;
+pub use jobs::{ExecutionRow, JobRow, JobsTx, job_not_found};
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
 pub use shadows::{ShadowKey, ShadowRecord, ShadowWrite};

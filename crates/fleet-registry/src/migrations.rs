@@ -73,6 +73,26 @@ CREATE TABLE shadows (
     thing_name TEXT NOT NULL, shadow_name TEXT NOT NULL, document TEXT, version BIGINT NOT NULL,
     updated_at BIGINT NOT NULL, PRIMARY KEY (thing_name, shadow_name));
 "#,
+    r#"
+CREATE TABLE component_versions (
+    name TEXT NOT NULL, version TEXT NOT NULL, recipe TEXT NOT NULL, recipe_format TEXT NOT NULL,
+    description TEXT, publisher TEXT, platforms TEXT NOT NULL, status TEXT NOT NULL,
+    message TEXT NOT NULL, signature TEXT, tags TEXT NOT NULL, client_token TEXT,
+    created_at BIGINT NOT NULL, PRIMARY KEY (name, version));
+"#,
+    r#"
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, namespace TEXT, status TEXT NOT NULL, continuous BIGINT NOT NULL,
+    body TEXT NOT NULL, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL);
+CREATE TABLE job_executions (
+    job_id TEXT NOT NULL REFERENCES jobs (id), thing_name TEXT NOT NULL, status TEXT NOT NULL,
+    status_details TEXT NOT NULL, version BIGINT NOT NULL, execution_number BIGINT NOT NULL,
+    queued_at BIGINT NOT NULL, started_at BIGINT, updated_at BIGINT NOT NULL,
+    released BIGINT NOT NULL, timeout_at BIGINT, force_canceled BIGINT NOT NULL,
+    PRIMARY KEY (job_id, thing_name));
+CREATE INDEX job_executions_thing ON job_executions (thing_name);
+CREATE INDEX job_executions_timeout ON job_executions (timeout_at);
+"#,
 ];
 
 pub(crate) fn apply(tx: &Transaction<'_>) -> crate::Result<()> {

@@ -13,8 +13,8 @@ use crate::{DeploymentStatus, DetailedStatus, FailureHandlingPolicy};
 
 use super::plan::spec_from_entry;
 use super::{
-    COMMITTED_ID, DEPLOYMENT_SERVICE, GROUP_ROOTS, Inner, MAIN, Persisted, Phase, Plan, SERVICES,
-    Snapshot, VALIDATION_TIMEOUT, lock,
+    COMMITTED_ID, DEPLOYMENT_SERVICE, GROUP_LAST, GROUP_ROOTS, Inner, MAIN, Persisted, Phase, Plan,
+    SERVICES, Snapshot, VALIDATION_TIMEOUT, lock,
 };
 
 impl Inner {
@@ -38,10 +38,17 @@ impl Inner {
             _ => false,
         };
         // Configuration validation by the components whose configuration changes.
+        let validation_timeout = persisted
+            .record
+            .request
+            .cloud
+            .as_ref()
+            .and_then(|c| c.validation_timeout_s)
+            .map_or(VALIDATION_TIMEOUT, std::time::Duration::from_secs);
         for (component, configuration) in &plan.config_changed {
             if let Err(message) = self
                 .hooks
-                .validate_configuration(id, component, configuration, VALIDATION_TIMEOUT)
+                .validate_configuration(id, component, configuration, validation_timeout)
                 .await
             {
                 return Outcome::failed(
@@ -205,6 +212,22 @@ impl Inner {
             p.record.error_types = outcome.error_types.clone();
         }) {
             tracing::error!(deployment = id, error = %e, "cannot record deployment result");
+        }
+        if outcome.status != DeploymentStatus::Canceled
+            && let Some(p) = self.get(id)
+            && let Some(cloud) = &p.record.request.cloud
+        {
+            let last = json!({
+                "configArn": cloud.configuration_arn,
+                "timestamp": cloud.creation_timestamp,
+            });
+            if let Err(e) = self.config.set(
+                &[SERVICES, DEPLOYMENT_SERVICE, GROUP_LAST, &p.record.group],
+                last,
+                lichen_config::now_ms(),
+            ) {
+                tracing::error!(deployment = id, error = %e, "cannot record the group's last deployment");
+            }
         }
         if succeeded && let Err(e) = self.collect_garbage() {
             tracing::warn!(error = %e, "component store garbage collection failed");

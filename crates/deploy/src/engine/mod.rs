@@ -1,6 +1,7 @@
 //! The deployment engine: its state, public API and the durable queue with its worker.
 
 mod apply;
+mod cloud_plan;
 mod history;
 mod plan;
 
@@ -14,9 +15,10 @@ use lichen_config::ConfigStore;
 use lichen_supervisor::Supervisor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::artifacts::{ArtifactFetcher, Fetchers};
+use crate::cloud::{CloudDocument, CloudResolver, SigningPolicy};
 use crate::error::DeployError;
 use crate::fsutil;
 use crate::store::{self, Store};
@@ -28,6 +30,8 @@ use crate::{
 const SERVICES: &str = "services";
 const DEPLOYMENT_SERVICE: &str = "DeploymentService";
 const GROUP_ROOTS: &str = "GroupToRootComponents";
+/// `GroupToLastDeployment.<group>.{configArn, timestamp}`: stale cloud deployments are skipped.
+const GROUP_LAST: &str = "GroupToLastDeployment";
 /// Id of the deployment whose commit is in the config: tells a resumed deployment whether its
 /// commit happened, because it is written in the same atomic batch as the services.
 const COMMITTED_ID: &str = "CommittedDeploymentId";
@@ -80,10 +84,19 @@ struct Inner {
     store: Store,
     deployments_dir: PathBuf,
     fetchers: Mutex<Fetchers>,
+    cloud: Mutex<CloudSettings>,
+    events: broadcast::Sender<DeploymentRecord>,
     state: Mutex<QueueState>,
     wake: Notify,
     idle: watch::Sender<bool>,
     worker: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// How cloud deployments resolve components.
+#[derive(Default)]
+struct CloudSettings {
+    resolver: Option<Arc<dyn CloudResolver>>,
+    signing: SigningPolicy,
 }
 
 /// The deployment engine. Cheap to clone; all clones share one queue.
@@ -165,6 +178,8 @@ impl DeploymentEngine {
                 store,
                 deployments_dir,
                 fetchers: Mutex::new(Fetchers::new()),
+                cloud: Mutex::new(CloudSettings::default()),
+                events: broadcast::channel(64).0,
                 state: Mutex::new(state),
                 wake: Notify::new(),
                 idle,
@@ -177,6 +192,128 @@ impl DeploymentEngine {
     /// Local files from the deployment's artifact directory are always tried first.
     pub fn register_fetcher(&self, scheme: &str, fetcher: Arc<dyn ArtifactFetcher>) {
         lock(&self.inner.fetchers).register(scheme, fetcher);
+    }
+
+    /// Cloud deployments resolve components through `resolver` (resolveComponentCandidates),
+    /// accepting recipes per `signing`.
+    pub fn set_cloud_resolver(&self, resolver: Arc<dyn CloudResolver>, signing: SigningPolicy) {
+        let mut cloud = lock(&self.inner.cloud);
+        cloud.resolver = Some(resolver);
+        cloud.signing = signing;
+    }
+
+    /// Every change of a deployment record (queued, in progress, terminal).
+    pub fn subscribe(&self) -> broadcast::Receiver<DeploymentRecord> {
+        self.inner.events.subscribe()
+    }
+
+    /// Queues a cloud deployment under its deployment id (the job id for jobs). Submitting an
+    /// id the engine already knows returns it unchanged. A document this core cannot take
+    /// (unsupported `requiredCapabilities`, stale for its group) is recorded as FAILED at once,
+    /// so its status still gets reported. A newer shadow deployment replaces a queued one.
+    pub fn submit_cloud(&self, doc: CloudDocument) -> Result<String, DeployError> {
+        let info = doc.info().clone();
+        let id = info.deployment_id.clone();
+        if id.is_empty()
+            || id.starts_with('.')
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        {
+            return Err(DeployError::BadRequest(format!(
+                "deployment id {id:?} must be letters, digits, '-', '_', '.' or ':' (it names a folder)"
+            )));
+        }
+        if lock(&self.inner.state).records.contains_key(&id) {
+            return Ok(id);
+        }
+        let group = doc.group();
+        let refused = {
+            let unsupported = doc.unsupported_capabilities();
+            let last = self.last_deployment_timestamp(&group);
+            if !unsupported.is_empty() {
+                Some(DeployError::Capabilities(unsupported.join(", ")))
+            } else if let Some(last) = last
+                && info.creation_timestamp < last
+            {
+                Some(DeployError::Stale {
+                    id: id.clone(),
+                    group: group.clone(),
+                    created: info.creation_timestamp,
+                    last,
+                })
+            } else {
+                None
+            }
+        };
+        if info.source == crate::CloudSource::Shadow {
+            let queued: Vec<String> = lock(&self.inner.state)
+                .records
+                .values()
+                .filter(|p| {
+                    p.record.status == DeploymentStatus::Queued
+                        && p.record.request.cloud.as_ref().map(|c| c.source)
+                            == Some(crate::CloudSource::Shadow)
+                })
+                .map(|p| p.record.id.clone())
+                .collect();
+            for old in queued {
+                let _ = self.cancel(&old);
+            }
+        }
+        let mut record = DeploymentRecord {
+            id: id.clone(),
+            group,
+            status: DeploymentStatus::Queued,
+            detailed_status: None,
+            created_on_ms: lichen_config::now_ms(),
+            failure_cause: String::new(),
+            error_stack: Vec::new(),
+            error_types: Vec::new(),
+            request: doc.request,
+        };
+        if let Some(e) = &refused {
+            tracing::warn!(deployment = %id, error = %e, "cloud deployment refused");
+            record.status = DeploymentStatus::Failed;
+            record.detailed_status = Some(DetailedStatus::FailedNoStateChange);
+            record.failure_cause = e.to_string();
+            record.error_stack = e.error_stack();
+            record.error_types = vec![e.error_type().to_string()];
+        }
+        self.enqueue(record, refused.is_none())?;
+        Ok(id)
+    }
+
+    /// `GroupToLastDeployment.<group>.timestamp`.
+    fn last_deployment_timestamp(&self, group: &str) -> Option<i64> {
+        self.inner
+            .config
+            .get(&[SERVICES, DEPLOYMENT_SERVICE, GROUP_LAST, group, "timestamp"])
+            .and_then(|v| v.as_i64())
+    }
+
+    /// Persists a new record; queues it when `run`, else keeps it as it is (terminal).
+    fn enqueue(&self, record: DeploymentRecord, run: bool) -> Result<(), DeployError> {
+        let id = record.id.clone();
+        let mut state = lock(&self.inner.state);
+        let persisted = Persisted {
+            record,
+            phase: if run { Phase::Queued } else { Phase::Done },
+            seq: state.next_seq,
+            affected: Vec::new(),
+            bootstrapped: Vec::new(),
+        };
+        state.next_seq += 1;
+        self.inner.persist(&persisted)?;
+        let _ = self.inner.events.send(persisted.record.clone());
+        state.records.insert(id.clone(), persisted);
+        if run {
+            state.queue.push_back(id);
+            self.inner.idle.send_replace(false);
+            drop(state);
+            self.inner.wake.notify_one();
+        }
+        Ok(())
     }
 
     /// At core start: hand the committed `services` to the supervisor, then resume or roll back
@@ -285,21 +422,7 @@ impl DeploymentEngine {
             error_types: Vec::new(),
             request: req,
         };
-        let mut state = lock(&self.inner.state);
-        let persisted = Persisted {
-            record,
-            phase: Phase::Queued,
-            seq: state.next_seq,
-            affected: Vec::new(),
-            bootstrapped: Vec::new(),
-        };
-        state.next_seq += 1;
-        self.inner.persist(&persisted)?;
-        state.records.insert(id.clone(), persisted);
-        state.queue.push_back(id.clone());
-        self.inner.idle.send_replace(false);
-        drop(state);
-        self.inner.wake.notify_one();
+        self.enqueue(record, true)?;
         Ok(id)
     }
 
@@ -332,6 +455,7 @@ impl DeploymentEngine {
                 updated.record.failure_cause = "cancelled before it started".to_string();
                 updated.phase = Phase::Done;
                 self.inner.persist(&updated)?;
+                let _ = self.inner.events.send(updated.record.clone());
                 state.records.insert(id.to_string(), updated);
                 state.queue.retain(|q| q != id);
                 if state.queue.is_empty() && state.current.is_none() {
@@ -413,7 +537,9 @@ impl Inner {
         change(persisted);
         let copy = persisted.clone();
         drop(state);
-        self.persist(&copy)
+        self.persist(&copy)?;
+        let _ = self.events.send(copy.record);
+        Ok(())
     }
 
     fn get(&self, id: &str) -> Option<Persisted> {

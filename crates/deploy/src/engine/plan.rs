@@ -86,6 +86,10 @@ impl Inner {
             Some(Value::Object(map)) => map,
             _ => Map::new(),
         };
+        let (resolver, signing) = {
+            let cloud = lock(&self.cloud);
+            (cloud.resolver.clone(), cloud.signing.clone())
+        };
         let input = PlanInput {
             request: persisted.record.request.clone(),
             group: persisted.record.group.clone(),
@@ -93,6 +97,8 @@ impl Inner {
             services,
             store: self.store.clone(),
             fetchers: lock(&self.fetchers).clone(),
+            resolver,
+            signing,
             builtins: self.cfg.builtins.clone(),
             platform: self.cfg.platform.clone(),
             root: self.cfg.root.clone(),
@@ -116,6 +122,8 @@ struct PlanInput {
     services: Map<String, Value>,
     store: Store,
     fetchers: Fetchers,
+    resolver: Option<std::sync::Arc<dyn crate::CloudResolver>>,
+    signing: crate::SigningPolicy,
     builtins: BTreeMap<String, String>,
     platform: Platform,
     root: PathBuf,
@@ -194,11 +202,11 @@ pub(super) fn spec_from_entry(name: &str, entry: &Value) -> Result<ComponentSpec
 
 /// Candidates from the store (only versions whose recipe has a manifest for this platform)
 /// plus the built-ins.
-struct StoreCatalog<'a> {
-    store: &'a Store,
-    builtins: &'a BTreeMap<String, String>,
-    platform: &'a Platform,
-    selected: std::cell::RefCell<BTreeMap<(String, Version), SelectedRecipe>>,
+pub(super) struct StoreCatalog<'a> {
+    pub(super) store: &'a Store,
+    pub(super) builtins: &'a BTreeMap<String, String>,
+    pub(super) platform: &'a Platform,
+    pub(super) selected: std::cell::RefCell<BTreeMap<(String, Version), SelectedRecipe>>,
 }
 
 impl StoreCatalog<'_> {
@@ -300,6 +308,17 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
     }
     // 2. The group's new roots.
     let mut roots = input.roots.clone();
+    let cloud = input.request.cloud.as_ref();
+    if let Some(info) = cloud {
+        // The document is the group's whole root set.
+        roots.remove(&input.group);
+        // Thing groups the device left take their components with them.
+        if let Some(members) = &info.member_groups {
+            roots.retain(|g, _| {
+                !g.starts_with("thinggroup/") || *g == input.group || members.contains(g)
+            });
+        }
+    }
     {
         let entry = roots.entry(input.group.clone()).or_default();
         for name in &input.request.root_components_to_remove {
@@ -319,6 +338,17 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
         platform: &input.platform,
         selected: Default::default(),
     };
+    if cloud.is_some()
+        && let Some(resolver) = &input.resolver
+    {
+        super::cloud_plan::prefetch(
+            &roots,
+            &catalog,
+            &input.store,
+            resolver.as_ref(),
+            &input.signing,
+        )?;
+    }
     let resolution = resolve::resolve(&roots, &catalog)?;
     // 4. Artifacts, dependencies first.
     let mut selected: BTreeMap<String, SelectedRecipe> = BTreeMap::new();
@@ -335,6 +365,7 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
             version,
             &recipe.artifacts,
             input.request.artifacts_directory_path.as_deref(),
+            cloud.is_some(),
         )?;
         selected.insert(name.clone(), recipe);
     }
@@ -437,8 +468,19 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
         entry.insert("lifecycle".into(), lifecycle.clone());
         entry.insert("configuration".into(), configuration.clone());
         // Local deployments touch runWith only for the components they name (spec §6.3).
+        // Cloud deployments rebuild it for each of their roots (an omitted field reverts to
+        // the default).
         let run_with = match input.request.run_with.get(name) {
-            Some(info) => info.posix_user.as_ref().map(|u| json!({ "posixUser": u })),
+            Some(info) => {
+                let mut rw = Map::new();
+                if let Some(u) = &info.posix_user {
+                    rw.insert("posixUser".into(), json!(u));
+                }
+                if let Some(limits) = &info.system_resource_limits {
+                    rw.insert("systemResourceLimits".into(), limits.clone());
+                }
+                (!rw.is_empty()).then_some(Value::Object(rw))
+            }
             None => old_entry.and_then(|e| e.get("runWith")).cloned(),
         };
         if let Some(run_with) = run_with {

@@ -23,6 +23,7 @@ const CLI: &str = "aws.greengrass.Cli";
 const LIFECYCLE: &str = "aws.greengrass.ipc.lifecycle";
 const CLIENT_DEVICES: &str = "aws.greengrass.clientdevices.Auth";
 const METRIC: &str = "aws.greengrass.ipc.componentmetric";
+const SHADOW: &str = "aws.greengrass.ShadowManager";
 
 /// How an operation is authorized.
 #[derive(Clone, Copy)]
@@ -79,7 +80,7 @@ fn table() -> Vec<(&'static str, Rule, Value)> {
         other: "not-this",
     };
     let target = json!({ "componentName": "m.Target" });
-    vec![
+    let mut rows = vec![
         (
             "PublishToTopic",
             pubsub,
@@ -164,7 +165,28 @@ fn table() -> Vec<(&'static str, Rule, Value)> {
             Rule::Open,
             json!({ "configurationValidityReport": { "deploymentId": "dep-1" } }),
         ),
-    ]
+    ];
+    let shadow = Rule::Policy {
+        service: SHADOW,
+        right: "$aws/things/m-right/shadow/name/s1",
+        other: "$aws/things/m-other/shadow/name/s1",
+    };
+    let named = json!({ "thingName": "m-right", "shadowName": "s1", "payload": "e30=" });
+    rows.extend([
+        ("GetThingShadow", shadow, named.clone()),
+        ("UpdateThingShadow", shadow, named.clone()),
+        ("DeleteThingShadow", shadow, named),
+        (
+            "ListNamedShadowsForThing",
+            Rule::Policy {
+                service: SHADOW,
+                right: "m-right",
+                other: "m-other",
+            },
+            json!({ "thingName": "m-right" }),
+        ),
+    ]);
+    rows
 }
 
 fn principal(kind: &str, op: &str, rule: Rule) -> String {
@@ -246,6 +268,11 @@ async fn serve(root: &Path, store: &ConfigStore) -> (IpcServer, Arc<Router>, Arc
         },
     );
     lichen_clientauth::ClientDeviceAuth::new(root.join("cda")).register_ipc(&router);
+    lichen_shadow_manager::ipc::register(
+        &router,
+        lichen_shadow_manager::Shadows::open(&root.join("shadows"), lichen_bus::Bus::new())
+            .unwrap(),
+    );
     let server = IpcServer::bind(
         &root.join("ipc.socket"),
         router.clone(),

@@ -39,6 +39,8 @@ pub struct ServiceContext {
     /// The client-device broker's topics (the bridge's `LocalMqtt`): what client devices publish
     /// arrives here; publishing here delivers to client devices.
     pub local_mqtt: lichen_bus::Bus,
+    /// Whether the cloud link is connected now (and its changes).
+    pub cloud_connected: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Every built-in service other than the stream manager (which predates this list). Adding a
@@ -47,6 +49,7 @@ pub fn services(ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
     let mut services: Vec<Arc<dyn BuiltinService>> = vec![];
     services.extend(super::client_devices::services(ctx));
     services.extend(super::bridge::services(ctx));
+    services.extend(super::shadows::services(ctx));
     services
 }
 

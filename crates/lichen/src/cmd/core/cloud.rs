@@ -144,6 +144,13 @@ pub async fn start(ctx: &ServiceContext) -> anyhow::Result<Option<CloudLink>> {
     Ok(Some(CloudLink { link, tasks }))
 }
 
+impl CloudLink {
+    /// The link itself, for the services that talk to the cloud.
+    pub fn handle(&self) -> &lichen_cloud::CloudLink {
+        &self.link
+    }
+}
+
 pub async fn stop(link: Option<CloudLink>) {
     if let Some(l) = link {
         l.link.shutdown().await;
@@ -151,4 +158,20 @@ pub async fn stop(link: Option<CloudLink>) {
             t.abort();
         }
     }
+}
+
+/// Mirrors the link's connection status into `tx` (false while there is no link).
+pub fn forward_status(link: &Option<CloudLink>, tx: tokio::sync::watch::Sender<bool>) {
+    let Some(l) = link else { return };
+    let mut status = l.link.status_watch();
+    tokio::spawn(async move {
+        loop {
+            let up = *status.borrow_and_update() == lichen_cloud::ConnectionStatus::Connected;
+            tx.send_replace(up);
+            if status.changed().await.is_err() {
+                tx.send_replace(false);
+                return;
+            }
+        }
+    });
 }

@@ -206,6 +206,7 @@ pub fn parse_local_deployment(v: &Value) -> Result<LocalDeploymentRequest, IpcEr
                         .get("posixUser")
                         .and_then(Value::as_str)
                         .map(str::to_string),
+                    ..Default::default()
                 },
             );
         }

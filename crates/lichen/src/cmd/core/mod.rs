@@ -10,10 +10,12 @@ mod bridge;
 mod builtins;
 mod client_devices;
 mod cloud;
+mod cloud_deploy;
 mod ipc_ops;
 mod layout;
 mod lock;
 mod provision;
+mod shadows;
 
 use super::RootArgs;
 use anyhow::Context;
@@ -240,6 +242,7 @@ async fn serve(
         config_source.clone(),
         tokens.clone(),
     );
+    let (cloud_connected_tx, cloud_connected_rx) = tokio::sync::watch::channel(false);
     let service_ctx = builtins::ServiceContext {
         config: config.clone(),
         root: root.clone(),
@@ -248,8 +251,10 @@ async fn serve(
         bus: bus.clone(),
         iot_core: new_bus(),
         local_mqtt: new_bus(),
+        cloud_connected: cloud_connected_rx,
     };
     let cloud_link = cloud::start(&service_ctx).await?;
+    cloud::forward_status(&cloud_link, cloud_connected_tx);
     let services = builtins::services(&service_ctx);
     let hooks = Arc::new(ipc_ops::ComponentUpdateHooks::default());
     let engine = lichen_deploy::DeploymentEngine::new(
@@ -292,6 +297,23 @@ async fn serve(
     }
     let services = builtins::Builtins::new(config.clone(), root.clone(), tokens.clone(), services);
     hooks.set_builtins(services.clone());
+    // Before the engine resumes an interrupted deployment, which may need the cloud.
+    let cloud_deployments = match (&cloud_link, settings.cloud_configured) {
+        (Some(link), true) => {
+            cloud_deploy::start(cloud_deploy::Context {
+                config: config.clone(),
+                root: root.clone(),
+                thing: settings.thing_name.clone(),
+                platform: settings.platform.clone(),
+                engine: engine.clone(),
+                supervisor: supervisor.clone(),
+                link: link.handle().clone(),
+                ggc_version: NUCLEUS_VERSION.to_string(),
+            })
+            .await?
+        }
+        _ => None,
+    };
     engine.start().await?;
     services.watch();
     keep_effective_config(&config, root.join("config/effectiveConfig.yaml"))?;
@@ -322,6 +344,9 @@ async fn serve(
     };
     tracing::info!("stop requested; stopping components in reverse dependency order");
     engine.shutdown();
+    if let Some(c) = cloud_deployments {
+        c.stop();
+    }
     supervisor.shutdown().await;
     services.shutdown().await;
     cloud::stop(cloud_link).await;

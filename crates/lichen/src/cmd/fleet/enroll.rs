@@ -40,8 +40,8 @@ pub struct EnrollArgs {
 /// The policy an enrolled device gets. Scoped to the thing: it connects as itself only, and
 /// publishes, subscribes and receives under `devices/<thing>/` (where its components publish
 /// through PublishToIoTCore) and under `$aws/things/<thing>/` (the service's topics for it:
-/// shadows, jobs), and calls the shadow operations on its own thing over HTTPS. Anything wider
-/// is granted by attaching further policies.
+/// shadows, jobs), calls the Greengrass data plane, and calls the shadow operations on its own
+/// thing over HTTPS. Anything wider is granted by attaching further policies.
 pub fn device_policy() -> serde_json::Value {
     let t = "${iot:Connection.Thing.ThingName}";
     serde_json::json!({
@@ -67,6 +67,17 @@ pub fn device_policy() -> serde_json::Value {
                     format!("arn:aws:iot:*:*:topicfilter/devices/{t}/*"),
                     format!("arn:aws:iot:*:*:topicfilter/$aws/things/{t}/*"),
                 ],
+            },
+            {
+                // The Greengrass data plane a core deploys through (spec §6.4).
+                "Effect": "Allow",
+                "Action": [
+                    "greengrass:ResolveComponentCandidates",
+                    "greengrass:GetComponentVersionArtifact",
+                    "greengrass:GetDeploymentConfiguration",
+                    "greengrass:ListThingGroupsForCoreDevice",
+                ],
+                "Resource": "*",
             },
             {
                 // Its own shadows over HTTPS (what the core's shadow sync calls).
@@ -182,6 +193,7 @@ pub fn run(a: EnrollArgs) -> anyhow::Result<ExitCode> {
     let config = core_config(
         &a.thing, &cert_path, &key_path, &ca_path, &host, port, &cred_host, &region,
     );
+    let config = with_data_plane(config, &endpoints);
     let config_path = out.join("config.yaml");
     std::fs::write(&config_path, serde_yaml_ng::to_string(&config)?)
         .with_context(|| format!("writing {}", config_path.display()))?;
@@ -229,6 +241,31 @@ fn core_config(
             }
         }
     })
+}
+
+/// Adds `greengrassDataPlaneEndpoint` / `greengrassDataPlanePort` from endpoints.json's
+/// `dataPlane` (`https://host:port`), where the core resolves and downloads components.
+fn with_data_plane(
+    mut config: serde_json::Value,
+    endpoints: &serde_json::Value,
+) -> serde_json::Value {
+    let Some((host, port)) = endpoints["dataPlane"]
+        .as_str()
+        .and_then(|u| u.strip_prefix("https://"))
+        .and_then(|hp| hp.rsplit_once(':'))
+        .and_then(|(h, p)| {
+            Some((
+                h.trim_matches(['[', ']']).to_string(),
+                p.parse::<u16>().ok()?,
+            ))
+        })
+    else {
+        return config;
+    };
+    let nucleus = &mut config["services"]["aws.greengrass.Nucleus"]["configuration"];
+    nucleus["greengrassDataPlaneEndpoint"] = serde_json::json!(host);
+    nucleus["greengrassDataPlanePort"] = serde_json::json!(port);
+    config
 }
 
 /// The region in `<root>/admin/config` (what `lichen fleet serve --region` wrote).

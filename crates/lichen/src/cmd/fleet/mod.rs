@@ -1,5 +1,6 @@
 //! `lichen fleet`: the self-hosted cloud side (registry, certificates, control-plane API).
 
+mod component;
 mod devices;
 mod enroll;
 mod provisioning;
@@ -27,6 +28,10 @@ pub enum FleetCommand {
     /// credentials from the credentials provider may do).
     #[command(subcommand)]
     Role(role::RoleCommand),
+    /// Greengrass components in the fleet's registry: publish a recipe folder with its
+    /// artifacts, list, describe, delete; keygen makes a signing key.
+    #[command(subcommand)]
+    Component(component::ComponentCommand),
 }
 
 #[derive(Args)]
@@ -54,6 +59,7 @@ pub fn run(c: FleetCommand) -> anyhow::Result<ExitCode> {
         FleetCommand::Enroll(a) => enroll::run(a),
         FleetCommand::Audit(a) => audit(a),
         FleetCommand::Role(c) => role::run(c),
+        FleetCommand::Component(c) => component::run(c),
     }
 }
 
