@@ -48,11 +48,23 @@ pub trait Authorizer: Send + Sync + 'static {
         false
     }
 
-    /// Offers an authorized publish to the embedding service before it is routed; returns true
-    /// when the service took it, which then reaches no subscriber.
-    fn intercept(&self, _ctx: &ClientContext, _topic: &str, _payload: &bytes::Bytes) -> bool {
-        false
+    /// Offers an authorized publish to the embedding service before it is routed. A taken one
+    /// reaches no subscriber; a refused one (the service is behind) is answered as a quota
+    /// refusal — PUBACK 0x97 on MQTT 5, the connection closed otherwise — never dropped silently.
+    fn intercept(&self, _ctx: &ClientContext, _topic: &str, _payload: &bytes::Bytes) -> Intercept {
+        Intercept::NotServed
     }
+}
+
+/// What the embedding service did with a publish offered to [`Authorizer::intercept`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intercept {
+    /// Not a topic the service serves: route it normally.
+    NotServed,
+    /// The service took it.
+    Taken,
+    /// The service serves the topic but cannot take more now.
+    Busy,
 }
 
 /// Allows everything a connected client asks for.

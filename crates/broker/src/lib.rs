@@ -60,7 +60,7 @@ mod router;
 mod server;
 mod state;
 
-pub use auth::{AllowAll, Authorizer, ClientContext};
+pub use auth::{AllowAll, Authorizer, ClientContext, Intercept};
 pub use server::{BrokerError, BrokerHandle, Listener, Server, tls_config};
 pub use state::BrokerConfig;
 pub use tokio_rustls::rustls;

@@ -4,8 +4,9 @@
 //! serves it: the certificate is the credential.
 //!
 //! Served: the credentials provider, `GET /role-aliases/<alias>/credentials`
-//! ([`crate::credentials::mint`]), and the Greengrass routes under `/greengrass/v2/`
-//! (`crate::dataplane_greengrass`).
+//! ([`crate::credentials::mint`]), the Greengrass routes under `/greengrass/v2/`
+//! (`crate::dataplane_greengrass`), and the `iot-data` shadow operations under `/things/` and
+//! `/api/things/` ([`crate::ServiceHandler::handle_device`] of the `iotdata` service).
 
 use crate::ApiState;
 use axum::Router;

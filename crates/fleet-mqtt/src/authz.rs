@@ -4,7 +4,7 @@
 use crate::service::{DevicePublish, Routes, SERVICE_CLIENT_ID};
 use crate::{CertificateStatus, DeviceCertificate};
 use bytes::Bytes;
-use lichen_broker::{Authorizer, ClientContext};
+use lichen_broker::{Authorizer, ClientContext, Intercept};
 use lichen_fleet_policy::{Arns, Context, Decision, ThingContext, evaluate};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -182,12 +182,12 @@ impl Authorizer for FleetAuthorizer {
         true
     }
 
-    fn intercept(&self, ctx: &ClientContext, topic: &str, payload: &Bytes) -> bool {
+    fn intercept(&self, ctx: &ClientContext, topic: &str, payload: &Bytes) -> Intercept {
         if !self.routes.serves(topic) {
-            return false;
+            return Intercept::NotServed;
         }
         let Some((conn, record)) = self.active(ctx) else {
-            return false;
+            return Intercept::NotServed;
         };
         let thing_name = record
             .things

@@ -2,6 +2,7 @@
 //! client that publishes for the service.
 
 use bytes::{Bytes, BytesMut};
+use lichen_broker::Intercept;
 use lichen_broker::codec::{self, Connect, Packet, Properties, Publish, QoS, Version};
 use std::sync::RwLock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -72,25 +73,39 @@ impl Routes {
             .any(|r| !r.tx.is_closed() && filter_matches(&r.filter, topic))
     }
 
-    /// Hands `publish` to every live handler serving its topic; returns whether one did.
-    pub(crate) fn dispatch(&self, publish: DevicePublish) -> bool {
+    /// Hands `publish` to every live handler serving its topic. `Busy` when a handler's queue
+    /// is full: the device is refused (PUBACK 0x97, or its 3.1.1 connection closed) rather than
+    /// the message being dropped unseen.
+    pub(crate) fn dispatch(&self, publish: DevicePublish) -> Intercept {
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
-        let mut taken = false;
-        for r in routes.iter() {
-            if r.tx.is_closed() || !filter_matches(&r.filter, &publish.topic) {
-                continue;
-            }
-            taken = true;
-            if r.tx.try_send(publish.clone()).is_err() {
-                tracing::warn!(
-                    topic = publish.topic,
-                    client_id = publish.client_id,
-                    "service handler for {:?} is behind; device publish dropped",
-                    r.filter
-                );
+        let live: Vec<&Route> = routes
+            .iter()
+            .filter(|r| !r.tx.is_closed() && filter_matches(&r.filter, &publish.topic))
+            .collect();
+        if live.is_empty() {
+            return Intercept::NotServed;
+        }
+        // All or none: reserve a slot in every queue first, so no handler sees a message
+        // that another one refused.
+        let mut permits = Vec::with_capacity(live.len());
+        for r in &live {
+            match r.tx.try_reserve() {
+                Ok(p) => permits.push(p),
+                Err(_) => {
+                    tracing::warn!(
+                        topic = publish.topic,
+                        client_id = publish.client_id,
+                        "service handler for {:?} is behind; device publish refused",
+                        r.filter
+                    );
+                    return Intercept::Busy;
+                }
             }
         }
-        taken
+        for p in permits {
+            p.send(publish.clone());
+        }
+        Intercept::Taken
     }
 }
 
@@ -195,7 +210,39 @@ async fn run(mut stream: DuplexStream, mut rx: mpsc::Receiver<Publish>) {
 
 #[cfg(test)]
 mod tests {
-    use super::filter_matches;
+    use super::{DevicePublish, Intercept, ROUTE_QUEUE, Routes, filter_matches};
+
+    fn publish(topic: &str) -> DevicePublish {
+        DevicePublish {
+            topic: topic.into(),
+            payload: bytes::Bytes::from_static(b"{}"),
+            client_id: "d".into(),
+            certificate_id: "c".into(),
+            thing_name: Some("d".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_handler_refuses_instead_of_dropping() {
+        let routes = Routes::default();
+        let mut a = routes.add("$aws/things/+/jobs/#");
+        let _b = routes.add("$aws/things/+/#");
+        let topic = "$aws/things/d/jobs/get";
+        for _ in 0..ROUTE_QUEUE {
+            assert_eq!(routes.dispatch(publish(topic)), Intercept::Taken);
+        }
+        assert_eq!(routes.dispatch(publish(topic)), Intercept::Busy);
+        assert_eq!(routes.dispatch(publish("other/topic")), Intercept::NotServed);
+        // Room in one handler only is not room: the second is still full.
+        a.recv().await.expect("queued publish");
+        assert_eq!(routes.dispatch(publish(topic)), Intercept::Busy);
+        // Every publish a handler holds is one the device was told was taken.
+        let mut held = 1;
+        while a.try_recv().is_some() {
+            held += 1;
+        }
+        assert_eq!(held, ROUTE_QUEUE);
+    }
 
     #[test]
     fn filters() {

@@ -70,7 +70,7 @@ pub use credentials::TemporaryCredentials;
 pub use jobs::{ExecutionRow, JobRow, JobsTx, job_not_found};
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
-pub use shadows::{ShadowRecord, ShadowWrite};
+pub use shadows::{ShadowKey, ShadowRecord, ShadowWrite};
 pub use templates::ProvisioningTemplate;
 pub use thing_types::ThingType;
 pub use things::{Thing, ThingGroup, ThingQuery};

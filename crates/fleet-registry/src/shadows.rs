@@ -16,6 +16,16 @@ pub struct ShadowRecord {
     pub updated_ms: i64,
 }
 
+/// One request in [`Registry::change_shadows`]: who (audited), the operation's name, and the
+/// shadow (`shadow` is `""` for the classic one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowKey {
+    pub who: String,
+    pub operation: String,
+    pub thing: String,
+    pub shadow: String,
+}
+
 /// What a shadow change writes back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShadowWrite {
@@ -62,32 +72,63 @@ impl Registry {
         shadow: &str,
         mut f: impl FnMut(Option<ShadowRecord>) -> std::result::Result<(ShadowWrite, T), E> + Send,
     ) -> Result<std::result::Result<T, E>> {
-        let resource = if shadow.is_empty() {
-            format!("{thing}/shadow")
-        } else {
-            format!("{thing}/shadow/{shadow}")
+        let key = ShadowKey {
+            who: who.into(),
+            operation: operation.into(),
+            thing: thing.into(),
+            shadow: shadow.into(),
         };
+        let mut out = self.change_shadows(std::slice::from_ref(&key), |_, record| f(record))?;
+        Ok(out.pop().expect("one result per key"))
+    }
+
+    /// [`Registry::change_shadow`] for several requests in one transaction (one commit, so one
+    /// fsync for all): `f(i, record)` decides request `i`'s write, in order, and sees what the
+    /// requests before it in the batch wrote. Each `Err` writes nothing for its request only.
+    pub fn change_shadows<T: Send, E: Send>(
+        &self,
+        keys: &[ShadowKey],
+        mut f: impl FnMut(usize, Option<ShadowRecord>) -> std::result::Result<(ShadowWrite, T), E>
+        + Send,
+    ) -> Result<Vec<std::result::Result<T, E>>> {
         self.run(true, |tx| {
-            let current = read_row(tx, thing, shadow)?;
-            let (write, value) = match f(current) {
-                Ok(v) => v,
-                Err(e) => return Ok(Err(e)),
-            };
-            let (document, version) = match &write {
-                ShadowWrite::Nothing => return Ok(Ok(value)),
-                ShadowWrite::Document { document, version } => (Some(document.as_str()), *version),
-                ShadowWrite::Deleted { version } => (None, *version),
-            };
-            tx.execute(
-                "INSERT INTO shadows (thing_name, shadow_name, document, version, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (thing_name, shadow_name)
-                 DO UPDATE SET document = excluded.document, version = excluded.version,
-                               updated_at = excluded.updated_at",
-                params![thing, shadow, document, version, now_ms()],
-            )?;
-            crate::audit::record(tx, who, operation, &resource)?;
-            Ok(Ok(value))
+            let mut out = Vec::with_capacity(keys.len());
+            for (i, key) in keys.iter().enumerate() {
+                let current = read_row(tx, &key.thing, &key.shadow)?;
+                let (write, value) = match f(i, current) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        out.push(Err(e));
+                        continue;
+                    }
+                };
+                let (document, version) = match &write {
+                    ShadowWrite::Nothing => {
+                        out.push(Ok(value));
+                        continue;
+                    }
+                    ShadowWrite::Document { document, version } => {
+                        (Some(document.as_str()), *version)
+                    }
+                    ShadowWrite::Deleted { version } => (None, *version),
+                };
+                tx.execute(
+                    "INSERT INTO shadows (thing_name, shadow_name, document, version, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (thing_name, shadow_name)
+                     DO UPDATE SET document = excluded.document, version = excluded.version,
+                                   updated_at = excluded.updated_at",
+                    params![key.thing, key.shadow, document, version, now_ms()],
+                )?;
+                let resource = if key.shadow.is_empty() {
+                    format!("{}/shadow", key.thing)
+                } else {
+                    format!("{}/shadow/{}", key.thing, key.shadow)
+                };
+                crate::audit::record(tx, &key.who, &key.operation, &resource)?;
+                out.push(Ok(value));
+            }
+            Ok(out)
         })
     }
 
@@ -124,6 +165,29 @@ mod tests {
     }
 
     pub(crate) fn exercise(r: &Registry) {
+        // A batch: the second request sees the first one's write; a refusal writes nothing.
+        let keys: Vec<ShadowKey> = ["b1", "b1", "b2"]
+            .iter()
+            .map(|s| ShadowKey {
+                who: "admin".into(),
+                operation: "UpdateThingShadow".into(),
+                thing: "batch".into(),
+                shadow: (*s).into(),
+            })
+            .collect();
+        let out = r
+            .change_shadows(&keys, |i, cur| {
+                let v = cur.map_or(0, |c| c.version) + 1;
+                if i == 2 {
+                    return Err("refused");
+                }
+                Ok((put("{}", v), v))
+            })
+            .unwrap();
+        assert_eq!(out, vec![Ok(1), Ok(2), Err("refused")]);
+        assert_eq!(r.shadow("batch", "b1").unwrap().unwrap().version, 2);
+        assert_eq!(r.shadow("batch", "b2").unwrap(), None);
+
         assert_eq!(r.shadow("t", "").unwrap(), None);
         let seen = r
             .change_shadow("admin", "UpdateThingShadow", "t", "", |cur| {

@@ -26,7 +26,7 @@ pub use lichen_shadow::{ErrorCode, Limits, ShadowError};
 
 use bytes::Bytes;
 use lichen_fleet_mqtt::{DeviceEndpoint, QoS};
-use lichen_fleet_registry::{PageRequest, Registry, ShadowRecord, ShadowWrite};
+use lichen_fleet_registry::{PageRequest, Registry, ShadowKey, ShadowRecord, ShadowWrite};
 use lichen_shadow::{
     Document, Operation, Stored, TopicKind, UpdateOutcome, UpdateRequest, shadow_topic,
     validate_shadow_name, validate_thing_name,
@@ -74,6 +74,76 @@ struct Inner {
     endpoint: Option<DeviceEndpoint>,
     limits: Limits,
     events: broadcast::Sender<ShadowEvent>,
+}
+
+/// One shadow request, from any door.
+pub(crate) struct Request {
+    /// Who it is audited as.
+    pub who: String,
+    pub thing: String,
+    pub shadow: Option<String>,
+    pub op: RequestOp,
+}
+
+pub(crate) enum RequestOp {
+    Update(UpdateRequest),
+    /// With the request's clientToken.
+    Delete(Option<String>),
+    Get(Option<String>),
+}
+
+impl RequestOp {
+    fn name(&self) -> &'static str {
+        match self {
+            RequestOp::Update(_) => "UpdateThingShadow",
+            RequestOp::Delete(_) => "DeleteThingShadow",
+            RequestOp::Get(_) => "GetThingShadow",
+        }
+    }
+}
+
+/// What an accepted request produced.
+pub(crate) enum Done {
+    Updated(Box<UpdateOutcome>),
+    /// The `/delete/accepted` payload.
+    Deleted(Value),
+    /// The `/get/accepted` payload.
+    Got(Value),
+}
+
+impl Request {
+    /// The write this request makes to the stored shadow, and its outcome (pure).
+    fn decide(
+        &self,
+        record: Option<ShadowRecord>,
+        limits: &Limits,
+        now: u64,
+    ) -> Result<(ShadowWrite, Done), ShadowError> {
+        let current = stored(record)?;
+        let (thing, shadow) = (self.thing.as_str(), self.shadow.as_deref());
+        match &self.op {
+            RequestOp::Update(req) => {
+                let out = lichen_shadow::apply_update(&current, req, limits, now)?;
+                let write = ShadowWrite::Document {
+                    document: out.document.to_value().to_string(),
+                    version: out.document.version as i64,
+                };
+                Ok((write, Done::Updated(Box::new(out))))
+            }
+            RequestOp::Delete(token) => {
+                let (next, accepted) =
+                    lichen_shadow::delete(&current, thing, shadow, token.as_deref(), now)?;
+                let write = ShadowWrite::Deleted {
+                    version: next.version() as i64,
+                };
+                Ok((write, Done::Deleted(accepted)))
+            }
+            RequestOp::Get(token) => {
+                let doc = lichen_shadow::get(&current, thing, shadow, token.as_deref(), now)?;
+                Ok((ShadowWrite::Nothing, Done::Got(doc)))
+            }
+        }
+    }
 }
 
 /// Seconds since the epoch, the unit of every shadow timestamp.
@@ -223,56 +293,17 @@ impl ShadowService {
         shadow: Option<&str>,
         request: UpdateRequest,
     ) -> Result<UpdateOutcome, ShadowError> {
-        check_names(thing, shadow)?;
-        let now = now();
-        let limits = self.inner.limits;
-        let registry = self.inner.registry.clone();
-        let (who_s, t, s) = (
-            who.to_string(),
-            thing.to_string(),
-            shadow.unwrap_or("").to_string(),
-        );
-        let out = blocking(move || {
-            registry.change_shadow(&who_s, "UpdateThingShadow", &t, &s, |record| {
-                let current = stored(record)?;
-                let out = lichen_shadow::apply_update(&current, &request, &limits, now)?;
-                let write = ShadowWrite::Document {
-                    document: out.document.to_value().to_string(),
-                    version: out.document.version as i64,
-                };
-                Ok((write, out))
-            })
-        })
-        .await?
-        .map_err(registry_failure)??;
-        self.publish(
-            thing,
-            shadow,
-            Operation::Update,
-            TopicKind::Accepted,
-            &out.accepted,
-        )
-        .await;
-        if let Some(delta) = &out.delta {
-            self.publish(thing, shadow, Operation::Update, TopicKind::Delta, delta)
-                .await;
-        }
-        self.publish(
-            thing,
-            shadow,
-            Operation::Update,
-            TopicKind::Documents,
-            &out.documents,
-        )
-        .await;
-        let _ = self.inner.events.send(ShadowEvent {
-            thing: thing.to_string(),
+        let req = Request {
+            who: who.into(),
+            thing: thing.into(),
             shadow: shadow.map(str::to_string),
-            change: ShadowChange::Updated {
-                documents: out.documents.clone(),
-            },
-        });
-        Ok(out)
+            op: RequestOp::Update(request),
+        };
+        match self.run_batch(vec![req]).await.pop() {
+            Some(Ok(Done::Updated(out))) => Ok(*out),
+            Some(Err(e)) => Err(e),
+            _ => Err(ShadowError::internal()),
+        }
     }
 
     pub(crate) async fn delete_as(
@@ -282,54 +313,129 @@ impl ShadowService {
         shadow: Option<&str>,
         client_token: Option<&str>,
     ) -> Result<Value, ShadowError> {
-        check_names(thing, shadow)?;
-        let now = now();
-        let registry = self.inner.registry.clone();
-        let (who_s, t, s) = (
-            who.to_string(),
-            thing.to_string(),
-            shadow.unwrap_or("").to_string(),
-        );
-        let (thing_s, shadow_s, token) = (
-            thing.to_string(),
-            shadow.map(str::to_string),
-            client_token.map(str::to_string),
-        );
-        let (version, accepted) = blocking(move || {
-            registry.change_shadow(&who_s, "DeleteThingShadow", &t, &s, |record| {
-                let current = stored(record)?;
-                let (next, accepted) = lichen_shadow::delete(
-                    &current,
-                    &thing_s,
-                    shadow_s.as_deref(),
-                    token.as_deref(),
-                    now,
-                )?;
-                let version = next.version();
-                Ok((
-                    ShadowWrite::Deleted {
-                        version: version as i64,
-                    },
-                    (version, accepted),
-                ))
+        let req = Request {
+            who: who.into(),
+            thing: thing.into(),
+            shadow: shadow.map(str::to_string),
+            op: RequestOp::Delete(client_token.map(str::to_string)),
+        };
+        match self.run_batch(vec![req]).await.pop() {
+            Some(Ok(Done::Deleted(accepted))) => Ok(accepted),
+            Some(Err(e)) => Err(e),
+            _ => Err(ShadowError::internal()),
+        }
+    }
+
+    /// Runs requests in one registry transaction, in order (each sees the writes of those
+    /// before it), then publishes what each accepted update and delete produced and announces
+    /// them. One commit for the batch: the fsync is shared.
+    pub(crate) async fn run_batch(&self, requests: Vec<Request>) -> Vec<Result<Done, ShadowError>> {
+        let mut results: Vec<Option<Result<Done, ShadowError>>> =
+            Vec::with_capacity(requests.len());
+        let mut keys = Vec::new();
+        let mut index = Vec::new();
+        for (i, r) in requests.iter().enumerate() {
+            match check_names(&r.thing, r.shadow.as_deref()) {
+                Err(e) => results.push(Some(Err(e))),
+                Ok(()) => {
+                    results.push(None);
+                    index.push(i);
+                    keys.push(ShadowKey {
+                        who: r.who.clone(),
+                        operation: r.op.name().into(),
+                        thing: r.thing.clone(),
+                        shadow: r.shadow.clone().unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        if !keys.is_empty() {
+            let now = now();
+            let limits = self.inner.limits;
+            let registry = self.inner.registry.clone();
+            let requests = Arc::new(requests);
+            let reqs = requests.clone();
+            let batch_index = index.clone();
+            let outcome = blocking(move || {
+                registry.change_shadows(&keys, |k, record| {
+                    let r = &reqs[batch_index[k]];
+                    r.decide(record, &limits, now)
+                })
             })
-        })
-        .await?
-        .map_err(registry_failure)??;
-        self.publish(
-            thing,
-            shadow,
-            Operation::Delete,
-            TopicKind::Accepted,
-            &accepted,
-        )
-        .await;
+            .await;
+            match outcome.and_then(|r| r.map_err(registry_failure)) {
+                Ok(done) => {
+                    for (k, d) in done.into_iter().enumerate() {
+                        results[index[k]] = Some(d);
+                    }
+                }
+                Err(e) => {
+                    for i in index {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+            for (r, result) in requests.iter().zip(&results) {
+                if let Some(Ok(done)) = result {
+                    self.announce(r, done).await;
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(ShadowError::internal())))
+            .collect()
+    }
+
+    /// Publishes and announces a committed update or delete.
+    async fn announce(&self, r: &Request, done: &Done) {
+        let (thing, shadow) = (r.thing.as_str(), r.shadow.as_deref());
+        let change = match done {
+            Done::Got(_) => return,
+            Done::Updated(out) => {
+                self.publish(
+                    thing,
+                    shadow,
+                    Operation::Update,
+                    TopicKind::Accepted,
+                    &out.accepted,
+                )
+                .await;
+                if let Some(delta) = &out.delta {
+                    self.publish(thing, shadow, Operation::Update, TopicKind::Delta, delta)
+                        .await;
+                }
+                self.publish(
+                    thing,
+                    shadow,
+                    Operation::Update,
+                    TopicKind::Documents,
+                    &out.documents,
+                )
+                .await;
+                ShadowChange::Updated {
+                    documents: out.documents.clone(),
+                }
+            }
+            Done::Deleted(accepted) => {
+                self.publish(
+                    thing,
+                    shadow,
+                    Operation::Delete,
+                    TopicKind::Accepted,
+                    accepted,
+                )
+                .await;
+                ShadowChange::Deleted {
+                    version: accepted["version"].as_u64().unwrap_or(0),
+                }
+            }
+        };
         let _ = self.inner.events.send(ShadowEvent {
             thing: thing.to_string(),
             shadow: shadow.map(str::to_string),
-            change: ShadowChange::Deleted { version },
+            change,
         });
-        Ok(accepted)
     }
 
     /// Publishes a response or event to the devices subscribed to its topic (QoS 1, as AWS IoT

@@ -2,6 +2,7 @@
 //! subscriptions per session) and the acknowledgements that say how each went.
 
 use super::{Conn, Transport, ack, forwarded};
+use crate::auth::Intercept;
 use crate::codec::{self, Packet, Properties, Publish, QoS, SubAck};
 use crate::router::{Subscription, parse_shared};
 use crate::state::{Delivery, Message, QUOTA_EXCEEDED, QuotaExceeded};
@@ -43,8 +44,25 @@ impl<S: Transport> Conn<S> {
         let allowed = self.authorizer.publish(&self.ctx, &p.topic)
             && (!p.retain || self.authorizer.retain(&self.ctx, &p.topic));
         let mut reason = 0x87;
-        if allowed && self.authorizer.intercept(&self.ctx, &p.topic, &p.payload) {
+        let intercepted = if allowed {
+            self.authorizer.intercept(&self.ctx, &p.topic, &p.payload)
+        } else {
+            Intercept::NotServed
+        };
+        if intercepted == Intercept::Taken {
             reason = 0x00;
+        } else if intercepted == Intercept::Busy {
+            tracing::info!(
+                client_id = self.ctx.client_id,
+                topic = p.topic,
+                "publish refused: the service handling its topic is behind"
+            );
+            // QoS 0 may be lost by definition; a 3.1.1 client has no negative acknowledgement,
+            // so it learns by the connection closing and sends again.
+            if !self.v5() && p.qos != QoS::AtMostOnce {
+                return Err(Some(QUOTA_EXCEEDED));
+            }
+            reason = QUOTA_EXCEEDED;
         } else if allowed {
             let topic = p.topic.clone();
             let now = Instant::now();

@@ -40,8 +40,8 @@ pub struct EnrollArgs {
 /// The policy an enrolled device gets. Scoped to the thing: it connects as itself only, and
 /// publishes, subscribes and receives under `devices/<thing>/` (where its components publish
 /// through PublishToIoTCore) and under `$aws/things/<thing>/` (the service's topics for it:
-/// shadows, jobs), and calls the Greengrass data plane. Anything wider is granted by attaching
-/// further policies.
+/// shadows, jobs), calls the Greengrass data plane, and calls the shadow operations on its own
+/// thing over HTTPS. Anything wider is granted by attaching further policies.
 pub fn device_policy() -> serde_json::Value {
     let t = "${iot:Connection.Thing.ThingName}";
     serde_json::json!({
@@ -78,6 +78,17 @@ pub fn device_policy() -> serde_json::Value {
                     "greengrass:ListThingGroupsForCoreDevice",
                 ],
                 "Resource": "*",
+            },
+            {
+                // Its own shadows over HTTPS (what the core's shadow sync calls).
+                "Effect": "Allow",
+                "Action": [
+                    "iot:GetThingShadow",
+                    "iot:UpdateThingShadow",
+                    "iot:DeleteThingShadow",
+                    "iot:ListNamedShadowsForThing",
+                ],
+                "Resource": format!("arn:aws:iot:*:*:thing/{t}"),
             },
         ],
     })
