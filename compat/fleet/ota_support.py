@@ -23,6 +23,7 @@ from lichen_support import lichen_bin, wait_for  # noqa: E402
 import subprocess  # noqa: E402
 
 NS = "aws-gg-deployment"
+SHADOW = "AWSManagedGreengrassV2Deployment"
 BUCKET = "ota-artifacts"
 APP = "com.example.OtaApp"
 

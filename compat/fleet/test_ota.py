@@ -5,8 +5,10 @@ core resolves it and downloads the artifact over the mutual-TLS data plane, runs
 its job execution's status back to the fleet.
 """
 
+import json
+
 from lichen_support import wait_for
-from ota_support import APP, details, execution, gg, partial_downloads, restart_on_same_ports, job_deploy, ota_cores, publish, s3, wait_execution  # noqa: F401 (fixtures)
+from ota_support import APP, SHADOW, deployment_document, details, execution, gg, partial_downloads, restart_on_same_ports, job_deploy, ota_cores, publish, s3, wait_execution  # noqa: F401 (fixtures)
 
 GROUP = "ota-fleet"
 
@@ -114,3 +116,23 @@ def test_a_fleet_killed_mid_rollout_loses_no_status(fleet, iot, s3, gg, ota_core
     for c in cores:
         wait_execution(iot, job, c.thing, timeout=180, why=f"\n{c.log()[-3000:]}")
         wait_for(lambda c=c: c.running_version() == "1.0.0", 30, f"{c.thing} to run 1.0.0")
+
+
+def test_a_single_thing_deployment_arrives_through_the_deployment_shadow(fleet, iot, s3, gg, ota_cores):
+    core = ota_cores("core1")
+    publish(s3, gg, "1.0.0")
+    data = fleet.client("iot-data")
+    doc = deployment_document("thing-deploy-1", f"thing/{core.thing}", {APP: "1.0.0"})
+    desired = {"fleetConfig": json.dumps(doc), "desiredStatus": "ACTIVE"}
+    data.update_thing_shadow(thingName=core.thing, shadowName=SHADOW, payload=json.dumps({"state": {"desired": desired}}).encode())
+
+    def reported():
+        got = json.loads(data.get_thing_shadow(thingName=core.thing, shadowName=SHADOW)["payload"].read())
+        r = got["state"].get("reported", {})
+        return r if r.get("status") in ("SUCCEEDED", "FAILED") else None
+
+    r = wait_for(reported, 60, f"the core's reported status\n{core.log()[-3000:]}")
+    assert r["status"] == "SUCCEEDED", r
+    assert r["fleetConfigurationArnForStatus"] == doc["configurationArn"]
+    assert r["statusDetails"]["detailedStatus"] == "SUCCESSFUL", r
+    wait_for(lambda: core.running_version() == "1.0.0", 30, "the core to run 1.0.0")
