@@ -136,3 +136,21 @@ def test_a_single_thing_deployment_arrives_through_the_deployment_shadow(fleet, 
     assert r["fleetConfigurationArnForStatus"] == doc["configurationArn"]
     assert r["statusDetails"]["detailedStatus"] == "SUCCESSFUL", r
     wait_for(lambda: core.running_version() == "1.0.0", 30, "the core to run 1.0.0")
+
+
+def test_a_deployment_canceled_mid_download_is_dropped_and_the_core_takes_the_next(fleet, iot, s3, gg, ota_cores):
+    core = ota_cores("core1", GROUP)
+    publish(s3, gg, "1.0.0")
+    wait_execution(iot, job_deploy(iot, GROUP, {APP: "1.0.0"}), core.thing)
+    # Large enough that the cancel reaches the core while it downloads (~0.4 s per 50 MB here).
+    publish(s3, gg, "2.0.0", size=150 * 1024 * 1024)
+    big = job_deploy(iot, GROUP, {APP: "2.0.0"}, revision=2)
+    wait_for(lambda: any(n > 0 for n in partial_downloads(core).values()), 120, "the download to start")
+    # An execution in progress is canceled only with force, as AWS has it.
+    iot.cancel_job(jobId=big, force=True)
+    assert wait_execution(iot, big, core.thing, statuses=("CANCELED",))
+    publish(s3, gg, "3.0.0")
+    third = job_deploy(iot, GROUP, {APP: "3.0.0"}, revision=3)
+    wait_execution(iot, third, core.thing, why=f"\n{core.log()[-3000:]}")
+    wait_for(lambda: core.running_version() == "3.0.0", 30, "the core to run 3.0.0")
+    assert [r.split(" ")[0] for r in core.runs()] == ["1.0.0", "3.0.0"], core.runs()
