@@ -6,7 +6,9 @@ its job execution's status back to the fleet.
 """
 
 import json
+import time
 
+from fleet_core import publisher_recipe
 from lichen_support import wait_for
 from ota_support import APP, SHADOW, deployment_document, details, execution, gg, partial_downloads, restart_on_same_ports, job_deploy, ota_cores, publish, s3, wait_execution  # noqa: F401 (fixtures)
 
@@ -103,19 +105,22 @@ def test_a_core_killed_mid_download_resumes_where_it_stopped(fleet, iot, s3, gg,
 
 def test_a_fleet_killed_mid_rollout_loses_no_status(fleet, iot, s3, gg, ota_cores):
     cores = [ota_cores(f"core{i}", GROUP) for i in (1, 2, 3)]
-    publish(s3, gg, "1.0.0", size=8 * 1024 * 1024)
+    publish(s3, gg, "1.0.0", size=50 * 1024 * 1024)
     job = job_deploy(iot, GROUP, {APP: "1.0.0"})
-    # Kill the fleet once the first core has taken the job; the others report while it is down.
-    wait_for(lambda: any((execution(iot, job, c.thing) or {}).get("status") in ("IN_PROGRESS", "SUCCEEDED") for c in cores),
-             60, "a core to take the job")
+    # Kill the fleet while the cores download: they have reported IN_PROGRESS, their downloads
+    # break off, and they report the rest while it is down or coming back.
+    wait_for(lambda: any(n > 0 for c in cores for n in partial_downloads(c).values()), 120, "a download to start")
     fleet.kill9()
     before = fleet.endpoints
     restart_on_same_ports(fleet)
     assert fleet.endpoints["mqtt"] == before["mqtt"]
     iot = fleet.client("iot")
     for c in cores:
-        wait_execution(iot, job, c.thing, timeout=180, why=f"\n{c.log()[-3000:]}")
+        e = wait_execution(iot, job, c.thing, timeout=180, why=f"\n{c.log()[-3000:]}")
+        assert details(e)["detailed-deployment-status"] == "SUCCESSFUL", e
         wait_for(lambda c=c: c.running_version() == "1.0.0", 30, f"{c.thing} to run 1.0.0")
+    # Downloads cut off by the fleet's death went on where they stopped.
+    assert any("download resumes a partial file" in c.log() for c in cores)
 
 
 def test_a_single_thing_deployment_arrives_through_the_deployment_shadow(fleet, iot, s3, gg, ota_cores):
@@ -154,3 +159,24 @@ def test_a_deployment_canceled_mid_download_is_dropped_and_the_core_takes_the_ne
     wait_execution(iot, third, core.thing, why=f"\n{core.log()[-3000:]}")
     wait_for(lambda: core.running_version() == "3.0.0", 30, "the core to run 3.0.0")
     assert [r.split(" ")[0] for r in core.runs()] == ["1.0.0", "3.0.0"], core.runs()
+
+
+def test_a_message_the_fleet_refuses_is_sent_again_later_not_at_once(fleet, iot, ota_cores, tmp_path):
+    # The fleet refuses a publish outside the device's policy (as it refuses one a busy service
+    # cannot take) with a PUBACK reason code; the core keeps the message and resends it after a
+    # pause, so its retries span time instead of being spent in a burst and the message dropped.
+    core = ota_cores("core1")
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    publisher_recipe(recipes, "com.example.Stray", "devices/elsewhere/t", "devices/elsewhere/*", tmp_path / "progress")
+    core.core.deploy(recipes, "com.example.Stray=1.0.0")
+
+    def refusals():
+        return [line for line in core.log().splitlines() if "the cloud refused a message" in line and "devices/elsewhere/t" in line]
+
+    wait_for(refusals, 60, "the fleet to refuse the stray message")
+    time.sleep(2.5)
+    seen = refusals()
+    # Resent once a second: at most a handful in this time, never the whole retry budget.
+    assert 2 <= len(seen) <= 5, seen
+    assert "giving up on a cloud message after mqtt.maxPublishRetry attempts topic=devices/elsewhere" not in core.log()
