@@ -47,8 +47,10 @@
 
 mod audit;
 mod certs;
+mod core_devices;
 mod credentials;
 mod db;
+pub mod deployments;
 mod migrations;
 mod page;
 mod policies;
@@ -61,7 +63,9 @@ pub use audit::AuditEntry;
 pub use certs::{
     Certificate, CertificateStatus, NewCertificate, PrincipalAuthorization, RoleAlias,
 };
+pub use core_devices::{CoreDevice, FleetStatusReport, InstalledComponent, ReportedComponent};
 pub use credentials::TemporaryCredentials;
+pub use deployments::{CreatedDeployment, Deployment, EffectiveDeployment, NewDeployment};
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
 pub use templates::ProvisioningTemplate;
@@ -510,6 +514,8 @@ pub(crate) fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+#[cfg(test)]
+mod deployments_tests;
 #[cfg(test)]
 mod pg_tests;
 #[cfg(test)]
