@@ -16,6 +16,7 @@ mod call;
 pub mod credentials;
 pub mod dataplane;
 mod error;
+pub mod greengrass;
 mod iot;
 
 pub use call::Call;
@@ -57,6 +58,8 @@ pub struct ApiState {
     pub endpoints: EndpointHosts,
     /// Further services by signing name (`iotdata`, `greengrass`, …).
     pub services: HashMap<String, Arc<dyn ServiceHandler>>,
+    /// Greengrass deployments and core devices (None: the fleet runs no deployments service).
+    pub deployments: Option<Arc<greengrass::Deployments>>,
 }
 
 /// The router: one fallback that authenticates and dispatches.
@@ -147,6 +150,7 @@ async fn authenticate_and_dispatch(state: &Arc<ApiState>, req: Request) -> ApiRe
     tracing::debug!(service = %call.caller.service, method = %call.method, path = %call.path, who = %call.caller.access_key_id, "request");
     match call.caller.service.as_str() {
         "iot" => iot::dispatch(state, call).await,
+        "greengrass" => greengrass::dispatch(state, call).await,
         other => match state.services.get(other) {
             Some(h) => Ok(h.handle(call).await),
             None => Err(ApiError::unknown_operation(

@@ -46,6 +46,7 @@ async fn start() -> Fleet {
             "iotdata".to_string(),
             Arc::new(Echo) as Arc<dyn ServiceHandler>,
         )]),
+        deployments: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -146,6 +146,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             credentials: host,
         },
         services,
+        deployments: None,
     });
 
     let endpoints = Endpoints {
