@@ -1,5 +1,6 @@
 //! The fleet's durable registry: things, thing groups, certificates, policies, the attachments
-//! between them, role aliases, access keys and the audit log.
+//! between them, role aliases, access keys, the audit log, and the tables of the jobs service
+//! (jobs and job executions, [`JobsTx`]).
 //!
 //! Storage is SQLite (embedded, `rusqlite`) or PostgreSQL (`postgres`, for several fleet
 //! processes on one database), each under one connection and one mutex per process. The schema
@@ -51,6 +52,7 @@ mod core_devices;
 mod credentials;
 mod db;
 pub mod deployments;
+mod jobs;
 mod migrations;
 mod page;
 mod policies;
@@ -66,6 +68,7 @@ pub use certs::{
 pub use core_devices::{CoreDevice, FleetStatusReport, InstalledComponent, ReportedComponent};
 pub use credentials::TemporaryCredentials;
 pub use deployments::{CreatedDeployment, Deployment, EffectiveDeployment, NewDeployment};
+pub use jobs::{ExecutionRow, JobRow, JobsTx, job_not_found};
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
 pub use templates::ProvisioningTemplate;

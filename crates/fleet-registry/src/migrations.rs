@@ -68,6 +68,19 @@ CREATE TABLE temporary_credentials (
     certificate_id TEXT NOT NULL, expires_at BIGINT NOT NULL, created_at BIGINT NOT NULL);
 CREATE INDEX temporary_credentials_expiry ON temporary_credentials (expires_at);
 "#,
+    r#"
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, namespace TEXT, status TEXT NOT NULL, continuous BIGINT NOT NULL,
+    body TEXT NOT NULL, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL);
+CREATE TABLE job_executions (
+    job_id TEXT NOT NULL REFERENCES jobs (id), thing_name TEXT NOT NULL, status TEXT NOT NULL,
+    status_details TEXT NOT NULL, version BIGINT NOT NULL, execution_number BIGINT NOT NULL,
+    queued_at BIGINT NOT NULL, started_at BIGINT, updated_at BIGINT NOT NULL,
+    released BIGINT NOT NULL, timeout_at BIGINT, force_canceled BIGINT NOT NULL,
+    PRIMARY KEY (job_id, thing_name));
+CREATE INDEX job_executions_thing ON job_executions (thing_name);
+CREATE INDEX job_executions_timeout ON job_executions (timeout_at);
+"#,
     // Greengrass deployments (one latest revision per target), core devices and what their
     // fleet status reports, and each device's view of the deployments that reach it.
     r#"
