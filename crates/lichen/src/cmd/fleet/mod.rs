@@ -2,6 +2,7 @@
 
 mod devices;
 mod enroll;
+mod greengrass;
 mod provisioning;
 mod role;
 mod serve;

@@ -131,6 +131,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     .context("configuring the data plane's TLS")?;
     super::provisioning::start(&devices, registry.clone(), ca.clone())
         .context("serving fleet provisioning")?;
+    let (_jobs, deployments) = super::greengrass::start(registry.clone(), &devices)
+        .context("starting the jobs and deployments services")?;
     let mut services: HashMap<String, Arc<dyn ServiceHandler>> = HashMap::new();
     services.insert(
         "iotdata".into(),
@@ -146,7 +148,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             credentials: host,
         },
         services,
-        deployments: None,
+        deployments: Some(deployments),
     });
 
     let endpoints = Endpoints {
