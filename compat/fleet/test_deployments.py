@@ -1,0 +1,399 @@
+"""Greengrass deployments on the fleet with unmodified clients: boto3 `greengrassv2` for the
+control plane, and simulated cores — real MQTT/TLS clients (awsiotsdk) with device certificates —
+that take thing-group deployments through the namespaced jobs topics and publish fleet status.
+
+What a core would do is done here by hand, on the wire, so the fleet's side is checked alone:
+`$aws/things/<t>/jobs/$next/namespace-aws-gg-deployment/get`, `…/<jobId>/namespace-aws-gg-deployment/update`
+and `$aws/things/<t>/greengrassv2/health/json`.
+"""
+
+import json
+import time
+import urllib.request
+import uuid
+from concurrent.futures import Future
+
+import pytest
+from awscrt import mqtt
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
+from fleet_devices import TIMEOUT, Device
+
+NS = "namespace-aws-gg-deployment"
+
+CORE_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Action": "iot:Connect",
+            "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}",
+        },
+        {
+            "Effect": "Allow",
+            "Action": ["iot:Publish", "iot:Receive"],
+            "Resource": "arn:aws:iot:*:*:topic/$aws/things/${iot:Connection.Thing.ThingName}/*",
+        },
+        {
+            "Effect": "Allow",
+            "Action": "iot:Subscribe",
+            "Resource": "arn:aws:iot:*:*:topicfilter/$aws/things/${iot:Connection.Thing.ThingName}/*",
+        },
+    ],
+}
+
+
+def wait_until(check, what, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+class SimulatedCore:
+    """A thing whose MQTT connection speaks the Greengrass jobs and fleet status topics."""
+
+    def __init__(self, fleet, iot, tmp_path, name=None):
+        self.device = Device(fleet, iot, tmp_path, name=name, policy=CORE_POLICY)
+        self.name = self.device.name
+        self.conn = self.device.mqtt3()
+        self.conn.connect().result(TIMEOUT)
+        self.replies = {}
+        self.seq = 0
+        for suffix in ["jobs/$next/" + NS + "/get/+", "jobs/+/" + NS + "/update/+"]:
+            sub, _ = self.conn.subscribe(
+                topic=f"$aws/things/{self.name}/{suffix}", qos=mqtt.QoS.AT_LEAST_ONCE, callback=self._on
+            )
+            sub.result(TIMEOUT)
+
+    def _on(self, topic, payload, **kw):
+        body = json.loads(payload)
+        fut = self.replies.get(body.get("clientToken"))
+        if fut and not fut.done():
+            fut.set_result((topic.rsplit("/", 1)[1], body))
+
+    def request(self, topic, body):
+        token = uuid.uuid4().hex
+        fut = Future()
+        self.replies[token] = fut
+        pub, _ = self.conn.publish(
+            topic=topic, payload=json.dumps({**body, "clientToken": token}), qos=mqtt.QoS.AT_LEAST_ONCE
+        )
+        pub.result(TIMEOUT)
+        return fut.result(TIMEOUT)
+
+    def next_job(self):
+        """The next pending deployment execution (None when there is none)."""
+        kind, body = self.request(
+            f"$aws/things/{self.name}/jobs/$next/{NS}/get", {"jobId": "$next", "thingName": self.name, "includeJobDocument": True}
+        )
+        assert kind == "accepted", body
+        return body.get("execution")
+
+    def update(self, job_id, status, details=None):
+        kind, body = self.request(
+            f"$aws/things/{self.name}/jobs/{job_id}/{NS}/update",
+            {"status": status, "statusDetails": details or {}},
+        )
+        assert kind == "accepted", body
+        return body
+
+    def fleet_status(self, components, complete=True, seq=None, status="HEALTHY"):
+        self.seq = seq if seq is not None else self.seq + 1
+        msg = {
+            "ggcVersion": "2.14.0",
+            "platform": "linux",
+            "architecture": "amd64",
+            "thing": self.name,
+            "overallDeviceStatus": status,
+            "sequenceNumber": self.seq,
+            "timestamp": int(time.time() * 1000),
+            "messageType": "COMPLETE" if complete else "PARTIAL",
+            "trigger": "CADENCE" if complete else "THING_GROUP_DEPLOYMENT",
+            "components": [
+                {"componentName": n, "version": v, "isRoot": True, "status": s, "fleetConfigArns": []}
+                for n, v, s in components
+            ],
+        }
+        pub, _ = self.conn.publish(
+            topic=f"$aws/things/{self.name}/greengrassv2/health/json",
+            payload=json.dumps(msg),
+            qos=mqtt.QoS.AT_LEAST_ONCE,
+        )
+        pub.result(TIMEOUT)
+
+    def stop(self):
+        try:
+            self.conn.disconnect().result(TIMEOUT)
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def gg(fleet):
+    return fleet.client("greengrassv2")
+
+
+@pytest.fixture
+def cores(fleet, iot, tmp_path):
+    made = []
+
+    def make(n=1):
+        new = [SimulatedCore(fleet, iot, tmp_path) for _ in range(n)]
+        made.extend(new)
+        return new
+
+    yield make
+    for c in made:
+        c.stop()
+
+
+def group(iot, *things):
+    name = f"g-{uuid.uuid4().hex[:8]}"
+    arn = iot.create_thing_group(thingGroupName=name)["thingGroupArn"]
+    for t in things:
+        iot.add_thing_to_thing_group(thingGroupName=name, thingName=t)
+    return name, arn
+
+
+def deploy(gg, target, components, **kw):
+    return gg.create_deployment(
+        targetArn=target,
+        components={n: {"componentVersion": v} for n, v in components.items()},
+        **kw,
+    )
+
+
+def signed_post(fleet, path, body):
+    """A SigV4-signed request to one of our extension routes (boto3 has no operation for it)."""
+    url = fleet.api + path
+    data = json.dumps(body).encode()
+    req = AWSRequest(method="POST", url=url, data=data, headers={"Content-Type": "application/json"})
+    SigV4Auth(Credentials(fleet.access_key, fleet.secret_key), "greengrass", "us-east-1").add_auth(req)
+    r = urllib.request.Request(url, data=data, headers=dict(req.headers), method="POST")
+    with urllib.request.urlopen(r, timeout=TIMEOUT) as resp:
+        return json.loads(resp.read())
+
+
+def test_create_get_list_cancel_and_supersede_with_revisions(fleet, iot, gg, cores):
+    (core,) = cores(1)
+    name, arn = group(iot, core.name)
+    first = deploy(gg, arn, {"com.example.Hello": "1.0.0"}, deploymentName="first")
+    assert first["iotJobId"] and first["iotJobArn"].endswith(f":job/{first['iotJobId']}")
+    d = gg.get_deployment(deploymentId=first["deploymentId"])
+    assert (d["deploymentStatus"], d["revisionId"], d["isLatestForTarget"]) == ("ACTIVE", "1", True)
+    assert d["components"]["com.example.Hello"]["componentVersion"] == "1.0.0"
+    assert d["deploymentPolicies"]["failureHandlingPolicy"] == "ROLLBACK"
+
+    # The device gets it through the namespaced jobs topics, as the deployment document.
+    job = core.next_job()
+    doc = job["jobDocument"]
+    assert job["jobId"] == first["iotJobId"]
+    assert doc["configurationArn"].endswith(f":configuration:thinggroup/{name}:1"), doc
+    assert doc["components"]["com.example.Hello"]["version"] == "1.0.0"
+
+    second = deploy(
+        gg,
+        arn,
+        {"com.example.Hello": "1.1.0"},
+        deploymentName="second",
+    )
+    again = gg.get_deployment(deploymentId=first["deploymentId"])
+    assert (again["deploymentStatus"], again["isLatestForTarget"]) == ("INACTIVE", False)
+    d2 = gg.get_deployment(deploymentId=second["deploymentId"])
+    assert (d2["revisionId"], d2["isLatestForTarget"]) == ("2", True)
+    latest = gg.list_deployments(targetArn=arn)["deployments"]
+    assert [x["deploymentId"] for x in latest] == [second["deploymentId"]]
+    every = gg.list_deployments(targetArn=arn, historyFilter="ALL")["deployments"]
+    assert sorted(x["revisionId"] for x in every) == ["1", "2"]
+    # The superseded job is gone; the device's next job is the new revision.
+    job = wait_until(lambda: (j := core.next_job()) and j["jobId"] == second["iotJobId"] and j, "the new revision's job")
+    assert job["jobDocument"]["configurationArn"].endswith(":2")
+
+    gg.cancel_deployment(deploymentId=second["deploymentId"])
+    assert gg.get_deployment(deploymentId=second["deploymentId"])["deploymentStatus"] == "CANCELED"
+    with pytest.raises(ClientError) as e:
+        gg.cancel_deployment(deploymentId=second["deploymentId"])
+    assert e.value.response["Error"]["Code"] == "ConflictException"
+    gg.delete_deployment(deploymentId=second["deploymentId"])
+    with pytest.raises(ClientError) as e:
+        gg.get_deployment(deploymentId=second["deploymentId"])
+    assert e.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+def test_merge_is_text_in_the_request_and_an_object_for_the_device(fleet, iot, gg, cores):
+    (core,) = cores(1)
+    _, arn = group(iot, core.name)
+    created = gg.create_deployment(
+        targetArn=arn,
+        components={
+            "com.example.Hello": {
+                "componentVersion": "1.0.0",
+                "configurationUpdate": {"merge": json.dumps({"greeting": "hi"}), "reset": ["/old"]},
+                "runWith": {"posixUser": "ggc_user:ggc_group"},
+            }
+        },
+        deploymentPolicies={"failureHandlingPolicy": "DO_NOTHING", "componentUpdatePolicy": {"action": "SKIP_NOTIFY_COMPONENTS", "timeoutInSeconds": 5}},
+    )
+    doc = core.next_job()["jobDocument"]
+    assert doc["deploymentId"] == created["deploymentId"]
+    c = doc["components"]["com.example.Hello"]
+    assert c["configurationUpdate"] == {"merge": {"greeting": "hi"}, "reset": ["/old"]}
+    assert c["runWith"]["posixUser"] == "ggc_user:ggc_group"
+    assert doc["failureHandlingPolicy"] == "DO_NOTHING"
+    assert doc["componentUpdatePolicy"] == {"timeout": 5, "action": "SKIP_NOTIFY_COMPONENTS"}
+    with pytest.raises(ClientError) as e:
+        gg.create_deployment(
+            targetArn=arn,
+            components={"com.example.Hello": {"componentVersion": "1.0.0", "configurationUpdate": {"merge": "not json"}}},
+        )
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    assert "components.com.example.Hello.configurationUpdate.merge" in e.value.response["Error"]["Message"]
+
+
+def test_fleet_status_shows_in_core_devices_and_installed_components(fleet, iot, gg, cores):
+    (core,) = cores(1)
+    name, arn = group(iot, core.name)
+    core.fleet_status([("com.example.Hello", "1.0.0", "RUNNING"), ("com.example.Other", "2.0.0", "BROKEN")], status="UNHEALTHY")
+    got = wait_until(lambda: [d for d in gg.list_core_devices()["coreDevices"] if d["coreDeviceThingName"] == core.name], "the core device")
+    assert (got[0]["status"], got[0]["platform"], got[0]["architecture"]) == ("UNHEALTHY", "linux", "amd64")
+    assert [d["coreDeviceThingName"] for d in gg.list_core_devices(thingGroupArn=arn)["coreDevices"]] == [core.name]
+    assert gg.list_core_devices(status="HEALTHY")["coreDevices"] == []
+    dev = gg.get_core_device(coreDeviceThingName=core.name)
+    assert dev["coreVersion"] == "2.14.0"
+    comps = gg.list_installed_components(coreDeviceThingName=core.name, topologyFilter="ALL")["installedComponents"]
+    assert {(c["componentName"], c["componentVersion"], c["lifecycleState"]) for c in comps} == {
+        ("com.example.Hello", "1.0.0", "RUNNING"),
+        ("com.example.Other", "2.0.0", "BROKEN"),
+    }
+    # An older message (lower sequence number) is dropped; a newer PARTIAL one updates.
+    core.fleet_status([], seq=0)
+    core.fleet_status([("com.example.Other", "2.0.0", "RUNNING")], complete=False, seq=5)
+    wait_until(
+        lambda: {c["lifecycleState"] for c in gg.list_installed_components(coreDeviceThingName=core.name)["installedComponents"]} == {"RUNNING"},
+        "the partial update",
+    )
+    assert len(gg.list_installed_components(coreDeviceThingName=core.name)["installedComponents"]) == 2
+    with pytest.raises(ClientError) as e:
+        gg.get_core_device(coreDeviceThingName="no-such-core")
+    assert e.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+def test_job_updates_show_in_effective_deployments(fleet, iot, gg, cores):
+    ok, bad = cores(2)
+    _, arn = group(iot, ok.name, bad.name)
+    created = deploy(gg, arn, {"com.example.Hello": "1.0.0"}, deploymentName="fx")
+    for c in (ok, bad):
+        job = c.next_job()
+        c.update(job["jobId"], "IN_PROGRESS")
+    ok.update(created["iotJobId"], "SUCCEEDED", {"detailed-deployment-status": "SUCCESSFUL"})
+    bad.update(
+        created["iotJobId"],
+        "FAILED",
+        {
+            "detailed-deployment-status": "FAILED_ROLLBACK_COMPLETE",
+            "deployment-failure-cause": "com.example.Hello install step exited 1",
+            "deployment-error-stack": json.dumps(["DEPLOYMENT_FAILURE", "COMPONENT_INSTALL_ERROR"]),
+        },
+    )
+
+    def status(core):
+        effs = gg.list_effective_deployments(coreDeviceThingName=core.name)["effectiveDeployments"]
+        return [e for e in effs if e["deploymentId"] == created["deploymentId"]]
+
+    e = wait_until(lambda: (s := status(ok)) and s[0]["coreDeviceExecutionStatus"] == "SUCCEEDED" and s, "SUCCEEDED")[0]
+    assert (e["deploymentName"], e["targetArn"], e["iotJobId"]) == ("fx", arn, created["iotJobId"])
+    e = wait_until(lambda: (s := status(bad)) and s[0]["coreDeviceExecutionStatus"] == "FAILED" and s, "FAILED")[0]
+    assert e["reason"] == "com.example.Hello install step exited 1"
+    assert e["statusDetails"]["errorStack"] == ["DEPLOYMENT_FAILURE", "COMPONENT_INSTALL_ERROR"]
+
+
+def test_bake_time_holds_success_until_components_stayed_running(fleet, iot, gg, cores):
+    (core,) = cores(1)
+    _, arn = group(iot, core.name)
+    created = deploy(gg, arn, {"com.example.Hello": "1.0.0"}, tags={"lichen:bakeTimeSeconds": "2"})
+    job = core.next_job()
+    core.update(job["jobId"], "SUCCEEDED")
+
+    def shown():
+        effs = gg.list_effective_deployments(coreDeviceThingName=core.name)["effectiveDeployments"]
+        return [e["coreDeviceExecutionStatus"] for e in effs if e["deploymentId"] == created["deploymentId"]]
+
+    wait_until(lambda: shown() == ["IN_PROGRESS"], "the held success")
+    time.sleep(3)
+    assert shown() == ["IN_PROGRESS"], "a success was shown before fleet status showed the components RUNNING"
+    core.fleet_status([("com.example.Hello", "1.0.0", "RUNNING")])
+    wait_until(lambda: shown() == ["SUCCEEDED"], "SUCCEEDED after the bake time")
+
+
+def test_preview_lists_versions_and_conflicts_between_groups(fleet, iot, gg, cores):
+    (core,) = cores(1)
+    _, arn1 = group(iot, core.name)
+    _, arn2 = group(iot, core.name)
+    deploy(gg, arn1, {"com.example.Hello": "1.0.0", "com.example.Shared": "1.0.0"})
+    p = signed_post(
+        fleet,
+        "/greengrass/v2/deployments/preview",
+        {"targetArn": arn2, "components": {"com.example.Shared": {"componentVersion": "1.0.0"}, "com.example.Hello": {"componentVersion": "2.0.0"}}},
+    )
+    (dev,) = p["devices"]
+    assert dev["thingName"] == core.name
+    assert {c["componentName"]: c["componentVersion"] for c in dev["components"]} == {"com.example.Shared": "1.0.0"}
+    (conflict,) = dev["conflicts"]
+    assert conflict["componentName"] == "com.example.Hello"
+    assert conflict["requirements"] == {arn1: "=1.0.0", arn2: "=2.0.0"}
+    # dryRun on CreateDeployment answers the same and records nothing.
+    dry = signed_post(
+        fleet,
+        "/greengrass/v2/deployments?dryRun=true",
+        {"targetArn": arn2, "components": {"com.example.Hello": {"componentVersion": "2.0.0"}}},
+    )
+    assert dry["devices"][0]["conflicts"][0]["componentName"] == "com.example.Hello"
+    assert gg.list_deployments(targetArn=arn2)["deployments"] == []
+
+
+def test_abort_rolls_back_devices_that_took_the_failed_revision(fleet, iot, gg, cores):
+    good, bad = cores(2)
+    name, arn = group(iot, good.name, bad.name)
+    first = deploy(gg, arn, {"com.example.Hello": "1.0.0"})
+    for c in (good, bad):
+        c.update(c.next_job()["jobId"], "SUCCEEDED")
+    second = deploy(
+        gg,
+        arn,
+        {"com.example.Hello": "2.0.0"},
+        iotJobConfiguration={
+            "abortConfig": {
+                "criteriaList": [
+                    {"failureType": "FAILED", "action": "CANCEL", "thresholdPercentage": 40, "minNumberOfExecutedThings": 2}
+                ]
+            }
+        },
+    )
+    for c in (good, bad):
+        job = wait_until(lambda c=c: (j := c.next_job()) and j["jobId"] == second["iotJobId"] and j, "revision 2")
+        assert job["jobDocument"]["components"]["com.example.Hello"]["version"] == "2.0.0"
+    good.update(second["iotJobId"], "SUCCEEDED")
+    bad.update(second["iotJobId"], "FAILED", {"deployment-failure-cause": "install failed"})
+
+    wait_until(lambda: gg.get_deployment(deploymentId=second["deploymentId"])["deploymentStatus"] == "FAILED", "the aborted deployment FAILED")
+    latest = wait_until(
+        lambda: [d for d in gg.list_deployments(targetArn=arn)["deployments"] if d["deploymentId"] != second["deploymentId"]],
+        "the rollback revision",
+    )[0]
+    rollback = gg.get_deployment(deploymentId=latest["deploymentId"])
+    assert rollback["revisionId"] == "3"
+    assert rollback["tags"]["lichen:rollbackOf"] == second["deploymentId"]
+    assert rollback["components"]["com.example.Hello"]["componentVersion"] == "1.0.0"
+    # The device that had taken revision 2 is sent the previous revision's components.
+    job = wait_until(lambda: (j := good.next_job()) and j["jobId"] == rollback["iotJobId"] and j, "the rollback job")
+    doc = job["jobDocument"]
+    assert doc["components"]["com.example.Hello"]["version"] == "1.0.0"
+    assert doc["configurationArn"].endswith(f"thinggroup/{name}:3")
+    assert first["deploymentId"] != rollback["deploymentId"]
