@@ -3,7 +3,7 @@
 //! DeleteDeployment.
 
 use super::document::{self, validation};
-use super::service::blocking;
+use super::service::{CreateRequest, blocking};
 use super::{json_status, not_found, page, service};
 use crate::ApiState;
 use crate::call::{Call, seconds, str_field};
@@ -88,12 +88,14 @@ async fn create(state: &Arc<ApiState>, call: &Call) -> ApiResult<Response> {
     let d = svc
         .create(
             &call.caller.access_key_id,
-            &target,
-            str_field(&body, "deploymentName")?.map(str::to_owned),
-            spec,
-            str_field(&body, "parentTargetArn")?.map(str::to_owned),
-            None,
-            str_field(&body, "clientToken")?.map(str::to_owned),
+            CreateRequest {
+                target_arn: target.clone(),
+                name: str_field(&body, "deploymentName")?.map(str::to_owned),
+                spec,
+                parent_target_arn: str_field(&body, "parentTargetArn")?.map(str::to_owned),
+                rollback_of: None,
+                client_token: str_field(&body, "clientToken")?.map(str::to_owned),
+            },
         )
         .await
         .map_err(|e| {

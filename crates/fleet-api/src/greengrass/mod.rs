@@ -9,7 +9,7 @@ pub mod preview;
 pub mod service;
 
 pub use service::{
-    DEPLOYMENT_SHADOW, DeploymentJob, DeploymentJobs, DeploymentShadow, Deployments,
+    CreateRequest, DEPLOYMENT_SHADOW, DeploymentJob, DeploymentJobs, DeploymentShadow, Deployments,
     ExecutionUpdate, JOB_NAMESPACE,
 };
 

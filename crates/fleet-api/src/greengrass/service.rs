@@ -73,6 +73,18 @@ pub struct ExecutionUpdate {
     pub status_details: Map<String, Value>,
 }
 
+/// A validated CreateDeployment (see [`super::document::validate_request`] for `spec`).
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub target_arn: String,
+    pub name: Option<String>,
+    pub spec: Value,
+    pub parent_target_arn: Option<String>,
+    /// The aborted deployment this one undoes.
+    pub rollback_of: Option<String>,
+    pub client_token: Option<String>,
+}
+
 pub struct Deployments {
     pub(crate) registry: Arc<Registry>,
     jobs: Arc<dyn DeploymentJobs>,
@@ -123,16 +135,16 @@ impl Deployments {
 
     /// Records a validated deployment and delivers it; a superseded deployment's delivery
     /// stops. Returns the new deployment.
-    pub async fn create(
-        &self,
-        who: &str,
-        target_arn: &str,
-        name: Option<String>,
-        spec: Value,
-        parent_target_arn: Option<String>,
-        rollback_of: Option<String>,
-        client_token: Option<String>,
-    ) -> ApiResult<Deployment> {
+    pub async fn create(&self, who: &str, req: CreateRequest) -> ApiResult<Deployment> {
+        let CreateRequest {
+            target_arn,
+            name,
+            spec,
+            parent_target_arn,
+            rollback_of,
+            client_token,
+        } = req;
+        let target_arn = target_arn.as_str();
         let (kind, target) = document::parse_target(target_arn)?;
         let registry = self.registry.clone();
         let (t, k) = (target.clone(), kind);
@@ -330,12 +342,14 @@ impl Deployments {
         let rollback = self
             .create(
                 "lichen",
-                &d.target_arn,
-                name,
-                spec,
-                d.parent_target_arn.clone(),
-                Some(d.id.clone()),
-                None,
+                CreateRequest {
+                    target_arn: d.target_arn.clone(),
+                    name,
+                    spec,
+                    parent_target_arn: d.parent_target_arn.clone(),
+                    rollback_of: Some(d.id.clone()),
+                    client_token: None,
+                },
             )
             .await?;
         Ok(Some(rollback))
