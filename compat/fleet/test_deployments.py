@@ -7,8 +7,12 @@ What a core would do is done here by hand, on the wire, so the fleet's side is c
 and `$aws/things/<t>/greengrassv2/health/json`.
 """
 
+import base64
+import hashlib
 import json
+import ssl
 import time
+import urllib.error
 import urllib.request
 import uuid
 from concurrent.futures import Future
@@ -41,6 +45,7 @@ CORE_POLICY = {
             "Action": "iot:Subscribe",
             "Resource": "arn:aws:iot:*:*:topicfilter/$aws/things/${iot:Connection.Thing.ThingName}/*",
         },
+        {"Effect": "Allow", "Action": "greengrass:GetDeploymentConfiguration", "Resource": "*"},
     ],
 }
 
@@ -397,3 +402,34 @@ def test_abort_rolls_back_devices_that_took_the_failed_revision(fleet, iot, gg, 
     assert doc["components"]["com.example.Hello"]["version"] == "1.0.0"
     assert doc["configurationArn"].endswith(f"thinggroup/{name}:3")
     assert first["deploymentId"] != rollback["deploymentId"]
+
+
+def data_plane_get(fleet, core, url):
+    ctx = ssl.create_default_context(cafile=fleet.root_ca)
+    ctx.load_cert_chain(str(core.device.cert), str(core.device.key))
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=TIMEOUT) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_get_deployment_configuration_serves_the_document_to_targeted_devices_only(fleet, iot, gg, cores):
+    member, outsider = cores(2)
+    _, arn = group(iot, member.name)
+    created = deploy(gg, arn, {"com.example.Hello": "1.0.0"})
+    base = fleet.endpoints["dataPlane"]
+    path = f"/greengrass/v2/deployments/{created['deploymentId']}/coreDevices/{{}}/configuration"
+    status, body = data_plane_get(fleet, member, base + path.format(member.name))
+    assert status == 200, body
+    answer = json.loads(body)
+    assert answer["integrityCheck"]["algorithm"] == "SHA-256"
+    status, doc = data_plane_get(fleet, member, answer["preSignedUrl"])
+    assert status == 200, doc
+    assert base64.b64encode(hashlib.sha256(doc).digest()).decode() == answer["integrityCheck"]["digest"]
+    assert json.loads(doc)["components"]["com.example.Hello"]["version"] == "1.0.0"
+    # Not in the group, or asking as another thing: refused.
+    status, body = data_plane_get(fleet, outsider, base + path.format(outsider.name))
+    assert status == 403, body
+    status, body = data_plane_get(fleet, outsider, base + path.format(member.name))
+    assert status == 403, body

@@ -185,6 +185,32 @@ async fn handle(
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
+    if let (
+        &Method::GET,
+        [
+            "greengrass",
+            "v2",
+            "deployments",
+            id,
+            "coreDevices",
+            thing,
+            "configuration",
+            rest @ ..,
+        ],
+    ) = (req.method(), segments.as_slice())
+        && (rest.is_empty() || rest == ["document"])
+    {
+        let host = req.headers().get("host").and_then(|h| h.to_str().ok());
+        return crate::dataplane_deployments::handle(
+            &state,
+            &peer.certificate_id,
+            host,
+            id,
+            thing,
+            !rest.is_empty(),
+        )
+        .await;
+    }
     let alias = match (req.method(), segments.as_slice()) {
         (&Method::GET, ["role-aliases", alias, "credentials"]) => {
             match crate::call::split_path(alias) {

@@ -15,6 +15,7 @@ mod authz;
 mod call;
 pub mod credentials;
 pub mod dataplane;
+mod dataplane_deployments;
 mod error;
 pub mod greengrass;
 mod iot;
