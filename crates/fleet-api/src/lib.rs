@@ -61,6 +61,8 @@ pub struct ApiState {
     pub services: HashMap<String, Arc<dyn ServiceHandler>>,
     /// Greengrass deployments and core devices (None: the fleet runs no deployments service).
     pub deployments: Option<Arc<greengrass::Deployments>>,
+    /// The jobs service behind the iot jobs operations (none: they answer unknown operation).
+    pub jobs: Option<lichen_fleet_jobs::JobsService>,
 }
 
 /// The router: one fallback that authenticates and dispatches.

@@ -47,6 +47,7 @@ async fn start() -> Fleet {
             Arc::new(Echo) as Arc<dyn ServiceHandler>,
         )]),
         deployments: None,
+        jobs: Some(lichen_fleet_jobs::JobsService::new(registry.clone())),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

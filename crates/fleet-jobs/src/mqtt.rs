@@ -194,10 +194,11 @@ enum Request<'a> {
     Update(&'a str),
 }
 
-struct Rejected {
-    code: &'static str,
-    message: String,
-    state: Option<Box<ExecutionRow>>,
+#[derive(Debug)]
+pub(crate) struct Rejected {
+    pub code: &'static str,
+    pub message: String,
+    pub state: Option<Box<ExecutionRow>>,
 }
 
 fn rejected(code: &'static str, message: impl Into<String>) -> Rejected {
@@ -372,7 +373,7 @@ fn execution_in(
     }
 }
 
-fn start_next(
+pub(crate) fn start_next(
     svc: &JobsService,
     thing: &str,
     ns: Option<&str>,
@@ -411,7 +412,7 @@ fn start_next(
     })
 }
 
-fn describe(
+pub(crate) fn describe(
     svc: &JobsService,
     thing: &str,
     job: &str,
@@ -439,7 +440,7 @@ fn describe(
     }
 }
 
-fn update(
+pub(crate) fn update(
     svc: &JobsService,
     thing: &str,
     job: &str,

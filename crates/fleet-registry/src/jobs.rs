@@ -125,6 +125,7 @@ impl JobsTx<'_, '_, '_> {
 
     /// Jobs after `after` (by id), at most `limit`; `status` filters.
     pub fn jobs(&self, status: Option<&str>, after: &str, limit: usize) -> Result<Vec<JobRow>> {
+        let limit = limit.min(i64::MAX as usize);
         let mut stmt = self.tx.prepare(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE id > ?1 AND (?2 = '' OR status = ?2)
              ORDER BY id LIMIT {limit}"

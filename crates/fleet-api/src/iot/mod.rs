@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 mod certs;
+mod jobs;
 mod things;
 
 use certs::*;
@@ -34,6 +35,9 @@ pub(crate) async fn dispatch(state: &Arc<ApiState>, call: Call) -> ApiResult<Res
 
 fn route(s: &ApiState, c: &Call) -> ApiResult<Response> {
     let m = &c.method;
+    if jobs::serves(&c.segs()) {
+        return jobs::route(s, c);
+    }
     match (m, c.segs().as_slice()) {
         (&Method::GET, ["things"]) => list_things(s, c),
         (&Method::POST, ["things", name]) => create_thing(s, c, name),

@@ -77,14 +77,12 @@ impl DeploymentShadow for NoShadow {
     }
 }
 
-/// Starts the jobs service (serving devices' jobs topics) and the deployments service.
+/// Starts the deployments service on the fleet's jobs service.
 pub fn start(
     registry: Arc<Registry>,
     devices: &DeviceEndpoint,
-) -> anyhow::Result<(JobsService, Arc<Deployments>)> {
-    let jobs = JobsService::new(registry.clone());
-    jobs.start();
-    jobs.serve_mqtt(devices)?;
+    jobs: JobsService,
+) -> anyhow::Result<Arc<Deployments>> {
     let deployments = Deployments::new(registry, Arc::new(Jobs(jobs.clone())), Arc::new(NoShadow));
 
     let mut status = devices.serve_topics(FLEET_STATUS)?;
@@ -146,5 +144,5 @@ pub fn start(
             d.check_bake().await;
         }
     });
-    Ok((jobs, deployments))
+    Ok(deployments)
 }

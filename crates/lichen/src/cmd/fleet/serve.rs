@@ -131,8 +131,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     .context("configuring the data plane's TLS")?;
     super::provisioning::start(&devices, registry.clone(), ca.clone())
         .context("serving fleet provisioning")?;
-    let (_jobs, deployments) = super::greengrass::start(registry.clone(), &devices)
-        .context("starting the jobs and deployments services")?;
+    let jobs = lichen_fleet_jobs::JobsService::new(registry.clone());
+    jobs.serve_mqtt(&devices)
+        .context("serving the jobs topics")?;
+    jobs.start();
+    let deployments = super::greengrass::start(registry.clone(), &devices, jobs.clone())
+        .context("starting the deployments service")?;
     let mut services: HashMap<String, Arc<dyn ServiceHandler>> = HashMap::new();
     services.insert(
         "iotdata".into(),
@@ -149,6 +153,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         },
         services,
         deployments: Some(deployments),
+        jobs: Some(jobs),
     });
 
     let endpoints = Endpoints {
