@@ -433,3 +433,51 @@ def test_get_deployment_configuration_serves_the_document_to_targeted_devices_on
     assert status == 403, body
     status, body = data_plane_get(fleet, outsider, base + path.format(member.name))
     assert status == 403, body
+
+
+def lichen_fleet(fleet, *args, check=True):
+    import subprocess
+
+    from lichen_support import lichen_bin
+
+    p = subprocess.run(
+        [lichen_bin(), "fleet", "deployment", *args, "--root", str(fleet.root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check:
+        assert p.returncode == 0, f"lichen fleet deployment {' '.join(args)}: {p.returncode}\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+def test_cli_creates_follows_previews_lists_and_cancels(fleet, iot, gg, cores):
+    (core,) = cores(1)
+    name, arn = group(iot, core.name)
+    _, other = group(iot, core.name)
+    deploy(gg, other, {"com.example.Hello": "1.0.0"})
+    preview = lichen_fleet(fleet, "preview", "--target", f"group:{name}", "--component", "com.example.Hello=2.0.0", check=False)
+    assert preview.returncode == 2, preview.stdout + preview.stderr
+    assert "CONFLICT" in preview.stdout and "com.example.Hello" in preview.stdout
+    created = lichen_fleet(
+        fleet, "create", "--target", f"group:{name}", "--component", "com.example.Hello=1.0.0", "--name", "cli", "--abort-failed-percent", "50"
+    )
+    dep_id = created.stdout.strip()
+    d = gg.get_deployment(deploymentId=dep_id)
+    assert (d["targetArn"], d["deploymentName"]) == (arn, "cli")
+    assert d["iotJobConfiguration"]["abortConfig"]["criteriaList"][0]["thresholdPercentage"] == 50
+    # The other group's deployment comes first; then this one.
+    core.update(core.next_job()["jobId"], "SUCCEEDED")
+    job = core.next_job()
+    assert job["jobId"] == dep_id
+    core.update(job["jobId"], "SUCCEEDED")
+    # Not a terminal: plain lines, and it returns once every device finished.
+    status = lichen_fleet(fleet, "status", dep_id, "--wait-seconds", "60")
+    assert f"{core.name}: SUCCEEDED" in status.stdout, status.stdout
+    assert "1/1 devices finished" in status.stdout
+    listed = lichen_fleet(fleet, "list")
+    assert dep_id in listed.stdout
+    lichen_fleet(fleet, "cancel", dep_id)
+    assert gg.get_deployment(deploymentId=dep_id)["deploymentStatus"] == "CANCELED"
+    bad = lichen_fleet(fleet, "create", "--target", "group:no-such-group", "--component", "a=1.0.0", check=False)
+    assert bad.returncode != 0 and "no-such-group" in bad.stderr, bad.stderr

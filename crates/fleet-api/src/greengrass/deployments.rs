@@ -21,6 +21,7 @@ pub(crate) async fn dispatch(state: &Arc<ApiState>, call: &Call) -> ApiResult<Re
         (&Method::POST, ["deployments", "preview"]) => preview(state, call).await,
         (&Method::GET, ["deployments"]) => list(state, call).await,
         (&Method::GET, ["deployments", id]) => get(state, id).await,
+        (&Method::GET, ["deployments", id, "devices"]) => devices(state, id).await,
         (&Method::POST, ["deployments", id, "cancel"]) => {
             let svc = service(state)?;
             svc.cancel(&call.caller.access_key_id, id)
@@ -231,4 +232,59 @@ async fn list(state: &Arc<ApiState>, call: &Call) -> ApiResult<Response> {
         out["nextToken"] = json!(t);
     }
     Ok(json_status(StatusCode::OK, out))
+}
+
+/// Our extension, `GET /greengrass/v2/deployments/<id>/devices`: the deployment's state and
+/// each device's (what `lichen fleet deployment status` follows), with how many things the
+/// target holds now.
+async fn devices(state: &Arc<ApiState>, id: &str) -> ApiResult<Response> {
+    let registry = state.registry.clone();
+    let i = id.to_string();
+    let (d, rows, targets) = blocking(move || {
+        let d = registry.get_deployment(&i)?;
+        let rows = registry.effective_deployments_of(&i)?;
+        let targets = match document::parse_target(&d.target_arn) {
+            Ok(("thinggroup", g)) => {
+                let mut n = 0;
+                let mut page = lichen_fleet_registry::PageRequest::default();
+                loop {
+                    let p = registry.list_things_in_group(&g, true, &page)?;
+                    n += p.items.len();
+                    match p.next_token {
+                        Some(t) => page.token = Some(t),
+                        None => break,
+                    }
+                }
+                n
+            }
+            _ => 1,
+        };
+        Ok((d, rows, targets))
+    })
+    .await
+    .map_err(|e| found(e, id))?;
+    let devices: Vec<Value> = rows
+        .iter()
+        .map(|e| {
+            json!({
+                "thingName": e.thing_name,
+                "coreDeviceExecutionStatus": e.execution_status,
+                "deviceStatus": e.device_status,
+                "reason": e.reason,
+                "modifiedTimestamp": seconds(e.modified_ms),
+            })
+        })
+        .collect();
+    Ok(json_status(
+        StatusCode::OK,
+        json!({
+            "deploymentId": d.id,
+            "deploymentName": d.name,
+            "targetArn": d.target_arn,
+            "revisionId": d.revision.to_string(),
+            "deploymentStatus": d.status,
+            "targets": targets,
+            "devices": devices,
+        }),
+    ))
 }

@@ -1,5 +1,6 @@
 //! `lichen fleet`: the self-hosted cloud side (registry, certificates, control-plane API).
 
+mod deployment;
 mod devices;
 mod enroll;
 mod greengrass;
@@ -28,6 +29,9 @@ pub enum FleetCommand {
     /// credentials from the credentials provider may do).
     #[command(subcommand)]
     Role(role::RoleCommand),
+    /// Greengrass deployments through the running fleet: create, preview, status, cancel, list.
+    #[command(subcommand)]
+    Deployment(deployment::DeploymentCommand),
 }
 
 #[derive(Args)]
@@ -55,6 +59,7 @@ pub fn run(c: FleetCommand) -> anyhow::Result<ExitCode> {
         FleetCommand::Enroll(a) => enroll::run(a),
         FleetCommand::Audit(a) => audit(a),
         FleetCommand::Role(c) => role::run(c),
+        FleetCommand::Deployment(c) => deployment::run(c),
     }
 }
 
