@@ -481,3 +481,49 @@ def test_cli_creates_follows_previews_lists_and_cancels(fleet, iot, gg, cores):
     assert gg.get_deployment(deploymentId=dep_id)["deploymentStatus"] == "CANCELED"
     bad = lichen_fleet(fleet, "create", "--target", "group:no-such-group", "--component", "a=1.0.0", check=False)
     assert bad.returncode != 0 and "no-such-group" in bad.stderr, bad.stderr
+
+
+def test_single_thing_deployment_goes_through_the_deployment_shadow(fleet, iot, gg, cores):
+    (core,) = cores(1)
+    thing_arn = iot.describe_thing(thingName=core.name)["thingArn"]
+    created = deploy(gg, thing_arn, {"com.example.Hello": "1.0.0"})
+    assert "iotJobId" not in created
+    shadow = f"$aws/things/{core.name}/shadow/name/AWSManagedGreengrassV2Deployment"
+    got = Future()
+    sub, _ = core.conn.subscribe(
+        topic=f"{shadow}/get/accepted",
+        qos=mqtt.QoS.AT_LEAST_ONCE,
+        callback=lambda topic, payload, **kw: got.done() or got.set_result(json.loads(payload)),
+    )
+    sub.result(TIMEOUT)
+    core.conn.publish(topic=f"{shadow}/get", payload="{}", qos=mqtt.QoS.AT_LEAST_ONCE)[0].result(TIMEOUT)
+    desired = got.result(TIMEOUT)["state"]["desired"]
+    assert desired["desiredStatus"] == "ACTIVE"
+    doc = json.loads(desired["fleetConfig"])
+    assert doc["deploymentId"] == created["deploymentId"]
+    assert doc["configurationArn"].endswith(f":configuration:thing/{core.name}:1")
+    reported = {
+        "fleetConfigurationArnForStatus": doc["configurationArn"],
+        "status": "FAILED",
+        "statusDetails": {"detailedStatus": "FAILED_ROLLBACK_COMPLETE", "failureCause": "install exited 1", "errorStack": ["X"], "errorTypes": []},
+        "ggcVersion": "2.14.0",
+    }
+    core.conn.publish(
+        topic=f"{shadow}/update", payload=json.dumps({"state": {"reported": reported}}), qos=mqtt.QoS.AT_LEAST_ONCE
+    )[0].result(TIMEOUT)
+
+    def shown():
+        effs = gg.list_effective_deployments(coreDeviceThingName=core.name)["effectiveDeployments"]
+        return [(e["coreDeviceExecutionStatus"], e.get("reason")) for e in effs if e["deploymentId"] == created["deploymentId"]]
+
+    wait_until(lambda: shown() == [("FAILED", "install exited 1")], "the shadow-reported failure")
+    gg.cancel_deployment(deploymentId=created["deploymentId"])
+    after = Future()
+    sub, _ = core.conn.subscribe(
+        topic=f"{shadow}/get/accepted",
+        qos=mqtt.QoS.AT_LEAST_ONCE,
+        callback=lambda topic, payload, **kw: after.done() or after.set_result(json.loads(payload)),
+    )
+    sub.result(TIMEOUT)
+    core.conn.publish(topic=f"{shadow}/get", payload="{}", qos=mqtt.QoS.AT_LEAST_ONCE)[0].result(TIMEOUT)
+    assert after.result(TIMEOUT)["state"]["desired"]["desiredStatus"] == "CANCELED"

@@ -106,6 +106,13 @@ pub(crate) fn action_of(registry: &Registry, call: &Call) -> Option<(String, Str
         // iot-data Publish is the IAM action iot:Publish on the topic's ARN, as in AWS.
         "iotdata" => match (&call.method, segs.as_slice()) {
             (&Method::POST, ["topics", topic]) => ("Publish", arn("topic", topic)),
+            // Shadow operations act on the thing's ARN, named shadows included (as in IAM).
+            (&Method::GET, ["things", t, "shadow"]) => ("GetThingShadow", arn("thing", t)),
+            (&Method::POST, ["things", t, "shadow"]) => ("UpdateThingShadow", arn("thing", t)),
+            (&Method::DELETE, ["things", t, "shadow"]) => ("DeleteThingShadow", arn("thing", t)),
+            (&Method::GET, ["api", "things", "shadow", "ListNamedShadowsForThing", t]) => {
+                ("ListNamedShadowsForThing", arn("thing", t))
+            }
             _ => return None,
         },
         _ => return None,

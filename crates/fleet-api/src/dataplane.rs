@@ -211,6 +211,12 @@ async fn handle(
         )
         .await;
     }
+    // iot-data over mutual TLS (the shadow REST API a core's shadow sync calls).
+    if matches!(segments.as_slice(), ["things", ..] | ["api", "things", ..])
+        && let Some(service) = state.services.get("iotdata").cloned()
+    {
+        return device_call(&state, service, peer, req).await;
+    }
     let alias = match (req.method(), segments.as_slice()) {
         (&Method::GET, ["role-aliases", alias, "credentials"]) => {
             match crate::call::split_path(alias) {
@@ -248,5 +254,47 @@ async fn handle(
             .into_response(),
         Ok(Err(r)) => message(r.status, &r.message),
         Err(_) => message(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error"),
+    }
+}
+
+/// Hands a data-plane request to the service that serves its path for devices.
+async fn device_call(
+    state: &ApiState,
+    service: Arc<dyn crate::ServiceHandler>,
+    peer: Peer,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, crate::MAX_BODY).await else {
+        return message(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "The request body is too large",
+        );
+    };
+    let path = parts.uri.path().to_string();
+    let (segments, query) = match (
+        crate::call::split_path(&path),
+        crate::call::split_query(parts.uri.query().unwrap_or("")),
+    ) {
+        (Ok(s), Ok(q)) => (s, q),
+        (Err(e), _) | (_, Err(e)) => return e.into_response(),
+    };
+    let call = crate::Call {
+        method: parts.method,
+        path,
+        segments,
+        query,
+        headers: parts.headers,
+        body,
+        caller: lichen_sigv4::Verified {
+            access_key_id: format!("certificate/{}", peer.certificate_id),
+            region: state.registry.region().to_string(),
+            service: "iotdata".into(),
+            session_token: None,
+        },
+    };
+    match service.handle_device(&peer.certificate_id, call) {
+        Some(f) => f.await,
+        None => message(StatusCode::NOT_FOUND, "Not Found"),
     }
 }

@@ -50,6 +50,18 @@ pub struct EndpointHosts {
 /// Another service (by SigV4 signing name) served on the same listener.
 pub trait ServiceHandler: Send + Sync {
     fn handle(&self, call: Call) -> Pin<Box<dyn Future<Output = Response> + Send + '_>>;
+
+    /// A device's request on the data plane, where the verified client certificate
+    /// (`certificate_id`) is the credential and nothing is signed: `None` when the service does
+    /// not serve `call`'s path there. The handler authorizes it against the certificate's IoT
+    /// policies itself.
+    fn handle_device(
+        &self,
+        _certificate_id: &str,
+        _call: Call,
+    ) -> Option<Pin<Box<dyn Future<Output = Response> + Send + '_>>> {
+        None
+    }
 }
 
 /// What the handlers share.

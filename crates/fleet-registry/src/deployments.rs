@@ -315,6 +315,26 @@ impl Registry {
         })
     }
 
+    /// One revision of a target.
+    pub fn deployment_revision(
+        &self,
+        target_arn: &str,
+        revision: i64,
+    ) -> Result<Option<Deployment>> {
+        self.read(|tx| {
+            Ok(tx
+                .query_row(
+                    &format!(
+                        "SELECT {COLUMNS} FROM gg_deployments WHERE target_arn = ?1 \
+                         AND revision = ?2"
+                    ),
+                    params![target_arn, revision],
+                    deployment,
+                )
+                .optional()?)
+        })
+    }
+
     /// The newest revision of `target_arn` before `revision` that did not fail: what a fleet
     /// rollback returns the target to.
     pub fn previous_good_deployment(

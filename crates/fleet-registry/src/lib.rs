@@ -57,6 +57,7 @@ mod migrations;
 mod page;
 mod policies;
 mod query;
+mod shadows;
 mod templates;
 mod thing_types;
 mod things;
@@ -71,6 +72,7 @@ pub use deployments::{CreatedDeployment, Deployment, EffectiveDeployment, NewDep
 pub use jobs::{ExecutionRow, JobRow, JobsTx, job_not_found};
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
+pub use shadows::{ShadowRecord, ShadowWrite};
 pub use templates::ProvisioningTemplate;
 pub use thing_types::ThingType;
 pub use things::{Thing, ThingGroup, ThingQuery};

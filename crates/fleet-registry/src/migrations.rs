@@ -107,6 +107,11 @@ CREATE TABLE gg_effective_deployments (
     PRIMARY KEY (thing_name, deployment_id));
 CREATE INDEX gg_effective_deployments_deployment ON gg_effective_deployments (deployment_id);
 "#,
+    r#"
+CREATE TABLE shadows (
+    thing_name TEXT NOT NULL, shadow_name TEXT NOT NULL, document TEXT, version BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL, PRIMARY KEY (thing_name, shadow_name));
+"#,
 ];
 
 pub(crate) fn apply(tx: &Transaction<'_>) -> crate::Result<()> {

@@ -388,6 +388,66 @@ impl Deployments {
         Ok(applied)
     }
 
+    /// The device reported on its deployment shadow (`state.reported`: the configuration ARN it
+    /// reports for, `status`, `statusDetails`).
+    pub async fn on_shadow_reported(&self, thing: &str, reported: &Value) {
+        let Some(arn) = reported
+            .get("fleetConfigurationArnForStatus")
+            .and_then(Value::as_str)
+        else {
+            return;
+        };
+        let Some(status) = reported.get("status").and_then(Value::as_str) else {
+            return;
+        };
+        // arn:aws:greengrass:<r>:<acct>:configuration:thing/<T>:<revision>
+        let Some((resource, revision)) = arn
+            .split_once(":configuration:")
+            .and_then(|(_, r)| r.rsplit_once(':'))
+            .and_then(|(res, rev)| Some((res.to_string(), rev.parse::<i64>().ok()?)))
+        else {
+            tracing::warn!(
+                thing,
+                arn,
+                "deployment shadow reports for an ARN that is not a configuration ARN"
+            );
+            return;
+        };
+        let details = reported.get("statusDetails").cloned().unwrap_or(json!({}));
+        let reason = details
+            .get("failureCause")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .or(details.get("detailedStatus").and_then(Value::as_str))
+            .map(str::to_owned);
+        let stored = json!({
+            "errorStack": details.get("errorStack").cloned().unwrap_or(json!([])),
+            "errorTypes": details.get("errorTypes").cloned().unwrap_or(json!([])),
+        });
+        let registry = self.registry.clone();
+        let (t, status) = (thing.to_string(), status.to_string());
+        let r = blocking(move || {
+            let target = registry.arn(&resource);
+            let Some(d) = registry.deployment_revision(&target, revision)? else {
+                return Ok(());
+            };
+            let spec: Value = serde_json::from_str(&d.spec).unwrap_or_default();
+            registry.record_device_report(
+                &t,
+                &d.id,
+                &status,
+                reason.as_deref(),
+                &stored.to_string(),
+                document::bake_seconds(&spec) > 0,
+            )?;
+            Ok(())
+        })
+        .await;
+        if let Err(e) = r {
+            tracing::warn!("recording a deployment shadow report: {}", e.message);
+        }
+    }
+
     /// Ends held successes whose bake time has passed (or whose components failed). Run
     /// periodically; returns how many were ended.
     pub async fn check_bake(&self) -> usize {

@@ -1,6 +1,7 @@
 //! The device endpoint inside `lichen fleet serve`: the registry as its [`DeviceDirectory`],
-//! registry changes turned into [`DeviceEndpoint::certificate_changed`], and `iot-data` Publish
-//! (SigV4 service `iotdata`) published through the endpoint.
+//! registry changes turned into [`DeviceEndpoint::certificate_changed`], and `iot-data` (SigV4
+//! service `iotdata`): Publish through the endpoint, and the shadow operations through the
+//! shadow service (also for devices on the data plane).
 
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -175,19 +176,42 @@ async fn follow_changes(
     }
 }
 
-/// `iot-data` (signing name `iotdata`): Publish.
+/// `iot-data` (signing name `iotdata`): Publish, and the device shadow operations.
 pub struct IotData {
     pub endpoint: DeviceEndpoint,
+    pub shadows: lichen_fleet_shadow::ShadowService,
 }
 
 impl ServiceHandler for IotData {
     fn handle(&self, call: Call) -> Pin<Box<dyn Future<Output = Response> + Send + '_>> {
         Box::pin(async move {
+            if let Some(r) = self.shadows.handle_rest(&call).await {
+                return r;
+            }
             match self.publish(&call).await {
                 Ok(r) => r,
                 Err(e) => e.into_response(),
             }
         })
+    }
+
+    fn handle_device(
+        &self,
+        certificate_id: &str,
+        call: Call,
+    ) -> Option<Pin<Box<dyn Future<Output = Response> + Send + '_>>> {
+        let certificate_id = certificate_id.to_string();
+        Some(Box::pin(async move {
+            match self
+                .shadows
+                .handle_device_rest(&certificate_id, &call)
+                .await
+            {
+                Some(r) => r,
+                None => ApiError::unknown_operation(call.method.as_str(), &call.path, "iotdata")
+                    .into_response(),
+            }
+        }))
     }
 }
 

@@ -3,12 +3,13 @@
 //! one-second bake check feed the deployments' per-device state.
 
 use lichen_fleet_api::greengrass::{
-    DeploymentJob, DeploymentJobs, DeploymentShadow, Deployments, ExecutionUpdate, JOB_NAMESPACE,
-    service::BoxFuture,
+    DEPLOYMENT_SHADOW, DeploymentJob, DeploymentJobs, DeploymentShadow, Deployments,
+    ExecutionUpdate, JOB_NAMESPACE, service::BoxFuture,
 };
 use lichen_fleet_jobs::{CreateJob, JobEvent, JobsService, TargetSelection};
 use lichen_fleet_mqtt::DeviceEndpoint;
 use lichen_fleet_registry::Registry;
+use lichen_fleet_shadow::{ShadowChange, ShadowEvent, ShadowService};
 use std::sync::Arc;
 
 /// The fleet status topic cores publish to.
@@ -57,22 +58,27 @@ impl DeploymentJobs for Jobs {
     }
 }
 
-/// Until the fleet's shadow service is linked in, single-thing deployments are refused with a
-/// clear reason (thing-group deployments work).
-struct NoShadow;
+/// The deployment shadow on the fleet's shadow service.
+struct Shadow(ShadowService);
 
-impl DeploymentShadow for NoShadow {
+impl DeploymentShadow for Shadow {
     fn write_desired(
         &self,
         thing: &str,
-        _desired: serde_json::Value,
+        desired: serde_json::Value,
     ) -> BoxFuture<'_, Result<(), String>> {
         let thing = thing.to_string();
         Box::pin(async move {
-            Err(format!(
-                "deploying to thing {thing} needs the fleet's shadow service, which this fleet \
-                 build lacks; deploy to a thing group that contains it instead"
-            ))
+            self.0
+                .update(
+                    &thing,
+                    Some(DEPLOYMENT_SHADOW),
+                    serde_json::json!({"state": {"desired": desired}}),
+                    None,
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         })
     }
 }
@@ -82,8 +88,37 @@ pub fn start(
     registry: Arc<Registry>,
     devices: &DeviceEndpoint,
     jobs: JobsService,
+    shadows: ShadowService,
 ) -> anyhow::Result<Arc<Deployments>> {
-    let deployments = Deployments::new(registry, Arc::new(Jobs(jobs.clone())), Arc::new(NoShadow));
+    let deployments = Deployments::new(
+        registry,
+        Arc::new(Jobs(jobs.clone())),
+        Arc::new(Shadow(shadows.clone())),
+    );
+
+    // A core reports a thing deployment's status on its deployment shadow.
+    let mut shadow_events = shadows.subscribe();
+    let d = deployments.clone();
+    tokio::spawn(async move {
+        loop {
+            match shadow_events.recv().await {
+                Ok(ShadowEvent {
+                    thing,
+                    shadow: Some(name),
+                    change: ShadowChange::Updated { documents },
+                }) if name == DEPLOYMENT_SHADOW => {
+                    if let Some(reported) = documents.pointer("/current/state/reported") {
+                        d.on_shadow_reported(&thing, reported).await;
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!("deployments missed {n} shadow events");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
 
     let mut status = devices.serve_topics(FLEET_STATUS)?;
     let d = deployments.clone();

@@ -131,17 +131,27 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     .context("configuring the data plane's TLS")?;
     super::provisioning::start(&devices, registry.clone(), ca.clone())
         .context("serving fleet provisioning")?;
+    let shadows = lichen_fleet_shadow::ShadowService::new(
+        registry.clone(),
+        Some(devices.clone()),
+        lichen_fleet_shadow::Limits::default(),
+    );
+    shadows
+        .serve_mqtt()
+        .context("serving the device shadow topics")?;
     let jobs = lichen_fleet_jobs::JobsService::new(registry.clone());
     jobs.serve_mqtt(&devices)
         .context("serving the jobs topics")?;
     jobs.start();
-    let deployments = super::greengrass::start(registry.clone(), &devices, jobs.clone())
-        .context("starting the deployments service")?;
+    let deployments =
+        super::greengrass::start(registry.clone(), &devices, jobs.clone(), shadows.clone())
+            .context("starting the deployments service")?;
     let mut services: HashMap<String, Arc<dyn ServiceHandler>> = HashMap::new();
     services.insert(
         "iotdata".into(),
         Arc::new(super::devices::IotData {
             endpoint: devices.clone(),
+            shadows: shadows.clone(),
         }),
     );
     let state = Arc::new(ApiState {
