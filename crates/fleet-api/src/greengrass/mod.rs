@@ -76,3 +76,5 @@ pub(crate) fn json_status(status: StatusCode, v: serde_json::Value) -> Response 
     )
         .into_response()
 }
+#[cfg(test)]
+mod service_tests;
