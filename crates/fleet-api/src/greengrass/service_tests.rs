@@ -91,7 +91,10 @@ async fn groups_get_jobs_things_get_the_shadow_and_a_new_revision_stops_the_old_
                 .ends_with("thinggroup/G:2")
         );
     }
-    assert_eq!(*fake.cancelled.lock().unwrap(), [first.id.clone()]);
+    assert_eq!(
+        *fake.cancelled.lock().unwrap(),
+        std::slice::from_ref(&first.id)
+    );
     d.cancel("admin", &second.id).await.unwrap();
     assert_eq!(fake.cancelled.lock().unwrap().len(), 2);
 
@@ -217,13 +220,11 @@ async fn an_aborted_rollout_fails_and_the_target_goes_back_to_the_previous_revis
     assert_eq!(r.get_deployment(&bad.id).unwrap().status, "FAILED");
     assert_eq!(rollback.revision, 3);
     assert_eq!(rollback.rollback_of.as_deref(), Some(bad.id.as_str()));
-    let jobs = fake.jobs.lock().unwrap();
-    let last = jobs.last().unwrap();
+    let last = fake.jobs.lock().unwrap().last().unwrap().clone();
     assert_eq!(last.job_id, rollback.id);
     assert_eq!(last.document["components"]["A"]["version"], "1.0.0");
     assert!(last.abort.is_none() && last.rollout.is_none());
     assert_ne!(good.id, rollback.id);
     // A job that is not a deployment's is ignored.
-    drop(jobs);
     assert!(d.on_job_aborted("other-job").await.unwrap().is_none());
 }
