@@ -140,6 +140,12 @@ class SimulatedCore:
             pass
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def fleet_store(request):
+    """Every test here runs on both registry stores (see conftest.py)."""
+    return request.param
+
+
 @pytest.fixture
 def gg(fleet):
     return fleet.client("greengrassv2")
@@ -527,3 +533,29 @@ def test_single_thing_deployment_goes_through_the_deployment_shadow(fleet, iot, 
     sub.result(TIMEOUT)
     core.conn.publish(topic=f"{shadow}/get", payload="{}", qos=mqtt.QoS.AT_LEAST_ONCE)[0].result(TIMEOUT)
     assert after.result(TIMEOUT)["state"]["desired"]["desiredStatus"] == "CANCELED"
+
+
+def test_a_thing_added_later_gets_the_deployment_and_a_fleet_kill_loses_no_status(fleet, iot, gg, cores):
+    first, late = cores(2)
+    name, arn = group(iot, first.name)
+    created = deploy(gg, arn, {"com.example.Hello": "1.0.0"})
+    first.update(first.next_job()["jobId"], "SUCCEEDED")
+    wait_until(
+        lambda: [e["coreDeviceExecutionStatus"] for e in gg.list_effective_deployments(coreDeviceThingName=first.name)["effectiveDeployments"]]
+        == ["SUCCEEDED"],
+        "SUCCEEDED",
+    )
+    assert late.next_job() is None
+    iot.add_thing_to_thing_group(thingGroupName=name, thingName=late.name)
+    job = wait_until(late.next_job, "the late member's execution")
+    assert job["jobId"] == created["iotJobId"]
+
+    fleet.kill9()
+    for c in (first, late):
+        c.stop()
+    fleet.start()
+    gg = fleet.client("greengrassv2")
+    d = gg.get_deployment(deploymentId=created["deploymentId"])
+    assert (d["deploymentStatus"], d["revisionId"]) == ("ACTIVE", "1")
+    effs = gg.list_effective_deployments(coreDeviceThingName=first.name)["effectiveDeployments"]
+    assert [(e["deploymentId"], e["coreDeviceExecutionStatus"]) for e in effs] == [(created["deploymentId"], "SUCCEEDED")]
