@@ -98,6 +98,33 @@ pub(crate) fn authorize(state: &ApiState, call: &Call, t: &TemporaryCredentials)
     }
 }
 
+/// Allows `action` on `resource` (for requests [`action_of`] does not name, such as S3's) only
+/// if the role's permissions policy allows it.
+pub(crate) fn authorize_action(
+    state: &ApiState,
+    action: &str,
+    resource: &str,
+    t: &TemporaryCredentials,
+) -> ApiResult<()> {
+    let denied = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "AccessDeniedException",
+            format!(
+                "the role {} is not authorized to perform: {action} on resource: {resource}",
+                t.role_arn
+            ),
+        )
+    };
+    let Some(document) = state.registry.role_policy(&t.role_arn)? else {
+        return Err(denied());
+    };
+    match Policy::parse(&t.role_arn, &document) {
+        Ok(p) if evaluate([&p], action, resource, &Context::default()).is_allowed() => Ok(()),
+        _ => Err(denied()),
+    }
+}
+
 /// `arn:aws:iam::<account>:role/<path>/<name>` → `<name>`.
 fn role_name(role_arn: &str) -> &str {
     role_arn.rsplit('/').next().unwrap_or(role_arn)

@@ -4,7 +4,8 @@
 //! serves it: the certificate is the credential.
 //!
 //! Served: the credentials provider, `GET /role-aliases/<alias>/credentials`
-//! ([`crate::credentials::mint`]).
+//! ([`crate::credentials::mint`]), and the Greengrass routes under `/greengrass/v2/`
+//! (`crate::dataplane_greengrass`).
 
 use crate::ApiState;
 use axum::Router;
@@ -208,6 +209,26 @@ async fn handle(
             id,
             thing,
             !rest.is_empty(),
+        )
+        .await;
+    }
+    if crate::dataplane_greengrass::is_greengrass(req.uri().path()) {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        let Ok(body) = axum::body::to_bytes(req.into_body(), 1 << 20).await else {
+            return message(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is over 1 MiB",
+            );
+        };
+        return crate::dataplane_greengrass::handle(
+            &state,
+            peer.certificate_id,
+            method,
+            path,
+            query,
+            body,
         )
         .await;
     }

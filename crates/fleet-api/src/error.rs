@@ -119,6 +119,7 @@ impl From<VerifyError> for ApiError {
             VerifyError::SignatureMismatch => {
                 Self::new(StatusCode::FORBIDDEN, "InvalidSignatureException", message)
             }
+            VerifyError::Expired(_) => Self::new(StatusCode::FORBIDDEN, "AccessDenied", message),
             VerifyError::Skewed { .. } => Self::new(
                 StatusCode::FORBIDDEN,
                 "InvalidSignatureException",

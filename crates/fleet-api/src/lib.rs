@@ -4,21 +4,31 @@
 //! Every request is verified first ([`lichen_sigv4::verify`] against the registry's access
 //! keys, 15 minutes of clock skew at most), then routed on the signing name of its credential
 //! scope (`iot`, `iotdata`, `greengrass`, …) and its path: paths that two services share are told
-//! apart by that name. `iot` is served here ([`iot`]); other services plug in as
-//! [`ServiceHandler`]s.
+//! apart by that name. `iot` is served here ([`iot`]), `greengrass` (component operations) in
+//! `greengrass`, and `s3` ([`s3`]: the object store for artifacts, whose bodies stream past the
+//! 1 MiB buffer the other services use); other services plug in as [`ServiceHandler`]s. The
+//! mutual-TLS data plane ([`dataplane`]) serves the credentials provider and the Greengrass
+//! device routes (resolveComponentCandidates, artifact URLs, a core's thing groups).
 //!
 //! Architecture invariant: no handler runs for a request whose signature did not verify.
 //! Architecture invariant: every mutation goes through the registry, which audits it in the
 //! same transaction and announces it on [`Registry::subscribe`] after commit.
+//! Architecture invariant: an object exists only once its data is fsynced and its metadata
+//! file atomically replaced; a body whose declared SHA-256 or CRC32 does not match is never
+//! committed; a component version's `s3://` artifacts match its recipe's digests.
 
 mod authz;
 mod call;
+pub mod client;
 pub mod credentials;
 pub mod dataplane;
 mod dataplane_deployments;
+mod dataplane_greengrass;
 mod error;
 pub mod greengrass;
 mod iot;
+pub mod s3;
+pub mod signing;
 
 pub use call::Call;
 pub use error::{ApiError, ApiResult};
@@ -75,6 +85,8 @@ pub struct ApiState {
     pub deployments: Option<Arc<greengrass::Deployments>>,
     /// The jobs service behind the iot jobs operations (none: they answer unknown operation).
     pub jobs: Option<lichen_fleet_jobs::JobsService>,
+    /// The object store served as S3 (signing name `s3`) and holding component artifacts.
+    pub objects: Option<Arc<s3::ObjectStore>>,
 }
 
 /// The router: one fallback that authenticates and dispatches.
@@ -94,6 +106,10 @@ pub async fn serve(
 }
 
 async fn handle(State(state): State<Arc<ApiState>>, req: Request) -> Response {
+    // S3 bodies stream to the object store; they never pass through the 1 MiB buffer below.
+    if s3::is_s3(&req) {
+        return s3::handle(&state, req).await;
+    }
     let request_id = uuid::Uuid::new_v4().to_string();
     let mut resp = match authenticate_and_dispatch(&state, req).await {
         Ok(r) => r,

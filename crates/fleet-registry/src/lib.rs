@@ -48,6 +48,7 @@
 
 mod audit;
 mod certs;
+mod components;
 mod core_devices;
 mod credentials;
 mod db;
@@ -66,6 +67,7 @@ pub use audit::AuditEntry;
 pub use certs::{
     Certificate, CertificateStatus, NewCertificate, PrincipalAuthorization, RoleAlias,
 };
+pub use components::ComponentVersion;
 pub use core_devices::{CoreDevice, FleetStatusReport, InstalledComponent, ReportedComponent};
 pub use credentials::TemporaryCredentials;
 pub use deployments::{CreatedDeployment, Deployment, EffectiveDeployment, NewDeployment};

@@ -112,6 +112,13 @@ CREATE TABLE shadows (
     thing_name TEXT NOT NULL, shadow_name TEXT NOT NULL, document TEXT, version BIGINT NOT NULL,
     updated_at BIGINT NOT NULL, PRIMARY KEY (thing_name, shadow_name));
 "#,
+    r#"
+CREATE TABLE component_versions (
+    name TEXT NOT NULL, version TEXT NOT NULL, recipe TEXT NOT NULL, recipe_format TEXT NOT NULL,
+    description TEXT, publisher TEXT, platforms TEXT NOT NULL, status TEXT NOT NULL,
+    message TEXT NOT NULL, signature TEXT, tags TEXT NOT NULL, client_token TEXT,
+    created_at BIGINT NOT NULL, PRIMARY KEY (name, version));
+"#,
 ];
 
 pub(crate) fn apply(tx: &Transaction<'_>) -> crate::Result<()> {

@@ -1,12 +1,17 @@
-//! AWS Signature Version 4 (header form): [`sign`] for outgoing requests and [`verify`] for
-//! incoming ones.
+//! AWS Signature Version 4: [`sign`] for outgoing requests and [`verify`] for incoming ones
+//! (header form; S3's canonical form for the `s3` signing name), [`presign`] and
+//! [`verify_presigned`] for query-string (presigned URL) requests.
 //!
 //! Pure: no I/O, no clock of its own (the verifier takes `now`), so the same code serves the
 //! core's exporters and the fleet's control plane.
 
+mod presign;
 mod sign;
 mod verify;
 
+pub use presign::{
+    MAX_PRESIGN_EXPIRY_SECONDS, PresignInput, is_presigned, presign, verify_presigned,
+};
 pub use sign::{Credentials, SignInput, amz_date_now, sign, uri_encode};
 pub use verify::{MAX_CLOCK_SKEW, Request, Verified, VerifyError, verify};
 

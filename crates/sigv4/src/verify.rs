@@ -56,6 +56,8 @@ pub enum VerifyError {
          time {now}; correct the client's clock"
     )]
     Skewed { request: String, now: String },
+    #[error("the presigned URL expired at {0}; ask for a new one")]
+    Expired(String),
 }
 
 /// Checks `req`'s SigV4 header signature. `secret_for` maps an access key id to its secret
@@ -111,14 +113,32 @@ pub fn verify(
             .join(",");
         canonical_headers.push_str(&format!("{name}:{joined}\n"));
     }
+    // S3 signs the path as sent (no normalization, no second encoding) and the payload hash
+    // the client declared in x-amz-content-sha256 (which may be UNSIGNED-PAYLOAD or a streaming
+    // marker; the caller checks a hex one against the body it receives).
+    let s3 = parsed.service == "s3";
+    let declared;
+    let payload_sha256 = if s3 {
+        declared = header_values(req.headers, "x-amz-content-sha256")
+            .first()
+            .map(|v| v.trim().to_string())
+            .ok_or_else(|| malformed("an s3 request needs an x-amz-content-sha256 header"))?;
+        declared.as_str()
+    } else {
+        req.payload_sha256
+    };
     let canonical_request = format!(
         "{}\n{}\n{}\n{}\n{}\n{}",
         req.method.to_ascii_uppercase(),
-        canonical_uri(req.path),
+        if s3 {
+            s3_canonical_uri(req.path)
+        } else {
+            canonical_uri(req.path)
+        },
         canonical_query(req.query),
         canonical_headers,
         parsed.signed_headers.join(";"),
-        req.payload_sha256,
+        payload_sha256,
     );
     let scope = format!(
         "{}/{}/{}/aws4_request",
@@ -214,19 +234,19 @@ fn parse_authorization(value: &str) -> Result<Authorization, VerifyError> {
     })
 }
 
-fn parse_amz_date(s: &str) -> Result<OffsetDateTime, VerifyError> {
+pub(crate) fn parse_amz_date(s: &str) -> Result<OffsetDateTime, VerifyError> {
     let format = format_description!("[year][month][day]T[hour][minute][second]Z");
     PrimitiveDateTime::parse(s, format)
         .map(PrimitiveDateTime::assume_utc)
         .map_err(|_| malformed(&format!("X-Amz-Date {s:?} is not YYYYMMDDTHHMMSSZ")))
 }
 
-fn format_amz_date(t: OffsetDateTime) -> String {
+pub(crate) fn format_amz_date(t: OffsetDateTime) -> String {
     let format = format_description!("[year][month][day]T[hour][minute][second]Z");
     t.format(format).unwrap_or_default()
 }
 
-fn header_values<'h>(headers: &'h [(String, String)], name: &str) -> Vec<&'h str> {
+pub(crate) fn header_values<'h>(headers: &'h [(String, String)], name: &str) -> Vec<&'h str> {
     headers
         .iter()
         .filter(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -234,13 +254,22 @@ fn header_values<'h>(headers: &'h [(String, String)], name: &str) -> Vec<&'h str
         .collect()
 }
 
-fn collapse_spaces(v: &str) -> String {
+pub(crate) fn collapse_spaces(v: &str) -> String {
     v.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// S3's canonical URI: the path exactly as sent (`/` when empty).
+pub(crate) fn s3_canonical_uri(path: &str) -> String {
+    if path.is_empty() {
+        "/".into()
+    } else {
+        path.into()
+    }
 }
 
 /// The path with dot and empty segments removed, URI-encoded again (botocore's
 /// `normalize_url_path` then `quote(safe='/~')`).
-fn canonical_uri(path: &str) -> String {
+pub(crate) fn canonical_uri(path: &str) -> String {
     if path.is_empty() {
         return "/".into();
     }
@@ -262,7 +291,7 @@ fn canonical_uri(path: &str) -> String {
     uri_encode(&normalized, true)
 }
 
-fn canonical_query(query: &str) -> String {
+pub(crate) fn canonical_query(query: &str) -> String {
     let mut pairs: Vec<(String, String)> = query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -283,7 +312,7 @@ fn canonical_query(query: &str) -> String {
 }
 
 /// Decodes `%XX`; anything else (including a stray `%`) is kept as it is.
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -3,7 +3,7 @@
 
 use super::document::validation;
 use super::service::blocking;
-use super::{json_status, not_found, page};
+use super::{json_status, missing as not_found, page};
 use crate::ApiState;
 use crate::call::{Call, seconds};
 use crate::error::{ApiError, ApiResult};

@@ -4,7 +4,7 @@
 
 use super::document::{self, validation};
 use super::service::{CreateRequest, blocking};
-use super::{json_status, not_found, page, service};
+use super::{json_status, missing as not_found, page, service};
 use crate::ApiState;
 use crate::call::{Call, seconds, str_field};
 use crate::error::{ApiError, ApiResult};

@@ -1,5 +1,6 @@
 //! `lichen fleet`: the self-hosted cloud side (registry, certificates, control-plane API).
 
+mod component;
 mod deployment;
 mod devices;
 mod enroll;
@@ -32,6 +33,10 @@ pub enum FleetCommand {
     /// Greengrass deployments through the running fleet: create, preview, status, cancel, list.
     #[command(subcommand)]
     Deployment(deployment::DeploymentCommand),
+    /// Greengrass components in the fleet's registry: publish a recipe folder with its
+    /// artifacts, list, describe, delete; keygen makes a signing key.
+    #[command(subcommand)]
+    Component(component::ComponentCommand),
 }
 
 #[derive(Args)]
@@ -60,6 +65,7 @@ pub fn run(c: FleetCommand) -> anyhow::Result<ExitCode> {
         FleetCommand::Audit(a) => audit(a),
         FleetCommand::Role(c) => role::run(c),
         FleetCommand::Deployment(c) => deployment::run(c),
+        FleetCommand::Component(c) => component::run(c),
     }
 }
 

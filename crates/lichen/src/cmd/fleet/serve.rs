@@ -26,7 +26,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "0.0.0.0:8883")]
     pub mqtt: SocketAddr,
     /// Device HTTPS listener with mutual TLS (the credentials provider,
-    /// `GET /role-aliases/<alias>/credentials`; port 0 picks a free port).
+    /// `GET /role-aliases/<alias>/credentials`, and the Greengrass data plane under
+    /// `/greengrass/v2/`; port 0 picks a free port).
     #[arg(long, default_value = "0.0.0.0:8443")]
     pub data_plane: SocketAddr,
     /// A name (DNS or IP) for the server certificate besides localhost/127.0.0.1 (repeatable);
@@ -41,6 +42,13 @@ pub struct ServeArgs {
     /// copy `<root>/ca`).
     #[arg(long, env = "LICHEN_FLEET_DATABASE", value_name = "URL")]
     pub database: Option<String>,
+    /// Keep component artifacts in an external S3-compatible store (MinIO, …):
+    /// `s3://BUCKET[/PREFIX]?endpoint=http://HOST:PORT[&region=REGION]`, with its credentials in
+    /// LICHEN_OBJECT_STORE_ACCESS_KEY_ID / LICHEN_OBJECT_STORE_SECRET_ACCESS_KEY. Recipes name
+    /// its objects; devices get URLs presigned for it. Without it the fleet serves an S3 API
+    /// on the control-plane listener, kept in `<root>/objects`.
+    #[arg(long, env = "LICHEN_FLEET_OBJECT_STORE", value_name = "URL")]
+    pub object_store: Option<String>,
 }
 
 /// `<root>/endpoints.json`: where each listener is (the credentials provider is served on the
@@ -154,7 +162,51 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             shadows: shadows.clone(),
         }),
     );
+    let objects = {
+        let dir = root.join("objects");
+        let local = lichen_fleet_api::s3::LocalStore::open(&dir)
+            .with_context(|| format!("opening the object store {}", dir.display()))?;
+        // Presigned artifact URLs are signed with a key of their own, kept only in the registry.
+        let (akid, secret) = registry
+            .ensure_access_key("presign", generate_access_key)
+            .context("recording the object store's presigning key")?;
+        let remote = match &a.object_store {
+            None => None,
+            Some(url) => {
+                let var = |name: &str| {
+                    std::env::var(name).with_context(|| {
+                        format!("--object-store needs the store's credentials in {name}")
+                    })
+                };
+                let creds = lichen_fleet_api::s3::Credentials {
+                    access_key_id: var("LICHEN_OBJECT_STORE_ACCESS_KEY_ID")?,
+                    secret_access_key: var("LICHEN_OBJECT_STORE_SECRET_ACCESS_KEY")?,
+                    session_token: None,
+                };
+                Some(
+                    lichen_fleet_api::s3::remote::RemoteStore::parse(url, creds)
+                        .map_err(anyhow::Error::msg)?,
+                )
+            }
+        };
+        Arc::new(lichen_fleet_api::s3::ObjectStore {
+            local,
+            remote,
+            // Devices fetch presigned URLs from here: the advertised name when there is one.
+            endpoint: match a.hostnames.first() {
+                Some(h) => format!("http://{h}:{}", bound.port()),
+                None => format!("http://{}", reachable(bound)),
+            },
+            region: a.region.clone(),
+            presign: lichen_fleet_api::s3::Credentials {
+                access_key_id: akid,
+                secret_access_key: secret,
+                session_token: None,
+            },
+        })
+    };
     let state = Arc::new(ApiState {
+        objects: Some(objects),
         registry,
         ca,
         endpoints: EndpointHosts {
