@@ -38,7 +38,7 @@ def main():
         os.environ["LICHEN_BIN"] = a.bin
     from awscrt import mqtt
     from conftest import Fleet
-    from test_deployments import NS, SimulatedCore
+    from test_deployments import NS, SimulatedCore, publish
 
     tmp = Path(tempfile.mkdtemp(prefix="lichen-deploy-bench-"))
     fleet = Fleet(tmp / "root").start()
@@ -75,6 +75,7 @@ def main():
         t.start()
         times = []
         for i in range(a.runs):
+            publish(gg, "com.example.Bench", f"1.0.{i}")
             start = time.monotonic()
             d = gg.create_deployment(targetArn=arn, components={"com.example.Bench": {"componentVersion": f"1.0.{i}"}})
             while True:

@@ -146,9 +146,32 @@ def fleet_store(request):
     return request.param
 
 
+RECIPE = """RecipeFormatVersion: '2020-01-25'
+ComponentName: {name}
+ComponentVersion: '{version}'
+Manifests:
+  - Platform:
+      os: linux
+    Lifecycle:
+      run: echo {name} {version}
+"""
+
+PUBLISHED = [
+    ("com.example.Hello", v) for v in ("1.0.0", "1.1.0", "2.0.0")
+] + [("com.example.Shared", "1.0.0")]
+
+
+def publish(gg, name, version):
+    gg.create_component_version(inlineRecipe=RECIPE.format(name=name, version=version).encode())
+
+
 @pytest.fixture
 def gg(fleet):
-    return fleet.client("greengrassv2")
+    """The greengrassv2 client, with the component versions the tests deploy published."""
+    client = fleet.client("greengrassv2")
+    for name, version in PUBLISHED:
+        publish(client, name, version)
+    return client
 
 
 @pytest.fixture
@@ -559,3 +582,15 @@ def test_a_thing_added_later_gets_the_deployment_and_a_fleet_kill_loses_no_statu
     assert (d["deploymentStatus"], d["revisionId"]) == ("ACTIVE", "1")
     effs = gg.list_effective_deployments(coreDeviceThingName=first.name)["effectiveDeployments"]
     assert [(e["deploymentId"], e["coreDeviceExecutionStatus"]) for e in effs] == [(created["deploymentId"], "SUCCEEDED")]
+
+
+def test_unpublished_component_versions_are_refused_but_public_ones_pass(fleet, iot, gg, cores):
+    (core,) = cores(1)
+    _, arn = group(iot, core.name)
+    with pytest.raises(ClientError) as e:
+        deploy(gg, arn, {"com.example.Hello": "9.9.9"})
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    assert "com.example.Hello@9.9.9" in e.value.response["Error"]["Message"]
+    assert gg.list_deployments(targetArn=arn)["deployments"] == []
+    # AWS's public components are resolved by cores from their own sources.
+    deploy(gg, arn, {"aws.greengrass.Cli": "2.14.0", "com.example.Hello": "1.0.0"})

@@ -85,6 +85,7 @@ async fn create(state: &Arc<ApiState>, call: &Call) -> ApiResult<Response> {
         let p = super::preview::preview(state, &target, Some(&spec)).await?;
         return Ok(json_status(StatusCode::OK, p));
     }
+    check_published(state, &spec).await?;
     let svc = service(state)?;
     let d = svc
         .create(
@@ -286,5 +287,46 @@ async fn devices(state: &Arc<ApiState>, id: &str) -> ApiResult<Response> {
             "targets": targets,
             "devices": devices,
         }),
+    ))
+}
+
+/// Every deployed component version must be in the fleet's component registry, except AWS's
+/// public components (`aws.greengrass.*`), which cores resolve from their own sources.
+async fn check_published(state: &Arc<ApiState>, spec: &Value) -> ApiResult<()> {
+    let wanted: Vec<(String, String)> = spec["components"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(name, _)| !name.starts_with("aws.greengrass."))
+        .map(|(n, c)| {
+            let v = c["componentVersion"].as_str().unwrap_or_default();
+            (n.clone(), v.to_string())
+        })
+        .collect();
+    let registry = state.registry.clone();
+    let missing = blocking(move || {
+        let mut missing = Vec::new();
+        for (n, v) in wanted {
+            match registry.component_version(&n, &v) {
+                Ok(_) => {}
+                Err(lichen_fleet_registry::RegistryError::NotFound { .. }) => {
+                    missing.push(format!("{n}@{v}"))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(missing)
+    })
+    .await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(super::validation(
+        "FIELD_VALIDATION_FAILED",
+        format!(
+            "components: {} not in the component registry; publish each version first \
+             (CreateComponentVersion, or lichen fleet component publish)",
+            missing.join(", ")
+        ),
     ))
 }
