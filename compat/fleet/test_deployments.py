@@ -594,3 +594,34 @@ def test_unpublished_component_versions_are_refused_but_public_ones_pass(fleet, 
     assert gg.list_deployments(targetArn=arn)["deployments"] == []
     # AWS's public components are resolved by cores from their own sources.
     deploy(gg, arn, {"aws.greengrass.Cli": "2.14.0", "com.example.Hello": "1.0.0"})
+
+
+def test_preview_follows_recipe_dependencies_in_the_component_registry(fleet, iot, gg, cores):
+    (core,) = cores(1)
+    _, arn1 = group(iot, core.name)
+    _, arn2 = group(iot, core.name)
+    for v in ("1.0.0", "1.2.0", "2.1.0"):
+        publish(gg, "com.example.Lib", v)
+    app = """RecipeFormatVersion: '2020-01-25'
+ComponentName: com.example.App
+ComponentVersion: '1.0.0'
+ComponentDependencies:
+  com.example.Lib:
+    VersionRequirement: ^1.0.0
+  com.example.Shared:
+    VersionRequirement: '>=2.0.0'
+Manifests:
+  - Platform:
+      os: linux
+    Lifecycle:
+      run: echo app
+"""
+    gg.create_component_version(inlineRecipe=app.encode())
+    deploy(gg, arn1, {"com.example.Shared": "1.0.0"})
+    p = signed_post(fleet, "/greengrass/v2/deployments/preview", {"targetArn": arn2, "components": {"com.example.App": {"componentVersion": "1.0.0"}}})
+    (dev,) = p["devices"]
+    got = {c["componentName"]: (c["componentVersion"], c["isRoot"]) for c in dev["components"]}
+    assert got == {"com.example.App": ("1.0.0", True), "com.example.Lib": ("1.2.0", False)}, dev
+    (conflict,) = dev["conflicts"]
+    assert conflict["componentName"] == "com.example.Shared"
+    assert conflict["requirements"] == {arn1: "=1.0.0", "com.example.App@1.0.0": ">=2.0.0"}

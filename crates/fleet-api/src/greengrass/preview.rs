@@ -4,9 +4,9 @@
 //! deployment, with the proposed one in place of the target's — and the components whose
 //! requirements no single version satisfies. Nothing is recorded or sent.
 //!
-//! Requirements are the deployments' exact versions, checked with the recipe crate's ranges;
-//! dependencies declared in recipes are not followed (the component registry's recipes are not
-//! read here).
+//! Requirements are the deployments' exact versions and the dependency ranges in the resolved
+//! versions' recipes (from the component registry), checked with the recipe crate's ranges; a
+//! dependency resolves to the newest published version that satisfies all its requirements.
 
 use super::service::blocking;
 use crate::ApiState;
@@ -25,9 +25,9 @@ pub struct Requirement {
     pub range: String,
 }
 
-/// The outcome for one component on one device: the version that satisfies every
-/// requirement, or None (a conflict).
-pub fn resolve(reqs: &[Requirement]) -> Option<Version> {
+/// The outcome for one component on one device: the newest version among `published` (and the
+/// versions the requirements name) that satisfies every requirement, or None (a conflict).
+pub fn resolve(reqs: &[Requirement], published: &[Version]) -> Option<Version> {
     let parsed: Vec<VersionRequirement> = reqs
         .iter()
         .filter_map(|r| VersionRequirement::parse(&r.range).ok())
@@ -35,6 +35,7 @@ pub fn resolve(reqs: &[Requirement]) -> Option<Version> {
     let mut candidates: Vec<Version> = reqs
         .iter()
         .filter_map(|r| Version::parse(r.range.trim_start_matches('=')).ok())
+        .chain(published.iter().cloned())
         .collect();
     candidates.sort();
     candidates.dedup();
@@ -42,6 +43,38 @@ pub fn resolve(reqs: &[Requirement]) -> Option<Version> {
         .into_iter()
         .rev()
         .find(|v| parsed.iter().all(|p| p.matches(v)))
+}
+
+/// A published version and its recipe's dependencies (name, range).
+type Published = (Version, Vec<(String, String)>);
+
+/// The published versions of a component and, per version, its recipe's dependencies
+/// (name → range), from the component registry.
+fn published(
+    registry: &lichen_fleet_registry::Registry,
+    name: &str,
+) -> lichen_fleet_registry::Result<Vec<Published>> {
+    let mut out = Vec::new();
+    for c in registry.component_versions(name)? {
+        let Ok(version) = Version::parse(&c.version) else {
+            continue;
+        };
+        let format = if c.recipe_format == "JSON" {
+            lichen_recipe::Format::Json
+        } else {
+            lichen_recipe::Format::Yaml
+        };
+        let deps = lichen_recipe::parse_str(&c.recipe, format, &format!("{name}@{}", c.version))
+            .map(|r| {
+                r.dependencies
+                    .into_iter()
+                    .map(|(d, dep)| (d, dep.requirement.as_str().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push((version, deps));
+    }
+    Ok(out)
 }
 
 /// Builds the preview (see the module doc). `proposed` is a validated spec for `target_arn`
@@ -99,6 +132,41 @@ pub async fn preview(
                         });
                 }
             }
+            // Roots, then the dependencies their resolved versions' recipes declare, until
+            // the resolution stops changing.
+            let roots = reqs.clone();
+            let mut cache: BTreeMap<String, Vec<Published>> = BTreeMap::new();
+            let mut resolved: BTreeMap<String, Option<Version>> = BTreeMap::new();
+            for _ in 0..10 {
+                let mut next: BTreeMap<String, Option<Version>> = BTreeMap::new();
+                for (component, rs) in &reqs {
+                    if !cache.contains_key(component) {
+                        cache.insert(component.clone(), published(&registry, component)?);
+                    }
+                    let versions: Vec<Version> =
+                        cache[component].iter().map(|(v, _)| v.clone()).collect();
+                    next.insert(component.clone(), resolve(rs, &versions));
+                }
+                if next == resolved {
+                    break;
+                }
+                resolved = next;
+                reqs = roots.clone();
+                for (component, version) in &resolved {
+                    let Some(version) = version else { continue };
+                    let deps = cache[component]
+                        .iter()
+                        .find(|(v, _)| v == version)
+                        .map(|(_, d)| d.clone())
+                        .unwrap_or_default();
+                    for (dep, range) in deps {
+                        reqs.entry(dep).or_default().push(Requirement {
+                            target_arn: format!("{component}@{version}"),
+                            range,
+                        });
+                    }
+                }
+            }
             let mut components = Vec::new();
             let mut conflicts = Vec::new();
             for (component, rs) in &reqs {
@@ -106,10 +174,11 @@ pub async fn preview(
                     .iter()
                     .map(|r| (r.target_arn.clone(), json!(r.range)))
                     .collect();
-                match resolve(rs) {
+                match resolved.get(component).cloned().flatten() {
                     Some(v) => components.push(json!({
                         "componentName": component,
                         "componentVersion": v.to_string(),
+                        "isRoot": roots.contains_key(component),
                         "requiredBy": by,
                     })),
                     None => conflicts.push(json!({
@@ -149,18 +218,18 @@ mod tests {
 
     #[test]
     fn equal_requirements_resolve_and_different_ones_conflict() {
-        assert_eq!(
-            resolve(&[r("a", "=1.0.0"), r("b", "=1.0.0")])
-                .unwrap()
-                .to_string(),
-            "1.0.0"
-        );
-        assert!(resolve(&[r("a", "=1.0.0"), r("b", "=2.0.0")]).is_none());
-        assert_eq!(
-            resolve(&[r("a", "=1.2.0"), r("b", "^1.0.0")])
-                .unwrap()
-                .to_string(),
-            "1.2.0"
-        );
+        let published: Vec<Version> = ["1.0.0", "1.5.0", "2.0.0"]
+            .iter()
+            .map(|v| Version::parse(v).unwrap())
+            .collect();
+        let one = resolve(&[r("a", "=1.0.0"), r("b", "=1.0.0")], &[]);
+        assert_eq!(one.unwrap().to_string(), "1.0.0");
+        assert!(resolve(&[r("a", "=1.0.0"), r("b", "=2.0.0")], &published).is_none());
+        let caret = resolve(&[r("a", "=1.2.0"), r("b", "^1.0.0")], &[]);
+        assert_eq!(caret.unwrap().to_string(), "1.2.0");
+        // A dependency range picks the newest published version inside it.
+        let dep = resolve(&[r("x@1.0.0", "^1.0.0")], &published);
+        assert_eq!(dep.unwrap().to_string(), "1.5.0");
+        assert!(resolve(&[r("x@1.0.0", ">=3.0.0")], &published).is_none());
     }
 }
