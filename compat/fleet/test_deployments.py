@@ -299,6 +299,8 @@ def test_fleet_status_shows_in_core_devices_and_installed_components(fleet, iot,
     assert (got[0]["status"], got[0]["platform"], got[0]["architecture"]) == ("UNHEALTHY", "linux", "amd64")
     assert [d["coreDeviceThingName"] for d in gg.list_core_devices(thingGroupArn=arn)["coreDevices"]] == [core.name]
     assert gg.list_core_devices(status="HEALTHY")["coreDevices"] == []
+    assert gg.list_core_devices(runtime="aws_nucleus_lite")["coreDevices"] == []
+    assert len(gg.list_core_devices(runtime="aws_nucleus_classic")["coreDevices"]) == 1
     dev = gg.get_core_device(coreDeviceThingName=core.name)
     assert dev["coreVersion"] == "2.14.0"
     comps = gg.list_installed_components(coreDeviceThingName=core.name, topologyFilter="ALL")["installedComponents"]
@@ -480,6 +482,36 @@ def lichen_fleet(fleet, *args, check=True):
     return p
 
 
+def lichen_bin_path():
+    from lichen_support import lichen_bin
+
+    return lichen_bin()
+
+
+def on_a_terminal(argv):
+    """Runs argv with stdout on a pseudo-terminal; returns what it wrote."""
+    import os
+    import pty
+    import subprocess
+
+    main, child = pty.openpty()
+    p = subprocess.Popen(argv, stdout=child, stderr=child, stdin=subprocess.DEVNULL)
+    os.close(child)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    p.wait(timeout=60)
+    os.close(main)
+    assert p.returncode == 0, out
+    return out.decode(errors="replace")
+
+
 def test_cli_creates_follows_previews_lists_and_cancels(fleet, iot, gg, cores):
     (core,) = cores(1)
     name, arn = group(iot, core.name)
@@ -504,6 +536,9 @@ def test_cli_creates_follows_previews_lists_and_cancels(fleet, iot, gg, cores):
     status = lichen_fleet(fleet, "status", dep_id, "--wait-seconds", "60")
     assert f"{core.name}: SUCCEEDED" in status.stdout, status.stdout
     assert "1/1 devices finished" in status.stdout
+    # On a terminal: the live progress view, ending with the same summary.
+    tty = on_a_terminal([lichen_bin_path(), "fleet", "deployment", "status", dep_id, "--root", str(fleet.root), "--wait-seconds", "60"])
+    assert "1/1 devices finished" in tty, tty
     listed = lichen_fleet(fleet, "list")
     assert dep_id in listed.stdout
     lichen_fleet(fleet, "cancel", dep_id)

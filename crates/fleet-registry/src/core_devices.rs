@@ -229,11 +229,12 @@ impl Registry {
     }
 
     /// ListCoreDevices: by thing name; `group` keeps the group's direct members, `status`
-    /// HEALTHY or UNHEALTHY.
+    /// HEALTHY or UNHEALTHY, `runtime` the runtime the device reports.
     pub fn list_core_devices(
         &self,
         group: Option<&str>,
         status: Option<&str>,
+        runtime: Option<&str>,
         page: &PageRequest,
     ) -> Result<Page<CoreDevice>> {
         let after = page.after()?;
@@ -244,6 +245,7 @@ impl Registry {
                     "{DEVICE} WHERE thing_name > ?1 AND (?2 = '' OR status = ?2)
                      AND (?3 = '' OR thing_name IN (SELECT thing_name FROM thing_group_members
                                                    WHERE group_name = ?3))
+                     AND (?5 = '' OR runtime = ?5)
                      ORDER BY thing_name LIMIT ?4"
                 ))?
                 .query_map(
@@ -251,7 +253,8 @@ impl Registry {
                         after,
                         status.unwrap_or(""),
                         group.unwrap_or(""),
-                        (limit + 1) as i64
+                        (limit + 1) as i64,
+                        runtime.unwrap_or("")
                     ],
                     core_device,
                 )?

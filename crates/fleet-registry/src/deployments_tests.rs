@@ -224,11 +224,11 @@ fn fleet_status_drops_older_messages_and_tracks_running_since(open: Open) {
     let d = r.get_core_device("T").unwrap();
     assert_eq!(d.core_version.as_deref(), Some("2.14.0"));
     let page = r
-        .list_core_devices(None, Some("HEALTHY"), &PageRequest::default())
+        .list_core_devices(None, Some("HEALTHY"), None, &PageRequest::default())
         .unwrap();
     assert_eq!(page.items.len(), 1);
     let none = r
-        .list_core_devices(None, Some("UNHEALTHY"), &PageRequest::default())
+        .list_core_devices(None, Some("UNHEALTHY"), None, &PageRequest::default())
         .unwrap();
     assert!(none.items.is_empty());
 }

@@ -86,12 +86,19 @@ async fn list(state: &Arc<ApiState>, call: &Call) -> ApiResult<Response> {
             }
         },
     };
+    let runtime = call.q("runtime").map(str::to_owned);
     let page = page(call)?;
     let registry = state.registry.clone();
-    let p =
-        blocking(move || registry.list_core_devices(group.as_deref(), status.as_deref(), &page))
-            .await
-            .map_err(|e| found(e, ""))?;
+    let p = blocking(move || {
+        registry.list_core_devices(
+            group.as_deref(),
+            status.as_deref(),
+            runtime.as_deref(),
+            &page,
+        )
+    })
+    .await
+    .map_err(|e| found(e, ""))?;
     let mut items: Vec<Value> = p.items.iter().map(device_json).collect();
     for v in &mut items {
         // ListCoreDevices has no coreVersion.
