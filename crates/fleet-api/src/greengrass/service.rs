@@ -14,6 +14,9 @@
 //!   ListEffectiveDeployments shows) stays IN_PROGRESS until fleet status has shown each of the
 //!   deployment's components RUNNING at its version for the bake time; an ERRORED or BROKEN
 //!   component, or no such status within the bake time plus ten minutes, makes it FAILED.
+//!   Such failures come after the job execution SUCCEEDED, so the jobs service's abort
+//!   criteria cannot see them: the deployment judges its FAILED/ALL criteria on its own
+//!   per-device state, and when one trips it stops the job and rolls back as an abort does.
 //!
 //! Architecture invariant: a deployment is recorded (committed) before anything is sent to a
 //! device, so every delivered document names a deployment the fleet knows.
@@ -455,6 +458,7 @@ impl Deployments {
         let r = blocking(move || {
             let now = lichen_now_ms();
             let mut ended = 0;
+            let mut failed = std::collections::BTreeSet::new();
             for e in registry.held_successes()? {
                 let d = registry.get_deployment(&e.deployment_id)?;
                 let spec: Value = serde_json::from_str(&d.spec).unwrap_or_default();
@@ -501,6 +505,9 @@ impl Deployments {
                     ));
                 }
                 if let Some((status, reason)) = verdict {
+                    if status == FAILED {
+                        failed.insert(d.id.clone());
+                    }
                     let reason = (!reason.is_empty()).then_some(reason);
                     registry.finish_effective_deployment(
                         &e.thing_name,
@@ -511,13 +518,76 @@ impl Deployments {
                     ended += 1;
                 }
             }
-            Ok(ended)
+            Ok((ended, failed))
         })
         .await;
-        r.unwrap_or_else(|e| {
+        let (ended, failed) = r.unwrap_or_else(|e| {
             tracing::warn!("checking bake times: {}", e.message);
-            0
+            (0, Default::default())
+        });
+        for id in failed {
+            if let Err(e) = self.judge_abort(&id).await {
+                tracing::warn!(deployment = %id, "judging abort criteria after a failed bake: {}", e.message);
+            }
+        }
+        ended
+    }
+
+    /// A device failed its bake time after its job execution had SUCCEEDED, which the jobs
+    /// service's abort criteria no longer see: judge the deployment's FAILED/ALL criteria on the
+    /// deployment's own per-device state, and when one trips, stop the job and roll back as an
+    /// abort does. Returns whether it tripped.
+    pub async fn judge_abort(&self, id: &str) -> ApiResult<bool> {
+        let registry = self.registry.clone();
+        let i = id.to_string();
+        let (d, rows) = blocking(move || {
+            Ok((
+                registry.get_deployment(&i)?,
+                registry.effective_deployments_of(&i)?,
+            ))
         })
+        .await?;
+        let Some(job) = d.job_id.clone().filter(|_| d.status == ACTIVE) else {
+            return Ok(false);
+        };
+        let spec: Value = serde_json::from_str(&d.spec).unwrap_or_default();
+        let count = |statuses: &[&str]| {
+            rows.iter()
+                .filter(|e| statuses.contains(&e.execution_status.as_str()))
+                .count() as f64
+        };
+        let executed = count(&["SUCCEEDED", "FAILED", "TIMED_OUT", "REJECTED"]);
+        let tripped = spec
+            .pointer("/iotJobConfiguration/abortConfig/criteriaList")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                let failures = match c["failureType"].as_str() {
+                    Some("FAILED") => count(&["FAILED"]),
+                    Some("ALL") => count(&["FAILED", "TIMED_OUT", "REJECTED"]),
+                    _ => return false,
+                };
+                let min = c["minNumberOfExecutedThings"].as_f64().unwrap_or(1.0);
+                let threshold = c["thresholdPercentage"].as_f64().unwrap_or(100.0);
+                executed >= min && executed > 0.0 && failures * 100.0 / executed >= threshold
+            });
+        if !tripped {
+            return Ok(false);
+        }
+        tracing::warn!(deployment = %id, "devices failed their bake time past the abort criteria");
+        if let Err(e) = self
+            .jobs
+            .cancel_job(
+                &job,
+                "devices failed their bake time past the abort criteria",
+            )
+            .await
+        {
+            tracing::warn!(deployment = %id, "stopping the job after failed bakes: {e}");
+        }
+        self.on_job_aborted(&job).await?;
+        Ok(true)
     }
 }
 

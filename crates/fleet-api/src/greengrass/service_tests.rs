@@ -228,3 +228,46 @@ async fn an_aborted_rollout_fails_and_the_target_goes_back_to_the_previous_revis
     // A job that is not a deployment's is ignored.
     assert!(d.on_job_aborted("other-job").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn failed_bakes_past_the_abort_criteria_stop_the_rollout_and_roll_back() {
+    let (_dir, r, fake, d) = setup();
+    let g = r.arn("thinggroup/G");
+    d.create("admin", req(g.clone(), "1.0.0", json!({})))
+        .await
+        .unwrap();
+    let mut bad = req(g.clone(), "2.0.0", json!({"lichen:bakeTimeSeconds": "60"}));
+    bad.spec["iotJobConfiguration"] = json!({"abortConfig": {"criteriaList": [
+        {"failureType": "FAILED", "action": "CANCEL", "thresholdPercentage": 50,
+         "minNumberOfExecutedThings": 1}]}});
+    let bad = d.create("admin", bad).await.unwrap();
+    d.on_execution(ExecutionUpdate {
+        job_id: bad.id.clone(),
+        thing: "T".into(),
+        status: "SUCCEEDED".into(),
+        status_details: Default::default(),
+    })
+    .await;
+    let broken = FleetStatusReport {
+        sequence_number: 1,
+        complete: true,
+        chunk_id: 1,
+        overall_status: "UNHEALTHY".into(),
+        components: vec![ReportedComponent {
+            name: "A".into(),
+            version: "2.0.0".into(),
+            status: "BROKEN".into(),
+            is_root: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    r.record_fleet_status("T", &broken).unwrap();
+    assert_eq!(d.check_bake().await, 1);
+    assert_eq!(r.get_deployment(&bad.id).unwrap().status, "FAILED");
+    assert!(fake.cancelled.lock().unwrap().contains(&bad.id));
+    let latest = r.latest_deployment(&g).unwrap().unwrap();
+    assert_eq!(latest.rollback_of.as_deref(), Some(bad.id.as_str()));
+    let last = fake.jobs.lock().unwrap().last().unwrap().clone();
+    assert_eq!(last.document["components"]["A"]["version"], "1.0.0");
+}
