@@ -660,3 +660,35 @@ Manifests:
     (conflict,) = dev["conflicts"]
     assert conflict["componentName"] == "com.example.Shared"
     assert conflict["requirements"] == {arn1: "=1.0.0", "com.example.App@1.0.0": ">=2.0.0"}
+
+
+def test_a_failed_bake_trips_the_abort_criteria_and_rolls_back(fleet, iot, gg, cores):
+    (core,) = cores(1)
+    _, arn = group(iot, core.name)
+    deploy(gg, arn, {"com.example.Hello": "1.0.0"})
+    core.update(core.next_job()["jobId"], "SUCCEEDED")
+    second = deploy(
+        gg,
+        arn,
+        {"com.example.Hello": "2.0.0"},
+        tags={"lichen:bakeTimeSeconds": "60"},
+        iotJobConfiguration={
+            "abortConfig": {
+                "criteriaList": [{"failureType": "FAILED", "action": "CANCEL", "thresholdPercentage": 50, "minNumberOfExecutedThings": 1}]
+            }
+        },
+    )
+    job = wait_until(lambda: (j := core.next_job()) and j["jobId"] == second["iotJobId"] and j, "revision 2")
+    core.update(job["jobId"], "SUCCEEDED")
+    # The job execution SUCCEEDED; then the component breaks during the bake time.
+    core.fleet_status([("com.example.Hello", "2.0.0", "BROKEN")], status="UNHEALTHY")
+    wait_until(lambda: gg.get_deployment(deploymentId=second["deploymentId"])["deploymentStatus"] == "FAILED", "the deployment FAILED")
+    effs = gg.list_effective_deployments(coreDeviceThingName=core.name)["effectiveDeployments"]
+    (mine,) = [e for e in effs if e["deploymentId"] == second["deploymentId"]]
+    assert mine["coreDeviceExecutionStatus"] == "FAILED"
+    assert "BROKEN during the bake time" in mine["reason"]
+    latest = gg.list_deployments(targetArn=arn)["deployments"][0]
+    rollback = gg.get_deployment(deploymentId=latest["deploymentId"])
+    assert rollback["tags"]["lichen:rollbackOf"] == second["deploymentId"]
+    job = wait_until(lambda: (j := core.next_job()) and j["jobId"] == rollback["iotJobId"] and j, "the rollback job")
+    assert job["jobDocument"]["components"]["com.example.Hello"]["version"] == "1.0.0"
