@@ -1,6 +1,8 @@
 //! The fleet's durable registry: things, thing groups, certificates, policies, the attachments
-//! between them, role aliases, access keys, the audit log, and the tables of the jobs service
-//! (jobs and job executions, [`JobsTx`]).
+//! between them, role aliases, access keys, the audit log, the tables of the jobs service
+//! (jobs and job executions, [`JobsTx`]), and Greengrass deployments with what core devices
+//! report ([`deployments`], [`CoreDevice`]; device reports are observations and are not
+//! audited).
 //!
 //! Storage is SQLite (embedded, `rusqlite`) or PostgreSQL (`postgres`, for several fleet
 //! processes on one database), each under one connection and one mutex per process. The schema
