@@ -181,6 +181,38 @@ async fn handle(
     ConnectInfo(peer): ConnectInfo<Peer>,
     req: Request,
 ) -> Response {
+    let segments: Vec<&str> = req
+        .uri()
+        .path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let (
+        &Method::GET,
+        [
+            "greengrass",
+            "v2",
+            "deployments",
+            id,
+            "coreDevices",
+            thing,
+            "configuration",
+            rest @ ..,
+        ],
+    ) = (req.method(), segments.as_slice())
+        && (rest.is_empty() || rest == ["document"])
+    {
+        let host = req.headers().get("host").and_then(|h| h.to_str().ok());
+        return crate::dataplane_deployments::handle(
+            &state,
+            &peer.certificate_id,
+            host,
+            id,
+            thing,
+            !rest.is_empty(),
+        )
+        .await;
+    }
     if crate::dataplane_greengrass::is_greengrass(req.uri().path()) {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
@@ -201,12 +233,6 @@ async fn handle(
         )
         .await;
     }
-    let segments: Vec<&str> = req
-        .uri()
-        .path()
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
     // iot-data over mutual TLS (the shadow REST API a core's shadow sync calls).
     if matches!(segments.as_slice(), ["things", ..] | ["api", "things", ..])
         && let Some(service) = state.services.get("iotdata").cloned()

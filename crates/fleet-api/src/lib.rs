@@ -4,11 +4,13 @@
 //! Every request is verified first ([`lichen_sigv4::verify`] against the registry's access
 //! keys, 15 minutes of clock skew at most), then routed on the signing name of its credential
 //! scope (`iot`, `iotdata`, `greengrass`, …) and its path: paths that two services share are told
-//! apart by that name. `iot` is served here ([`iot`]), `greengrass` (component operations) in
-//! `greengrass`, and `s3` ([`s3`]: the object store for artifacts, whose bodies stream past the
+//! apart by that name. `iot` is served here ([`iot`]), `greengrass` (components, deployments
+//! and core devices, on the deployments service [`greengrass::Deployments`]) in [`greengrass`],
+//! and `s3` ([`s3`]: the object store for artifacts, whose bodies stream past the
 //! 1 MiB buffer the other services use); other services plug in as [`ServiceHandler`]s. The
 //! mutual-TLS data plane ([`dataplane`]) serves the credentials provider and the Greengrass
-//! device routes (resolveComponentCandidates, artifact URLs, a core's thing groups).
+//! device routes (resolveComponentCandidates, artifact URLs, a core's thing groups,
+//! GetDeploymentConfiguration).
 //!
 //! Architecture invariant: no handler runs for a request whose signature did not verify.
 //! Architecture invariant: every mutation goes through the registry, which audits it in the
@@ -16,15 +18,18 @@
 //! Architecture invariant: an object exists only once its data is fsynced and its metadata
 //! file atomically replaced; a body whose declared SHA-256 or CRC32 does not match is never
 //! committed; a component version's `s3://` artifacts match its recipe's digests.
+//! Architecture invariant: a deployment is committed to the registry before any device is sent
+//! it, and a device is sent a deployment's configuration only if the deployment targets it.
 
 mod authz;
 mod call;
 pub mod client;
 pub mod credentials;
 pub mod dataplane;
+mod dataplane_deployments;
 mod dataplane_greengrass;
 mod error;
-mod greengrass;
+pub mod greengrass;
 mod iot;
 pub mod s3;
 pub mod signing;
@@ -80,10 +85,12 @@ pub struct ApiState {
     pub endpoints: EndpointHosts,
     /// Further services by signing name (`iotdata`, `greengrass`, …).
     pub services: HashMap<String, Arc<dyn ServiceHandler>>,
-    /// The object store served as S3 (signing name `s3`) and holding component artifacts.
-    pub objects: Option<Arc<s3::ObjectStore>>,
+    /// Greengrass deployments and core devices (None: the fleet runs no deployments service).
+    pub deployments: Option<Arc<greengrass::Deployments>>,
     /// The jobs service behind the iot jobs operations (none: they answer unknown operation).
     pub jobs: Option<lichen_fleet_jobs::JobsService>,
+    /// The object store served as S3 (signing name `s3`) and holding component artifacts.
+    pub objects: Option<Arc<s3::ObjectStore>>,
 }
 
 /// The router: one fallback that authenticates and dispatches.

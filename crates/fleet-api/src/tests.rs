@@ -46,8 +46,9 @@ async fn start() -> Fleet {
             "iotdata".to_string(),
             Arc::new(Echo) as Arc<dyn ServiceHandler>,
         )]),
-        objects: None,
+        deployments: None,
         jobs: Some(lichen_fleet_jobs::JobsService::new(registry.clone())),
+        objects: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

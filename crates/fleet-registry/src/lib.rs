@@ -1,6 +1,8 @@
 //! The fleet's durable registry: things, thing groups, certificates, policies, the attachments
-//! between them, role aliases, access keys, the audit log, and the tables of the jobs service
-//! (jobs and job executions, [`JobsTx`]).
+//! between them, role aliases, access keys, the audit log, the tables of the jobs service
+//! (jobs and job executions, [`JobsTx`]), and Greengrass deployments with what core devices
+//! report ([`deployments`], [`CoreDevice`]; device reports are observations and are not
+//! audited).
 //!
 //! Storage is SQLite (embedded, `rusqlite`) or PostgreSQL (`postgres`, for several fleet
 //! processes on one database), each under one connection and one mutex per process. The schema
@@ -49,8 +51,10 @@
 mod audit;
 mod certs;
 mod components;
+mod core_devices;
 mod credentials;
 mod db;
+pub mod deployments;
 mod jobs;
 mod migrations;
 mod page;
@@ -66,7 +70,9 @@ pub use certs::{
     Certificate, CertificateStatus, NewCertificate, PrincipalAuthorization, RoleAlias,
 };
 pub use components::ComponentVersion;
+pub use core_devices::{CoreDevice, FleetStatusReport, InstalledComponent, ReportedComponent};
 pub use credentials::TemporaryCredentials;
+pub use deployments::{CreatedDeployment, Deployment, EffectiveDeployment, NewDeployment};
 pub use jobs::{ExecutionRow, JobRow, JobsTx, job_not_found};
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
@@ -517,6 +523,8 @@ pub(crate) fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+#[cfg(test)]
+mod deployments_tests;
 #[cfg(test)]
 mod pg_tests;
 #[cfg(test)]

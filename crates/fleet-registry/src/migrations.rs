@@ -93,6 +93,32 @@ CREATE TABLE job_executions (
 CREATE INDEX job_executions_thing ON job_executions (thing_name);
 CREATE INDEX job_executions_timeout ON job_executions (timeout_at);
 "#,
+    // Greengrass deployments (one latest revision per target), core devices and what their
+    // fleet status reports, and each device's view of the deployments that reach it.
+    r#"
+CREATE TABLE gg_deployments (
+    id TEXT PRIMARY KEY, target_arn TEXT NOT NULL, revision BIGINT NOT NULL, name TEXT,
+    status TEXT NOT NULL, spec TEXT NOT NULL, job_id TEXT, is_latest BIGINT NOT NULL,
+    parent_target_arn TEXT, rollback_of TEXT, client_token TEXT,
+    created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, UNIQUE (target_arn, revision));
+CREATE INDEX gg_deployments_job ON gg_deployments (job_id);
+CREATE TABLE gg_core_devices (
+    thing_name TEXT PRIMARY KEY, status TEXT NOT NULL, platform TEXT, architecture TEXT,
+    core_version TEXT, runtime TEXT, sequence_number BIGINT NOT NULL,
+    last_status_update BIGINT NOT NULL, created_at BIGINT NOT NULL);
+CREATE TABLE gg_installed_components (
+    thing_name TEXT NOT NULL, component_name TEXT NOT NULL, version TEXT NOT NULL,
+    lifecycle_state TEXT NOT NULL, state_details TEXT, status_codes TEXT NOT NULL,
+    is_root BIGINT NOT NULL, config_arns TEXT NOT NULL, last_status_change BIGINT NOT NULL,
+    last_reported BIGINT NOT NULL, running_since BIGINT,
+    PRIMARY KEY (thing_name, component_name));
+CREATE TABLE gg_effective_deployments (
+    thing_name TEXT NOT NULL, deployment_id TEXT NOT NULL, execution_status TEXT NOT NULL,
+    device_status TEXT NOT NULL, reason TEXT, status_details TEXT NOT NULL,
+    created_at BIGINT NOT NULL, modified_at BIGINT NOT NULL, device_succeeded_at BIGINT,
+    PRIMARY KEY (thing_name, deployment_id));
+CREATE INDEX gg_effective_deployments_deployment ON gg_effective_deployments (deployment_id);
+"#,
 ];
 
 pub(crate) fn apply(tx: &Transaction<'_>) -> crate::Result<()> {

@@ -1,8 +1,10 @@
 //! `lichen fleet`: the self-hosted cloud side (registry, certificates, control-plane API).
 
 mod component;
+mod deployment;
 mod devices;
 mod enroll;
+mod greengrass;
 mod provisioning;
 mod role;
 mod serve;
@@ -28,6 +30,9 @@ pub enum FleetCommand {
     /// credentials from the credentials provider may do).
     #[command(subcommand)]
     Role(role::RoleCommand),
+    /// Greengrass deployments through the running fleet: create, preview, status, cancel, list.
+    #[command(subcommand)]
+    Deployment(deployment::DeploymentCommand),
     /// Greengrass components in the fleet's registry: publish a recipe folder with its
     /// artifacts, list, describe, delete; keygen makes a signing key.
     #[command(subcommand)]
@@ -59,6 +64,7 @@ pub fn run(c: FleetCommand) -> anyhow::Result<ExitCode> {
         FleetCommand::Enroll(a) => enroll::run(a),
         FleetCommand::Audit(a) => audit(a),
         FleetCommand::Role(c) => role::run(c),
+        FleetCommand::Deployment(c) => deployment::run(c),
         FleetCommand::Component(c) => component::run(c),
     }
 }

@@ -151,6 +151,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     jobs.serve_mqtt(&devices)
         .context("serving the jobs topics")?;
     jobs.start();
+    let deployments =
+        super::greengrass::start(registry.clone(), &devices, jobs.clone(), shadows.clone())
+            .context("starting the deployments service")?;
     let mut services: HashMap<String, Arc<dyn ServiceHandler>> = HashMap::new();
     services.insert(
         "iotdata".into(),
@@ -211,6 +214,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             credentials: host,
         },
         services,
+        deployments: Some(deployments),
         jobs: Some(jobs),
     });
 
