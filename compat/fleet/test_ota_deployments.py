@@ -1,0 +1,159 @@
+"""Over-the-air deployments through the greengrassv2 deployments API, end to end with real
+processes: boto3 CreateDeployment against `lichen fleet serve`, real `lichen core run` processes
+enrolled with `lichen fleet enroll --group`, and what the fleet then shows of them
+(GetDeployment, ListEffectiveDeployments, ListInstalledComponents, GetCoreDevice), which it
+learns from the cores' job status and fleet status messages.
+"""
+
+from lichen_support import wait_for
+from ota_support import APP, gg, ota_cores, publish, s3, wait_execution  # noqa: F401 (fixtures)
+
+GROUP = "ota-fleet"
+
+
+def group_arn(iot, name=GROUP):
+    return iot.create_thing_group(thingGroupName=name)["thingGroupArn"]
+
+
+def deploy(gg, target, version, name="ota", **kw):
+    d = gg.create_deployment(targetArn=target, deploymentName=name, components={APP: {"componentVersion": version}}, **kw)
+    return gg.get_deployment(deploymentId=d["deploymentId"])
+
+
+def effective(gg, core, deployment_id):
+    effs = gg.list_effective_deployments(coreDeviceThingName=core.thing)["effectiveDeployments"]
+    mine = [e for e in effs if e["deploymentId"] == deployment_id]
+    return mine[0] if mine else None
+
+
+def wait_effective(gg, core, deployment_id, status, timeout=120):
+    def seen():
+        e = effective(gg, core, deployment_id)
+        return e if e and e["coreDeviceExecutionStatus"] == status else None
+
+    return wait_for(seen, timeout, f"{core.thing}'s effective deployment {deployment_id} to be {status}\n{core.log()[-3000:]}")
+
+
+def installed(gg, core):
+    comps = gg.list_installed_components(coreDeviceThingName=core.thing, topologyFilter="ALL")["installedComponents"]
+    return {c["componentName"]: (c["componentVersion"], c["lifecycleState"]) for c in comps}
+
+
+def test_create_deployment_runs_on_every_core_and_the_fleet_shows_it(fleet, iot, s3, gg, ota_cores):
+    arn = group_arn(iot)
+    cores = [ota_cores(f"core{i}", GROUP) for i in (1, 2, 3)]
+    publish(s3, gg, "1.0.0")
+    d = deploy(gg, arn, "1.0.0", deploymentPolicies={"failureHandlingPolicy": "ROLLBACK"})
+    assert (d["targetArn"], d["deploymentStatus"], d["revisionId"]) == (arn, "ACTIVE", "1")
+    assert d["components"][APP]["componentVersion"] == "1.0.0"
+    for c in cores:
+        wait_execution(iot, d["iotJobId"], c.thing, why=f"\n{c.log()[-3000:]}")
+        wait_for(lambda c=c: c.running_version() == "1.0.0", 30, f"{c.thing} to run 1.0.0")
+        e = wait_effective(gg, c, d["deploymentId"], "SUCCEEDED")
+        assert (e["deploymentName"], e["targetArn"], e["iotJobId"]) == ("ota", arn, d["iotJobId"])
+        # The core's fleet status says what it runs.
+        wait_for(lambda c=c: installed(gg, c).get(APP) == ("1.0.0", "RUNNING"), 60, f"{c.thing}'s installed components")
+        dev = gg.get_core_device(coreDeviceThingName=c.thing)
+        assert dev["status"] == "HEALTHY", dev
+    listed = [x["coreDeviceThingName"] for x in gg.list_core_devices(thingGroupArn=arn)["coreDevices"]]
+    assert sorted(listed) == ["core1", "core2", "core3"]
+    assert [x["deploymentId"] for x in gg.list_deployments(targetArn=arn)["deployments"]] == [d["deploymentId"]]
+
+
+def test_a_failing_revision_is_failed_with_its_cause_and_rolled_back_on_each_core(fleet, iot, s3, gg, ota_cores):
+    arn = group_arn(iot)
+    cores = [ota_cores(f"core{i}", GROUP) for i in (1, 2)]
+    publish(s3, gg, "1.0.0")
+    first = deploy(gg, arn, "1.0.0")
+    for c in cores:
+        wait_effective(gg, c, first["deploymentId"], "SUCCEEDED")
+    publish(s3, gg, "2.0.0", install="echo cannot install >&2; exit 3")
+    second = deploy(gg, arn, "2.0.0")
+    assert second["revisionId"] == "2"
+    for c in cores:
+        e = wait_effective(gg, c, second["deploymentId"], "FAILED", timeout=180)
+        assert APP in e["reason"], e
+        wait_for(lambda c=c: c.running_version() == "1.0.0", 30, f"{c.thing} to run 1.0.0 again")
+        assert not any(r.startswith("2.0.0") for r in c.runs())
+        wait_for(lambda c=c: installed(gg, c).get(APP) == ("1.0.0", "RUNNING"), 60, f"{c.thing}'s installed components")
+
+
+def test_abort_criteria_stop_the_rollout_and_roll_back_the_cores_that_took_it(fleet, iot, s3, gg, ota_cores):
+    arn = group_arn(iot)
+    cores = [ota_cores(f"core{i}", GROUP) for i in (1, 2, 3)]
+    publish(s3, gg, "1.0.0")
+    first = deploy(gg, arn, "1.0.0")
+    for c in cores:
+        wait_effective(gg, c, first["deploymentId"], "SUCCEEDED")
+    # 2.0.0 installs everywhere but on core3.
+    publish(s3, gg, "2.0.0", install='test "$AWS_IOT_THING_NAME" != core3')
+    abort = {"criteriaList": [{"failureType": "FAILED", "action": "CANCEL", "thresholdPercentage": 30, "minNumberOfExecutedThings": 3}]}
+    second = deploy(gg, arn, "2.0.0", iotJobConfiguration={"abortConfig": abort})
+    for c in cores[:2]:
+        wait_for(lambda c=c: c.running_version() == "2.0.0", 120, f"{c.thing} to run 2.0.0\n{c.log()[-3000:]}")
+    wait_effective(gg, cores[2], second["deploymentId"], "FAILED", timeout=180)
+    wait_for(lambda: gg.get_deployment(deploymentId=second["deploymentId"])["deploymentStatus"] == "FAILED", 60, "the aborted deployment FAILED")
+
+    def rollback():
+        others = [x for x in gg.list_deployments(targetArn=arn)["deployments"] if x["deploymentId"] not in (first["deploymentId"], second["deploymentId"])]
+        return others[0] if others else None
+
+    rb = gg.get_deployment(deploymentId=wait_for(rollback, 60, "the rollback revision")["deploymentId"])
+    assert rb["tags"]["lichen:rollbackOf"] == second["deploymentId"]
+    assert rb["components"][APP]["componentVersion"] == "1.0.0"
+    # The cores that had taken 2.0.0 run 1.0.0 again; the one that failed never left it.
+    for c in cores:
+        wait_for(lambda c=c: c.running_version() == "1.0.0", 120, f"{c.thing} to run 1.0.0 again\n{c.log()[-3000:]}")
+        wait_effective(gg, c, rb["deploymentId"], "SUCCEEDED")
+    for c in cores[:2]:
+        assert [r.split(" ")[0] for r in c.runs()] == ["1.0.0", "2.0.0", "1.0.0"], c.runs()
+
+
+def test_a_single_thing_deployment_goes_through_the_shadow_to_the_core(fleet, iot, s3, gg, ota_cores):
+    core = ota_cores("core1")
+    publish(s3, gg, "1.0.0")
+    thing_arn = iot.describe_thing(thingName=core.thing)["thingArn"]
+    d = deploy(gg, thing_arn, "1.0.0")
+    assert "iotJobId" not in d
+    wait_for(lambda: core.running_version() == "1.0.0", 60, f"the core to run 1.0.0\n{core.log()[-3000:]}")
+    wait_effective(gg, core, d["deploymentId"], "SUCCEEDED")
+    wait_for(lambda: installed(gg, core).get(APP) == ("1.0.0", "RUNNING"), 60, "the core's installed components")
+
+
+def test_cancel_deployment_stops_it_for_cores_that_have_not_taken_it(fleet, iot, s3, gg, ota_cores):
+    # As AWS documents CancelDeployment: a device that already received the deployment keeps
+    # it; one that had not never gets it. (Cancelling a job in progress with force, which the
+    # core honours until its merge, is test_ota's canceled-mid-download test.)
+    arn = group_arn(iot)
+    online, away = ota_cores("core1", GROUP), ota_cores("core2", GROUP)
+    publish(s3, gg, "1.0.0")
+    first = deploy(gg, arn, "1.0.0")
+    for c in (online, away):
+        wait_effective(gg, c, first["deploymentId"], "SUCCEEDED")
+    away.stop()
+    publish(s3, gg, "2.0.0")
+    second = deploy(gg, arn, "2.0.0")
+    wait_effective(gg, online, second["deploymentId"], "SUCCEEDED")
+    gg.cancel_deployment(deploymentId=second["deploymentId"])
+    assert gg.get_deployment(deploymentId=second["deploymentId"])["deploymentStatus"] == "CANCELED"
+    assert wait_execution(iot, second["iotJobId"], away.thing, statuses=("CANCELED",))
+    away.start()
+    publish(s3, gg, "3.0.0")
+    third = deploy(gg, arn, "3.0.0")
+    for c in (online, away):
+        wait_effective(gg, c, third["deploymentId"], "SUCCEEDED")
+        wait_for(lambda c=c: c.running_version() == "3.0.0", 30, f"{c.thing} to run 3.0.0")
+    assert "2.0.0" in [r.split(" ")[0] for r in online.runs()]
+    assert "2.0.0" not in [r.split(" ")[0] for r in away.runs()], away.runs()
+
+
+def test_bake_time_counts_a_core_only_once_its_component_stayed_running(fleet, iot, s3, gg, ota_cores):
+    arn = group_arn(iot)
+    core = ota_cores("core1", GROUP)
+    publish(s3, gg, "1.0.0")
+    d = deploy(gg, arn, "1.0.0", tags={"lichen:bakeTimeSeconds": "5"})
+    wait_execution(iot, d["iotJobId"], core.thing)
+    # The job execution SUCCEEDED; the fleet holds the success for the bake time.
+    held = wait_for(lambda: effective(gg, core, d["deploymentId"]), 30, "the effective deployment")
+    assert held["coreDeviceExecutionStatus"] in ("QUEUED", "IN_PROGRESS"), held
+    wait_effective(gg, core, d["deploymentId"], "SUCCEEDED", timeout=60)
