@@ -3,8 +3,9 @@
 `lichen fleet serve`, one core enrolled with `lichen fleet enroll --group`, and per run a new
 component version (a script artifact uploaded through the fleet's S3 API, published with boto3)
 deployed to the group. The clock starts before boto3's CreateDeployment (`--via deployments`) or
-CreateJob in namespace aws-gg-deployment (`--via jobs`) and stops when the core's job execution
-reads SUCCEEDED (DescribeJobExecution polled every 10 ms). It includes the notify, the core's
+CreateJob in namespace aws-gg-deployment (`--via jobs`) and stops when the fleet shows the core's
+SUCCEEDED: ListEffectiveDeployments (deployments) or DescribeJobExecution (jobs), polled every
+10 ms. It includes the notify, the core's
 resolve and artifact download over the mutual-TLS data plane, the merge, the component reaching
 RUNNING and the status going back. Greengrass takes 40 s to 3 min for the same.
 
@@ -54,10 +55,14 @@ def main():
                 job = job_deploy(iot, group, {APP: version}, revision=i + 1)
             else:
                 d = gg.create_deployment(targetArn=group_arn, deploymentName=f"bench-{i}", components={APP: {"componentVersion": version}})
-                job = gg.get_deployment(deploymentId=d["deploymentId"])["iotJobId"]
             while True:
-                e = execution(iot, job, core.thing)
-                status = e and e["status"]
+                if a.via == "jobs":
+                    e = execution(iot, job, core.thing)
+                    status = e and e["status"]
+                else:
+                    effs = gg.list_effective_deployments(coreDeviceThingName=core.thing)["effectiveDeployments"]
+                    e = next((x for x in effs if x["deploymentId"] == d["deploymentId"]), None)
+                    status = e and e["coreDeviceExecutionStatus"]
                 if status in ("SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED"):
                     break
                 if time.perf_counter() - t0 > 120:
@@ -65,7 +70,7 @@ def main():
                 time.sleep(0.01)
             elapsed = time.perf_counter() - t0
             if status != "SUCCEEDED":
-                raise SystemExit(f"run {i}: {status} {e.get('statusDetails')}")
+                raise SystemExit(f"run {i}: {status} {e}")
             # The core runs the new version (its script wrote the line), not just reported it.
             deadline = time.monotonic() + 30
             while core.running_version() != version:
