@@ -6,7 +6,7 @@ learns from the cores' job status and fleet status messages.
 """
 
 from lichen_support import wait_for
-from ota_support import APP, gg, ota_cores, publish, s3, wait_execution  # noqa: F401 (fixtures)
+from ota_support import APP, gg, ota_cores, partial_downloads, publish, restart_on_same_ports, s3, wait_execution  # noqa: F401 (fixtures)
 
 GROUP = "ota-fleet"
 
@@ -157,3 +157,19 @@ def test_bake_time_counts_a_core_only_once_its_component_stayed_running(fleet, i
     held = wait_for(lambda: effective(gg, core, d["deploymentId"]), 30, "the effective deployment")
     assert held["coreDeviceExecutionStatus"] in ("QUEUED", "IN_PROGRESS"), held
     wait_effective(gg, core, d["deploymentId"], "SUCCEEDED", timeout=60)
+
+
+def test_a_fleet_killed_mid_rollout_shows_every_core_succeeded_after_restart(fleet, iot, s3, gg, ota_cores):
+    arn = group_arn(iot)
+    cores = [ota_cores(f"core{i}", GROUP) for i in (1, 2, 3)]
+    publish(s3, gg, "1.0.0", size=50 * 1024 * 1024)
+    d = deploy(gg, arn, "1.0.0")
+    wait_for(lambda: any(n > 0 for c in cores for n in partial_downloads(c).values()), 120, "a download to start")
+    fleet.kill9()
+    restart_on_same_ports(fleet)
+    gg = fleet.client("greengrassv2")
+    for c in cores:
+        wait_effective(gg, c, d["deploymentId"], "SUCCEEDED", timeout=180)
+        wait_for(lambda c=c: c.running_version() == "1.0.0", 30, f"{c.thing} to run 1.0.0")
+        wait_for(lambda c=c: installed(gg, c).get(APP) == ("1.0.0", "RUNNING"), 60, f"{c.thing}'s installed components")
+    assert gg.get_deployment(deploymentId=d["deploymentId"])["deploymentStatus"] == "ACTIVE"
