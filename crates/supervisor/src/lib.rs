@@ -39,6 +39,7 @@
 //! ```
 
 mod actor;
+mod cgroup;
 mod error;
 mod ledger;
 mod logs;
@@ -53,6 +54,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, oneshot};
 
 use actor::{Change, Msg, Shared};
+pub use cgroup::{ResourceLimits, ResourceUsage};
 pub use error::SupervisorError;
 pub use process::{RunAs, resolve_user, restore_child_exit_signal, unblock_inherited_signals};
 pub use state::State;
@@ -71,6 +73,9 @@ pub struct ComponentSpec {
     pub posix_user: Option<String>,
     /// `lifecycle.errorResetTime`, default 3600 s.
     pub error_reset_time: Duration,
+    /// The effective `systemResourceLimits` (the component's `runWith`, else `runWithDefault`).
+    /// A change applies to the running processes at the next reconcile, without a restart.
+    pub resource_limits: ResourceLimits,
 }
 
 impl ComponentSpec {
@@ -88,6 +93,7 @@ impl ComponentSpec {
             dependencies: Vec::new(),
             posix_user: None,
             error_reset_time: Duration::from_secs(3600),
+            resource_limits: ResourceLimits::default(),
         }
     }
 }
@@ -315,6 +321,18 @@ impl Supervisor {
             .collect()
     }
 
+    /// Memory and CPU use of the component's cgroup; `None` when it has none (cgroups unavailable,
+    /// or the component never ran a step).
+    pub fn resource_usage(&self, name: &str) -> Option<ResourceUsage> {
+        self.shared.cgroup_if_any(name).map(|cg| cg.usage())
+    }
+
+    /// Why the component's `systemResourceLimits` are not (all) enforced; `None` when they are or
+    /// when it has none.
+    pub fn limits_not_enforced(&self, name: &str) -> Option<String> {
+        self.shared.limit_problem(name)
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<StateChange> {
         self.shared.events.subscribe()
     }
@@ -391,6 +409,7 @@ impl Supervisor {
                 let _ = wait.await;
             }
         }
+        self.shared.release_cgroups().await;
     }
 
     /// Runs the bootstrap step now (deployment time). Ok carries 0 (nothing to do), 100 (restart the
