@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `lichen` binary on temporary roots, driven through its CLI.
 
 mod archives;
+mod limits;
 mod state;
 mod support;
 

@@ -132,6 +132,10 @@ pub struct ConfigurationUpdate {
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunWithInfo {
     pub posix_user: Option<String>,
+    /// `systemResourceLimits` as given (`memory` KiB, `cpus`, and our `pids`, `ioWeight`);
+    /// checked when the deployment is planned.
+    #[serde(default)]
+    pub system_resource_limits: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -212,6 +216,9 @@ pub struct DeploymentRecord {
     pub error_stack: Vec<String>,
     pub error_types: Vec<String>,
     pub request: LocalDeploymentRequest,
+    /// What took effect only in part (say, resource limits this machine cannot enforce).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

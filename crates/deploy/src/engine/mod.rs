@@ -284,6 +284,7 @@ impl DeploymentEngine {
             error_stack: Vec::new(),
             error_types: Vec::new(),
             request: req,
+            warnings: Vec::new(),
         };
         let mut state = lock(&self.inner.state);
         let persisted = Persisted {

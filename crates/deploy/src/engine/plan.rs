@@ -8,7 +8,7 @@ use lichen_recipe::{
     ComponentVars, DependencyType, InterpolationContext, Lifecycle, Platform, Recipe,
     SelectedRecipe,
 };
-use lichen_supervisor::ComponentSpec;
+use lichen_supervisor::{ComponentSpec, ResourceLimits};
 use semver::Version;
 use serde_json::{Map, Value, json};
 
@@ -75,10 +75,40 @@ impl Inner {
     }
 
     pub(super) fn current_specs(&self) -> Result<Vec<ComponentSpec>, DeployError> {
+        let defaults = self.default_limits();
         self.managed_services()
             .into_iter()
-            .map(|(name, entry)| spec_from_entry(&name, &entry))
+            .map(|(name, entry)| {
+                let mut spec = spec_from_entry(&name, &entry)?;
+                if entry
+                    .get("runWith")
+                    .and_then(|r| r.get("systemResourceLimits"))
+                    .is_none()
+                {
+                    spec.resource_limits = defaults;
+                }
+                Ok(spec)
+            })
             .collect()
+    }
+
+    /// The nucleus's `runWithDefault.systemResourceLimits`; a bad value is logged and ignored so
+    /// that it cannot stop every component.
+    fn default_limits(&self) -> ResourceLimits {
+        let field = "runWithDefault.systemResourceLimits";
+        match self.config.get(&[
+            SERVICES,
+            NUCLEUS,
+            "configuration",
+            "runWithDefault",
+            "systemResourceLimits",
+        ]) {
+            None | Some(Value::Null) => ResourceLimits::default(),
+            Some(value) => ResourceLimits::from_json(&value, field).unwrap_or_else(|reason| {
+                tracing::warn!("{reason}: components run without default limits");
+                ResourceLimits::default()
+            }),
+        }
     }
 
     pub(super) async fn plan(&self, persisted: &Persisted) -> Result<Plan, DeployError> {
@@ -176,6 +206,14 @@ pub(super) fn spec_from_entry(name: &str, entry: &Value) -> Result<ComponentSpec
         .and_then(|r| r.get("posixUser"))
         .and_then(Value::as_str)
         .map(str::to_string);
+    let resource_limits = match entry
+        .get("runWith")
+        .and_then(|r| r.get("systemResourceLimits"))
+    {
+        Some(limits) => ResourceLimits::from_json(limits, "runWith.systemResourceLimits")
+            .map_err(|e| bad("runWith.systemResourceLimits", e))?,
+        None => ResourceLimits::default(),
+    };
     let error_reset_time = lifecycle_value
         .get("errorResetTime")
         .and_then(Value::as_u64)
@@ -189,6 +227,7 @@ pub(super) fn spec_from_entry(name: &str, entry: &Value) -> Result<ComponentSpec
         dependencies,
         posix_user,
         error_reset_time,
+        resource_limits,
     })
 }
 
@@ -438,7 +477,21 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
         entry.insert("configuration".into(), configuration.clone());
         // Local deployments touch runWith only for the components they name (spec §6.3).
         let run_with = match input.request.run_with.get(name) {
-            Some(info) => info.posix_user.as_ref().map(|u| json!({ "posixUser": u })),
+            Some(info) => {
+                let mut run_with = Map::new();
+                if let Some(user) = &info.posix_user {
+                    run_with.insert("posixUser".into(), json!(user));
+                }
+                if let Some(limits) = &info.system_resource_limits {
+                    ResourceLimits::from_json(
+                        limits,
+                        &format!("componentToRunWithInfo.{name}.systemResourceLimits"),
+                    )
+                    .map_err(DeployError::BadRequest)?;
+                    run_with.insert("systemResourceLimits".into(), limits.clone());
+                }
+                (!run_with.is_empty()).then_some(Value::Object(run_with))
+            }
             None => old_entry.and_then(|e| e.get("runWith")).cloned(),
         };
         if let Some(run_with) = run_with {

@@ -83,12 +83,28 @@ impl Kernel {
             .get(&["services", name, "configuration"])
             .unwrap_or_else(|| json!({}));
         if let Some(s) = self.supervisor.status(name) {
-            return Some(json!({
+            let mut d = json!({
                 "componentName": name,
                 "version": s.version,
                 "state": s.state.as_str(),
                 "configuration": configuration,
-            }));
+            });
+            // Ours, beside the Greengrass fields (clients ignore fields they do not know).
+            if let Some(u) = self.supervisor.resource_usage(name) {
+                d["resourceUsage"] = json!({
+                    "memoryBytes": u.memory_bytes,
+                    "memoryPeakBytes": u.memory_peak_bytes,
+                    "cpuUsageMicros": u.cpu_usage_usec,
+                    "cpuThrottledPeriods": u.nr_throttled,
+                    "cpuThrottledMicros": u.throttled_usec,
+                    "oomKills": u.oom_kills,
+                    "processes": u.pids,
+                });
+            }
+            if let Some(why) = self.supervisor.limits_not_enforced(name) {
+                d["resourceLimitsNotEnforced"] = json!(why);
+            }
+            return Some(d);
         }
         // Built-ins run inside the core: listed only while deployed, in the state they really have.
         let state = self.hooks.builtins.get()?.listed_state(name)?;
@@ -126,6 +142,10 @@ fn record_json(r: &DeploymentRecord) -> Value {
     });
     if let Some(d) = r.detailed_status {
         details["detailedDeploymentStatus"] = json!(d.as_str());
+    }
+    if !r.warnings.is_empty() {
+        // Ours: clients ignore fields they do not know.
+        details["warnings"] = json!(r.warnings);
     }
     json!({
         "deploymentId": r.id,
@@ -206,6 +226,7 @@ pub fn parse_local_deployment(v: &Value) -> Result<LocalDeploymentRequest, IpcEr
                         .get("posixUser")
                         .and_then(Value::as_str)
                         .map(str::to_string),
+                    system_resource_limits: rw.get("systemResourceLimits").cloned(),
                 },
             );
         }
