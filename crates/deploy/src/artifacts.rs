@@ -31,6 +31,10 @@ pub struct FetchRequest<'a> {
 pub trait ArtifactFetcher: Send + Sync + 'static {
     /// `Ok(true)`: written to `dest`; `Ok(false)`: this fetcher does not have it.
     fn fetch(&self, request: &FetchRequest<'_>, dest: &Path) -> Result<bool, DeployError>;
+
+    /// Called when no stored component version records `resource` any more (an image that
+    /// lives outside the store); nothing by default.
+    fn release(&self, _resource: &str) {}
 }
 
 /// Finds `<local_dir>/<name>/<version>/<file name>` whatever the URI scheme, so local
@@ -72,6 +76,10 @@ impl Fetchers {
     pub(crate) fn register(&mut self, scheme: &str, fetcher: Arc<dyn ArtifactFetcher>) {
         self.by_scheme.insert(scheme.to_ascii_lowercase(), fetcher);
     }
+
+    pub(crate) fn get(&self, scheme: &str) -> Option<Arc<dyn ArtifactFetcher>> {
+        self.by_scheme.get(scheme).cloned()
+    }
 }
 
 /// Makes every artifact of `name@version` present, verified, unpacked and protected.
@@ -112,6 +120,27 @@ pub(crate) fn prepare(
         let file_name = artifact.file_name().to_string();
         plain_segment(name, version, artifact, &file_name)?;
         let dest = dir.join(&file_name);
+        let scheme = artifact.scheme().to_ascii_lowercase();
+        if scheme == "docker" {
+            // Images live in the engine: its fetcher checks them there each time (pulling only a
+            // missing one) and records which image this version uses. Greengrass verifies no
+            // digest of its own: a `@sha256:` reference is checked by the engine.
+            let fetcher = fetchers.by_scheme.get("docker").ok_or_else(|| {
+                DeployError::UnsupportedArtifact {
+                    component: format!("{name}@{version}"),
+                    uri: artifact.uri.clone(),
+                    message: "docker: artifacts need aws.greengrass.DockerApplicationManager's image support, which this core was built without".into(),
+                }
+            })?;
+            let request = FetchRequest {
+                component: name,
+                version,
+                artifact,
+                local_dir,
+            };
+            fetcher.fetch(&request, &dest)?;
+            continue;
+        }
         if !dest.is_file() {
             let request = FetchRequest {
                 component: name,
@@ -119,7 +148,6 @@ pub(crate) fn prepare(
                 artifact,
                 local_dir,
             };
-            let scheme = artifact.scheme().to_ascii_lowercase();
             let mut found = fetchers.local.fetch(&request, &dest)?;
             if !found && let Some(fetcher) = fetchers.by_scheme.get(&scheme) {
                 // Only a local deployment's own files may come without a digest.

@@ -40,6 +40,7 @@
 //! block the queue forever.
 
 mod artifacts;
+mod docker;
 mod engine;
 mod error;
 mod fsutil;
@@ -52,6 +53,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use artifacts::{ArtifactFetcher, FetchRequest};
+pub use docker::{DockerEngine, DockerFetcher, ImageRef};
 pub use engine::DeploymentEngine;
 pub use error::DeployError;
 pub use unzip::{ArchiveLimits, unarchive_zip};

@@ -83,27 +83,12 @@ impl Kernel {
             .get(&["services", name, "configuration"])
             .unwrap_or_else(|| json!({}));
         if let Some(s) = self.supervisor.status(name) {
-            let mut d = json!({
+            let d = json!({
                 "componentName": name,
                 "version": s.version,
                 "state": s.state.as_str(),
                 "configuration": configuration,
             });
-            // Ours, beside the Greengrass fields (clients ignore fields they do not know).
-            if let Some(u) = self.supervisor.resource_usage(name) {
-                d["resourceUsage"] = json!({
-                    "memoryBytes": u.memory_bytes,
-                    "memoryPeakBytes": u.memory_peak_bytes,
-                    "cpuUsageMicros": u.cpu_usage_usec,
-                    "cpuThrottledPeriods": u.nr_throttled,
-                    "cpuThrottledMicros": u.throttled_usec,
-                    "oomKills": u.oom_kills,
-                    "processes": u.pids,
-                });
-            }
-            if let Some(why) = self.supervisor.limits_not_enforced(name) {
-                d["resourceLimitsNotEnforced"] = json!(why);
-            }
             return Some(d);
         }
         // Built-ins run inside the core: listed only while deployed, in the state they really have.
@@ -307,9 +292,25 @@ pub fn register(router: &Router, k: Kernel) {
             let k = kk.clone();
             async move {
                 let name = required_str(&req, "componentName")?;
-                let d = k
+                let mut d = k
                     .details(name)
                     .ok_or_else(|| not_found("Component", name))?;
+                // Ours, beside the Greengrass fields (clients ignore fields they do not know).
+                if let Some(u) = k.supervisor.resource_usage(name) {
+                    d["resourceUsage"] = json!({
+                        "memoryBytes": u.memory_bytes,
+                        "memoryPeakBytes": u.memory_peak_bytes,
+                        "cpuUsageMicros": u.cpu_usage_usec,
+                        "cpuThrottledPeriods": u.nr_throttled,
+                        "cpuThrottledMicros": u.throttled_usec,
+                        "oomKills": u.oom_kills,
+                        "processes": u.pids,
+                    });
+                }
+                if let Some(why) = k.supervisor.limits_not_enforced(name) {
+                    d["resourceLimitsNotEnforced"] = json!(why);
+                }
+
                 Ok(json!({ "componentDetails": d }))
             }
         },
