@@ -193,3 +193,87 @@ def make_core(engine, tmp_path):
     yield make
     for c in cores:
         c.stop()
+
+
+PUBLISHER = r'''
+import os, sys, time
+from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+from awsiot.greengrasscoreipc import model
+print("connecting to", os.environ.get("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"), flush=True)
+client = GreengrassCoreIPCClientV2()
+print("connected", flush=True)
+for i in range(240):
+    client.publish_to_topic(topic="containers/hello",
+                            publish_message=model.PublishMessage(
+                                binary_message=model.BinaryMessage(message=b"from-container")))
+    if i == 0:
+        print("published", flush=True)
+    time.sleep(0.25)
+'''
+
+_SKIP_DIRS = {"test", "tests", "site-packages", "idlelib", "tkinter", "ensurepip", "lib2to3",
+              "pydoc_data", "turtledemo", "__pycache__", "config-3.11-x86_64-linux-gnu"}
+
+
+def _libraries(paths):
+    """Shared libraries that `paths` need, by ldd."""
+    libs = set()
+    for p in paths:
+        out = subprocess.run(["ldd", p], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            for part in parts:
+                if part.startswith("/") and os.path.exists(part):
+                    libs.add(part)
+    return libs
+
+
+@pytest.fixture(scope="session")
+def python_image(engine, registry, tmp_path_factory):
+    """An image holding this machine's Python, its standard library and the venv's awsiotsdk
+    (awsiot + awscrt), imported from a tarball: no network, no base image."""
+    import awscrt
+    import awsiot
+    py = os.path.realpath(sys.executable)
+    prefix = Path(sys.base_prefix)
+    stdlib = Path(os.__file__).parent
+    site = Path(awsiot.__file__).parent.parent
+    dynload = stdlib / "lib-dynload"
+    natives = [str(p) for p in dynload.glob("*.so")] + [str(p) for p in site.glob("_awscrt*.so")] + [py]
+    work = tmp_path_factory.mktemp("pyimage")
+    (work / "pub.py").write_text(PUBLISHER)
+    tar_path = work / "py.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        added = set()
+
+        def add_once(src, arcname, **kw):
+            if arcname not in added:
+                added.add(arcname)
+                tar.add(src, arcname=arcname, **kw)
+        add_once(py, arcname=py.lstrip("/"))
+        add_once(py, arcname="bin/python3")
+        for lib in _libraries(natives):
+            add_once(os.path.realpath(lib), arcname=lib.lstrip("/"))
+        for lib in (prefix / "lib").glob("libpython3*.so*"):
+            add_once(str(lib), arcname=str(lib).lstrip("/"))
+        add_once(str(stdlib), arcname=str(stdlib).lstrip("/"),
+                filter=lambda ti: None if Path(ti.name).name in _SKIP_DIRS else ti)
+        for pkg in ["awsiot", "awscrt"]:
+            add_once(str(site / pkg), arcname=f"app/site/{pkg}",
+                    filter=lambda ti: None if Path(ti.name).name == "__pycache__" else ti)
+        for so in site.glob("_awscrt*.so"):
+            add_once(str(so), arcname=f"app/site/{so.name}")
+        add_once(str(work / "pub.py"), arcname="app/pub.py")
+        add_once(shutil.which("busybox"), arcname="bin/busybox")
+        info = tarfile.TarInfo("bin/sh")
+        info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+        tar.addfile(info)
+    engine.docker("import", str(tar_path), "lichen-test/pyipc:src")
+    name = f"{registry.addr}/lichen/pyipc:1"
+    subprocess.run(
+        ["skopeo", "copy", "--src-daemon-host", engine.host, "--dest-tls-verify=false",
+         "docker-daemon:lichen-test/pyipc:src", f"docker://{name}"],
+        check=True, capture_output=True, timeout=300,
+    )
+    assert awscrt  # imported for its location check above
+    return name

@@ -89,3 +89,50 @@ def test_a_wrong_digest_fails_clearly_and_changes_nothing(engine, registry, core
     right = write_recipe(tmp_path / "g", "test.Bad", "1.0.1", f"{repo}@{digest}", "sleep 600")
     rc, d = core.deploy("--recipe-dir", right, "--merge", "test.Bad=1.0.1")
     assert rc == 0, d
+
+
+SUBSCRIBER = r'''
+import sys, time
+from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+out = sys.argv[1]
+client = GreengrassCoreIPCClientV2()
+def on(event):
+    open(out, "wb").write(bytes(event.binary_message.message))
+client.subscribe_to_topic(topic="containers/hello", on_stream_event=on)
+while True:
+    time.sleep(1)
+'''
+
+
+def test_a_containerised_awsiotsdk_component_publishes_to_a_host_component(engine, registry, python_image, core, tmp_path):
+    import sys
+    from lichen_support import wait_for
+    recipes, artifacts = tmp_path / "r", tmp_path / "a"
+    recipes.mkdir()
+    pubsub = lambda name, op: {"aws.greengrass.ipc.pubsub": {f"{name}:1": {
+        "operations": [f"aws.greengrass#{op}"], "resources": ["containers/hello"]}}}
+    got = tmp_path / "got"
+    (artifacts / "test.HostSub" / "1.0.0").mkdir(parents=True)
+    (artifacts / "test.HostSub" / "1.0.0" / "sub.py").write_text(SUBSCRIBER)
+    (recipes / "sub.json").write_text(json.dumps({
+        "RecipeFormatVersion": "2020-01-25", "ComponentName": "test.HostSub", "ComponentVersion": "1.0.0",
+        "ComponentConfiguration": {"DefaultConfiguration": {"accessControl": pubsub("test.HostSub", "SubscribeToTopic")}},
+        "Manifests": [{"Platform": {"os": "linux"},
+                       "Lifecycle": {"Run": f"{sys.executable} -u {{artifacts:path}}/sub.py {got}"}}],
+    }))
+    sock = "$AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
+    run = (f"docker run --rm --network none -v {sock}:{sock} -e SVCUID "
+           f"-e AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT -e PYTHONPATH=/app/site "
+           f"{python_image} /bin/python3 -u /app/pub.py")
+    (recipes / "pub.json").write_text(json.dumps({
+        "RecipeFormatVersion": "2020-01-25", "ComponentName": "test.BoxPub", "ComponentVersion": "1.0.0",
+        "ComponentDependencies": {DAM: {"VersionRequirement": "^2.0.0"}, "test.HostSub": {}},
+        "ComponentConfiguration": {"DefaultConfiguration": {"accessControl": pubsub("test.BoxPub", "PublishToTopic")}},
+        "Manifests": [{"Platform": {"os": "linux"}, "Lifecycle": {"Run": run},
+                       "Artifacts": [{"URI": f"docker:{python_image}"}]}],
+    }))
+    rc, d = core.deploy("--recipe-dir", str(recipes), "--artifact-dir", str(artifacts),
+                        "--merge", "test.HostSub=1.0.0", "--merge", "test.BoxPub=1.0.0")
+    assert rc == 0, d
+    wait_for(lambda: got.exists() and got.read_bytes() == b"from-container", 120,
+             f"the container's message:\n{core.log('test.BoxPub')[-3000:]}")
