@@ -68,25 +68,38 @@ class Engine:
 
 
 class Registry:
-    def __init__(self, base):
+    def __init__(self, base, login=None):
         self.base = Path(base)
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
-        (self.base / "config.yml").write_text(
+        config = (
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
             f"    rootdirectory: {self.base / 'data'}\nhttp:\n  addr: {self.addr}\n"
         )
+        if login:
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import crypt  # bcrypt through libxcrypt: what the registry's htpasswd wants
+            user, password = login
+            (self.base / "htpasswd").write_text(
+                f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
+            config += f"auth:\n  htpasswd:\n    realm: lichen\n    path: {self.base / 'htpasswd'}\n"
+        (self.base / "config.yml").write_text(config)
         self.proc = None
         self.start()
 
     def start(self):
         self.proc = subprocess.Popen(["docker-registry", "serve", str(self.base / "config.yml")],
                                      stdout=open(self.base / "registry.log", "a"), stderr=subprocess.STDOUT)
+        import urllib.error
         import urllib.request
 
         def up():
             try:
                 return urllib.request.urlopen(f"http://{self.addr}/v2/", timeout=2).status == 200
+            except urllib.error.HTTPError as e:
+                return e.code == 401
             except Exception:
                 return False
         wait_for(up, 30, "docker-registry")
@@ -103,6 +116,16 @@ def engine(tmp_path_factory):
     e = Engine(Path(f"/tmp/lichen-dk-{os.getpid()}"))  # short: the socket path must fit sun_path
     yield e
     e.stop()
+
+
+@pytest.fixture
+def private_registry(engine, registry, tmp_path_factory):
+    """A registry that wants a login; yields (registry, (user, password))."""
+    login = ("lichen", "s3cret-pass")
+    r = Registry(tmp_path_factory.mktemp("private"), login)
+    r.image = registry.image
+    yield r, login
+    r.stop()
 
 
 @pytest.fixture(scope="session")
@@ -123,15 +146,17 @@ def registry(engine, tmp_path_factory):
     r.stop()
 
 
-def push(engine, registry, tag):
+def push(engine, registry, tag, login=None, image=None):
     """Pushes the busybox image as `<registry>/lichen/busybox:<tag>`; returns (name, digest)."""
     name = f"{registry.addr}/lichen/busybox:{tag}"
+    creds = ["--dest-creds", ":".join(login)] if login else []
     subprocess.run(
-        ["skopeo", "copy", "--src-daemon-host", engine.host, "--dest-tls-verify=false",
-         f"docker-daemon:{registry.image}", f"docker://{name}"],
+        ["skopeo", "copy", "--src-daemon-host", engine.host, "--dest-tls-verify=false", *creds,
+         f"docker-daemon:{image or registry.image}", f"docker://{name}"],
         check=True, capture_output=True, timeout=120,
     )
-    out = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{name}"],
+    creds = ["--creds", ":".join(login)] if login else []
+    out = subprocess.run(["skopeo", "inspect", "--tls-verify=false", *creds, f"docker://{name}"],
                          check=True, capture_output=True, text=True, timeout=60).stdout
     return name, json.loads(out)["Digest"]
 

@@ -136,3 +136,22 @@ def test_a_containerised_awsiotsdk_component_publishes_to_a_host_component(engin
     assert rc == 0, d
     wait_for(lambda: got.exists() and got.read_bytes() == b"from-container", 120,
              f"the container's message:\n{core.log('test.BoxPub')[-3000:]}")
+
+
+def test_a_private_registry_uses_the_login_from_the_component_configuration(engine, private_registry, core, tmp_path):
+    registry, (user, password) = private_registry
+    image, _ = push(engine, registry, "private", login=(user, password))
+    run = run_line(image, "private-ok")
+    no_login = write_recipe(tmp_path / "n", "test.Private", "1.0.0", image, run)
+    rc, d = core.deploy("--recipe-dir", no_login, "--merge", "test.Private=1.0.0")
+    assert rc != 0, d
+    assert "test.Private@1.0.0" in json.dumps(d), d
+    recipes = write_recipe(tmp_path / "r", "test.Private", "1.0.1", image, run)
+    doc_path = tmp_path / "r" / "test.Private-1.0.1.json"
+    doc = json.loads(doc_path.read_text())
+    doc["ComponentConfiguration"] = {"DefaultConfiguration": {"dockerRegistryCredentials": {
+        registry.addr: {"username": user, "password": password}}}}
+    doc_path.write_text(json.dumps(doc))
+    rc, d = core.deploy("--recipe-dir", recipes, "--merge", "test.Private=1.0.1")
+    assert rc == 0, d
+    assert engine.has_image(image)

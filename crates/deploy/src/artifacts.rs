@@ -24,6 +24,8 @@ pub struct FetchRequest<'a> {
     pub artifact: &'a Artifact,
     /// The local deployment's artifacts directory, if it gave one.
     pub local_dir: Option<&'a Path>,
+    /// The component's configuration as this deployment will commit it.
+    pub configuration: Option<&'a serde_json::Value>,
 }
 
 /// Brings one artifact to `dest`. Implementations are keyed by URI scheme (`s3`, `https`,
@@ -92,6 +94,7 @@ pub(crate) fn prepare(
     version: &Version,
     artifacts: &[Artifact],
     local_dir: Option<&Path>,
+    configuration: Option<&serde_json::Value>,
 ) -> Result<(), DeployError> {
     let dir = store.artifacts_dir(name, version)?;
     fsutil::create_shared_dir_all(&dir)
@@ -137,6 +140,7 @@ pub(crate) fn prepare(
                 version,
                 artifact,
                 local_dir,
+                configuration,
             };
             fetcher.fetch(&request, &dest)?;
             continue;
@@ -147,6 +151,7 @@ pub(crate) fn prepare(
                 version,
                 artifact,
                 local_dir,
+                configuration,
             };
             let mut found = fetchers.local.fetch(&request, &dest)?;
             if !found && let Some(fetcher) = fetchers.by_scheme.get(&scheme) {

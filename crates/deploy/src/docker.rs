@@ -354,7 +354,8 @@ impl ArtifactFetcher for DockerFetcher {
             }
             None => {
                 tracing::info!(component = %component, image = %image.name(), "pulling image");
-                let login = (self.credentials)(request.component, &image.registry);
+                let login = configured_login(request.configuration, &image.registry)
+                    .or_else(|| (self.credentials)(request.component, &image.registry));
                 let mut last = String::new();
                 self.engine
                     .pull(
@@ -395,6 +396,20 @@ impl ArtifactFetcher for DockerFetcher {
             Err(e) => tracing::warn!(%image, error = %e, "cannot remove an unused image"),
         }
     }
+}
+
+/// `dockerRegistryCredentials.<registry>.{username, password}` of the component's configuration.
+fn configured_login(
+    configuration: Option<&serde_json::Value>,
+    registry: &str,
+) -> Option<(String, String)> {
+    let login = configuration?
+        .get("dockerRegistryCredentials")?
+        .get(registry)?;
+    Some((
+        login.get("username")?.as_str()?.to_string(),
+        login.get("password")?.as_str()?.to_string(),
+    ))
 }
 
 /// Images recorded in the store's artifact folders: image → the `name/version` folders naming it.

@@ -359,23 +359,14 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
         selected: Default::default(),
     };
     let resolution = resolve::resolve(&roots, &catalog)?;
-    // 4. Artifacts, dependencies first.
+    // 4. The selected recipes, dependencies first.
     let mut selected: BTreeMap<String, SelectedRecipe> = BTreeMap::new();
     for name in &resolution.order {
         if input.builtins.contains_key(name) {
             continue;
         }
         let version = &resolution.versions[name];
-        let recipe = catalog.select(name, version)?;
-        artifacts::prepare(
-            &input.store,
-            &input.fetchers,
-            name,
-            version,
-            &recipe.artifacts,
-            input.request.artifacts_directory_path.as_deref(),
-        )?;
-        selected.insert(name.clone(), recipe);
+        selected.insert(name.clone(), catalog.select(name, version)?);
     }
     // 5. Configurations: RESET, then recipe defaults under, then MERGE.
     let mut configurations: BTreeMap<String, Value> = BTreeMap::new();
@@ -396,6 +387,22 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
         let configuration =
             lichen_config::apply_configuration_update(&old, &defaults, reset, merge);
         configurations.insert(name.clone(), configuration);
+    }
+    // Artifacts, dependencies first; a fetcher may need the component's new configuration
+    // (a private registry's login).
+    for name in &resolution.order {
+        let Some(recipe) = selected.get(name) else {
+            continue;
+        };
+        artifacts::prepare(
+            &input.store,
+            &input.fetchers,
+            name,
+            &resolution.versions[name],
+            &recipe.artifacts,
+            input.request.artifacts_directory_path.as_deref(),
+            configurations.get(name),
+        )?;
     }
     // 6. Service entries with interpolated lifecycles.
     let vars = |name: &str| ComponentVars {
