@@ -7,6 +7,10 @@
 //! → hooks (notify, validate) → snapshot → bootstrap → commit → reconcile the supervisor → wait
 //! for RUNNING/FINISHED → success (garbage-collect the store) or failure (roll back per policy).
 //!
+//! `docker:` artifacts (`docker.rs`) are images in the local Docker engine: fetched by asking the
+//! engine (pulled only when absent), recorded in the store by a marker file, removed from the
+//! engine when garbage collection drops the last version that records them.
+//!
 //! ```no_run
 //! # async fn demo(engine: lichen_deploy::DeploymentEngine) -> Result<(), lichen_deploy::DeployError> {
 //! use lichen_deploy::LocalDeploymentRequest;

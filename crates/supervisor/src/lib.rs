@@ -13,11 +13,19 @@
 //! never the core's own environment; umask 0022 whatever the core's; a work folder that is its
 //! user's alone (0700); artifact files owned by its user (folders stay the core's).
 //!
+//! Where the core may create cgroups (v2, or the v1 hierarchies where that is what is mounted),
+//! each component has one (`cgroup.rs`): a step joins it between fork and exec, so its whole
+//! process tree carries the component's [`ResourceLimits`]; limits change in place at the next
+//! reconcile; an OOM kill becomes the cause of the ERRORED state. Without cgroups components run
+//! unconfined and [`Supervisor::limits_not_enforced`] says why.
+//!
 //! Architecture invariant: every process a step starts lives in a process group the supervisor created
 //! and kills (SIGTERM, then SIGKILL after the grace period) when the component stops, errors or breaks;
 //! nothing survives [`Supervisor::shutdown`] short of a process that left its group on purpose.
 //! Architecture invariant: callers never wait on a script: requests are messages to the component's task,
 //! and only the calls documented to wait (stop, reconcile's removals, shutdown, wait_settled) do.
+//! Architecture invariant: a step process is in its component's cgroup before it executes any of
+//! its own code; what a stopped component left in its cgroup is killed.
 //! Architecture invariant: this crate knows recipes only as [`lichen_recipe::Lifecycle`]; it reads no
 //! configuration and no recipe files.
 //!
