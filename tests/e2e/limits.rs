@@ -105,3 +105,78 @@ fn deployed_limits_confine_report_and_lift() {
     );
     core.terminate();
 }
+
+#[test]
+fn limits_that_cannot_be_enforced_are_reported_and_the_component_still_runs() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    // As root every cgroup can be made: the unprivileged case runs the core as `nobody`.
+    if !rustix::process::geteuid().is_root()
+        || Command::new("setpriv").arg("--help").output().is_err()
+    {
+        eprintln!("needs root and setpriv to run a core as nobody; not checked");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = base.join("lichen");
+    std::fs::copy(bin(), &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let recipes = base.join("recipes");
+    std::fs::create_dir(&recipes).unwrap();
+    std::fs::write(
+        recipes.join("sleeper.yaml"),
+        recipe("test.Sleeper", "1.0.0", "", "Run: sleep 600"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&recipes, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = base.join("root");
+    std::fs::create_dir(&root).unwrap();
+    let nobody = Command::new("id").args(["-u", "nobody"]).output().unwrap();
+    let uid: u32 = String::from_utf8_lossy(&nobody.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    std::os::unix::fs::chown(&root, Some(uid), None).unwrap();
+    let core = Core::start_as_nobody(&root, &copy);
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+            .arg(&copy)
+            .args(args)
+            .arg("--root")
+            .arg(&root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let d = as_nobody(&[
+        "deployment",
+        "create",
+        "--wait",
+        "--json",
+        "--recipe-dir",
+        recipes.to_str().unwrap(),
+        "--merge",
+        "test.Sleeper=1.0.0",
+        "--run-with",
+        r#"test.Sleeper:systemResourceLimits={"memory":65536}"#,
+    ]);
+    assert_eq!(d["status"], "SUCCEEDED", "{d}");
+    let warnings = d["deploymentStatusDetails"]["warnings"].to_string();
+    assert!(warnings.contains("test.Sleeper are not enforced"), "{d}");
+    let details = as_nobody(&["component", "details", "test.Sleeper", "--json"]);
+    assert_eq!(details["state"], "RUNNING", "{details}");
+    assert!(
+        details["resourceLimitsNotEnforced"].is_string(),
+        "{details}"
+    );
+    assert!(details.get("resourceUsage").is_none(), "{details}");
+    core.terminate();
+}
