@@ -166,8 +166,8 @@ impl DockerEngine {
             .build()
             .map_err(|e| format!("cannot start an I/O runtime: {e}"))?;
         runtime.block_on(async {
-            let stream = tokio::net::UnixStream::connect(&self.socket)
-                .await
+            let stream = within(tokio::net::UnixStream::connect(&self.socket))
+                .await?
                 .map_err(|e| {
                     format!(
                         "cannot reach the Docker engine at {}: {e}; start dockerd or set DOCKER_HOST=unix://PATH",
@@ -175,9 +175,11 @@ impl DockerEngine {
                     )
                 })?;
             let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .map_err(|e| format!("Docker engine handshake failed: {e}"))?;
+                within(hyper::client::conn::http1::handshake(
+                    hyper_util::rt::TokioIo::new(stream),
+                ))
+                .await?
+                .map_err(|e| format!("Docker engine handshake failed: {e}"))?;
             tokio::spawn(connection);
             let mut builder = hyper::Request::builder()
                 .method(method)
@@ -189,14 +191,13 @@ impl DockerEngine {
             let request = builder
                 .body(Empty::<Bytes>::new())
                 .map_err(|e| e.to_string())?;
-            let mut response = sender
-                .send_request(request)
-                .await
+            let mut response = within(sender.send_request(request))
+                .await?
                 .map_err(|e| format!("Docker engine request {method} {path_and_query} failed: {e}"))?;
             let status = response.status().as_u16();
             let mut body = Vec::new();
             let mut pending = Vec::new();
-            while let Some(frame) = response.body_mut().frame().await {
+            while let Some(frame) = within(response.body_mut().frame()).await? {
                 let frame = frame.map_err(|e| format!("reading the Docker engine's answer: {e}"))?;
                 let Ok(data) = frame.into_data() else { continue };
                 match each_line.as_mut() {
@@ -303,6 +304,18 @@ impl DockerEngine {
             )),
         }
     }
+}
+
+/// Longest the engine may stay silent (a pull reports progress all along): every wait has a bound.
+const ENGINE_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
+async fn within<T>(work: impl std::future::Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(ENGINE_IDLE, work).await.map_err(|_| {
+        format!(
+            "the Docker engine said nothing for {} s",
+            ENGINE_IDLE.as_secs()
+        )
+    })
 }
 
 fn percent(text: &str) -> String {
