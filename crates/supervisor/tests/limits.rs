@@ -165,3 +165,46 @@ async fn spinner_is_held_to_its_quota_until_a_deployment_lifts_it() {
     assert!(sup.limits_not_enforced("spin").is_none());
     sup.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_left_its_group_dies_with_the_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let sup = supervisor(&dir);
+    let pidfile = dir.path().join("escaped.pid");
+    // `setsid` puts the sleeper in a session and process group of its own: only the cgroup
+    // still ties it to the component.
+    let script = format!(
+        "setsid sh -c 'echo $$ > {}; exec sleep 600' & sleep 600",
+        pidfile.display()
+    );
+    let mut spec = ComponentSpec::new("escape", "1.0.0", run_step(&script));
+    spec.resource_limits.pids = Some(1000);
+    sup.reconcile(vec![spec], &BTreeSet::new()).await.unwrap();
+    wait_for(&sup, "the escaped pid", |_| {
+        std::fs::read_to_string(&pidfile).is_ok_and(|t| t.trim().parse::<i32>().is_ok())
+    })
+    .await;
+    if no_cgroups(&sup, "escape").await {
+        sup.shutdown().await;
+        return;
+    }
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    sup.stop("escape").await.unwrap();
+    wait_for(&sup, "the escaped process to be gone", |_| {
+        // A zombie is gone too: it no longer runs.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.split(") ")
+                    .nth(1)
+                    .is_some_and(|rest| rest.starts_with('Z'))
+            })
+            .unwrap_or(true)
+    })
+    .await;
+    sup.shutdown().await;
+}
