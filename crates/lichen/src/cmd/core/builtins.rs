@@ -67,6 +67,8 @@ pub fn versions(services: &[Arc<dyn BuiltinService>]) -> BTreeMap<String, String
             super::NUCLEUS_VERSION,
         ),
         (STREAM_MANAGER, "2.2.1"),
+        // Its work (docker: artifacts) is the deployment engine's DockerFetcher.
+        ("aws.greengrass.DockerApplicationManager", "2.0.11"),
     ]
     .into_iter()
     .map(|(n, v)| (n.to_string(), v.to_string()))

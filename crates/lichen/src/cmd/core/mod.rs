@@ -205,6 +205,10 @@ async fn serve(
     base_env.insert("AWS_DEFAULT_REGION".into(), settings.region.clone());
     base_env.insert("AWS_IOT_THING_NAME".into(), settings.thing_name.clone());
     base_env.insert("GGC_VERSION".into(), NUCLEUS_VERSION.into());
+    // `docker run` in a lifecycle step reaches the engine the core pulls images into.
+    if let Ok(host) = std::env::var("DOCKER_HOST") {
+        base_env.entry("DOCKER_HOST".into()).or_insert(host);
+    }
     base_env.insert("GG_ROOT_CA_PATH".into(), settings.root_ca_path.clone());
     base_env.insert(
         "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH".into(),
@@ -270,6 +274,28 @@ async fn serve(
         supervisor.clone(),
         hooks.clone(),
     )?;
+    // `docker:` artifacts (aws.greengrass.DockerApplicationManager): a private registry's login
+    // is the component's `dockerRegistryCredentials.<registry>` {username, password}.
+    let creds_config = config.clone();
+    engine.register_fetcher(
+        "docker",
+        Arc::new(lichen_deploy::DockerFetcher::new(
+            lichen_deploy::DockerEngine::from_env(),
+            move |component, registry| {
+                let login = creds_config.get(&[
+                    "services",
+                    component,
+                    "configuration",
+                    "dockerRegistryCredentials",
+                    registry,
+                ])?;
+                Some((
+                    login.get("username")?.as_str()?.to_string(),
+                    login.get("password")?.as_str()?.to_string(),
+                ))
+            },
+        )),
+    );
 
     ipc_ops::register(
         &router,
