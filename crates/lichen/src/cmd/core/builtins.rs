@@ -47,6 +47,7 @@ pub fn services(ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
     let mut services: Vec<Arc<dyn BuiltinService>> = vec![];
     services.extend(super::client_devices::services(ctx));
     services.extend(super::bridge::services(ctx));
+    services.extend(super::tes::services(ctx));
     services
 }
 

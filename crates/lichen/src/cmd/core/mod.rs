@@ -14,6 +14,7 @@ mod ipc_ops;
 mod layout;
 mod lock;
 mod provision;
+mod tes;
 
 use super::RootArgs;
 use anyhow::Context;
@@ -223,7 +224,7 @@ async fn serve(
             log_max_bytes: settings.log_file_size_kb * 1024,
             log_keep_files: settings.log_keep_files,
         },
-        Arc::new(TokenEnv(tokens.clone())),
+        Arc::new(TokenEnv(tokens.clone(), config.clone())),
     );
 
     let new_bus = || lichen_bus::Bus::with_queue_bytes(settings.bus_queue_bytes);
@@ -394,11 +395,14 @@ fn inherited_env(pass: &[String]) -> BTreeMap<String, String> {
 }
 
 /// Gives each component process its IPC token (SVCUID and AWS_CONTAINER_AUTHORIZATION_TOKEN).
-struct TokenEnv(Arc<lichen_ipc::TokenRegistry>);
+/// Components that depend on the token exchange service also get its endpoint.
+struct TokenEnv(Arc<lichen_ipc::TokenRegistry>, ConfigStore);
 
 impl lichen_supervisor::EnvProvider for TokenEnv {
     fn component_env(&self, component: &str) -> BTreeMap<String, String> {
-        self.0.component_env(component)
+        let mut env = self.0.component_env(component);
+        env.extend(tes::component_env(&self.1, component));
+        env
     }
 }
 
