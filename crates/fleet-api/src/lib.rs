@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod dataplane;
 mod error;
 mod iot;
+mod secretsmanager;
 
 pub use call::Call;
 pub use error::{ApiError, ApiResult};
@@ -77,8 +78,11 @@ pub async fn serve(
 
 async fn handle(State(state): State<Arc<ApiState>>, req: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
+    // json 1.1 clients (X-Amz-Target) read the error code from the body's `__type`.
+    let json11 = req.headers().contains_key("x-amz-target");
     let mut resp = match authenticate_and_dispatch(&state, req).await {
         Ok(r) => r,
+        Err(e) if json11 => secretsmanager::error(e.code, e.message),
         Err(e) => e.into_response(),
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -147,6 +151,7 @@ async fn authenticate_and_dispatch(state: &Arc<ApiState>, req: Request) -> ApiRe
     tracing::debug!(service = %call.caller.service, method = %call.method, path = %call.path, who = %call.caller.access_key_id, "request");
     match call.caller.service.as_str() {
         "iot" => iot::dispatch(state, call).await,
+        "secretsmanager" => Ok(secretsmanager::dispatch(state, call).await),
         other => match state.services.get(other) {
             Some(h) => Ok(h.handle(call).await),
             None => Err(ApiError::unknown_operation(

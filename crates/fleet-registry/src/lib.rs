@@ -53,6 +53,7 @@ mod migrations;
 mod page;
 mod policies;
 mod query;
+mod secrets;
 mod templates;
 mod thing_types;
 mod things;
@@ -64,6 +65,7 @@ pub use certs::{
 pub use credentials::TemporaryCredentials;
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
+pub use secrets::{Secret, SecretValue, SecretVersion};
 pub use templates::ProvisioningTemplate;
 pub use thing_types::ThingType;
 pub use things::{Thing, ThingGroup, ThingQuery};

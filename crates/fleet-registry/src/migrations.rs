@@ -68,6 +68,15 @@ CREATE TABLE temporary_credentials (
     certificate_id TEXT NOT NULL, expires_at BIGINT NOT NULL, created_at BIGINT NOT NULL);
 CREATE INDEX temporary_credentials_expiry ON temporary_credentials (expires_at);
 "#,
+    r#"
+CREATE TABLE secrets (
+    name TEXT PRIMARY KEY, arn TEXT NOT NULL UNIQUE, description TEXT,
+    created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, deleted_at BIGINT);
+CREATE TABLE secret_versions (
+    secret_name TEXT NOT NULL REFERENCES secrets (name), version_id TEXT NOT NULL,
+    secret_string TEXT, secret_binary TEXT, stages TEXT NOT NULL, created_at BIGINT NOT NULL,
+    PRIMARY KEY (secret_name, version_id));
+"#,
 ];
 
 pub(crate) fn apply(tx: &Transaction<'_>) -> crate::Result<()> {
