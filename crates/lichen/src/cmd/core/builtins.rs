@@ -48,6 +48,7 @@ pub fn services(ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
     services.extend(super::client_devices::services(ctx));
     services.extend(super::bridge::services(ctx));
     services.extend(super::tes::services(ctx));
+    services.extend(super::secrets::services(ctx));
     services
 }
 

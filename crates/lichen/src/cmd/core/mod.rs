@@ -14,6 +14,7 @@ mod ipc_ops;
 mod layout;
 mod lock;
 mod provision;
+mod secrets;
 mod tes;
 
 use super::RootArgs;

@@ -59,7 +59,15 @@ struct TesService {
 
 impl TesService {
     fn settings(&self, own: &Value) -> Result<(TesConfig, u16), String> {
-        let text = |path: &[&str]| match self.config.get(path) {
+        settings(&self.config, own)
+    }
+}
+
+/// The exchange's settings from the nucleus (and the service's own configuration `own`), and
+/// the loopback port to serve on.
+pub fn settings(config: &ConfigStore, own: &Value) -> Result<(TesConfig, u16), String> {
+    {
+        let text = |path: &[&str]| match config.get(path) {
             Some(Value::String(s)) if !s.is_empty() => Some(s),
             _ => None,
         };
