@@ -66,6 +66,10 @@ pub fn versions(services: &[Arc<dyn BuiltinService>]) -> BTreeMap<String, String
             super::NUCLEUS_VERSION,
         ),
         (STREAM_MANAGER, "2.2.1"),
+        // Lambda components depend on these; `lichen lambda launch` is all three.
+        ("aws.greengrass.LambdaLauncher", "2.0.12"),
+        ("aws.greengrass.LambdaRuntimes", "2.0.8"),
+        ("aws.greengrass.LambdaManager", "2.3.5"),
     ]
     .into_iter()
     .map(|(n, v)| (n.to_string(), v.to_string()))

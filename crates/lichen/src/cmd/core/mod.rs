@@ -205,6 +205,10 @@ async fn serve(
     base_env.insert("AWS_DEFAULT_REGION".into(), settings.region.clone());
     base_env.insert("AWS_IOT_THING_NAME".into(), settings.thing_name.clone());
     base_env.insert("GGC_VERSION".into(), NUCLEUS_VERSION.into());
+    // Lambda components' lifecycle runs `"$LICHEN_EXE" lambda launch`.
+    if let Ok(exe) = std::env::current_exe() {
+        base_env.insert("LICHEN_EXE".into(), exe.display().to_string());
+    }
     base_env.insert("GG_ROOT_CA_PATH".into(), settings.root_ca_path.clone());
     base_env.insert(
         "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH".into(),
