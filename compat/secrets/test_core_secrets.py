@@ -143,3 +143,41 @@ def test_a_fleet_secret_reaches_an_allowed_component_only_and_survives_offline_e
     assert files_containing(core.root, secret.encode()) == []
     assert (core.root / "secrets" / "secrets.json").exists()
     assert os.stat(core.root / "secrets" / "secrets.json").st_mode & 0o777 == 0o600
+
+
+def test_a_new_value_on_the_fleet_reaches_components_at_the_periodic_refresh(fleet, iot, tmp_path, cores):  # noqa: F811
+    sm = fleet.client("secretsmanager")
+    arn = sm.create_secret(Name="rotating", SecretString="first-value")["ARN"]
+    alias = f"alias-{uuid.uuid4().hex[:8]}"
+    role_arn = f"arn:aws:iam::{'1' * 12}:role/{alias}-role"
+    iot.create_role_alias(roleAlias=alias, roleArn=role_arn, credentialDurationSeconds=900)
+    put_role_policy(fleet, role_arn, ROLE_POLICY, tmp_path)
+    enroll(fleet, f"core-{uuid.uuid4().hex[:6]}", tmp_path / "enrolled", alias)
+    work = tmp_path / "core"
+    work.mkdir()
+    core = Core(work / "root", tmp_path / "enrolled" / "config.yaml", work)
+    cores.append(core)
+    core.start()
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    first = tmp_path / "first.json"
+    reader(recipes, "com.example.First", first, arn, allowed_arn=arn)
+    # Every 0.02 min (1.2 s).
+    config = {SM: {"MERGE": {"cloudSecrets": [{"arn": arn}], "periodicRefreshIntervalMin": 0.02, "lichen": {"endpoint": fleet.api}}}}
+    deploy(core, recipes, ["com.example.First=1.0.0"], config)
+    wait_for(lambda: result(first), 60, f"first.json\n{core.log()}")
+    assert result(first)["value"] == "first-value"
+
+    sm.put_secret_value(SecretId=arn, SecretString="second-value")
+    # Each sync rewrites the store (fresh nonces): after two rewrites, one sync began after the put.
+    store = core.root / "secrets" / "secrets.json"
+    for _ in range(2):
+        before = store.read_bytes()
+        wait_for(lambda before=before: store.read_bytes() != before, 30, "a periodic refresh")
+    assert "second-value" not in store.read_text()
+    second = tmp_path / "second.json"
+    reader(recipes, "com.example.Second", second, arn, allowed_arn=arn)
+    fleet.stop()  # answered from the refreshed store, not by a fetch on demand
+    deploy(core, recipes, ["com.example.Second=1.0.0"])
+    wait_for(lambda: result(second), 60, f"second.json\n{core.log()}")
+    assert result(second)["value"] == "second-value"

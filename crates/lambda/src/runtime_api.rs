@@ -237,3 +237,70 @@ async fn connection(mut s: TcpStream, api: &Api) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn call(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body).await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+                    return (status, head, buf[end + 4..end + 4 + len].to_vec());
+                }
+            }
+            assert!(n > 0, "connection closed");
+        }
+    }
+
+    #[tokio::test]
+    async fn next_response_and_refused_transitions() {
+        let (port, tx, _api, task) = serve().await.unwrap();
+        let (done, result) = oneshot::channel();
+        tx.send(Invocation {
+            request_id: "req-12345678".into(),
+            payload: br#"{"a":1}"#.to_vec(),
+            content_type: "application/json",
+            deadline_ms: 42,
+            function_arn: "arn:aws:lambda:r:1:function:f:1".into(),
+            client_context: Some(r#"{"custom":{"subject":"t"}}"#.into()),
+            done,
+        })
+        .await
+        .unwrap();
+        let (status, head, body) =
+            call(port, "GET", "/2018-06-01/runtime/invocation/next", b"").await;
+        assert_eq!(status, 200);
+        assert!(head.contains("Lambda-Runtime-Aws-Request-Id: req-12345678"));
+        assert!(head.contains("Lambda-Runtime-Deadline-Ms: 42"));
+        assert!(head.contains(r#"Lambda-Runtime-Client-Context: {"custom":{"subject":"t"}}"#));
+        assert_eq!(body, br#"{"a":1}"#);
+        let path = "/2018-06-01/runtime/invocation/req-12345678/response";
+        assert_eq!(call(port, "POST", path, b"\"ok\"").await.0, 202);
+        assert_eq!(result.await.unwrap(), Outcome::Response(b"\"ok\"".to_vec()));
+        // A second answer for the same request, or one for an unknown id, is refused.
+        assert_eq!(call(port, "POST", path, b"again").await.0, 403);
+        let err = "/2018-06-01/runtime/invocation/nope/error";
+        assert_eq!(call(port, "POST", err, b"{}").await.0, 403);
+        assert_eq!(call(port, "GET", "/other", b"").await.0, 404);
+        task.abort();
+    }
+}
