@@ -388,7 +388,17 @@ pub async fn serve(
     port: u16,
     authorize: Authorize,
 ) -> std::io::Result<TesServer> {
-    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    // A reconfigured service rebinds its old port, which the stopped server may hold a moment.
+    let mut tries = 0;
+    let listener = loop {
+        match TcpListener::bind(("127.0.0.1", port)).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && port != 0 && tries < 40 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => break r?,
+        }
+    };
     let port = listener.local_addr()?.port();
     let task = tokio::spawn(async move {
         loop {

@@ -133,13 +133,18 @@ impl BuiltinService for TesService {
         Box::pin(async move {
             let mut running = self.running.lock().await;
             *FULL_URI.write().unwrap_or_else(|e| e.into_inner()) = None;
-            *running = None;
+            // Reconfigured with `port` 0: keep the port components were already given.
+            let previous_port = running.take().map(|s| s.port());
             let Some(own) = configuration else {
                 tracing::info!(service = SERVICE_NAME, "stopped");
                 return;
             };
             let started = async {
                 let (config, port) = self.settings(&own)?;
+                let port = match (port, previous_port) {
+                    (0, Some(p)) => p,
+                    _ => port,
+                };
                 let tes = TokenExchange::new(config).map_err(|e| e.to_string())?;
                 let tokens = self.tokens.clone();
                 // A live component token; CLI clients are not components.
