@@ -57,6 +57,7 @@ pub(crate) async fn serve() -> std::io::Result<(
     let a = api.clone();
     let task = tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
+            let _ = s.set_nodelay(true);
             let a = a.clone();
             tokio::spawn(async move {
                 let _ = connection(s, &a).await;
@@ -123,8 +124,10 @@ async fn respond(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(body).await
+    // One write: a head and body sent apart meet Nagle and delayed ACKs (tens of ms each).
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body);
+    s.write_all(&out).await
 }
 
 fn reason(status: u16) -> &'static str {
