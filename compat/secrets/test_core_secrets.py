@@ -181,3 +181,39 @@ def test_a_new_value_on_the_fleet_reaches_components_at_the_periodic_refresh(fle
     deploy(core, recipes, ["com.example.Second=1.0.0"])
     wait_for(lambda: result(second), 60, f"second.json\n{core.log()}")
     assert result(second)["value"] == "second-value"
+
+
+def test_a_deployment_syncs_the_secrets_again(fleet, iot, tmp_path, cores):  # noqa: F811
+    sm = fleet.client("secretsmanager")
+    arn = sm.create_secret(Name="on-deploy", SecretString="first-value")["ARN"]
+    alias = f"alias-{uuid.uuid4().hex[:8]}"
+    role_arn = f"arn:aws:iam::{'1' * 12}:role/{alias}-role"
+    iot.create_role_alias(roleAlias=alias, roleArn=role_arn, credentialDurationSeconds=900)
+    put_role_policy(fleet, role_arn, ROLE_POLICY, tmp_path)
+    enroll(fleet, f"core-{uuid.uuid4().hex[:6]}", tmp_path / "enrolled", alias)
+    work = tmp_path / "core"
+    work.mkdir()
+    core = Core(work / "root", tmp_path / "enrolled" / "config.yaml", work)
+    cores.append(core)
+    core.start()
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    config = {SM: {"MERGE": {"cloudSecrets": [{"arn": arn}], "lichen": {"endpoint": fleet.api}}}}
+    deploy(core, recipes, [f"{SM}=2.2.2"], config)
+    store = core.root / "secrets" / "secrets.json"
+    wait_for(lambda: store.exists(), 30, "the first sync")
+
+    sm.put_secret_value(SecretId=arn, SecretString="second-value")
+    before = store.read_bytes()
+    (recipes / "com.example.Unrelated.json").write_text(json.dumps({
+        "RecipeFormatVersion": "2020-01-25", "ComponentName": "com.example.Unrelated", "ComponentVersion": "1.0.0",
+        "Manifests": [{"Platform": {"os": "*"}, "Lifecycle": {"Run": "true"}}],
+    }))
+    deploy(core, recipes, ["com.example.Unrelated=1.0.0"])
+    wait_for(lambda: store.read_bytes() != before, 30, f"the sync after the deployment\n{core.log()}")
+    fleet.stop()
+    out = tmp_path / "after.json"
+    reader(recipes, "com.example.After", out, arn, allowed_arn=arn)
+    deploy(core, recipes, ["com.example.After=1.0.0"])
+    wait_for(lambda: result(out), 60, f"after.json\n{core.log()}")
+    assert result(out)["value"] == "second-value"

@@ -13,19 +13,49 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub fn services(ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
+    let running: Arc<tokio::sync::Mutex<Option<SecretManager>>> = Arc::default();
+    sync_after_deployments(&ctx.config, running.clone());
     vec![Arc::new(SecretsService {
         config: ctx.config.clone(),
         root: ctx.root.clone(),
         router: ctx.router.clone(),
-        running: tokio::sync::Mutex::new(None),
+        running,
     })]
+}
+
+/// A deployment that (re)installs any component syncs the secrets again (Greengrass refreshes
+/// on deployment), once per burst of changes.
+fn sync_after_deployments(
+    config: &ConfigStore,
+    running: Arc<tokio::sync::Mutex<Option<SecretManager>>>,
+) {
+    let deployed = Arc::new(tokio::sync::Notify::new());
+    let n = deployed.clone();
+    config.subscribe(
+        &["services"],
+        Box::new(move |e: &lichen_config::ConfigEvent| {
+            if e.path.len() == 3 && e.path[2].eq_ignore_ascii_case("version") {
+                n.notify_one();
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        loop {
+            deployed.notified().await;
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let manager = running.lock().await.clone();
+            if let Some(m) = manager {
+                m.sync().await;
+            }
+        }
+    });
 }
 
 struct SecretsService {
     config: ConfigStore,
     root: PathBuf,
     router: Arc<lichen_ipc::Router>,
-    running: tokio::sync::Mutex<Option<SecretManager>>,
+    running: Arc<tokio::sync::Mutex<Option<SecretManager>>>,
 }
 
 impl SecretsService {
