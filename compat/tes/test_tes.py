@@ -163,3 +163,30 @@ def test_a_role_alias_the_certificate_may_not_assume_is_refused_to_the_component
     wait_for(lambda: lines(out), 60, f"the component to report\n{core.log()}")
     assert "CredentialRetrievalError" in lines(out)[0]["error"], lines(out)
     assert "answered 403" in core.log()
+
+
+def test_a_new_role_alias_takes_effect_without_waiting_for_expiry(fleet, iot, tmp_path, cores):  # noqa: F811
+    alias = make_alias(fleet, iot, tmp_path)
+    thing, core = start_core(fleet, iot, tmp_path, cores, alias)
+    # A second alias whose role may do nothing; the device may assume it too.
+    other = f"alias-{uuid.uuid4().hex[:8]}"
+    iot.create_role_alias(roleAlias=other, roleArn=f"arn:aws:iam::{'1' * 12}:role/{other}-role", credentialDurationSeconds=900)
+    cert = iot.list_thing_principals(thingName=thing)["principals"][0]
+    iot.create_policy(policyName="assume-any", policyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "iot:AssumeRoleWithCertificate", "Resource": "*"}],
+    }))
+    iot.attach_policy(policyName="assume-any", target=cert)
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    recipe(recipes, "com.example.First", [first, fleet.api, thing, 1, 0])
+    deploy(core, recipes, ["com.example.First=1.0.0"])
+    wait_for(lambda: lines(first), 60, f"the first component\n{core.log()}")
+    assert lines(first)[0].get("thingName") == thing, lines(first)
+
+    deploy(core, recipes, ["aws.greengrass.Nucleus=2.14.0"], {"aws.greengrass.Nucleus": {"MERGE": {"iotRoleAlias": other}}})
+    recipe(recipes, "com.example.Second", [second, fleet.api, thing, 1, 0])
+    deploy(core, recipes, ["com.example.Second=1.0.0"])
+    wait_for(lambda: lines(second), 60, f"the second component\n{core.log()}")
+    assert "AccessDenied" in lines(second)[0].get("error", ""), lines(second)

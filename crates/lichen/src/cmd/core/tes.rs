@@ -23,11 +23,64 @@ pub const SERVICE_NAME: &str = "aws.greengrass.TokenExchangeService";
 static FULL_URI: RwLock<Option<String>> = RwLock::new(None);
 
 pub fn services(ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
-    vec![Arc::new(TesService {
+    let service = Arc::new(TesService {
         config: ctx.config.clone(),
         tokens: ctx.tokens.clone(),
         running: tokio::sync::Mutex::new(None),
-    })]
+        applied: std::sync::Mutex::new(None),
+    });
+    restart_on_identity_change(&ctx.config, service.clone());
+    vec![service]
+}
+
+/// A new role alias, credentials endpoint, thing name, certificate, key or CA empties the cache:
+/// the running service starts again with its own configuration (and its port).
+fn restart_on_identity_change(config: &ConfigStore, service: Arc<TesService>) {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    for prefix in [
+        &["services", super::NUCLEUS, "configuration"][..],
+        &["system"][..],
+    ] {
+        let n = changed.clone();
+        config.subscribe(
+            prefix,
+            Box::new(move |e: &lichen_config::ConfigEvent| {
+                let key = e
+                    .path
+                    .last()
+                    .map(|k| k.to_ascii_lowercase())
+                    .unwrap_or_default();
+                if matches!(
+                    key.as_str(),
+                    "iotrolealias"
+                        | "iotcredendpoint"
+                        | "thingname"
+                        | "certificatefilepath"
+                        | "privatekeypath"
+                        | "rootcapath"
+                ) {
+                    n.notify_one();
+                }
+            }),
+        );
+    }
+    tokio::spawn(async move {
+        loop {
+            changed.notified().await;
+            let own = service
+                .applied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if own.is_some() {
+                tracing::info!(
+                    service = SERVICE_NAME,
+                    "the device identity or role alias changed; credentials are fetched anew"
+                );
+                service.apply(own).await;
+            }
+        }
+    });
 }
 
 /// `AWS_CONTAINER_CREDENTIALS_FULL_URI` for `component` when it depends on the service and the
@@ -55,6 +108,8 @@ struct TesService {
     config: ConfigStore,
     tokens: Arc<lichen_ipc::TokenRegistry>,
     running: tokio::sync::Mutex<Option<TesServer>>,
+    /// The configuration last applied (`None`: not deployed).
+    applied: std::sync::Mutex<Option<Value>>,
 }
 
 impl TesService {
@@ -135,6 +190,7 @@ impl BuiltinService for TesService {
             *FULL_URI.write().unwrap_or_else(|e| e.into_inner()) = None;
             // Reconfigured with `port` 0: keep the port components were already given.
             let previous_port = running.take().map(|s| s.port());
+            *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = configuration.clone();
             let Some(own) = configuration else {
                 tracing::info!(service = SERVICE_NAME, "stopped");
                 return;
