@@ -21,7 +21,7 @@ from lichen_support import lichen_bin, wait_for  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
-def lambda_recipe(recipes, artifacts, name, pinned, timeout, topic):
+def lambda_recipe(recipes, artifacts, name, pinned, timeout, topic, kind="PUB_SUB"):
     art = artifacts / name / "1.0.0"
     art.mkdir(parents=True)
     with zipfile.ZipFile(art / "lambda-artifact.zip", "w") as z:
@@ -48,7 +48,7 @@ def lambda_recipe(recipes, artifacts, name, pinned, timeout, topic):
                 "pinned": pinned,
                 "maxIdleTimeInSeconds": 60,
                 "statusTimeoutInSeconds": 60,
-                "pubsubTopics": {"0": {"topic": topic, "type": "PUB_SUB"}},
+                "pubsubTopics": {"0": {"topic": topic, "type": kind}},
                 "accessControl": {
                     "aws.greengrass.ipc.pubsub": {
                         f"{name}:pubsub:1": {
@@ -56,7 +56,14 @@ def lambda_recipe(recipes, artifacts, name, pinned, timeout, topic):
                             "operations": ["aws.greengrass#SubscribeToTopic", "aws.greengrass#PublishToTopic"],
                             "resources": ["*"],
                         }
-                    }
+                    },
+                    "aws.greengrass.ipc.mqttproxy": {
+                        f"{name}:mqttproxy:1": {
+                            "policyDescription": "events from the cloud",
+                            "operations": ["aws.greengrass#SubscribeToIoTCore"],
+                            "resources": ["*"],
+                        }
+                    },
                 },
             }
         },
@@ -106,13 +113,14 @@ def listener_recipe(recipes, out, inbox):
 
 
 class Rig:
-    def __init__(self, tmp_path, cores):  # noqa: F811
+    def __init__(self, tmp_path, cores, config_file=None):  # noqa: F811
         self.tmp = tmp_path
         self.recipes, self.artifacts = tmp_path / "recipes", tmp_path / "artifacts"
         self.recipes.mkdir()
         self.artifacts.mkdir()
-        config = tmp_path / "config.yaml"
-        config.write_text("system:\n  thingName: lambda-core\n")
+        config = config_file or tmp_path / "config.yaml"
+        if config_file is None:
+            config.write_text("system:\n  thingName: lambda-core\n")
         work = tmp_path / "core"
         work.mkdir()
         self.core = Core(work / "root", config, work)
@@ -186,3 +194,34 @@ def test_a_stuck_invocation_is_ended_at_its_timeout_and_the_next_is_served(rig):
     wait_for(lambda: any(a["n"] == 2 for a in rig.answers()), 60, f"the next answer\n{rig.component_log(name)}")
     time.sleep(0.5)
     assert [a["n"] for a in rig.answers()] == [2]
+
+
+def test_a_function_is_invoked_by_messages_from_iot_core(fleet, iot, tmp_path, cores):  # noqa: F811
+    thing = "lambda-cloud-core"
+    p = subprocess.run(
+        [lichen_bin(), "fleet", "enroll", "--root", str(fleet.root), "--thing", thing, "--out", str(tmp_path / "enrolled")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    rig = Rig(tmp_path, cores, tmp_path / "enrolled" / "config.yaml")
+    wait_for(lambda: "connected to the cloud" in rig.core.log(), 60, "the core to connect to the fleet")
+    name = "com.example.CloudFn"
+    topic = f"devices/{thing}/commands"
+    lambda_recipe(rig.recipes, rig.artifacts, name, pinned=True, timeout=10, topic=topic, kind="IOT_CORE")
+    rig.deploy(name)
+    data = fleet.client("iot-data")
+    # The subscription reaches the fleet shortly after the deployment: publish until answered.
+    n = 0
+
+    def answered():
+        nonlocal n
+        data.publish(topic=topic, qos=1, payload=json.dumps({"n": n}).encode())
+        n += 1
+        time.sleep(0.5)
+        return rig.answers()
+
+    wait_for(answered, 60, f"an answer to a cloud message\n{rig.component_log(name)}")
+    a = rig.answers()[0]
+    assert a["topic"] == topic and a["env"] == "hello"
