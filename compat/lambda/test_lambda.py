@@ -21,7 +21,7 @@ from lichen_support import lichen_bin, wait_for  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
-def lambda_recipe(recipes, artifacts, name, pinned, timeout, topic, kind="PUB_SUB"):
+def lambda_recipe(recipes, artifacts, name, pinned, timeout, topic, kind="PUB_SUB", handler="handler.handler"):
     art = artifacts / name / "1.0.0"
     art.mkdir(parents=True)
     with zipfile.ZipFile(art / "lambda-artifact.zip", "w") as z:
@@ -72,7 +72,7 @@ def lambda_recipe(recipes, artifacts, name, pinned, timeout, topic, kind="PUB_SU
                 "Platform": {"os": "linux"},
                 "Lifecycle": {
                     "setenv": {
-                        "AWS_GREENGRASS_LAMBDA_FUNCTION_HANDLER": "handler.handler",
+                        "AWS_GREENGRASS_LAMBDA_FUNCTION_HANDLER": handler,
                         "AWS_GREENGRASS_LAMBDA_ARTIFACT_PATH": "{artifacts:decompressedPath}/lambda-artifact",
                         "AWS_GREENGRASS_LAMBDA_ARN": f"arn:aws:lambda:us-east-1:123456789012:function:{name}:1",
                         "AWS_GREENGRASS_LAMBDA_EXEC_ARGS": json.dumps([sys.executable, "-m", "awslambdaric"]),
@@ -225,3 +225,15 @@ def test_a_function_is_invoked_by_messages_from_iot_core(fleet, iot, tmp_path, c
     wait_for(answered, 60, f"an answer to a cloud message\n{rig.component_log(name)}")
     a = rig.answers()[0]
     assert a["topic"] == topic and a["env"] == "hello"
+
+
+def test_a_function_that_cannot_load_reports_its_init_error(rig):
+    name = "com.example.BrokenFn"
+    lambda_recipe(rig.recipes, rig.artifacts, name, pinned=True, timeout=10, topic="events/broken", handler="nosuch.handler")
+    rig.deploy(name)
+    rig.send("events/broken", {"n": 1})
+    wait_for(lambda: "failed to start" in rig.component_log(name), 60, f"the init error\n{rig.component_log(name)}")
+    # The launcher reports what the runtime posted to /runtime/init/error.
+    reported = [line for line in rig.component_log(name).splitlines() if "failed to start" in line]
+    assert "Runtime.ImportModuleError" in reported[0], reported
+    assert rig.answers() == []
