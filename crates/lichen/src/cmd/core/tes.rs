@@ -187,11 +187,13 @@ impl BuiltinService for TesService {
     fn apply(&self, configuration: Option<Value>) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let mut running = self.running.lock().await;
-            *FULL_URI.write().unwrap_or_else(|e| e.into_inner()) = None;
+            // The URI stays published across a restart on the same port (components started
+            // meanwhile get it; SDKs retry the moment the listener is down).
             // Reconfigured with `port` 0: keep the port components were already given.
             let previous_port = running.take().map(|s| s.port());
             *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = configuration.clone();
             let Some(own) = configuration else {
+                *FULL_URI.write().unwrap_or_else(|e| e.into_inner()) = None;
                 tracing::info!(service = SERVICE_NAME, "stopped");
                 return;
             };
@@ -224,6 +226,7 @@ impl BuiltinService for TesService {
                     *running = Some(server);
                 }
                 Err(e) => {
+                    *FULL_URI.write().unwrap_or_else(|e| e.into_inner()) = None;
                     tracing::error!(service = SERVICE_NAME, error = %e, "not started");
                 }
             }
