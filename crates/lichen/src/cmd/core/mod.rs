@@ -16,6 +16,8 @@ mod layout;
 mod lock;
 mod provision;
 mod shadows;
+mod secrets;
+mod tes;
 
 use super::RootArgs;
 use anyhow::Context;
@@ -209,6 +211,10 @@ async fn serve(
     if let Ok(host) = std::env::var("DOCKER_HOST") {
         base_env.entry("DOCKER_HOST".into()).or_insert(host);
     }
+    // Lambda components' lifecycle runs `"$LICHEN_EXE" lambda launch`.
+    if let Ok(exe) = std::env::current_exe() {
+        base_env.insert("LICHEN_EXE".into(), exe.display().to_string());
+    }
     base_env.insert("GG_ROOT_CA_PATH".into(), settings.root_ca_path.clone());
     base_env.insert(
         "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH".into(),
@@ -229,7 +235,7 @@ async fn serve(
             log_max_bytes: settings.log_file_size_kb * 1024,
             log_keep_files: settings.log_keep_files,
         },
-        Arc::new(TokenEnv(tokens.clone())),
+        Arc::new(TokenEnv(tokens.clone(), config.clone())),
     );
 
     let new_bus = || lichen_bus::Bus::with_queue_bytes(settings.bus_queue_bytes);
@@ -445,11 +451,14 @@ fn inherited_env(pass: &[String]) -> BTreeMap<String, String> {
 }
 
 /// Gives each component process its IPC token (SVCUID and AWS_CONTAINER_AUTHORIZATION_TOKEN).
-struct TokenEnv(Arc<lichen_ipc::TokenRegistry>);
+/// Components that depend on the token exchange service also get its endpoint.
+struct TokenEnv(Arc<lichen_ipc::TokenRegistry>, ConfigStore);
 
 impl lichen_supervisor::EnvProvider for TokenEnv {
     fn component_env(&self, component: &str) -> BTreeMap<String, String> {
-        self.0.component_env(component)
+        let mut env = self.0.component_env(component);
+        env.extend(tes::component_env(&self.1, component));
+        env
     }
 }
 
