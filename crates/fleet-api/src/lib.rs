@@ -32,8 +32,8 @@ mod error;
 pub mod greengrass;
 mod iot;
 pub mod s3;
-pub mod signing;
 mod secretsmanager;
+pub mod signing;
 
 pub use call::Call;
 pub use error::{ApiError, ApiResult};

@@ -15,8 +15,8 @@ mod ipc_ops;
 mod layout;
 mod lock;
 mod provision;
-mod shadows;
 mod secrets;
+mod shadows;
 mod tes;
 
 use super::RootArgs;
