@@ -88,6 +88,16 @@ impl Fetchers {
     }
 }
 
+/// What a deployment tells the fetchers about where its artifacts come from.
+pub(crate) struct PrepareSource<'a> {
+    /// A local deployment's artifact folder.
+    pub local_dir: Option<&'a Path>,
+    /// The deployment came from the cloud.
+    pub cloud_deployment: bool,
+    /// The component's configuration as this deployment will commit it.
+    pub configuration: Option<&'a serde_json::Value>,
+}
+
 /// Makes every artifact of `name@version` present, verified, unpacked and protected.
 /// Files under `<local_dir>/<name>/<version>/` are copied first (also undeclared ones, as the
 /// classic nucleus copies the whole directory).
@@ -97,10 +107,13 @@ pub(crate) fn prepare(
     name: &str,
     version: &Version,
     artifacts: &[Artifact],
-    local_dir: Option<&Path>,
-    cloud_deployment: bool,
-    configuration: Option<&serde_json::Value>,
+    source: PrepareSource<'_>,
 ) -> Result<(), DeployError> {
+    let PrepareSource {
+        local_dir,
+        cloud_deployment,
+        configuration,
+    } = source;
     let dir = store.artifacts_dir(name, version)?;
     fsutil::create_shared_dir_all(&dir)
         .map_err(|e| DeployError::io("cannot create artifact directory", &dir, e))?;

@@ -430,9 +430,11 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
             name,
             &resolution.versions[name],
             &recipe.artifacts,
-            input.request.artifacts_directory_path.as_deref(),
-            cloud.is_some(),
-            configurations.get(name),
+            artifacts::PrepareSource {
+                local_dir: input.request.artifacts_directory_path.as_deref(),
+                cloud_deployment: cloud.is_some(),
+                configuration: configurations.get(name),
+            },
         )?;
     }
     // 6. Service entries with interpolated lifecycles.

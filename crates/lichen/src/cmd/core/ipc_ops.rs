@@ -212,7 +212,6 @@ pub fn parse_local_deployment(v: &Value) -> Result<LocalDeploymentRequest, IpcEr
                         .and_then(Value::as_str)
                         .map(str::to_string),
                     system_resource_limits: rw.get("systemResourceLimits").cloned(),
-                    ..Default::default()
                 },
             );
         }
