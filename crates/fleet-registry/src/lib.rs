@@ -60,6 +60,7 @@ mod migrations;
 mod page;
 mod policies;
 mod query;
+mod secrets;
 mod shadows;
 mod templates;
 mod thing_types;
@@ -76,6 +77,7 @@ pub use deployments::{CreatedDeployment, Deployment, EffectiveDeployment, NewDep
 pub use jobs::{ExecutionRow, JobRow, JobsTx, job_not_found};
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
+pub use secrets::{Secret, SecretValue, SecretVersion};
 pub use shadows::{ShadowKey, ShadowRecord, ShadowWrite};
 pub use templates::ProvisioningTemplate;
 pub use thing_types::ThingType;
