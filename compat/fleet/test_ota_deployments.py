@@ -5,8 +5,11 @@ enrolled with `lichen fleet enroll --group`, and what the fleet then shows of th
 learns from the cores' job status and fleet status messages.
 """
 
-from lichen_support import wait_for
-from ota_support import APP, gg, ota_cores, partial_downloads, publish, restart_on_same_ports, s3, wait_execution  # noqa: F401 (fixtures)
+import subprocess
+
+import yaml
+from lichen_support import lichen_bin, wait_for
+from ota_support import APP, gg, script, ota_cores, partial_downloads, publish, restart_on_same_ports, s3, wait_execution  # noqa: F401 (fixtures)
 
 GROUP = "ota-fleet"
 
@@ -173,3 +176,52 @@ def test_a_fleet_killed_mid_rollout_shows_every_core_succeeded_after_restart(fle
         wait_for(lambda c=c: c.running_version() == "1.0.0", 30, f"{c.thing} to run 1.0.0")
         wait_for(lambda c=c: installed(gg, c).get(APP) == ("1.0.0", "RUNNING"), 60, f"{c.thing}'s installed components")
     assert gg.get_deployment(deploymentId=d["deploymentId"])["deploymentStatus"] == "ACTIVE"
+
+
+def lichen_fleet(fleet, *args, check=True, root=True):
+    p = subprocess.run([lichen_bin(), "fleet", *args, *(["--root", str(fleet.root)] if root else [])], capture_output=True, text=True, timeout=300)
+    if check:
+        assert p.returncode == 0, f"lichen fleet {' '.join(args)} failed ({p.returncode}): {p.stdout}{p.stderr}"
+    return p
+
+
+def component_folder(tmp_path, version):
+    """A component folder as `lichen fleet component publish` takes it: recipe + artifacts."""
+    d = tmp_path / f"app-{version}"
+    (d / "artifacts" / APP / version).mkdir(parents=True)
+    (d / "artifacts" / APP / version / "app.sh").write_bytes(script(version))
+    (d / "recipe.yaml").write_text(
+        f"RecipeFormatVersion: '2020-01-25'\nComponentName: {APP}\nComponentVersion: {version}\n"
+        "Manifests:\n  - Platform: {os: linux}\n    Lifecycle: {Run: 'sh {artifacts:path}/app.sh'}\n"
+        "    Artifacts:\n      - URI: app.sh\n"
+    )
+    return d
+
+
+def test_the_lichen_cli_publishes_signed_versions_that_cores_requiring_signatures_run(fleet, iot, s3, gg, ota_cores, tmp_path):
+    key = tmp_path / "signing.pem"
+    public = lichen_fleet(fleet, "component", "keygen", "--out", str(key), root=False).stdout.strip()
+    cores = [ota_cores(f"core{i}", GROUP, start=False) for i in (1, 2)]
+    for c in cores:
+        path = c.work / "enrolled" / "config.yaml"
+        config = yaml.safe_load(path.read_text())
+        nucleus = config["services"]["aws.greengrass.Nucleus"]["configuration"]
+        nucleus["lichen"] = {"requireSignedComponents": True, "componentSigningKeys": [public]}
+        path.write_text(yaml.safe_dump(config))
+        c.start()
+    lichen_fleet(fleet, "component", "publish", str(component_folder(tmp_path, "1.0.0")), "--sign-key", str(key))
+    dep = lichen_fleet(fleet, "deployment", "create", "--target", f"group:{GROUP}", "--component", f"{APP}=1.0.0").stdout.strip()
+    status = lichen_fleet(fleet, "deployment", "status", dep, "--wait-seconds", "120").stdout
+    assert "core1: SUCCEEDED" in status and "core2: SUCCEEDED" in status, status
+    for c in cores:
+        wait_for(lambda c=c: c.running_version() == "1.0.0", 30, f"{c.thing} to run 1.0.0")
+    # An unsigned version (boto3, no signature) is refused by each core before anything changes.
+    publish(s3, gg, "2.0.0")
+    dep = lichen_fleet(fleet, "deployment", "create", "--target", f"group:{GROUP}", "--component", f"{APP}=2.0.0").stdout.strip()
+    for c in cores:
+        e = wait_effective(gg, c, dep, "FAILED")
+        assert f"{APP}@2.0.0" in e["reason"] and "signature" in e["reason"], e
+    status = lichen_fleet(fleet, "deployment", "status", dep, "--once", check=False).stdout
+    assert "core1: FAILED" in status, status
+    for c in cores:
+        assert c.running_version() == "1.0.0" and not any(r.startswith("2.0.0") for r in c.runs()), c.runs()
