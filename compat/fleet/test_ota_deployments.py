@@ -225,3 +225,20 @@ def test_the_lichen_cli_publishes_signed_versions_that_cores_requiring_signature
     assert "core1: FAILED" in status, status
     for c in cores:
         assert c.running_version() == "1.0.0" and not any(r.startswith("2.0.0") for r in c.runs()), c.runs()
+
+
+def test_an_offline_core_and_a_thing_added_later_catch_up_with_the_deployment(fleet, iot, s3, gg, ota_cores):
+    arn = group_arn(iot)
+    online = ota_cores("core1", GROUP)
+    offline = ota_cores("core2", GROUP, start=False)
+    later = ota_cores("core3")
+    publish(s3, gg, "1.0.0")
+    d = deploy(gg, arn, "1.0.0")
+    wait_effective(gg, online, d["deploymentId"], "SUCCEEDED")
+    assert effective(gg, later, d["deploymentId"]) is None
+    offline.start()
+    iot.add_thing_to_thing_group(thingGroupName=GROUP, thingName=later.thing)
+    for c in (offline, later):
+        wait_effective(gg, c, d["deploymentId"], "SUCCEEDED")
+        wait_for(lambda c=c: c.running_version() == "1.0.0", 30, f"{c.thing} to run 1.0.0")
+        wait_for(lambda c=c: installed(gg, c).get(APP) == ("1.0.0", "RUNNING"), 60, f"{c.thing}'s installed components")
