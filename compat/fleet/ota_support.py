@@ -121,11 +121,11 @@ def gg(fleet):
     return fleet.client("greengrassv2")
 
 
-def publish(s3, gg, version, name=APP, install=None, size=0):
+def publish(s3, gg, version, name=APP, install=None, size=0, run="sh {artifacts:path}/app.sh"):
     """Uploads the script for `version` and creates the component version; its ARN."""
     key = f"{name}/{version}/app.sh"
     s3.put_object(Bucket=BUCKET, Key=key, Body=script(version, size))
-    lifecycle = {"Run": "sh {artifacts:path}/app.sh"}
+    lifecycle = {"Run": run}
     if install is not None:
         lifecycle["Install"] = install
     recipe = {

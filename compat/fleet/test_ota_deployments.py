@@ -5,6 +5,7 @@ enrolled with `lichen fleet enroll --group`, and what the fleet then shows of th
 learns from the cores' job status and fleet status messages.
 """
 
+import json
 import subprocess
 
 import yaml
@@ -242,3 +243,22 @@ def test_an_offline_core_and_a_thing_added_later_catch_up_with_the_deployment(fl
         wait_effective(gg, c, d["deploymentId"], "SUCCEEDED")
         wait_for(lambda c=c: c.running_version() == "1.0.0", 30, f"{c.thing} to run 1.0.0")
         wait_for(lambda c=c: installed(gg, c).get(APP) == ("1.0.0", "RUNNING"), 60, f"{c.thing}'s installed components")
+
+
+def test_a_configuration_too_large_for_a_job_or_shadow_reaches_the_cores(fleet, iot, s3, gg, ota_cores):
+    # Over 32 KiB the job document (over 8 KiB the shadow state) cannot carry the deployment:
+    # it goes without its components, requiring LARGE_CONFIGURATION, and each core fetches the
+    # whole document with GetDeploymentConfiguration over the data plane.
+    arn = group_arn(iot)
+    member, single = ota_cores("core1", GROUP), ota_cores("core2")
+    publish(s3, gg, "1.0.0", run="echo {configuration:/marker} > marker.txt; sh {artifacts:path}/app.sh")
+    for core, target, pad in ((member, arn, 40_000), (single, iot.describe_thing(thingName="core2")["thingArn"], 10_000)):
+        merge = json.dumps({"marker": f"for-{core.thing}", "padding": "x" * pad})
+        d = gg.create_deployment(targetArn=target, components={APP: {"componentVersion": "1.0.0", "configurationUpdate": {"merge": merge}}})
+        if "iotJobId" in d:
+            doc = json.loads(iot.get_job_document(jobId=d["iotJobId"])["document"])
+            assert "LARGE_CONFIGURATION" in doc["requiredCapabilities"] and "components" not in doc, doc
+        wait_effective(gg, core, d["deploymentId"], "SUCCEEDED")
+        marker = core.core.root / "work" / APP / "marker.txt"
+        wait_for(marker.exists, 30, f"{core.thing}'s component to write its marker")
+        assert marker.read_text().strip() == f"for-{core.thing}"
