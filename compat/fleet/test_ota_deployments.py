@@ -262,3 +262,23 @@ def test_a_configuration_too_large_for_a_job_or_shadow_reaches_the_cores(fleet, 
         marker = core.core.root / "work" / APP / "marker.txt"
         wait_for(marker.exists, 30, f"{core.thing}'s component to write its marker")
         assert marker.read_text().strip() == f"for-{core.thing}"
+
+
+def test_components_of_a_group_the_core_left_are_removed_at_its_next_deployment(fleet, iot, s3, gg, ota_cores):
+    other_app = "com.example.OtherApp"
+    arn_a, arn_b = group_arn(iot, "site-a"), group_arn(iot, "site-b")
+    core = ota_cores("core1", "site-a", "site-b")
+    publish(s3, gg, "1.0.0")
+    publish(s3, gg, "1.0.0", name=other_app)
+    a = deploy(gg, arn_a, "1.0.0")
+    wait_effective(gg, core, a["deploymentId"], "SUCCEEDED")
+    b = gg.create_deployment(targetArn=arn_b, components={other_app: {"componentVersion": "1.0.0"}})
+    wait_effective(gg, core, b["deploymentId"], "SUCCEEDED")
+    wait_for(lambda: installed(gg, core).get(other_app) == ("1.0.0", "RUNNING"), 60, "both groups' components")
+    assert installed(gg, core).get(APP) == ("1.0.0", "RUNNING")
+    iot.remove_thing_from_thing_group(thingGroupName="site-b", thingName=core.thing)
+    publish(s3, gg, "1.1.0")
+    a2 = deploy(gg, arn_a, "1.1.0")
+    wait_effective(gg, core, a2["deploymentId"], "SUCCEEDED")
+    wait_for(lambda: other_app not in installed(gg, core), 60, f"{other_app} to be removed\n{core.log()[-3000:]}")
+    assert installed(gg, core).get(APP) == ("1.1.0", "RUNNING")
