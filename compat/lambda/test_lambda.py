@@ -129,9 +129,11 @@ class Rig:
         self.out, self.inbox = tmp_path / "answers.jsonl", tmp_path / "inbox.txt"
         self.listener = listener_recipe(self.recipes, self.out, self.inbox)
 
-    def deploy(self, *names):
+    def deploy(self, *names, update_config=None):
         args = [lichen_bin(), "deployment", "create", "--wait", "--json", "--root", str(self.core.root)]
         args += ["--recipe-dir", str(self.recipes), "--artifact-dir", str(self.artifacts)]
+        if update_config:
+            args += ["--update-config", json.dumps(update_config)]
         for n in (self.listener, *names):
             args += ["--merge", f"{n}=1.0.0"]
         p = subprocess.run(args, capture_output=True, text=True, timeout=180)
