@@ -68,7 +68,7 @@ def test_a_published_function_becomes_a_lambda_component_that_a_core_runs(fleet,
     recipe = json.loads(gg.get_component(arn=created["arn"], recipeOutputFormat="JSON")["recipe"])
     assert recipe["ComponentType"] == "aws.greengrass.lambda"
     assert recipe["ComponentSource"] == arn
-    assert "aws.greengrass.LambdaLauncher" in recipe["ComponentDependencies"]
+    assert {"aws.greengrass.LambdaLauncher", "aws.greengrass.TokenExchangeService"} <= set(recipe["ComponentDependencies"])
     config = recipe["ComponentConfiguration"]["DefaultConfiguration"]
     assert config["pubsubTopics"] == {"0": {"topic": "events/fleet", "type": "PUB_SUB"}, "1": {"topic": "devices/+/cmd", "type": "IOT_CORE"}}
     assert (config["pinned"], config["timeoutInSeconds"], config["maxQueueSize"]) == (True, 10, 50)

@@ -318,6 +318,7 @@ pub(crate) fn recipe(s: &ApiState, f: &Value) -> ApiResult<String> {
 
     let mut dependencies = json!({
         "aws.greengrass.LambdaLauncher": {"VersionRequirement": ">=2.0.0 <3.0.0", "DependencyType": "HARD"},
+        "aws.greengrass.TokenExchangeService": {"VersionRequirement": ">=2.0.0 <3.0.0", "DependencyType": "HARD"},
         "aws.greengrass.LambdaRuntimes": {"VersionRequirement": ">=2.0.0 <3.0.0", "DependencyType": "SOFT"},
     });
     if let Some(deps) = f.get("componentDependencies").filter(|v| !v.is_null()) {
