@@ -5,6 +5,7 @@ recipe, and a real core runs that recipe and artifact under unmodified `awslambd
 
 import json
 import subprocess
+import time
 import sys
 import zipfile
 from pathlib import Path
@@ -127,3 +128,56 @@ def test_unpublished_and_malformed_function_arns_are_refused_by_name(fleet, tmp_
     recipe = json.loads(gg.get_component(arn=created["arn"], recipeOutputFormat="JSON")["recipe"])
     setenv = recipe["Manifests"][0]["Lifecycle"]["setenv"]
     assert json.loads(setenv["AWS_GREENGRASS_LAMBDA_EXEC_ARGS"]) == ["python3", "-m", "awslambdaric"]
+
+
+def test_a_cloud_deployment_of_the_generated_component_runs_the_function(fleet, iot, tmp_path, cores):  # noqa: F811
+    thing = "lambda-fleet-core"
+    p = subprocess.run(
+        [lichen_bin(), "fleet", "enroll", "--root", str(fleet.root), "--thing", thing, "--out", str(tmp_path / "enrolled")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    arn = publish_function(fleet, tmp_path, "CloudFleetFn")
+    gg = fleet.client("greengrassv2")
+    name = "com.example.CloudFleetFn"
+    gg.create_component_version(
+        lambdaFunction={
+            "lambdaArn": arn,
+            "componentName": name,
+            "componentVersion": "1.0.0",
+            "componentLambdaParameters": {
+                "eventSources": [{"topic": "events/cloud-fleet", "type": "PUB_SUB"}],
+                "pinned": False,
+                "timeoutInSeconds": 10,
+                "environmentVariables": {"GREETING": "from the fleet"},
+                "execArgs": [sys.executable, "-m", "awslambdaric"],
+                "linuxProcessParams": {"isolationMode": "NoContainer"},
+            },
+        }
+    )
+    # The listener is local; the function comes with a cloud deployment (resolved, its
+    # package downloaded through the data plane) that also grants its answers topic.
+    rig = Rig(tmp_path, cores, tmp_path / "enrolled" / "config.yaml")
+    wait_for(lambda: "connected to the cloud" in rig.core.log(), 60, "the core to connect to the fleet")
+    rig.deploy()
+    answers_policy = {"accessControl": {"aws.greengrass.ipc.pubsub": {
+        f"{name}:answers": {"operations": ["aws.greengrass#PublishToTopic"], "resources": ["lambda/answers"]}
+    }}}
+    gg.create_deployment(
+        targetArn=iot.describe_thing(thingName=thing)["thingArn"],
+        components={name: {"componentVersion": "1.0.0", "configurationUpdate": {"merge": json.dumps(answers_policy)}}},
+    )
+    n = 0
+
+    def answered():
+        nonlocal n
+        n += 1
+        rig.send("events/cloud-fleet", {"n": n})
+        time.sleep(0.5)
+        return rig.answers()
+
+    wait_for(answered, 120, f"an answer\n{rig.core.log()}\n{rig.component_log(name)}")
+    a = rig.answers()[0]
+    assert (a["topic"], a["env"], a["function"]) == ("events/cloud-fleet", "from the fleet", "CloudFleetFn")
