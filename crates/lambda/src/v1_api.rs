@@ -43,6 +43,12 @@ pub type Handler =
 
 type Pending = Mutex<HashMap<String, watch::Receiver<Option<V1Result>>>>;
 
+type Work = Pin<Box<dyn Future<Output = V1Result> + Send>>;
+
+/// Event calls (publishes) run one after another in the order they were posted, as V1's
+/// router queue kept them; request/response calls run at once.
+type Events = tokio::sync::mpsc::UnboundedSender<Work>;
+
 /// Serves until the task is aborted; returns the port.
 pub async fn serve(
     token: String,
@@ -52,14 +58,26 @@ pub async fn serve(
     let port = listener.local_addr()?.port();
     let pending: Arc<Pending> = Arc::new(Mutex::new(HashMap::new()));
     let token = Arc::new(token);
+    let (events, mut queue) = tokio::sync::mpsc::unbounded_channel::<Work>();
     let task = tokio::spawn(async move {
+        let worker = tokio::spawn(async move {
+            while let Some(work) = queue.recv().await {
+                let _ = work.await;
+            }
+        });
         while let Ok((s, _)) = listener.accept().await {
             let _ = s.set_nodelay(true);
-            let (token, handler, pending) = (token.clone(), handler.clone(), pending.clone());
+            let (token, handler, pending, events) = (
+                token.clone(),
+                handler.clone(),
+                pending.clone(),
+                events.clone(),
+            );
             tokio::spawn(async move {
-                let _ = connection(s, &token, &handler, &pending).await;
+                let _ = connection(s, &token, &handler, &pending, &events).await;
             });
         }
+        worker.abort();
     });
     Ok((port, task))
 }
@@ -75,6 +93,7 @@ async fn connection(
     token: &str,
     handler: &Handler,
     pending: &Pending,
+    events: &Events,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     while let Some(req) = read_request(&mut s, &mut buf).await? {
@@ -122,9 +141,13 @@ async fn connection(
                     continue;
                 }
                 let work = handler(call);
-                tokio::spawn(async move {
-                    let _ = tx.send(Some(work.await));
-                });
+                if event {
+                    let _ = events.send(work);
+                } else {
+                    tokio::spawn(async move {
+                        let _ = tx.send(Some(work.await));
+                    });
+                }
                 respond(&mut s, 202, &[("X-Amz-InvocationId", id)], b"").await?;
             }
             "GET" => {
