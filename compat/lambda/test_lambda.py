@@ -21,11 +21,11 @@ from lichen_support import lichen_bin, wait_for  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
-def lambda_recipe(recipes, artifacts, name, pinned, timeout, topic, kind="PUB_SUB", handler="handler.handler"):
+def lambda_recipe(recipes, artifacts, name, pinned, timeout, topic, kind="PUB_SUB", handler="handler.handler", source="handler.py", python=sys.executable):
     art = artifacts / name / "1.0.0"
     art.mkdir(parents=True)
     with zipfile.ZipFile(art / "lambda-artifact.zip", "w") as z:
-        z.write(HERE / "handler.py", "handler.py")
+        z.write(HERE / source, source)
     recipe = {
         "RecipeFormatVersion": "2020-01-25",
         "ComponentName": name,
@@ -75,7 +75,7 @@ def lambda_recipe(recipes, artifacts, name, pinned, timeout, topic, kind="PUB_SU
                         "AWS_GREENGRASS_LAMBDA_FUNCTION_HANDLER": handler,
                         "AWS_GREENGRASS_LAMBDA_ARTIFACT_PATH": "{artifacts:decompressedPath}/lambda-artifact",
                         "AWS_GREENGRASS_LAMBDA_ARN": f"arn:aws:lambda:us-east-1:123456789012:function:{name}:1",
-                        "AWS_GREENGRASS_LAMBDA_EXEC_ARGS": json.dumps([sys.executable, "-m", "awslambdaric"]),
+                        "AWS_GREENGRASS_LAMBDA_EXEC_ARGS": json.dumps([str(python), "-m", "awslambdaric"]),
                     },
                     "Run": '"$LICHEN_EXE" lambda launch',
                 },
@@ -129,9 +129,11 @@ class Rig:
         self.out, self.inbox = tmp_path / "answers.jsonl", tmp_path / "inbox.txt"
         self.listener = listener_recipe(self.recipes, self.out, self.inbox)
 
-    def deploy(self, *names):
+    def deploy(self, *names, update_config=None):
         args = [lichen_bin(), "deployment", "create", "--wait", "--json", "--root", str(self.core.root)]
         args += ["--recipe-dir", str(self.recipes), "--artifact-dir", str(self.artifacts)]
+        if update_config:
+            args += ["--update-config", json.dumps(update_config)]
         for n in (self.listener, *names):
             args += ["--merge", f"{n}=1.0.0"]
         p = subprocess.run(args, capture_output=True, text=True, timeout=180)

@@ -95,6 +95,7 @@ def test_a_fleet_secret_reaches_an_allowed_component_only_and_survives_offline_e
     sm = fleet.client("secretsmanager")
     arn = sm.create_secret(Name="db/password", SecretString="old-" + secret)["ARN"]
     sm.put_secret_value(SecretId=arn, SecretString=secret)
+    other_arn = sm.create_secret(Name="db/other", SecretString="another secret")["ARN"]
 
     alias = f"alias-{uuid.uuid4().hex[:8]}"
     role_arn = f"arn:aws:iam::{'1' * 12}:role/{alias}-role"
@@ -111,21 +112,32 @@ def test_a_fleet_secret_reaches_an_allowed_component_only_and_survives_offline_e
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     allowed, denied, previous, by_name = (tmp_path / n for n in ("allowed.json", "denied.json", "previous.json", "byname.json"))
+    other_policy = tmp_path / "otherpolicy.json"
     reader(recipes, "com.example.Allowed", allowed, arn, allowed_arn=arn)
     reader(recipes, "com.example.Denied", denied, arn)
     reader(recipes, "com.example.Previous", previous, arn, allowed_arn=arn, stage="AWSPREVIOUS")
     reader(recipes, "com.example.ByName", by_name, "db/password", allowed_arn=arn)
-    config = {SM: {"MERGE": {"cloudSecrets": [{"arn": arn, "labels": ["AWSPREVIOUS"]}], "lichen": {"endpoint": fleet.api}}}}
+    # A policy for another secret of this device does not cover this one.
+    reader(recipes, "com.example.OtherPolicy", other_policy, arn, allowed_arn=other_arn)
+    cloud_secrets = [{"arn": arn, "labels": ["AWSPREVIOUS"]}, {"arn": other_arn}]
+    config = {SM: {"MERGE": {"cloudSecrets": cloud_secrets, "lichen": {"endpoint": fleet.api}}}}
     deploy(
         core,
         recipes,
-        ["com.example.Allowed=1.0.0", "com.example.Denied=1.0.0", "com.example.Previous=1.0.0", "com.example.ByName=1.0.0"],
+        [
+            "com.example.Allowed=1.0.0",
+            "com.example.Denied=1.0.0",
+            "com.example.Previous=1.0.0",
+            "com.example.ByName=1.0.0",
+            "com.example.OtherPolicy=1.0.0",
+        ],
         config,
     )
-    for p in (allowed, denied, previous, by_name):
+    for p in (allowed, denied, previous, by_name, other_policy):
         wait_for(lambda p=p: result(p), 60, f"{p.name}\n{core.log()}")
     assert result(allowed) == {"value": secret, "versionStage": ["AWSCURRENT"], "secretId": arn, "versionId": result(allowed)["versionId"]}
     assert result(denied) == {"error": "UnauthorizedError"}
+    assert result(other_policy) == {"error": "UnauthorizedError"}
     assert result(previous)["value"] == "old-" + secret and result(previous)["versionStage"] == ["AWSPREVIOUS"]
     assert result(by_name)["value"] == secret
 

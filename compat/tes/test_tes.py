@@ -190,3 +190,26 @@ def test_a_new_role_alias_takes_effect_without_waiting_for_expiry(fleet, iot, tm
     deploy(core, recipes, ["com.example.Second=1.0.0"])
     wait_for(lambda: lines(second), 60, f"the second component\n{core.log()}")
     assert "AccessDenied" in lines(second)[0].get("error", ""), lines(second)
+
+
+def test_without_the_default_policy_only_components_allowed_get_credentials_may_have_them(fleet, iot, tmp_path, cores):  # noqa: F811
+    alias = make_alias(fleet, iot, tmp_path)
+    thing, core = start_core(fleet, iot, tmp_path, cores, alias)
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    allowed, refused = tmp_path / "allowed.jsonl", tmp_path / "refused.jsonl"
+    recipe(recipes, "com.example.Allowed", [allowed, fleet.api, thing, 1, 0])
+    recipe(recipes, "com.example.Refused", [refused, fleet.api, thing, 1, 0])
+    policy = {TES: {"com.example.Allowed:tes:1": {"operations": ["getCredentials"], "resources": ["*"]}}}
+    config = {
+        TES: {"MERGE": {"lichen": {"requireAccessControl": True}}},
+        "com.example.Allowed": {"MERGE": {"accessControl": policy}},
+    }
+    deploy(core, recipes, ["com.example.Allowed=1.0.0", "com.example.Refused=1.0.0"], config)
+    wait_for(lambda: lines(allowed) and lines(refused), 60, f"both components to report\n{core.log()}")
+    assert lines(allowed)[0].get("thingName") == thing, lines(allowed)
+    # Both depend on the service and hold a token; only the policy tells them apart.
+    other = lines(refused)[0]
+    assert other["fullUri"] and other["hasToken"], other
+    assert "CredentialRetrievalError" in other["error"], other
+    assert "403" in other["error"], other

@@ -10,11 +10,14 @@
 //! * An invocation past `timeoutInSeconds` ends its instance (process group killed) and
 //!   answers a timeout; the next invocation gets a fresh instance.
 //! * On-demand instances idle for `maxIdleTimeInSeconds` are stopped.
+//! * [`v1_api`] serves the Greengrass V1 functions protocol that the V1 `greengrasssdk` uses.
 //!
 //! Architecture invariant: an instance serves one invocation at a time, and a stuck one never
 //! holds the pool: its deadline always ends it.
 
 pub mod runtime_api;
+pub mod v1_api;
+pub mod v1_sdk;
 
 use runtime_api::{Invocation, Outcome};
 use serde_json::Value;
@@ -271,7 +274,17 @@ impl Pool {
                 (c.memory_kb / 1024).max(1).to_string(),
             )
             .env("MY_FUNCTION_ARN", &c.function_arn)
-            .env("PYTHONPATH", &c.code_dir)
+            // The package first, then what the configuration adds (e.g. the V1 SDK's runtime
+            // modules the launcher provides).
+            .env(
+                "PYTHONPATH",
+                match c.environment.get("PYTHONPATH") {
+                    Some(extra) if !extra.is_empty() => {
+                        format!("{}:{extra}", c.code_dir.display())
+                    }
+                    _ => c.code_dir.display().to_string(),
+                },
+            )
             .kill_on_drop(true);
         let child = cmd
             .spawn()

@@ -67,13 +67,27 @@ pub(crate) async fn serve() -> std::io::Result<(
     Ok((port, tx, api, task))
 }
 
-struct Request {
-    method: String,
-    path: String,
-    body: Vec<u8>,
+pub(crate) struct Request {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    /// `(lower-case name, value)`.
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
-async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Request>> {
+impl Request {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub(crate) async fn read_request(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Request>> {
     let mut chunk = [0u8; 8192];
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -82,10 +96,14 @@ async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<O
             let mut first = lines.next().unwrap_or_default().split(' ');
             let method = first.next().unwrap_or_default().to_string();
             let path = first.next().unwrap_or_default().to_string();
-            let len = lines
+            let headers: Vec<(String, String)> = lines
                 .filter_map(|l| l.split_once(':'))
-                .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-                .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect();
+            let len = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse::<usize>().ok())
                 .unwrap_or(0);
             if len > MAX_BODY {
                 return Err(std::io::Error::other("body too large"));
@@ -99,7 +117,12 @@ async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<O
             }
             let body = buf[end + 4..end + 4 + len].to_vec();
             buf.drain(..end + 4 + len);
-            return Ok(Some(Request { method, path, body }));
+            return Ok(Some(Request {
+                method,
+                path,
+                headers,
+                body,
+            }));
         }
         let n = s.read(&mut chunk).await?;
         if n == 0 {
@@ -109,7 +132,7 @@ async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<O
     }
 }
 
-async fn respond(
+pub(crate) async fn respond(
     s: &mut TcpStream,
     status: u16,
     headers: &[(&str, String)],
@@ -136,6 +159,9 @@ fn reason(status: u16) -> &'static str {
         202 => "Accepted",
         400 => "Bad Request",
         403 => "Forbidden",
+        405 => "Method Not Allowed",
+        500 => "Internal Server Error",
+        504 => "Gateway Timeout",
         404 => "Not Found",
         _ => "Error",
     }

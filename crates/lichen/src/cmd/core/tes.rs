@@ -7,6 +7,11 @@
 //! by default), the device certificate, key and root CA (`system.*`); the service's own `port`
 //! (0 = any free port; the one chosen is also recorded as `activePort` in the log) and
 //! `lichen.refreshMarginSec` (default 300: how long before expiry credentials are refetched).
+//!
+//! Authorization: a caller's token must be a live component's, and that component authorized for
+//! `aws.greengrass.TokenExchangeService` operation `getCredentials`. As in Greengrass, a default
+//! policy allows every component; `lichen.requireAccessControl: true` drops that default, so only
+//! components whose `accessControl` lists the operation get credentials.
 
 use super::builtins::{BoxFuture, BuiltinService, ServiceContext};
 use lichen_cloud::tes::{TesConfig, TesServer, TokenExchange};
@@ -19,6 +24,18 @@ use std::time::Duration;
 
 pub const SERVICE_NAME: &str = "aws.greengrass.TokenExchangeService";
 
+/// The operation components are authorized for (`accessControl` of the service).
+pub const GET_CREDENTIALS: &str = "getCredentials";
+
+/// `lichen.requireAccessControl`: whether the default allow-all policy is dropped.
+fn require_access_control(own: &Value) -> bool {
+    match own.pointer("/lichen/requireAccessControl") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
 /// The running endpoint's full URI, read by the supervisor's environment for each new process.
 static FULL_URI: RwLock<Option<String>> = RwLock::new(None);
 
@@ -26,6 +43,7 @@ pub fn services(ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
     let service = Arc::new(TesService {
         config: ctx.config.clone(),
         tokens: ctx.tokens.clone(),
+        router: ctx.router.clone(),
         running: tokio::sync::Mutex::new(None),
         applied: std::sync::Mutex::new(None),
     });
@@ -107,6 +125,7 @@ pub fn component_env(config: &ConfigStore, component: &str) -> BTreeMap<String, 
 struct TesService {
     config: ConfigStore,
     tokens: Arc<lichen_ipc::TokenRegistry>,
+    router: Arc<lichen_ipc::Router>,
     running: tokio::sync::Mutex<Option<TesServer>>,
     /// The configuration last applied (`None`: not deployed).
     applied: std::sync::Mutex<Option<Value>>,
@@ -205,11 +224,26 @@ impl BuiltinService for TesService {
                 };
                 let tes = TokenExchange::new(config).map_err(|e| e.to_string())?;
                 let tokens = self.tokens.clone();
-                // A live component token; CLI clients are not components.
+                let authorizer = self.router.authorizer().clone();
+                let open = !require_access_control(&own);
+                // A live component token (CLI clients are not components) whose component may
+                // getCredentials: under the default policy any, else by its accessControl.
                 let authorize: lichen_cloud::tes::Authorize = Arc::new(move |token: &str| {
-                    tokens
-                        .identity(token)
-                        .is_some_and(|who| !tokens.is_external(&who))
+                    let Some(who) = tokens.identity(token) else {
+                        return false;
+                    };
+                    if tokens.is_external(&who) {
+                        return false;
+                    }
+                    open || authorizer
+                        .check(
+                            &who,
+                            SERVICE_NAME,
+                            GET_CREDENTIALS,
+                            "*",
+                            lichen_ipc::ResourceStyle::Standard,
+                        )
+                        .is_ok()
                 });
                 lichen_cloud::tes::serve(Arc::new(tes), port, authorize)
                     .await

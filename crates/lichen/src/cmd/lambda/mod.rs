@@ -14,6 +14,9 @@ use clap::Subcommand;
 use lichen_lambda::{FunctionConfig, Pool, runtime_api::Outcome};
 use serde_json::{Value, json};
 use std::process::ExitCode;
+use std::sync::Arc;
+
+mod v1;
 
 #[derive(Subcommand)]
 pub enum LambdaCommand {
@@ -40,9 +43,11 @@ fn env(name: &str) -> anyhow::Result<String> {
 async fn launch() -> anyhow::Result<ExitCode> {
     let socket = env("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT")?;
     let token = env("SVCUID")?;
-    let client = lichen_ipc::IpcClient::connect(std::path::Path::new(&socket), &token)
-        .await
-        .context("connecting to the core's IPC")?;
+    let client = Arc::new(
+        lichen_ipc::IpcClient::connect(std::path::Path::new(&socket), &token)
+            .await
+            .context("connecting to the core's IPC")?,
+    );
     let got = client
         .call("GetConfiguration", json!({"keyPath": []}))
         .await
@@ -53,7 +58,7 @@ async fn launch() -> anyhow::Result<ExitCode> {
             .context("AWS_GREENGRASS_LAMBDA_EXEC_ARGS must be a JSON list of strings")?,
         _ => vec!["python3".into(), "-m".into(), "awslambdaric".into()],
     };
-    let config = FunctionConfig::from_component_config(
+    let mut config = FunctionConfig::from_component_config(
         &configuration,
         std::env::var("AWS_GREENGRASS_LAMBDA_ARN")
             .unwrap_or_else(|_| "arn:aws:lambda:us-east-1:000000000000:function:local:1".into()),
@@ -61,6 +66,7 @@ async fn launch() -> anyhow::Result<ExitCode> {
         env("AWS_GREENGRASS_LAMBDA_FUNCTION_HANDLER")?,
         env("AWS_GREENGRASS_LAMBDA_ARTIFACT_PATH")?.into(),
     )?;
+    v1::serve(&mut config, client.clone(), &token).await?;
     if config.event_sources.is_empty() {
         eprintln!("no pubsubTopics configured: the function is started but nothing invokes it");
     }
