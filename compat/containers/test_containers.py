@@ -155,3 +155,46 @@ def test_a_private_registry_uses_the_login_from_the_component_configuration(engi
     rc, d = core.deploy("--recipe-dir", recipes, "--merge", "test.Private=1.0.1")
     assert rc == 0, d
     assert engine.has_image(image)
+
+
+def big_image(engine, tmp_path):
+    """The busybox rootfs plus 4 MiB of random bytes (no compression shrinks them): a pull with
+    several MiB to count."""
+    import os
+    import shutil
+    import tarfile
+    tar_path = tmp_path / "big.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(shutil.which("busybox"), arcname="bin/busybox")
+        info = tarfile.TarInfo("bin/sh")
+        info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+        tar.addfile(info)
+        blob = tmp_path / "blob"
+        blob.write_bytes(os.urandom(4 << 20))
+        tar.add(blob, arcname="data/blob")
+    engine.docker("import", str(tar_path), "lichen-test/big:src")
+    return "lichen-test/big:src"
+
+
+def test_pull_progress_is_in_the_deployment_status(engine, registry, core, tmp_path):
+    source = big_image(engine, tmp_path)
+    image, _ = push(engine, registry, "big", image=source)
+    # Without the source image the engine has none of the layers: each one is downloaded.
+    engine.docker("rmi", source)
+    assert not engine.has_image(image)
+    recipes = write_recipe(tmp_path / "r", "test.Big", "1.0.0", image, run_line(image, "big-ok"))
+    rc, d = core.deploy("--recipe-dir", recipes, "--merge", "test.Big=1.0.0")
+    assert rc == 0, d
+    progress = d["deploymentStatusDetails"]["progress"]
+    assert progress["component"] == "test.Big@1.0.0", progress
+    assert progress["artifact"] == f"docker:{image}", progress
+    assert progress["done"] is True, progress
+    assert progress["layersTotal"] >= 1 and progress["layersDone"] == progress["layersTotal"], progress
+    # The layer is gzip-compressed random bytes: still over 4 MiB to download.
+    assert progress["bytesTotal"] >= 4 << 20 and progress["bytesDone"] == progress["bytesTotal"], progress
+    # The CLI's status shows it, and the record on disk kept it.
+    text = core.cli("deployment", "status", d["deploymentId"]).stdout
+    line = next((ln for ln in text.splitlines() if "pulled:" in ln), None)
+    assert line is not None, text
+    assert f"test.Big@1.0.0 docker:{image} {progress['layersDone']}/{progress['layersTotal']} layers" in line, text
+    assert "MiB" in line, text
