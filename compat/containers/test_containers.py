@@ -198,3 +198,91 @@ def test_pull_progress_is_in_the_deployment_status(engine, registry, core, tmp_p
     assert line is not None, text
     assert f"test.Big@1.0.0 docker:{image} {progress['layersDone']}/{progress['layersTotal']} layers" in line, text
     assert "MiB" in line, text
+
+
+class HeldBlobs:
+    """A pass-through proxy in front of the registry that sends the first MiB of each big blob and
+    then holds the rest until `release()`: the pull is mid-way for as long as the test needs."""
+
+    def __init__(self, upstream):
+        import http.client
+        import http.server
+        import threading
+        self.released = threading.Event()
+        held = self.released
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def forward(self):
+                conn = http.client.HTTPConnection(upstream, timeout=60)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                r = conn.getresponse()
+                data = r.read() if self.command != "HEAD" else b""
+                self.send_response(r.status)
+                for k, v in r.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection"):
+                        self.send_header(k, v)
+                self.end_headers()
+                if "/blobs/" in self.path and len(data) > 2 << 20:
+                    self.wfile.write(data[:1 << 20])
+                    self.wfile.flush()
+                    held.wait(120)
+                    self.wfile.write(data[1 << 20:])
+                else:
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.addr = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def release(self):
+        self.released.set()
+
+    def close(self):
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_status_read_during_a_pull_shows_its_progress(engine, registry, core, tmp_path):
+    from lichen_support import wait_for
+    source = big_image(engine, tmp_path)
+    pushed, _ = push(engine, registry, "held", image=source)
+    engine.docker("rmi", source)
+    proxy = HeldBlobs(registry.addr)
+    try:
+        image = pushed.replace(registry.addr, proxy.addr)
+        recipes = write_recipe(tmp_path / "r", "test.Held", "1.0.0", image, run_line(image, "held-ok"))
+        out = core.cli("deployment", "create", "--json", "--recipe-dir", recipes,
+                       "--merge", "test.Held=1.0.0").stdout
+        deployment = json.loads(out)["deploymentId"]
+
+        def status():
+            return json.loads(core.cli("deployment", "status", deployment, "--json").stdout)
+        # The big layer cannot finish while the proxy holds it: the record must show it under way.
+        wait_for(lambda: "progress" in status()["deploymentStatusDetails"], 60, "pull progress in the record")
+        during = status()
+        progress = during["deploymentStatusDetails"]["progress"]
+        assert during["status"] == "IN_PROGRESS", during
+        assert progress["component"] == "test.Held@1.0.0" and progress["done"] is False, progress
+        assert progress["layersTotal"] >= 1 and progress["layersDone"] < progress["layersTotal"], progress
+        text = core.cli("deployment", "status", deployment).stdout
+        assert f"pulling: test.Held@1.0.0 docker:{image}" in text, text
+        proxy.release()
+        wait_for(lambda: status()["status"] == "SUCCEEDED", 120, "the deployment to succeed")
+        final = status()["deploymentStatusDetails"]["progress"]
+        assert final["done"] is True and final["layersDone"] == final["layersTotal"], final
+    finally:
+        proxy.close()
