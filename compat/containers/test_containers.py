@@ -286,3 +286,55 @@ def test_a_status_read_during_a_pull_shows_its_progress(engine, registry, core, 
         assert final["done"] is True and final["layersDone"] == final["layersTotal"], final
     finally:
         proxy.close()
+
+
+COMPOSE = """version: "3.7"
+services:
+  box:
+    image: {image}
+    network_mode: none
+    stop_grace_period: 1s
+    command: ["sh", "-c", "echo compose-up-ok; exec sleep 1000"]
+"""
+
+
+def test_a_component_runs_and_stops_a_compose_project(engine, registry, core, tmp_path):
+    """Run is `docker-compose … up` on a compose file shipped as an artifact; Shutdown is `… down`."""
+    import shutil
+    import pytest
+    from lichen_support import wait_for
+    if not shutil.which("docker-compose"):
+        pytest.skip("not installed: docker-compose (./scripts/test installs it as root)")
+    image, _ = push(engine, registry, "compose")
+    artifacts = tmp_path / "a" / "test.Compose" / "1.0.0"
+    artifacts.mkdir(parents=True)
+    (artifacts / "compose.yaml").write_text(COMPOSE.format(image=image))
+    compose = "docker-compose -p lichencompose -f {artifacts:path}/compose.yaml"
+    recipes = tmp_path / "r"
+    recipes.mkdir()
+    (recipes / "test.Compose-1.0.0.json").write_text(json.dumps({
+        "RecipeFormatVersion": "2020-01-25",
+        "ComponentName": "test.Compose",
+        "ComponentVersion": "1.0.0",
+        "ComponentDependencies": {DAM: {"VersionRequirement": "~2.0.0"}},
+        "Manifests": [{
+            "Platform": {"os": "linux"},
+            "Lifecycle": {
+                "Run": f"{compose} up --no-color",
+                "Shutdown": f"{compose} down",
+            },
+            "Artifacts": [{"URI": f"docker:{image}"}, {"URI": "s3://bucket/compose.yaml"}],
+        }],
+    }))
+    rc, d = core.deploy("--recipe-dir", str(recipes), "--artifact-dir", str(tmp_path / "a"),
+                        "--merge", "test.Compose=1.0.0")
+    assert rc == 0, d
+
+    def containers():
+        return engine.docker("ps", "-aq", "--filter", "label=com.docker.compose.project=lichencompose").stdout.split()
+    wait_for(lambda: "compose-up-ok" in core.log("test.Compose"), 90, "the compose service's output")
+    assert len(containers()) == 1
+    rc, d = core.deploy("--remove", "test.Compose")
+    assert rc == 0, d
+    # Shutdown's `down` removes the project's container.
+    wait_for(lambda: not containers(), 90, f"the compose project down:\n{core.log('test.Compose')[-3000:]}")
