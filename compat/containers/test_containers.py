@@ -155,3 +155,186 @@ def test_a_private_registry_uses_the_login_from_the_component_configuration(engi
     rc, d = core.deploy("--recipe-dir", recipes, "--merge", "test.Private=1.0.1")
     assert rc == 0, d
     assert engine.has_image(image)
+
+
+def big_image(engine, tmp_path):
+    """The busybox rootfs plus 4 MiB of random bytes (no compression shrinks them): a pull with
+    several MiB to count."""
+    import os
+    import shutil
+    import tarfile
+    tar_path = tmp_path / "big.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(shutil.which("busybox"), arcname="bin/busybox")
+        info = tarfile.TarInfo("bin/sh")
+        info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+        tar.addfile(info)
+        blob = tmp_path / "blob"
+        blob.write_bytes(os.urandom(4 << 20))
+        tar.add(blob, arcname="data/blob")
+    engine.docker("import", str(tar_path), "lichen-test/big:src")
+    return "lichen-test/big:src"
+
+
+def test_pull_progress_is_in_the_deployment_status(engine, registry, core, tmp_path):
+    source = big_image(engine, tmp_path)
+    image, _ = push(engine, registry, "big", image=source)
+    # Without the source image the engine has none of the layers: each one is downloaded.
+    engine.docker("rmi", source)
+    assert not engine.has_image(image)
+    recipes = write_recipe(tmp_path / "r", "test.Big", "1.0.0", image, run_line(image, "big-ok"))
+    rc, d = core.deploy("--recipe-dir", recipes, "--merge", "test.Big=1.0.0")
+    assert rc == 0, d
+    progress = d["deploymentStatusDetails"]["progress"]
+    assert progress["component"] == "test.Big@1.0.0", progress
+    assert progress["artifact"] == f"docker:{image}", progress
+    assert progress["done"] is True, progress
+    assert progress["layersTotal"] >= 1 and progress["layersDone"] == progress["layersTotal"], progress
+    # The layer is gzip-compressed random bytes: still over 4 MiB to download.
+    assert progress["bytesTotal"] >= 4 << 20 and progress["bytesDone"] == progress["bytesTotal"], progress
+    # The CLI's status shows it, and the record on disk kept it.
+    text = core.cli("deployment", "status", d["deploymentId"]).stdout
+    line = next((ln for ln in text.splitlines() if "pulled:" in ln), None)
+    assert line is not None, text
+    assert f"test.Big@1.0.0 docker:{image} {progress['layersDone']}/{progress['layersTotal']} layers" in line, text
+    assert "MiB" in line, text
+
+
+class HeldBlobs:
+    """A pass-through proxy in front of the registry that sends the first MiB of each big blob and
+    then holds the rest until `release()`: the pull is mid-way for as long as the test needs."""
+
+    def __init__(self, upstream):
+        import http.client
+        import http.server
+        import threading
+        self.released = threading.Event()
+        held = self.released
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def forward(self):
+                conn = http.client.HTTPConnection(upstream, timeout=60)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                r = conn.getresponse()
+                data = r.read() if self.command != "HEAD" else b""
+                self.send_response(r.status)
+                for k, v in r.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection"):
+                        self.send_header(k, v)
+                self.end_headers()
+                if "/blobs/" in self.path and len(data) > 2 << 20:
+                    self.wfile.write(data[:1 << 20])
+                    self.wfile.flush()
+                    held.wait(120)
+                    self.wfile.write(data[1 << 20:])
+                else:
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.addr = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def release(self):
+        self.released.set()
+
+    def close(self):
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_status_read_during_a_pull_shows_its_progress(engine, registry, core, tmp_path):
+    from lichen_support import wait_for
+    source = big_image(engine, tmp_path)
+    pushed, _ = push(engine, registry, "held", image=source)
+    engine.docker("rmi", source)
+    proxy = HeldBlobs(registry.addr)
+    try:
+        image = pushed.replace(registry.addr, proxy.addr)
+        recipes = write_recipe(tmp_path / "r", "test.Held", "1.0.0", image, run_line(image, "held-ok"))
+        out = core.cli("deployment", "create", "--json", "--recipe-dir", recipes,
+                       "--merge", "test.Held=1.0.0").stdout
+        deployment = json.loads(out)["deploymentId"]
+
+        def status():
+            return json.loads(core.cli("deployment", "status", deployment, "--json").stdout)
+        # The big layer cannot finish while the proxy holds it: the record must show it under way.
+        wait_for(lambda: "progress" in status()["deploymentStatusDetails"], 60, "pull progress in the record")
+        during = status()
+        progress = during["deploymentStatusDetails"]["progress"]
+        assert during["status"] == "IN_PROGRESS", during
+        assert progress["component"] == "test.Held@1.0.0" and progress["done"] is False, progress
+        assert progress["layersTotal"] >= 1 and progress["layersDone"] < progress["layersTotal"], progress
+        text = core.cli("deployment", "status", deployment).stdout
+        assert f"pulling: test.Held@1.0.0 docker:{image}" in text, text
+        proxy.release()
+        wait_for(lambda: status()["status"] == "SUCCEEDED", 120, "the deployment to succeed")
+        final = status()["deploymentStatusDetails"]["progress"]
+        assert final["done"] is True and final["layersDone"] == final["layersTotal"], final
+    finally:
+        proxy.close()
+
+
+COMPOSE = """version: "3.7"
+services:
+  box:
+    image: {image}
+    network_mode: none
+    stop_grace_period: 1s
+    command: ["sh", "-c", "echo compose-up-ok; exec sleep 1000"]
+"""
+
+
+def test_a_component_runs_and_stops_a_compose_project(engine, registry, core, tmp_path):
+    """Run is `docker-compose … up` on a compose file shipped as an artifact; Shutdown is `… down`."""
+    import shutil
+    import pytest
+    from lichen_support import wait_for
+    if not shutil.which("docker-compose"):
+        pytest.skip("not installed: docker-compose (./scripts/test installs it as root)")
+    image, _ = push(engine, registry, "compose")
+    artifacts = tmp_path / "a" / "test.Compose" / "1.0.0"
+    artifacts.mkdir(parents=True)
+    (artifacts / "compose.yaml").write_text(COMPOSE.format(image=image))
+    compose = "docker-compose -p lichencompose -f {artifacts:path}/compose.yaml"
+    recipes = tmp_path / "r"
+    recipes.mkdir()
+    (recipes / "test.Compose-1.0.0.json").write_text(json.dumps({
+        "RecipeFormatVersion": "2020-01-25",
+        "ComponentName": "test.Compose",
+        "ComponentVersion": "1.0.0",
+        "ComponentDependencies": {DAM: {"VersionRequirement": "~2.0.0"}},
+        "Manifests": [{
+            "Platform": {"os": "linux"},
+            "Lifecycle": {
+                "Run": f"{compose} up --no-color",
+                "Shutdown": f"{compose} down",
+            },
+            "Artifacts": [{"URI": f"docker:{image}"}, {"URI": "s3://bucket/compose.yaml"}],
+        }],
+    }))
+    rc, d = core.deploy("--recipe-dir", str(recipes), "--artifact-dir", str(tmp_path / "a"),
+                        "--merge", "test.Compose=1.0.0")
+    assert rc == 0, d
+
+    def containers():
+        return engine.docker("ps", "-aq", "--filter", "label=com.docker.compose.project=lichencompose").stdout.split()
+    wait_for(lambda: "compose-up-ok" in core.log("test.Compose"), 90, "the compose service's output")
+    assert len(containers()) == 1
+    rc, d = core.deploy("--remove", "test.Compose")
+    assert rc == 0, d
+    # Shutdown's `down` removes the project's container.
+    wait_for(lambda: not containers(), 90, f"the compose project down:\n{core.log('test.Compose')[-3000:]}")

@@ -30,6 +30,8 @@ pub struct FetchRequest<'a> {
     pub component_arn: Option<String>,
     /// The component's configuration as this deployment will commit it.
     pub configuration: Option<&'a serde_json::Value>,
+    /// Where a long download reports how far it has come (the deployment's record).
+    pub progress: Option<&'a (dyn Fn(crate::ArtifactProgress) + Sync)>,
 }
 
 /// Brings one artifact to `dest`. Implementations are keyed by URI scheme (`s3`, `https`,
@@ -96,6 +98,8 @@ pub(crate) struct PrepareSource<'a> {
     pub cloud_deployment: bool,
     /// The component's configuration as this deployment will commit it.
     pub configuration: Option<&'a serde_json::Value>,
+    /// Where a long download reports how far it has come.
+    pub progress: Option<&'a (dyn Fn(crate::ArtifactProgress) + Sync)>,
 }
 
 /// Makes every artifact of `name@version` present, verified, unpacked and protected.
@@ -113,6 +117,7 @@ pub(crate) fn prepare(
         local_dir,
         cloud_deployment,
         configuration,
+        progress,
     } = source;
     let dir = store.artifacts_dir(name, version)?;
     fsutil::create_shared_dir_all(&dir)
@@ -161,6 +166,7 @@ pub(crate) fn prepare(
                 cloud_deployment,
                 component_arn: store.arn(name, version),
                 configuration,
+                progress,
             };
             fetcher.fetch(&request, &dest)?;
             continue;
@@ -174,6 +180,7 @@ pub(crate) fn prepare(
                 cloud_deployment,
                 component_arn: store.arn(name, version),
                 configuration,
+                progress,
             };
             let mut found = fetchers.local.fetch(&request, &dest)?;
             if !found && let Some(fetcher) = fetchers.by_scheme.get(&scheme) {

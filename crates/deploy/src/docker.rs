@@ -238,12 +238,12 @@ impl DockerEngine {
         }
     }
 
-    /// Pulls the image; each progress message goes to `progress`.
+    /// Pulls the image; each progress message (the engine's JSON object) goes to `progress`.
     pub fn pull(
         &self,
         image: &ImageRef,
         credentials: Option<(&str, &str)>,
-        progress: &mut dyn FnMut(&str),
+        progress: &mut dyn FnMut(&serde_json::Value),
     ) -> Result<(), String> {
         let reference = image
             .digest
@@ -272,12 +272,8 @@ impl DockerEngine {
             };
             if let Some(error) = v["error"].as_str() {
                 failure = Some(error.to_string());
-            } else if let Some(status) = v["status"].as_str() {
-                let id = v["id"]
-                    .as_str()
-                    .map(|i| format!("{i}: "))
-                    .unwrap_or_default();
-                progress(&format!("{id}{status}"));
+            } else if v["status"].is_string() {
+                progress(&v);
             }
         };
         let reply = self.request("POST", &query, &headers, Some(&mut each))?;
@@ -303,6 +299,106 @@ impl DockerEngine {
                 String::from_utf8_lossy(&reply.body).trim()
             )),
         }
+    }
+}
+
+/// Layer and byte counts of one pull, from the engine's progress messages.
+struct PullProgress {
+    now: crate::ArtifactProgress,
+    /// Layer ID → (bytes downloaded, layer size, complete).
+    layers: std::collections::BTreeMap<String, (u64, u64, bool)>,
+    /// Bytes at the last report: reports come per layer event or per MiB, not per chunk.
+    reported_bytes: u64,
+}
+
+impl PullProgress {
+    fn new(component: &str, uri: &str) -> PullProgress {
+        PullProgress {
+            now: crate::ArtifactProgress {
+                component: component.to_string(),
+                artifact: uri.to_string(),
+                ..Default::default()
+            },
+            layers: Default::default(),
+            reported_bytes: 0,
+        }
+    }
+
+    /// `<layer>: <status>` for the core's log.
+    fn line(message: &serde_json::Value) -> String {
+        let status = message["status"].as_str().unwrap_or_default();
+        match message["id"].as_str() {
+            Some(id) => format!("{id}: {status}"),
+            None => status.to_string(),
+        }
+    }
+
+    /// Takes one message; gives the counts when they are worth recording.
+    fn update(&mut self, message: &serde_json::Value) -> Option<crate::ArtifactProgress> {
+        let status = message["status"].as_str().unwrap_or_default();
+        let id = message["id"].as_str()?;
+        // Messages about the reference as a whole ("Pulling from …") carry its tag as ID.
+        let layer_event = matches!(
+            status,
+            "Pulling fs layer"
+                | "Waiting"
+                | "Downloading"
+                | "Verifying Checksum"
+                | "Download complete"
+                | "Extracting"
+                | "Pull complete"
+                | "Already exists"
+        );
+        if !layer_event {
+            return None;
+        }
+        let known = self.layers.contains_key(id);
+        let entry = self.layers.entry(id.to_string()).or_insert((0, 0, false));
+        let before = *entry;
+        match status {
+            "Downloading" => {
+                entry.0 = message["progressDetail"]["current"]
+                    .as_u64()
+                    .unwrap_or(entry.0);
+                entry.1 = message["progressDetail"]["total"]
+                    .as_u64()
+                    .unwrap_or(entry.1);
+            }
+            "Download complete" | "Verifying Checksum" => entry.0 = entry.1,
+            "Pull complete" | "Already exists" => {
+                entry.0 = entry.1;
+                entry.2 = true;
+            }
+            _ => {}
+        }
+        let after = *entry;
+        let changed_layer = !known || before.2 != after.2;
+        self.count();
+        let mib = self.now.bytes_done >= self.reported_bytes + (1 << 20);
+        if changed_layer || mib || (before.0 != after.0 && after.0 == after.1) {
+            self.reported_bytes = self.now.bytes_done;
+            Some(self.now.clone())
+        } else {
+            None
+        }
+    }
+
+    fn count(&mut self) {
+        self.now.layers_total = self.layers.len() as u32;
+        self.now.layers_done = self.layers.values().filter(|l| l.2).count() as u32;
+        self.now.bytes_done = self.layers.values().map(|l| l.0).sum();
+        self.now.bytes_total = self.layers.values().map(|l| l.1).sum();
+    }
+
+    /// The counts once the engine has the image.
+    fn finished(mut self) -> crate::ArtifactProgress {
+        for layer in self.layers.values_mut() {
+            layer.0 = layer.0.max(layer.1);
+            layer.2 = true;
+        }
+        self.count();
+        self.now.done = true;
+        self.now
     }
 }
 
@@ -370,18 +466,28 @@ impl ArtifactFetcher for DockerFetcher {
                 let login = configured_login(request.configuration, &image.registry)
                     .or_else(|| (self.credentials)(request.component, &image.registry));
                 let mut last = String::new();
+                let mut layers = PullProgress::new(&component, uri);
                 self.engine
                     .pull(
                         &image,
                         login.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
-                        &mut |line| {
+                        &mut |message| {
+                            let line = PullProgress::line(message);
                             if line != last {
                                 tracing::info!(component = %component, image = %image.name(), "pull: {line}");
-                                last = line.to_string();
+                                last = line;
+                            }
+                            if let Some(now) = layers.update(message)
+                                && let Some(report) = request.progress
+                            {
+                                report(now);
                             }
                         },
                     )
                     .map_err(failed)?;
+                if let Some(report) = request.progress {
+                    report(layers.finished());
+                }
                 self.engine
                     .image_id(&image)
                     .map_err(failed)?
@@ -463,6 +569,42 @@ pub(crate) fn marker_image(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_progress_counts_layers_and_bytes() {
+        let mut p = PullProgress::new("C@1.0.0", "docker:r/x:1");
+        let m = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+        assert!(
+            p.update(&m(r#"{"status":"Pulling from x","id":"1"}"#))
+                .is_none()
+        );
+        let first = p
+            .update(&m(r#"{"status":"Pulling fs layer","id":"a"}"#))
+            .unwrap();
+        assert_eq!((first.layers_done, first.layers_total), (0, 1));
+        p.update(&m(r#"{"status":"Already exists","id":"b"}"#))
+            .unwrap();
+        let halfway = p
+            .update(&m(
+                r#"{"status":"Downloading","progressDetail":{"current":2097152,"total":4194304},"id":"a"}"#,
+            ))
+            .unwrap();
+        assert_eq!(
+            (halfway.bytes_done, halfway.bytes_total),
+            (2097152, 4194304)
+        );
+        assert_eq!((halfway.layers_done, halfway.layers_total), (1, 2));
+        // Less than a MiB more: not worth a write of the record.
+        assert!(p
+            .update(&m(
+                r#"{"status":"Downloading","progressDetail":{"current":2100000,"total":4194304},"id":"a"}"#,
+            ))
+            .is_none());
+        let done = p.finished();
+        assert!(done.done);
+        assert_eq!((done.layers_done, done.layers_total), (2, 2));
+        assert_eq!(done.bytes_done, 4194304);
+    }
 
     #[test]
     fn references_parse_as_the_engine_names_them() {

@@ -247,6 +247,26 @@ pub struct DeploymentRecord {
     /// What took effect only in part (say, resource limits this machine cannot enforce).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The artifact download under way (or the last one, once it is done).
+    #[serde(default)]
+    pub progress: Option<ArtifactProgress>,
+}
+
+/// How far one artifact's download has come; a Docker image counts its layers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactProgress {
+    /// `name@version` of the component the artifact belongs to.
+    pub component: String,
+    /// The artifact's URI.
+    pub artifact: String,
+    pub layers_done: u32,
+    pub layers_total: u32,
+    pub bytes_done: u64,
+    /// Zero while the size is not known yet.
+    pub bytes_total: u64,
+    /// The artifact is complete (pulled, or found present).
+    pub done: bool,
 }
 
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

@@ -271,6 +271,7 @@ impl DeploymentEngine {
             error_stack: Vec::new(),
             error_types: Vec::new(),
             warnings: Vec::new(),
+            progress: None,
             request: doc.request,
         };
         if let Some(e) = &refused {
@@ -423,6 +424,7 @@ impl DeploymentEngine {
             error_types: Vec::new(),
             request: req,
             warnings: Vec::new(),
+            progress: None,
         };
         self.enqueue(record, true)?;
         Ok(id)

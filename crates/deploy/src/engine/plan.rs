@@ -120,6 +120,7 @@ impl Inner {
             let cloud = lock(&self.cloud);
             (cloud.resolver.clone(), cloud.signing.clone())
         };
+        let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
         let input = PlanInput {
             request: persisted.record.request.clone(),
             group: persisted.record.group.clone(),
@@ -137,10 +138,28 @@ impl Inner {
                 .deployments_dir
                 .join(&persisted.record.id)
                 .join("recipes"),
+            progress: progress_tx,
         };
-        tokio::task::spawn_blocking(move || build_plan(input))
-            .await
-            .map_err(|e| DeployError::Config(format!("deployment planning panicked: {e}")))?
+        let work = tokio::task::spawn_blocking(move || build_plan(input));
+        tokio::pin!(work);
+        // Downloads report their progress while planning runs; the record keeps the latest.
+        let id = &persisted.record.id;
+        let planned = loop {
+            tokio::select! {
+                planned = &mut work => break planned,
+                Some(p) = progress_rx.recv() => self.record_progress(id, p),
+            }
+        };
+        while let Ok(p) = progress_rx.try_recv() {
+            self.record_progress(id, p);
+        }
+        planned.map_err(|e| DeployError::Config(format!("deployment planning panicked: {e}")))?
+    }
+
+    fn record_progress(&self, id: &str, progress: crate::ArtifactProgress) {
+        if let Err(e) = self.update(id, |p| p.record.progress = Some(progress)) {
+            tracing::warn!(deployment = id, error = %e, "cannot record download progress");
+        }
     }
 }
 
@@ -159,6 +178,8 @@ struct PlanInput {
     root: PathBuf,
     thing_name: String,
     staged_recipes: PathBuf,
+    /// Artifact download progress, for the deployment's record.
+    progress: tokio::sync::mpsc::UnboundedSender<crate::ArtifactProgress>,
 }
 
 /// The supervisor's view of a committed `services.<name>` entry.
@@ -420,6 +441,11 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
     }
     // Artifacts, dependencies first; a fetcher may need the component's new configuration
     // (a private registry's login).
+    let progress = input.progress.clone();
+    let report = move |p: crate::ArtifactProgress| {
+        // The receiver goes only once planning is over.
+        let _ = progress.send(p);
+    };
     for name in &resolution.order {
         let Some(recipe) = selected.get(name) else {
             continue;
@@ -434,6 +460,7 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
                 local_dir: input.request.artifacts_directory_path.as_deref(),
                 cloud_deployment: cloud.is_some(),
                 configuration: configurations.get(name),
+                progress: Some(&report),
             },
         )?;
     }

@@ -163,6 +163,32 @@ fn print_deployment(d: &Value, json: bool) {
             println!("  warning: {w}");
         }
     }
+    if let Some(line) = progress_line(&d["deploymentStatusDetails"]["progress"]) {
+        println!("  {line}");
+    }
+}
+
+/// `pulled: C@1.0.0 docker:… 3/3 layers, 4.2 MiB/4.2 MiB` from the record's download progress.
+fn progress_line(p: &Value) -> Option<String> {
+    let component = p["component"].as_str()?;
+    let artifact = p["artifact"].as_str().unwrap_or_default();
+    let mib = |field: &str| p[field].as_u64().unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    let state = if p["done"].as_bool() == Some(true) {
+        "pulled:  "
+    } else {
+        "pulling: "
+    };
+    let mut line = format!(
+        "{state}{component} {artifact} {}/{} layers, {:.1}",
+        p["layersDone"].as_u64().unwrap_or(0),
+        p["layersTotal"].as_u64().unwrap_or(0),
+        mib("bytesDone"),
+    );
+    if p["bytesTotal"].as_u64().unwrap_or(0) > 0 {
+        line.push_str(&format!("/{:.1}", mib("bytesTotal")));
+    }
+    line.push_str(" MiB");
+    Some(line)
 }
 
 /// A JSON text or the path of a file that holds it.

@@ -132,6 +132,10 @@ fn record_json(r: &DeploymentRecord) -> Value {
         // Ours: clients ignore fields they do not know.
         details["warnings"] = json!(r.warnings);
     }
+    if let Some(progress) = &r.progress {
+        // Ours as well: the download under way, or the last one.
+        details["progress"] = json!(progress);
+    }
     json!({
         "deploymentId": r.id,
         "status": r.status.as_str(),
