@@ -689,7 +689,15 @@ fn bootstrap_exit_100_restarts_the_core_and_the_deployment_resumes() {
     assert_eq!(std::fs::read_to_string(&boots).unwrap(), "boot\n");
     assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\n");
     assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid_before);
-    let log = std::fs::read_to_string(ws.root().join("logs/lichen.log")).unwrap();
+    // The re-executed core may resume the deployment before it logs "core ready": wait for
+    // the line rather than race it.
+    let log_path = ws.root().join("logs/lichen.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut log = std::fs::read_to_string(&log_path).unwrap();
+    while log.matches("core ready").count() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        log = std::fs::read_to_string(&log_path).unwrap();
+    }
     assert_eq!(
         log.matches("core ready").count(),
         2,
