@@ -2,6 +2,7 @@
 
 mod archives;
 mod cloud_deploy;
+mod install;
 mod state;
 mod support;
 

@@ -4,6 +4,7 @@
 //! server with the kernel's operations and the CLI operations, then waits for SIGTERM/SIGINT and
 //! stops every component in reverse dependency order.
 
+mod alts;
 #[cfg(test)]
 mod authz_matrix_tests;
 mod bridge;
@@ -11,8 +12,10 @@ mod builtins;
 mod client_devices;
 mod cloud;
 mod cloud_deploy;
+mod install;
 mod ipc_ops;
 mod layout;
+mod loader;
 mod lock;
 mod provision;
 mod shadows;
@@ -39,6 +42,12 @@ pub enum CoreCommand {
         #[command(flatten)]
         root: RootArgs,
     },
+    /// Install the core as a system service (user, root, launch directories, systemd unit).
+    Install(install::InstallArgs),
+    /// Remove what `core install` created (the root too, unless --keep-data).
+    Uninstall(install::UninstallArgs),
+    /// Start the core from `alts/current` and act on its exit code (what the service runs).
+    Loader(loader::LoaderArgs),
 }
 
 #[derive(Args)]
@@ -54,6 +63,9 @@ pub fn run(c: CoreCommand) -> anyhow::Result<ExitCode> {
     match c {
         CoreCommand::Run(a) => run_core(a),
         CoreCommand::EffectiveConfig { root } => effective_config(&root.root),
+        CoreCommand::Install(a) => install::install(a),
+        CoreCommand::Uninstall(a) => install::uninstall(a),
+        CoreCommand::Loader(a) => loader::run(a),
     }
 }
 
@@ -101,6 +113,10 @@ fn run_core(a: RunArgs) -> anyhow::Result<ExitCode> {
         Stopped::Restart => {
             drop(rt);
             drop(_lock);
+            if std::env::var_os(loader::LOADER_ENV).is_some() {
+                // The loader starts the core again (from a staged `alts/new` when there is one).
+                return Ok(ExitCode::from(loader::EXIT_RESTART as u8));
+            }
             // Same process, same arguments: deployments resume from their records.
             use std::os::unix::process::CommandExt;
             let err = std::process::Command::new("/proc/self/exe")

@@ -1,0 +1,61 @@
+//! `lichen core install` / `uninstall` and the loader, in a private mount and PID namespace
+//! (`unshare`): /etc is a tmpfs copy there, so users, groups and the unit never reach the host.
+
+use super::support::bin;
+use std::process::{Command, Stdio};
+
+/// `unshare --mount --pid` works here (root, or a kernel that lets us), else the test is skipped.
+pub fn namespaces_allowed() -> bool {
+    rustix::process::geteuid().is_root()
+        && Command::new("unshare")
+            .args([
+                "--mount",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--kill-child",
+                "true",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// Runs one of tests/e2e's namespace scripts with the binary under test; returns its output.
+pub fn run_script(script: &str, args: &[&str]) -> (bool, String) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/e2e")
+        .join(script);
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            "bash",
+        ])
+        .arg(path)
+        .arg(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running unshare");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn install_runs_a_component_as_ggc_user_upgrades_in_place_and_uninstalls_without_a_trace() {
+    if !namespaces_allowed() {
+        eprintln!("skipped: needs root and `unshare --mount --pid` on this machine");
+        return;
+    }
+    let (ok, out) = run_script("install_ns.sh", &[]);
+    assert!(ok && out.contains("ALL OK"), "{out}");
+}
