@@ -59,3 +59,13 @@ fn install_runs_a_component_as_ggc_user_upgrades_in_place_and_uninstalls_without
     let (ok, out) = run_script("install_ns.sh", &[]);
     assert!(ok && out.contains("ALL OK"), "{out}");
 }
+
+#[test]
+fn a_nucleus_deployment_switches_cores_falls_back_from_a_broken_one_and_survives_kill_9() {
+    if !namespaces_allowed() {
+        eprintln!("skipped: needs root and `unshare --mount --pid` on this machine");
+        return;
+    }
+    let (ok, out) = run_script("core_update_ns.sh", &[]);
+    assert!(ok && out.contains("ALL OK"), "{out}");
+}

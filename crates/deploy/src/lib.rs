@@ -262,6 +262,20 @@ pub trait DeploymentHooks: Send + Sync + 'static {
     fn restart_requested(&self, _reboot: bool) -> bool {
         false
     }
+    /// The deployment moves the core to nucleus `version`, whose artifacts are in `artifacts`
+    /// (the kernel-update path): stage it as the next core and return Ok(()) when the core will
+    /// restart into it; the deployment then waits and resumes there. Err(cause) fails the
+    /// deployment before any change. The default cannot update the core.
+    fn stage_core_update(&self, version: &str, _artifacts: &std::path::Path) -> Result<(), String> {
+        Err(format!(
+            "this core cannot update itself to aws.greengrass.Nucleus {version}: it runs without a loader"
+        ))
+    }
+    /// After the restart into a staged core: Err(cause) when the core now running is not nucleus
+    /// `version` (its loader went back to the previous core), which fails the deployment.
+    fn core_update_outcome(&self, _version: &str) -> Result<(), String> {
+        Ok(())
+    }
     /// Ask a component to validate its proposed configuration; Err(message) rejects the
     /// deployment.
     fn validate_configuration(

@@ -12,6 +12,7 @@ mod builtins;
 mod client_devices;
 mod cloud;
 mod cloud_deploy;
+mod core_update;
 mod install;
 mod ipc_ops;
 mod layout;
@@ -197,6 +198,7 @@ async fn serve(
     config_file: Option<PathBuf>,
     started: Instant,
 ) -> anyhow::Result<Stopped> {
+    core_update::set_root(&root);
     let config = ConfigStore::open(&root.join("config")).with_context(|| {
         format!(
             "opening the configuration under {}",
