@@ -69,3 +69,39 @@ fn a_nucleus_deployment_switches_cores_falls_back_from_a_broken_one_and_survives
     let (ok, out) = run_script("core_update_ns.sh", &[]);
     assert!(ok && out.contains("ALL OK"), "{out}");
 }
+
+#[test]
+fn the_debian_package_installs_upgrades_in_place_keeping_the_root_and_purges_cleanly() {
+    let has_dpkg = Command::new("dpkg-deb")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !namespaces_allowed() || !has_dpkg {
+        eprintln!("skipped: needs root, `unshare --mount --pid` and dpkg on this machine");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-deb");
+    let debs: Vec<String> = ["0.0.1~e2e1", "0.0.1~e2e2"]
+        .iter()
+        .map(|v| {
+            let built = Command::new(&script)
+                .arg(bin())
+                .arg(out.path())
+                .env("VERSION", v)
+                // A debug binary: compressing it would be most of the test's time.
+                .env("COMPRESS", "none")
+                .output()
+                .expect("running scripts/build-deb");
+            assert!(
+                built.status.success(),
+                "{}",
+                String::from_utf8_lossy(&built.stderr)
+            );
+            String::from_utf8_lossy(&built.stdout).trim().to_string()
+        })
+        .collect();
+    let (ok, text) = run_script("deb_ns.sh", &[&debs[0], &debs[1]]);
+    assert!(ok && text.contains("ALL OK"), "{text}");
+}

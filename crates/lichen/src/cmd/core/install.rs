@@ -157,6 +157,7 @@ pub fn install(a: InstallArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    let upgrade = alts::target(&root, alts::CURRENT).is_some();
     stage_this_binary(&root)?;
     let exe = alts::binary(&root, alts::CURRENT);
     match init {
@@ -191,7 +192,13 @@ pub fn install(a: InstallArgs) -> anyhow::Result<ExitCode> {
             save_record(&root, &rec)?;
             println!("{}", init_script(&root, &exe));
             if !a.no_start {
-                if super::lock::is_held(&root) || loader_pid(&root).is_some() {
+                let loader_running = loader_pid(&root).is_some();
+                if upgrade && loader_running {
+                    // The running loader would go on with the previous binary: restart it.
+                    stop_core(&root)?;
+                    let pid = start_detached(&root, &exe)?;
+                    println!("# restarted the loader on the new binary (pid {pid})");
+                } else if lock::is_held(&root) || loader_running {
                     println!("# the core under {} is already running", root.display());
                 } else {
                     let pid = start_detached(&root, &exe)?;
