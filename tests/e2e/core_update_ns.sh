@@ -4,7 +4,7 @@
 # core that cannot start, and survives kill -9 during a switch. Usage: core_update_ns.sh LICHEN_BIN
 set -euo pipefail
 B=$1
-fail() { echo "FAIL: $*"; echo "--- loader.log"; cat "$R/logs/loader.log" 2>/dev/null | tail -30; exit 1; }
+fail() { echo "FAIL: $*"; echo "--- loader.log"; tail -30 "$R/logs/loader.log" 2>/dev/null; echo "--- lichen.log"; tail -40 "$R/logs/lichen.log" 2>/dev/null; exit 1; }
 wait_for() {
   local n=$(( $1 * 5 )) what=$2; shift 2
   for _ in $(seq "$n"); do if "$@" >/dev/null 2>&1; then return 0; fi; sleep 0.2; done
@@ -42,7 +42,7 @@ deploy() {
 # Waits for deployment ID to end; prints its status JSON.
 settle() {
   local id=$1 out
-  for _ in $(seq 900); do
+  for _ in $(seq "${SETTLE_TICKS:-900}"); do
     out=$("$B" deployment status --root "$R" "$id" --json 2>/dev/null || true)
     if [ -n "$out" ] && ! grep -qE '"status": *"(IN_PROGRESS|QUEUED)"' <<<"$out"; then echo "$out"; return 0; fi
     sleep 0.2
@@ -87,5 +87,26 @@ CUR=$(readlink "$R/alts/current")
 case "$CUR" in nucleus-2.14.1|nucleus-2.14.3) ;; *) fail "came back on $CUR";; esac
 if [ "$CUR" = nucleus-2.14.3 ]; then grep -q '"SUCCEEDED"' <<<"$S" || fail "on the new core but $S"; fi
 echo "came back on $CUR: $(grep -o '"status": *"[A-Z_]*"' <<<"$S" | head -1)"
+echo "== a bootstrap step that asks for a restart goes through the loader"
+mkdir -p "$W/rboot"
+cat > "$W/rboot/boot.yaml" <<R
+RecipeFormatVersion: '2020-01-25'
+ComponentName: test.Boot
+ComponentVersion: '1.0.0'
+Manifests:
+  - Platform:
+      os: '*'
+    Lifecycle:
+      Bootstrap: "echo boot >> $W/boots; exit 100"
+      Run: "echo run >> $W/runs; exec sleep 1000"
+R
+LOADER=$(cat "$R/alts/loader.pid")
+"$B" deployment create --root "$R" --recipe-dir "$W/rboot" --merge test.Boot=1.0.0 > "$W/boot.out"
+ID=$(sed -n 's/.*Deployment Id: *//p' "$W/boot.out")
+S=$(settle "$ID")
+grep -q '"SUCCEEDED"' <<<"$S" || fail "bootstrap deployment: $S"
+wait_for 60 "the component runs" test -s "$W/runs"
+[ "$(cat "$W/boots")" = boot ] || fail "bootstrap ran $(wc -l < "$W/boots") times"
+[ "$(cat "$R/alts/loader.pid")" = "$LOADER" ] || fail "the loader itself restarted"
 "$B" core uninstall --root "$R" >/dev/null
 echo "ALL OK"

@@ -105,3 +105,29 @@ fn the_debian_package_installs_upgrades_in_place_keeping_the_root_and_purges_cle
     let (ok, text) = run_script("deb_ns.sh", &[&debs[0], &debs[1]]);
     assert!(ok && text.contains("ALL OK"), "{text}");
 }
+
+#[test]
+fn a_nucleus_update_without_the_loader_fails_clearly_and_changes_nothing() {
+    use super::support::{Core, Workspace};
+    let ws = Workspace::new();
+    ws.recipe(
+        "n.yaml",
+        "RecipeFormatVersion: '2020-01-25'\nComponentName: aws.greengrass.Nucleus\nComponentVersion: '2.14.1'\nComponentType: aws.greengrass.nucleus\nManifests:\n  - Platform:\n      os: linux\n    Artifacts:\n      - Uri: s3://fleet/lichen\n",
+    );
+    ws.artifact("aws.greengrass.Nucleus", "2.14.1", "lichen", b"#!/bin/sh\n");
+    let core = Core::start(&ws.root());
+    let (ok, d) = core.deploy(&[
+        "--recipe-dir",
+        &ws.recipes(),
+        "--artifact-dir",
+        &ws.artifacts(),
+        "--merge",
+        "aws.greengrass.Nucleus=2.14.1",
+    ]);
+    assert!(!ok, "{d}");
+    let text = d.to_string();
+    assert!(text.contains("lichen core install"), "{text}");
+    assert!(text.contains("FAILED_NO_STATE_CHANGE"), "{text}");
+    let cfg = core.ok(&["core", "effective-config"]);
+    assert!(!cfg.contains("2.14.1"), "{cfg}");
+}

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::error::DeployError;
 use crate::fsutil;
 
-use super::{Inner, lock};
+use super::{Inner, NUCLEUS, SERVICES, lock};
 
 impl Inner {
     /// Keeps each deployed component's `version` and `previousVersion`; removes the rest.
@@ -20,6 +20,15 @@ impl Inner {
                     versions.insert(v.to_string());
                 }
             }
+        }
+        // The nucleus is a built-in, but a version deployed as a core update lives in the store,
+        // and its group's roots go on naming it.
+        if let Some(v) = self.config.get(&[SERVICES, NUCLEUS, "version"])
+            && let Some(v) = v.as_str()
+        {
+            keep.entry(NUCLEUS.to_string())
+                .or_default()
+                .insert(v.to_string());
         }
         let removed = self.store.collect_garbage(&keep)?;
         if !removed.is_empty() {

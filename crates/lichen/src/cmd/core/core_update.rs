@@ -12,6 +12,9 @@ use std::sync::OnceLock;
 
 static ROOT: OnceLock<PathBuf> = OnceLock::new();
 
+/// In a staged launch directory: the nucleus version it was deployed as.
+const VERSION_FILE: &str = "version";
+
 /// The core's root (set once at start; the deployment hooks have no other handle on it).
 pub fn set_root(root: &Path) {
     let _ = ROOT.set(root.to_path_buf());
@@ -39,7 +42,14 @@ pub fn stage(version: &str, artifacts: &Path) -> Result<(), String> {
         ));
     }
     let name = launch_dir(version);
+    if alts::target(root, alts::CURRENT).as_deref() == Some(name.as_str()) {
+        return Err(format!(
+            "aws.greengrass.Nucleus {version} is the core running now (alts/{name})"
+        ));
+    }
     alts::stage_binary(root, &name, &bin).map_err(|e| format!("{e:#}"))?;
+    std::fs::write(alts::dir(root).join(&name).join(VERSION_FILE), version)
+        .map_err(|e| format!("recording the staged core's version: {e}"))?;
     if alts::target(root, alts::BROKEN).as_deref() == Some(name.as_str()) {
         alts::unlink(root, alts::BROKEN).map_err(|e| format!("{e:#}"))?;
     }
@@ -49,6 +59,16 @@ pub fn stage(version: &str, artifacts: &Path) -> Result<(), String> {
         "staged the new core as alts/new; restarting into it"
     );
     Ok(())
+}
+
+/// The nucleus version the running core was deployed as (`alts/current/version`), when it runs
+/// under the loader from a launch directory a deployment staged.
+pub fn running_version(root: &Path) -> Option<String> {
+    std::env::var_os(loader::LOADER_ENV)?;
+    let text =
+        std::fs::read_to_string(alts::dir(root).join(alts::CURRENT).join(VERSION_FILE)).ok()?;
+    let v = text.trim();
+    semver::Version::parse(v).ok().map(|_| v.to_string())
 }
 
 /// After the restart: Ok when this core runs from the staged launch directory.

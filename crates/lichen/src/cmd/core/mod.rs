@@ -332,7 +332,11 @@ async fn serve(
         }
         _ => None,
     };
-    engine.start().await?;
+    // A resumed deployment may stage a core update and ask for the restart before we are ready.
+    let early_restart = tokio::select! {
+        r = engine.start() => { r?; false }
+        _ = hooks.restart_wanted() => true,
+    };
     services.watch();
     keep_effective_config(&config, root.join("config/effectiveConfig.yaml"))?;
     let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -348,6 +352,7 @@ async fn serve(
     }
 
     let stopped = tokio::select! {
+        _ = std::future::ready(()), if early_restart => Stopped::Restart,
         r = wait_for_signal() => { r?; Stopped::Exit }
         reboot = hooks.restart_wanted() => {
             if reboot {
@@ -579,9 +584,11 @@ impl Settings {
             serde_json::json!("NUCLEUS"),
             1,
         )?;
+        // Under the loader, the version this launch directory was deployed as.
+        let version = core_update::running_version(&self.root);
         config.set(
             &["services", NUCLEUS, "version"],
-            serde_json::json!(NUCLEUS_VERSION),
+            serde_json::json!(version.as_deref().unwrap_or(NUCLEUS_VERSION)),
             ts,
         )?;
         Ok(())
