@@ -46,6 +46,12 @@
 //! document's deploymentId) and submitting it again is a no-op; one whose creationTimestamp is
 //! older than its group's last processed deployment is recorded FAILED and never runs.
 //!
+//! A deployment that moves `aws.greengrass.Nucleus` to a version other than the built-in one is a
+//! core update (the kernel-update path): before its commit, [`DeploymentHooks::stage_core_update`]
+//! stages the new core and the deployment waits for the restart; resumed, it asks
+//! [`DeploymentHooks::core_update_outcome`] whether the new core is the one running, and fails
+//! with that cause before any change when it is not.
+//!
 //! Architecture invariant: every wait is bounded (`settle_timeout`), so a deployment cannot
 //! block the queue forever.
 
