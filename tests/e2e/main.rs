@@ -2,9 +2,11 @@
 
 mod archives;
 mod cloud_deploy;
-mod install;
 mod state;
 mod support;
+
+/// Install, loader and packaging, in private mount and PID namespaces.
+mod install;
 
 use support::*;
 

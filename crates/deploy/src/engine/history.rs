@@ -13,14 +13,6 @@ impl Inner {
     /// Keeps each deployed component's `version` and `previousVersion`; removes the rest.
     pub(super) fn collect_garbage(&self) -> Result<(), DeployError> {
         let mut keep: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for (name, entry) in self.managed_services() {
-            let versions = keep.entry(name).or_default();
-            for key in ["version", "previousVersion"] {
-                if let Some(v) = entry.get(key).and_then(Value::as_str) {
-                    versions.insert(v.to_string());
-                }
-            }
-        }
         // The nucleus is a built-in, but a version deployed as a core update lives in the store,
         // and its group's roots go on naming it.
         if let Some(v) = self.config.get(&[SERVICES, NUCLEUS, "version"])
@@ -29,6 +21,14 @@ impl Inner {
             keep.entry(NUCLEUS.to_string())
                 .or_default()
                 .insert(v.to_string());
+        }
+        for (name, entry) in self.managed_services() {
+            let versions = keep.entry(name).or_default();
+            for key in ["version", "previousVersion"] {
+                if let Some(v) = entry.get(key).and_then(Value::as_str) {
+                    versions.insert(v.to_string());
+                }
+            }
         }
         let removed = self.store.collect_garbage(&keep)?;
         if !removed.is_empty() {

@@ -371,10 +371,10 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
     // 4. Artifacts, dependencies first.
     let mut selected: BTreeMap<String, SelectedRecipe> = BTreeMap::new();
     for name in &resolution.order {
-        let version = &resolution.versions[name];
-        if catalog.is_builtin_version(name, version) {
+        if catalog.is_builtin_version(name, &resolution.versions[name]) {
             continue;
         }
+        let version = &resolution.versions[name];
         let recipe = catalog.select(name, version)?;
         artifacts::prepare(
             &input.store,
