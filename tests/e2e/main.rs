@@ -6,6 +6,9 @@ mod limits;
 mod state;
 mod support;
 
+/// Install, loader and packaging, in private mount and PID namespaces.
+mod install;
+
 use support::*;
 
 fn marker() -> String {

@@ -50,6 +50,12 @@
 //! document's deploymentId) and submitting it again is a no-op; one whose creationTimestamp is
 //! older than its group's last processed deployment is recorded FAILED and never runs.
 //!
+//! A deployment that moves `aws.greengrass.Nucleus` to a version other than the built-in one is a
+//! core update (the kernel-update path): before its commit, [`DeploymentHooks::stage_core_update`]
+//! stages the new core and the deployment waits for the restart; resumed, it asks
+//! [`DeploymentHooks::core_update_outcome`] whether the new core is the one running, and fails
+//! with that cause before any change when it is not.
+//!
 //! Architecture invariant: every wait is bounded (`settle_timeout`), so a deployment cannot
 //! block the queue forever.
 
@@ -291,6 +297,20 @@ pub trait DeploymentHooks: Send + Sync + 'static {
     /// from its record at the next start. The default cannot restart anything.
     fn restart_requested(&self, _reboot: bool) -> bool {
         false
+    }
+    /// The deployment moves the core to nucleus `version`, whose artifacts are in `artifacts`
+    /// (the kernel-update path): stage it as the next core and return Ok(()) when the core will
+    /// restart into it; the deployment then waits and resumes there. Err(cause) fails the
+    /// deployment before any change. The default cannot update the core.
+    fn stage_core_update(&self, version: &str, _artifacts: &std::path::Path) -> Result<(), String> {
+        Err(format!(
+            "this core cannot update itself to aws.greengrass.Nucleus {version}: it runs without a loader"
+        ))
+    }
+    /// After the restart into a staged core: Err(cause) when the core now running is not nucleus
+    /// `version` (its loader went back to the previous core), which fails the deployment.
+    fn core_update_outcome(&self, _version: &str) -> Result<(), String> {
+        Ok(())
     }
     /// Ask a component to validate its proposed configuration; Err(message) rejects the
     /// deployment.

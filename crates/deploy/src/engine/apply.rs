@@ -13,8 +13,8 @@ use crate::{DeploymentStatus, DetailedStatus, FailureHandlingPolicy};
 
 use super::plan::spec_from_entry;
 use super::{
-    COMMITTED_ID, DEPLOYMENT_SERVICE, GROUP_LAST, GROUP_ROOTS, Inner, MAIN, Persisted, Phase, Plan,
-    SERVICES, Snapshot, VALIDATION_TIMEOUT, lock,
+    COMMITTED_ID, DEPLOYMENT_SERVICE, GROUP_LAST, GROUP_ROOTS, Inner, MAIN, NUCLEUS, Persisted,
+    Phase, Plan, SERVICES, Snapshot, VALIDATION_TIMEOUT, lock,
 };
 
 impl Inner {
@@ -80,6 +80,50 @@ impl Inner {
             p.affected = affected;
         }) {
             return Outcome::failed(DetailedStatus::FailedNoStateChange, e);
+        }
+        if let Some(version) = &plan.core_update {
+            let marker = format!("{NUCLEUS}@{version}");
+            let fail = |message: String| {
+                Outcome::failed(
+                    DetailedStatus::FailedNoStateChange,
+                    DeployError::BootstrapRun {
+                        component: marker.clone(),
+                        message,
+                    },
+                )
+            };
+            let staged = self
+                .get(id)
+                .is_some_and(|p| p.bootstrapped.contains(&marker));
+            if staged {
+                // Resumed after the restart: are we the new core, or did the loader go back?
+                if let Err(cause) = self.hooks.core_update_outcome(version) {
+                    return fail(cause);
+                }
+            } else {
+                let artifacts = match semver::Version::parse(version)
+                    .map_err(|e| DeployError::Config(e.to_string()))
+                    .and_then(|v| self.store.artifacts_dir(NUCLEUS, &v))
+                {
+                    Ok(a) => a,
+                    Err(e) => return Outcome::failed(DetailedStatus::FailedNoStateChange, e),
+                };
+                if let Err(cause) = self.hooks.stage_core_update(version, &artifacts) {
+                    return fail(cause);
+                }
+                let m = marker.clone();
+                if let Err(e) = self.update(id, move |p| p.bootstrapped.push(m)) {
+                    return Outcome::failed(DetailedStatus::FailedNoStateChange, e);
+                }
+                if self.hooks.restart_requested(false) {
+                    tracing::warn!(
+                        deployment = id,
+                        "restarting into aws.greengrass.Nucleus {version}; the deployment resumes there"
+                    );
+                    std::future::pending::<()>().await;
+                }
+                return fail("the core could not restart into the staged update".into());
+            }
         }
         match self.run_bootstraps(id, plan).await {
             Err(e) => return Outcome::failed(DetailedStatus::FailedNoStateChange, e),

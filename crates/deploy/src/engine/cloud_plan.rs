@@ -63,7 +63,9 @@ pub(super) fn prefetch(
                 .into_iter()
                 .filter(|v| parsed.iter().all(|r| r.matches(v)))
                 .max();
-            let version = if catalog.builtins.contains_key(&name) {
+            // A nucleus version other than the built-in one is an update: asked of the cloud.
+            let builtin_runs = local_best.is_some() || name != super::NUCLEUS;
+            let version = if catalog.builtins.contains_key(&name) && builtin_runs {
                 // Built-ins (the nucleus among them) run as they are: nothing to download.
                 match local_best {
                     Some(v) => v,

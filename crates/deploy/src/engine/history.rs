@@ -7,12 +7,21 @@ use serde_json::Value;
 use crate::error::DeployError;
 use crate::fsutil;
 
-use super::{Inner, lock};
+use super::{Inner, NUCLEUS, SERVICES, lock};
 
 impl Inner {
     /// Keeps each deployed component's `version` and `previousVersion`; removes the rest.
     pub(super) fn collect_garbage(&self) -> Result<(), DeployError> {
         let mut keep: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        // The nucleus is a built-in, but a version deployed as a core update lives in the store,
+        // and its group's roots go on naming it.
+        if let Some(v) = self.config.get(&[SERVICES, NUCLEUS, "version"])
+            && let Some(v) = v.as_str()
+        {
+            keep.entry(NUCLEUS.to_string())
+                .or_default()
+                .insert(v.to_string());
+        }
         for (name, entry) in self.managed_services() {
             let versions = keep.entry(name).or_default();
             for key in ["version", "previousVersion"] {

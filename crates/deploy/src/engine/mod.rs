@@ -121,6 +121,9 @@ struct Plan {
     config_changed: Vec<(String, Value)>,
     /// Components with a Bootstrap step to run, dependencies first.
     bootstrap: Vec<String>,
+    /// The nucleus version this deployment moves the core to (the kernel-update path, spec
+    /// §6.6 step 4): staged through [`DeploymentHooks::stage_core_update`] before the commit.
+    core_update: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -287,13 +287,31 @@ impl StoreCatalog<'_> {
     }
 }
 
+impl StoreCatalog<'_> {
+    /// Whether `name@version` is the built-in itself (a nucleus of another version is an update).
+    pub(super) fn is_builtin_version(&self, name: &str, version: &Version) -> bool {
+        self.builtins
+            .get(name)
+            .is_some_and(|v| name != NUCLEUS || *v == version.to_string())
+    }
+}
+
 impl Catalog for StoreCatalog<'_> {
     fn candidates(&self, name: &str) -> Result<Vec<Version>, DeployError> {
         if let Some(v) = self.builtins.get(name) {
             let version = Version::parse(v).map_err(|e| {
                 DeployError::Config(format!("built-in {name} has an invalid version {v:?}: {e}"))
             })?;
-            return Ok(vec![version]);
+            // Other versions of the nucleus are core updates, staged like any component.
+            let mut out = if name == NUCLEUS {
+                self.store.versions(name)?
+            } else {
+                Vec::new()
+            };
+            if !out.contains(&version) {
+                out.push(version);
+            }
+            return Ok(out);
         }
         let stored = self.store.versions(name)?;
         let mut usable = Vec::new();
@@ -317,7 +335,7 @@ impl Catalog for StoreCatalog<'_> {
         name: &str,
         version: &Version,
     ) -> Result<Vec<(String, lichen_recipe::VersionRequirement, DependencyType)>, DeployError> {
-        if self.builtins.contains_key(name) {
+        if self.is_builtin_version(name, version) {
             return Ok(Vec::new());
         }
         let selected = self.select(name, version)?;
@@ -413,7 +431,7 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
     // 4. The selected recipes, dependencies first.
     let mut selected: BTreeMap<String, SelectedRecipe> = BTreeMap::new();
     for name in &resolution.order {
-        if input.builtins.contains_key(name) {
+        if catalog.is_builtin_version(name, &resolution.versions[name]) {
             continue;
         }
         let version = &resolution.versions[name];
@@ -478,12 +496,27 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
         changed: Vec::new(),
         config_changed: Vec::new(),
         bootstrap: Vec::new(),
+        core_update: None,
     };
     for name in &resolution.order {
         let version = &resolution.versions[name];
         let old_entry = input.services.get(name);
         let old_configuration = old_entry.and_then(|e| e.get("configuration"));
         let configuration = &configurations[name];
+        if name == NUCLEUS && !catalog.is_builtin_version(name, version) {
+            let old = old_entry
+                .and_then(|e| e.get("version"))
+                .and_then(Value::as_str);
+            let target = version.to_string();
+            if old != Some(target.as_str()) {
+                plan.core_update = Some(target.clone());
+            }
+            if old != Some(target.as_str()) || old_configuration != Some(configuration) {
+                plan.builtin_updates
+                    .insert(name.clone(), (target, configuration.clone()));
+            }
+            continue;
+        }
         if let Some(builtin_version) = input.builtins.get(name) {
             let version_changed = old_entry
                 .and_then(|e| e.get("version"))

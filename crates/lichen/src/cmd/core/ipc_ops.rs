@@ -727,6 +727,14 @@ impl ComponentUpdateHooks {
 }
 
 impl DeploymentHooks for ComponentUpdateHooks {
+    fn stage_core_update(&self, version: &str, artifacts: &std::path::Path) -> Result<(), String> {
+        super::core_update::stage(version, artifacts)
+    }
+
+    fn core_update_outcome(&self, version: &str) -> Result<(), String> {
+        super::core_update::outcome(version)
+    }
+
     fn restart_requested(&self, reboot: bool) -> bool {
         self.restart.send_replace(Some(reboot));
         true

@@ -4,6 +4,7 @@
 //! server with the kernel's operations and the CLI operations, then waits for SIGTERM/SIGINT and
 //! stops every component in reverse dependency order.
 
+mod alts;
 #[cfg(test)]
 mod authz_matrix_tests;
 mod bridge;
@@ -11,8 +12,11 @@ mod builtins;
 mod client_devices;
 mod cloud;
 mod cloud_deploy;
+mod core_update;
+mod install;
 mod ipc_ops;
 mod layout;
+mod loader;
 mod lock;
 mod provision;
 mod secrets;
@@ -41,6 +45,12 @@ pub enum CoreCommand {
         #[command(flatten)]
         root: RootArgs,
     },
+    /// Install the core as a system service (user, root, launch directories, systemd unit).
+    Install(install::InstallArgs),
+    /// Remove what `core install` created (the root too, unless --keep-data).
+    Uninstall(install::UninstallArgs),
+    /// Start the core from `alts/current` and act on its exit code (what the service runs).
+    Loader(loader::LoaderArgs),
 }
 
 #[derive(Args)]
@@ -56,6 +66,9 @@ pub fn run(c: CoreCommand) -> anyhow::Result<ExitCode> {
     match c {
         CoreCommand::Run(a) => run_core(a),
         CoreCommand::EffectiveConfig { root } => effective_config(&root.root),
+        CoreCommand::Install(a) => install::install(a),
+        CoreCommand::Uninstall(a) => install::uninstall(a),
+        CoreCommand::Loader(a) => loader::run(a),
     }
 }
 
@@ -103,6 +116,10 @@ fn run_core(a: RunArgs) -> anyhow::Result<ExitCode> {
         Stopped::Restart => {
             drop(rt);
             drop(_lock);
+            if std::env::var_os(loader::LOADER_ENV).is_some() {
+                // The loader starts the core again (from a staged `alts/new` when there is one).
+                return Ok(ExitCode::from(loader::EXIT_RESTART as u8));
+            }
             // Same process, same arguments: deployments resume from their records.
             use std::os::unix::process::CommandExt;
             let err = std::process::Command::new("/proc/self/exe")
@@ -183,6 +200,7 @@ async fn serve(
     config_file: Option<PathBuf>,
     started: Instant,
 ) -> anyhow::Result<Stopped> {
+    core_update::set_root(&root);
     let config = ConfigStore::open(&root.join("config")).with_context(|| {
         format!(
             "opening the configuration under {}",
@@ -346,7 +364,11 @@ async fn serve(
         }
         _ => None,
     };
-    engine.start().await?;
+    // A resumed deployment may stage a core update and ask for the restart before we are ready.
+    let early_restart = tokio::select! {
+        r = engine.start() => { r?; false }
+        _ = hooks.restart_wanted() => true,
+    };
     services.watch();
     keep_effective_config(&config, root.join("config/effectiveConfig.yaml"))?;
     let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -362,6 +384,7 @@ async fn serve(
     }
 
     let stopped = tokio::select! {
+        _ = std::future::ready(()), if early_restart => Stopped::Restart,
         r = wait_for_signal() => { r?; Stopped::Exit }
         reboot = hooks.restart_wanted() => {
             if reboot {
@@ -596,9 +619,11 @@ impl Settings {
             serde_json::json!("NUCLEUS"),
             1,
         )?;
+        // Under the loader, the version this launch directory was deployed as.
+        let version = core_update::running_version(&self.root);
         config.set(
             &["services", NUCLEUS, "version"],
-            serde_json::json!(NUCLEUS_VERSION),
+            serde_json::json!(version.as_deref().unwrap_or(NUCLEUS_VERSION)),
             ts,
         )?;
         Ok(())

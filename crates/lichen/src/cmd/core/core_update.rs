@@ -1,0 +1,94 @@
+//! Core updates through deployments (the kernel-update path, spec §6.6 step 4): a deployment
+//! that moves `aws.greengrass.Nucleus` to another version stages that version's `lichen`
+//! artifact as launch directory `alts/nucleus-<version>`, names it `alts/new`, and the core exits
+//! 100; the loader switches to it (keeping `alts/old`). The resumed deployment asks
+//! [`outcome`]: running from the staged directory means success; finding it named `alts/broken`
+//! means the loader went back after the new core failed to start, and the deployment fails with
+//! that cause.
+
+use super::{alts, loader};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+static ROOT: OnceLock<PathBuf> = OnceLock::new();
+
+/// In a staged launch directory: the nucleus version it was deployed as.
+const VERSION_FILE: &str = "version";
+
+/// The core's root (set once at start; the deployment hooks have no other handle on it).
+pub fn set_root(root: &Path) {
+    let _ = ROOT.set(root.to_path_buf());
+}
+
+fn launch_dir(version: &str) -> String {
+    format!("nucleus-{version}")
+}
+
+/// Stages the new core from the component's artifacts; Err(cause) when it cannot.
+pub fn stage(version: &str, artifacts: &Path) -> Result<(), String> {
+    let root = ROOT.get().ok_or("the core root is not known yet")?;
+    if std::env::var_os(loader::LOADER_ENV).is_none() {
+        return Err(format!(
+            "updating aws.greengrass.Nucleus to {version} needs the loader: install the core with \
+             `lichen core install` (it runs `lichen core loader`)"
+        ));
+    }
+    let bin = artifacts.join("lichen");
+    if !bin.is_file() {
+        return Err(format!(
+            "aws.greengrass.Nucleus {version} has no `lichen` artifact (looked for {}): publish \
+             the core binary under that name",
+            bin.display()
+        ));
+    }
+    let name = launch_dir(version);
+    if alts::target(root, alts::CURRENT).as_deref() == Some(name.as_str()) {
+        return Err(format!(
+            "aws.greengrass.Nucleus {version} is the core running now (alts/{name})"
+        ));
+    }
+    alts::stage_binary(root, &name, &bin).map_err(|e| format!("{e:#}"))?;
+    std::fs::write(alts::dir(root).join(&name).join(VERSION_FILE), version)
+        .map_err(|e| format!("recording the staged core's version: {e}"))?;
+    if alts::target(root, alts::BROKEN).as_deref() == Some(name.as_str()) {
+        alts::unlink(root, alts::BROKEN).map_err(|e| format!("{e:#}"))?;
+    }
+    alts::point(root, alts::NEW, &name).map_err(|e| format!("{e:#}"))?;
+    tracing::warn!(
+        version,
+        "staged the new core as alts/new; restarting into it"
+    );
+    Ok(())
+}
+
+/// The nucleus version the running core was deployed as (`alts/current/version`), when it runs
+/// under the loader from a launch directory a deployment staged.
+pub fn running_version(root: &Path) -> Option<String> {
+    std::env::var_os(loader::LOADER_ENV)?;
+    let text =
+        std::fs::read_to_string(alts::dir(root).join(alts::CURRENT).join(VERSION_FILE)).ok()?;
+    let v = text.trim();
+    semver::Version::parse(v).ok().map(|_| v.to_string())
+}
+
+/// After the restart: Ok when this core runs from the staged launch directory.
+pub fn outcome(version: &str) -> Result<(), String> {
+    let root = ROOT.get().ok_or("the core root is not known yet")?;
+    let name = launch_dir(version);
+    let current = alts::target(root, alts::CURRENT).unwrap_or_default();
+    if current == name {
+        return Ok(());
+    }
+    if alts::target(root, alts::BROKEN).as_deref() == Some(name.as_str()) {
+        return Err(format!(
+            "the new core (aws.greengrass.Nucleus {version}) failed to start {} times; the loader \
+             went back to alts/{current} and named the failed one alts/broken (see the loader's \
+             log: logs/loader.log or the service's journal)",
+            loader::TRIES
+        ));
+    }
+    Err(format!(
+        "the core restarted without switching to aws.greengrass.Nucleus {version} (alts/current \
+         names {current:?})"
+    ))
+}
