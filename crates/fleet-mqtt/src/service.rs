@@ -232,7 +232,10 @@ mod tests {
             assert_eq!(routes.dispatch(publish(topic)), Intercept::Taken);
         }
         assert_eq!(routes.dispatch(publish(topic)), Intercept::Busy);
-        assert_eq!(routes.dispatch(publish("other/topic")), Intercept::NotServed);
+        assert_eq!(
+            routes.dispatch(publish("other/topic")),
+            Intercept::NotServed
+        );
         // Room in one handler only is not room: the second is still full.
         a.recv().await.expect("queued publish");
         assert_eq!(routes.dispatch(publish(topic)), Intercept::Busy);

@@ -59,6 +59,7 @@ mod jobs;
 mod migrations;
 mod page;
 mod policies;
+mod presence;
 mod query;
 mod shadows;
 mod templates;
@@ -76,6 +77,7 @@ pub use deployments::{CreatedDeployment, Deployment, EffectiveDeployment, NewDep
 pub use jobs::{ExecutionRow, JobRow, JobsTx, job_not_found};
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
+pub use presence::Presence;
 pub use shadows::{ShadowKey, ShadowRecord, ShadowWrite};
 pub use templates::ProvisioningTemplate;
 pub use thing_types::ThingType;
@@ -179,6 +181,8 @@ pub struct Registry {
     account: String,
     region: String,
     changes: broadcast::Sender<Change>,
+    /// See [`Registry::set_device_stale_after`].
+    stale_after_ms: std::sync::atomic::AtomicI64,
 }
 
 /// How often a PostgreSQL transaction is retried after it lost a race with another process.
@@ -261,6 +265,7 @@ impl Registry {
             account: String::new(),
             region: region.to_string(),
             changes,
+            stale_after_ms: std::sync::atomic::AtomicI64::new(0),
         };
         registry.run(true, migrations::apply)?;
         registry.account = registry.run(true, |tx| {

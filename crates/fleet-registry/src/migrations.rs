@@ -119,6 +119,13 @@ CREATE TABLE gg_effective_deployments (
     PRIMARY KEY (thing_name, deployment_id));
 CREATE INDEX gg_effective_deployments_deployment ON gg_effective_deployments (deployment_id);
 "#,
+    r#"
+CREATE TABLE device_presence (
+    client_id TEXT PRIMARY KEY, thing_name TEXT, certificate_id TEXT NOT NULL,
+    session_id TEXT NOT NULL, connected BIGINT NOT NULL, last_connected BIGINT NOT NULL,
+    last_disconnected BIGINT, disconnect_reason TEXT);
+CREATE INDEX device_presence_thing ON device_presence (thing_name);
+"#,
 ];
 
 pub(crate) fn apply(tx: &Transaction<'_>) -> crate::Result<()> {

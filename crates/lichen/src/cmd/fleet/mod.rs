@@ -5,6 +5,7 @@ mod deployment;
 mod devices;
 mod enroll;
 mod greengrass;
+mod presence;
 mod provisioning;
 mod role;
 mod serve;

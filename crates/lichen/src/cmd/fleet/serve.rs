@@ -49,6 +49,11 @@ pub struct ServeArgs {
     /// on the control-plane listener, kept in `<root>/objects`.
     #[arg(long, env = "LICHEN_FLEET_OBJECT_STORE", value_name = "URL")]
     pub object_store: Option<String>,
+    /// A core whose latest fleet status is older than this many seconds is UNHEALTHY
+    /// (`statusReason` STATUS_STALE) even while connected; 0: no bound. The default leaves
+    /// room for two missed statuses at the core's default cadence (3600 s).
+    #[arg(long, value_name = "SECS", default_value_t = 3 * 3600 + 300)]
+    pub device_stale_after: u64,
 }
 
 /// `<root>/endpoints.json`: where each listener is (the credentials provider is served on the
@@ -125,6 +130,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting the device endpoint")?;
+    registry.set_device_stale_after(std::time::Duration::from_secs(a.device_stale_after));
+    super::presence::start(&devices, registry.clone(), a.database.is_none());
     let data_plane = tokio::net::TcpListener::bind(a.data_plane)
         .await
         .with_context(|| format!("binding the data plane on {}", a.data_plane))?;
