@@ -28,6 +28,7 @@ _fleet = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_fleet)
 
 fleet_root = _fleet.fleet_root
+postgres_server = _fleet.postgres_server
 
 
 class ObsFleet(_fleet.Fleet):

@@ -31,6 +31,7 @@ mod dataplane_greengrass;
 mod error;
 pub mod greengrass;
 mod iot;
+pub mod logs;
 pub mod s3;
 pub mod signing;
 

@@ -56,6 +56,7 @@ mod credentials;
 mod db;
 pub mod deployments;
 mod jobs;
+mod logs;
 mod migrations;
 mod page;
 mod policies;
@@ -75,6 +76,7 @@ pub use core_devices::{CoreDevice, FleetStatusReport, InstalledComponent, Report
 pub use credentials::TemporaryCredentials;
 pub use deployments::{CreatedDeployment, Deployment, EffectiveDeployment, NewDeployment};
 pub use jobs::{ExecutionRow, JobRow, JobsTx, job_not_found};
+pub use logs::{LogEvent, LogGroup, LogQuery, LogStream};
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
 pub use presence::Presence;

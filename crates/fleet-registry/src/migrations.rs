@@ -126,6 +126,20 @@ CREATE TABLE device_presence (
     last_disconnected BIGINT, disconnect_reason TEXT);
 CREATE INDEX device_presence_thing ON device_presence (thing_name);
 "#,
+    r#"
+CREATE TABLE log_groups (
+    name TEXT PRIMARY KEY, created_at BIGINT NOT NULL, retention_days BIGINT);
+CREATE TABLE log_streams (
+    group_name TEXT NOT NULL, name TEXT NOT NULL, created_at BIGINT NOT NULL,
+    first_event BIGINT, last_event BIGINT, last_ingestion BIGINT,
+    next_seq BIGINT NOT NULL, stored_bytes BIGINT NOT NULL,
+    PRIMARY KEY (group_name, name));
+CREATE TABLE log_events (
+    group_name TEXT NOT NULL, stream_name TEXT NOT NULL, seq BIGINT NOT NULL,
+    timestamp BIGINT NOT NULL, ingestion_time BIGINT NOT NULL, message TEXT NOT NULL,
+    PRIMARY KEY (group_name, stream_name, seq));
+CREATE INDEX log_events_time ON log_events (group_name, timestamp);
+"#,
 ];
 
 pub(crate) fn apply(tx: &Transaction<'_>) -> crate::Result<()> {

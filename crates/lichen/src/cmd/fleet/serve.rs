@@ -169,6 +169,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             shadows: shadows.clone(),
         }),
     );
+    let logs = lichen_fleet_api::logs::LogsService::new(registry.clone());
+    logs.expire_every(std::time::Duration::from_secs(3600));
+    services.insert("logs".into(), Arc::new(logs));
     let objects = {
         let dir = root.join("objects");
         let local = lichen_fleet_api::s3::LocalStore::open(&dir)
