@@ -50,6 +50,7 @@ pub fn services(ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
     services.extend(super::client_devices::services(ctx));
     services.extend(super::bridge::services(ctx));
     services.extend(super::shadows::services(ctx));
+    services.extend(super::logmanager::services(ctx));
     services
 }
 

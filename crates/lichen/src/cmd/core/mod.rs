@@ -14,6 +14,7 @@ mod cloud_deploy;
 mod ipc_ops;
 mod layout;
 mod lock;
+mod logmanager;
 mod provision;
 mod shadows;
 
