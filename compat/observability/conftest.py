@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE.parents[0]))
 sys.path.insert(0, str(FLEET_SUITE))
 sys.path.insert(0, str(HERE))
 
-from lichen_support import lichen_bin, wait_for  # noqa: E402
+from lichen_support import free_port, lichen_bin, wait_for  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("fleet_suite_conftest_obs", FLEET_SUITE / "conftest.py")
 _fleet = importlib.util.module_from_spec(_spec)
@@ -34,16 +34,19 @@ postgres_server = _fleet.postgres_server
 class ObsFleet(_fleet.Fleet):
     """`lichen fleet serve` with extra flags (`--device-stale-after`, …)."""
 
-    def __init__(self, root, extra=()):
+    def __init__(self, root, extra=(), pinned=False):
         super().__init__(root)
         self.extra = list(extra)
+        # Pinned: the same ports on every start, so a restarted fleet is where cores expect it.
+        self.ports = {k: free_port() for k in ("api", "mqtt", "data-plane")} if pinned else {}
 
     def start(self):
         (self.root / "endpoints.json").unlink(missing_ok=True)
         self.log = open(self.root.parent / f"{self.root.name}.log", "ab")
         self.proc = subprocess.Popen(
-            [lichen_bin(), "fleet", "serve", "--root", str(self.root), "--api", "127.0.0.1:0",
-             "--mqtt", "127.0.0.1:0", "--data-plane", "127.0.0.1:0", *self.extra],
+            [lichen_bin(), "fleet", "serve", "--root", str(self.root),
+             *[a for k in ("api", "mqtt", "data-plane") for a in (f"--{k}", f"127.0.0.1:{self.ports.get(k, 0)}")],
+             *self.extra],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -82,6 +85,7 @@ class Core:
             capture_output=True, text=True, timeout=120,
         )
         assert p.returncode == 0, p.stderr
+        self.enrolled = json.loads(p.stdout)
         config = yaml.safe_load((out / "config.yaml").read_text())
         conf = config["services"]["aws.greengrass.Nucleus"]["configuration"]
         conf.update(nucleus or {})
@@ -104,6 +108,13 @@ class Core:
         proc = self.proc
         threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
         return self
+
+    def cli(self, *args):
+        r = subprocess.run(
+            [lichen_bin(), *args, "--root", str(self.root)], capture_output=True, text=True, timeout=180
+        )
+        assert r.returncode == 0, f"lichen {args} failed: {r.stdout}\n{r.stderr}"
+        return r
 
     def log(self):
         p = self.root / "logs" / "lichen.log"
@@ -134,8 +145,8 @@ class Core:
 def make_fleet(fleet_root):
     started = []
 
-    def make(*extra):
-        f = ObsFleet(fleet_root, extra).start()
+    def make(*extra, pinned=False):
+        f = ObsFleet(fleet_root, extra, pinned).start()
         started.append(f)
         return f
 
