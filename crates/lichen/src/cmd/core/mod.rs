@@ -17,6 +17,7 @@ mod lock;
 mod logmanager;
 mod provision;
 mod shadows;
+mod telemetry;
 
 use super::RootArgs;
 use anyhow::Context;
@@ -253,6 +254,7 @@ async fn serve(
         iot_core: new_bus(),
         local_mqtt: new_bus(),
         cloud_connected: cloud_connected_rx,
+        supervisor: supervisor.clone(),
     };
     let cloud_link = cloud::start(&service_ctx).await?;
     cloud::forward_status(&cloud_link, cloud_connected_tx);

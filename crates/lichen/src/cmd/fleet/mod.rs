@@ -5,6 +5,7 @@ mod deployment;
 mod devices;
 mod enroll;
 mod greengrass;
+mod metrics;
 mod presence;
 mod provisioning;
 mod role;

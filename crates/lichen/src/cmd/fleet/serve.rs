@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// room for two missed statuses at the core's default cadence (3600 s).
     #[arg(long, value_name = "SECS", default_value_t = 3 * 3600 + 300)]
     pub device_stale_after: u64,
+    /// Serve Prometheus text at `GET /metrics` here (devices' latest telemetry, fleet
+    /// counters); off unless given. Unauthenticated: keep it on loopback or a private network.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `<root>/endpoints.json`: where each listener is (the credentials provider is served on the
@@ -132,6 +136,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     .context("starting the device endpoint")?;
     registry.set_device_stale_after(std::time::Duration::from_secs(a.device_stale_after));
     super::presence::start(&devices, registry.clone(), a.database.is_none());
+    if let Some(listen) = a.metrics {
+        super::metrics::start(&devices, registry.clone(), listen)
+            .await
+            .with_context(|| format!("serving /metrics on {listen}"))?;
+    }
     let data_plane = tokio::net::TcpListener::bind(a.data_plane)
         .await
         .with_context(|| format!("binding the data plane on {}", a.data_plane))?;
