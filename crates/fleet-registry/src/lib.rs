@@ -79,7 +79,7 @@ pub use jobs::{ExecutionRow, JobRow, JobsTx, job_not_found};
 pub use logs::{LogEvent, LogGroup, LogQuery, LogStream};
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
-pub use presence::Presence;
+pub use presence::{DefenderReport, Presence};
 pub use shadows::{ShadowKey, ShadowRecord, ShadowWrite};
 pub use templates::ProvisioningTemplate;
 pub use thing_types::ThingType;

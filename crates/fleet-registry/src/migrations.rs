@@ -140,6 +140,12 @@ CREATE TABLE log_events (
     PRIMARY KEY (group_name, stream_name, seq));
 CREATE INDEX log_events_time ON log_events (group_name, timestamp);
 "#,
+    r#"
+CREATE TABLE defender_reports (
+    thing_name TEXT NOT NULL, report_id BIGINT NOT NULL, received_at BIGINT NOT NULL,
+    document TEXT NOT NULL, violations TEXT NOT NULL,
+    PRIMARY KEY (thing_name, report_id));
+"#,
 ];
 
 pub(crate) fn apply(tx: &Transaction<'_>) -> crate::Result<()> {

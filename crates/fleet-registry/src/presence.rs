@@ -126,3 +126,60 @@ impl Registry {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
+
+/// One Device Defender metrics report as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DefenderReport {
+    pub thing_name: String,
+    pub report_id: i64,
+    pub received_ms: i64,
+    /// The document as the device sent it (JSON).
+    pub document: String,
+    /// JSON list of `{"metric", "value", "bound", "group"}` the report exceeded.
+    pub violations: String,
+}
+
+impl Registry {
+    /// Stores a Device Defender report; a repeated report id replaces the earlier one.
+    pub fn record_defender_report(&self, r: &DefenderReport) -> Result<()> {
+        self.run(true, |tx| {
+            tx.execute(
+                "INSERT INTO defender_reports (thing_name, report_id, received_at, document,
+                 violations) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (thing_name, report_id) DO UPDATE SET received_at = ?3,
+                 document = ?4, violations = ?5",
+                params![
+                    r.thing_name,
+                    r.report_id,
+                    r.received_ms,
+                    r.document,
+                    r.violations
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The newest report of `thing`, if any.
+    pub fn latest_defender_report(&self, thing: &str) -> Result<Option<DefenderReport>> {
+        self.read(|tx| {
+            Ok(tx
+                .query_row(
+                    "SELECT thing_name, report_id, received_at, document, violations
+                     FROM defender_reports WHERE thing_name = ?1
+                     ORDER BY report_id DESC LIMIT 1",
+                    [thing],
+                    |r| {
+                        Ok(DefenderReport {
+                            thing_name: r.get(0)?,
+                            report_id: r.get(1)?,
+                            received_ms: r.get(2)?,
+                            document: r.get(3)?,
+                            violations: r.get(4)?,
+                        })
+                    },
+                )
+                .optional()?)
+        })
+    }
+}

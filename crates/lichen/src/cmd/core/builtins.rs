@@ -54,6 +54,7 @@ pub fn services(ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
     services.extend(super::shadows::services(ctx));
     services.extend(super::logmanager::services(ctx));
     services.extend(super::telemetry::services(ctx));
+    services.extend(super::defender::services(ctx));
     services
 }
 

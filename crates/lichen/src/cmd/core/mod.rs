@@ -11,6 +11,7 @@ mod builtins;
 mod client_devices;
 mod cloud;
 mod cloud_deploy;
+mod defender;
 mod ipc_ops;
 mod layout;
 mod lock;

@@ -1,6 +1,7 @@
 //! `lichen fleet`: the self-hosted cloud side (registry, certificates, control-plane API).
 
 mod component;
+mod defender;
 mod deployment;
 mod devices;
 mod enroll;

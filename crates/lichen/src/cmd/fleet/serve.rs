@@ -136,6 +136,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     .context("starting the device endpoint")?;
     registry.set_device_stale_after(std::time::Duration::from_secs(a.device_stale_after));
     super::presence::start(&devices, registry.clone(), a.database.is_none());
+    super::defender::start(&devices, registry.clone())
+        .context("serving the Device Defender topics")?;
     if let Some(listen) = a.metrics {
         super::metrics::start(&devices, registry.clone(), listen)
             .await
