@@ -2,7 +2,9 @@
 //! between them, role aliases, access keys, the audit log, the tables of the jobs service
 //! (jobs and job executions, [`JobsTx`]), and Greengrass deployments with what core devices
 //! report ([`deployments`], [`CoreDevice`]; device reports are observations and are not
-//! audited).
+//! audited), devices' connection state ([`Presence`]), Device Defender reports
+//! ([`DefenderReport`]) and CloudWatch Logs groups, streams and events ([`LogGroup`]) — the last
+//! three are observations and data, not administrative changes, and are not audited either.
 //!
 //! Storage is SQLite (embedded, `rusqlite`) or PostgreSQL (`postgres`, for several fleet
 //! processes on one database), each under one connection and one mutex per process. The schema
