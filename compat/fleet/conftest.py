@@ -114,6 +114,8 @@ class Fleet:
         self.proc = None
         self.api = None
         self.log = None
+        # (api, mqtt, data plane) listen addresses; a restart may keep the ones devices know.
+        self.bind = ("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0")
 
     def start(self):
         # endpoints.json of an earlier (killed) run must not be mistaken for this one's.
@@ -127,11 +129,11 @@ class Fleet:
                 "--root",
                 str(self.root),
                 "--api",
-                "127.0.0.1:0",
+                self.bind[0],
                 "--mqtt",
-                "127.0.0.1:0",
+                self.bind[1],
                 "--data-plane",
-                "127.0.0.1:0",
+                self.bind[2],
                 *(["--database", self.database] if self.database else []),
             ],
             stdout=self.log,

@@ -2,6 +2,7 @@
 
 mod archives;
 mod cloud_deploy;
+mod limits;
 mod state;
 mod support;
 

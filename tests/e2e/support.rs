@@ -27,6 +27,16 @@ impl Core {
         Self::spawn(root, Command::new(bin()), false)
     }
 
+    /// A core run by `setpriv` as `nobody`, from `bin` (a copy of lichen that user can execute).
+    pub fn start_as_nobody(root: &Path, bin: &Path) -> Core {
+        // `setpriv` execs the core, so the child is the core itself.
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+            .arg(bin);
+        Self::spawn(root, command, false).expect("core did not become ready as nobody")
+    }
+
     /// A core whose parent ignores SIGCHLD and blocks SIGTERM and SIGCHLD, as some service managers
     /// and CI runners do: both are inherited through exec.
     pub fn start_with_hostile_signals(root: &Path) -> Core {

@@ -30,6 +30,10 @@ pub(crate) const MAX_INCOMING_PACKET: usize = 64 << 20;
 const WRITE_CHUNK: usize = 256 << 10;
 /// AWS IoT Core accepts at most 8 filters per SUBSCRIBE.
 const FILTERS_PER_SUBSCRIBE: usize = 8;
+/// How long a message the server refused (a PUBACK reason code of 0x80 or more, e.g. 0x97 when
+/// the service is busy) waits before it is sent again: `maxPublishRetry` then spans minutes, not
+/// the milliseconds of an immediate resend.
+const REFUSED_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 enum End {
     Shutdown,
@@ -225,8 +229,8 @@ struct Session<'a> {
     window: usize,
     /// Highest spool id sent in this session from the queue's order.
     cursor: u64,
-    /// Messages to send again (a failed PUBACK).
-    retry: VecDeque<u64>,
+    /// Messages to send again (a failed PUBACK), with when they are due.
+    retry: VecDeque<(Instant, u64)>,
     /// QoS 0 messages in `out`, removed from the spool once written.
     written_qos0: Vec<u64>,
     next_pid: u16,
@@ -428,7 +432,11 @@ impl<'a> Session<'a> {
             if self.out.len() >= WRITE_CHUNK {
                 return true;
             }
-            let msg = if let Some(id) = self.retry.pop_front() {
+            let due = self
+                .retry
+                .front()
+                .is_some_and(|(at, _)| *at <= Instant::now());
+            let msg = if let Some((_, id)) = due.then(|| self.retry.pop_front()).flatten() {
                 match self.shared.spool.get(id) {
                     Some(m) => m,
                     None => continue,
@@ -499,11 +507,14 @@ impl<'a> Session<'a> {
                     if ack.reason_code < 0x80 {
                         self.shared.spool.ack(id);
                     } else {
+                        let topic = self.shared.spool.get(id).map(|m| m.message.topic.clone());
                         tracing::warn!(
                             reason_code = ack.reason_code,
+                            topic = topic.as_deref().unwrap_or_default(),
                             "the cloud refused a message; it will be sent again"
                         );
-                        self.retry.push_back(id);
+                        self.retry
+                            .push_back((Instant::now() + REFUSED_RETRY_DELAY, id));
                     }
                 }
             }
@@ -571,7 +582,11 @@ impl<'a> Session<'a> {
             self.last_sent + self.keep_alive
         };
         // While a ping is outstanding only its deadline matters.
-        self.ping_deadline.unwrap_or(ping)
+        let keep_alive = self.ping_deadline.unwrap_or(ping);
+        match self.retry.front() {
+            Some((at, _)) => keep_alive.min(*at),
+            None => keep_alive,
+        }
     }
 
     fn on_timer(&mut self) -> Result<(), String> {

@@ -338,6 +338,10 @@ impl DataPlane {
             }
         };
         let mut written = if status == 206 { have } else { 0 };
+        if have > 0 {
+            // Says whether an interrupted download went on where it stopped or started over.
+            tracing::info!(file = %dest.display(), have, resumed_at = written, "download resumes a partial file");
+        }
         let mut since_sync = 0u64;
         let mut body = response.into_body();
         while let Some(frame) = body.frame().await {

@@ -31,6 +31,7 @@ pub mod ipc;
 pub mod provision;
 mod record;
 mod spool;
+pub mod tes;
 mod tls;
 
 use std::path::PathBuf;

@@ -28,6 +28,8 @@ pub struct FetchRequest<'a> {
     pub cloud_deployment: bool,
     /// The component version ARN the cloud resolved this version to, if it did.
     pub component_arn: Option<String>,
+    /// The component's configuration as this deployment will commit it.
+    pub configuration: Option<&'a serde_json::Value>,
 }
 
 /// Brings one artifact to `dest`. Implementations are keyed by URI scheme (`s3`, `https`,
@@ -35,6 +37,10 @@ pub struct FetchRequest<'a> {
 pub trait ArtifactFetcher: Send + Sync + 'static {
     /// `Ok(true)`: written to `dest`; `Ok(false)`: this fetcher does not have it.
     fn fetch(&self, request: &FetchRequest<'_>, dest: &Path) -> Result<bool, DeployError>;
+
+    /// Called when no stored component version records `resource` any more (an image that
+    /// lives outside the store); nothing by default.
+    fn release(&self, _resource: &str) {}
 }
 
 /// Finds `<local_dir>/<name>/<version>/<file name>` whatever the URI scheme, so local
@@ -76,6 +82,20 @@ impl Fetchers {
     pub(crate) fn register(&mut self, scheme: &str, fetcher: Arc<dyn ArtifactFetcher>) {
         self.by_scheme.insert(scheme.to_ascii_lowercase(), fetcher);
     }
+
+    pub(crate) fn get(&self, scheme: &str) -> Option<Arc<dyn ArtifactFetcher>> {
+        self.by_scheme.get(scheme).cloned()
+    }
+}
+
+/// What a deployment tells the fetchers about where its artifacts come from.
+pub(crate) struct PrepareSource<'a> {
+    /// A local deployment's artifact folder.
+    pub local_dir: Option<&'a Path>,
+    /// The deployment came from the cloud.
+    pub cloud_deployment: bool,
+    /// The component's configuration as this deployment will commit it.
+    pub configuration: Option<&'a serde_json::Value>,
 }
 
 /// Makes every artifact of `name@version` present, verified, unpacked and protected.
@@ -87,9 +107,13 @@ pub(crate) fn prepare(
     name: &str,
     version: &Version,
     artifacts: &[Artifact],
-    local_dir: Option<&Path>,
-    cloud_deployment: bool,
+    source: PrepareSource<'_>,
 ) -> Result<(), DeployError> {
+    let PrepareSource {
+        local_dir,
+        cloud_deployment,
+        configuration,
+    } = source;
     let dir = store.artifacts_dir(name, version)?;
     fsutil::create_shared_dir_all(&dir)
         .map_err(|e| DeployError::io("cannot create artifact directory", &dir, e))?;
@@ -117,6 +141,30 @@ pub(crate) fn prepare(
         let file_name = artifact.file_name().to_string();
         plain_segment(name, version, artifact, &file_name)?;
         let dest = dir.join(&file_name);
+        let scheme = artifact.scheme().to_ascii_lowercase();
+        if scheme == "docker" {
+            // Images live in the engine: its fetcher checks them there each time (pulling only a
+            // missing one) and records which image this version uses. Greengrass verifies no
+            // digest of its own: a `@sha256:` reference is checked by the engine.
+            let fetcher = fetchers.by_scheme.get("docker").ok_or_else(|| {
+                DeployError::UnsupportedArtifact {
+                    component: format!("{name}@{version}"),
+                    uri: artifact.uri.clone(),
+                    message: "docker: artifacts need aws.greengrass.DockerApplicationManager's image support, which this core was built without".into(),
+                }
+            })?;
+            let request = FetchRequest {
+                component: name,
+                version,
+                artifact,
+                local_dir,
+                cloud_deployment,
+                component_arn: store.arn(name, version),
+                configuration,
+            };
+            fetcher.fetch(&request, &dest)?;
+            continue;
+        }
         if !dest.is_file() {
             let request = FetchRequest {
                 component: name,
@@ -125,8 +173,8 @@ pub(crate) fn prepare(
                 local_dir,
                 cloud_deployment,
                 component_arn: store.arn(name, version),
+                configuration,
             };
-            let scheme = artifact.scheme().to_ascii_lowercase();
             let mut found = fetchers.local.fetch(&request, &dest)?;
             if !found && let Some(fetcher) = fetchers.by_scheme.get(&scheme) {
                 // Only a local deployment's own files may come without a digest.

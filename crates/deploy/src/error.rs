@@ -80,6 +80,14 @@ pub enum DeployError {
         "artifact {uri} of {component}: the recipe gives no Digest, and downloaded artifacts must be verified; add Digest (base64 SHA-256) and Algorithm: SHA-256 to the artifact, or deploy the file locally from an artifacts directory"
     )]
     MissingDigest { component: String, uri: String },
+    #[error(
+        "image {uri} of {component}: {message}; check the reference and digest, that the registry is reachable, and its credentials in the component's configuration"
+    )]
+    ImagePull {
+        component: String,
+        uri: String,
+        message: String,
+    },
     #[error("archive {archive}: {message}; check that it is a valid ZIP file")]
     BadArchive { archive: PathBuf, message: String },
     #[error("configuration store: {0}")]
@@ -149,6 +157,7 @@ impl DeployError {
             | DeployError::UnsafeArchive { .. }
             | DeployError::ArchiveTooLarge { .. }
             | DeployError::MissingDigest { .. }
+            | DeployError::ImagePull { .. }
             | DeployError::BadArchive { .. } => "ARTIFACT_ERROR",
             DeployError::Config(_) | DeployError::BadRecord { .. } => "NUCLEUS_ERROR",
             DeployError::Bootstrap { .. } | DeployError::BootstrapRun { .. } => "COMPONENT_ERROR",
@@ -177,6 +186,7 @@ impl DeployError {
             | DeployError::ArchiveTooLarge { .. }
             | DeployError::BadArchive { .. } => "ARTIFACT_UNARCHIVE_ERROR",
             DeployError::MissingDigest { .. } => "RECIPE_MISSING_ARTIFACT_HASH_ALGORITHM",
+            DeployError::ImagePull { .. } => "DOCKER_ERROR",
             DeployError::Bootstrap { .. } | DeployError::BootstrapRun { .. } => "BOOTSTRAP_ERROR",
             DeployError::ConfigurationRejected { .. } => "COMPONENT_CONFIGURATION_NOT_VALID",
             DeployError::Settle(_) => "COMPONENT_BROKEN",

@@ -7,6 +7,10 @@
 //! → hooks (notify, validate) → snapshot → bootstrap → commit → reconcile the supervisor → wait
 //! for RUNNING/FINISHED → success (garbage-collect the store) or failure (roll back per policy).
 //!
+//! `docker:` artifacts (`docker.rs`) are images in the local Docker engine: fetched by asking the
+//! engine (pulled only when absent), recorded in the store by a marker file, removed from the
+//! engine when garbage collection drops the last version that records them.
+//!
 //! ```no_run
 //! # async fn demo(engine: lichen_deploy::DeploymentEngine) -> Result<(), lichen_deploy::DeployError> {
 //! use lichen_deploy::LocalDeploymentRequest;
@@ -51,6 +55,7 @@
 
 mod artifacts;
 mod cloud;
+mod docker;
 mod engine;
 mod error;
 mod fsutil;
@@ -67,6 +72,7 @@ pub use cloud::{
     CloudDocument, CloudInfo, CloudResolver, CloudSource, ResolvedComponent,
     SUPPORTED_CAPABILITIES, SigningPolicy, group_of_arn, key_id, parse_document,
 };
+pub use docker::{DockerEngine, DockerFetcher, ImageRef};
 pub use engine::DeploymentEngine;
 pub use error::DeployError;
 pub use unzip::{ArchiveLimits, unarchive_zip};
@@ -154,7 +160,8 @@ pub struct ConfigurationUpdate {
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunWithInfo {
     pub posix_user: Option<String>,
-    /// `systemResourceLimits` (`memory` in KB, `cpus`), cloud deployments only.
+    /// `systemResourceLimits` as given (`memory` KiB, `cpus`, and our `pids`, `ioWeight`);
+    /// checked when the deployment is planned.
     #[serde(default)]
     pub system_resource_limits: Option<serde_json::Value>,
 }
@@ -237,6 +244,9 @@ pub struct DeploymentRecord {
     pub error_stack: Vec<String>,
     pub error_types: Vec<String>,
     pub request: LocalDeploymentRequest,
+    /// What took effect only in part (say, resource limits this machine cannot enforce).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

@@ -165,6 +165,11 @@ impl Store {
 
     /// Deletes every stored version not in `keep` (name → versions): recipe, artifacts and
     /// unarchived artifacts. Returns what was removed as `name@version`.
+    /// `packages/artifacts`.
+    pub(crate) fn artifacts_root(&self) -> PathBuf {
+        self.packages.join("artifacts")
+    }
+
     pub(crate) fn collect_garbage(
         &self,
         keep: &BTreeMap<String, BTreeSet<String>>,

@@ -16,6 +16,15 @@ pub(crate) fn action_of(registry: &Registry, call: &Call) -> Option<(String, Str
     }
     let segs = call.segs();
     let arn = |kind: &str, name: &str| registry.arn(&format!("{kind}/{name}"));
+    if call.caller.service == "secretsmanager" {
+        // The secret's ARN when the request names an existing one; `*` otherwise (creation,
+        // lists, unknown secrets: only a `*` resource allows those).
+        let op = crate::secretsmanager::operation(call)?;
+        let resource = crate::secretsmanager::secret_id(call)
+            .and_then(|id| registry.describe_secret(&id).ok())
+            .map_or_else(|| "*".to_string(), |s| s.arn);
+        return Some((format!("secretsmanager:{op}"), resource));
+    }
     let (op, resource): (&str, String) = match call.caller.service.as_str() {
         "iot" => match (&call.method, segs.as_slice()) {
             (&Method::GET, ["things"]) => ("ListThings", "*".into()),

@@ -34,6 +34,7 @@ pub mod greengrass;
 mod iot;
 pub mod logs;
 pub mod s3;
+mod secretsmanager;
 pub mod signing;
 
 pub use call::Call;
@@ -117,8 +118,11 @@ async fn handle(State(state): State<Arc<ApiState>>, req: Request) -> Response {
         return s3::handle(&state, req).await;
     }
     let request_id = uuid::Uuid::new_v4().to_string();
+    // json 1.1 clients (X-Amz-Target) read the error code from the body's `__type`.
+    let json11 = req.headers().contains_key("x-amz-target");
     let mut resp = match authenticate_and_dispatch(&state, req).await {
         Ok(r) => r,
+        Err(e) if json11 => secretsmanager::error(e.code, e.message),
         Err(e) => e.into_response(),
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -188,6 +192,7 @@ async fn authenticate_and_dispatch(state: &Arc<ApiState>, req: Request) -> ApiRe
     match call.caller.service.as_str() {
         "iot" => iot::dispatch(state, call).await,
         "greengrass" => greengrass::dispatch(state, call).await,
+        "secretsmanager" => Ok(secretsmanager::dispatch(state, call).await),
         other => match state.services.get(other) {
             Some(h) => Ok(h.handle(call).await),
             None => Err(ApiError::unknown_operation(

@@ -120,6 +120,15 @@ CREATE TABLE gg_effective_deployments (
 CREATE INDEX gg_effective_deployments_deployment ON gg_effective_deployments (deployment_id);
 "#,
     r#"
+CREATE TABLE secrets (
+    name TEXT PRIMARY KEY, arn TEXT NOT NULL UNIQUE, description TEXT,
+    created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, deleted_at BIGINT);
+CREATE TABLE secret_versions (
+    secret_name TEXT NOT NULL REFERENCES secrets (name), version_id TEXT NOT NULL,
+    secret_string TEXT, secret_binary TEXT, stages TEXT NOT NULL, created_at BIGINT NOT NULL,
+    PRIMARY KEY (secret_name, version_id));
+"#,
+    r#"
 CREATE TABLE device_presence (
     client_id TEXT PRIMARY KEY, thing_name TEXT, certificate_id TEXT NOT NULL,
     session_id TEXT NOT NULL, connected BIGINT NOT NULL, last_connected BIGINT NOT NULL,

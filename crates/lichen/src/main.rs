@@ -40,6 +40,9 @@ enum Command {
     Broker(cmd::broker::BrokerArgs),
     /// Run a standalone stream manager server.
     StreamManager(cmd::streams::StreamManagerArgs),
+    /// Lambda functions as components (`launch` is a Lambda component's lifecycle step).
+    #[command(subcommand)]
+    Lambda(cmd::lambda::LambdaCommand),
     /// Run the self-hosted fleet service (the cloud side): `lichen fleet serve|audit …`.
     #[cfg(feature = "fleet")]
     #[command(disable_help_flag = true)]
@@ -84,6 +87,7 @@ fn main() -> std::process::ExitCode {
         Command::Logs(a) => cmd::logs::run(a),
         Command::Broker(a) => cmd::broker::run(a),
         Command::StreamManager(a) => cmd::streams::run(a),
+        Command::Lambda(c) => cmd::lambda::run(c),
         #[cfg(feature = "fleet")]
         Command::Fleet(a) => run_fleet(a),
     };

@@ -11,7 +11,11 @@ use lichen_recipe::{
 use serde_json::json;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // The runner's value first: a test binary reused from a build cache made in another
+    // checkout still finds this checkout's fixtures.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf())
         .join("tests/fixtures")
         .join(name)
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use lichen_recipe::{DependencyType, Step};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::cgroup::{ComponentCgroup, Hierarchy, ResourceLimits};
 use crate::logs::ComponentLog;
 use crate::process::{
     self, KILL_GRACE, StepCommand, StepOutcome, run_one_shot, spawn_step, terminate_groups,
@@ -38,6 +39,17 @@ pub(crate) struct Shared {
     pub events: broadcast::Sender<StateChange>,
     logs: Mutex<HashMap<String, Arc<ComponentLog>>>,
     warned_root: AtomicBool,
+    /// Detected on first use: this core's cgroup folder, or why there is none.
+    hierarchy: std::sync::OnceLock<Result<Hierarchy, String>>,
+    cgroups: Mutex<HashMap<String, CgroupEntry>>,
+}
+
+/// A component's cgroup and what was last asked of it.
+pub(crate) struct CgroupEntry {
+    pub cgroup: Option<Arc<ComponentCgroup>>,
+    pub applied: ResourceLimits,
+    /// Why the limits are not (all) enforced.
+    pub problem: Option<String>,
 }
 
 pub(crate) struct Entry {
@@ -62,6 +74,114 @@ impl Shared {
             events: broadcast::channel(1024).0,
             logs: Mutex::new(HashMap::new()),
             warned_root: AtomicBool::new(false),
+            hierarchy: std::sync::OnceLock::new(),
+            cgroups: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock_cgroups(&self) -> std::sync::MutexGuard<'_, HashMap<String, CgroupEntry>> {
+        self.cgroups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn cgroup_if_any(&self, name: &str) -> Option<Arc<ComponentCgroup>> {
+        self.lock_cgroups().get(name).and_then(|e| e.cgroup.clone())
+    }
+
+    pub(crate) fn limit_problem(&self, name: &str) -> Option<String> {
+        self.lock_cgroups()
+            .get(name)
+            .and_then(|e| e.problem.clone())
+    }
+
+    /// The component's cgroup with the spec's limits applied (created on first use; limits
+    /// rewritten when they changed). `None` where cgroups cannot be used: the component runs
+    /// unconfined, and when it asked for limits that is logged and reported.
+    pub(crate) fn cgroup_for(&self, spec: &ComponentSpec) -> Option<Arc<ComponentCgroup>> {
+        let limits = spec.resource_limits;
+        let mut table = self.lock_cgroups();
+        if let Some(entry) = table.get_mut(&spec.name)
+            && entry.cgroup.is_some()
+        {
+            let cgroup = entry.cgroup.clone();
+            if entry.applied != limits {
+                entry.applied = limits;
+                entry.problem =
+                    self.report_problems(spec, cgroup.as_ref().map(|c| c.apply(&limits)));
+            }
+            return cgroup;
+        }
+        let hierarchy = self.hierarchy.get_or_init(|| {
+            let found = Hierarchy::detect(&self.cfg.root);
+            if let Err(reason) = &found {
+                tracing::debug!(%reason, "components run without cgroups");
+            }
+            found
+        });
+        let created = match hierarchy {
+            Ok(h) => h.component(&spec.name),
+            Err(reason) => Err(reason.clone()),
+        };
+        let (cgroup, problem) = match created {
+            Ok(cg) => {
+                let problems = cg.apply(&limits);
+                (
+                    Some(Arc::new(cg)),
+                    self.report_problems(spec, Some(problems)),
+                )
+            }
+            Err(reason) => (None, self.report_problems(spec, Some(vec![reason]))),
+        };
+        table.insert(
+            spec.name.clone(),
+            CgroupEntry {
+                cgroup: cgroup.clone(),
+                applied: limits,
+                problem,
+            },
+        );
+        cgroup
+    }
+
+    /// Logs problems with a component's limits; `Some(text)` when limits were asked for and are
+    /// not all enforced.
+    fn report_problems(
+        &self,
+        spec: &ComponentSpec,
+        problems: Option<Vec<String>>,
+    ) -> Option<String> {
+        let problems = problems.unwrap_or_default();
+        if spec.resource_limits.is_empty() || problems.is_empty() {
+            return None;
+        }
+        let text = format!(
+            "systemResourceLimits of {} are not enforced: {}; run the core as root or give it a \
+             delegated cgroup (README: resource limits)",
+            spec.name,
+            problems.join("; ")
+        );
+        tracing::warn!("{text}");
+        self.log_for(&spec.name).write("WARN", "limits", &text);
+        Some(text)
+    }
+
+    /// Kills what is left in the component's cgroup and removes it.
+    pub(crate) async fn release_cgroup(&self, name: &str) {
+        let entry = self.lock_cgroups().remove(name);
+        if let Some(cgroup) = entry.and_then(|e| e.cgroup) {
+            remove_cgroup(&cgroup).await;
+        }
+    }
+
+    /// At shutdown: every component's cgroup, then this core's folder.
+    pub(crate) async fn release_cgroups(&self) {
+        let entries: Vec<_> = self.lock_cgroups().drain().collect();
+        for (_, entry) in entries {
+            if let Some(cgroup) = entry.cgroup {
+                remove_cgroup(&cgroup).await;
+            }
+        }
+        if let Some(Ok(hierarchy)) = self.hierarchy.get() {
+            hierarchy.remove();
         }
     }
 
@@ -185,8 +305,47 @@ impl Shared {
             env,
             run_as,
             log: self.log_for(&spec.name),
+            cgroup_procs: self
+                .cgroup_for(spec)
+                .map(|cg| cg.procs_files())
+                .unwrap_or_default(),
         }))
     }
+}
+
+impl Drop for Shared {
+    /// A supervisor dropped without [`crate::Supervisor::shutdown`] leaves no cgroup behind when
+    /// its processes die promptly.
+    fn drop(&mut self) {
+        let entries: Vec<_> = self.lock_cgroups().drain().collect();
+        for (_, entry) in entries {
+            if let Some(cgroup) = entry.cgroup {
+                for _ in 0..10 {
+                    cgroup.kill_all();
+                    if cgroup.usage().pids == 0 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                cgroup.remove();
+            }
+        }
+        if let Some(Ok(hierarchy)) = self.hierarchy.get() {
+            hierarchy.remove();
+        }
+    }
+}
+
+/// A cgroup can be removed only once its last process has been reaped by the kernel.
+async fn remove_cgroup(cgroup: &ComponentCgroup) {
+    for _ in 0..50 {
+        cgroup.kill_all();
+        if cgroup.usage().pids == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cgroup.remove();
 }
 
 /// What a reconcile changes about a component that stays deployed.
@@ -300,6 +459,8 @@ struct Actor {
     /// and the actor only exits, once they are gone, so no step outlives a core's shutdown.
     abandoned: tokio::task::JoinSet<()>,
     exit: bool,
+    /// OOM kills of the component's cgroup already accounted for.
+    oom_seen: Option<u64>,
     /// State changes of all components; only HARD dependencies' matter here.
     events: broadcast::Receiver<StateChange>,
 }
@@ -346,6 +507,7 @@ pub(crate) fn spawn_component(shared: &Arc<Shared>, spec: ComponentSpec) {
         remove_waiter: None,
         abandoned: tokio::task::JoinSet::new(),
         exit: false,
+        oom_seen: None,
         events,
     };
     tokio::spawn(actor.run(rx));
@@ -374,6 +536,9 @@ impl Actor {
             self.advance();
         }
         while self.abandoned.join_next().await.is_some() {}
+        if self.exit {
+            self.shared.release_cgroup(&self.name).await;
+        }
         self.shared.lock_table().remove(&self.name);
         if let Some(done) = self.remove_waiter.take() {
             let _ = done.send(());
@@ -544,6 +709,12 @@ impl Actor {
             }
             Ok(Some(cmd)) => cmd,
         };
+        if self.oom_seen.is_none() {
+            self.oom_seen = self
+                .shared
+                .cgroup_if_any(&self.name)
+                .map(|cg| cg.usage().oom_kills);
+        }
         let (child, pgid) = match spawn_step(&cmd) {
             Ok(spawned) => spawned,
             Err(err) => {
@@ -678,6 +849,7 @@ impl Actor {
             },
         };
         let tx = self.tx.clone();
+        let cgroup = self.shared.cgroup_if_any(&self.name);
         tokio::spawn(async move {
             let shutdown = match command {
                 Some((cmd, timeout)) => {
@@ -688,6 +860,10 @@ impl Actor {
                 None => None,
             };
             terminate_groups(&groups, KILL_GRACE).await;
+            // Processes that left the step's groups (setsid, daemons) are still in the cgroup.
+            if let Some(cgroup) = cgroup {
+                cgroup.kill_all();
+            }
             let _ = tx.send(Msg::StopDone {
                 generation,
                 shutdown,
@@ -782,6 +958,10 @@ impl Actor {
             }
             Msg::Update { spec, change, ack } => {
                 self.spec = *spec;
+                // New limits reach the running processes now: no restart needed.
+                if self.shared.cgroup_if_any(&self.name).is_some() {
+                    self.shared.cgroup_for(&self.spec);
+                }
                 match change {
                     Change::Quiet => {}
                     Change::Reinstall => self.reinstall(),
@@ -873,11 +1053,22 @@ impl Actor {
             return;
         }
         self.active = None;
+        let oom = if outcome == StepOutcome::Exited(0) {
+            None
+        } else {
+            self.oom_killed()
+        };
         let failure = |prefix: &str, outcome: &StepOutcome| -> (String, String) {
             match outcome {
                 StepOutcome::Exited(code) => (
                     format!("{prefix}_ERROR"),
-                    format!("{prefix} step exited with code {code}").to_lowercase(),
+                    match &oom {
+                        Some(cause) => format!(
+                            "{} step exited with code {code}: {cause}",
+                            prefix.to_lowercase()
+                        ),
+                        None => format!("{prefix} step exited with code {code}").to_lowercase(),
+                    },
                 ),
                 StepOutcome::TimedOut => (
                     format!("{prefix}_TIMEOUT"),
@@ -920,6 +1111,23 @@ impl Actor {
             (Phase::Uninstall, _) => self.exit = true,
             (Phase::Stopping, _) => {}
         }
+    }
+
+    /// The cause when the kernel's OOM killer struck the component's cgroup since last asked.
+    fn oom_killed(&mut self) -> Option<String> {
+        let kills = self.shared.cgroup_if_any(&self.name)?.usage().oom_kills;
+        let seen = self.oom_seen.replace(kills).unwrap_or(0);
+        if kills <= seen {
+            return None;
+        }
+        let limit = match self.spec.resource_limits.memory_kb {
+            Some(kb) => format!("its memory limit of {kb} KiB (systemResourceLimits.memory)"),
+            None => "the memory available to it".to_string(),
+        };
+        let cause =
+            format!("killed by the kernel's out-of-memory killer: the component reached {limit}");
+        self.log.write("ERROR", "limits", &cause);
+        Some(cause)
     }
 
     /// IPC UpdateState: only the transitions of spec §1.10 are honoured.

@@ -13,11 +13,19 @@
 //! never the core's own environment; umask 0022 whatever the core's; a work folder that is its
 //! user's alone (0700); artifact files owned by its user (folders stay the core's).
 //!
+//! Where the core may create cgroups (v2, or the v1 hierarchies where that is what is mounted),
+//! each component has one (`cgroup.rs`): a step joins it between fork and exec, so its whole
+//! process tree carries the component's [`ResourceLimits`]; limits change in place at the next
+//! reconcile; an OOM kill becomes the cause of the ERRORED state. Without cgroups components run
+//! unconfined and [`Supervisor::limits_not_enforced`] says why.
+//!
 //! Architecture invariant: every process a step starts lives in a process group the supervisor created
 //! and kills (SIGTERM, then SIGKILL after the grace period) when the component stops, errors or breaks;
 //! nothing survives [`Supervisor::shutdown`] short of a process that left its group on purpose.
 //! Architecture invariant: callers never wait on a script: requests are messages to the component's task,
 //! and only the calls documented to wait (stop, reconcile's removals, shutdown, wait_settled) do.
+//! Architecture invariant: a step process is in its component's cgroup before it executes any of
+//! its own code; what a stopped component left in its cgroup is killed.
 //! Architecture invariant: this crate knows recipes only as [`lichen_recipe::Lifecycle`]; it reads no
 //! configuration and no recipe files.
 //!
@@ -39,6 +47,7 @@
 //! ```
 
 mod actor;
+mod cgroup;
 mod error;
 mod ledger;
 mod logs;
@@ -53,6 +62,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, oneshot};
 
 use actor::{Change, Msg, Shared};
+pub use cgroup::{ResourceLimits, ResourceUsage};
 pub use error::SupervisorError;
 pub use process::{RunAs, resolve_user, restore_child_exit_signal, unblock_inherited_signals};
 pub use state::State;
@@ -71,6 +81,9 @@ pub struct ComponentSpec {
     pub posix_user: Option<String>,
     /// `lifecycle.errorResetTime`, default 3600 s.
     pub error_reset_time: Duration,
+    /// The effective `systemResourceLimits` (the component's `runWith`, else `runWithDefault`).
+    /// A change applies to the running processes at the next reconcile, without a restart.
+    pub resource_limits: ResourceLimits,
 }
 
 impl ComponentSpec {
@@ -88,6 +101,7 @@ impl ComponentSpec {
             dependencies: Vec::new(),
             posix_user: None,
             error_reset_time: Duration::from_secs(3600),
+            resource_limits: ResourceLimits::default(),
         }
     }
 }
@@ -315,6 +329,18 @@ impl Supervisor {
             .collect()
     }
 
+    /// Memory and CPU use of the component's cgroup; `None` when it has none (cgroups unavailable,
+    /// or the component never ran a step).
+    pub fn resource_usage(&self, name: &str) -> Option<ResourceUsage> {
+        self.shared.cgroup_if_any(name).map(|cg| cg.usage())
+    }
+
+    /// Why the component's `systemResourceLimits` are not (all) enforced; `None` when they are or
+    /// when it has none.
+    pub fn limits_not_enforced(&self, name: &str) -> Option<String> {
+        self.shared.limit_problem(name)
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<StateChange> {
         self.shared.events.subscribe()
     }
@@ -391,6 +417,7 @@ impl Supervisor {
                 let _ = wait.await;
             }
         }
+        self.shared.release_cgroups().await;
     }
 
     /// Runs the bootstrap step now (deployment time). Ok carries 0 (nothing to do), 100 (restart the

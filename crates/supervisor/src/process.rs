@@ -218,6 +218,8 @@ pub(crate) struct StepCommand {
     pub env: BTreeMap<String, String>,
     pub run_as: Option<RunAs>,
     pub log: Arc<ComponentLog>,
+    /// `cgroup.procs` files the process joins before exec (empty: no cgroup).
+    pub cgroup_procs: Vec<std::ffi::CString>,
 }
 
 /// How a step process ended.
@@ -244,9 +246,12 @@ pub(crate) fn spawn_step(cmd: &StepCommand) -> std::io::Result<(Child, i32)> {
         .stderr(Stdio::piped())
         .process_group(0);
     let run_as = cmd.run_as.clone();
+    let cgroup_procs = cmd.cgroup_procs.clone();
     // SAFETY: the closure only makes async-signal-safe system calls on data prepared before fork.
     unsafe {
         command.pre_exec(move || {
+            // First, while still privileged: everything the step starts is inside the cgroup.
+            crate::cgroup::join_in_child(&cgroup_procs);
             // A step starts with no signal blocked, whatever thread of the core forked it.
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);

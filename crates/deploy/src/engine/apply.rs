@@ -121,7 +121,14 @@ impl Inner {
         policy: FailureHandlingPolicy,
     ) -> Outcome {
         match self.reconcile_and_wait(affected).await {
-            Ok(()) => Outcome::succeeded(),
+            Ok(()) => {
+                let mut outcome = Outcome::succeeded();
+                outcome.warnings = affected
+                    .iter()
+                    .filter_map(|name| self.supervisor.limits_not_enforced(name))
+                    .collect();
+                outcome
+            }
             Err(e) => match policy {
                 FailureHandlingPolicy::DoNothing => {
                     Outcome::failed(DetailedStatus::FailedRollbackNotRequested, e)
@@ -210,6 +217,7 @@ impl Inner {
             p.record.failure_cause = outcome.failure_cause.clone();
             p.record.error_stack = outcome.error_stack.clone();
             p.record.error_types = outcome.error_types.clone();
+            p.record.warnings = outcome.warnings.clone();
         }) {
             tracing::error!(deployment = id, error = %e, "cannot record deployment result");
         }
@@ -319,6 +327,7 @@ pub(super) struct Outcome {
     error_stack: Vec<String>,
     error_types: Vec<String>,
     notified: bool,
+    warnings: Vec<String>,
 }
 
 impl Outcome {
@@ -330,6 +339,7 @@ impl Outcome {
             error_stack: Vec::new(),
             error_types: Vec::new(),
             notified: false,
+            warnings: Vec::new(),
         }
     }
 
@@ -341,6 +351,7 @@ impl Outcome {
             error_stack: error.error_stack(),
             error_types: vec![error.error_type().to_string()],
             notified: false,
+            warnings: Vec::new(),
         }
     }
 
@@ -353,6 +364,7 @@ impl Outcome {
             error_stack: Vec::new(),
             error_types: Vec::new(),
             notified: false,
+            warnings: Vec::new(),
         }
     }
 }

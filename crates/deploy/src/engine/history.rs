@@ -21,7 +21,18 @@ impl Inner {
                 }
             }
         }
+        let artifacts_root = self.store.artifacts_root();
+        let images_before = crate::docker::recorded_images(&artifacts_root);
         let removed = self.store.collect_garbage(&keep)?;
+        // Images that only removed versions recorded leave the engine too.
+        let images_after = crate::docker::recorded_images(&artifacts_root);
+        if let Some(docker) = lock(&self.fetchers).get("docker") {
+            for image in images_before.keys() {
+                if !images_after.contains_key(image) {
+                    docker.release(image);
+                }
+            }
+        }
         if !removed.is_empty() {
             tracing::info!(removed = ?removed, "component store garbage collected");
         }

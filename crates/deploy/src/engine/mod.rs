@@ -270,6 +270,7 @@ impl DeploymentEngine {
             failure_cause: String::new(),
             error_stack: Vec::new(),
             error_types: Vec::new(),
+            warnings: Vec::new(),
             request: doc.request,
         };
         if let Some(e) = &refused {
@@ -421,6 +422,7 @@ impl DeploymentEngine {
             error_stack: Vec::new(),
             error_types: Vec::new(),
             request: req,
+            warnings: Vec::new(),
         };
         self.enqueue(record, true)?;
         Ok(id)

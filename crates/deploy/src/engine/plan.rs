@@ -8,7 +8,7 @@ use lichen_recipe::{
     ComponentVars, DependencyType, InterpolationContext, Lifecycle, Platform, Recipe,
     SelectedRecipe,
 };
-use lichen_supervisor::ComponentSpec;
+use lichen_supervisor::{ComponentSpec, ResourceLimits};
 use semver::Version;
 use serde_json::{Map, Value, json};
 
@@ -75,10 +75,40 @@ impl Inner {
     }
 
     pub(super) fn current_specs(&self) -> Result<Vec<ComponentSpec>, DeployError> {
+        let defaults = self.default_limits();
         self.managed_services()
             .into_iter()
-            .map(|(name, entry)| spec_from_entry(&name, &entry))
+            .map(|(name, entry)| {
+                let mut spec = spec_from_entry(&name, &entry)?;
+                if entry
+                    .get("runWith")
+                    .and_then(|r| r.get("systemResourceLimits"))
+                    .is_none()
+                {
+                    spec.resource_limits = defaults;
+                }
+                Ok(spec)
+            })
             .collect()
+    }
+
+    /// The nucleus's `runWithDefault.systemResourceLimits`; a bad value is logged and ignored so
+    /// that it cannot stop every component.
+    fn default_limits(&self) -> ResourceLimits {
+        let field = "runWithDefault.systemResourceLimits";
+        match self.config.get(&[
+            SERVICES,
+            NUCLEUS,
+            "configuration",
+            "runWithDefault",
+            "systemResourceLimits",
+        ]) {
+            None | Some(Value::Null) => ResourceLimits::default(),
+            Some(value) => ResourceLimits::from_json(&value, field).unwrap_or_else(|reason| {
+                tracing::warn!("{reason}: components run without default limits");
+                ResourceLimits::default()
+            }),
+        }
     }
 
     pub(super) async fn plan(&self, persisted: &Persisted) -> Result<Plan, DeployError> {
@@ -184,6 +214,14 @@ pub(super) fn spec_from_entry(name: &str, entry: &Value) -> Result<ComponentSpec
         .and_then(|r| r.get("posixUser"))
         .and_then(Value::as_str)
         .map(str::to_string);
+    let resource_limits = match entry
+        .get("runWith")
+        .and_then(|r| r.get("systemResourceLimits"))
+    {
+        Some(limits) => ResourceLimits::from_json(limits, "runWith.systemResourceLimits")
+            .map_err(|e| bad("runWith.systemResourceLimits", e))?,
+        None => ResourceLimits::default(),
+    };
     let error_reset_time = lifecycle_value
         .get("errorResetTime")
         .and_then(Value::as_u64)
@@ -197,6 +235,7 @@ pub(super) fn spec_from_entry(name: &str, entry: &Value) -> Result<ComponentSpec
         dependencies,
         posix_user,
         error_reset_time,
+        resource_limits,
     })
 }
 
@@ -350,24 +389,14 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
         )?;
     }
     let resolution = resolve::resolve(&roots, &catalog)?;
-    // 4. Artifacts, dependencies first.
+    // 4. The selected recipes, dependencies first.
     let mut selected: BTreeMap<String, SelectedRecipe> = BTreeMap::new();
     for name in &resolution.order {
         if input.builtins.contains_key(name) {
             continue;
         }
         let version = &resolution.versions[name];
-        let recipe = catalog.select(name, version)?;
-        artifacts::prepare(
-            &input.store,
-            &input.fetchers,
-            name,
-            version,
-            &recipe.artifacts,
-            input.request.artifacts_directory_path.as_deref(),
-            cloud.is_some(),
-        )?;
-        selected.insert(name.clone(), recipe);
+        selected.insert(name.clone(), catalog.select(name, version)?);
     }
     // 5. Configurations: RESET, then recipe defaults under, then MERGE.
     let mut configurations: BTreeMap<String, Value> = BTreeMap::new();
@@ -388,6 +417,25 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
         let configuration =
             lichen_config::apply_configuration_update(&old, &defaults, reset, merge);
         configurations.insert(name.clone(), configuration);
+    }
+    // Artifacts, dependencies first; a fetcher may need the component's new configuration
+    // (a private registry's login).
+    for name in &resolution.order {
+        let Some(recipe) = selected.get(name) else {
+            continue;
+        };
+        artifacts::prepare(
+            &input.store,
+            &input.fetchers,
+            name,
+            &resolution.versions[name],
+            &recipe.artifacts,
+            artifacts::PrepareSource {
+                local_dir: input.request.artifacts_directory_path.as_deref(),
+                cloud_deployment: cloud.is_some(),
+                configuration: configurations.get(name),
+            },
+        )?;
     }
     // 6. Service entries with interpolated lifecycles.
     let vars = |name: &str| ComponentVars {
@@ -472,14 +520,19 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
         // the default).
         let run_with = match input.request.run_with.get(name) {
             Some(info) => {
-                let mut rw = Map::new();
-                if let Some(u) = &info.posix_user {
-                    rw.insert("posixUser".into(), json!(u));
+                let mut run_with = Map::new();
+                if let Some(user) = &info.posix_user {
+                    run_with.insert("posixUser".into(), json!(user));
                 }
                 if let Some(limits) = &info.system_resource_limits {
-                    rw.insert("systemResourceLimits".into(), limits.clone());
+                    ResourceLimits::from_json(
+                        limits,
+                        &format!("componentToRunWithInfo.{name}.systemResourceLimits"),
+                    )
+                    .map_err(DeployError::BadRequest)?;
+                    run_with.insert("systemResourceLimits".into(), limits.clone());
                 }
-                (!rw.is_empty()).then_some(Value::Object(rw))
+                (!run_with.is_empty()).then_some(Value::Object(run_with))
             }
             None => old_entry.and_then(|e| e.get("runWith")).cloned(),
         };

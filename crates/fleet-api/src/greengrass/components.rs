@@ -1,5 +1,6 @@
 //! Component operations: CreateComponentVersion (inline recipes), DescribeComponent,
-//! GetComponent, ListComponents, ListComponentVersions, DeleteComponent.
+//! GetComponent, ListComponents, ListComponentVersions, DeleteComponent. A `lambdaFunction`
+//! request is turned into a recipe by [`super::lambda`] and then published as an inline one.
 //!
 //! A recipe is validated with the recipe model; every `s3://` artifact must be in the object
 //! store, and its `Digest` (base64 SHA-256) must match the stored object. A recipe without
@@ -189,16 +190,9 @@ fn check_signature(v: &Value) -> ApiResult<String> {
     Ok(json!({"keyId": key_id.to_ascii_lowercase(), "signature": sig}).to_string())
 }
 
-fn create(s: &ApiState, c: &Call) -> ApiResult<Response> {
-    let body = c.json()?;
-    if body.get("lambdaFunction").is_some_and(|v| !v.is_null()) {
-        return Err(validation(
-            "FIELD_VALIDATION_FAILED",
-            "lambdaFunction: creating components from Lambda functions is not supported by \
-             this fleet; publish an inlineRecipe instead",
-        ));
-    }
-    let inline = str_field(&body, "inlineRecipe")?.ok_or_else(|| {
+/// The `inlineRecipe` field's text (base64 on the wire).
+fn inline_recipe(body: &Map<String, Value>) -> ApiResult<String> {
+    let inline = str_field(body, "inlineRecipe")?.ok_or_else(|| {
         validation(
             "FIELD_VALIDATION_FAILED",
             "inlineRecipe is required (the recipe, base64-encoded)",
@@ -210,8 +204,16 @@ fn create(s: &ApiState, c: &Call) -> ApiResult<Response> {
             format!("inlineRecipe is not base64 ({e}); boto3 and the CLI's fileb:// encode it"),
         )
     })?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| validation("CANNOT_PARSE", "inlineRecipe is not UTF-8 text"))?;
+    String::from_utf8(bytes)
+        .map_err(|_| validation("CANNOT_PARSE", "inlineRecipe is not UTF-8 text"))
+}
+
+fn create(s: &ApiState, c: &Call) -> ApiResult<Response> {
+    let body = c.json()?;
+    let text = match body.get("lambdaFunction") {
+        Some(f) if !f.is_null() => super::lambda::recipe(s, f)?,
+        _ => inline_recipe(&body)?,
+    };
     let format = detect_format(&text);
     let recipe = lichen_recipe::parse_str(&text, format, "inlineRecipe").map_err(|e| {
         let mut v = validation(

@@ -309,6 +309,31 @@ pub fn device_document(
     doc
 }
 
+/// Largest document a deployment job carries whole (a job document may hold 32 KiB).
+pub const JOB_DOCUMENT_LIMIT: usize = 31 * 1024;
+/// Largest document the deployment shadow carries whole (a shadow's state may hold 8 KiB).
+pub const SHADOW_DOCUMENT_LIMIT: usize = 7 * 1024;
+
+/// The document as delivered through a channel that holds `limit` bytes: whole when it fits,
+/// else without its components and requiring `LARGE_CONFIGURATION`, so the device fetches the
+/// whole one with GetDeploymentConfiguration (greengrass-core §6.3).
+pub fn for_delivery(doc: Value, limit: usize) -> Value {
+    if doc.to_string().len() <= limit {
+        return doc;
+    }
+    let mut slim = doc;
+    if let Some(o) = slim.as_object_mut() {
+        o.remove("components");
+        let caps = o.entry("requiredCapabilities").or_insert_with(|| json!([]));
+        if let Some(list) = caps.as_array_mut()
+            && !list.iter().any(|c| c == "LARGE_CONFIGURATION")
+        {
+            list.push(json!("LARGE_CONFIGURATION"));
+        }
+    }
+    slim
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,5 +412,16 @@ mod tests {
         }
         assert!(parse_target("arn:aws:iot:r:1:thing/T").is_ok());
         assert!(parse_target("arn:aws:iot:r:1:policy/T").is_err());
+    }
+
+    #[test]
+    fn a_document_over_the_channel_limit_goes_without_components() {
+        let doc = json!({"deploymentId": "d", "components": {"A": {"version": "1.0.0",
+            "configurationUpdate": {"merge": {"pad": "x".repeat(40_000)}}}}});
+        assert_eq!(for_delivery(doc.clone(), 64 * 1024), doc);
+        let slim = for_delivery(doc, JOB_DOCUMENT_LIMIT);
+        assert_eq!(slim["deploymentId"], "d");
+        assert!(slim.get("components").is_none());
+        assert_eq!(slim["requiredCapabilities"], json!(["LARGE_CONFIGURATION"]));
     }
 }

@@ -17,6 +17,7 @@ pub mod core_devices;
 pub mod deployments;
 pub mod document;
 pub mod fleet_status;
+pub mod lambda;
 pub mod preview;
 pub mod service;
 

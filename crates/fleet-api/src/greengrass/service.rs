@@ -194,7 +194,7 @@ impl Deployments {
                 .create_job(DeploymentJob {
                     job_id: d.id.clone(),
                     target_arn: target_arn.to_string(),
-                    document: doc,
+                    document: document::for_delivery(doc, document::JOB_DOCUMENT_LIMIT),
                     description: d.name.clone(),
                     rollout: pick("jobExecutionsRolloutConfig"),
                     abort: pick("abortConfig"),
@@ -205,7 +205,10 @@ impl Deployments {
             self.shadow
                 .write_desired(
                     &target,
-                    json!({"fleetConfig": doc.to_string(), "desiredStatus": "ACTIVE"}),
+                    json!({
+                        "fleetConfig": document::for_delivery(doc, document::SHADOW_DOCUMENT_LIMIT).to_string(),
+                        "desiredStatus": "ACTIVE",
+                    }),
                 )
                 .await
         };

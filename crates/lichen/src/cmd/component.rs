@@ -89,6 +89,29 @@ pub fn run(c: ComponentCommand) -> anyhow::Result<ExitCode> {
                 println!("Version: {}", d["version"].as_str().unwrap_or(""));
                 println!("State: {}", d["state"].as_str().unwrap_or(""));
                 println!("Configuration: {}", d["configuration"]);
+                if let Some(u) = d.get("resourceUsage") {
+                    let mib = |v: &Value| v.as_u64().map(|b| b as f64 / 1048576.0);
+                    println!(
+                        "Memory: {:.1} MiB (peak {})",
+                        mib(&u["memoryBytes"]).unwrap_or(0.0),
+                        mib(&u["memoryPeakBytes"])
+                            .map_or("unknown".into(), |m| format!("{m:.1} MiB"))
+                    );
+                    println!(
+                        "CPU: {:.3} s used, throttled in {} periods ({:.3} s)",
+                        u["cpuUsageMicros"].as_u64().unwrap_or(0) as f64 / 1e6,
+                        u["cpuThrottledPeriods"].as_u64().unwrap_or(0),
+                        u["cpuThrottledMicros"].as_u64().unwrap_or(0) as f64 / 1e6
+                    );
+                    println!(
+                        "Processes: {}  OOM kills: {}",
+                        u["processes"].as_u64().unwrap_or(0),
+                        u["oomKills"].as_u64().unwrap_or(0)
+                    );
+                }
+                if let Some(why) = d.get("resourceLimitsNotEnforced").and_then(Value::as_str) {
+                    println!("Warning: {why}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

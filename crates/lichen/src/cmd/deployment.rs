@@ -68,7 +68,9 @@ pub struct CreateArgs {
     /// ROLLBACK or DO_NOTHING (default DO_NOTHING, as for Greengrass local deployments).
     #[arg(long = "failure-handling-policy", visible_alias = "fp")]
     failure_handling_policy: Option<String>,
-    /// Run-as user per component: NAME:posixUser=USER[:GROUP] (repeatable).
+    /// Per component (repeatable): NAME:posixUser=USER[:GROUP], or
+    /// NAME:systemResourceLimits={"memory":KiB,"cpus":N,"pids":N,"ioWeight":N}; a component
+    /// named without limits runs with runWithDefault's.
     #[arg(long = "run-with", visible_alias = "runWith")]
     run_with: Vec<String>,
     /// NOTIFY_COMPONENTS asks subscribed components before applying (they may defer).
@@ -156,6 +158,11 @@ fn print_deployment(d: &Value, json: bool) {
     if !cause.is_empty() {
         println!("  cause:   {cause}");
     }
+    if let Some(warnings) = d["deploymentStatusDetails"]["warnings"].as_array() {
+        for w in warnings.iter().filter_map(Value::as_str) {
+            println!("  warning: {w}");
+        }
+    }
 }
 
 /// A JSON text or the path of a file that holds it.
@@ -203,13 +210,23 @@ fn create(a: CreateArgs) -> anyhow::Result<ExitCode> {
     if !a.run_with.is_empty() {
         let mut rw = Map::new();
         for r in &a.run_with {
-            let (name, rest) = r.split_once(':').with_context(|| {
-                format!("--run-with {r:?}: expected NAME:posixUser=USER[:GROUP]")
-            })?;
-            let user = rest.strip_prefix("posixUser=").with_context(|| {
-                format!("--run-with {r:?}: expected NAME:posixUser=USER[:GROUP]")
-            })?;
-            rw.insert(name.into(), json!({ "posixUser": user }));
+            let expected = || {
+                format!(
+                    "--run-with {r:?}: expected NAME:posixUser=USER[:GROUP] or \
+                     NAME:systemResourceLimits={{\"memory\":KiB,\"cpus\":N}}"
+                )
+            };
+            let (name, rest) = r.split_once(':').with_context(expected)?;
+            let entry = rw.entry(name.to_string()).or_insert_with(|| json!({}));
+            if let Some(user) = rest.strip_prefix("posixUser=") {
+                entry["posixUser"] = json!(user);
+            } else if let Some(limits) = rest.strip_prefix("systemResourceLimits=") {
+                let limits: Value = serde_json::from_str(limits)
+                    .with_context(|| format!("{}: not JSON", expected()))?;
+                entry["systemResourceLimits"] = limits;
+            } else {
+                anyhow::bail!(expected());
+            }
         }
         req.insert("componentToRunWithInfo".into(), Value::Object(rw));
     }

@@ -4,6 +4,7 @@ pub mod broker;
 pub mod component;
 pub mod core;
 pub mod deployment;
+pub mod lambda;
 pub mod logs;
 pub mod recipe;
 pub mod streams;

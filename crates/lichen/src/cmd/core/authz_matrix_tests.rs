@@ -24,6 +24,9 @@ const LIFECYCLE: &str = "aws.greengrass.ipc.lifecycle";
 const CLIENT_DEVICES: &str = "aws.greengrass.clientdevices.Auth";
 const METRIC: &str = "aws.greengrass.ipc.componentmetric";
 const SHADOW: &str = "aws.greengrass.ShadowManager";
+const SECRETS: &str = lichen_secrets::SERVICE_NAME;
+const SECRET_RIGHT: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:m/right-AbCdEf";
+const SECRET_OTHER: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:m/other-GhIjKl";
 
 /// How an operation is authorized.
 #[derive(Clone, Copy)]
@@ -38,6 +41,13 @@ enum Rule {
     /// No policy (Greengrass defines these as open: a component's own configuration, its own
     /// state and update notices); a component without any policy is not refused.
     Open,
+    /// As [`Rule::Policy`], but checked by the operation itself once it has resolved the
+    /// resource (a secret's name to its ARN), so it is registered without a policy service.
+    InHandler {
+        service: &'static str,
+        right: &'static str,
+        other: &'static str,
+    },
     /// Only the Stream Manager may call it.
     StreamManagerOnly,
     /// Only `aws.*` components, each under a componentmetric policy on the metric name.
@@ -185,6 +195,15 @@ fn table() -> Vec<(&'static str, Rule, Value)> {
             },
             json!({ "thingName": "m-right" }),
         ),
+        (
+            "GetSecretValue",
+            Rule::InHandler {
+                service: SECRETS,
+                right: SECRET_RIGHT,
+                other: SECRET_OTHER,
+            },
+            json!({ "secretId": SECRET_RIGHT }),
+        ),
     ]);
     rows
 }
@@ -207,6 +226,11 @@ fn policies(table: &[(&'static str, Rule, Value)]) -> Value {
     for (op, rule, _) in table {
         let (service, right, other) = match *rule {
             Rule::Policy {
+                service,
+                right,
+                other,
+            }
+            | Rule::InHandler {
                 service,
                 right,
                 other,
@@ -273,6 +297,25 @@ async fn serve(root: &Path, store: &ConfigStore) -> (IpcServer, Arc<Router>, Arc
         lichen_shadow_manager::Shadows::open(&root.join("shadows"), lichen_bus::Bus::new())
             .unwrap(),
     );
+    // Both secrets configured (never fetched: the cloud is unreachable), so a refusal can only
+    // come from the policy; past it, the call fails for want of a stored value.
+    std::fs::write(root.join("device.key"), b"a device key").unwrap();
+    let secrets = lichen_secrets::SecretManager::new(
+        &root.join("secrets"),
+        &root.join("device.key"),
+        None,
+        Arc::new(|| Box::pin(async { Err("no credentials in this test".to_string()) })),
+    )
+    .unwrap();
+    secrets
+        .configure(lichen_secrets::Settings {
+            secrets: vec![(SECRET_RIGHT.into(), vec![]), (SECRET_OTHER.into(), vec![])],
+            refresh: None,
+            endpoint: "http://127.0.0.1:9".into(),
+            region: "us-east-1".into(),
+        })
+        .await;
+    secrets.register_ipc(&router);
     let server = IpcServer::bind(
         &root.join("ipc.socket"),
         router.clone(),
@@ -333,7 +376,9 @@ async fn every_ipc_operation_is_authorized_as_its_row_says() {
         };
         let expected = match rule {
             Rule::Policy { service, .. } => Some(*service),
-            Rule::Open | Rule::StreamManagerOnly | Rule::Metric { .. } => None,
+            Rule::Open | Rule::StreamManagerOnly | Rule::Metric { .. } | Rule::InHandler { .. } => {
+                None
+            }
         };
         assert_eq!(service.as_deref(), expected, "{name}: policy service");
     }
@@ -355,7 +400,7 @@ async fn every_ipc_operation_is_authorized_as_its_row_says() {
             async move { invoke(socket, tokens, &who, op, streaming, request).await }
         };
         match *rule {
-            Rule::Policy { .. } | Rule::Metric { .. } => {
+            Rule::Policy { .. } | Rule::Metric { .. } | Rule::InHandler { .. } => {
                 for kind in ["none", "other"] {
                     let who = principal(kind, op, *rule);
                     assert!(

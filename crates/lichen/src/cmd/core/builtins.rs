@@ -52,6 +52,8 @@ pub fn services(ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
     services.extend(super::client_devices::services(ctx));
     services.extend(super::bridge::services(ctx));
     services.extend(super::shadows::services(ctx));
+    services.extend(super::tes::services(ctx));
+    services.extend(super::secrets::services(ctx));
     services.extend(super::logmanager::services(ctx));
     services.extend(super::telemetry::services(ctx));
     services.extend(super::defender::services(ctx));
@@ -72,6 +74,12 @@ pub fn versions(services: &[Arc<dyn BuiltinService>]) -> BTreeMap<String, String
             super::NUCLEUS_VERSION,
         ),
         (STREAM_MANAGER, "2.2.1"),
+        // Its work (docker: artifacts) is the deployment engine's DockerFetcher.
+        ("aws.greengrass.DockerApplicationManager", "2.0.11"),
+        // Lambda components depend on these; `lichen lambda launch` is all three.
+        ("aws.greengrass.LambdaLauncher", "2.0.12"),
+        ("aws.greengrass.LambdaRuntimes", "2.0.8"),
+        ("aws.greengrass.LambdaManager", "2.3.5"),
     ]
     .into_iter()
     .map(|(n, v)| (n.to_string(), v.to_string()))

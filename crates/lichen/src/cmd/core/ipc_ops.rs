@@ -83,12 +83,13 @@ impl Kernel {
             .get(&["services", name, "configuration"])
             .unwrap_or_else(|| json!({}));
         if let Some(s) = self.supervisor.status(name) {
-            return Some(json!({
+            let d = json!({
                 "componentName": name,
                 "version": s.version,
                 "state": s.state.as_str(),
                 "configuration": configuration,
-            }));
+            });
+            return Some(d);
         }
         // Built-ins run inside the core: listed only while deployed, in the state they really have.
         let state = self.hooks.builtins.get()?.listed_state(name)?;
@@ -126,6 +127,10 @@ fn record_json(r: &DeploymentRecord) -> Value {
     });
     if let Some(d) = r.detailed_status {
         details["detailedDeploymentStatus"] = json!(d.as_str());
+    }
+    if !r.warnings.is_empty() {
+        // Ours: clients ignore fields they do not know.
+        details["warnings"] = json!(r.warnings);
     }
     json!({
         "deploymentId": r.id,
@@ -206,7 +211,7 @@ pub fn parse_local_deployment(v: &Value) -> Result<LocalDeploymentRequest, IpcEr
                         .get("posixUser")
                         .and_then(Value::as_str)
                         .map(str::to_string),
-                    ..Default::default()
+                    system_resource_limits: rw.get("systemResourceLimits").cloned(),
                 },
             );
         }
@@ -287,9 +292,25 @@ pub fn register(router: &Router, k: Kernel) {
             let k = kk.clone();
             async move {
                 let name = required_str(&req, "componentName")?;
-                let d = k
+                let mut d = k
                     .details(name)
                     .ok_or_else(|| not_found("Component", name))?;
+                // Ours, beside the Greengrass fields (clients ignore fields they do not know).
+                if let Some(u) = k.supervisor.resource_usage(name) {
+                    d["resourceUsage"] = json!({
+                        "memoryBytes": u.memory_bytes,
+                        "memoryPeakBytes": u.memory_peak_bytes,
+                        "cpuUsageMicros": u.cpu_usage_usec,
+                        "cpuThrottledPeriods": u.nr_throttled,
+                        "cpuThrottledMicros": u.throttled_usec,
+                        "oomKills": u.oom_kills,
+                        "processes": u.pids,
+                    });
+                }
+                if let Some(why) = k.supervisor.limits_not_enforced(name) {
+                    d["resourceLimitsNotEnforced"] = json!(why);
+                }
+
                 Ok(json!({ "componentDetails": d }))
             }
         },

@@ -17,8 +17,10 @@ mod layout;
 mod lock;
 mod logmanager;
 mod provision;
+mod secrets;
 mod shadows;
 mod telemetry;
+mod tes;
 
 use super::RootArgs;
 use anyhow::Context;
@@ -208,6 +210,14 @@ async fn serve(
     base_env.insert("AWS_DEFAULT_REGION".into(), settings.region.clone());
     base_env.insert("AWS_IOT_THING_NAME".into(), settings.thing_name.clone());
     base_env.insert("GGC_VERSION".into(), NUCLEUS_VERSION.into());
+    // `docker run` in a lifecycle step reaches the engine the core pulls images into.
+    if let Ok(host) = std::env::var("DOCKER_HOST") {
+        base_env.entry("DOCKER_HOST".into()).or_insert(host);
+    }
+    // Lambda components' lifecycle runs `"$LICHEN_EXE" lambda launch`.
+    if let Ok(exe) = std::env::current_exe() {
+        base_env.insert("LICHEN_EXE".into(), exe.display().to_string());
+    }
     base_env.insert("GG_ROOT_CA_PATH".into(), settings.root_ca_path.clone());
     base_env.insert(
         "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH".into(),
@@ -228,7 +238,7 @@ async fn serve(
             log_max_bytes: settings.log_file_size_kb * 1024,
             log_keep_files: settings.log_keep_files,
         },
-        Arc::new(TokenEnv(tokens.clone())),
+        Arc::new(TokenEnv(tokens.clone(), config.clone())),
     );
 
     let new_bus = || lichen_bus::Bus::with_queue_bytes(settings.bus_queue_bytes);
@@ -274,6 +284,28 @@ async fn serve(
         supervisor.clone(),
         hooks.clone(),
     )?;
+    // `docker:` artifacts (aws.greengrass.DockerApplicationManager): a private registry's login
+    // is the component's `dockerRegistryCredentials.<registry>` {username, password}.
+    let creds_config = config.clone();
+    engine.register_fetcher(
+        "docker",
+        Arc::new(lichen_deploy::DockerFetcher::new(
+            lichen_deploy::DockerEngine::from_env(),
+            move |component, registry| {
+                let login = creds_config.get(&[
+                    "services",
+                    component,
+                    "configuration",
+                    "dockerRegistryCredentials",
+                    registry,
+                ])?;
+                Some((
+                    login.get("username")?.as_str()?.to_string(),
+                    login.get("password")?.as_str()?.to_string(),
+                ))
+            },
+        )),
+    );
 
     ipc_ops::register(
         &router,
@@ -423,11 +455,14 @@ fn inherited_env(pass: &[String]) -> BTreeMap<String, String> {
 }
 
 /// Gives each component process its IPC token (SVCUID and AWS_CONTAINER_AUTHORIZATION_TOKEN).
-struct TokenEnv(Arc<lichen_ipc::TokenRegistry>);
+/// Components that depend on the token exchange service also get its endpoint.
+struct TokenEnv(Arc<lichen_ipc::TokenRegistry>, ConfigStore);
 
 impl lichen_supervisor::EnvProvider for TokenEnv {
     fn component_env(&self, component: &str) -> BTreeMap<String, String> {
-        self.0.component_env(component)
+        let mut env = self.0.component_env(component);
+        env.extend(tes::component_env(&self.1, component));
+        env
     }
 }
 

@@ -65,10 +65,10 @@ pub struct KeygenArgs {
 }
 
 /// The fleet's API address and its administrator key, from the root.
-struct Api {
-    endpoint: String,
-    creds: Credentials,
-    region: String,
+pub(crate) struct Api {
+    pub(crate) endpoint: String,
+    pub(crate) creds: Credentials,
+    pub(crate) region: String,
 }
 
 fn ini_value(text: &str, key: &str) -> Option<String> {
@@ -79,7 +79,7 @@ fn ini_value(text: &str, key: &str) -> Option<String> {
 }
 
 impl Api {
-    fn open(root: &Path) -> anyhow::Result<Api> {
+    pub(crate) fn open(root: &Path) -> anyhow::Result<Api> {
         let endpoints = root.join("endpoints.json");
         let e: Value = serde_json::from_slice(&std::fs::read(&endpoints).with_context(|| {
             format!(
@@ -110,7 +110,7 @@ impl Api {
         })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: &str,
         service: &str,

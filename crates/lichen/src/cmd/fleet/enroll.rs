@@ -35,6 +35,12 @@ pub struct EnrollArgs {
     /// fleet's endpoints.json.
     #[arg(long)]
     pub endpoint: Option<String>,
+    /// The role alias the core's token exchange service exchanges its certificate through
+    /// (`iotRoleAlias`); the device gets a policy allowing `iot:AssumeRoleWithCertificate` on it.
+    /// Create the alias with `aws iot create-role-alias` and give its role a permissions policy
+    /// with `lichen fleet role put`.
+    #[arg(long)]
+    pub role_alias: Option<String>,
 }
 
 /// The policy an enrolled device gets. Scoped to the thing: it connects as itself only, and
@@ -176,6 +182,12 @@ pub fn run(a: EnrollArgs) -> anyhow::Result<ExitCode> {
     registry
         .attach_policy(WHO, &policy, &cert.arn)
         .with_context(|| format!("attaching policy {policy:?}"))?;
+    let role_policy = match &a.role_alias {
+        Some(alias) => Some(attach_role_alias_policy(
+            &registry, &a.thing, alias, &cert.arn,
+        )?),
+        None => None,
+    };
     registry
         .attach_thing_principal(WHO, &a.thing, &cert.arn, false)
         .context("attaching the certificate to the thing")?;
@@ -193,7 +205,20 @@ pub fn run(a: EnrollArgs) -> anyhow::Result<ExitCode> {
     let config = core_config(
         &a.thing, &cert_path, &key_path, &ca_path, &host, port, &cred_host, &region,
     );
-    let config = with_data_plane(config, &endpoints);
+    let mut config = with_data_plane(config, &endpoints);
+    let nucleus = &mut config["services"]["aws.greengrass.Nucleus"]["configuration"];
+    if let Some(cred_port) = endpoints["credentials"]
+        .as_str()
+        .and_then(|u| u.rsplit_once(':'))
+        .and_then(|(_, p)| p.trim_end_matches('/').parse::<u16>().ok())
+        .filter(|p| *p != 443)
+    {
+        // The token exchange reaches the fleet's credentials provider off port 443.
+        nucleus["iotCredEndpoint"] = serde_json::json!(format!("{cred_host}:{cred_port}"));
+    }
+    if let Some(alias) = &a.role_alias {
+        nucleus["iotRoleAlias"] = serde_json::json!(alias);
+    }
     let config_path = out.join("config.yaml");
     std::fs::write(&config_path, serde_yaml_ng::to_string(&config)?)
         .with_context(|| format!("writing {}", config_path.display()))?;
@@ -204,10 +229,56 @@ pub fn run(a: EnrollArgs) -> anyhow::Result<ExitCode> {
             "certificateId": cert.id,
             "certificateArn": cert.arn,
             "policyName": policy,
+            "roleAliasPolicyName": role_policy,
             "config": config_path,
         })
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Creates (if absent) and attaches `<thing>-role-alias-policy`, allowing
+/// `iot:AssumeRoleWithCertificate` on `alias`; warns when the alias does not exist yet.
+fn attach_role_alias_policy(
+    registry: &lichen_fleet_registry::Registry,
+    thing: &str,
+    alias: &str,
+    cert_arn: &str,
+) -> anyhow::Result<String> {
+    if alias.is_empty() || alias.len() > 128 || alias.contains(['/', ' ']) {
+        bail!(
+            "--role-alias {alias:?}: expected a role alias name (1-128 characters, no '/' or spaces)"
+        );
+    }
+    match registry.describe_role_alias(alias) {
+        Ok(_) => {}
+        Err(RegistryError::NotFound { .. }) => eprintln!(
+            "warning: role alias {alias:?} does not exist yet: create it (aws iot create-role-alias) and give its role a policy (lichen fleet role put) before the core asks for credentials"
+        ),
+        Err(e) => return Err(e).with_context(|| format!("reading role alias {alias:?}")),
+    }
+    let name = format!("{thing}-role-alias-policy");
+    let doc = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Action": "iot:AssumeRoleWithCertificate",
+            "Resource": registry.arn(&format!("rolealias/{alias}")),
+        }],
+    });
+    match registry.create_policy(WHO, &name, &doc.to_string()) {
+        Ok(_) => {}
+        Err(RegistryError::AlreadyExists { .. }) => {
+            // Enrolled again with another alias: the policy follows the alias given now.
+            registry
+                .create_policy_version(WHO, &name, &doc.to_string(), true)
+                .with_context(|| format!("updating policy {name:?}"))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("creating policy {name:?}")),
+    }
+    registry
+        .attach_policy(WHO, &name, cert_arn)
+        .with_context(|| format!("attaching policy {name:?}"))?;
+    Ok(name)
 }
 
 /// The Greengrass nucleus keys the core's cloud link reads (`system.*`, and the Nucleus's

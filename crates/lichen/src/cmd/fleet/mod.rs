@@ -6,6 +6,7 @@ mod deployment;
 mod devices;
 mod enroll;
 mod greengrass;
+mod lambda;
 mod metrics;
 mod presence;
 mod provisioning;
@@ -40,6 +41,10 @@ pub enum FleetCommand {
     /// artifacts, list, describe, delete; keygen makes a signing key.
     #[command(subcommand)]
     Component(component::ComponentCommand),
+    /// Lambda functions for Greengrass: publish a deployment package (zip) that
+    /// CreateComponentVersion's `lambdaFunction` turns into a component version.
+    #[command(subcommand)]
+    Lambda(lambda::LambdaCommand),
 }
 
 #[derive(Args)]
@@ -69,6 +74,7 @@ pub fn run(c: FleetCommand) -> anyhow::Result<ExitCode> {
         FleetCommand::Role(c) => role::run(c),
         FleetCommand::Deployment(c) => deployment::run(c),
         FleetCommand::Component(c) => component::run(c),
+        FleetCommand::Lambda(c) => lambda::run(c),
     }
 }
 

@@ -178,9 +178,11 @@ impl CloudResolver for Cloud {
     }
 }
 
-/// `s3://bucket/key` artifacts of cloud deployments: presigned URL, then a download that
-/// resumes a partial file.
-pub struct S3Fetcher(pub Cloud);
+/// `s3://bucket/key` artifacts of cloud deployments: presigned URL (from
+/// GetComponentVersionArtifact, or signed here with the token exchange's credentials when
+/// `lichen.s3Endpoint` is set: [`super::s3_direct`]), then a download that resumes a partial
+/// file.
+pub struct S3Fetcher(pub Cloud, pub lichen_config::ConfigStore);
 
 impl ArtifactFetcher for S3Fetcher {
     fn fetch(&self, request: &FetchRequest<'_>, dest: &Path) -> Result<bool, DeployError> {
@@ -200,6 +202,24 @@ impl ArtifactFetcher for S3Fetcher {
             .map(|(_, rest)| rest)
             .unwrap_or(uri.as_str());
         let plane = &self.0.plane;
+        let direct = super::s3_direct::endpoint(&self.1);
+        if let Some(endpoint) = &direct {
+            let (bucket, key) = name.split_once('/').ok_or_else(|| {
+                DeployError::Cloud(format!(
+                    "artifact {uri} of {component}: an S3 URI is s3://<bucket>/<key>"
+                ))
+            })?;
+            let config = &self.1;
+            self.0
+                .runtime
+                .block_on(retrying("artifact download from S3", || async move {
+                    let url = super::s3_direct::signed_url(config, endpoint, bucket, key).await?;
+                    plane.download(&url, dest).await
+                }))
+                .map_err(|e| DeployError::Cloud(format!("artifact {uri} of {component}: {e}")))?;
+            tracing::info!(component = %component, uri = %uri, endpoint = %endpoint, "artifact downloaded from S3 with the token exchange's credentials");
+            return Ok(true);
+        }
         self.0
             .runtime
             .block_on(retrying("artifact download", || async move {

@@ -188,12 +188,20 @@ async fn publish(
     let listed: Vec<Value> = if complete {
         all
     } else {
-        all.into_iter()
-            .filter(|c| {
-                let name = c["componentName"].as_str().unwrap_or_default();
-                last.get(name) != now.get(name) || roots.contains(&name.to_string())
-            })
-            .collect()
+        let changed = all.into_iter().filter(|c| {
+            let name = c["componentName"].as_str().unwrap_or_default();
+            last.get(name) != now.get(name) || roots.contains(&name.to_string())
+        });
+        // Components gone since the last message are listed UNINSTALLED (as the lite nucleus
+        // does), so the cloud drops them from the device's installed components.
+        let gone = last
+            .iter()
+            .filter(|(name, _)| !now.contains_key(*name))
+            .map(|(name, (version, _))| {
+                json!({"componentName": name, "version": version, "status": "UNINSTALLED",
+                       "isRoot": false, "fleetConfigArns": []})
+            });
+        changed.chain(gone).collect()
     };
     let removed = last.keys().any(|k| !now.contains_key(k));
     *last = now;

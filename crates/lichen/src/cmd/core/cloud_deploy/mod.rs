@@ -14,6 +14,7 @@ mod dataplane;
 mod fleet_status;
 mod listener;
 mod reported;
+mod s3_direct;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -124,8 +125,10 @@ pub async fn start(ctx: Context) -> anyhow::Result<Option<CloudDeployments>> {
     };
     ctx.engine
         .set_cloud_resolver(Arc::new(cloud.clone()), signing);
-    ctx.engine
-        .register_fetcher("s3", Arc::new(dataplane::S3Fetcher(cloud.clone())));
+    ctx.engine.register_fetcher(
+        "s3",
+        Arc::new(dataplane::S3Fetcher(cloud.clone(), ctx.config.clone())),
+    );
     tracing::info!(data_plane = %format!("{}:{}", endpoint.host, endpoint.port), "cloud deployments enabled");
     let ctx = Arc::new(ctx);
     let mut tasks = listener::start(ctx.clone(), cloud).await?;
