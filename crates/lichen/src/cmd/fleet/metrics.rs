@@ -28,11 +28,12 @@ struct Latest {
     rejected: AtomicU64,
 }
 
-/// Takes telemetry from devices and serves `/metrics` on `listen`.
+/// Takes telemetry from devices (always: a device's publish to a topic no one serves would be
+/// refused, and it would send it again) and serves `/metrics` on `listen` when given.
 pub async fn start(
     devices: &DeviceEndpoint,
     registry: Arc<Registry>,
-    listen: SocketAddr,
+    listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let latest = Arc::new(Latest::default());
     let mut topics = devices.serve_topics(TOPIC_FILTER)?;
@@ -60,6 +61,9 @@ pub async fn start(
             }
         }
     });
+    let Some(listen) = listen else {
+        return Ok(());
+    };
     let text = Arc::new(Mutex::new(String::new()));
     serve(listen, text.clone()).await?;
     let devices = devices.clone();

@@ -138,11 +138,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     super::presence::start(&devices, registry.clone(), a.database.is_none());
     super::defender::start(&devices, registry.clone())
         .context("serving the Device Defender topics")?;
-    if let Some(listen) = a.metrics {
-        super::metrics::start(&devices, registry.clone(), listen)
-            .await
-            .with_context(|| format!("serving /metrics on {listen}"))?;
-    }
+    super::metrics::start(&devices, registry.clone(), a.metrics)
+        .await
+        .context("serving telemetry and /metrics")?;
     let data_plane = tokio::net::TcpListener::bind(a.data_plane)
         .await
         .with_context(|| format!("binding the data plane on {}", a.data_plane))?;
