@@ -35,6 +35,7 @@ impl DeviceAuthorizer {
             Some(t) => self.auth.allowed(t, &ctx.client_id, operation, resource),
         };
         if !allowed {
+            AUTHORIZATION_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(client_id = %ctx.client_id, peer = %ctx.peer, operation, resource, "client device action denied");
         }
         allowed
@@ -336,4 +337,13 @@ fn ack(packet_id: u16) -> codec::Ack {
 fn uuid_like() -> String {
     let bytes: [u8; 12] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Client-device actions (connect, publish, subscribe) refused since the process started.
+static AUTHORIZATION_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many client-device actions the broker refused since the process started (security
+/// metrics).
+pub fn authorization_failures() -> u64 {
+    AUTHORIZATION_FAILURES.load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -38,7 +38,7 @@ mod rule;
 mod settings;
 mod trust;
 
-pub use broker::{DeviceBroker, LOCAL_MQTT_PUBLISHER};
+pub use broker::{DeviceBroker, LOCAL_MQTT_PUBLISHER, authorization_failures};
 pub use ca::{CaError, CaType, CertificateAuthority, IssuedCertificate};
 pub use identity::{
     CertificateIdentity, MAX_THING_NAME, ThingCertificates, subject_common_name, valid_thing_name,

@@ -269,6 +269,23 @@ impl DataPlane {
         Ok((url, digest))
     }
 
+    /// One request to any `http(s)://` URL (the TLS client presents the device certificate and
+    /// trusts the configured root CA) with the given headers; answers (status, body) bounded by
+    /// `max` bytes, whatever the status.
+    pub async fn request(
+        &self,
+        url: &str,
+        method: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+        max: usize,
+    ) -> Result<(u16, Vec<u8>), DataPlaneError> {
+        let response = self.send(url, method, body, headers).await?;
+        let status = response.status().as_u16();
+        let bytes = collect(url, response.into_body(), max).await?;
+        Ok((status, bytes.to_vec()))
+    }
+
     /// A plain GET of a (presigned) URL into memory, bounded by `max` bytes.
     pub async fn get_bytes(&self, url: &str, max: usize) -> Result<Vec<u8>, DataPlaneError> {
         let response = self.send(url, "GET", None, &[]).await?;
@@ -375,7 +392,11 @@ impl DataPlane {
             .uri(parsed.path_and_query)
             .header("host", host_header)
             .header("user-agent", concat!("lichen/", env!("CARGO_PKG_VERSION")));
-        if body.is_some() {
+        if body.is_some()
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
             builder = builder.header("content-type", "application/json");
         }
         for (k, v) in headers {

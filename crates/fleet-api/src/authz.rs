@@ -11,6 +11,9 @@ use lichen_fleet_registry::Registry;
 /// `(action, resource ARN)` for a request; the resource is `*` when the operation names no
 /// single resource (lists, creations keyed by body fields), which only a `*` resource allows.
 pub(crate) fn action_of(registry: &Registry, call: &Call) -> Option<(String, String)> {
+    if call.caller.service == "logs" {
+        return logs_action_of(registry, call);
+    }
     let segs = call.segs();
     let arn = |kind: &str, name: &str| registry.arn(&format!("{kind}/{name}"));
     if call.caller.service == "secretsmanager" {
@@ -127,4 +130,22 @@ pub(crate) fn action_of(registry: &Registry, call: &Call) -> Option<(String, Str
         _ => return None,
     };
     Some((format!("iot:{op}"), resource))
+}
+
+/// CloudWatch Logs: `logs:<Operation>` on the log group's ARN, or the stream's
+/// (`…:log-group:<g>:log-stream:<s>`) when the request names one, as IAM matches them.
+fn logs_action_of(registry: &Registry, call: &Call) -> Option<(String, String)> {
+    let op = call
+        .header("x-amz-target")?
+        .strip_prefix("Logs_20140328.")?;
+    let body: serde_json::Value = serde_json::from_slice(&call.body).unwrap_or_default();
+    let resource = match (
+        body["logGroupName"].as_str(),
+        body["logStreamName"].as_str(),
+    ) {
+        (Some(g), Some(s)) => format!("{}:log-stream:{s}", registry.log_group_arn(g)),
+        (Some(g), None) => registry.log_group_arn(g),
+        _ => "*".into(),
+    };
+    Some((format!("logs:{op}"), resource))
 }

@@ -7,7 +7,8 @@
 //! apart by that name. `iot` is served here ([`iot`]), `greengrass` (components, deployments
 //! and core devices, on the deployments service [`greengrass::Deployments`]) in [`greengrass`],
 //! and `s3` ([`s3`]: the object store for artifacts, whose bodies stream past the
-//! 1 MiB buffer the other services use); other services plug in as [`ServiceHandler`]s. The
+//! 1 MiB buffer the other services use); other services plug in as [`ServiceHandler`]s
+//! (CloudWatch Logs, [`logs`], JSON 1.1 on `POST /`). The
 //! mutual-TLS data plane ([`dataplane`]) serves the credentials provider and the Greengrass
 //! device routes (resolveComponentCandidates, artifact URLs, a core's thing groups,
 //! GetDeploymentConfiguration).
@@ -31,6 +32,7 @@ mod dataplane_greengrass;
 mod error;
 pub mod greengrass;
 mod iot;
+pub mod logs;
 pub mod s3;
 mod secretsmanager;
 pub mod signing;

@@ -1,6 +1,7 @@
 //! The broker's [`Authorizer`] for device connections: each check reads the record of the
 //! connection's certificate and evaluates its policies.
 
+use crate::presence::{PresenceEvent, now_ms};
 use crate::service::{DevicePublish, Routes, SERVICE_CLIENT_ID};
 use crate::{CertificateStatus, DeviceCertificate};
 use bytes::Bytes;
@@ -17,6 +18,10 @@ pub(crate) struct DeviceConn {
     pub record: RwLock<Option<Arc<DeviceCertificate>>>,
     /// Set once its CONNECT was allowed.
     pub client_id: Mutex<Option<String>>,
+    /// Its lifecycle events' `sessionIdentifier`.
+    pub session_id: String,
+    /// Told to go because its certificate or policy no longer lets it connect.
+    pub kicked: std::sync::atomic::AtomicBool,
 }
 
 impl DeviceConn {
@@ -36,6 +41,8 @@ pub(crate) struct FleetAuthorizer {
     /// disconnects a newer connection that took the client id over.
     pub owners: Mutex<HashMap<String, Weak<DeviceConn>>>,
     pub routes: Arc<Routes>,
+    /// Lifecycle events, for whoever listens ([`crate::DeviceEndpoint::presence`]).
+    pub presence: tokio::sync::broadcast::Sender<PresenceEvent>,
 }
 
 /// An active certificate's record and the policy context of a request by `client_id`.
@@ -155,6 +162,19 @@ impl Authorizer for FleetAuthorizer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(ctx.client_id.clone(), Arc::downgrade(&conn));
+        // No listener is fine: nobody asked for lifecycle events.
+        let _ = self.presence.send(PresenceEvent::Connected {
+            client_id: ctx.client_id.clone(),
+            thing_name: record
+                .things
+                .iter()
+                .find(|t| t.name == ctx.client_id)
+                .map(|t| t.name.clone()),
+            certificate_id: conn.certificate_id.clone(),
+            session_id: conn.session_id.clone(),
+            peer: ctx.peer,
+            timestamp_ms: now_ms(),
+        });
         true
     }
 

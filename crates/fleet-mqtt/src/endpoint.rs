@@ -2,6 +2,7 @@
 //! fleet authorizer; and the service's handle on all of it.
 
 use crate::authz::{DeviceConn, FleetAuthorizer, may_connect};
+use crate::presence::{PresenceEvent, now_ms, session_id};
 use crate::service::{Routes, ServiceClient, ServiceTopics};
 use crate::{DeviceCertificate, DeviceDirectory, DirectoryError};
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -29,6 +31,9 @@ const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(10);
 const NOT_AUTHORIZED: u8 = 0x87;
 /// ALPN protocols accepted: the AWS device SDK's, and plain MQTT.
 const ALPN: [&[u8]; 2] = [b"x-amzn-mqtt-ca", b"mqtt"];
+/// Lifecycle events a slow listener may fall behind by before it must resynchronize
+/// ([`DeviceEndpoint::connected_clients`]).
+const PRESENCE_BACKLOG: usize = 4096;
 
 /// How the endpoint listens and whom it trusts.
 pub struct EndpointConfig {
@@ -103,6 +108,7 @@ struct Shared {
     broker: BrokerHandle,
     service: ServiceClient,
     routes: Arc<Routes>,
+    stopping: AtomicBool,
 }
 
 /// The running device endpoint; clones share it.
@@ -172,6 +178,7 @@ impl DeviceEndpoint {
             conns: RwLock::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
             routes: routes.clone(),
+            presence: tokio::sync::broadcast::channel(PRESENCE_BACKLOG).0,
         });
         let shared = Arc::new(Shared {
             directory,
@@ -179,6 +186,7 @@ impl DeviceEndpoint {
             service: ServiceClient::start(broker.connect_in_process()),
             broker,
             routes,
+            stopping: AtomicBool::new(false),
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -259,6 +267,7 @@ impl DeviceEndpoint {
                     "disconnecting: no longer authorized to connect"
                 );
                 told += 1;
+                conn.kicked.store(true, Ordering::SeqCst);
                 tokio::spawn(disconnect(self.shared.clone(), conn, client_id));
             }
         }
@@ -331,8 +340,40 @@ impl DeviceEndpoint {
         Ok(self.shared.routes.add(filter))
     }
 
+    /// Lifecycle events from now on: a device's CONNECT allowed, its connection ended. A
+    /// receiver that lags loses events: it should then read [`DeviceEndpoint::connected_clients`].
+    pub fn presence(&self) -> tokio::sync::broadcast::Receiver<PresenceEvent> {
+        self.shared.authz.presence.subscribe()
+    }
+
+    /// The devices connected now: (client id, session id) of each connection that holds its
+    /// client id.
+    pub fn connected_clients(&self) -> Vec<(String, String)> {
+        let authz = &self.shared.authz;
+        let conns: Vec<Arc<DeviceConn>> = authz
+            .conns
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        conns
+            .into_iter()
+            .filter(|c| authz.owns(c))
+            .filter_map(|c| {
+                let id = c
+                    .client_id
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()?;
+                Some((id, c.session_id.clone()))
+            })
+            .collect()
+    }
+
     /// Disconnects every device and stops listening.
     pub async fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for t in tasks {
@@ -458,6 +499,8 @@ async fn serve_device(
         certificate_id: id,
         record: RwLock::new(record.map(Arc::new)),
         client_id: Mutex::new(None),
+        session_id: session_id(),
+        kicked: AtomicBool::new(false),
     });
     shared
         .authz
@@ -469,5 +512,36 @@ async fn serve_device(
         .broker
         .serve_tls(stream, peer, shared.authz.clone())
         .await;
+    let client_id = conn
+        .client_id
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(client_id) = client_id {
+        // Checked before `remove`, which gives the client id up.
+        let reason = if !shared.authz.owns(&conn) {
+            "DUPLICATE_CLIENTID"
+        } else if conn.kicked.load(Ordering::SeqCst) {
+            "AUTHORIZATION_FAILURE"
+        } else if shared.stopping.load(Ordering::SeqCst) {
+            "SERVER_INITIATED_DISCONNECT"
+        } else {
+            "CONNECTION_LOST"
+        };
+        let thing_name = conn.record().and_then(|r| {
+            r.things
+                .iter()
+                .find(|t| t.name == client_id)
+                .map(|t| t.name.clone())
+        });
+        let _ = shared.authz.presence.send(PresenceEvent::Disconnected {
+            client_id,
+            thing_name,
+            certificate_id: conn.certificate_id.clone(),
+            session_id: conn.session_id.clone(),
+            reason,
+            timestamp_ms: now_ms(),
+        });
+    }
     shared.authz.remove(peer, &conn);
 }

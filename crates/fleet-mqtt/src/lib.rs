@@ -26,6 +26,9 @@
 //!   connected with it and disconnects those whose certificate is no longer `ACTIVE` or whose
 //!   CONNECT is no longer allowed; the rest go on under the new policies. A periodic recheck
 //!   ([`EndpointConfig::recheck_interval`]) catches changes made by another fleet process.
+//! - **Presence.** [`DeviceEndpoint::presence`] reports each allowed CONNECT and each end of a
+//!   connection that had one ([`PresenceEvent`], with AWS IoT's lifecycle event topic and
+//!   payload); a connection that lost its client id to a newer one ends as `DUPLICATE_CLIENTID`.
 //!
 //! Architecture invariant: a device connection never acts on more than its certificate's current
 //! record allows: each check reads the record the endpoint last loaded, and an unknown, inactive or
@@ -34,10 +37,12 @@
 
 mod authz;
 mod endpoint;
+mod presence;
 mod service;
 
 pub use endpoint::{DeviceEndpoint, EndpointConfig, EndpointError, certificate_id};
 pub use lichen_broker::codec::QoS;
+pub use presence::PresenceEvent;
 pub use service::{DevicePublish, ServiceTopics};
 
 use std::collections::BTreeMap;

@@ -23,6 +23,16 @@ pub struct CoreDevice {
     pub core_version: Option<String>,
     pub runtime: Option<String>,
     pub last_status_update_ms: i64,
+    /// What the device last reported (`status` also counts connection and freshness).
+    pub reported_status: String,
+    /// Why `status` is UNHEALTHY: `REPORTED_UNHEALTHY` (a component is BROKEN),
+    /// `DISCONNECTED`, or `STATUS_STALE` (no fleet status within the bound).
+    pub status_reason: Option<String>,
+    /// Whether a connection of its thing is open; `None`: never seen connecting here.
+    pub connected: Option<bool>,
+    pub last_connected_ms: Option<i64>,
+    pub last_disconnected_ms: Option<i64>,
+    pub disconnect_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,8 +76,35 @@ pub struct ReportedComponent {
     pub config_arns: Vec<String>,
 }
 
-const DEVICE: &str = "SELECT thing_name, status, platform, architecture, core_version, runtime, \
-                      last_status_update FROM gg_core_devices";
+/// The core devices with their effective status: HEALTHY only when the device reports HEALTHY,
+/// is connected (or was never seen connecting, for reports that came another way) and its
+/// last fleet status is within the stale bound. `now` and `stale` are integers we computed.
+fn device_select(now: i64, stale: i64) -> String {
+    format!(
+        "SELECT * FROM (SELECT thing_name,
+           CASE WHEN reported_status <> 'HEALTHY' THEN reported_status
+                WHEN connected = 0 THEN 'UNHEALTHY'
+                WHEN {stale} > 0 AND last_status_update < {now} - {stale} THEN 'UNHEALTHY'
+                ELSE 'HEALTHY' END AS status,
+           platform, architecture, core_version, runtime, last_status_update, reported_status,
+           CASE WHEN reported_status <> 'HEALTHY' THEN 'REPORTED_UNHEALTHY'
+                WHEN connected = 0 THEN 'DISCONNECTED'
+                WHEN {stale} > 0 AND last_status_update < {now} - {stale} THEN 'STATUS_STALE'
+                ELSE NULL END AS status_reason,
+           connected, last_connected, last_disconnected,
+           (SELECT p.disconnect_reason FROM device_presence p WHERE p.thing_name = v.thing_name
+            ORDER BY p.last_disconnected DESC LIMIT 1) AS disconnect_reason
+         FROM (SELECT d.thing_name, d.status AS reported_status, d.platform, d.architecture,
+                 d.core_version, d.runtime, d.last_status_update,
+                 (SELECT MAX(p.connected) FROM device_presence p
+                  WHERE p.thing_name = d.thing_name) AS connected,
+                 (SELECT MAX(p.last_connected) FROM device_presence p
+                  WHERE p.thing_name = d.thing_name) AS last_connected,
+                 (SELECT MAX(p.last_disconnected) FROM device_presence p
+                  WHERE p.thing_name = d.thing_name) AS last_disconnected
+               FROM gg_core_devices d) AS v) AS w"
+    )
+}
 
 fn core_device(r: &Row) -> crate::db::DbResult<CoreDevice> {
     Ok(CoreDevice {
@@ -78,6 +115,12 @@ fn core_device(r: &Row) -> crate::db::DbResult<CoreDevice> {
         core_version: r.get(4)?,
         runtime: r.get(5)?,
         last_status_update_ms: r.get(6)?,
+        reported_status: r.get(7)?,
+        status_reason: r.get(8)?,
+        connected: r.get::<_, Option<i64>>(9)?.map(|c| c != 0),
+        last_connected_ms: r.get(10)?,
+        last_disconnected_ms: r.get(11)?,
+        disconnect_reason: r.get(12)?,
     })
 }
 
@@ -110,7 +153,10 @@ impl Registry {
     fn core_device_row(&self, tx: &Transaction<'_>, thing: &str) -> Result<Option<CoreDevice>> {
         Ok(tx
             .query_row(
-                &format!("{DEVICE} WHERE thing_name = ?1"),
+                &format!(
+                    "{} WHERE thing_name = ?1",
+                    device_select(now_ms(), self.device_stale_after_ms())
+                ),
                 [thing],
                 core_device,
             )
@@ -242,11 +288,12 @@ impl Registry {
         self.read(|tx| {
             let rows: Vec<CoreDevice> = tx
                 .prepare(&format!(
-                    "{DEVICE} WHERE thing_name > ?1 AND (?2 = '' OR status = ?2)
+                    "{} WHERE thing_name > ?1 AND (?2 = '' OR status = ?2)
                      AND (?3 = '' OR thing_name IN (SELECT thing_name FROM thing_group_members
                                                    WHERE group_name = ?3))
                      AND (?5 = '' OR runtime = ?5)
-                     ORDER BY thing_name LIMIT ?4"
+                     ORDER BY thing_name LIMIT ?4",
+                    device_select(now_ms(), self.device_stale_after_ms())
                 ))?
                 .query_map(
                     params![

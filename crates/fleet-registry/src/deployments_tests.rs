@@ -41,6 +41,7 @@ on_both_stores!(
     client_tokens_replay_and_active_deployments_refuse_deletion,
     device_reports_are_held_until_finished,
     fleet_status_drops_older_messages_and_tracks_running_since,
+    a_disconnected_or_stale_core_is_not_healthy,
 );
 
 type Open = fn() -> (Box<dyn std::any::Any>, Registry);
@@ -231,4 +232,64 @@ fn fleet_status_drops_older_messages_and_tracks_running_since(open: Open) {
         .list_core_devices(None, Some("UNHEALTHY"), None, &PageRequest::default())
         .unwrap();
     assert!(none.items.is_empty());
+}
+
+fn a_disconnected_or_stale_core_is_not_healthy(open: Open) {
+    let (_keep, r) = open();
+    let healthy = |seq| FleetStatusReport {
+        sequence_number: seq,
+        complete: true,
+        chunk_id: 1,
+        overall_status: "HEALTHY".into(),
+        ..Default::default()
+    };
+    let status = |r: &Registry, want: &str| {
+        r.list_core_devices(None, Some(want), None, &PageRequest::default())
+            .unwrap()
+            .items
+            .len()
+    };
+    let now = crate::now_ms();
+    r.record_connected("T", Some("T"), "cert", "s1", now)
+        .unwrap();
+    r.record_fleet_status("T", &healthy(1)).unwrap();
+    let d = r.get_core_device("T").unwrap();
+    assert_eq!((d.status.as_str(), d.connected), ("HEALTHY", Some(true)));
+    assert_eq!(d.status_reason, None);
+    // A newer session took the client id over: the old one ending changes nothing.
+    r.record_connected("T", Some("T"), "cert", "s2", now)
+        .unwrap();
+    assert!(
+        !r.record_disconnected("T", "s1", "DUPLICATE_CLIENTID", now)
+            .unwrap()
+    );
+    assert_eq!(r.get_core_device("T").unwrap().status, "HEALTHY");
+    assert!(
+        r.record_disconnected("T", "s2", "CONNECTION_LOST", now + 1)
+            .unwrap()
+    );
+    let d = r.get_core_device("T").unwrap();
+    assert_eq!(d.status, "UNHEALTHY");
+    assert_eq!(d.reported_status, "HEALTHY");
+    assert_eq!(d.status_reason.as_deref(), Some("DISCONNECTED"));
+    assert_eq!(d.disconnect_reason.as_deref(), Some("CONNECTION_LOST"));
+    assert_eq!((status(&r, "UNHEALTHY"), status(&r, "HEALTHY")), (1, 0));
+    // Back, then its status ages past the bound.
+    r.record_connected("T", Some("T"), "cert", "s3", now + 2)
+        .unwrap();
+    assert_eq!(r.get_core_device("T").unwrap().status, "HEALTHY");
+    r.set_device_stale_after(std::time::Duration::from_millis(1));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let d = r.get_core_device("T").unwrap();
+    assert_eq!(d.status_reason.as_deref(), Some("STATUS_STALE"));
+    assert_eq!((status(&r, "UNHEALTHY"), status(&r, "HEALTHY")), (1, 0));
+    r.set_device_stale_after(std::time::Duration::ZERO);
+    // A restart of the fleet: no connection outlives it.
+    assert_eq!(
+        r.reset_presence(&[], "SERVER_INITIATED_DISCONNECT")
+            .unwrap(),
+        1
+    );
+    assert_eq!(r.presence("T").unwrap().map(|p| p.connected), Some(false));
+    assert_eq!(r.get_core_device("T").unwrap().status, "UNHEALTHY");
 }

@@ -2,7 +2,9 @@
 //! between them, role aliases, access keys, the audit log, the tables of the jobs service
 //! (jobs and job executions, [`JobsTx`]), and Greengrass deployments with what core devices
 //! report ([`deployments`], [`CoreDevice`]; device reports are observations and are not
-//! audited).
+//! audited), devices' connection state ([`Presence`]), Device Defender reports
+//! ([`DefenderReport`]) and CloudWatch Logs groups, streams and events ([`LogGroup`]) — the last
+//! three are observations and data, not administrative changes, and are not audited either.
 //!
 //! Storage is SQLite (embedded, `rusqlite`) or PostgreSQL (`postgres`, for several fleet
 //! processes on one database), each under one connection and one mutex per process. The schema
@@ -56,9 +58,11 @@ mod credentials;
 mod db;
 pub mod deployments;
 mod jobs;
+mod logs;
 mod migrations;
 mod page;
 mod policies;
+mod presence;
 mod query;
 mod secrets;
 mod shadows;
@@ -75,8 +79,10 @@ pub use core_devices::{CoreDevice, FleetStatusReport, InstalledComponent, Report
 pub use credentials::TemporaryCredentials;
 pub use deployments::{CreatedDeployment, Deployment, EffectiveDeployment, NewDeployment};
 pub use jobs::{ExecutionRow, JobRow, JobsTx, job_not_found};
+pub use logs::{LogEvent, LogGroup, LogQuery, LogStream};
 pub use page::{Page, PageRequest};
 pub use policies::Policy;
+pub use presence::{DefenderReport, Presence};
 pub use secrets::{Secret, SecretValue, SecretVersion};
 pub use shadows::{ShadowKey, ShadowRecord, ShadowWrite};
 pub use templates::ProvisioningTemplate;
@@ -181,6 +187,8 @@ pub struct Registry {
     account: String,
     region: String,
     changes: broadcast::Sender<Change>,
+    /// See [`Registry::set_device_stale_after`].
+    stale_after_ms: std::sync::atomic::AtomicI64,
 }
 
 /// How often a PostgreSQL transaction is retried after it lost a race with another process.
@@ -263,6 +271,7 @@ impl Registry {
             account: String::new(),
             region: region.to_string(),
             changes,
+            stale_after_ms: std::sync::atomic::AtomicI64::new(0),
         };
         registry.run(true, migrations::apply)?;
         registry.account = registry.run(true, |tx| {

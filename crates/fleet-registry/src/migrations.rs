@@ -128,6 +128,33 @@ CREATE TABLE secret_versions (
     secret_string TEXT, secret_binary TEXT, stages TEXT NOT NULL, created_at BIGINT NOT NULL,
     PRIMARY KEY (secret_name, version_id));
 "#,
+    r#"
+CREATE TABLE device_presence (
+    client_id TEXT PRIMARY KEY, thing_name TEXT, certificate_id TEXT NOT NULL,
+    session_id TEXT NOT NULL, connected BIGINT NOT NULL, last_connected BIGINT NOT NULL,
+    last_disconnected BIGINT, disconnect_reason TEXT);
+CREATE INDEX device_presence_thing ON device_presence (thing_name);
+"#,
+    r#"
+CREATE TABLE log_groups (
+    name TEXT PRIMARY KEY, created_at BIGINT NOT NULL, retention_days BIGINT);
+CREATE TABLE log_streams (
+    group_name TEXT NOT NULL, name TEXT NOT NULL, created_at BIGINT NOT NULL,
+    first_event BIGINT, last_event BIGINT, last_ingestion BIGINT,
+    next_seq BIGINT NOT NULL, stored_bytes BIGINT NOT NULL,
+    PRIMARY KEY (group_name, name));
+CREATE TABLE log_events (
+    group_name TEXT NOT NULL, stream_name TEXT NOT NULL, seq BIGINT NOT NULL,
+    timestamp BIGINT NOT NULL, ingestion_time BIGINT NOT NULL, message TEXT NOT NULL,
+    PRIMARY KEY (group_name, stream_name, seq));
+CREATE INDEX log_events_time ON log_events (group_name, timestamp);
+"#,
+    r#"
+CREATE TABLE defender_reports (
+    thing_name TEXT NOT NULL, report_id BIGINT NOT NULL, received_at BIGINT NOT NULL,
+    document TEXT NOT NULL, violations TEXT NOT NULL,
+    PRIMARY KEY (thing_name, report_id));
+"#,
 ];
 
 pub(crate) fn apply(tx: &Transaction<'_>) -> crate::Result<()> {

@@ -333,6 +333,7 @@ impl Authorizer {
         if allowed {
             Ok(())
         } else {
+            AUTHORIZATION_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Err(IpcError::Unauthorized {
                 message: format!(
                     "Principal {principal} is not authorized to perform {service_id}:{operation} on resource {resource}; add an accessControl policy for {service_id} to the component's configuration"
@@ -346,6 +347,14 @@ impl Drop for Authorizer {
     fn drop(&mut self) {
         self.config.unsubscribe(self.subscription);
     }
+}
+
+/// IPC operations refused by policy since the process started.
+static AUTHORIZATION_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many IPC operations the authorizer refused since the process started (security metrics).
+pub fn authorization_failures() -> u64 {
+    AUTHORIZATION_FAILURES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 #[cfg(test)]

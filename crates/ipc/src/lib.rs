@@ -45,7 +45,10 @@ mod server;
 mod tokens;
 mod writer;
 
-pub use authz::{Authorizer, CLI_SERVICE, MAX_RESOURCE_BYTES, ResourcePattern, ResourceStyle};
+pub use authz::{
+    Authorizer, CLI_SERVICE, MAX_RESOURCE_BYTES, ResourcePattern, ResourceStyle,
+    authorization_failures,
+};
 pub use client::{ClientError, EventStream, IpcClient, TopicMessage};
 pub use config_source::{ChangeCallback, ConfigSource};
 pub use kernel::{

@@ -62,6 +62,26 @@ fn device_json(d: &lichen_fleet_registry::CoreDevice) -> Value {
             v[k] = json!(x);
         }
     }
+    // Lichen's additions (clients ignore unknown members): why the status is what it is, and
+    // the connection state in the shape of AWS IoT fleet indexing's `connectivity`.
+    if let Some(r) = &d.status_reason {
+        v["statusReason"] = json!(r);
+    }
+    if let Some(connected) = d.connected {
+        let mut c = json!({ "connected": connected });
+        let at = if connected {
+            d.last_connected_ms
+        } else {
+            d.last_disconnected_ms
+        };
+        if let Some(at) = at {
+            c["timestamp"] = json!(at);
+        }
+        if !connected && let Some(r) = &d.disconnect_reason {
+            c["disconnectReason"] = json!(r);
+        }
+        v["connectivity"] = c;
+    }
     v
 }
 

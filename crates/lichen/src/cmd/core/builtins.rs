@@ -41,6 +41,8 @@ pub struct ServiceContext {
     pub local_mqtt: lichen_bus::Bus,
     /// Whether the cloud link is connected now (and its changes).
     pub cloud_connected: tokio::sync::watch::Receiver<bool>,
+    /// The components' states (telemetry).
+    pub supervisor: lichen_supervisor::Supervisor,
 }
 
 /// Every built-in service other than the stream manager (which predates this list). Adding a
@@ -52,6 +54,9 @@ pub fn services(ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
     services.extend(super::shadows::services(ctx));
     services.extend(super::tes::services(ctx));
     services.extend(super::secrets::services(ctx));
+    services.extend(super::logmanager::services(ctx));
+    services.extend(super::telemetry::services(ctx));
+    services.extend(super::defender::services(ctx));
     services
 }
 

@@ -13,14 +13,17 @@ mod client_devices;
 mod cloud;
 mod cloud_deploy;
 mod core_update;
+mod defender;
 mod install;
 mod ipc_ops;
 mod layout;
 mod loader;
 mod lock;
+mod logmanager;
 mod provision;
 mod secrets;
 mod shadows;
+mod telemetry;
 mod tes;
 
 use super::RootArgs;
@@ -280,6 +283,7 @@ async fn serve(
         iot_core: new_bus(),
         local_mqtt: new_bus(),
         cloud_connected: cloud_connected_rx,
+        supervisor: supervisor.clone(),
     };
     let cloud_link = cloud::start(&service_ctx).await?;
     cloud::forward_status(&cloud_link, cloud_connected_tx);

@@ -1,11 +1,14 @@
 //! `lichen fleet`: the self-hosted cloud side (registry, certificates, control-plane API).
 
 mod component;
+mod defender;
 mod deployment;
 mod devices;
 mod enroll;
 mod greengrass;
 mod lambda;
+mod metrics;
+mod presence;
 mod provisioning;
 mod role;
 mod serve;

@@ -49,6 +49,15 @@ pub struct ServeArgs {
     /// on the control-plane listener, kept in `<root>/objects`.
     #[arg(long, env = "LICHEN_FLEET_OBJECT_STORE", value_name = "URL")]
     pub object_store: Option<String>,
+    /// A core whose latest fleet status is older than this many seconds is UNHEALTHY
+    /// (`statusReason` STATUS_STALE) even while connected; 0: no bound. The default leaves
+    /// room for two missed statuses at the core's default cadence (3600 s).
+    #[arg(long, value_name = "SECS", default_value_t = 3 * 3600 + 300)]
+    pub device_stale_after: u64,
+    /// Serve Prometheus text at `GET /metrics` here (devices' latest telemetry, fleet
+    /// counters); off unless given. Unauthenticated: keep it on loopback or a private network.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `<root>/endpoints.json`: where each listener is (the credentials provider is served on the
@@ -125,6 +134,13 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting the device endpoint")?;
+    registry.set_device_stale_after(std::time::Duration::from_secs(a.device_stale_after));
+    super::presence::start(&devices, registry.clone(), a.database.is_none());
+    super::defender::start(&devices, registry.clone())
+        .context("serving the Device Defender topics")?;
+    super::metrics::start(&devices, registry.clone(), a.metrics)
+        .await
+        .context("serving telemetry and /metrics")?;
     let data_plane = tokio::net::TcpListener::bind(a.data_plane)
         .await
         .with_context(|| format!("binding the data plane on {}", a.data_plane))?;
@@ -162,6 +178,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             shadows: shadows.clone(),
         }),
     );
+    let logs = lichen_fleet_api::logs::LogsService::new(registry.clone());
+    logs.expire_every(std::time::Duration::from_secs(3600));
+    services.insert("logs".into(), Arc::new(logs));
     let objects = {
         let dir = root.join("objects");
         let local = lichen_fleet_api::s3::LocalStore::open(&dir)

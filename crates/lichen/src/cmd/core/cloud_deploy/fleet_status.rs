@@ -1,6 +1,8 @@
 //! Fleet status (spec §6.7): `$aws/things/<thing>/greengrassv2/health/json`, QoS 1.
 //! COMPLETE at launch and every `fleetStatusService.periodicStatusPublishIntervalSeconds`
-//! (default 86400, as Greengrass); PARTIAL with only the changed components after a deployment
+//! (default 3600, where Greengrass waits 86400: the fleet counts a core whose status is older
+//! than its `--device-stale-after` bound as UNHEALTHY, so a live core must say so more often
+//! than daily; a COMPLETE status of a few components is about 1 KB, 24 KB a day); PARTIAL with only the changed components after a deployment
 //! and when a component's state changes. Messages over 128000 bytes are split into chunks that
 //! share one sequence number, which is persisted under
 //! `services.FleetStatusService.sequenceNumber`.
@@ -17,6 +19,8 @@ use serde_json::{Value, json};
 use super::{Context, NUCLEUS};
 
 const MAX_MESSAGE: usize = 128_000;
+/// Seconds between COMPLETE statuses unless configured.
+const DEFAULT_CADENCE_SECS: u64 = 3600;
 const SERVICE: &str = "FleetStatusService";
 /// Component state changes arriving together are sent as one PARTIAL message.
 const DEBOUNCE: Duration = Duration::from_millis(500);
@@ -44,7 +48,7 @@ fn interval(ctx: &Context) -> Duration {
             _ => None,
         })
         .filter(|s| *s > 0)
-        .unwrap_or(86_400);
+        .unwrap_or(DEFAULT_CADENCE_SECS);
     Duration::from_secs(secs)
 }
 
