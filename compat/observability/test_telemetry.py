@@ -32,7 +32,16 @@ def value(families, name, **labels):
     return None
 
 
-def test_core_and_fleet_metrics_parse_with_prometheus_client(make_fleet, make_core):
+BUSY = """RecipeFormatVersion: '2020-01-25'
+ComponentName: obs.Busy
+ComponentVersion: '1.0.0'
+Manifests:
+  - Lifecycle:
+      Run: "python3 -c 'import time; b = bytearray(24 << 20); t = time.time(); [0 for _ in iter(lambda: time.time() - t > 0.5, True)]; time.sleep(3600)'"
+"""
+
+
+def test_core_and_fleet_metrics_parse_with_prometheus_client(make_fleet, make_core, tmp_path):
     fleet_port, core_port = free_port(), free_port()
     fleet = make_fleet("--metrics", f"127.0.0.1:{fleet_port}")
     core = make_core(fleet, THING).start()
@@ -41,7 +50,12 @@ def test_core_and_fleet_metrics_parse_with_prometheus_client(make_fleet, make_co
         "mqttTopic": "$aws/things/{iot:thingName}/lichen/telemetry",
         "lichen": {"prometheusPort": core_port},
     }
-    core.cli("deployment", "create", "--wait", "--json", "--merge", f"{EMITTER}=1.0.9",
+    # A generic component that holds 24 MiB and spins for half a second: its cgroup's figures.
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "busy.yaml").write_text(BUSY)
+    core.cli("deployment", "create", "--wait", "--json", "--recipe-dir", str(recipes),
+             "--merge", f"{EMITTER}=1.0.9", "--merge", "obs.Busy=1.0.0",
              "--update-config", json.dumps({EMITTER: {"MERGE": config}}))
 
     core_metrics = wait_for(
@@ -53,6 +67,12 @@ def test_core_and_fleet_metrics_parse_with_prometheus_client(make_fleet, make_co
     assert value(core_metrics, "lichen_network_receive_bytes_total", interface="lo") > 0
     assert core_metrics["lichen_component_restarts"].type == "counter"
     assert value(core_metrics, "lichen_components", state="RUNNING") is not None
+    # Per-component memory and CPU from the component's cgroup (the suite runs as root).
+    busy = wait_for(
+        lambda: (m := scrape(core_port)) and (value(m, "lichen_component_cpu_seconds_total", component="obs.Busy") or 0) >= 0.3 and m,
+        30, "obs.Busy's CPU time on the core's /metrics")
+    assert value(busy, "lichen_component_memory_bytes", component="obs.Busy") >= 24 << 20
+    assert busy["lichen_component_cpu_seconds"].type == "counter"
 
     fleet_metrics = wait_for(
         lambda: (m := scrape(fleet_port)) and value(m, "lichen_device_cpu_usage_percent", thing=THING) is not None and m,

@@ -1,13 +1,14 @@
 //! `aws.greengrass.telemetry.NucleusEmitter` as a built-in service: every
 //! `telemetryPublishIntervalMs` it samples the system (CPU, memory, open file descriptors, root
 //! disk, network per interface) and the components (count per state; each one's state and
-//! restarts) and
+//! restarts; memory and CPU time from its cgroup where it has one) and
 //! - publishes Greengrass's emitter array (`[{"A","N","NS","TS","U","V"}]`) on the local topic
 //!   `pubSubTopic` (`$local/greengrass/telemetry`) when `pubSubPublish`;
 //! - sends a compact object to the cloud on `mqttTopic` when one is set (QoS 1, spooled):
 //!   `{"ts", "cpu", "mem", "memTotal", "fds", "disk", "diskTotal", "net": {iface: [bytesIn,
 //!   bytesOut, packetsIn, packetsOut]}, "states": {STATE: n}, "components": {name: [STATE,
-//!   restarts]}}` — about 300 bytes for a small core;
+//!   restarts]}, "usage": {name: [memoryBytes, cpuMicroseconds]}}` — about 300 bytes for a
+//!   small core;
 //! - serves the same figures as Prometheus text on `127.0.0.1:<lichen.prometheusPort>/metrics`
 //!   when that (Lichen) setting is given.
 //!
@@ -168,6 +169,11 @@ async fn run(ctx: ServiceContext, s: Settings, text: Arc<Mutex<String>>) {
             *per_state.entry(c.state.as_str()).or_default() += 1;
         }
         let restarts = |name: &str| starts.get(name).copied().unwrap_or(0).saturating_sub(1);
+        // Memory and CPU of each component that runs in a cgroup of its own.
+        let usage: BTreeMap<String, lichen_supervisor::ResourceUsage> = components
+            .iter()
+            .filter_map(|c| Some((c.name.clone(), ctx.supervisor.resource_usage(&c.name)?)))
+            .collect();
         if let Some(topic) = &s.pubsub_topic {
             let payload = emitter_array(&sample, &per_state, ts);
             let _ = ctx.bus.publish(
@@ -190,6 +196,8 @@ async fn run(ctx: ServiceContext, s: Settings, text: Arc<Mutex<String>>) {
                 "net": sample.interfaces.iter().map(|(k, i)| (k.clone(), json!([i.bytes_in, i.bytes_out, i.packets_in, i.packets_out]))).collect::<serde_json::Map<_, _>>(),
                 "states": per_state.iter().filter(|(_, n)| **n > 0).map(|(k, n)| (k.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
                 "components": components.iter().map(|c| (c.name.clone(), json!([c.state.as_str(), restarts(&c.name)]))).collect::<serde_json::Map<_, _>>(),
+                // [memory bytes, CPU microseconds] per component with a cgroup.
+                "usage": usage.iter().map(|(k, u)| (k.clone(), json!([u.memory_bytes, u.cpu_usage_usec]))).collect::<serde_json::Map<_, _>>(),
             });
             let _ = ctx.iot_core.publish(
                 topic,
@@ -200,7 +208,7 @@ async fn run(ctx: ServiceContext, s: Settings, text: Arc<Mutex<String>>) {
             );
         }
         if s.prometheus_port.is_some() {
-            let body = exposition(&sample, &per_state, &components, &restarts);
+            let body = exposition(&sample, &per_state, &components, &restarts, &usage);
             *text.lock().unwrap_or_else(|e| e.into_inner()) = body;
         }
     }
@@ -257,6 +265,7 @@ fn exposition(
     per_state: &BTreeMap<&'static str, u64>,
     components: &[lichen_supervisor::ComponentStatus],
     restarts: &dyn Fn(&str) -> u64,
+    usage: &BTreeMap<String, lichen_supervisor::ResourceUsage>,
 ) -> String {
     use prometheus::{family, label};
     let mut out = String::new();
@@ -377,6 +386,26 @@ fn exposition(
         "counter",
         "Times each component started again since the emitter started.",
         &r,
+    );
+    let per = |f: &dyn Fn(&lichen_supervisor::ResourceUsage) -> f64| -> Vec<(String, f64)> {
+        usage
+            .iter()
+            .map(|(name, u)| (format!("component=\"{}\"", label(name)), f(u)))
+            .collect()
+    };
+    family(
+        &mut out,
+        "lichen_component_memory_bytes",
+        "gauge",
+        "Memory each component's processes use, from its cgroup.",
+        &per(&|u| u.memory_bytes as f64),
+    );
+    family(
+        &mut out,
+        "lichen_component_cpu_seconds_total",
+        "counter",
+        "CPU time each component's processes used, from its cgroup.",
+        &per(&|u| u.cpu_usage_usec as f64 / 1e6),
     );
     out
 }
