@@ -52,6 +52,7 @@ mod error;
 mod ledger;
 mod logs;
 mod process;
+mod shared;
 mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
