@@ -69,6 +69,7 @@ mod shadows;
 mod templates;
 mod thing_types;
 mod things;
+mod users;
 
 pub use audit::AuditEntry;
 pub use certs::{
@@ -88,6 +89,7 @@ pub use shadows::{ShadowKey, ShadowRecord, ShadowWrite};
 pub use templates::ProvisioningTemplate;
 pub use thing_types::ThingType;
 pub use things::{Thing, ThingGroup, ThingQuery};
+pub use users::{AccessKey, MIN_PASSWORD_LEN, Role, Session, User, constant_time_eq, random_token};
 
 use db::{DbError, Transaction};
 use std::cell::RefCell;
@@ -400,7 +402,9 @@ impl Registry {
         self.run(false, f)
     }
 
-    /// Records an administrator access key (or returns the existing one of that `kind`).
+    /// Records one of the fleet's own access keys (or returns the existing one of that `kind`):
+    /// `admin` belongs to the user `admin` (created without a password when missing), others
+    /// to no user (read only, see [`AccessKey`]).
     pub fn ensure_access_key(
         &self,
         kind: &str,
@@ -421,9 +425,11 @@ impl Registry {
         }
         let (id, secret) = generate();
         self.write("lichen", "CreateAccessKey", &id, |tx| {
+            let user = users::owner_of_fleet_key(tx, kind)?;
             tx.execute(
-                "INSERT INTO access_keys (id, secret, kind, created_at) VALUES (?1, ?2, ?3, ?4)",
-                db::params![id, secret, kind, now_ms()],
+                "INSERT INTO access_keys (id, secret, kind, created_at, user_name)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                db::params![id, secret, kind, now_ms(), user],
             )?;
             Ok(((), vec![]))
         })?;
@@ -540,3 +546,5 @@ mod deployments_tests;
 mod pg_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod users_tests;
