@@ -1,5 +1,6 @@
 //! The fleet's durable registry: things, thing groups, certificates, policies, the attachments
-//! between them, role aliases, access keys, the audit log, the tables of the jobs service
+//! between them, role aliases, access keys, users with roles and console sessions ([`User`],
+//! [`Role`], [`Session`]), the audit log, the tables of the jobs service
 //! (jobs and job executions, [`JobsTx`]), and Greengrass deployments with what core devices
 //! report ([`deployments`], [`CoreDevice`]; device reports are observations and are not
 //! audited), devices' connection state ([`Presence`]), Device Defender reports
