@@ -21,6 +21,8 @@
 //! Architecture invariant: every mutation writes its audit entry (who, operation, resource) in
 //! the same transaction as the change itself.
 //! Architecture invariant: a [`Change`] is announced only after its transaction committed.
+//! Architecture invariant: no password or session token is stored, only a password's salted
+//! Argon2id hash and a token's SHA-256; a session or access key acts with its user's current role.
 //!
 //! A device endpoint admits a certificate with [`Registry::principal_authorization`] and keeps
 //! its connections current by following [`Registry::subscribe`]:

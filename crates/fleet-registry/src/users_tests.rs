@@ -379,3 +379,45 @@ fn existing_admin_keys_migrate_to_the_admin_user() {
         .unwrap();
     assert_eq!(id, "AKIAOLD");
 }
+
+/// The same upgrade on PostgreSQL (where a server is given).
+#[test]
+fn existing_admin_keys_migrate_to_the_admin_user_on_postgres() {
+    let Some(url) = pg_support::fresh_database() else {
+        return;
+    };
+    {
+        let mut c = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        let mut tx = c.transaction().unwrap();
+        tx.batch_execute(
+            "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .unwrap();
+        let before = migrations::MIGRATIONS.len() - 1;
+        for (i, sql) in migrations::MIGRATIONS[..before].iter().enumerate() {
+            tx.batch_execute(sql).unwrap();
+            tx.execute(
+                "INSERT INTO schema_migrations VALUES ($1, 0)",
+                &[&(i as i64 + 1)],
+            )
+            .unwrap();
+        }
+        tx.batch_execute(
+            "INSERT INTO access_keys VALUES ('AKIAOLD', 'old-secret', 'admin', 1000);
+             INSERT INTO access_keys VALUES ('AKIAPRE', 'p', 'presign', 2000);",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let r = Registry::open_postgres(&url, "us-east-1").unwrap();
+    let (key, _) = r.access_key("AKIAOLD").unwrap().unwrap();
+    assert_eq!(
+        (key.user.as_deref(), key.role),
+        (Some("admin"), Role::Admin)
+    );
+    assert_eq!(r.user("admin").unwrap().unwrap().created_at, 1000);
+    assert_eq!(
+        r.access_key("AKIAPRE").unwrap().unwrap().0.role,
+        Role::Viewer
+    );
+}
