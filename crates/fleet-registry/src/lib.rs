@@ -64,6 +64,7 @@ mod jobs;
 mod logs;
 mod migrations;
 mod page;
+mod permissions;
 mod policies;
 mod presence;
 mod query;
@@ -85,6 +86,7 @@ pub use deployments::{CreatedDeployment, Deployment, EffectiveDeployment, NewDep
 pub use jobs::{ExecutionRow, JobRow, JobsTx, job_not_found};
 pub use logs::{LogEvent, LogGroup, LogQuery, LogStream};
 pub use page::{Page, PageRequest};
+pub use permissions::required_role;
 pub use policies::Policy;
 pub use presence::{DefenderReport, Presence};
 pub use secrets::{Secret, SecretValue, SecretVersion};
