@@ -259,10 +259,15 @@ impl BuiltinService for Inference {
                     Some(LoadOutcome::Ok { .. }) => {
                         state.checked.insert(name, fingerprint(&spec));
                     }
-                    Some(LoadOutcome::Error(e)) => failures.push(format!(
-                        "model {name} ({}) does not load: {e}",
-                        spec.path.display()
-                    )),
+                    Some(LoadOutcome::Error(e)) => {
+                        let file = spec.path.display().to_string();
+                        // The engine's message names the file where it can; else we do.
+                        failures.push(if e.contains(&file) {
+                            format!("model {name} does not load: {e}")
+                        } else {
+                            format!("model {name} does not load ({file}): {e}")
+                        });
+                    }
                     None => failures.push(format!("model {name}: the worker did not report it")),
                 }
             }
