@@ -55,8 +55,12 @@ pub struct ModelOptions {
     /// Threads one run may use inside the engine; 0 = the device's cores.
     pub threads: usize,
     /// Distinct input shapes for which tract keeps a plan specialised to that shape (faster than
-    /// the generic one); further shapes run on the generic plan. 0 disables specialisation.
+    /// the generic one); further shapes run on the generic plan (or, for models tract can only
+    /// run with concrete shapes, replace the oldest). 0 disables specialisation.
     pub specialized_shapes: usize,
+    /// Input shapes to prepare at load (one shape per input, in input order), so that the
+    /// first run of each is as fast as the rest and a model that cannot run them fails the load.
+    pub input_shapes: Vec<Vec<Vec<usize>>>,
 }
 
 impl Default for ModelOptions {
@@ -65,6 +69,7 @@ impl Default for ModelOptions {
             backend: Backend::Tract,
             threads: 0,
             specialized_shapes: 8,
+            input_shapes: Vec::new(),
         }
     }
 }

@@ -237,3 +237,34 @@ fn onnxruntime_backend_without_the_feature_says_so() {
     let e = Model::load(&path, &opts).unwrap_err().to_string();
     assert!(e.contains("feature `onnxruntime` is off"), "{e}");
 }
+
+#[test]
+fn ifs_decided_by_scalar_values_and_shapes_run_the_taken_branch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "branchy.onnx", &support::branchy());
+    let model = Model::load(
+        &path,
+        &ModelOptions {
+            threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let run = |shape: Vec<usize>, k: i64| {
+        let n = shape.iter().product();
+        let xs = Tensor::new(shape, TensorData::F32((0..n).map(|i| i as f32).collect())).unwrap();
+        let k = Tensor::new(vec![], TensorData::I64(vec![k])).unwrap();
+        model.run(vec![xs, k])
+    };
+    // k = 1, x[1, 4]: outer then, inner then → squeeze axis 0.
+    let out = run(vec![1, 4], 1).unwrap();
+    assert_eq!(out[0].shape, vec![4]);
+    assert_eq!(f32s(&out[0]), &[0.0, 1.0, 2.0, 3.0]);
+    // k = 2, x[3, 1]: outer else → squeeze axis 1.
+    let out = run(vec![3, 1], 2).unwrap();
+    assert_eq!(out[0].shape, vec![3]);
+    // k = 2, x[1, 4]: the branch taken cannot squeeze a dimension of 4: an error, not a crash.
+    let e = run(vec![1, 4], 2).unwrap_err();
+    assert!(matches!(e, InferenceError::Backend(_)), "{e}");
+    assert_eq!(run(vec![1, 2], 1).unwrap()[0].shape, vec![2]);
+}

@@ -138,3 +138,98 @@ pub fn scalar_input() -> Vec<u8> {
         ..Default::default()
     })
 }
+
+fn graph_attr(name: &str, g: pb::GraphProto) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Graph as i32,
+        g: Some(g),
+        ..Default::default()
+    }
+}
+
+fn i64_const(out: &str, values: &[i64]) -> pb::NodeProto {
+    let t = pb::TensorProto {
+        dims: if values.len() == 1 {
+            vec![]
+        } else {
+            vec![values.len() as i64]
+        },
+        data_type: DataType::Int64 as i32,
+        int64_data: values.to_vec(),
+        ..Default::default()
+    };
+    let attr = pb::AttributeProto {
+        name: "value".into(),
+        r#type: pb::attribute_proto::AttributeType::Tensor as i32,
+        t: Some(t),
+        ..Default::default()
+    };
+    node("Constant", &[], &[out], vec![attr])
+}
+
+/// A branch squeezing `x` on `axis` into `out`.
+fn squeeze_branch(out: &str, axis: i64) -> pb::GraphProto {
+    let axes = format!("{out}_axes");
+    pb::GraphProto {
+        name: out.into(),
+        node: vec![
+            pb::NodeProto {
+                name: format!("{out}_c"),
+                ..i64_const(&axes, &[axis])
+            },
+            node("Squeeze", &["x", &axes], &[out], vec![]),
+        ],
+        output: vec![value(out, DataType::Float, &["L"])],
+        ..Default::default()
+    }
+}
+
+/// silero-vad's shape: `y = If(k == 1, then: If(shape(x)[0] == 1, squeeze(x, 0), squeeze(x, 1)),
+/// else: squeeze(x, 1))` for `x[A, B]`, `k` an int64 scalar. With `k = 1` and `x[1, 4]` only
+/// the taken branches can be analysed (a squeeze of axis 1 would drop a dimension of 4).
+pub fn branchy() -> Vec<u8> {
+    let inner = pb::GraphProto {
+        name: "then".into(),
+        node: vec![
+            node("Shape", &["x"], &["shape"], vec![]),
+            i64_const("zero", &[0]),
+            node("Gather", &["shape", "zero"], &["a"], vec![]),
+            i64_const("one_b", &[1]),
+            node("Equal", &["a", "one_b"], &["a_is_1"], vec![]),
+            node(
+                "If",
+                &["a_is_1"],
+                &["inner_y"],
+                vec![
+                    graph_attr("then_branch", squeeze_branch("sq0", 0)),
+                    graph_attr("else_branch", squeeze_branch("sq1_inner", 1)),
+                ],
+            ),
+        ],
+        output: vec![value("inner_y", DataType::Float, &["L"])],
+        ..Default::default()
+    };
+    model(pb::GraphProto {
+        name: "branchy".into(),
+        node: vec![
+            i64_const("one", &[1]),
+            node("Equal", &["k", "one"], &["k_is_1"], vec![]),
+            node(
+                "If",
+                &["k_is_1"],
+                &["y"],
+                vec![
+                    graph_attr("then_branch", inner),
+                    graph_attr("else_branch", squeeze_branch("sq1", 1)),
+                ],
+            ),
+        ],
+        input: vec![
+            value("x", DataType::Float, &["A", "B"]),
+            value("k", DataType::Int64, &[]),
+        ],
+        output: vec![value("y", DataType::Float, &["L"])],
+        ..Default::default()
+    })
+}
