@@ -157,3 +157,33 @@ def test_a_corrupt_model_fails_its_deployment_with_a_clear_cause_and_changes_not
     outputs = core.driver.run(infer_code(deterministic_input()))
     assert "error" not in outputs, outputs
     shutil.rmtree(art)
+
+
+def test_a_new_version_of_the_model_component_is_loaded_from_its_own_artifacts(core):
+    art = core.artifacts / MODEL_COMPONENT / "3.0.0"
+    art.mkdir(parents=True)
+    shutil.copy(model_file(), art / "model.onnx")
+    (core.recipes / f"{MODEL_COMPONENT}-3.0.0.json").write_text(recipe(MODEL_COMPONENT, "3.0.0"))
+    before = core.workers()
+    rc, out = core.deploy(
+        "--recipe-dir", str(core.recipes), "--artifact-dir", str(core.artifacts),
+        "--merge", f"{MODEL_COMPONENT}=3.0.0",
+    )
+    assert rc == 0, out
+    # lichen.Inference's configuration did not change; the model component's version did.
+    wait_for(lambda: core.workers() and core.workers() != before, 60, "a worker for the new model file")
+    # Answers come from 3.0.0's file: with 1.0.0's gone, a fresh worker still loads the model.
+    (core.root / "packages" / "artifacts" / MODEL_COMPONENT / "1.0.0" / "model.onnx").unlink()
+    workers = core.workers()
+    os.kill(workers[0], signal.SIGKILL)
+    wait_for(lambda: core.workers() and core.workers() != workers, 60, "a new worker")
+
+    def served():
+        r = core.driver.run(infer_code(deterministic_input()))
+        if "error" in r:
+            assert r["error"]["code"] in ("WorkerExited", "WorkerUnavailable"), r
+            return None
+        return r
+
+    outputs = wait_for(served, 120, "an answer from the new model")
+    assert len(outputs[0]["data"]) == 2

@@ -208,7 +208,15 @@ fn converge(ctx: &ServiceContext, watched: &Mutex<BTreeSet<String>>, state: &mut
     if let Some((_, task)) = state.running.take() {
         task.abort();
     }
-    tracing::info!(service = NAME, models = ?plan.models.keys().collect::<Vec<_>>(), "serving");
+    let files: Vec<String> = plan
+        .models
+        .iter()
+        .map(|(n, m)| match &m.spec {
+            Ok(s) => format!("{n}: {}", s.path.display()),
+            Err(_) => format!("{n}: none"),
+        })
+        .collect();
+    tracing::info!(service = NAME, models = ?files, "serving");
     let task = tokio::spawn(worker::serve(ctx.bus.clone(), plan.clone()));
     state.running = Some((plan, task));
 }
