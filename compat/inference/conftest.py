@@ -28,6 +28,7 @@ SAMPLE_ARTIFACTS = SAMPLE / "artifacts" / "lichen.ImageClassification" / "1.0.0"
 MODEL_COMPONENT = "test.OrientationModel"
 MODEL = "orientation"
 RESULTS_TOPIC = "ml/test/image-classification"
+IMAGE_TOPIC = "test/images"
 # rapidocr's direction classifier: BGR, 48x192, (pixel/255 - 0.5) / 0.5; classes 0° and 180°.
 PREPROCESS = {
     "width": 192,
@@ -291,6 +292,7 @@ def core(tmp_path_factory):
                     "PublishResultsOnTopic": RESULTS_TOPIC,
                     "LabelsFile": str(work / "labels.txt"),
                     "TopK": 2,
+                    "ImageTopic": IMAGE_TOPIC,
                     "Python": PYTHON,
                 }
             },

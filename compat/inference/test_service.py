@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import onnxruntime
 
-from conftest import MODEL, MODEL_COMPONENT, RESULTS_TOPIC, model_file, recipe
+from conftest import IMAGE_TOPIC, MODEL, MODEL_COMPONENT, RESULTS_TOPIC, model_file, recipe, write_image
 from lichen_support import wait_for
 
 REQUEST = f"lichen/inference/{MODEL}/request"
@@ -54,6 +54,23 @@ def test_the_sample_classifies_generated_images_and_publishes_the_top_results(co
     assert flipped["inference-results"][0]["Label"] == "180", flipped
     assert float(upright["inference-results"][0]["Score"]) > 0.9
     assert float(flipped["inference-results"][0]["Score"]) > 0.9
+
+
+def test_the_sample_classifies_images_announced_on_its_topic(core, tmp_path):
+    write_image(tmp_path / "c-announced.png", "quick brown", True)
+    tmp_path.chmod(0o755)
+    core.driver.run(f"record({RESULTS_TOPIC!r}); result = True")
+    message = {"image": {"path": str(tmp_path / "c-announced.png")}}
+    core.driver.run(
+        f"ipc.publish_to_topic(topic={IMAGE_TOPIC!r}, "
+        f"publish_message=PublishMessage(json_message=JsonMessage(message={message!r}))); result = True"
+    )
+    found = wait_for(
+        lambda: [m for m in core.driver.run(f"result = recorded({RESULTS_TOPIC!r})") if m["image"] == "c-announced.png"],
+        120,
+        "the result for the announced image",
+    )
+    assert found[0]["inference-results"][0]["Label"] == "180", found
 
 
 def test_tensor_requests_over_ipc_match_onnxruntime(core):
