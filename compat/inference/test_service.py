@@ -98,12 +98,13 @@ result = client.infer(image_bytes=base64.b64decode({__import__("base64").b64enco
 
 
 def test_a_wrong_shape_gets_an_error_answer_and_the_next_request_succeeds(core):
-    bad = np.zeros((1, 3, 40, 192), dtype=np.float32)
+    # The model takes [N, 3, H, W]: one channel is wrong.
+    bad = np.zeros((1, 1, 48, 192), dtype=np.float32)
     answer = core.driver.run(infer_code(bad))
     assert answer["error"]["code"] == "InvalidInput", answer
     message = answer["error"]["message"]
     # Names the input, what the model expects and what came.
-    assert "'x'" in message and "48" in message and "40" in message, message
+    assert "'x'" in message and "[1, 1, 48, 192]" in message and "3" in message, message
     # A dtype the model does not take.
     code = f"""
 client = state["client"]
