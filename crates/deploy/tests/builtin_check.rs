@@ -16,10 +16,13 @@ use std::sync::{Arc, Mutex};
 
 const BUILTIN: &str = "test.Builtin";
 
+/// What one check was given: the built-in, its configuration, the new set's versions.
+type Asked = (String, Value, BTreeMap<String, String>);
+
 /// Refuses any configuration with `"refuse": true`, and records what it was asked.
 #[derive(Default)]
 struct Checker {
-    asked: Mutex<Vec<(String, Value, BTreeMap<String, String>)>>,
+    asked: Mutex<Vec<Asked>>,
 }
 
 impl DeploymentHooks for Checker {
