@@ -205,3 +205,16 @@ def test_a_new_version_of_the_model_component_is_loaded_from_its_own_artifacts(c
 
     outputs = wait_for(served, 120, "an answer from the new model")
     assert len(outputs[0]["data"]) == 2
+
+
+def test_a_model_whose_component_is_not_deployed_fails_the_deployment(core):
+    update = {"lichen.Inference": {"MERGE": {"models": {"other": {"modelComponent": "com.example.Absent", "artifact": "m.onnx"}}}}}
+    rc, out = core.deploy("--merge", "lichen.Inference=1.0.0", "--update-config", json.dumps(update), check=False)
+    assert rc != 0, out
+    text = json.dumps(out)
+    assert "FAILED_NO_STATE_CHANGE" in text and "model other" in text and "com.example.Absent" in text, text
+    # A malformed configuration is refused the same way, naming the key.
+    update = {"lichen.Inference": {"MERGE": {"models": {"other": {"artifact": "relative.onnx"}}}}}
+    rc, out = core.deploy("--merge", "lichen.Inference=1.0.0", "--update-config", json.dumps(update), check=False)
+    assert rc != 0 and "models.other.artifact" in json.dumps(out), out
+    assert "error" not in core.driver.run(infer_code(deterministic_input()))

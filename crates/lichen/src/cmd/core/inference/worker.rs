@@ -227,6 +227,23 @@ pub async fn serve(bus: Bus, plan: Plan) {
         .iter()
         .filter_map(|(n, m)| Some((n.clone(), m.spec.clone().ok()?)))
         .collect();
+    if load.is_empty() {
+        // Nothing to load (no models, or none found): no worker; requests get the reason.
+        while let Some((model, d)) = requests.recv().await {
+            let served = &plan.models[&model];
+            let id = parse_request(&d)
+                .ok()
+                .and_then(|r| r.get("id").cloned())
+                .unwrap_or(Value::Null);
+            let why = served.spec.as_ref().err().cloned().unwrap_or_default();
+            publish(
+                &bus,
+                &served.response_topic,
+                error(&id, &model, "ModelNotLoaded", why),
+            );
+        }
+        return;
+    }
     let mut backoff = FIRST_BACKOFF;
     let mut seq = 0u64;
     loop {
