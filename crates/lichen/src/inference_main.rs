@@ -265,3 +265,55 @@ fn image_bytes(image: &Value) -> Result<Vec<u8>, Failure> {
         "\"image\" needs \"path\" (an absolute file name) or \"base64\" (the encoded file)".into(),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(v: &Value) -> &str {
+        v["error"]["code"].as_str().unwrap_or("")
+    }
+
+    #[test]
+    fn bad_requests_get_error_answers_that_echo_the_id() {
+        let mut models = Models::new();
+        models.insert(
+            "broken".into(),
+            Err("cannot load model /m.onnx: truncated".into()),
+        );
+        let a = answer(&models, "absent", &json!({"id": "r1", "inputs": []}));
+        assert_eq!((a["id"].as_str(), code(&a)), (Some("r1"), "ModelNotLoaded"));
+        let a = answer(&models, "broken", &json!({"id": 7, "inputs": []}));
+        assert_eq!(a["id"], json!(7));
+        assert!(
+            a["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("truncated"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn image_references_are_checked_before_reading() {
+        let failure = |v: Value| image_bytes(&v).unwrap_err();
+        assert!(
+            failure(json!({"path": "relative.jpg"}))
+                .1
+                .contains("not absolute")
+        );
+        assert!(
+            failure(json!({"path": "/"}))
+                .1
+                .contains("not a regular file")
+        );
+        assert!(
+            failure(json!({"path": "/no/such/image.png"}))
+                .1
+                .contains("/no/such/image.png")
+        );
+        assert!(failure(json!({"base64": "%%%"})).1.contains("base64"));
+        assert_eq!(failure(json!({"url": "http://x"})).0, "InvalidImage");
+        assert_eq!(image_bytes(&json!({"base64": "aGk="})).unwrap(), b"hi");
+    }
+}
