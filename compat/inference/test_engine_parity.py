@@ -5,6 +5,7 @@ process through the crate's `infer` example (see engine_support.py).
 """
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,3 +90,26 @@ def test_engine_corrupt_model_fails_load_naming_file_and_cause(engine, tmp_path)
     copy = tmp_path / "silero.onnx"
     shutil.copy(silero_model(), copy)
     assert "error" not in engine.load(copy), "a good model loads after a bad one"
+
+
+def test_engine_onnxruntime_backend_matches_tract(engine, monkeypatch):
+    """The optional backend (cargo feature `onnxruntime`, the wheel's shared library loaded at
+    run time) gives the same answers as tract; skipped when `infer` was built without it."""
+    import onnxruntime
+
+    lib = sorted((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so*"))
+    assert lib, "the onnxruntime wheel ships no libonnxruntime.so"
+    engine.close()
+    monkeypatch.setenv("ORT_DYLIB_PATH", str(lib[0]))
+    path = classifier_model()
+    inputs = classifier_inputs(5, 2)
+    with Engine() as ours:
+        answer = ours.load(path, threads=1, backend="onnxruntime")
+        if "error" in answer and "feature `onnxruntime` is off" in answer["error"]["message"]:
+            pytest.skip("infer built without --features onnxruntime")
+        assert "error" not in answer, answer
+        via_ort = ours.run(inputs)[0]
+    with Engine() as tract:
+        assert "error" not in tract.load(path, threads=1)
+        via_tract = tract.run(inputs)[0]
+    assert_close(via_tract, via_ort, "tract vs lichen's onnxruntime backend")

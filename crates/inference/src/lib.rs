@@ -27,6 +27,8 @@
 
 mod error;
 pub mod image;
+#[cfg(feature = "onnxruntime")]
+mod onnxruntime;
 mod tensor;
 mod tract;
 
@@ -92,7 +94,9 @@ pub struct Model {
 }
 
 enum Engine {
-    Tract(tract::TractModel),
+    Tract(Box<tract::TractModel>),
+    #[cfg(feature = "onnxruntime")]
+    Ort(onnxruntime::OrtModel),
 }
 
 impl std::fmt::Debug for Model {
@@ -125,9 +129,20 @@ impl Model {
                 Ok(Model {
                     inputs,
                     outputs,
-                    engine: Engine::Tract(engine),
+                    engine: Engine::Tract(Box::new(engine)),
                 })
             }
+            #[cfg(feature = "onnxruntime")]
+            Backend::OnnxRuntime => {
+                let (engine, inputs, outputs) =
+                    onnxruntime::OrtModel::load(path, opts).map_err(load_err)?;
+                Ok(Model {
+                    inputs,
+                    outputs,
+                    engine: Engine::Ort(engine),
+                })
+            }
+            #[cfg(not(feature = "onnxruntime"))]
             Backend::OnnxRuntime => Err(load_err(
                 "the onnxruntime backend is not built in (cargo feature `onnxruntime` is off); \
                  use the tract backend"
@@ -140,6 +155,8 @@ impl Model {
     pub fn backend(&self) -> Backend {
         match self.engine {
             Engine::Tract(_) => Backend::Tract,
+            #[cfg(feature = "onnxruntime")]
+            Engine::Ort(_) => Backend::OnnxRuntime,
         }
     }
 
@@ -161,6 +178,8 @@ impl Model {
         let inputs = tensor::check_inputs(&self.inputs, inputs)?;
         match &self.engine {
             Engine::Tract(m) => m.run(inputs),
+            #[cfg(feature = "onnxruntime")]
+            Engine::Ort(m) => m.run(inputs),
         }
     }
 }
