@@ -32,6 +32,8 @@ mod collector;
 pub mod config;
 pub mod expr;
 pub mod modbus;
+#[cfg(feature = "opcua")]
+pub mod opcua;
 pub mod process;
 pub mod sample;
 pub mod units;
