@@ -5,11 +5,11 @@
 Binds 127.0.0.1 (port 0: the OS picks one), prints `READY <port>` on stdout once it serves,
 and runs until SIGTERM/SIGINT. Its variables change every `--period` seconds:
 
-    Objects/Plant/Line1/Temperature   Double   20 + tick/2
+    Objects/Plant/Line1/Temperature   Double   20 + (tick % 1000) / 2
     Objects/Plant/Line1/Count         Int64    tick (wall-clock based: it keeps growing across
                                                restarts, so values after a restart are newer)
     Objects/Plant/Line1/Running       Boolean  tick is even
-    Objects/Plant/Line2/Pressure      Double   100 + tick; status Uncertain on odd ticks
+    Objects/Plant/Line2/Pressure      Double   100 + tick % 1000; status Uncertain on odd ticks
     Objects/Plant/Line2/Mode          String   "mode-<tick % 3>"
     Objects/Other/Ignored             Double   never matched by the tests' filters
 
@@ -111,7 +111,8 @@ async def main():
     async with server:
         print(f"READY {port}", flush=True)
         while not stop.is_set():
-            tick = int(time.time() / args.period)
+            # Wall-clock based so it keeps growing across restarts; kept within SiteWise's int32.
+            tick = int(time.time() / args.period) % 1_000_000_000
 
             def dv(value, vtype, status=ua.StatusCodes.Good):
                 return ua.DataValue(
@@ -120,11 +121,11 @@ async def main():
                     SourceTimestamp=datetime.now(timezone.utc),
                 )
 
-            await temp.write_value(dv(20.0 + tick / 2.0, ua.VariantType.Double))
+            await temp.write_value(dv(20.0 + (tick % 1000) / 2.0, ua.VariantType.Double))
             await count.write_value(dv(tick, ua.VariantType.Int64))
             await running.write_value(dv(tick % 2 == 0, ua.VariantType.Boolean))
             uncertain = ua.StatusCodes.UncertainLastUsableValue if tick % 2 else ua.StatusCodes.Good
-            await pressure.write_value(dv(100.0 + tick, ua.VariantType.Double, uncertain))
+            await pressure.write_value(dv(100.0 + tick % 1000, ua.VariantType.Double, uncertain))
             await mode.write_value(dv(f"mode-{tick % 3}", ua.VariantType.String))
             try:
                 await asyncio.wait_for(stop.wait(), args.period)
