@@ -46,8 +46,13 @@ impl IndustrialCollector {
 
     /// Starts, reconfigures (`Some`) or stops (`None`) the collector. A configuration that is
     /// refused leaves the running one as it was.
-    pub async fn apply(&self, configuration: Option<&serde_json::Value>) -> Result<(), ConfigError> {
-        let config = configuration.map(CollectorConfig::from_component_config).transpose()?;
+    pub async fn apply(
+        &self,
+        configuration: Option<&serde_json::Value>,
+    ) -> Result<(), ConfigError> {
+        let config = configuration
+            .map(CollectorConfig::from_component_config)
+            .transpose()?;
         let mut running = self.running.lock().await;
         if let Some(old) = running.take() {
             stop(old).await;
@@ -79,7 +84,11 @@ impl IndustrialCollector {
                     for p in &m.points {
                         null_types.insert(m.alias(p), p.data_type());
                     }
-                    sources.push(tokio::spawn(run_modbus_source(m.clone(), tx.clone(), shutdown.child_token())));
+                    sources.push(tokio::spawn(run_modbus_source(
+                        m.clone(),
+                        tx.clone(),
+                        shutdown.child_token(),
+                    )));
                 }
                 SourceConfig::OpcUa(v) => {
                     sources.push(self.start_opcua(i, v, tx.clone(), shutdown.child_token())?);
@@ -93,9 +102,24 @@ impl IndustrialCollector {
             .map_err(|(f, r)| ConfigError::new(format!("processing.{f}"), r))?;
         let writer = Writer::new(self.slot.clone(), config.destination.clone(), null_types);
         let stats = writer.stats.clone();
-        let pipeline = tokio::spawn(pipeline(rx, processor, writer, config.batch.clone(), shutdown.clone()));
-        tracing::info!(sources = config.sources.len(), stream = config.destination.stream_name, "industrial collector started");
-        Ok(Running { shutdown, sources, pipeline, stats })
+        let pipeline = tokio::spawn(pipeline(
+            rx,
+            processor,
+            writer,
+            config.batch.clone(),
+            shutdown.clone(),
+        ));
+        tracing::info!(
+            sources = config.sources.len(),
+            stream = config.destination.stream_name,
+            "industrial collector started"
+        );
+        Ok(Running {
+            shutdown,
+            sources,
+            pipeline,
+            stats,
+        })
     }
 
     #[cfg(feature = "opcua")]
@@ -106,8 +130,18 @@ impl IndustrialCollector {
         tx: crate::sample::SampleSender,
         token: CancellationToken,
     ) -> Result<JoinHandle<()>, ConfigError> {
-        let _ = (&self.work_dir, v, tx, token);
-        Err(ConfigError::new(format!("sources[{i}]"), "OPC UA sources are not available in this build"))
+        let config = opcua_config(i, v)?;
+        // Each source keeps its own certificates and trust lists.
+        let pki = self
+            .work_dir
+            .join("opcua-pki")
+            .join(safe_dir_name(&config.name));
+        Ok(tokio::spawn(async move {
+            let name = config.name.clone();
+            if let Err(e) = crate::opcua::run_opcua_source(config, pki, tx, token).await {
+                tracing::error!(source = name, error = %e, "OPC UA source stopped");
+            }
+        }))
     }
 
     #[cfg(not(feature = "opcua"))]
@@ -119,8 +153,34 @@ impl IndustrialCollector {
         _token: CancellationToken,
     ) -> Result<JoinHandle<()>, ConfigError> {
         let _ = &self.work_dir;
-        Err(ConfigError::new(format!("sources[{i}].type"), "this build has no OPC UA support (cargo feature opcua of lichen-industrial)"))
+        Err(ConfigError::new(
+            format!("sources[{i}].type"),
+            "this build has no OPC UA support (cargo feature opcua of lichen-industrial)",
+        ))
     }
+}
+
+/// Parses and checks one `type: "OpcUa"` source.
+#[cfg(feature = "opcua")]
+pub(crate) fn opcua_config(
+    i: usize,
+    v: &serde_json::Value,
+) -> Result<crate::opcua::OpcUaSourceConfig, ConfigError> {
+    crate::opcua::OpcUaSourceConfig::from_json(v)
+        .map_err(|e| ConfigError::new(format!("sources[{i}]"), e.to_string()))
+}
+
+#[cfg(feature = "opcua")]
+fn safe_dir_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 async fn stop(r: Running) {
@@ -184,7 +244,10 @@ async fn pipeline(
                 match writer.write(&batch).await {
                     Outcome::Written | Outcome::Dropped(_) => break,
                     Outcome::NotReady(_) if shutdown.is_cancelled() => {
-                        tracing::warn!(samples = batch.len(), "collector stopped before its last samples could be written");
+                        tracing::warn!(
+                            samples = batch.len(),
+                            "collector stopped before its last samples could be written"
+                        );
                         break;
                     }
                     Outcome::NotReady(_) => {
@@ -201,5 +264,78 @@ async fn pipeline(
         if !open {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_device_is_reported_bad_in_the_stream_per_poll() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(lichen_streams::Store::open(dir.path()).unwrap());
+        let slot: StoreSlot = Arc::new(tokio::sync::RwLock::new(Some(store.clone())));
+        let collector = IndustrialCollector::new(slot, dir.path().join("work"));
+        let config = serde_json::json!({
+            "sources": [{"name": "plc", "type": "ModbusTcp",
+                "endpoint": {"host": "127.0.0.1", "port": port, "timeoutMs": 200},
+                "reconnect": {"initialDelayMs": 20, "maxDelayMs": 100},
+                "points": [
+                    {"alias": "/a", "kind": "holding", "address": 0, "pollIntervalMs": 30},
+                    {"alias": "/b", "kind": "coil", "address": 1, "pollIntervalMs": 30}]}],
+            "batch": {"maxDelayMs": 10},
+            "destination": {"flushOnWrite": false}
+        });
+        collector.apply(Some(&config)).await.unwrap();
+        let mut bad: HashMap<String, (usize, String)> = HashMap::new();
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let Ok(stream) = store.get("SiteWise_Edge_Stream") else {
+                continue;
+            };
+            bad.clear();
+            for m in stream.read(0, 10_000, 1 << 24).unwrap() {
+                let e: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+                let alias = e["propertyAlias"].as_str().unwrap().to_string();
+                for v in e["propertyValues"].as_array().unwrap() {
+                    assert_eq!(v["quality"], "BAD");
+                    let slot = bad.entry(alias.clone()).or_default();
+                    slot.0 += 1;
+                    slot.1 = v["value"]["nullValue"]["valueType"]
+                        .as_str()
+                        .unwrap()
+                        .into();
+                }
+            }
+            if bad.len() == 2 && bad.values().all(|(n, _)| *n >= 3) {
+                break;
+            }
+        }
+        assert!(bad.values().all(|(n, _)| *n >= 3), "{bad:?}");
+        assert_eq!(bad["/a"].1, "D");
+        assert_eq!(bad["/b"].1, "B");
+        collector.apply(None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refused_configuration_leaves_the_running_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let slot: StoreSlot = Arc::new(tokio::sync::RwLock::new(None));
+        let collector = IndustrialCollector::new(slot, dir.path().to_path_buf());
+        collector
+            .apply(Some(&serde_json::json!({"sources": []})))
+            .await
+            .unwrap();
+        let bad = serde_json::json!({"sources": [{"name": "x", "type": "Profibus"}]});
+        let e = collector.apply(Some(&bad)).await.unwrap_err().to_string();
+        assert!(e.contains("Profibus"), "{e}");
+        assert!(collector.running.lock().await.is_some());
+        collector.apply(None).await.unwrap();
+        assert!(collector.running.lock().await.is_none());
     }
 }

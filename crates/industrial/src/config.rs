@@ -47,7 +47,9 @@ impl<'de> Deserialize<'de> for SourceConfig {
         let kind = v
             .get("type")
             .and_then(|t| t.as_str())
-            .ok_or_else(|| D::Error::custom("each source needs \"type\": \"ModbusTcp\" or \"OpcUa\""))?
+            .ok_or_else(|| {
+                D::Error::custom("each source needs \"type\": \"ModbusTcp\" or \"OpcUa\"")
+            })?
             .to_string();
         match kind.as_str() {
             "ModbusTcp" | "Modbus" => {
@@ -167,12 +169,22 @@ impl CollectorConfig {
             if !names.insert(s.name()) {
                 return Err(ConfigError::new(
                     format!("sources[{i}].name"),
-                    format!("{:?} is used by two sources; names must be unique", s.name()),
+                    format!(
+                        "{:?} is used by two sources; names must be unique",
+                        s.name()
+                    ),
                 ));
             }
-            if let SourceConfig::ModbusTcp(m) = s {
-                m.validate()
-                    .map_err(|(f, r)| ConfigError::new(format!("sources[{i}].{f}"), r))?;
+            match s {
+                SourceConfig::ModbusTcp(m) => m
+                    .validate()
+                    .map_err(|(f, r)| ConfigError::new(format!("sources[{i}].{f}"), r))?,
+                #[cfg(feature = "opcua")]
+                SourceConfig::OpcUa(v) => {
+                    crate::collector::opcua_config(i, v)?;
+                }
+                #[cfg(not(feature = "opcua"))]
+                SourceConfig::OpcUa(_) => {}
             }
         }
         if config.batch.max_samples == 0 {

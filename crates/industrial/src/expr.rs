@@ -152,7 +152,9 @@ fn call(f: &str, args: &[Expr], env: &dyn Env) -> Result<f64, ExprError> {
         && let Some(series) = env.series(v)
     {
         if series.is_empty() && f != "count" && f != "sum" {
-            return Err(ExprError::Eval(format!("{f}({v}): no values in the window")));
+            return Err(ExprError::Eval(format!(
+                "{f}({v}): no values in the window"
+            )));
         }
         return Ok(aggregate(f, series.iter().copied()));
     }
@@ -171,9 +173,13 @@ fn call(f: &str, args: &[Expr], env: &dyn Env) -> Result<f64, ExprError> {
             )),
         };
         let x = args[0].eval(env)?;
-        return crate::units::convert(x, &unit(&args[1])?, &unit(&args[2])?).map_err(ExprError::Eval);
+        return crate::units::convert(x, &unit(&args[1])?, &unit(&args[2])?)
+            .map_err(ExprError::Eval);
     }
-    let v = args.iter().map(|a| a.eval(env)).collect::<Result<Vec<f64>, _>>()?;
+    let v = args
+        .iter()
+        .map(|a| a.eval(env))
+        .collect::<Result<Vec<f64>, _>>()?;
     Ok(match f {
         "avg" | "sum" | "count" | "min" | "max" => aggregate(f, v.iter().copied()),
         "abs" => v[0].abs(),
@@ -299,7 +305,11 @@ impl Parser<'_> {
     fn err(&self, what: &str) -> ExprError {
         ExprError::Parse {
             expr: self.src.to_string(),
-            at: self.toks.get(self.pos).map(|t| t.1).unwrap_or(self.src.len()),
+            at: self
+                .toks
+                .get(self.pos)
+                .map(|t| t.1)
+                .unwrap_or(self.src.len()),
             what: what.to_string(),
         }
     }
@@ -426,14 +436,21 @@ impl Parser<'_> {
                         if self.eat_sym(&[")"]).is_some() {
                             break;
                         }
-                        self.eat_sym(&[","]).ok_or_else(|| self.err("expected , or )"))?;
+                        self.eat_sym(&[","])
+                            .ok_or_else(|| self.err("expected , or )"))?;
                     }
                 }
                 if args.len() < lo || args.len() > hi {
                     return Err(self.err(&format!(
                         "{name} takes {}{} arguments, not {}",
                         lo,
-                        if hi == usize::MAX { " or more".to_string() } else if hi != lo { format!("-{hi}") } else { String::new() },
+                        if hi == usize::MAX {
+                            " or more".to_string()
+                        } else if hi != lo {
+                            format!("-{hi}")
+                        } else {
+                            String::new()
+                        },
                         args.len()
                     )));
                 }
@@ -503,10 +520,18 @@ mod tests {
     #[test]
     fn functions_units_and_windows() {
         assert_eq!(eval("avg(w)").unwrap(), 3.0);
-        assert_eq!(eval("sum(w) + count(w) + min(w) + max(w)").unwrap(), 9.0 + 3.0 + 1.0 + 6.0);
+        assert_eq!(
+            eval("sum(w) + count(w) + min(w) + max(w)").unwrap(),
+            9.0 + 3.0 + 1.0 + 6.0
+        );
         assert_eq!(eval("max(x, 7, 2)").unwrap(), 7.0);
         assert_eq!(eval("count(none)").unwrap(), 0.0);
-        assert!(eval("avg(none)").unwrap_err().to_string().contains("no values"));
+        assert!(
+            eval("avg(none)")
+                .unwrap_err()
+                .to_string()
+                .contains("no values")
+        );
         assert_eq!(eval("convert(t, \"degF\", \"degC\")").unwrap(), 100.0);
         assert_eq!(eval("round(sqrt(x) * 10) / 10").unwrap(), 2.0);
     }
@@ -515,12 +540,37 @@ mod tests {
     fn errors_name_the_place_and_the_problem() {
         let e = Expr::parse("x + * 2").unwrap_err().to_string();
         assert!(e.contains("character 4"), "{e}");
-        assert!(Expr::parse("nope(1)").unwrap_err().to_string().contains("unknown function nope"));
-        assert!(Expr::parse("if(1, 2)").unwrap_err().to_string().contains("takes 3"));
+        assert!(
+            Expr::parse("nope(1)")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown function nope")
+        );
+        assert!(
+            Expr::parse("if(1, 2)")
+                .unwrap_err()
+                .to_string()
+                .contains("takes 3")
+        );
         assert!(Expr::parse("x = 2").unwrap_err().to_string().contains("=="));
-        assert!(Expr::parse("(x").unwrap_err().to_string().contains("expected )"));
-        assert!(eval("y + 1").unwrap_err().to_string().contains("variable y"));
-        assert!(eval("x / 0").unwrap_err().to_string().contains("division by zero"));
+        assert!(
+            Expr::parse("(x")
+                .unwrap_err()
+                .to_string()
+                .contains("expected )")
+        );
+        assert!(
+            eval("y + 1")
+                .unwrap_err()
+                .to_string()
+                .contains("variable y")
+        );
+        assert!(
+            eval("x / 0")
+                .unwrap_err()
+                .to_string()
+                .contains("division by zero")
+        );
         assert!(eval("convert(x, \"m\", \"degC\")").is_err());
         let mut vars = vec![];
         Expr::parse("avg(a) + b * a").unwrap().variables(&mut vars);

@@ -160,7 +160,10 @@ pub fn parse_interval(text: &str) -> Result<i64, String> {
 enum Kind {
     Measurement,
     Attribute,
-    Transform { expr: Expr, vars: Vec<(String, usize)> },
+    Transform {
+        expr: Expr,
+        vars: Vec<(String, usize)>,
+    },
     Metric(Box<MetricState>),
 }
 
@@ -220,14 +223,25 @@ impl Processor {
             for (pi, p) in m.asset_model_properties.iter().enumerate() {
                 let f = format!("assetModels[{mi}].assetModelProperties[{pi}]");
                 let k = &p.kind;
-                let kinds = [k.measurement.is_some(), k.attribute.is_some(), k.transform.is_some(), k.metric.is_some()];
+                let kinds = [
+                    k.measurement.is_some(),
+                    k.attribute.is_some(),
+                    k.transform.is_some(),
+                    k.metric.is_some(),
+                ];
                 if kinds.iter().filter(|b| **b).count() != 1 {
-                    return Err((format!("{f}.type"), "must be exactly one of measurement, attribute, transform, metric".into()));
+                    return Err((
+                        format!("{f}.type"),
+                        "must be exactly one of measurement, attribute, transform, metric".into(),
+                    ));
                 }
                 if let Some(dt) = &p.data_type
                     && !["DOUBLE", "INTEGER", "BOOLEAN", "STRING"].contains(&dt.as_str())
                 {
-                    return Err((format!("{f}.dataType"), "must be DOUBLE, INTEGER, BOOLEAN or STRING".into()));
+                    return Err((
+                        format!("{f}.dataType"),
+                        "must be DOUBLE, INTEGER, BOOLEAN or STRING".into(),
+                    ));
                 }
                 if let Some(u) = &p.unit
                     && k.transform.is_none()
@@ -241,11 +255,21 @@ impl Processor {
         for (ai, a) in cfg.assets.iter().enumerate() {
             let f = format!("assets[{ai}]");
             let Some(&(mi, model)) = models.get(a.asset_model_name.as_str()) else {
-                return Err((format!("{f}.assetModelName"), format!("no asset model is named {:?}", a.asset_model_name)));
+                return Err((
+                    format!("{f}.assetModelName"),
+                    format!("no asset model is named {:?}", a.asset_model_name),
+                ));
             };
             for (i, ap) in a.properties.iter().enumerate() {
-                if !model.asset_model_properties.iter().any(|p| p.name == ap.name) {
-                    return Err((format!("{f}.properties[{i}].name"), format!("model {:?} has no property {:?}", model.name, ap.name)));
+                if !model
+                    .asset_model_properties
+                    .iter()
+                    .any(|p| p.name == ap.name)
+                {
+                    return Err((
+                        format!("{f}.properties[{i}].name"),
+                        format!("model {:?} has no property {:?}", model.name, ap.name),
+                    ));
                 }
             }
             let base = nodes.len();
@@ -259,38 +283,57 @@ impl Processor {
                 let mf = format!("assetModels[{mi}].assetModelProperties[{pi}]");
                 let ap = a.properties.iter().find(|ap| ap.name == p.name);
                 let alias = ap.and_then(|ap| ap.alias.clone());
-                let resolve = |vars: &[Variable], what: &str| -> Result<Vec<(String, usize)>, Fail> {
-                    vars.iter()
-                        .enumerate()
-                        .map(|(vi, v)| {
-                            index
-                                .get(v.value.property_id.as_str())
-                                .map(|n| (v.name.clone(), *n))
-                                .ok_or_else(|| {
-                                    (format!("{mf}.type.{what}.variables[{vi}].value.propertyId"), format!("model {:?} has no property {:?}", model.name, v.value.property_id))
-                                })
-                        })
-                        .collect()
-                };
-                let check_expr = |text: &str, vars: &[(String, usize)], what: &str| -> Result<Expr, Fail> {
-                    let e = Expr::parse(text).map_err(|e| (format!("{mf}.type.{what}.expression"), e.to_string()))?;
-                    let mut used = vec![];
-                    e.variables(&mut used);
-                    if let Some(u) = used.iter().find(|u| !vars.iter().any(|(n, _)| n == *u)) {
-                        return Err((format!("{mf}.type.{what}.expression"), format!("uses {u}, which is not among its variables")));
-                    }
-                    Ok(e)
-                };
+                let resolve =
+                    |vars: &[Variable], what: &str| -> Result<Vec<(String, usize)>, Fail> {
+                        vars.iter()
+                            .enumerate()
+                            .map(|(vi, v)| {
+                                index
+                                    .get(v.value.property_id.as_str())
+                                    .map(|n| (v.name.clone(), *n))
+                                    .ok_or_else(|| {
+                                        (
+                                            format!(
+                                                "{mf}.type.{what}.variables[{vi}].value.propertyId"
+                                            ),
+                                            format!(
+                                                "model {:?} has no property {:?}",
+                                                model.name, v.value.property_id
+                                            ),
+                                        )
+                                    })
+                            })
+                            .collect()
+                    };
+                let check_expr =
+                    |text: &str, vars: &[(String, usize)], what: &str| -> Result<Expr, Fail> {
+                        let e = Expr::parse(text)
+                            .map_err(|e| (format!("{mf}.type.{what}.expression"), e.to_string()))?;
+                        let mut used = vec![];
+                        e.variables(&mut used);
+                        if let Some(u) = used.iter().find(|u| !vars.iter().any(|(n, _)| n == *u)) {
+                            return Err((
+                                format!("{mf}.type.{what}.expression"),
+                                format!("uses {u}, which is not among its variables"),
+                            ));
+                        }
+                        Ok(e)
+                    };
                 let mut value = None;
                 let kind = if let Some(t) = &p.kind.transform {
                     let vars = resolve(&t.variables, "transform")?;
-                    Kind::Transform { expr: check_expr(&t.expression, &vars, "transform")?, vars }
+                    Kind::Transform {
+                        expr: check_expr(&t.expression, &vars, "transform")?,
+                        vars,
+                    }
                 } else if let Some(m) = &p.kind.metric {
                     let vars = resolve(&m.variables, "metric")?;
                     let w = &m.window.tumbling;
-                    let interval = parse_interval(&w.interval).map_err(|r| (format!("{mf}.type.metric.window.tumbling.interval"), r))?;
+                    let interval = parse_interval(&w.interval)
+                        .map_err(|r| (format!("{mf}.type.metric.window.tumbling.interval"), r))?;
                     let offset = match &w.offset {
-                        Some(o) => parse_interval(o).map_err(|r| (format!("{mf}.type.metric.window.tumbling.offset"), r))?,
+                        Some(o) => parse_interval(o)
+                            .map_err(|r| (format!("{mf}.type.metric.window.tumbling.offset"), r))?,
                         None => 0,
                     };
                     Kind::Metric(Box::new(MetricState {
@@ -302,7 +345,9 @@ impl Processor {
                         series: HashMap::new(),
                     }))
                 } else if let Some(at) = &p.kind.attribute {
-                    let text = ap.and_then(|ap| ap.value.clone()).or(at.default_value.clone());
+                    let text = ap
+                        .and_then(|ap| ap.value.clone())
+                        .or(at.default_value.clone());
                     value = text.as_deref().and_then(|t| t.trim().parse::<f64>().ok());
                     Kind::Attribute
                 } else {
@@ -332,7 +377,13 @@ impl Processor {
             };
             for (name, src) in vars {
                 if matches!(nodes[src].kind, Kind::Metric(_)) {
-                    return Err((format!("asset property {}", nodes[i].label), format!("variable {name} reads metric {}; metrics of metrics are not supported", nodes[src].label)));
+                    return Err((
+                        format!("asset property {}", nodes[i].label),
+                        format!(
+                            "variable {name} reads metric {}; metrics of metrics are not supported",
+                            nodes[src].label
+                        ),
+                    ));
                 }
                 if is_metric {
                     nodes[src].metrics.push((i, name));
@@ -344,7 +395,12 @@ impl Processor {
         let n = nodes.len();
         let mut state = vec![0u8; n];
         let mut order = Vec::with_capacity(n);
-        fn visit(i: usize, nodes: &[Node], state: &mut [u8], order: &mut Vec<usize>) -> Result<(), String> {
+        fn visit(
+            i: usize,
+            nodes: &[Node],
+            state: &mut [u8],
+            order: &mut Vec<usize>,
+        ) -> Result<(), String> {
             match state[i] {
                 2 => return Ok(()),
                 1 => return Err(nodes[i].label.clone()),
@@ -361,12 +417,22 @@ impl Processor {
             Ok(())
         }
         for i in 0..n {
-            visit(i, &nodes, &mut state, &mut order).map_err(|label| (format!("asset property {label}"), "its transform depends on itself".to_string()))?;
+            visit(i, &nodes, &mut state, &mut order).map_err(|label| {
+                (
+                    format!("asset property {label}"),
+                    "its transform depends on itself".to_string(),
+                )
+            })?;
         }
         for (rank, i) in order.into_iter().enumerate() {
             nodes[i].rank = rank;
         }
-        Ok(Processor { nodes, by_alias, grace_ns: 500_000_000, late: 0 })
+        Ok(Processor {
+            nodes,
+            by_alias,
+            grace_ns: 500_000_000,
+            late: 0,
+        })
     }
 
     /// Whether any asset reads `alias` or anything is computed at all.
@@ -400,15 +466,22 @@ impl Processor {
             dirty.sort_by_key(|i| std::cmp::Reverse(self.nodes[*i].rank));
             dirty.dedup();
             let i = dirty.pop().expect("not empty");
-            let Kind::Transform { expr, vars } = &self.nodes[i].kind else { continue };
-            let env = Scalars { nodes: &self.nodes, vars };
+            let Kind::Transform { expr, vars } = &self.nodes[i].kind else {
+                continue;
+            };
+            let env = Scalars {
+                nodes: &self.nodes,
+                vars,
+            };
             match expr.eval(&env) {
                 Ok(v) => {
                     self.nodes[i].value = Some(v);
                     self.emit(i, v, s.timestamp_ns, out);
                     self.feed(i, v, s.timestamp_ns, out, &mut dirty);
                 }
-                Err(e) => tracing::debug!(property = self.nodes[i].label, error = %e, "transform not computed"),
+                Err(e) => {
+                    tracing::debug!(property = self.nodes[i].label, error = %e, "transform not computed")
+                }
             }
         }
     }
@@ -417,7 +490,9 @@ impl Processor {
     fn feed(&mut self, i: usize, x: f64, ts: i64, out: &mut Vec<Sample>, dirty: &mut Vec<usize>) {
         dirty.extend(self.nodes[i].transforms.iter().copied());
         for (m, var) in self.nodes[i].metrics.clone() {
-            let Kind::Metric(ms) = &mut self.nodes[m].kind else { continue };
+            let Kind::Metric(ms) = &mut self.nodes[m].kind else {
+                continue;
+            };
             let start = window_start(ts, ms.interval, ms.offset);
             match ms.start {
                 Some(open) if start < open => {
@@ -427,7 +502,9 @@ impl Processor {
                 Some(open) if start > open => self.close(m, out),
                 _ => {}
             }
-            let Kind::Metric(ms) = &mut self.nodes[m].kind else { continue };
+            let Kind::Metric(ms) = &mut self.nodes[m].kind else {
+                continue;
+            };
             ms.start = Some(start);
             ms.series.entry(var).or_default().push(x);
         }
@@ -435,16 +512,23 @@ impl Processor {
 
     /// Computes the open window of metric `m` and clears it.
     fn close(&mut self, m: usize, out: &mut Vec<Sample>) {
-        let Kind::Metric(ms) = &mut self.nodes[m].kind else { return };
+        let Kind::Metric(ms) = &mut self.nodes[m].kind else {
+            return;
+        };
         let Some(start) = ms.start.take() else { return };
         let series = std::mem::take(&mut ms.series);
-        let env = Windowed { series: &series, vars: &ms.vars };
+        let env = Windowed {
+            series: &series,
+            vars: &ms.vars,
+        };
         match ms.expr.eval(&env) {
             Ok(v) => {
                 self.nodes[m].value = Some(v);
                 self.emit(m, v, start, out);
             }
-            Err(e) => tracing::debug!(property = self.nodes[m].label, error = %e, "metric not computed"),
+            Err(e) => {
+                tracing::debug!(property = self.nodes[m].label, error = %e, "metric not computed")
+            }
         }
     }
 
@@ -481,7 +565,12 @@ impl Processor {
             "STRING" => (Some(Value::String(v.to_string())), Quality::Good),
             _ => (Some(Value::Double(v)), Quality::Good),
         };
-        out.push(Sample { alias: alias.clone(), value, quality, timestamp_ns: ts });
+        out.push(Sample {
+            alias: alias.clone(),
+            value,
+            quality,
+            timestamp_ns: ts,
+        });
     }
 }
 
@@ -551,7 +640,12 @@ mod tests {
     }
 
     fn good(alias: &str, v: f64, ts_s: f64) -> Sample {
-        Sample { alias: alias.into(), value: Some(Value::Double(v)), quality: Quality::Good, timestamp_ns: (ts_s * 1e9) as i64 }
+        Sample {
+            alias: alias.into(),
+            value: Some(Value::Double(v)),
+            quality: Quality::Good,
+            timestamp_ns: (ts_s * 1e9) as i64,
+        }
     }
 
     #[test]
@@ -567,7 +661,12 @@ mod tests {
         p.on_sample(&good("/b1/tf", 32.0, 1005.0), &mut out);
         assert_eq!(out[1].value, Some(Value::Boolean(false)));
         // Bad quality feeds nothing.
-        let bad = Sample { alias: "/b1/tf".into(), value: None, quality: Quality::Bad, timestamp_ns: 1_006_000_000_000 };
+        let bad = Sample {
+            alias: "/b1/tf".into(),
+            value: None,
+            quality: Quality::Bad,
+            timestamp_ns: 1_006_000_000_000,
+        };
         out.clear();
         p.on_sample(&bad, &mut out);
         assert!(out.is_empty());
@@ -598,15 +697,40 @@ mod tests {
         c.assets[0].asset_model_name = "Nope".into();
         assert_eq!(c.compile().err().unwrap().0, "assets[0].assetModelName");
         let mut c = boiler();
-        c.asset_models[0].asset_model_properties[2].kind.transform.as_mut().unwrap().expression = "tf + zz".into();
+        c.asset_models[0].asset_model_properties[2]
+            .kind
+            .transform
+            .as_mut()
+            .unwrap()
+            .expression = "tf + zz".into();
         let e = c.compile().err().unwrap();
         assert!(e.1.contains("zz"), "{e:?}");
         let mut c = boiler();
-        c.asset_models[0].asset_model_properties[4].kind.metric.as_mut().unwrap().window.tumbling.interval = "10x".into();
-        assert!(c.compile().err().unwrap().0.ends_with("window.tumbling.interval"));
+        c.asset_models[0].asset_model_properties[4]
+            .kind
+            .metric
+            .as_mut()
+            .unwrap()
+            .window
+            .tumbling
+            .interval = "10x".into();
+        assert!(
+            c.compile()
+                .err()
+                .unwrap()
+                .0
+                .ends_with("window.tumbling.interval")
+        );
         // A transform reading itself through another.
         let mut c = boiler();
-        c.asset_models[0].asset_model_properties[2].kind.transform.as_mut().unwrap().variables[0].value.property_id = "Hot".into();
+        c.asset_models[0].asset_model_properties[2]
+            .kind
+            .transform
+            .as_mut()
+            .unwrap()
+            .variables[0]
+            .value
+            .property_id = "Hot".into();
         assert!(c.compile().err().unwrap().1.contains("depends on itself"));
         assert_eq!(parse_interval("1m").unwrap(), 60_000_000_000);
         assert!(parse_interval("0s").is_err());

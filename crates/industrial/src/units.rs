@@ -68,9 +68,7 @@ pub fn convert(x: f64, from: &str, to: &str) -> Result<f64, String> {
     let (dim_a, fa, oa) = unit(from)?;
     let (dim_b, fb, ob) = unit(to)?;
     if dim_a != dim_b {
-        return Err(format!(
-            "cannot convert {from} ({dim_a}) to {to} ({dim_b})"
-        ));
+        return Err(format!("cannot convert {from} ({dim_a}) to {to} ({dim_b})"));
     }
     Ok((x * fa + oa - ob) / fb)
 }
@@ -93,6 +91,10 @@ mod tests {
         assert!(near(convert(1.0, "kWh", "J").unwrap(), 3.6e6));
         assert!(near(convert(12.0, "in", "ft").unwrap(), 1.0));
         assert!(convert(1.0, "bar", "m").unwrap_err().contains("pressure"));
-        assert!(convert(1.0, "furlong", "m").unwrap_err().contains("unknown unit"));
+        assert!(
+            convert(1.0, "furlong", "m")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
     }
 }

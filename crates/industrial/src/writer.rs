@@ -77,7 +77,9 @@ fn property_value(s: &Sample, null_type: &str) -> serde_json::Value {
         Some(Value::Integer(i)) if (*i as f64).abs() <= DOUBLE_LIMIT => {
             Some(json!({"doubleValue": *i as f64}))
         }
-        Some(Value::String(t)) => Some(json!({"stringValue": t.chars().take(1024).collect::<String>()})),
+        Some(Value::String(t)) => {
+            Some(json!({"stringValue": t.chars().take(1024).collect::<String>()}))
+        }
         Some(Value::Boolean(b)) => Some(json!({"booleanValue": b})),
         _ => None,
     };
@@ -90,7 +92,11 @@ fn property_value(s: &Sample, null_type: &str) -> serde_json::Value {
                 Some(Value::Integer(_) | Value::Double(_)) => "D",
                 _ => null_type,
             };
-            let q = if s.quality == Quality::Good { Quality::Bad } else { s.quality };
+            let q = if s.quality == Quality::Good {
+                Quality::Bad
+            } else {
+                s.quality
+            };
             (json!({"nullValue": {"valueType": t}}), q)
         }
     };
@@ -139,6 +145,10 @@ pub struct Writer {
     /// The stream and the store it belongs to (a restarted stream manager has a new store).
     stream: Option<(Arc<Store>, Arc<Stream>)>,
     waiting_logged: bool,
+    /// The stream's oldest sequence number after the last batch, and when overwriting was last
+    /// logged: a full OverwriteOldestData stream is reported, at most once a minute.
+    oldest: u64,
+    overwrite_logged: Option<std::time::Instant>,
 }
 
 /// What became of one batch.
@@ -153,18 +163,27 @@ pub enum Outcome {
 }
 
 impl Writer {
-    pub fn new(slot: StoreSlot, destination: DestinationConfig, null_types: HashMap<String, DataType>) -> Writer {
+    pub fn new(
+        slot: StoreSlot,
+        destination: DestinationConfig,
+        null_types: HashMap<String, DataType>,
+    ) -> Writer {
         static INSTANCE: AtomicU64 = AtomicU64::new(0);
         let start = crate::modbus::now_ns() / 1_000_000;
         Writer {
             slot,
             destination,
-            null_types: null_types.into_iter().map(|(a, t)| (a, t.null_type())).collect(),
+            null_types: null_types
+                .into_iter()
+                .map(|(a, t)| (a, t.null_type()))
+                .collect(),
             stats: Arc::default(),
             id_prefix: format!("{start:x}-{}", INSTANCE.fetch_add(1, Ordering::Relaxed)),
             counter: 0,
             stream: None,
             waiting_logged: false,
+            oldest: 0,
+            overwrite_logged: None,
         }
     }
 
@@ -172,6 +191,18 @@ impl Writer {
     pub async fn write(&mut self, batch: &[Sample]) -> Outcome {
         if batch.is_empty() {
             return Outcome::Written;
+        }
+        // Aliases found at run time (OPC UA) take the type of their last GOOD value for BAD nulls.
+        for smp in batch {
+            let t = match &smp.value {
+                Some(Value::String(_)) => "S",
+                Some(Value::Boolean(_)) => "B",
+                Some(_) => "D",
+                None => continue,
+            };
+            if self.null_types.get(smp.alias.as_str()) != Some(&t) {
+                self.null_types.insert(smp.alias.clone(), t);
+            }
         }
         let (prefix, counter) = (&self.id_prefix, &mut self.counter);
         let records = encode_entries(batch, &self.null_types, &mut || {
@@ -181,7 +212,10 @@ impl Writer {
         let guard = self.slot.clone().read_owned().await;
         let Some(store) = guard.as_ref().cloned() else {
             if !self.waiting_logged {
-                tracing::warn!(stream = self.destination.stream_name, "the stream manager (aws.greengrass.StreamManager) is not running; samples wait for it");
+                tracing::warn!(
+                    stream = self.destination.stream_name,
+                    "the stream manager (aws.greengrass.StreamManager) is not running; samples wait for it"
+                );
                 self.waiting_logged = true;
             }
             return Outcome::NotReady("the stream manager is not running".into());
@@ -195,7 +229,11 @@ impl Writer {
                 }
                 Err(why) => {
                     if !self.waiting_logged {
-                        tracing::warn!(stream = self.destination.stream_name, reason = why, "destination stream unavailable; samples wait for it");
+                        tracing::warn!(
+                            stream = self.destination.stream_name,
+                            reason = why,
+                            "destination stream unavailable; samples wait for it"
+                        );
                         self.waiting_logged = true;
                     }
                     return Outcome::NotReady(why);
@@ -228,12 +266,32 @@ impl Writer {
                 Some(seq) => stream.wait_durable(seq),
                 None => Ok(()),
             };
-            (written, records.len() as u64, error, synced)
+            let info = stream.info();
+            (written, records.len() as u64, error, synced, info)
         })
         .await;
-        let Ok((written, total, error, synced)) = result else {
+        let Ok((written, total, error, synced, info)) = result else {
             return Outcome::Dropped("the append task failed".into());
         };
+        let def = &info.definition;
+        let overwrote = info.oldest_sequence_number > self.oldest
+            && def.strategy_on_full == lichen_streams::StrategyOnFull::OverwriteOldestData
+            // With a TTL, expiry also drops old records: not a sign of a full stream.
+            && def.time_to_live_millis.is_none();
+        if overwrote
+            && self
+                .overwrite_logged
+                .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60))
+        {
+            tracing::warn!(
+                stream = name,
+                max_size = def.max_size,
+                oldest = info.oldest_sequence_number,
+                "stream full: its oldest records are overwritten (OverwriteOldestData); export them faster or raise maxSize"
+            );
+            self.overwrite_logged = Some(std::time::Instant::now());
+        }
+        self.oldest = info.oldest_sequence_number;
         self.stats.records.fetch_add(written, Ordering::Relaxed);
         if let Err(e) = synced {
             tracing::error!(stream = name, error = %e, "appended samples could not be made durable");
@@ -262,10 +320,15 @@ impl Writer {
             Err(StoreError::NotFound(_)) if self.destination.create_stream => {
                 match store.create(stream_definition(&self.destination)) {
                     Ok(s) => {
-                        tracing::info!(stream = self.destination.stream_name, "destination stream created");
+                        tracing::info!(
+                            stream = self.destination.stream_name,
+                            "destination stream created"
+                        );
                         Ok(s)
                     }
-                    Err(StoreError::AlreadyExists(_)) => store.get(&self.destination.stream_name).map_err(|e| e.to_string()),
+                    Err(StoreError::AlreadyExists(_)) => store
+                        .get(&self.destination.stream_name)
+                        .map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 }
             }
@@ -279,12 +342,26 @@ mod tests {
     use super::*;
 
     fn s(alias: &str, value: Option<Value>, q: Quality, ts: i64) -> Sample {
-        Sample { alias: alias.into(), value, quality: q, timestamp_ns: ts }
+        Sample {
+            alias: alias.into(),
+            value,
+            quality: q,
+            timestamp_ns: ts,
+        }
     }
 
     #[test]
     fn entries_group_an_alias_by_ten_in_the_exporter_json() {
-        let mut batch: Vec<Sample> = (0..12).map(|i| s("/a", Some(Value::Double(i as f64)), Quality::Good, 1_700_000_000_000_000_005 + i)).collect();
+        let mut batch: Vec<Sample> = (0..12)
+            .map(|i| {
+                s(
+                    "/a",
+                    Some(Value::Double(i as f64)),
+                    Quality::Good,
+                    1_700_000_000_000_000_005 + i,
+                )
+            })
+            .collect();
         batch.insert(3, s("/b", None, Quality::Bad, 2_000_000_000));
         let types = HashMap::from([("/b".to_string(), "B")]);
         let mut n = 0;
@@ -292,7 +369,10 @@ mod tests {
             n += 1;
             format!("e{n}")
         });
-        let v: Vec<serde_json::Value> = out.iter().map(|r| serde_json::from_slice(r).unwrap()).collect();
+        let v: Vec<serde_json::Value> = out
+            .iter()
+            .map(|r| serde_json::from_slice(r).unwrap())
+            .collect();
         assert_eq!(v.len(), 3);
         assert_eq!(v[0]["propertyValues"].as_array().unwrap().len(), 10);
         assert_eq!(v[1]["propertyValues"].as_array().unwrap().len(), 2);
@@ -300,7 +380,10 @@ mod tests {
             v[0]["propertyValues"][0],
             json!({"value": {"doubleValue": 0.0}, "timestamp": {"timeInSeconds": 1_700_000_000, "offsetInNanos": 5}, "quality": "GOOD"})
         );
-        assert_eq!(String::from_utf8(out[2].clone()).unwrap(), r#"{"entryId":"e3","propertyAlias":"/b","propertyValues":[{"value":{"nullValue":{"valueType":"B"}},"timestamp":{"timeInSeconds":2,"offsetInNanos":0},"quality":"BAD"}]}"#);
+        assert_eq!(
+            String::from_utf8(out[2].clone()).unwrap(),
+            r#"{"entryId":"e3","propertyAlias":"/b","propertyValues":[{"value":{"nullValue":{"valueType":"B"}},"timestamp":{"timeInSeconds":2,"offsetInNanos":0},"quality":"BAD"}]}"#
+        );
     }
 
     #[test]
@@ -310,14 +393,31 @@ mod tests {
         let batch = [
             s("/n", Some(Value::Double(f64::NAN)), Quality::Good, 0),
             s("/i", Some(Value::Integer(1 << 40)), Quality::Good, 0),
-            s("/t", Some(Value::String("ok".into())), Quality::Uncertain, 0),
+            s(
+                "/t",
+                Some(Value::String("ok".into())),
+                Quality::Uncertain,
+                0,
+            ),
         ];
-        let v: Vec<serde_json::Value> = encode_entries(&batch, &none, &mut id).iter().map(|r| serde_json::from_slice(r).unwrap()).collect();
+        let v: Vec<serde_json::Value> = encode_entries(&batch, &none, &mut id)
+            .iter()
+            .map(|r| serde_json::from_slice(r).unwrap())
+            .collect();
         assert_eq!(v[0]["propertyValues"][0]["quality"], "BAD");
-        assert_eq!(v[0]["propertyValues"][0]["value"], json!({"nullValue": {"valueType": "D"}}));
+        assert_eq!(
+            v[0]["propertyValues"][0]["value"],
+            json!({"nullValue": {"valueType": "D"}})
+        );
         // Wider than 32 bits and beyond SiteWise's double range.
-        assert_eq!(v[1]["propertyValues"][0]["value"], json!({"nullValue": {"valueType": "D"}}));
-        assert_eq!(v[2]["propertyValues"][0]["value"], json!({"stringValue": "ok"}));
+        assert_eq!(
+            v[1]["propertyValues"][0]["value"],
+            json!({"nullValue": {"valueType": "D"}})
+        );
+        assert_eq!(
+            v[2]["propertyValues"][0]["value"],
+            json!({"stringValue": "ok"})
+        );
         assert_eq!(v[2]["propertyValues"][0]["quality"], "UNCERTAIN");
     }
 
@@ -347,12 +447,45 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let slot: StoreSlot = Arc::new(tokio::sync::RwLock::new(Some(store.clone())));
-        let mut dest = crate::config::DestinationConfig::default();
-        dest.max_size = Some(1024);
-        dest.strategy_on_full = lichen_streams::StrategyOnFull::RejectNewData;
+        let dest = crate::config::DestinationConfig {
+            max_size: Some(1024),
+            strategy_on_full: lichen_streams::StrategyOnFull::RejectNewData,
+            ..Default::default()
+        };
         let mut w = Writer::new(slot, dest, HashMap::new());
-        let batch: Vec<Sample> = (0..200).map(|i| s(&format!("/a{i}"), Some(Value::Integer(i)), Quality::Good, 1)).collect();
+        let batch: Vec<Sample> = (0..200)
+            .map(|i| s(&format!("/a{i}"), Some(Value::Integer(i)), Quality::Good, 1))
+            .collect();
         assert!(matches!(w.write(&batch).await, Outcome::Dropped(e) if e.contains("full")));
         assert!(w.stats.rejected.load(Ordering::Relaxed) > 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_overwrite_stream_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let slot: StoreSlot = Arc::new(tokio::sync::RwLock::new(Some(store.clone())));
+        let dest = crate::config::DestinationConfig {
+            max_size: Some(4096),
+            ..Default::default()
+        };
+        let mut w = Writer::new(slot, dest, HashMap::new());
+        for round in 0..20 {
+            let batch: Vec<Sample> = (0..10)
+                .map(|i| {
+                    s(
+                        &format!("/a{i}"),
+                        Some(Value::Integer(round)),
+                        Quality::Good,
+                        1,
+                    )
+                })
+                .collect();
+            assert!(matches!(w.write(&batch).await, Outcome::Written));
+        }
+        let info = store.get("SiteWise_Edge_Stream").unwrap().info();
+        assert!(info.oldest_sequence_number > 0);
+        assert!(info.total_bytes <= 4096);
+        assert!(w.overwrite_logged.is_some());
     }
 }

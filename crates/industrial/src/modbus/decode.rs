@@ -77,7 +77,11 @@ pub fn decode_registers(
         }
         w
     };
-    let wide = |n: usize| -> u64 { msw_first(n).iter().fold(0u64, |acc, w| (acc << 16) | *w as u64) };
+    let wide = |n: usize| -> u64 {
+        msw_first(n)
+            .iter()
+            .fold(0u64, |acc, w| (acc << 16) | *w as u64)
+    };
     Ok(match data_type {
         DataType::Int16 => Value::Integer(words[0] as i16 as i64),
         DataType::Uint16 => Value::Integer(words[0] as i64),
@@ -208,8 +212,14 @@ mod tests {
         assert_eq!(d(&[0xFFFF], DataType::Int16), Value::Integer(-1));
         assert_eq!(d(&[0xFFFF], DataType::Uint16), Value::Integer(65535));
         assert_eq!(d(&[0xFFFF, 0xFFFE], DataType::Int32), Value::Integer(-2));
-        assert_eq!(d(&[0x0001, 0x0000], DataType::Uint32), Value::Integer(65536));
-        assert_eq!(d(&[0, 0, 0x0001, 0x0002], DataType::Int64), Value::Integer(0x1_0002));
+        assert_eq!(
+            d(&[0x0001, 0x0000], DataType::Uint32),
+            Value::Integer(65536)
+        );
+        assert_eq!(
+            d(&[0, 0, 0x0001, 0x0002], DataType::Int64),
+            Value::Integer(0x1_0002)
+        );
         assert_eq!(
             d(&[0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF], DataType::Uint64),
             Value::Double(u64::MAX as f64)
@@ -229,7 +239,12 @@ mod tests {
             Value::Double(21.5)
         );
         let b = (-1234.25f64).to_bits();
-        let w = [(b >> 48) as u16, (b >> 32) as u16, (b >> 16) as u16, b as u16];
+        let w = [
+            (b >> 48) as u16,
+            (b >> 32) as u16,
+            (b >> 16) as u16,
+            b as u16,
+        ];
         assert_eq!(
             decode_registers(&w, DataType::Float64, WordOrder::Big, None).unwrap(),
             Value::Double(-1234.25)
@@ -253,9 +268,15 @@ mod tests {
 
     #[test]
     fn scaling_turns_numbers_into_doubles() {
-        assert_eq!(scale(Value::Integer(215), Some(0.1), Some(-1.5)), Value::Double(20.0));
+        assert_eq!(
+            scale(Value::Integer(215), Some(0.1), Some(-1.5)),
+            Value::Double(20.0)
+        );
         assert_eq!(scale(Value::Integer(3), None, None), Value::Integer(3));
-        assert_eq!(scale(Value::Boolean(true), Some(2.0), None), Value::Boolean(true));
+        assert_eq!(
+            scale(Value::Boolean(true), Some(2.0), None),
+            Value::Boolean(true)
+        );
     }
 
     #[test]
@@ -287,6 +308,13 @@ mod tests {
             timeout_milliseconds: None,
         };
         assert_eq!(pct.width().unwrap(), 20.0);
-        assert!(Deadband { egu_max: None, ..pct }.width().is_err());
+        assert!(
+            Deadband {
+                egu_max: None,
+                ..pct
+            }
+            .width()
+            .is_err()
+        );
     }
 }

@@ -145,9 +145,7 @@ impl PointConfig {
     }
 
     fn count(&self) -> u16 {
-        self.count
-            .or(self.data_type().registers())
-            .unwrap_or(1)
+        self.count.or(self.data_type().registers()).unwrap_or(1)
     }
 }
 
@@ -168,7 +166,10 @@ impl ModbusSourceConfig {
             let dt = p.data_type();
             let is_bit = matches!(p.kind, RegisterKind::Coil | RegisterKind::Discrete);
             if is_bit && dt != DataType::Boolean {
-                return Err((f("dataType"), "coils and discrete inputs are boolean".into()));
+                return Err((
+                    f("dataType"),
+                    "coils and discrete inputs are boolean".into(),
+                ));
             }
             match (dt.registers(), p.count) {
                 (None, None) => {
@@ -217,7 +218,11 @@ enum ReadError {
     Exception(String),
 }
 
-async fn read_point(ctx: &mut Context, p: &PointConfig, timeout: Duration) -> Result<Value, ReadError> {
+async fn read_point(
+    ctx: &mut Context,
+    p: &PointConfig,
+    timeout: Duration,
+) -> Result<Value, ReadError> {
     let count = p.count();
     let words = async {
         Ok::<_, tokio_modbus::Error>(match p.kind {
@@ -341,7 +346,12 @@ pub async fn run_modbus_source(
                     if !p.state.admit(p.band.as_ref().map(|(d, w)| (d, *w)), &v, ts) {
                         continue;
                     }
-                    Sample { alias: p.alias.clone(), value: Some(v), quality: Quality::Good, timestamp_ns: ts }
+                    Sample {
+                        alias: p.alias.clone(),
+                        value: Some(v),
+                        quality: Quality::Good,
+                        timestamp_ns: ts,
+                    }
                 }
                 Err(e) => {
                     match e {
@@ -357,7 +367,12 @@ pub async fn run_modbus_source(
                         }
                     }
                     p.state.reset();
-                    Sample { alias: p.alias.clone(), value: None, quality: Quality::Bad, timestamp_ns: ts }
+                    Sample {
+                        alias: p.alias.clone(),
+                        value: None,
+                        quality: Quality::Bad,
+                        timestamp_ns: ts,
+                    }
                 }
             };
             if out.send(sample).await.is_err() {
@@ -377,7 +392,9 @@ mod tests {
     #[test]
     fn configuration_checks_name_the_field() {
         let parse = |v: serde_json::Value| -> Result<(), (String, String)> {
-            serde_json::from_value::<ModbusSourceConfig>(v).unwrap().validate()
+            serde_json::from_value::<ModbusSourceConfig>(v)
+                .unwrap()
+                .validate()
         };
         let ok = serde_json::json!({"name": "plc", "endpoint": {"host": "h"}, "registers": [
             {"alias": "/a", "kind": "holding", "address": 0, "dataType": "float32", "deadband": 0.5},
