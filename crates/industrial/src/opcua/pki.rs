@@ -54,6 +54,19 @@ pub fn prepare(config: &OpcUaSourceConfig, pki_dir: &Path) -> Result<(), OpcUaEr
             message: e.to_string(),
         })?;
     }
+    // async-opcua writes the generated private key with the default file mode: the
+    // directory holding it is what keeps it ours.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = pki_dir.join("private");
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).map_err(|e| {
+            OpcUaError::Io {
+                path: private.clone(),
+                message: e.to_string(),
+            }
+        })?;
+    }
     match &config.endpoint.certificate_trust {
         None | Some(CertificateTrust::TrustAny) => {}
         Some(CertificateTrust::X509 {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::opcua::client::{
-    ClientBuilder, DataChangeCallback, IdentityToken, MonitoredItem, Session, SessionPollResult,
+    ClientBuilder, ClientEndpoint, DataChangeCallback, IdentityToken, MonitoredItem, Session,
+    SessionPollResult,
 };
 use ::opcua::types::{
     DataChangeFilter, DataChangeTrigger as UaTrigger, DataValue, EndpointDescription,
@@ -136,7 +137,14 @@ async fn open(
         .keep_alive_interval(Duration::from_secs(5))
         .max_failed_keep_alive_count(3)
         .request_timeout(Duration::from_secs(10))
-        .session_name(format!("lichen:{}", config.name));
+        .session_name(format!("lichen:{}", config.name))
+        // Connections go through connect_to_matching_endpoint; this entry only names the
+        // server in the client's own configuration.
+        .endpoint(
+            "source",
+            ClientEndpoint::new(config.endpoint.endpoint_uri.clone()),
+        )
+        .default_endpoint("source");
     builder = match pki::own_identity(config) {
         Some((cert, key, uri)) => builder
             .application_uri(uri)
