@@ -13,6 +13,7 @@ and runs until SIGTERM/SIGINT. Its variables change every `--period` seconds:
     Objects/Plant/Line2/Mode          String   "mode-<tick % 3>"
     Objects/Other/Ignored             Double   never matched by the tests' filters
 
+With --user NAME:PASSWORD only that user name and password open a session (no anonymous ones).
 With --cert/--key the only endpoint is Basic256Sha256 SignAndEncrypt, and a client is admitted
 only when its certificate (DER or PEM) sits in --trust-dir (read on every session, so a test can
 trust a client certificate that the client generated on its first, refused, attempt).
@@ -28,11 +29,25 @@ from pathlib import Path
 
 from asyncua import Server, ua
 from asyncua.crypto import uacrypto
+from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.common.utils import ServiceError
 from cryptography.hazmat.primitives.serialization import Encoding
 
 NS_URI = "urn:lichen:test:plant"
 APP_URI = "urn:lichen:test:opcua-server"
+
+
+class PasswordUserManager:
+    """Admits one user name with its password; anything else (anonymous included) is refused."""
+
+    def __init__(self, name, password):
+        self.name, self.password = name, password
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):
+        if username == self.name and password == self.password:
+            return User(role=UserRole.User, name=username)
+        print(f"refused user {username!r}", file=sys.stderr, flush=True)
+        return None
 
 
 def make_trust_validator(trust_dir: Path):
@@ -60,10 +75,13 @@ async def main():
     p.add_argument("--key")
     p.add_argument("--trust-dir")
     p.add_argument("--period", type=float, default=0.2)
+    p.add_argument("--user")
     args = p.parse_args()
 
-    server = Server()
+    server = Server(user_manager=PasswordUserManager(*args.user.split(":", 1)) if args.user else None)
     await server.init()
+    if args.user:
+        server.set_identity_tokens([ua.UserNameIdentityToken])
     server.set_server_name("Lichen test plant")
     await server.set_application_uri(APP_URI)
     if args.cert:

@@ -77,8 +77,8 @@ def make_cert(directory, name, uri):
 class OpcUaServer:
     """opcua_server.py on a fixed port; stop() kills it (no goodbye), start() brings it back."""
 
-    def __init__(self, cert, key, trust_dir):
-        self.cert, self.key, self.trust_dir = cert, key, trust_dir
+    def __init__(self, cert, key, trust_dir, user=None):
+        self.cert, self.key, self.trust_dir, self.user = cert, key, trust_dir, user
         self.port = free_port()
         self.proc = None
         self.start()
@@ -86,7 +86,8 @@ class OpcUaServer:
     def start(self):
         self.proc = subprocess.Popen(
             [PYTHON, str(HERE / "opcua_server.py"), "--port", str(self.port), "--cert", str(self.cert),
-             "--key", str(self.key), "--trust-dir", str(self.trust_dir), "--period", "0.2"],
+             "--key", str(self.key), "--trust-dir", str(self.trust_dir), "--period", "0.2"]
+            + (["--user", self.user] if self.user else []),
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         line = self.proc.stdout.readline().strip()
@@ -117,7 +118,7 @@ def server(pki):
     s.stop()
 
 
-def source_config(url, trust):
+def source_config(url, trust, identity=None):
     return {
         "name": "plant-opcua",
         "type": "OpcUa",
@@ -125,7 +126,7 @@ def source_config(url, trust):
             "endpointUri": url,
             "securityPolicy": "BASIC256_SHA256",
             "messageSecurityMode": "SIGN_AND_ENCRYPT",
-            "identityProvider": {"type": "Anonymous"},
+            "identityProvider": identity or {"type": "Anonymous"},
             "certificateTrust": trust,
             "nodeFilterRules": [
                 {"action": "INCLUDE", "definition": {"type": "OpcUaRootPath", "rootPath": "/Plant/Line1/*"}},
@@ -169,11 +170,11 @@ def read_stream(sm_port, stream="SiteWise_Edge_Stream"):
         client.close()
 
 
-def start_collecting(root, server, trust):
+def start_collecting(root, server, trust, identity=None):
     sm_port = free_port()
     deploy(root, {
         "aws.greengrass.StreamManager": stream_manager_config(sm_port, free_port()),
-        "lichen.IndustrialCollector": {"sources": [source_config(server.url, trust)]},
+        "lichen.IndustrialCollector": {"sources": [source_config(server.url, trust, identity)]},
     })
     return sm_port
 
@@ -254,3 +255,18 @@ def test_an_unpinned_server_certificate_is_refused(tmp_path, pki, server):
         assert any("LichenTestServer" in p.name for p in rejected), rejected
         time.sleep(2)
         assert [v for v in read_stream(sm_port) if v[3] == "GOOD"] == []
+
+
+def test_user_name_identity(tmp_path, pki):
+    """A server that admits one user name and password (no anonymous sessions)."""
+    server = OpcUaServer(pki["der"], pki["key"], pki["trust"], user="operator:s3cret-pw")
+    root = tmp_path / "root"
+    try:
+        with running_core(root):
+            identity = {"type": "Username", "username": "operator", "password": "s3cret-pw"}
+            sm_port = start_collecting(root, server, {"type": "X509", "certificatePath": str(pki["der"])}, identity)
+            trust_collector(root, pki)
+            wait_for(lambda: {a for a, _, _, q in read_stream(sm_port) if q == "GOOD"} >= set(ALIASES) - {ALIASES[3]}, 90,
+                     "GOOD values with a user name identity:\n" + log_tail(root))
+    finally:
+        server.stop()
