@@ -113,3 +113,66 @@ pub async fn run_opcua_source(
         backoff = (backoff * 2).min(max);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config(uri: &str) -> OpcUaSourceConfig {
+        OpcUaSourceConfig::from_json(&serde_json::json!({
+            "name": "t",
+            "endpoint": {"endpointUri": uri},
+            "reconnect": {"initialMilliseconds": 50, "maxMilliseconds": 100}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_unusable_configuration_is_refused_before_connecting() {
+        let mut c = config("opc.tcp://127.0.0.1:1/");
+        c.endpoint.security_policy = config::SecurityPolicyName::Basic256Sha256;
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel(8);
+        let e = run_opcua_source(c, dir.path().into(), tx, CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("endpoint.messageSecurityMode"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_retried_until_shutdown() {
+        // A port nothing listens on: connections are refused at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_opcua_source(
+            config(&format!("opc.tcp://127.0.0.1:{port}/")),
+            dir.path().into(),
+            tx,
+            shutdown.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            !task.is_finished(),
+            "the source gave up on an unreachable server"
+        );
+        // No alias was ever collected, so there is nothing to report Bad yet.
+        assert!(rx.try_recv().is_err());
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(dir.path().join("trusted").is_dir() && dir.path().join("private").is_dir());
+    }
+}

@@ -246,7 +246,11 @@ pub async fn run_connection(
         _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
         e = events.recv() => return Ok(Ended::Lost(e.flatten().unwrap_or_else(|| "session ended".into()))),
     };
-    tracing::info!(source = %config.name, variables = found.len(), "OPC UA browse done");
+    if found.is_empty() {
+        tracing::warn!(source = %config.name, "no variable under the Objects folder matches endpoint.nodeFilterRules");
+    } else {
+        tracing::info!(source = %config.name, variables = found.len(), "OPC UA browse done");
+    }
 
     let (configured, fallback) = groups_of(config);
     let group_of = |v: &FoundVariable| -> usize {
