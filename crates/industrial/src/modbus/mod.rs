@@ -218,35 +218,98 @@ enum ReadError {
     Exception(String),
 }
 
-async fn read_point(
+/// Reads `count` registers (or bits, as 0/1 words) of `kind` from `start`.
+async fn read_block(
     ctx: &mut Context,
-    p: &PointConfig,
+    kind: RegisterKind,
+    start: u16,
+    count: u16,
     timeout: Duration,
-) -> Result<Value, ReadError> {
-    let count = p.count();
+) -> Result<Vec<u16>, ReadError> {
     let words = async {
-        Ok::<_, tokio_modbus::Error>(match p.kind {
-            RegisterKind::Holding => ctx.read_holding_registers(p.address, count).await?,
-            RegisterKind::Input => ctx.read_input_registers(p.address, count).await?,
+        Ok::<_, tokio_modbus::Error>(match kind {
+            RegisterKind::Holding => ctx.read_holding_registers(start, count).await?,
+            RegisterKind::Input => ctx.read_input_registers(start, count).await?,
             RegisterKind::Coil => ctx
-                .read_coils(p.address, count)
+                .read_coils(start, count)
                 .await?
                 .map(|b| b.into_iter().map(u16::from).collect()),
             RegisterKind::Discrete => ctx
-                .read_discrete_inputs(p.address, count)
+                .read_discrete_inputs(start, count)
                 .await?
                 .map(|b| b.into_iter().map(u16::from).collect()),
         })
     };
-    let words = match tokio::time::timeout(timeout, words).await {
-        Err(_) => return Err(ReadError::Link(format!("no answer within {timeout:?}"))),
-        Ok(Err(e)) => return Err(ReadError::Link(e.to_string())),
-        Ok(Ok(Err(code))) => return Err(ReadError::Exception(format!("exception {code}"))),
-        Ok(Ok(Ok(w))) => w,
-    };
-    let raw = decode::decode_registers(&words, p.data_type(), p.word_order, p.bit)
+    match tokio::time::timeout(timeout, words).await {
+        Err(_) => Err(ReadError::Link(format!("no answer within {timeout:?}"))),
+        Ok(Err(e)) => Err(ReadError::Link(e.to_string())),
+        Ok(Ok(Err(code))) => Err(ReadError::Exception(format!("exception {code}"))),
+        Ok(Ok(Ok(w))) => Ok(w),
+    }
+}
+
+/// Decodes and scales one point from the words of the block that holds it.
+fn point_value(p: &PointConfig, block_start: u16, words: &[u16]) -> Result<Value, ReadError> {
+    let from = (p.address - block_start) as usize;
+    let slice = words.get(from..from + p.count() as usize).ok_or_else(|| {
+        ReadError::Exception("the device returned fewer values than asked".into())
+    })?;
+    let raw = decode::decode_registers(slice, p.data_type(), p.word_order, p.bit)
         .map_err(ReadError::Exception)?;
     Ok(decode::scale(raw, p.scale, p.offset))
+}
+
+/// Most registers (and bits) one Modbus read may ask for.
+const MAX_REGISTERS: u32 = 125;
+const MAX_BITS: u32 = 2000;
+
+/// One request serving several points: same kind and poll interval, contiguous or
+/// overlapping addresses (gaps are never read: devices may refuse unmapped addresses).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadBlock {
+    pub kind: RegisterKind,
+    pub start: u16,
+    pub count: u16,
+    pub interval_ms: u64,
+    /// Indices into the source's points.
+    pub members: Vec<usize>,
+}
+
+/// Groups points into as few reads as the protocol's limits allow.
+pub fn plan_reads(points: &[PointConfig], default_interval_ms: u64) -> Vec<ReadBlock> {
+    let interval = |p: &PointConfig| p.poll_interval_ms.unwrap_or(default_interval_ms);
+    let mut order: Vec<usize> = (0..points.len()).collect();
+    order.sort_by_key(|&i| {
+        let p = &points[i];
+        (p.kind as u8, interval(p), p.address)
+    });
+    let mut blocks: Vec<ReadBlock> = vec![];
+    for i in order {
+        let p = &points[i];
+        let (start, end) = (p.address as u32, p.address as u32 + p.count() as u32);
+        let limit = match p.kind {
+            RegisterKind::Coil | RegisterKind::Discrete => MAX_BITS,
+            _ => MAX_REGISTERS,
+        };
+        if let Some(b) = blocks.last_mut()
+            && b.kind == p.kind
+            && b.interval_ms == interval(p)
+            && start <= b.start as u32 + b.count as u32
+            && end.max(b.start as u32 + b.count as u32) - b.start as u32 <= limit
+        {
+            b.count = (end.max(b.start as u32 + b.count as u32) - b.start as u32) as u16;
+            b.members.push(i);
+            continue;
+        }
+        blocks.push(ReadBlock {
+            kind: p.kind,
+            start: p.address,
+            count: p.count(),
+            interval_ms: interval(p),
+            members: vec![i],
+        });
+    }
+    blocks
 }
 
 struct Point {
@@ -254,6 +317,10 @@ struct Point {
     alias: String,
     band: Option<(Deadband, f64)>,
     state: DeadbandState,
+}
+
+struct Block {
+    plan: ReadBlock,
     interval: Duration,
     due: Instant,
 }
@@ -279,9 +346,15 @@ pub async fn run_modbus_source(
                 (d, w)
             }),
             state: DeadbandState::default(),
-            interval: Duration::from_millis(p.poll_interval_ms.unwrap_or(config.poll_interval_ms)),
-            due: start,
             config: p.clone(),
+        })
+        .collect();
+    let mut blocks: Vec<Block> = plan_reads(&config.points, config.poll_interval_ms)
+        .into_iter()
+        .map(|plan| Block {
+            interval: Duration::from_millis(plan.interval_ms.max(1)),
+            due: start,
+            plan,
         })
         .collect();
     if points.is_empty() {
@@ -295,7 +368,7 @@ pub async fn run_modbus_source(
     let mut next_connect = start;
     let mut reported_down = false;
     loop {
-        let next_due = points.iter().map(|p| p.due).min().expect("points");
+        let next_due = blocks.iter().map(|b| b.due).min().expect("points");
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep_until(next_due) => {}
@@ -331,52 +404,59 @@ pub async fn run_modbus_source(
                 }
             }
         }
-        for p in points.iter_mut().filter(|p| p.due <= now) {
+        for b in blocks.iter_mut().filter(|b| b.due <= now) {
             // Next poll on the grid; a late loop skips missed slots rather than bursting.
-            while p.due <= now {
-                p.due += p.interval;
+            while b.due <= now {
+                b.due += b.interval;
             }
             let ts = now_ns();
-            let result = match ctx.as_mut() {
-                Some(c) => read_point(c, &p.config, timeout).await,
+            let plan = &b.plan;
+            let words = match ctx.as_mut() {
+                Some(c) => read_block(c, plan.kind, plan.start, plan.count, timeout).await,
                 None => Err(ReadError::Link("not connected".into())),
             };
-            let sample = match result {
-                Ok(v) => {
-                    if !p.state.admit(p.band.as_ref().map(|(d, w)| (d, *w)), &v, ts) {
-                        continue;
-                    }
-                    Sample {
-                        alias: p.alias.clone(),
-                        value: Some(v),
-                        quality: Quality::Good,
-                        timestamp_ns: ts,
-                    }
-                }
-                Err(e) => {
-                    match e {
-                        ReadError::Link(why) => {
-                            if ctx.take().is_some() {
-                                tracing::warn!(source, alias = p.alias, error = %why, "Modbus connection lost; reconnecting");
-                                next_connect = Instant::now() + backoff;
-                                reported_down = true;
-                            }
+            if let Err(ReadError::Link(why)) = &words
+                && ctx.take().is_some()
+            {
+                tracing::warn!(source, error = %why, "Modbus connection lost; reconnecting");
+                next_connect = Instant::now() + backoff;
+                reported_down = true;
+            }
+            for &i in &plan.members {
+                let p = &mut points[i];
+                let value = match &words {
+                    Ok(w) => point_value(&p.config, plan.start, w),
+                    Err(ReadError::Link(why)) => Err(ReadError::Link(why.clone())),
+                    Err(ReadError::Exception(why)) => Err(ReadError::Exception(why.clone())),
+                };
+                let sample = match value {
+                    Ok(v) => {
+                        if !p.state.admit(p.band.as_ref().map(|(d, w)| (d, *w)), &v, ts) {
+                            continue;
                         }
-                        ReadError::Exception(why) => {
+                        Sample {
+                            alias: p.alias.clone(),
+                            value: Some(v),
+                            quality: Quality::Good,
+                            timestamp_ns: ts,
+                        }
+                    }
+                    Err(e) => {
+                        if let ReadError::Exception(why) = e {
                             tracing::debug!(source, alias = p.alias, error = %why, "Modbus read failed");
                         }
+                        p.state.reset();
+                        Sample {
+                            alias: p.alias.clone(),
+                            value: None,
+                            quality: Quality::Bad,
+                            timestamp_ns: ts,
+                        }
                     }
-                    p.state.reset();
-                    Sample {
-                        alias: p.alias.clone(),
-                        value: None,
-                        quality: Quality::Bad,
-                        timestamp_ns: ts,
-                    }
+                };
+                if out.send(sample).await.is_err() {
+                    return;
                 }
-            };
-            if out.send(sample).await.is_err() {
-                return;
             }
         }
     }
@@ -388,6 +468,48 @@ pub async fn run_modbus_source(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contiguous_points_of_one_kind_and_interval_share_a_read() {
+        let points: Vec<PointConfig> = serde_json::from_value(serde_json::json!([
+            {"alias": "a", "kind": "holding", "address": 0, "dataType": "float32"},
+            {"alias": "b", "kind": "holding", "address": 2},
+            {"alias": "c", "kind": "holding", "address": 4, "pollIntervalMs": 50},
+            {"alias": "d", "kind": "holding", "address": 10},
+            {"alias": "e", "kind": "input", "address": 3},
+            {"alias": "f", "kind": "holding", "address": 1},
+            {"alias": "g", "kind": "holding", "address": 100, "dataType": "float64"},
+            {"alias": "h", "kind": "holding", "address": 104, "count": 30, "dataType": "string"},
+            {"alias": "i", "kind": "coil", "address": 7}
+        ]))
+        .unwrap();
+        let plan = plan_reads(&points, 1000);
+        let summary: Vec<(RegisterKind, u16, u16, u64, Vec<usize>)> = plan
+            .into_iter()
+            .map(|b| (b.kind, b.start, b.count, b.interval_ms, b.members))
+            .collect();
+        use RegisterKind::*;
+        assert_eq!(
+            summary,
+            [
+                (Holding, 4, 1, 50, vec![2]),
+                // a (0-1), f (1, overlapping), b (2): one read of three registers.
+                (Holding, 0, 3, 1000, vec![0, 5, 1]),
+                (Holding, 10, 1, 1000, vec![3]),
+                // 100..134 is 34 registers: within the 125 limit.
+                (Holding, 100, 34, 1000, vec![6, 7]),
+                (Input, 3, 1, 1000, vec![4]),
+                (Coil, 7, 1, 1000, vec![8]),
+            ]
+        );
+        let words = [0x41ac, 0x0000, 7];
+        assert!(matches!(point_value(&points[0], 0, &words), Ok(Value::Double(v)) if v == 21.5));
+        assert!(matches!(
+            point_value(&points[1], 0, &words),
+            Ok(Value::Integer(7))
+        ));
+        assert!(point_value(&points[1], 0, &words[..2]).is_err());
+    }
 
     #[test]
     fn configuration_checks_name_the_field() {
