@@ -141,3 +141,109 @@ pub fn verify_server(config: &OpcUaSourceConfig) -> bool {
         None | Some(CertificateTrust::TrustAny)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::opcua::crypto::X509Data;
+    use ::opcua::types::ApplicationDescription;
+
+    fn cert(name: &str) -> X509 {
+        let desc = ApplicationDescription {
+            application_uri: format!("urn:{name}").into(),
+            application_name: name.into(),
+            ..Default::default()
+        };
+        X509::cert_and_pkey(&X509Data::from((desc, None)))
+            .unwrap()
+            .0
+    }
+
+    fn config(trust: serde_json::Value) -> OpcUaSourceConfig {
+        OpcUaSourceConfig::from_json(&serde_json::json!({
+            "name": "t",
+            "endpoint": {"endpointUri": "opc.tcp://h:1", "securityPolicy": "BASIC256_SHA256",
+                         "messageSecurityMode": "SIGN", "certificateTrust": trust}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pinned_certificate_is_trusted_and_its_rejection_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = cert("server");
+        let file = dir.path().join("server.der");
+        fs::write(&file, server.to_der().unwrap()).unwrap();
+        let pki = dir.path().join("pki");
+        let name = CertificateStore::cert_file_name(&server);
+        fs::create_dir_all(pki.join("rejected")).unwrap();
+        fs::write(pki.join("rejected").join(&name), b"x").unwrap();
+        let c = config(serde_json::json!({"type": "X509", "certificatePath": file}));
+        prepare(&c, &pki).unwrap();
+        assert_eq!(
+            fs::read(pki.join("trusted").join(&name)).unwrap(),
+            server.to_der().unwrap()
+        );
+        assert!(!pki.join("rejected").join(&name).exists());
+        assert!(verify_server(&c));
+    }
+
+    #[test]
+    fn a_trust_dir_trusts_every_certificate_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let trust = dir.path().join("trust");
+        fs::create_dir_all(&trust).unwrap();
+        let (a, b) = (cert("a"), cert("b"));
+        fs::write(trust.join("a.der"), a.to_der().unwrap()).unwrap();
+        fs::write(trust.join("b.der"), b.to_der().unwrap()).unwrap();
+        fs::write(trust.join("notes.txt"), b"not a certificate").unwrap();
+        fs::write(trust.join("broken.der"), b"not a certificate").unwrap();
+        let pki = dir.path().join("pki");
+        prepare(
+            &config(serde_json::json!({"type": "TrustDir", "path": trust})),
+            &pki,
+        )
+        .unwrap();
+        let mut names: Vec<String> = fs::read_dir(pki.join("trusted"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let mut want = vec![
+            CertificateStore::cert_file_name(&a),
+            CertificateStore::cert_file_name(&b),
+        ];
+        want.sort();
+        assert_eq!(names, want);
+    }
+
+    #[test]
+    fn unreadable_trust_names_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        let missing = dir.path().join("missing.der");
+        let e = prepare(
+            &config(serde_json::json!({"type": "X509", "certificatePath": missing})),
+            &pki,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("endpoint.certificateTrust.certificatePath") && e.contains("missing.der"),
+            "{e}"
+        );
+        let e = prepare(
+            &config(serde_json::json!({"type": "X509", "certificateBody": "-----BEGIN junk"})),
+            &pki,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("endpoint.certificateTrust.certificateBody"),
+            "{e}"
+        );
+        assert!(!verify_server(&config(
+            serde_json::json!({"type": "TrustAny"})
+        )));
+    }
+}
