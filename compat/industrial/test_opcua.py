@@ -136,6 +136,11 @@ def source_config(url, trust, identity=None):
         },
         "measurementDataStreamPrefix": PREFIX,
         "propertyGroups": [
+            {"name": "temperature-deadband",
+             "nodeFilterRuleDefinitions": [{"type": "OpcUaRootPath", "rootPath": "/Plant/*/Temperature"}],
+             "scanMode": {"type": "EXCEPTION", "rate": 100},
+             "deadband": {"type": "ABSOLUTE", "value": 1.2},
+             "subscription": {"publishingIntervalMilliseconds": 200, "queueSize": 10}},
             {"name": "line2-polled", "nodeFilterRuleDefinitions": [{"type": "OpcUaRootPath", "rootPath": "/Plant/Line2"}],
              "scanMode": {"type": "POLL", "rate": 300}},
             {"name": "line1-subscribed", "nodeFilterRuleDefinitions": [{"type": "OpcUaRootPath", "rootPath": "/Plant/Line1"}],
@@ -208,7 +213,10 @@ def test_values_over_sign_and_encrypt_and_the_gap_of_a_server_restart(tmp_path, 
         by = {a: [(ts, v, q) for x, ts, v, q in values if x == a] for a in ALIASES}
         counts = [v for _, v, q in by[f"{PREFIX}/Plant/Line1/Count"]]
         assert all(isinstance(c, int) for c in counts) and counts == sorted(counts) and len(set(counts)) >= 3
-        assert all(isinstance(v, float) for _, v, _ in by[f"{PREFIX}/Plant/Line1/Temperature"])
+        temps = [v for _, v, _ in by[f"{PREFIX}/Plant/Line1/Temperature"]]
+        assert all(isinstance(v, float) for v in temps)
+        # The server steps the temperature by 0.5: the 1.2 deadband passes every third step.
+        assert all(abs(b - a) > 1.2 for a, b in zip(temps, temps[1:])), temps
         assert {v for _, v, _ in by[f"{PREFIX}/Plant/Line1/Running"]} <= {True, False}
         assert {v for _, v, _ in by[f"{PREFIX}/Plant/Line2/Mode"]} <= {"mode-0", "mode-1", "mode-2"}
         # The server marks Pressure Uncertain on odd ticks: the status code maps to quality.
