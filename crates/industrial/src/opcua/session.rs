@@ -14,7 +14,7 @@ use ::opcua::client::{
 use ::opcua::types::{
     DataChangeFilter, DataChangeTrigger as UaTrigger, DataValue, EndpointDescription,
     ExtensionObject, MessageSecurityMode, MonitoredItemCreateRequest, MonitoringMode,
-    MonitoringParameters, NodeId, ReadValueId, TimestampsToReturn, UserTokenPolicy,
+    MonitoringParameters, NodeId, ReadValueId, StatusCode, TimestampsToReturn, UserTokenPolicy,
 };
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -171,7 +171,18 @@ async fn open(
     let (session, event_loop) = client
         .connect_to_matching_endpoint(endpoint, identity(config))
         .await
-        .map_err(|e| ConnectFailed(format!("{}: {e}", ep.endpoint_uri)))?;
+        .map_err(|e| {
+            let hint = if e.status() == StatusCode::BadTcpEndpointUrlInvalid {
+                format!(
+                    " (the server offers no endpoint at this path with securityPolicy {:?} \
+                     and messageSecurityMode {:?})",
+                    ep.security_policy, ep.message_security_mode
+                )
+            } else {
+                String::new()
+            };
+            ConnectFailed(format!("{}: {e}{hint}", ep.endpoint_uri))
+        })?;
 
     // Some(reason): down; None: up.
     let (tx, mut rx) = mpsc::unbounded_channel();
