@@ -14,7 +14,7 @@ and runs until SIGTERM/SIGINT. Its variables change every `--period` seconds:
     Objects/Other/Ignored             Double   never matched by the tests' filters
 
 With --user NAME:PASSWORD only that user name and password open a session (no anonymous ones).
-With --cert/--key the only endpoint is Basic256Sha256 SignAndEncrypt, and a client is admitted
+With --cert/--key the only endpoint is --policy (Basic256Sha256_SignAndEncrypt by default), and a client is admitted
 only when its certificate (DER or PEM) sits in --trust-dir (read on every session, so a test can
 trust a client certificate that the client generated on its first, refused, attempt).
 """
@@ -76,6 +76,7 @@ async def main():
     p.add_argument("--trust-dir")
     p.add_argument("--period", type=float, default=0.2)
     p.add_argument("--user")
+    p.add_argument("--policy", default="Basic256Sha256_SignAndEncrypt", help="a ua.SecurityPolicyType name")
     args = p.parse_args()
 
     server = Server(user_manager=PasswordUserManager(*args.user.split(":", 1)) if args.user else None)
@@ -87,7 +88,7 @@ async def main():
     if args.cert:
         await server.load_certificate(args.cert)
         await server.load_private_key(args.key)
-        server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        server.set_security_policy([getattr(ua.SecurityPolicyType, args.policy)])
         server.set_certificate_validator(make_trust_validator(Path(args.trust_dir)))
     else:
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])

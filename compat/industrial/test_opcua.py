@@ -77,8 +77,8 @@ def make_cert(directory, name, uri):
 class OpcUaServer:
     """opcua_server.py on a fixed port; stop() kills it (no goodbye), start() brings it back."""
 
-    def __init__(self, cert, key, trust_dir, user=None):
-        self.cert, self.key, self.trust_dir, self.user = cert, key, trust_dir, user
+    def __init__(self, cert, key, trust_dir, user=None, policy=None):
+        self.cert, self.key, self.trust_dir, self.user, self.policy = cert, key, trust_dir, user, policy
         self.port = free_port()
         self.proc = None
         self.start()
@@ -87,7 +87,8 @@ class OpcUaServer:
         self.proc = subprocess.Popen(
             [PYTHON, str(HERE / "opcua_server.py"), "--port", str(self.port), "--cert", str(self.cert),
              "--key", str(self.key), "--trust-dir", str(self.trust_dir), "--period", "0.2"]
-            + (["--user", self.user] if self.user else []),
+            + (["--user", self.user] if self.user else [])
+            + (["--policy", self.policy] if self.policy else []),
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         line = self.proc.stdout.readline().strip()
@@ -118,14 +119,14 @@ def server(pki):
     s.stop()
 
 
-def source_config(url, trust, identity=None):
+def source_config(url, trust, identity=None, policy="BASIC256_SHA256", mode="SIGN_AND_ENCRYPT"):
     return {
         "name": "plant-opcua",
         "type": "OpcUa",
         "endpoint": {
             "endpointUri": url,
-            "securityPolicy": "BASIC256_SHA256",
-            "messageSecurityMode": "SIGN_AND_ENCRYPT",
+            "securityPolicy": policy,
+            "messageSecurityMode": mode,
             "identityProvider": identity or {"type": "Anonymous"},
             "certificateTrust": trust,
             "nodeFilterRules": [
@@ -175,11 +176,11 @@ def read_stream(sm_port, stream="SiteWise_Edge_Stream"):
         client.close()
 
 
-def start_collecting(root, server, trust, identity=None):
+def start_collecting(root, server, trust, identity=None, **security):
     sm_port = free_port()
     deploy(root, {
         "aws.greengrass.StreamManager": stream_manager_config(sm_port, free_port()),
-        "lichen.IndustrialCollector": {"sources": [source_config(server.url, trust, identity)]},
+        "lichen.IndustrialCollector": {"sources": [source_config(server.url, trust, identity, **security)]},
     })
     return sm_port
 
@@ -276,5 +277,24 @@ def test_user_name_identity(tmp_path, pki):
             trust_collector(root, pki)
             wait_for(lambda: {a for a, _, _, q in read_stream(sm_port) if q == "GOOD"} >= set(ALIASES) - {ALIASES[3]}, 90,
                      "GOOD values with a user name identity:\n" + log_tail(root))
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("server_policy,policy,mode", [
+    ("Aes128Sha256RsaOaep_SignAndEncrypt", "AES128_SHA256_RSAOAEP", "SIGN_AND_ENCRYPT"),
+    ("Aes256Sha256RsaPss_SignAndEncrypt", "AES256_SHA256_RSAPSS", "SIGN_AND_ENCRYPT"),
+    ("Basic256Sha256_Sign", "BASIC256_SHA256", "SIGN"),
+])
+def test_other_security_policies_and_modes(tmp_path, pki, server_policy, policy, mode):
+    server = OpcUaServer(pki["der"], pki["key"], pki["trust"], policy=server_policy)
+    root = tmp_path / "root"
+    try:
+        with running_core(root):
+            sm_port = start_collecting(root, server, {"type": "TrustDir", "path": str(pki["der"].parent)},
+                                       policy=policy, mode=mode)
+            trust_collector(root, pki)
+            wait_for(lambda: any(a.endswith("/Count") and q == "GOOD" for a, _, _, q in read_stream(sm_port)), 90,
+                     f"GOOD values over {policy} {mode}:\n" + log_tail(root))
     finally:
         server.stop()
