@@ -73,11 +73,14 @@ class SiteWiseFake:
                     if not errors:
                         fake.entries += entries
                 out = json.dumps({"errorEntries": [{"entryId": x["entryId"], "errors": [x]} for x in errors]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the exporter gave up on this request (it retries)
 
             def log_message(self, *args):
                 pass
@@ -183,7 +186,7 @@ def deploy(root, config):
         "--update-config", json.dumps(update),
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, f"deployment failed: {r.stdout}\n{r.stderr}"
+    assert r.returncode == 0, f"deployment failed: {r.stdout}\n{r.stderr}\n{log_tail(root)}"
 
 
 def log_tail(root, n=4000):
