@@ -325,15 +325,16 @@ impl Builtins {
     }
 
     pub async fn shutdown(&self) {
-        if let Some(sm) = self.stream_manager.lock().await.take() {
-            *self.stream_store.write().await = None;
-            sm.service.stop().await;
-        }
+        // The others first: those that append to streams in-process write their last batch.
         for (service, last) in self.others.iter().rev() {
             let mut last = last.lock().await;
             if last.take().is_some() {
                 service.apply(None).await;
             }
+        }
+        if let Some(sm) = self.stream_manager.lock().await.take() {
+            *self.stream_store.write().await = None;
+            sm.service.stop().await;
         }
     }
 }
