@@ -53,7 +53,13 @@ pub struct ServiceContext {
     pub cloud_connected: tokio::sync::watch::Receiver<bool>,
     /// The components' states (telemetry).
     pub supervisor: lichen_supervisor::Supervisor,
+    /// The stream manager's store while it runs, for built-ins that append in-process.
+    pub stream_store: StreamStoreSlot,
 }
+
+/// The running stream manager's store, or None. Holders of the read lock keep the stream
+/// manager from being stopped (and its store reopened) under them.
+pub type StreamStoreSlot = Arc<tokio::sync::RwLock<Option<Arc<lichen_streams::Store>>>>;
 
 /// Every built-in service other than the stream manager (which predates this list). Adding a
 /// service is one line here.
@@ -69,6 +75,8 @@ pub fn services(ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
     services.extend(super::defender::services(ctx));
     #[cfg(feature = "inference")]
     services.extend(super::inference::services(ctx));
+    #[cfg(feature = "industrial")]
+    services.extend(super::industrial::services(ctx));
     services
 }
 
@@ -162,6 +170,7 @@ pub struct Builtins {
     others: Vec<(Arc<dyn BuiltinService>, LastApplied)>,
     /// Lifecycle state of each deployed service, as its last reconciliation left it.
     states: std::sync::Mutex<BTreeMap<String, &'static str>>,
+    stream_store: StreamStoreSlot,
 }
 
 impl Builtins {
@@ -170,6 +179,7 @@ impl Builtins {
         root: PathBuf,
         tokens: Arc<lichen_ipc::TokenRegistry>,
         services: Vec<Arc<dyn BuiltinService>>,
+        stream_store: StreamStoreSlot,
     ) -> Arc<Builtins> {
         let changed = Arc::new(Notify::new());
         let notify = changed.clone();
@@ -195,6 +205,7 @@ impl Builtins {
             stream_manager: tokio::sync::Mutex::new(None),
             others,
             states: std::sync::Mutex::new(BTreeMap::new()),
+            stream_store,
         })
     }
 
@@ -283,6 +294,7 @@ impl Builtins {
             return;
         }
         if let Some(old) = slot.take() {
+            *self.stream_store.write().await = None;
             old.service.stop().await;
             tracing::info!(service = STREAM_MANAGER, "stopped");
         }
@@ -326,6 +338,7 @@ impl Builtins {
                     Value::String(port.to_string()),
                     lichen_config::now_ms(),
                 );
+                *self.stream_store.write().await = Some(sm.store().clone());
                 *slot = Some(Running {
                     config: wanted,
                     service: sm,
@@ -337,14 +350,16 @@ impl Builtins {
     }
 
     pub async fn shutdown(&self) {
-        if let Some(sm) = self.stream_manager.lock().await.take() {
-            sm.service.stop().await;
-        }
+        // The others first: those that append to streams in-process write their last batch.
         for (service, last) in self.others.iter().rev() {
             let mut last = last.lock().await;
             if last.take().is_some() {
                 service.apply(None).await;
             }
+        }
+        if let Some(sm) = self.stream_manager.lock().await.take() {
+            *self.stream_store.write().await = None;
+            sm.service.stop().await;
         }
     }
 }

@@ -16,6 +16,8 @@ mod core_update;
 mod defender;
 #[cfg(feature = "inference")]
 mod inference;
+#[cfg(feature = "industrial")]
+mod industrial;
 mod install;
 mod ipc_ops;
 mod layout;
@@ -286,6 +288,7 @@ async fn serve(
         local_mqtt: new_bus(),
         cloud_connected: cloud_connected_rx,
         supervisor: supervisor.clone(),
+        stream_store: Default::default(),
     };
     let cloud_link = cloud::start(&service_ctx).await?;
     cloud::forward_status(&cloud_link, cloud_connected_tx);
@@ -351,7 +354,13 @@ async fn serve(
             "stopped component processes left by a previous core"
         );
     }
-    let services = builtins::Builtins::new(config.clone(), root.clone(), tokens.clone(), services);
+    let services = builtins::Builtins::new(
+        config.clone(),
+        root.clone(),
+        tokens.clone(),
+        services,
+        service_ctx.stream_store.clone(),
+    );
     hooks.set_builtins(services.clone());
     // Before the engine resumes an interrupted deployment, which may need the cloud.
     let cloud_deployments = match (&cloud_link, settings.cloud_configured) {
