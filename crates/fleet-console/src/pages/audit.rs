@@ -1,0 +1,8 @@
+//! (being written)
+
+use crate::ConsoleState;
+use axum::Router;
+
+pub(crate) fn routes() -> Router<ConsoleState> {
+    Router::new()
+}

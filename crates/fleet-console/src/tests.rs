@@ -1,0 +1,1 @@
+//! Handler tests: pages render for a signed-in user, sign-in and CSRF checks, role refusals.
