@@ -13,6 +13,7 @@ mod devices;
 mod groups;
 mod login;
 mod overview;
+mod shadows;
 mod users;
 
 pub(crate) fn routes() -> Router<ConsoleState> {
