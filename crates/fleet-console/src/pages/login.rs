@@ -27,7 +27,7 @@ pub(crate) struct LoginQuery {
 }
 
 /// Only console paths are followed after sign-in (no open redirect).
-fn safe_next(next: Option<&str>) -> String {
+pub(crate) fn safe_next(next: Option<&str>) -> String {
     match next {
         Some(n)
             if (n == "/console" || n.starts_with("/console/") || n.starts_with("/console?"))
