@@ -31,3 +31,8 @@ pub(crate) fn routes() -> Router<ConsoleState> {
 /// The `csrf` field alone, for forms that carry nothing else.
 #[derive(serde::Deserialize)]
 pub(crate) struct CsrfOnly {}
+
+#[cfg(test)]
+pub(crate) use login::safe_next as safe_next_for_tests;
+#[cfg(test)]
+pub(crate) use shadows::replace_patch as replace_patch_for_tests;
