@@ -8,6 +8,8 @@ use axum::Router;
 
 mod audit;
 mod certs;
+mod components;
+mod deployments;
 mod device;
 mod devices;
 mod groups;
@@ -26,6 +28,8 @@ pub(crate) fn routes() -> Router<ConsoleState> {
         .merge(certs::routes())
         .merge(audit::routes())
         .merge(users::routes())
+        .merge(deployments::routes())
+        .merge(components::routes())
 }
 
 /// The `csrf` field alone, for forms that carry nothing else.
