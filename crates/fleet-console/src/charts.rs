@@ -65,6 +65,7 @@ fn draw(
         .flat_map(|s| s.points.iter().map(|p| mins(p.0)))
         .fold(0.0f64, f64::min)
         .min(-1.0);
+    let span = -x_min;
     let y_max = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.1))
@@ -86,9 +87,17 @@ fn draw(
             .x_labels(6)
             .y_labels(5)
             .light_line_style(RGBColor(230, 233, 237))
-            .label_style(("sans-serif", 13).into_font().color(&GREY))
-            .axis_desc_style(("sans-serif", 13).into_font().color(&GREY))
-            .x_label_formatter(&|x| format!("{:.0}", -x))
+            .label_style(("sans-serif", 15).into_font().color(&GREY))
+            .axis_desc_style(("sans-serif", 15).into_font().color(&GREY))
+            .x_label_formatter(&|x| {
+                // Whole minutes when the span allows, else tenths; never "-0".
+                let m = (-x).max(0.0);
+                if span >= 6.0 {
+                    format!("{m:.0}")
+                } else {
+                    format!("{m:.1}")
+                }
+            })
             .draw()?;
         for s in series {
             let color = s.color;
@@ -106,7 +115,7 @@ fn draw(
             .configure_series_labels()
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(201, 209, 218))
-            .label_font(("sans-serif", 13).into_font())
+            .label_font(("sans-serif", 15).into_font())
             .position(SeriesLabelPosition::UpperLeft)
             .draw()?;
         root.present()?;

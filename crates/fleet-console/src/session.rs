@@ -183,6 +183,16 @@ impl<T: DeserializeOwned + Send> FromRequest<ConsoleState> for Posted<T> {
     async fn from_request(req: Request, state: &ConsoleState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
         let user = Authed::from_request_parts(&mut parts, state).await?;
+        // Viewers are read-only: signing out is the only form they may post. Refusing here,
+        // before any form is read, keeps a handler's own check from being the only one.
+        let path = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map(|o| o.0.path().to_string())
+            .unwrap_or_else(|| parts.uri.path().to_string());
+        if user.role() < Role::Operator && path != "/console/logout" {
+            user.require(Role::Operator)?;
+        }
         let bytes = axum::body::to_bytes(body, MAX_FORM).await.map_err(|_| {
             layout::error_page(
                 Some(&user),

@@ -81,7 +81,12 @@ impl Fixture {
                 sequence_number: 1,
                 complete: true,
                 chunk_id: 1,
-                overall_status: if state == "BROKEN" { "UNHEALTHY" } else { "HEALTHY" }.into(),
+                overall_status: if state == "BROKEN" {
+                    "UNHEALTHY"
+                } else {
+                    "HEALTHY"
+                }
+                .into(),
                 platform: Some("linux".into()),
                 architecture: Some("amd64".into()),
                 core_version: Some("2.14.0".into()),
@@ -181,7 +186,11 @@ async fn sign_in_sets_a_strict_secure_http_only_session_cookie() {
         .send(req(post(form("password-123", "forged".into())), &cookie))
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(!set_cookies(&h).iter().any(|c| c.starts_with("lichen_console=")));
+    assert!(
+        !set_cookies(&h)
+            .iter()
+            .any(|c| c.starts_with("lichen_console="))
+    );
     let (status, h, _) = f
         .send(req(post(form("password-123", token.clone())), &cookie))
         .await;
@@ -224,20 +233,30 @@ async fn pages_render_for_a_viewer_with_the_fleets_devices() {
     let (cookie, _) = f.sign_in("val", Role::Viewer);
     let (status, h, body) = f.get("/console", &cookie).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(h[header::CONTENT_SECURITY_POLICY]
-        .to_str()
-        .unwrap()
-        .contains("script-src 'self'"));
+    assert!(
+        h[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
     assert!(body.contains("data-testid=\"devices-table\""));
     assert!(body.contains("core-1") && body.contains("core-2"));
-    assert!(body.contains("REPORTED_UNHEALTHY"), "core-2's broken component");
+    assert!(
+        body.contains("REPORTED_UNHEALTHY"),
+        "core-2's broken component"
+    );
     // A viewer is not shown the administrators' page in the navigation.
     assert!(!body.contains("href=\"/console/users\""));
     let (status, _, body) = f.get("/console/devices/core-1", &cookie).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("com.example.Hello") && body.contains("RUNNING"));
     assert!(!body.contains("shadow-form-"), "a viewer sees no edit form");
-    for page in ["/console/devices", "/console/groups", "/console/certificates", "/console/audit"] {
+    for page in [
+        "/console/devices",
+        "/console/groups",
+        "/console/certificates",
+        "/console/audit",
+    ] {
         let (status, _, _) = f.get(page, &cookie).await;
         assert_eq!(status, StatusCode::OK, "{page}");
     }
@@ -273,7 +292,11 @@ async fn a_form_post_without_the_sessions_csrf_token_is_refused() {
     assert_eq!(status, StatusCode::SEE_OTHER);
     // Without a session at all: 401, nothing changed.
     let (status, _, _) = f
-        .post("/console/devices/t1/shadow", "", &[("csrf", &csrf), ("desired", "{}")])
+        .post(
+            "/console/devices/t1/shadow",
+            "",
+            &[("csrf", &csrf), ("desired", "{}")],
+        )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
@@ -287,7 +310,14 @@ async fn a_viewer_is_refused_every_change_by_the_server() {
         ("/console/groups/g1/members", &[("thing", "t1")]),
         ("/console/certificates/abc/status", &[("status", "REVOKED")]),
         ("/console/templates/t/enabled", &[("enabled", "false")]),
-        ("/console/users", &[("name", "x"), ("password", "password-123"), ("role", "admin")]),
+        (
+            "/console/users",
+            &[
+                ("name", "x"),
+                ("password", "password-123"),
+                ("role", "admin"),
+            ],
+        ),
     ];
     for (path, fields) in posts {
         let mut form = vec![("csrf", csrf.as_str())];
@@ -333,7 +363,11 @@ async fn a_shadow_edit_replaces_desired_and_refuses_a_stale_version() {
         .post(
             "/console/devices/t1/shadow",
             &cookie,
-            &[("csrf", &csrf), ("version", "1"), ("desired", "{\"color\":\"red\"}")],
+            &[
+                ("csrf", &csrf),
+                ("version", "1"),
+                ("desired", "{\"color\":\"red\"}"),
+            ],
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
@@ -341,7 +375,11 @@ async fn a_shadow_edit_replaces_desired_and_refuses_a_stale_version() {
         .post(
             "/console/devices/t1/shadow",
             &cookie,
-            &[("csrf", &csrf), ("version", "2"), ("desired", "{\"color\":\"red\"}")],
+            &[
+                ("csrf", &csrf),
+                ("version", "2"),
+                ("desired", "{\"color\":\"red\"}"),
+            ],
         )
         .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
