@@ -173,7 +173,8 @@ def screenshot(driver, name):
     width = driver.get_window_size()["width"]
     height = driver.execute_script("return Math.min(document.documentElement.scrollHeight, 4000)")
     original = driver.get_window_size()
-    driver.set_window_size(width, max(height, original["height"]))
+    # The window's outer size includes some browser chrome even headless: leave room for it.
+    driver.set_window_size(width, max(height + 160, original["height"]))
     try:
         driver.save_screenshot(str(out / f"{name}.png"))
     finally:

@@ -22,6 +22,8 @@
       .catch(function () { /* the next tick tries again */ });
   }
   function start() {
+    var warn = document.getElementById("insecure-context");
+    if (warn && !window.isSecureContext) warn.hidden = false;
     document.querySelectorAll("[data-live]").forEach(function (el) {
       var every = parseInt(el.dataset.interval || "3000", 10);
       setInterval(function () { refresh(el); }, every);

@@ -51,6 +51,13 @@ fn login_page(
         @if let Some((m, error)) = message {
             p class={"flash" @if error {" error"}} role=(if error {"alert"} else {"status"}) { (m) }
         }
+        // Shown by the script where the browser will not keep a Secure cookie (plain HTTP to a
+        // host other than localhost).
+        p #insecure-context .flash.error role="alert" hidden {
+            "This page is not served over HTTPS, so your browser will not keep the sign-in cookie. "
+            "Reach the console through HTTPS (a TLS-terminating proxy in front of the fleet's API "
+            "listener) or on localhost."
+        }
         form.stack method="post" action="/console/login" {
             input type="hidden" name="csrf" value=(token);
             input type="hidden" name="next" value=(next);
