@@ -29,7 +29,8 @@ pub(crate) fn time_chart(
     let summary = series
         .iter()
         .map(|s| match s.points.last() {
-            Some((_, v)) => format!("{} now {:.1}", s.name, v),
+            Some((_, v)) if v.fract() == 0.0 => format!("{} now {v:.0}", s.name),
+            Some((_, v)) => format!("{} now {v:.1}", s.name),
             None => format!("{}: no data", s.name),
         })
         .collect::<Vec<_>>()
@@ -91,7 +92,8 @@ fn draw(
             .axis_desc_style(("sans-serif", 15).into_font().color(&GREY))
             .x_label_formatter(&|x| {
                 // Whole minutes when the span allows, else tenths; never "-0".
-                let m = (-x).max(0.0);
+                // (Adding 0.0 turns -0.0 into 0.0.)
+                let m = (-x).max(0.0) + 0.0;
                 if span >= 6.0 {
                     format!("{m:.0}")
                 } else {

@@ -426,13 +426,13 @@ fn charts_are_svg_without_inline_styles() {
         &[crate::charts::Series {
             name: "cpu",
             color: crate::charts::BLUE,
-            points: vec![(now - 120_000, 3.0), (now - 60_000, 5.5), (now, 4.0)],
+            points: vec![(now - 120_000, 3.0), (now - 60_000, 5.5), (now, 4.5)],
         }],
         now,
     )
     .into_string();
     assert!(m.contains("<svg"), "{m}");
-    assert!(m.contains("cpu now 4.0"));
+    assert!(m.contains("cpu now 4.5"));
     // The console's CSP allows no inline style attributes.
     assert!(!m.contains("style=\""), "{m}");
 }
