@@ -1,13 +1,13 @@
 // Lichen fleet console: live refresh of the page parts marked data-live="<fragment url>".
 // Pages work without this script; it only keeps those parts current. Each part is fetched
 // again every data-interval milliseconds (default 3000) while the tab is visible, and its
-// HTML replaced unless the user is typing inside it.
+// HTML replaced unless the keyboard focus is inside it.
 "use strict";
 (function () {
   function refresh(el) {
     if (document.hidden) return;
-    if (el.contains(document.activeElement) && document.activeElement !== document.body &&
-        /INPUT|TEXTAREA|SELECT/.test(document.activeElement.tagName)) return;
+    // Never pull content from under the keyboard focus (a focused link or a field being typed in).
+    if (el.contains(document.activeElement)) return;
     fetch(el.dataset.live, { headers: { "x-console-fragment": "1" }, credentials: "same-origin" })
       .then(function (r) {
         if (r.status === 401) { window.location.reload(); return null; }

@@ -13,6 +13,9 @@ use axum::routing::get;
 use lichen_fleet_registry::{CoreDevice, Deployment, PageRequest, Registry};
 use maud::{Markup, html};
 
+/// Devices listed on the overview at most.
+const OVERVIEW_DEVICES: usize = 100;
+
 pub(crate) fn routes() -> Router<ConsoleState> {
     Router::new()
         .route("/", get(page))
@@ -90,6 +93,12 @@ fn render(state: &ConsoleState, d: &Data) -> Markup {
         .iter()
         .filter(|x| x.connected == Some(true))
         .count();
+    // Unhealthy first; a large fleet's overview stays a page, the Devices page lists them all.
+    let mut shown: Vec<CoreDevice> = d.devices.clone();
+    shown.sort_by(|a, b| {
+        (a.status == "HEALTHY", &a.thing_name).cmp(&(b.status == "HEALTHY", &b.thing_name))
+    });
+    shown.truncate(OVERVIEW_DEVICES);
     let now = now_ms();
     let history = state.telemetry.health();
     let series = [
@@ -123,7 +132,11 @@ fn render(state: &ConsoleState, d: &Data) -> Markup {
         }
         section aria-labelledby="devices-h" {
             h2 #devices-h { "Devices" }
-            (devices_table(&d.devices))
+            (devices_table(&shown))
+            @if shown.len() < d.devices.len() {
+                p { "Showing the unhealthy first, " (shown.len()) " of " (d.devices.len()) ": "
+                    a href="/console/devices" { "all devices" } "." }
+            }
         }
         section aria-labelledby="inflight-h" {
             h2 #inflight-h { "Deployments in flight" }
