@@ -111,7 +111,7 @@ async fn list(user: Authed, State(state): State<ConsoleState>) -> Response {
                             td data-label="Latest version" {
                                 @if let Some(v) = latest {
                                     a href={"/console/components/" (name) "/versions/" (v.version)} { (v.version) }
-                                    " " (badge(&v.status))
+                                    " " (version_badge(&v.status))
                                 }
                             }
                             td data-label="Versions" .num { (versions.len()) }
@@ -178,7 +178,7 @@ async fn component(
                     @let on = running.get(&(name.clone(), v.version.clone())).map_or(0, Vec::len);
                     tr data-version=(v.version) {
                         td data-label="Version" { a href={"/console/components/" (name) "/versions/" (v.version)} { (v.version) } }
-                        td data-label="Status" { (badge(&v.status)) }
+                        td data-label="Status" { (version_badge(&v.status)) }
                         td data-label="Published" { (layout::when(v.created_ms)) }
                         td data-label="Publisher" { (v.publisher.clone().unwrap_or_default()) }
                         td data-label="Devices running it" .num { (on) }
@@ -332,7 +332,7 @@ async fn version(
     let body = html! {
         dl.facts data-testid="version-facts" {
             dt { "ARN" } dd { code { (state.registry.component_version_arn(&cv.name, &cv.version)) } }
-            dt { "Status" } dd data-testid="version-status" { (badge(&cv.status)) }
+            dt { "Status" } dd data-testid="version-status" { (version_badge(&cv.status)) }
             @if cv.status == "FAILED" {
                 dt { "Why" } dd { (failure(&cv)) }
             }
@@ -370,7 +370,7 @@ async fn version(
                                 @if let Some(d) = &a.digest { code { (d) } " " span.muted { (a.algorithm.clone().unwrap_or_else(|| "SHA-256".into())) } }
                                 @else { span.muted { "none" } }
                                 @if let (Some(Ok(Some((_, sha)))), Some(d)) = (found, &a.digest) {
-                                    @if sha == d { " " (badge("MATCHES")) } @else { " " (badge("MISMATCH")) }
+                                    @if sha == d { " " span class="badge ok" { "matches the stored object" } } @else { " " span class="badge bad" { "differs from the stored object" } }
                                 }
                             }
                             td data-label="Size" {
@@ -397,6 +397,14 @@ async fn version(
         "/console/components",
         body,
     )
+}
+
+/// A component version's status (DEPLOYABLE reads as good, FAILED as bad).
+fn version_badge(status: &str) -> Markup {
+    match status {
+        "DEPLOYABLE" => html! { span class="badge ok" { (status) } },
+        other => badge(other),
+    }
 }
 
 /// The reasons a FAILED version gives (one per artifact).

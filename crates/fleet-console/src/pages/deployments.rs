@@ -40,7 +40,25 @@ pub(crate) fn routes() -> Router<ConsoleState> {
         .route("/deployments/{id}/progress", get(progress))
         .route("/deployments/{id}/cancel", post(cancel))
         .route("/deployments/{id}/rollback", post(rollback))
+        .route(
+            "/deployments/rollouts.css",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/css; charset=utf-8")],
+                    STYLE,
+                )
+            }),
+        )
         .merge(create::routes())
+}
+
+/// The few rules these pages add to the console's style sheet.
+const STYLE: &str = include_str!("deployments/rollouts.css");
+
+/// The link to [`STYLE`] (a style sheet linked from the body is allowed and keeps the console's
+/// CSP: no inline styles).
+pub(crate) fn style_link() -> Markup {
+    html! { link rel="stylesheet" href="/console/deployments/rollouts.css"; }
 }
 
 /// Who the audit log names for a console action.
@@ -235,7 +253,12 @@ fn components_table(spec: &Value) -> Markup {
                             td data-label="Version" { a href={"/console/components/" (name) "/versions/" (version)} { (version) } }
                             td data-label="Configuration update" {
                                 @if let Some(u) = c.get("configurationUpdate") {
-                                    code { (u.to_string()) }
+                                    @if let Some(m) = u.get("merge").and_then(Value::as_str) {
+                                        div { "merge " code { (m) } }
+                                    }
+                                    @if let Some(r) = u.get("reset").and_then(Value::as_array) {
+                                        div { "reset " @for p in r { code { (p.as_str().unwrap_or_default()) } " " } }
+                                    }
                                 } @else { span.muted { "none" } }
                             }
                         }

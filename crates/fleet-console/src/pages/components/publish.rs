@@ -63,7 +63,9 @@ async fn form_page(user: Authed) -> Response {
     )
 }
 
-#[derive(serde::Deserialize)]
+/// Defaults to empty, so that a refused role is answered (403) before a malformed form is.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
 struct Submitted {
     recipe: String,
 }

@@ -134,17 +134,27 @@ fn draw(
         .unwrap_or(0)
         .max(devices as u32)
         .max(1);
+    // Seconds, minutes or hours, whichever keeps the axis readable.
+    let (unit, per) = match max_x {
+        x if x > 3.0 * 3600.0 => ("hours", 3600.0),
+        x if x > 300.0 => ("minutes", 60.0),
+        _ => ("seconds", 1.0),
+    };
+    let decimals = if max_x / per < 10.0 { 1 } else { 0 };
+    let x_desc = format!("{unit} since the deployment was created");
     {
         let root = SVGBackend::with_string(out, (width, height)).into_drawing_area();
         root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
+        // The legend has its own column, so it never hides the areas.
+        let (plot, legend) = root.split_horizontally(width.saturating_sub(150));
+        let mut chart = ChartBuilder::on(&plot)
             .margin(10)
             .x_label_area_size(36)
             .y_label_area_size(48)
-            .build_cartesian_2d(0.0..max_x, 0.0..(max_y as f64))?;
+            .build_cartesian_2d(0.0..max_x / per, 0.0..(max_y as f64))?;
         chart
             .configure_mesh()
-            .x_desc("seconds since created")
+            .x_desc(x_desc.as_str())
             .y_desc("devices")
             .y_labels(max_y.min(10) as usize + 1)
             .x_labels(6)
@@ -152,38 +162,38 @@ fn draw(
             .label_style(("sans-serif", 13).into_font().color(&charts::GREY))
             .axis_desc_style(("sans-serif", 13).into_font().color(&charts::GREY))
             .y_label_formatter(&|v| format!("{v:.0}"))
-            .x_label_formatter(&|v| format!("{v:.0}"))
+            .x_label_formatter(&|v| format!("{v:.decimals$}"))
             .draw()?;
         // Stacked: each area's top is the sum of its bucket and those below it. Steps: a count
         // holds until the next change.
         let order = [2usize, 3, 1, 0];
-        for (layer, (_, label, colour)) in BUCKETS.iter().enumerate().rev() {
+        for (layer, (_, _, colour)) in BUCKETS.iter().enumerate().rev() {
             let below: &[usize] = &order[..=layer];
             let mut stepped: Vec<(f64, f64)> = Vec::new();
             for (i, (x, c)) in points.iter().enumerate() {
+                let x = *x / per;
                 let top: u32 = below.iter().map(|k| c[*k]).sum();
                 if i > 0 {
                     let prev = points[i - 1].1;
                     let prev_top: u32 = below.iter().map(|k| prev[*k]).sum();
-                    stepped.push((*x, prev_top as f64));
+                    stepped.push((x, prev_top as f64));
                 }
-                stepped.push((*x, top as f64));
+                stepped.push((x, top as f64));
             }
-            let colour = *colour;
-            chart
-                .draw_series(AreaSeries::new(stepped, 0.0, colour.mix(0.85)).border_style(colour))?
-                .label(*label)
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled())
-                });
+            chart.draw_series(
+                AreaSeries::new(stepped, 0.0, colour.mix(0.85)).border_style(*colour),
+            )?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(201, 209, 218))
-            .label_font(("sans-serif", 13).into_font())
-            .draw()?;
+        // Top to bottom as stacked.
+        for (i, (_, label, colour)) in BUCKETS.iter().rev().enumerate() {
+            let y = 20 + i as i32 * 24;
+            legend.draw(&Rectangle::new([(8, y), (22, y + 14)], colour.filled()))?;
+            legend.draw(&Text::new(
+                *label,
+                (30, y + 1),
+                ("sans-serif", 13).into_font().color(&charts::GREY),
+            ))?;
+        }
         root.present()?;
     }
     Ok(())

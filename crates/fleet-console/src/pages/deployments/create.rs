@@ -64,7 +64,7 @@ fn choices(r: &Registry) -> lichen_fleet_registry::Result<Choices> {
     let components = r
         .list_component_names(&PageRequest {
             token: None,
-            size: Some(250),
+            size: Some(100),
         })?
         .items;
     Ok(Choices {
@@ -92,7 +92,8 @@ fn num(f: &DeployForm, name: &str, label: &str, hint: &str) -> Markup {
 fn form(user: &Authed, f: &DeployForm, c: &Choices) -> Markup {
     let rows = f.rows();
     html! {
-        form.stack #deploy-form method="post" action="/console/deployments/preview" {
+        (super::style_link())
+        form.deploy #deploy-form method="post" action="/console/deployments/preview" {
             (layout::csrf(user))
             fieldset {
                 legend { "Target" }
@@ -312,7 +313,7 @@ async fn run_preview(
 fn preview_markup(user: &Authed, devices: &[PreviewDevice], request: &str) -> Markup {
     let conflicts: usize = devices.iter().map(|d| d.conflicts.len()).sum();
     html! {
-        section #preview-section aria-labelledby="preview-h" {
+        section.preview #preview-section aria-labelledby="preview-h" {
             h2 #preview-h { "Preview" }
             @if devices.is_empty() {
                 p.muted data-testid="preview-empty" { "The target has no device now; devices that join it later receive this deployment." }
@@ -443,7 +444,10 @@ async fn preview(
     )
 }
 
-#[derive(serde::Deserialize)]
+/// The confirm form. Fields default to empty so that a refused role is answered (403) before
+/// a malformed form is.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
 struct Confirm {
     request: String,
     digest: String,

@@ -283,6 +283,11 @@ async fn a_viewer_sees_no_forms_and_every_change_is_refused_with_403() {
     .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
     assert!(body.contains("operator role"), "{body}");
+    // A form with none of the fields is refused for the role too, not for its shape.
+    for path in ["/console/deployments", "/console/components/publish"] {
+        let (s, _, body) = post(&f, path, &viewer, &[("csrf", &csrf), ("targetArn", "x")]).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{path}: {body}");
+    }
     for action in ["cancel", "rollback"] {
         let path = format!("/console/deployments/{id}/{action}");
         assert_eq!(
@@ -353,6 +358,16 @@ async fn an_operator_publishes_previews_and_deploys_only_what_was_previewed() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(body.contains("inlineRecipe"), "{body}");
 
+    // The version page's "Deploy this version" opens the form filled in.
+    let (s, form) = get(
+        &f,
+        &format!("/console/deployments/new?component={APP}&version=1.0.0&group=line"),
+        &op,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{form}");
+    assert!(form.contains(&format!("id=\"component-0\" name=\"component.0\" list=\"component-names\" aria-label=\"Component 1\" value=\"{APP}\"")), "{form}");
+    assert!(form.contains("<option value=\"line\">"), "{form}");
     let (s, _, page) = post(
         &f,
         "/console/deployments/preview",
