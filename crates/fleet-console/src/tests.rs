@@ -436,3 +436,31 @@ fn charts_are_svg_without_inline_styles() {
     // The console's CSP allows no inline style attributes.
     assert!(!m.contains("style=\""), "{m}");
 }
+
+#[test]
+fn telemetry_keeps_a_bounded_ring_per_device_of_cpu_and_memory() {
+    use crate::telemetry::{DEVICE_SAMPLES, Telemetry};
+    let t = Telemetry::default();
+    t.record("d1", 1, &serde_json::json!({"fds": 3}));
+    assert!(
+        t.device("d1").is_empty(),
+        "a message without cpu or mem adds nothing"
+    );
+    for i in 0..(DEVICE_SAMPLES as i64 + 10) {
+        t.record("d1", i, &serde_json::json!({"cpu": 1.5, "mem": 20}));
+    }
+    let s = t.device("d1");
+    assert_eq!(s.len(), DEVICE_SAMPLES);
+    assert_eq!(s[0].at_ms, 10, "the oldest samples went first");
+    assert_eq!((s[0].cpu, s[0].mem_mib), (Some(1.5), Some(20.0)));
+    assert!(t.device("d2").is_empty());
+}
+
+#[test]
+fn fleet_health_is_counted_from_the_registry() {
+    let f = fixture();
+    f.core_device("c1", "RUNNING");
+    f.core_device("c2", "BROKEN");
+    let s = crate::telemetry::count_health(&f.state.registry, 5).unwrap();
+    assert_eq!((s.healthy, s.unhealthy, s.connected, s.at_ms), (1, 1, 0, 5));
+}
