@@ -14,7 +14,7 @@ Fixtures (the fleet, the three cores, Chromium, sign-in, screenshots) are the co
 
 import json
 
-from conftest import CORES, csrf_of, post_from_page, screenshot, sign_in
+from conftest import CORES, PHONE, csrf_of, post_from_page, screenshot, sign_in
 from lichen_support import wait_for
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
@@ -279,3 +279,22 @@ def component_arn(gg):
         if c["componentName"] == APP:
             return c["arn"]
     return None
+
+
+def test_the_deployment_and_component_pages_fit_a_phone(rig, browser, tmp_path):
+    arn = group_of_three(rig)
+    gg = rig.gg()
+    d = browser(PHONE)
+    sign_in(d, rig)
+    if not published(gg, "1.0.0"):
+        publish(d, rig, tmp_path, "1.0.0")
+    if not gg.list_deployments(targetArn=arn)["deployments"]:
+        preview_and_deploy(d, rig, "1.0.0", None)
+    latest = gg.list_deployments(targetArn=arn)["deployments"][0]["deploymentId"]
+    for path in ("/deployments", f"/deployments/{latest}", "/deployments/new", "/components",
+                 f"/components/{APP}", f"/components/{APP}/versions/1.0.0", "/components/publish"):
+        d.get(rig.console + path)
+        width = d.execute_script("return document.documentElement.scrollWidth")
+        assert width <= PHONE[0], f"{path} is {width} px wide on a {PHONE[0]} px screen"
+    d.get(f"{rig.console}/deployments/{latest}")
+    screenshot(d, "deployment-phone")

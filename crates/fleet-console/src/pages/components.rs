@@ -95,6 +95,7 @@ async fn list(user: Authed, State(state): State<ConsoleState>) -> Response {
             .sum::<usize>()
     };
     let body = html! {
+        (crate::pages::deployments::style_link())
         @if user.can(Role::Operator) {
             p { a.button #publish-component href="/console/components/publish" { "Publish a component version" } }
         }
@@ -171,6 +172,7 @@ async fn component(
         );
     }
     let body = html! {
+        (crate::pages::deployments::style_link())
         table data-testid="versions-table" {
             thead { tr { th { "Version" } th { "Status" } th { "Published" } th { "Publisher" } th { "Devices running it" } } }
             tbody {
@@ -330,6 +332,7 @@ async fn version(
     };
     let base = format!("/console/components/{name}/versions/{version}");
     let body = html! {
+        (crate::pages::deployments::style_link())
         dl.facts data-testid="version-facts" {
             dt { "ARN" } dd { code { (state.registry.component_version_arn(&cv.name, &cv.version)) } }
             dt { "Status" } dd data-testid="version-status" { (version_badge(&cv.status)) }

@@ -137,6 +137,7 @@ async fn list(
         Err(e) => return layout::registry_error(&user, e),
     };
     let body = html! {
+        (style_link())
         @if user.can(Role::Operator) {
             p { a.button #new-deployment href="/console/deployments/new" { "New deployment" } }
         }
@@ -201,6 +202,7 @@ async fn page(user: Authed, State(state): State<ConsoleState>, Path(id): Path<St
         d.name.clone().unwrap_or_else(|| d.id.clone())
     );
     let body = html! {
+        (style_link())
         dl.facts data-testid="deployment-facts" {
             dt { "Id" } dd { code { (d.id) } }
             dt { "Target" } dd { (target_link(&d.target_arn)) }

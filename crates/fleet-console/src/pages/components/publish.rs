@@ -30,6 +30,7 @@ pub(crate) fn routes() -> Router<ConsoleState> {
 
 fn form(user: &Authed, recipe: &str) -> Markup {
     html! {
+        (crate::pages::deployments::style_link())
         form.stack #publish-form method="post" action="/console/components/publish" {
             (layout::csrf(user))
             p.muted {

@@ -102,7 +102,7 @@ fn form(user: &Authed, f: &DeployForm, c: &Choices) -> Markup {
                     (opt("group", "thing group", f.get("target_kind")))
                     (opt("thing", "single core device", f.get("target_kind")))
                 }
-                label for="target_name" { "Name" }
+                label for="target_name" { "Thing group or device name" }
                 input type="text" #target_name name="target_name" list="target-names" required value=(f.get("target_name"));
                 datalist #target-names {
                     @for g in &c.groups { option value=(g) { "group" } }
