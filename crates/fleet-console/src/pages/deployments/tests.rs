@@ -458,6 +458,32 @@ async fn an_operator_publishes_previews_and_deploys_only_what_was_previewed() {
         "{fragment}"
     );
     assert!(fragment.contains("1 / 2"), "{fragment}");
+    // A failure shows with the device's reason and error stack, and counts as failed.
+    f.state
+        .registry
+        .record_device_report(
+            "core2",
+            id,
+            "FAILED",
+            Some("com.example.Hello errored during install"),
+            r#"{"errorStack":["DEPLOYMENT_FAILURE","COMPONENT_BROKEN"],"errorTypes":["COMPONENT_ERROR"]}"#,
+            false,
+        )
+        .unwrap();
+    let (_, fragment) = get(&f, &format!("/console/deployments/{id}/progress"), &op).await;
+    assert!(
+        fragment.contains("data-thing=\"core2\" data-status=\"FAILED\""),
+        "{fragment}"
+    );
+    assert!(fragment.contains("com.example.Hello errored during install"));
+    assert!(
+        fragment.contains("<code>COMPONENT_BROKEN</code>"),
+        "{fragment}"
+    );
+    assert!(
+        fragment.contains("1 succeeded, 1 failed, 0 in progress, 0 queued of 2 devices"),
+        "{fragment}"
+    );
 }
 
 #[tokio::test]
