@@ -464,3 +464,45 @@ fn fleet_health_is_counted_from_the_registry() {
     let s = crate::telemetry::count_health(&f.state.registry, 5).unwrap();
     assert_eq!((s.healthy, s.unhealthy, s.connected, s.at_ms), (1, 1, 0, 5));
 }
+
+#[tokio::test]
+async fn a_group_deployment_is_in_flight_until_every_member_has_an_outcome() {
+    let f = fixture();
+    let r = &f.state.registry;
+    for t in ["m1", "m2"] {
+        r.create_thing("test", t, None, Default::default()).unwrap();
+    }
+    let g = r
+        .create_thing_group("test", "line", None, None, Default::default())
+        .unwrap();
+    r.add_thing_to_group("test", "line", "m1").unwrap();
+    r.add_thing_to_group("test", "line", "m2").unwrap();
+    r.create_deployment(
+        "test",
+        &lichen_fleet_registry::NewDeployment {
+            id: "dep-1".into(),
+            target_arn: g.arn.clone(),
+            name: Some("line rollout".into()),
+            spec: "{}".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let in_flight = crate::pages::in_flight_for_tests(r).unwrap();
+    assert_eq!(in_flight.len(), 1);
+    assert_eq!((in_flight[0].succeeded, in_flight[0].total), (0, 2));
+    let (cookie, _) = f.sign_in("val", Role::Viewer);
+    let (_, _, body) = f.get("/console", &cookie).await;
+    assert!(
+        body.contains("line rollout") && body.contains("0 / 2"),
+        "{body}"
+    );
+
+    r.record_device_report("m1", "dep-1", "SUCCEEDED", None, "{}", false)
+        .unwrap();
+    let in_flight = crate::pages::in_flight_for_tests(r).unwrap();
+    assert_eq!((in_flight[0].succeeded, in_flight[0].total), (1, 2));
+    r.record_device_report("m2", "dep-1", "FAILED", Some("broken"), "{}", false)
+        .unwrap();
+    assert!(crate::pages::in_flight_for_tests(r).unwrap().is_empty());
+}

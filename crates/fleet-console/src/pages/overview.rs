@@ -30,7 +30,41 @@ pub(crate) struct InFlight {
     pub failed: usize,
 }
 
-/// Every target's latest deployment that is still ACTIVE, with per-device counts.
+/// How many devices a deployment targets now: a thing, or a group's members (with its child
+/// groups').
+fn target_size(r: &Registry, target_arn: &str) -> lichen_fleet_registry::Result<usize> {
+    let Some((kind, name)) = target_arn
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split_once('/'))
+    else {
+        return Ok(0);
+    };
+    if kind != "thinggroup" {
+        return Ok(1);
+    }
+    let mut n = 0;
+    let mut page = PageRequest {
+        token: None,
+        size: Some(250),
+    };
+    loop {
+        let p = match r.list_things_in_group(name, true, &page) {
+            Ok(p) => p,
+            // A deleted group targets no one.
+            Err(lichen_fleet_registry::RegistryError::NotFound { .. }) => return Ok(n),
+            Err(e) => return Err(e),
+        };
+        n += p.items.len();
+        match p.next_token {
+            Some(t) => page.token = Some(t),
+            None => return Ok(n),
+        }
+    }
+}
+
+/// Every target's latest deployment that is ACTIVE and not yet finished on every device it
+/// targets (a group's deployment stays ACTIVE for devices that join later: once each member
+/// has an outcome it is no longer in flight).
 pub(crate) fn deployments_in_flight(r: &Registry) -> lichen_fleet_registry::Result<Vec<InFlight>> {
     let mut out = Vec::new();
     let mut page = PageRequest {
@@ -57,8 +91,12 @@ pub(crate) fn deployments_in_flight(r: &Registry) -> lichen_fleet_registry::Resu
                     )
                 })
                 .count();
+            let total = rows.len().max(target_size(r, &d.target_arn)?);
+            if total > 0 && succeeded + failed >= total {
+                continue;
+            }
             out.push(InFlight {
-                total: rows.len(),
+                total,
                 succeeded,
                 failed,
                 deployment: d,
