@@ -506,3 +506,34 @@ async fn a_group_deployment_is_in_flight_until_every_member_has_an_outcome() {
         .unwrap();
     assert!(crate::pages::in_flight_for_tests(r).unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_devices_page_shows_its_recent_log_lines_and_no_one_elses() {
+    let f = fixture();
+    f.core_device("core-a", "RUNNING");
+    let r = &f.state.registry;
+    let now = time::OffsetDateTime::now_utc();
+    let day = format!(
+        "/{:04}/{:02}/{:02}/thing/",
+        now.year(),
+        now.month() as u8,
+        now.day()
+    );
+    let group = "/aws/greengrass/UserComponent/us-east-1/com.example.Hello";
+    r.create_log_group(group).unwrap();
+    for (thing, line) in [("core-a", "hello from a <b>"), ("core-b", "hello from b")] {
+        let stream = format!("{day}{thing}");
+        r.create_log_stream(group, &stream).unwrap();
+        let at = crate::layout::now_ms();
+        r.put_log_events(group, &stream, &[(at, line.to_string())])
+            .unwrap();
+    }
+    let (cookie, _) = f.sign_in("val", Role::Viewer);
+    let (status, _, body) = f.get("/console/devices/core-a", &cookie).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("[com.example.Hello] hello from a &lt;b&gt;"),
+        "{body}"
+    );
+    assert!(!body.contains("hello from b"));
+}

@@ -48,36 +48,39 @@ fn optional<T>(r: Result<T, RegistryError>) -> Result<Option<T>, RegistryError> 
 }
 
 /// The thing's recent log lines over every Greengrass log group (the core's log manager
-/// writes stream `/<yyyy/MM/dd>/thing/<thing>` in each component's group), oldest first.
+/// writes stream `/<yyyy/MM/dd>/thing/<thing>` in each component's group: today's and
+/// yesterday's streams are read, by name), oldest first.
 pub(crate) fn recent_logs(
     r: &Registry,
     thing: &str,
     limit: usize,
 ) -> Result<Vec<(String, LogEvent)>, RegistryError> {
-    let suffix = format!("/thing/{}", thing.replace(':', "+"));
+    let thing = thing.replace(':', "+");
+    let now = time::OffsetDateTime::now_utc();
+    let streams: Vec<String> = [now - time::Duration::days(1), now]
+        .iter()
+        .map(|d| {
+            format!(
+                "/{:04}/{:02}/{:02}/thing/{thing}",
+                d.year(),
+                d.month() as u8,
+                d.day()
+            )
+        })
+        .collect();
     let mut out: Vec<(String, LogEvent)> = Vec::new();
     let mut after = String::new();
     loop {
-        let groups = r.list_log_groups("", &after, 100)?;
+        let groups = r.list_log_groups("/aws/greengrass/", &after, 100)?;
         for g in &groups {
-            let mut streams = Vec::new();
-            let mut s_after = String::new();
-            loop {
-                let page = r.list_log_streams(&g.name, "", &s_after, 500)?;
-                let done = page.len() < 500;
-                if let Some(last) = page.last() {
-                    s_after = last.name.clone();
-                }
-                streams.extend(page.into_iter().filter(|s| s.name.ends_with(&suffix)));
-                if done {
-                    break;
-                }
-            }
-            // Streams are per day: the last two days are enough for the latest lines.
-            for s in streams.iter().rev().take(2) {
+            let component = g.name.rsplit('/').next().unwrap_or(&g.name).to_string();
+            for s in &streams {
                 let events =
-                    r.get_log_events(&g.name, &s.name, None, None, None, Some(i64::MAX), limit)?;
-                let component = g.name.rsplit('/').next().unwrap_or(&g.name).to_string();
+                    match r.get_log_events(&g.name, s, None, None, None, Some(i64::MAX), limit) {
+                        Ok(e) => e,
+                        Err(RegistryError::NotFound { .. }) => continue,
+                        Err(e) => return Err(e),
+                    };
                 out.extend(events.into_iter().map(|e| (component.clone(), e)));
             }
         }
