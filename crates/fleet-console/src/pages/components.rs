@@ -370,7 +370,7 @@ async fn version(
                         tr {
                             td data-label="URI" { code { (a.uri) } }
                             td data-label="Digest" {
-                                @if let Some(d) = &a.digest { code { (d) } " " span.muted { (a.algorithm.clone().unwrap_or_else(|| "SHA-256".into())) } }
+                                @if let Some(d) = &a.digest { code.digest { (d) } " " span.muted { (a.algorithm.clone().unwrap_or_else(|| "SHA-256".into())) } }
                                 @else { span.muted { "none" } }
                                 @if let (Some(Ok(Some((_, sha)))), Some(d)) = (found, &a.digest) {
                                     @if sha == d { " " span class="badge ok" { "matches the stored object" } } @else { " " span class="badge bad" { "differs from the stored object" } }

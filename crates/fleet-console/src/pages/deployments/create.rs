@@ -310,7 +310,13 @@ async fn run_preview(
         .collect())
 }
 
-fn preview_markup(user: &Authed, devices: &[PreviewDevice], request: &str) -> Markup {
+/// `missing`: component versions the request names that are not published here.
+fn preview_markup(
+    user: &Authed,
+    devices: &[PreviewDevice],
+    missing: &[String],
+    request: &str,
+) -> Markup {
     let conflicts: usize = devices.iter().map(|d| d.conflicts.len()).sum();
     html! {
         section.preview #preview-section aria-labelledby="preview-h" {
@@ -350,7 +356,11 @@ fn preview_markup(user: &Authed, devices: &[PreviewDevice], request: &str) -> Ma
                     }
                 }
             }
-            @if conflicts > 0 {
+            @if !missing.is_empty() {
+                p.flash.error role="alert" data-testid="preview-unpublished" {
+                    "Not in the component registry: " (missing.join(", ")) ". Devices could not install it: publish each version first (Components → Publish a component version)."
+                }
+            } @else if conflicts > 0 {
                 p.flash.error role="alert" data-testid="preview-conflicts" {
                     (conflicts) " conflict(s): the deployment would fail on those devices. Change the versions (or the other groups' deployments) and preview again."
                 }
@@ -431,13 +441,18 @@ async fn preview(
         Ok(d) => d,
         Err(e) => return form_error(&user, &f, &c, &e.message),
     };
+    let s = spec.clone();
+    let missing = match blocking(&state, move |r| unpublished(r, &s)).await {
+        Ok(m) => m,
+        Err(e) => return layout::registry_error(&user, e),
+    };
     let request = Value::Object(body).to_string();
     layout::page(
         &user,
         "New deployment",
         "/console/deployments",
         html! {
-            (preview_markup(&user, &devices, &request))
+            (preview_markup(&user, &devices, &missing, &request))
             h2 { "Change and preview again" }
             (form(&user, &f, &c))
         },

@@ -519,7 +519,7 @@ async fn unknown_targets_bad_fields_and_unpublished_versions_are_named() {
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(body.contains("Abort: failure percentage"), "{body}");
-    // Not published: the preview shows it, the deploy refuses it.
+    // Not published: the preview says so and offers no deploy; a deploy sent anyway is refused.
     let (s, _, page) = post(
         &f,
         "/console/deployments/preview",
@@ -533,7 +533,15 @@ async fn unknown_targets_bad_fields_and_unpublished_versions_are_named() {
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    let (request, digest) = (hidden(&page, "request"), hidden(&page, "digest"));
+    assert!(
+        page.contains("preview-unpublished") && page.contains("com.example.Hello 3.0.0"),
+        "{page}"
+    );
+    assert!(!page.contains("name=\"digest\""), "{page}");
+    let request = json!({"targetArn": f.state.registry.arn("thinggroup/line"),
+        "components": {APP: {"componentVersion": "3.0.0"}}})
+    .to_string();
+    let digest = super::create::digest(&request);
     let (s, _, body) = post(
         &f,
         "/console/deployments",
@@ -543,6 +551,14 @@ async fn unknown_targets_bad_fields_and_unpublished_versions_are_named() {
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(body.contains("com.example.Hello 3.0.0"), "{body}");
+    assert!(
+        f.state
+            .registry
+            .list_deployments(None, None, false, &Default::default())
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 #[tokio::test]
