@@ -537,3 +537,48 @@ async fn a_devices_page_shows_its_recent_log_lines_and_no_one_elses() {
     );
     assert!(!body.contains("hello from b"));
 }
+
+#[tokio::test]
+async fn repeated_failed_sign_ins_for_a_name_are_throttled() {
+    use crate::pages::throttle_for_tests as throttle;
+    let f = fixture();
+    f.state
+        .registry
+        .create_user("test", "tess", "password-123", Role::Viewer)
+        .unwrap();
+    let (_, h, _) = f.get("/console/login", "").await;
+    let token = set_cookies(&h)
+        .into_iter()
+        .find_map(|c| {
+            c.split(';')
+                .next()?
+                .strip_prefix("lichen_console_login=")
+                .map(str::to_string)
+        })
+        .unwrap();
+    let attempt = |pw: &str| {
+        Request::post("/console/login")
+            .header(header::COOKIE, format!("lichen_console_login={token}"))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(
+                serde_urlencoded::to_string([
+                    ("csrf", token.as_str()),
+                    ("username", "tess"),
+                    ("password", pw),
+                ])
+                .unwrap(),
+            ))
+            .unwrap()
+    };
+    for _ in 0..throttle::LIMIT {
+        let (status, _, _) = f.send(attempt("guess")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // Even the right password waits now.
+    let (status, _, body) = f.send(attempt("password-123")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(body.contains("Too many failed sign-ins"));
+    throttle::succeeded("tess");
+    let (status, _, _) = f.send(attempt("password-123")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+}

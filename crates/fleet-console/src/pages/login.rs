@@ -119,6 +119,21 @@ async fn sign_in(
             )),
         );
     }
+    if let Some(wait) = throttle::blocked(&f.username) {
+        tracing::info!(user = %f.username, "console sign-in throttled");
+        return login_page(
+            &state,
+            StatusCode::TOO_MANY_REQUESTS,
+            &next,
+            Some((
+                &format!(
+                    "Too many failed sign-ins for this user name: try again in {} s.",
+                    wait.as_secs().max(1)
+                ),
+                true,
+            )),
+        );
+    }
     let (name, password) = (f.username.clone(), f.password);
     let verified = blocking(&state, move |r| {
         let Some(user) = r.verify_password(&name, &password)? else {
@@ -129,6 +144,7 @@ async fn sign_in(
     .await;
     match verified {
         Ok(Some((token, s))) => {
+            throttle::succeeded(&f.username);
             tracing::info!(user = %s.user.name, role = s.user.role.as_str(), "console sign-in");
             let mut r = Redirect::to(&next).into_response();
             let h = r.headers_mut();
@@ -143,6 +159,7 @@ async fn sign_in(
             r
         }
         Ok(None) => {
+            throttle::failed(&f.username);
             tracing::info!(user = %f.username, "console sign-in refused");
             login_page(
                 &state,
@@ -173,4 +190,53 @@ async fn sign_out(
     r.headers_mut()
         .append(header::SET_COOKIE, set_cookie(&state, COOKIE, "", Some(0)));
     r
+}
+
+/// Failed sign-ins per user name: after [`throttle::LIMIT`] failures within
+/// [`throttle::WINDOW`], further attempts for that name are refused (429) until the window
+/// has passed, which slows password guessing without locking the user out for good.
+pub(crate) mod throttle {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    pub const LIMIT: u32 = 10;
+    pub const WINDOW: Duration = Duration::from_secs(300);
+    /// Names tracked at most (the oldest windows go first).
+    const MAX_NAMES: usize = 10_000;
+
+    fn table() -> &'static Mutex<HashMap<String, (u32, Instant)>> {
+        static T: OnceLock<Mutex<HashMap<String, (u32, Instant)>>> = OnceLock::new();
+        T.get_or_init(Default::default)
+    }
+
+    /// How long `name` must wait, if it is blocked now.
+    pub fn blocked(name: &str) -> Option<Duration> {
+        let t = table().lock().unwrap_or_else(|e| e.into_inner());
+        let (n, since) = t.get(name)?;
+        let left = WINDOW.checked_sub(since.elapsed())?;
+        (*n >= LIMIT).then_some(left)
+    }
+
+    pub fn failed(name: &str) {
+        let mut t = table().lock().unwrap_or_else(|e| e.into_inner());
+        if t.len() >= MAX_NAMES && !t.contains_key(name) {
+            t.retain(|_, (_, since)| since.elapsed() < WINDOW);
+            if t.len() >= MAX_NAMES {
+                return;
+            }
+        }
+        let e = t.entry(name.to_string()).or_insert((0, Instant::now()));
+        if e.1.elapsed() >= WINDOW {
+            *e = (0, Instant::now());
+        }
+        e.0 += 1;
+    }
+
+    pub fn succeeded(name: &str) {
+        table()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
 }

@@ -39,6 +39,8 @@ pub(crate) struct CsrfOnly {}
 #[cfg(test)]
 pub(crate) use login::safe_next as safe_next_for_tests;
 #[cfg(test)]
+pub(crate) use login::throttle as throttle_for_tests;
+#[cfg(test)]
 pub(crate) use overview::deployments_in_flight as in_flight_for_tests;
 #[cfg(test)]
 pub(crate) use shadows::replace_patch as replace_patch_for_tests;
