@@ -146,8 +146,10 @@ def test_publish_then_deploy_to_a_group_with_the_preview_and_watch_the_rollout_l
     assert (got["targetArn"], got["revisionId"], got["deploymentName"]) == (arn, "1", "hello 1.0.0")
     assert json.loads(got["components"][APP]["configurationUpdate"]["merge"]) == {"greeting": "hi-from-the-console"}
     watch_until_all(d, rig, "SUCCEEDED")
-    assert d.find_element(By.CSS_SELECTOR, "[data-testid='count-succeeded']").text == f"{len(CORES)} / {len(CORES)}"
-    assert d.find_elements(By.CSS_SELECTOR, "[data-testid='rollout-chart'] svg")
+    # Read in one script each: the live refresh may replace these elements at any moment.
+    succeeded = d.execute_script("return document.querySelector(\"[data-testid='count-succeeded']\").textContent")
+    assert succeeded.strip() == f"{len(CORES)} / {len(CORES)}", succeeded
+    assert d.execute_script("return !!document.querySelector(\"[data-testid='rollout-chart'] svg\")")
     screenshot(d, "deployment-rollout")
     # Each core runs it with the merged configuration, as the API also says.
     for thing in CORES:
@@ -218,8 +220,11 @@ def test_a_second_version_goes_out_and_the_fleet_wide_rollback_returns_every_cor
     # Roll the fleet back (the page asks first; the test answers yes).
     d.execute_script("window.confirm = function () { return true; };")
     d.find_element(By.ID, "rollback").click()
-    flash = wait_for(lambda: d.find_elements(By.CSS_SELECTOR, ".flash"), 15, f"rollback result: {d.page_source[-1500:]}")
-    assert "Rolling back" in flash[0].text, flash[0].text
+    # The page before the click has a flash of its own: wait for the new page's, read in one script.
+    flash = wait_for(
+        lambda: (t := d.execute_script("const f = document.querySelector('.flash'); return f ? f.textContent : '';"))
+        and "Rolling back" in t and t, 15, f"rollback result: {d.page_source[-1500:]}")
+    assert "is marked FAILED" in flash, flash
     rollback = d.current_url.rsplit("/", 1)[1]
     assert rollback != second
     got = gg.get_deployment(deploymentId=rollback)
