@@ -323,6 +323,18 @@ pub trait DeploymentHooks: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async { Ok(()) })
     }
+    /// Before the commit, once for each built-in of the new set: `configuration` is the one the
+    /// deployment will commit and `versions` names every component of the new set with its
+    /// version (a built-in that loads another component's artifacts finds them through it; they
+    /// are in the store by now). Err(cause) fails the deployment with nothing changed.
+    fn check_builtin(
+        &self,
+        _component: &str,
+        _configuration: &serde_json::Value,
+        _versions: &BTreeMap<String, String>,
+    ) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Hooks that allow everything.

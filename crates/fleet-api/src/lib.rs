@@ -13,7 +13,12 @@
 //! device routes (resolveComponentCandidates, artifact URLs, a core's thing groups,
 //! GetDeploymentConfiguration).
 //!
-//! Architecture invariant: no handler runs for a request whose signature did not verify.
+//! A request signed with a user's access key runs only if the user's current role allows its
+//! operation ([`roles::required_role`]); one signed with temporary credentials only if the
+//! role alias's permissions policy does ([`credentials`]).
+//!
+//! Architecture invariant: no handler runs for a request whose signature did not verify, nor
+//! for one above its caller's role or policy.
 //! Architecture invariant: every mutation goes through the registry, which audits it in the
 //! same transaction and announces it on [`Registry::subscribe`] after commit.
 //! Architecture invariant: an object exists only once its data is fsynced and its metadata
@@ -33,6 +38,7 @@ mod error;
 pub mod greengrass;
 mod iot;
 pub mod logs;
+pub mod roles;
 pub mod s3;
 mod secretsmanager;
 pub mod signing;
@@ -149,10 +155,12 @@ async fn authenticate_and_dispatch(state: &Arc<ApiState>, req: Request) -> ApiRe
         .collect();
     let payload = lichen_sigv4::hex_sha256(&body);
     let registry = state.registry.clone();
-    // An administrator key, else temporary credentials from the credentials provider.
+    // A user's access key, else temporary credentials from the credentials provider.
     let mut temporary = None;
+    let mut key = None;
     let secret = |akid: &str| {
-        if let Some(s) = registry.secret_for(akid).ok().flatten() {
+        if let Some((k, s)) = registry.access_key(akid).ok().flatten() {
+            key = Some(k);
             return Some(s);
         }
         let t = registry.temporary_credentials(akid).ok().flatten()?;
@@ -187,6 +195,15 @@ async fn authenticate_and_dispatch(state: &Arc<ApiState>, req: Request) -> ApiRe
     };
     if let Some(t) = &temporary {
         credentials::authorize(state, &call, t)?;
+    } else if let Some(k) = &key {
+        let op = roles::operation_of(&state.registry, &call);
+        roles::check(
+            k,
+            &call.caller.service,
+            op.as_deref(),
+            &call.method,
+            &call.path,
+        )?;
     }
     tracing::debug!(service = %call.caller.service, method = %call.method, path = %call.path, who = %call.caller.access_key_id, "request");
     match call.caller.service.as_str() {

@@ -28,6 +28,8 @@ pub(crate) fn secret_id(call: &Call) -> Option<String> {
 pub(crate) fn error(code: &str, message: impl Into<String>) -> Response {
     let status = if code == "InternalServiceError" {
         StatusCode::INTERNAL_SERVER_ERROR
+    } else if code == "AccessDeniedException" {
+        StatusCode::FORBIDDEN
     } else {
         StatusCode::BAD_REQUEST
     };

@@ -330,3 +330,77 @@ async fn temporary_credentials_do_what_their_role_allows_until_they_expire() {
     assert_eq!(a.status, 403);
     assert_eq!(a.error_type.as_deref(), Some("ExpiredTokenException"));
 }
+
+fn user_key(f: &Fleet, user: &str, role: lichen_fleet_registry::Role) -> Credentials {
+    f.registry
+        .create_user("admin", user, "a-long-password", role)
+        .unwrap();
+    let (id, secret) = f
+        .registry
+        .create_access_key("admin", user, || {
+            (
+                format!("AKIA{:0>16}", user.to_uppercase()),
+                format!("{user}/secret"),
+            )
+        })
+        .unwrap();
+    Credentials {
+        access_key_id: id,
+        secret_access_key: secret,
+        session_token: None,
+    }
+}
+
+#[tokio::test]
+async fn access_keys_act_with_their_users_current_role() {
+    use lichen_fleet_registry::Role;
+    let f = start().await;
+    let viewer = user_key(&f, "viewer", Role::Viewer);
+    let operator = user_key(&f, "operator", Role::Operator);
+    let policy = r#"{"policyDocument":"{\"Version\":\"2012-10-17\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":\"iot:Connect\",\"Resource\":\"*\"}]}"}"#;
+
+    // A viewer reads, and is refused a change, which is not made.
+    let a = send(&f, &viewer, "iot", "GET", "/things", &[], "").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = send(&f, &viewer, "iot", "POST", "/things/t1", &[], "{}").await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert_eq!(a.error_type.as_deref(), Some("AccessDeniedException"));
+    let m = a.body["message"].as_str().unwrap();
+    assert!(
+        m.contains("iot:CreateThing") && m.contains("operator"),
+        "{m}"
+    );
+    assert!(f.registry.describe_thing("t1").is_err());
+    // Jobs and other services are classified too.
+    let a = send(&f, &viewer, "iot", "PUT", "/jobs/j1", &[], "{}").await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let a = send(&f, &viewer, "iotdata", "POST", "/topics/t", &[], "x").await;
+    assert_eq!(a.status, 403, "{}", a.body);
+
+    // An operator changes things but not policies.
+    let a = send(&f, &operator, "iot", "POST", "/things/t1", &[], "{}").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = send(&f, &operator, "iotdata", "POST", "/topics/t", &[], "x").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = send(&f, &operator, "iot", "POST", "/policies/p", &[], policy).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert!(
+        a.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("needs the role admin")
+    );
+    let a = send(&f, &f.creds, "iot", "POST", "/policies/p", &[], policy).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+
+    // A role change applies to the next request; a deleted user's key is unknown.
+    f.registry
+        .set_user_role("admin", "viewer", Role::Operator)
+        .unwrap();
+    let a = send(&f, &viewer, "iot", "POST", "/things/t2", &[], "{}").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    f.registry.delete_user("admin", "viewer").unwrap();
+    let a = send(&f, &viewer, "iot", "GET", "/things", &[], "").await;
+    assert_eq!(a.status, 403);
+    assert_eq!(a.error_type.as_deref(), Some("UnrecognizedClientException"));
+}

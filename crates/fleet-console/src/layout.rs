@@ -2,13 +2,13 @@
 //! the embedded assets, and small formatting helpers shared by the pages.
 
 use crate::ConsoleState;
-use crate::auth_shim::Role;
 use crate::session::{Authed, FLASH_COOKIE};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use lichen_fleet_registry::Role;
 use maud::{DOCTYPE, Markup, html};
 
 const CSS: &str = include_str!("../assets/console.css");

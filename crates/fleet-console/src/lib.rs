@@ -26,7 +26,6 @@
 //! registry or a fleet service (which audit it), never around them.
 //! Architecture invariant: pages only read; a page's HTML escapes every value it shows.
 
-pub mod auth_shim;
 mod charts;
 mod layout;
 mod pages;
@@ -38,7 +37,7 @@ use axum::http::{HeaderName, HeaderValue, header};
 use lichen_fleet_registry::Registry;
 use std::sync::Arc;
 
-pub use auth_shim::{Role, Session, User};
+pub use lichen_fleet_registry::{Role, Session, User};
 pub use telemetry::Telemetry;
 
 /// Where the console is mounted on the fleet's API listener.

@@ -2,7 +2,6 @@
 //! POST passes before its handler runs.
 
 use crate::ConsoleState;
-use crate::auth_shim::{AuthRegistry, Role, Session};
 use crate::layout;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -10,6 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
 use lichen_fleet_registry::{Registry, RegistryError};
+use lichen_fleet_registry::{Role, Session};
 use serde::de::DeserializeOwned;
 
 /// The session cookie's name.

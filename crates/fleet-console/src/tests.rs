@@ -1,11 +1,11 @@
 //! Handler tests: pages render for a signed-in user, sign-in and CSRF checks, role refusals,
 //! and the shadow edit's version check.
 
-use crate::auth_shim::{AuthRegistry, Role};
 use crate::{ConsoleState, router};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
+use lichen_fleet_registry::Role;
 use lichen_fleet_registry::{FleetStatusReport, Registry, ReportedComponent};
 use std::sync::Arc;
 use tower::ServiceExt;

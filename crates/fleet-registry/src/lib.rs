@@ -1,5 +1,6 @@
 //! The fleet's durable registry: things, thing groups, certificates, policies, the attachments
-//! between them, role aliases, access keys, the audit log, the tables of the jobs service
+//! between them, role aliases, access keys, users with roles and console sessions ([`User`],
+//! [`Role`], [`Session`]), the audit log, the tables of the jobs service
 //! (jobs and job executions, [`JobsTx`]), and Greengrass deployments with what core devices
 //! report ([`deployments`], [`CoreDevice`]; device reports are observations and are not
 //! audited), devices' connection state ([`Presence`]), Device Defender reports
@@ -20,6 +21,8 @@
 //! Architecture invariant: every mutation writes its audit entry (who, operation, resource) in
 //! the same transaction as the change itself.
 //! Architecture invariant: a [`Change`] is announced only after its transaction committed.
+//! Architecture invariant: no password or session token is stored, only a password's salted
+//! Argon2id hash and a token's SHA-256; a session or access key acts with its user's current role.
 //!
 //! A device endpoint admits a certificate with [`Registry::principal_authorization`] and keeps
 //! its connections current by following [`Registry::subscribe`]:
@@ -61,6 +64,7 @@ mod jobs;
 mod logs;
 mod migrations;
 mod page;
+mod permissions;
 mod policies;
 mod presence;
 mod query;
@@ -69,6 +73,7 @@ mod shadows;
 mod templates;
 mod thing_types;
 mod things;
+mod users;
 
 pub use audit::AuditEntry;
 pub use certs::{
@@ -81,6 +86,7 @@ pub use deployments::{CreatedDeployment, Deployment, EffectiveDeployment, NewDep
 pub use jobs::{ExecutionRow, JobRow, JobsTx, job_not_found};
 pub use logs::{LogEvent, LogGroup, LogQuery, LogStream};
 pub use page::{Page, PageRequest};
+pub use permissions::required_role;
 pub use policies::Policy;
 pub use presence::{DefenderReport, Presence};
 pub use secrets::{Secret, SecretValue, SecretVersion};
@@ -88,6 +94,7 @@ pub use shadows::{ShadowKey, ShadowRecord, ShadowWrite};
 pub use templates::ProvisioningTemplate;
 pub use thing_types::ThingType;
 pub use things::{Thing, ThingGroup, ThingQuery};
+pub use users::{AccessKey, MIN_PASSWORD_LEN, Role, Session, User, constant_time_eq, random_token};
 
 use db::{DbError, Transaction};
 use std::cell::RefCell;
@@ -400,7 +407,9 @@ impl Registry {
         self.run(false, f)
     }
 
-    /// Records an administrator access key (or returns the existing one of that `kind`).
+    /// Records one of the fleet's own access keys (or returns the existing one of that `kind`):
+    /// `admin` belongs to the user `admin` (created without a password when missing), others
+    /// to no user (read only, see [`AccessKey`]).
     pub fn ensure_access_key(
         &self,
         kind: &str,
@@ -421,9 +430,11 @@ impl Registry {
         }
         let (id, secret) = generate();
         self.write("lichen", "CreateAccessKey", &id, |tx| {
+            let user = users::owner_of_fleet_key(tx, kind)?;
             tx.execute(
-                "INSERT INTO access_keys (id, secret, kind, created_at) VALUES (?1, ?2, ?3, ?4)",
-                db::params![id, secret, kind, now_ms()],
+                "INSERT INTO access_keys (id, secret, kind, created_at, user_name)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                db::params![id, secret, kind, now_ms(), user],
             )?;
             Ok(((), vec![]))
         })?;
@@ -540,3 +551,5 @@ mod deployments_tests;
 mod pg_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod users_tests;

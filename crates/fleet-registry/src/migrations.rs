@@ -6,7 +6,7 @@
 
 use crate::db::{Transaction, params};
 
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE access_keys (
@@ -154,6 +154,23 @@ CREATE TABLE defender_reports (
     thing_name TEXT NOT NULL, report_id BIGINT NOT NULL, received_at BIGINT NOT NULL,
     document TEXT NOT NULL, violations TEXT NOT NULL,
     PRIMARY KEY (thing_name, report_id));
+"#,
+    // Users with roles and console sessions; access keys belong to a user (the existing
+    // administrator key to the user `admin`, whose password `lichen fleet serve` sets).
+    r#"
+CREATE TABLE users (
+    name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, role TEXT NOT NULL,
+    created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL);
+CREATE TABLE user_sessions (
+    token_sha256 TEXT PRIMARY KEY, user_name TEXT NOT NULL REFERENCES users (name),
+    csrf_token TEXT NOT NULL, expires_at BIGINT NOT NULL, created_at BIGINT NOT NULL);
+CREATE INDEX user_sessions_user ON user_sessions (user_name);
+ALTER TABLE access_keys ADD COLUMN user_name TEXT REFERENCES users (name);
+CREATE INDEX access_keys_user ON access_keys (user_name);
+INSERT INTO users (name, password_hash, role, created_at, updated_at)
+    SELECT 'admin', '', 'admin', MIN(created_at), MIN(created_at) FROM access_keys
+    WHERE kind = 'admin' HAVING COUNT(*) > 0;
+UPDATE access_keys SET user_name = 'admin' WHERE kind = 'admin';
 "#,
 ];
 

@@ -60,6 +60,22 @@ impl Inner {
                 );
             }
         }
+        // Built-ins check what they will be given (a model that does not load, say).
+        for (component, configuration) in &plan.builtins {
+            if let Err(message) = self
+                .hooks
+                .check_builtin(component, configuration, &plan.versions)
+                .await
+            {
+                return Outcome::failed(
+                    DetailedStatus::FailedNoStateChange,
+                    DeployError::ConfigurationRejected {
+                        component: component.clone(),
+                        message,
+                    },
+                );
+            }
+        }
         if lock(&self.state).cancel_requested.contains(id) {
             return Outcome::canceled(id);
         }

@@ -121,6 +121,11 @@ struct Plan {
     config_changed: Vec<(String, Value)>,
     /// Components with a Bootstrap step to run, dependencies first.
     bootstrap: Vec<String>,
+    /// Every built-in of the new set with the configuration it will have (checked before the
+    /// commit through [`crate::DeploymentHooks::check_builtin`]).
+    builtins: Vec<(String, Value)>,
+    /// Every component of the new set → its version.
+    versions: BTreeMap<String, String>,
     /// The nucleus version this deployment moves the core to (the kernel-update path, spec
     /// §6.6 step 4): staged through [`DeploymentHooks::stage_core_update`] before the commit.
     core_update: Option<String>,

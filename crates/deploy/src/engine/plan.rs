@@ -497,6 +497,12 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
         config_changed: Vec::new(),
         bootstrap: Vec::new(),
         core_update: None,
+        builtins: Vec::new(),
+        versions: resolution
+            .versions
+            .iter()
+            .map(|(n, v)| (n.clone(), v.to_string()))
+            .collect(),
     };
     for name in &resolution.order {
         let version = &resolution.versions[name];
@@ -518,6 +524,7 @@ fn build_plan(input: PlanInput) -> Result<Plan, DeployError> {
             continue;
         }
         if let Some(builtin_version) = input.builtins.get(name) {
+            plan.builtins.push((name.clone(), configuration.clone()));
             let version_changed = old_entry
                 .and_then(|e| e.get("version"))
                 .and_then(Value::as_str)

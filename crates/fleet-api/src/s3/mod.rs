@@ -239,8 +239,10 @@ fn authenticate(state: &ApiState, req: &Request) -> S3Result<Verified> {
         .collect();
     let registry = state.registry.clone();
     let mut temporary = None;
+    let mut key = None;
     let secret = |akid: &str| {
-        if let Some(s) = registry.secret_for(akid).ok().flatten() {
+        if let Some((k, s)) = registry.access_key(akid).ok().flatten() {
+            key = Some(k);
             return Some(s);
         }
         let t = registry.temporary_credentials(akid).ok().flatten()?;
@@ -270,13 +272,15 @@ fn authenticate(state: &ApiState, req: &Request) -> S3Result<Verified> {
     };
     let temporary =
         crate::credentials::check_session(temporary, &caller, now.unix_timestamp() * 1000)?;
+    let action = s3_action(req.method(), path, query);
     if let Some(t) = temporary {
-        crate::credentials::authorize_action(
-            state,
-            &s3_action(req.method(), path, query),
-            &s3_resource(path),
-            &t,
-        )?;
+        crate::credentials::authorize_action(state, &action, &s3_resource(path), &t)?;
+    } else if let Some(k) = &key {
+        let op = action.strip_prefix("s3:").filter(|op| *op != "Unknown");
+        crate::roles::check(k, "s3", op, req.method(), path).map_err(|e| S3Error {
+            resource: path.to_string(),
+            ..err(e.status, "AccessDenied", e.message)
+        })?;
     }
     Ok(caller)
 }

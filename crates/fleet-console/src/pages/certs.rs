@@ -3,7 +3,6 @@
 
 use super::groups::who;
 use crate::ConsoleState;
-use crate::auth_shim::Role;
 use crate::layout::{self, badge, csrf};
 use crate::session::{Authed, Posted, blocking, redirect_with_flash};
 use axum::Router;
@@ -11,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
+use lichen_fleet_registry::Role;
 use lichen_fleet_registry::{
     Certificate, CertificateStatus, PageRequest, ProvisioningTemplate, Registry, RegistryError,
 };

@@ -9,7 +9,6 @@
 mod publish;
 
 use crate::ConsoleState;
-use crate::auth_shim::Role;
 use crate::layout::{self, badge};
 use crate::session::{Authed, blocking};
 use axum::Router;
@@ -20,6 +19,7 @@ use axum::routing::get;
 use lichen_fleet_api::greengrass::components::{
     detect_format, recipe_value, render, s3_uri, sorted_versions,
 };
+use lichen_fleet_registry::Role;
 use lichen_fleet_registry::{ComponentVersion, InstalledComponent, PageRequest, Registry};
 use maud::{Markup, html};
 use serde_json::{Map, Value};

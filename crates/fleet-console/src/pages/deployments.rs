@@ -17,7 +17,6 @@ mod progress;
 mod tests;
 
 use crate::ConsoleState;
-use crate::auth_shim::Role;
 use crate::layout::{self, badge};
 use crate::session::{Authed, Posted, blocking, redirect_with_flash};
 use axum::Router;
@@ -28,6 +27,7 @@ use axum::routing::{get, post};
 use lichen_fleet_api::ApiError;
 use lichen_fleet_api::greengrass::CreateRequest;
 use lichen_fleet_api::greengrass::document::{BAKE_TAG, ROLLBACK_TAG};
+use lichen_fleet_registry::Role;
 use lichen_fleet_registry::deployments::FAILED;
 use lichen_fleet_registry::{Deployment, PageRequest};
 use maud::{Markup, html};

@@ -2,13 +2,13 @@
 //! follows a query, kept current by the registry).
 
 use crate::ConsoleState;
-use crate::auth_shim::Role;
 use crate::layout::{self, csrf};
 use crate::session::{Authed, Posted, blocking, redirect_with_flash};
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
+use lichen_fleet_registry::Role;
 use lichen_fleet_registry::{PageRequest, Registry, RegistryError, ThingGroup};
 use maud::html;
 

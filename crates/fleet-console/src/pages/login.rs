@@ -2,7 +2,6 @@
 //! hidden field that must match), since there is no session yet to hold one.
 
 use crate::ConsoleState;
-use crate::auth_shim::{AuthRegistry, random_token};
 use crate::layout::{self, bare_page};
 use crate::session::{self, COOKIE, Posted, SESSION_TTL_SECS, blocking, cookie, set_cookie};
 use axum::extract::{Query, State};
@@ -10,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
+use lichen_fleet_registry::random_token;
 use maud::html;
 
 const LOGIN_COOKIE: &str = "lichen_console_login";

@@ -4,7 +4,6 @@
 //! sent to the shadow service names that version too.
 
 use crate::ConsoleState;
-use crate::auth_shim::Role;
 use crate::layout::{self, csrf};
 use crate::session::{Authed, Posted, redirect_with_flash};
 use axum::Router;
@@ -12,6 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::post;
+use lichen_fleet_registry::Role;
 use lichen_fleet_shadow::{ErrorCode, ShadowError};
 use maud::{Markup, html};
 use serde_json::{Map, Value, json};

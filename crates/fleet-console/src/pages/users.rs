@@ -2,7 +2,6 @@
 
 use super::groups::who;
 use crate::ConsoleState;
-use crate::auth_shim::{AuthRegistry, Role};
 use crate::layout::{self, csrf};
 use crate::session::{Authed, Posted, blocking, redirect_with_flash};
 use axum::Router;
@@ -10,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
+use lichen_fleet_registry::Role;
 use maud::html;
 
 pub(crate) fn routes() -> Router<ConsoleState> {
@@ -46,7 +46,7 @@ async fn page(user: Authed, State(state): State<ConsoleState>) -> Response {
                                 button.secondary type="submit" { "Set role" }
                             }
                         }
-                        td data-label="Created" { (layout::when(u.created_at * 1000)) }
+                        td data-label="Created" { (layout::when(u.created_at)) }
                         td data-label="Actions" {
                             @if u.name != user.session.user.name {
                                 form method="post" action={"/console/users/" (u.name) "/delete"} data-confirm={"Delete user " (u.name) "?"} {

@@ -5,7 +5,6 @@
 //! the fleet's store and its digest is checked or filled in.
 
 use crate::ConsoleState;
-use crate::auth_shim::Role;
 use crate::layout;
 use crate::pages::deployments::who;
 use crate::session::{Authed, Posted, redirect_with_flash};
@@ -15,6 +14,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use lichen_fleet_api::greengrass::components::{Publish, publish};
+use lichen_fleet_registry::Role;
 use maud::{Markup, html};
 use serde_json::json;
 

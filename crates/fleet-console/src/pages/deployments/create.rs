@@ -11,7 +11,6 @@
 use super::form::DeployForm;
 use super::{api_error, no_service, who};
 use crate::ConsoleState;
-use crate::auth_shim::Role;
 use crate::layout;
 use crate::session::{Authed, Posted, blocking, redirect_with_flash};
 use axum::Router;
@@ -21,6 +20,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use lichen_fleet_api::greengrass::document::validate_request;
 use lichen_fleet_api::greengrass::{CreateRequest, preview::preview_in};
+use lichen_fleet_registry::Role;
 use lichen_fleet_registry::{PageRequest, Registry, RegistryError};
 use maud::{Markup, html};
 use serde_json::{Map, Value};

@@ -4,7 +4,6 @@
 //! deploy (and only what was previewed), conflicts, the live rollout fragment, cancel and the
 //! fleet-wide rollback.
 
-use crate::auth_shim::{AuthRegistry, Role};
 use crate::{ConsoleState, router};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -15,6 +14,7 @@ use lichen_fleet_api::greengrass::{
 };
 use lichen_fleet_jobs::{CreateJob, JobsService, TargetSelection};
 use lichen_fleet_registry::Registry;
+use lichen_fleet_registry::Role;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use tower::ServiceExt;

@@ -21,6 +21,16 @@ pub trait BuiltinService: Send + Sync + 'static {
     /// The version it reports (same major series as the Greengrass component).
     fn version(&self) -> &'static str;
     fn apply(&self, configuration: Option<Value>) -> BoxFuture<'_, ()>;
+    /// Before a deployment commits `configuration` for this service (`versions`: every
+    /// component of the new set → its version): Err(cause) fails the deployment, nothing
+    /// changed. The default accepts.
+    fn check<'a>(
+        &'a self,
+        _configuration: &'a Value,
+        _versions: &'a BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// What built-in services may use from the kernel.
@@ -57,6 +67,8 @@ pub fn services(ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
     services.extend(super::logmanager::services(ctx));
     services.extend(super::telemetry::services(ctx));
     services.extend(super::defender::services(ctx));
+    #[cfg(feature = "inference")]
+    services.extend(super::inference::services(ctx));
     services
 }
 
@@ -230,6 +242,19 @@ impl Builtins {
             Some(s) => states.insert(name.to_string(), s),
             None => states.remove(name),
         };
+    }
+
+    /// A deployment's check of built-in `name` before its commit ([`BuiltinService::check`]).
+    pub async fn check(
+        &self,
+        name: &str,
+        configuration: &Value,
+        versions: &BTreeMap<String, String>,
+    ) -> Result<(), String> {
+        match self.others.iter().find(|(s, _)| s.name() == name) {
+            Some((s, _)) => s.check(configuration, versions).await,
+            None => Ok(()),
+        }
     }
 
     pub async fn reconcile(&self) {

@@ -830,6 +830,25 @@ impl DeploymentHooks for ComponentUpdateHooks {
         }
     }
 
+    fn check_builtin(
+        &self,
+        component: &str,
+        configuration: &Value,
+        versions: &BTreeMap<String, String>,
+    ) -> lichen_deploy::BoxFuture<'_, Result<(), String>> {
+        let (component, configuration, versions) = (
+            component.to_string(),
+            configuration.clone(),
+            versions.clone(),
+        );
+        Box::pin(async move {
+            match self.builtins.get() {
+                Some(b) => b.check(&component, &configuration, &versions).await,
+                None => Ok(()),
+            }
+        })
+    }
+
     fn validate_configuration(
         &self,
         deployment_id: &str,

@@ -14,6 +14,8 @@ mod cloud;
 mod cloud_deploy;
 mod core_update;
 mod defender;
+#[cfg(feature = "inference")]
+mod inference;
 mod install;
 mod ipc_ops;
 mod layout;

@@ -13,6 +13,7 @@ mod provisioning;
 mod role;
 mod serve;
 mod template;
+mod users;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -45,6 +46,10 @@ pub enum FleetCommand {
     /// CreateComponentVersion's `lambdaFunction` turns into a component version.
     #[command(subcommand)]
     Lambda(lambda::LambdaCommand),
+    /// The fleet's users (console logins and owners of access keys) and their roles:
+    /// viewer, operator, admin; their access keys for the control API.
+    #[command(subcommand)]
+    User(users::UserCommand),
 }
 
 #[derive(Args)]
@@ -75,6 +80,7 @@ pub fn run(c: FleetCommand) -> anyhow::Result<ExitCode> {
         FleetCommand::Deployment(c) => deployment::run(c),
         FleetCommand::Component(c) => component::run(c),
         FleetCommand::Lambda(c) => lambda::run(c),
+        FleetCommand::User(c) => users::run(c),
     }
 }
 

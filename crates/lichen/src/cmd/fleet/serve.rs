@@ -1,6 +1,6 @@
 //! `lichen fleet serve`: opens (or creates) the fleet root — CA, registry, administrator
-//! credentials — binds the listeners, writes `<root>/endpoints.json`, and serves until SIGTERM
-//! or SIGINT.
+//! credentials and the console's first `admin` password — binds the listeners, writes
+//! `<root>/endpoints.json`, and serves until SIGTERM or SIGINT.
 
 use anyhow::Context;
 use clap::Args;
@@ -115,6 +115,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .ensure_access_key("admin", generate_access_key)
         .context("recording the administrator's access key")?;
     write_admin_files(&root.join("admin"), &akid, &secret, &a.region)?;
+    super::users::ensure_console_password(&registry, &root.join("admin"))
+        .context("giving the console's user admin its first password")?;
 
     let listener = tokio::net::TcpListener::bind(a.api)
         .await
@@ -242,8 +244,6 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         telemetry: console_telemetry,
         ..lichen_fleet_console::ConsoleState::new(registry.clone())
     };
-    lichen_fleet_console::auth_shim::ensure_admin(&registry, &root.join("admin"))
-        .context("writing the console's administrator password")?;
     lichen_fleet_console::start_background(&console);
     let state = Arc::new(ApiState {
         objects: Some(objects),
@@ -330,7 +330,7 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + S
 }
 
 /// An AWS-shaped key pair: `AKIA` + 16 upper-case letters/digits, and a 40-character secret.
-fn generate_access_key() -> (String, String) {
+pub(crate) fn generate_access_key() -> (String, String) {
     const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     const SECRET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut rng = rand::rng();
