@@ -83,7 +83,7 @@ fn missing(e: lichen_fleet_registry::RegistryError, arn: &str) -> ApiError {
 }
 
 /// `{` starts a JSON recipe; anything else is YAML.
-pub(crate) fn detect_format(text: &str) -> Format {
+pub fn detect_format(text: &str) -> Format {
     if text
         .trim_start_matches('\u{feff}')
         .trim_start()
@@ -103,7 +103,7 @@ fn format_name(f: Format) -> &'static str {
 }
 
 /// `s3://bucket/key` → (bucket, key).
-pub(crate) fn s3_uri(uri: &str) -> Option<(&str, &str)> {
+pub fn s3_uri(uri: &str) -> Option<(&str, &str)> {
     let rest = uri
         .get(..5)
         .filter(|p| p.eq_ignore_ascii_case("s3://"))
@@ -155,14 +155,14 @@ fn fill_digests(root: &mut Value, digests: &[(String, String)]) {
 }
 
 /// The recipe as a JSON value (YAML read through serde_yaml_ng).
-pub(crate) fn recipe_value(text: &str, format: Format) -> Result<Value, String> {
+pub fn recipe_value(text: &str, format: Format) -> Result<Value, String> {
     match format {
         Format::Json => serde_json::from_str(text).map_err(|e| e.to_string()),
         Format::Yaml => serde_yaml_ng::from_str(text).map_err(|e| e.to_string()),
     }
 }
 
-pub(crate) fn render(v: &Value, format: Format) -> ApiResult<String> {
+pub fn render(v: &Value, format: Format) -> ApiResult<String> {
     match format {
         Format::Json => {
             serde_json::to_string_pretty(v).map_err(|e| ApiError::invalid(e.to_string()))
@@ -214,15 +214,6 @@ fn create(s: &ApiState, c: &Call) -> ApiResult<Response> {
         Some(f) if !f.is_null() => super::lambda::recipe(s, f)?,
         _ => inline_recipe(&body)?,
     };
-    let format = detect_format(&text);
-    let recipe = lichen_recipe::parse_str(&text, format, "inlineRecipe").map_err(|e| {
-        let mut v = validation(
-            "FIELD_VALIDATION_FAILED",
-            format!("inlineRecipe: {}: {}", e.field, e.message),
-        );
-        v.extra.push(("field", e.field.clone()));
-        v
-    })?;
     let signature = match body.get("lichenSignature") {
         None | Some(Value::Null) => None,
         Some(v) => Some(check_signature(v)?),
@@ -238,14 +229,62 @@ fn create(s: &ApiState, c: &Call) -> ApiResult<Response> {
         }
     };
     let client_token = str_field(&body, "clientToken")?.map(str::to_owned);
+    let stored = publish(
+        &s.registry,
+        s.objects.as_deref(),
+        &c.caller.access_key_id,
+        Publish {
+            text,
+            signature,
+            tags,
+            client_token,
+        },
+    )?;
+    Ok(json_status(StatusCode::CREATED, created_json(s, &stored)))
+}
+
+/// A component version to publish: the recipe's text (JSON or YAML), its checked signature
+/// (JSON `{"keyId", "signature"}`), tags (an object of strings) and the client token.
+pub struct Publish {
+    pub text: String,
+    pub signature: Option<String>,
+    pub tags: Value,
+    pub client_token: Option<String>,
+}
+
+/// CreateComponentVersion's rules, for the API and the console alike: validates the recipe,
+/// checks (or fills in) each `s3://` artifact's digest against `objects`, and records the
+/// version (FAILED, with the reasons, when an artifact is not in the object store). A client
+/// token seen before answers what the first request created.
+pub fn publish(
+    registry: &lichen_fleet_registry::Registry,
+    objects: Option<&crate::s3::ObjectStore>,
+    who: &str,
+    p: Publish,
+) -> ApiResult<ComponentVersion> {
+    let Publish {
+        text,
+        signature,
+        tags,
+        client_token,
+    } = p;
+    let format = detect_format(&text);
+    let recipe = lichen_recipe::parse_str(&text, format, "inlineRecipe").map_err(|e| {
+        let mut v = validation(
+            "FIELD_VALIDATION_FAILED",
+            format!("inlineRecipe: {}: {}", e.field, e.message),
+        );
+        v.extra.push(("field", e.field.clone()));
+        v
+    })?;
     let name = recipe.name.clone();
     let version = recipe.version.to_string();
     // Retried request: answer what the first one created.
     if let Some(token) = &client_token
-        && let Ok(existing) = s.registry.component_version(&name, &version)
+        && let Ok(existing) = registry.component_version(&name, &version)
         && existing.client_token.as_deref() == Some(token)
     {
-        return Ok(json_status(StatusCode::CREATED, created_json(s, &existing)));
+        return Ok(existing);
     }
 
     // Artifacts: each s3:// one must exist; its digest is checked or computed.
@@ -261,7 +300,7 @@ fn create(s: &ApiState, c: &Call) -> ApiResult<Response> {
             }
             continue;
         };
-        let Some(objects) = &s.objects else {
+        let Some(objects) = objects else {
             errors.insert(a.uri.clone(), "this fleet has no object store".into());
             continue;
         };
@@ -364,8 +403,8 @@ fn create(s: &ApiState, c: &Call) -> ApiResult<Response> {
             serde_json::to_string(&Value::Object(errors.clone())).unwrap_or_default(),
         )
     };
-    let stored = s.registry.create_component_version(
-        &c.caller.access_key_id,
+    let stored = registry.create_component_version(
+        who,
         &ComponentVersion {
             name,
             version,
@@ -398,11 +437,11 @@ fn create(s: &ApiState, c: &Call) -> ApiResult<Response> {
         }
         r => r?,
     };
-    Ok(json_status(StatusCode::CREATED, created_json(s, &stored)))
+    Ok(stored)
 }
 
 /// The `status` structure.
-pub(crate) fn status_json(v: &ComponentVersion) -> Value {
+pub fn status_json(v: &ComponentVersion) -> Value {
     let errors: Value = if v.status == "FAILED" {
         serde_json::from_str(&v.message).unwrap_or(json!({}))
     } else {
@@ -508,7 +547,7 @@ fn page(c: &Call) -> ApiResult<PageRequest> {
 }
 
 /// Versions newest first (semver order; unparsable ones last).
-pub(crate) fn sorted_versions(mut all: Vec<ComponentVersion>) -> Vec<ComponentVersion> {
+pub fn sorted_versions(mut all: Vec<ComponentVersion>) -> Vec<ComponentVersion> {
     all.sort_by(|a, b| {
         let (va, vb) = (
             semver::Version::parse(&a.version).ok(),

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use lichen_fleet_registry::PageRequest;
 use std::sync::Arc;
 
-pub(crate) mod components;
+pub mod components;
 pub mod core_devices;
 pub mod deployments;
 pub mod document;

@@ -84,8 +84,16 @@ pub async fn preview(
     target_arn: &str,
     proposed: Option<&Value>,
 ) -> ApiResult<Value> {
+    preview_in(state.registry.clone(), target_arn, proposed).await
+}
+
+/// [`preview`] over the registry alone (the console's preview).
+pub async fn preview_in(
+    registry: Arc<lichen_fleet_registry::Registry>,
+    target_arn: &str,
+    proposed: Option<&Value>,
+) -> ApiResult<Value> {
     let (kind, name) = super::document::parse_target(target_arn)?;
-    let registry = state.registry.clone();
     let proposed = proposed.cloned();
     let target_arn = target_arn.to_string();
     blocking(move || {

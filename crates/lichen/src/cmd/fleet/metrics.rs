@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Also told each accepted telemetry message (thing, when taken, payload): the console's history.
+pub type SampleSink = Arc<dyn Fn(&str, i64, &Value) + Send + Sync>;
+
 pub const TOPIC_FILTER: &str = "$aws/things/+/lichen/telemetry";
 
 #[derive(Default)]
@@ -34,6 +37,7 @@ pub async fn start(
     devices: &DeviceEndpoint,
     registry: Arc<Registry>,
     listen: Option<SocketAddr>,
+    on_sample: Option<SampleSink>,
 ) -> anyhow::Result<()> {
     let latest = Arc::new(Latest::default());
     let mut topics = devices.serve_topics(TOPIC_FILTER)?;
@@ -45,6 +49,9 @@ pub async fn start(
             match serde_json::from_slice::<Value>(&p.payload) {
                 Ok(v @ Value::Object(_)) if p.thing_name.as_deref() == Some(thing.as_str()) => {
                     l.messages.fetch_add(1, Ordering::Relaxed);
+                    if let Some(f) = &on_sample {
+                        f(&thing, now_ms(), &v);
+                    }
                     l.by_thing
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

@@ -140,9 +140,19 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     super::presence::start(&devices, registry.clone(), a.database.is_none());
     super::defender::start(&devices, registry.clone())
         .context("serving the Device Defender topics")?;
-    super::metrics::start(&devices, registry.clone(), a.metrics)
-        .await
-        .context("serving telemetry and /metrics")?;
+    // The console charts devices' recent telemetry, which the fleet otherwise keeps only latest.
+    let console_telemetry = Arc::new(lichen_fleet_console::Telemetry::default());
+    let sink = console_telemetry.clone();
+    super::metrics::start(
+        &devices,
+        registry.clone(),
+        a.metrics,
+        Some(Arc::new(
+            move |thing: &str, at_ms: i64, v: &serde_json::Value| sink.record(thing, at_ms, v),
+        )),
+    )
+    .await
+    .context("serving telemetry and /metrics")?;
     let data_plane = tokio::net::TcpListener::bind(a.data_plane)
         .await
         .with_context(|| format!("binding the data plane on {}", a.data_plane))?;
@@ -226,6 +236,15 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             },
         })
     };
+    let console = lichen_fleet_console::ConsoleState {
+        shadows: Some(shadows.clone()),
+        deployments: Some(deployments.clone()),
+        jobs: Some(jobs.clone()),
+        objects: Some(objects.clone()),
+        telemetry: console_telemetry,
+        ..lichen_fleet_console::ConsoleState::new(registry.clone())
+    };
+    lichen_fleet_console::start_background(&console);
     let state = Arc::new(ApiState {
         objects: Some(objects),
         registry,
@@ -269,7 +288,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         state.clone(),
         stopped(stop_rx.clone()),
     ));
-    lichen_fleet_api::serve(listener, state, stopped(stop_rx))
+    // The console shares the API's listener under /console (the API's router is the fallback).
+    let app = lichen_fleet_api::router(state).merge(lichen_fleet_console::router(console));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stopped(stop_rx))
         .await
         .context("serving the control-plane API")?;
     data_plane
