@@ -14,10 +14,10 @@ mod cloud;
 mod cloud_deploy;
 mod core_update;
 mod defender;
-#[cfg(feature = "inference")]
-mod inference;
 #[cfg(feature = "industrial")]
 mod industrial;
+#[cfg(feature = "inference")]
+mod inference;
 mod install;
 mod ipc_ops;
 mod layout;
