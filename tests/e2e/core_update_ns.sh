@@ -60,6 +60,7 @@ S=$(settle "$ID")
 grep -q '"SUCCEEDED"' <<<"$S" || fail "update: $S"
 [ "$(readlink "$R/alts/current")" = nucleus-2.14.1 ] || fail "alts/current is $(readlink "$R/alts/current")"
 [ "$(readlink "$R/alts/old")" = init ] || fail "alts/old is $(readlink "$R/alts/old")"
+[ ! -e "$R/alts/current/unconfirmed" ] || fail "the new core (no cloud configured) is still unconfirmed"
 ps -eo args | grep -q "^$R/alts/current/bin/lichen core run" || fail "core not running from alts/current"
 "$B" core effective-config --root "$R" | grep -A3 'aws.greengrass.Nucleus:' | grep -q "2.14.1" || fail "nucleus version not committed"
 
