@@ -123,6 +123,40 @@ pub fn record_failure(root: &Path, cause: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// After a deployment that switched to nucleus `version` failed and rolled its components back:
+/// when this core is that version and an `alts/old` exists, records why (for the loader's log
+/// readers) and returns the note for the deployment's cause; the core then exits
+/// [`loader::EXIT_ROLLBACK`] at the restart the deployment asks for.
+pub fn prepare_binary_rollback(version: &str, cause: &str) -> anyhow::Result<Option<String>> {
+    let Some(root) = ROOT.get() else {
+        return Ok(None);
+    };
+    let name = launch_dir(version);
+    let Some(old) = alts::target(root, alts::OLD) else {
+        return Ok(None);
+    };
+    if std::env::var_os(loader::LOADER_ENV).is_none()
+        || alts::target(root, alts::CURRENT).as_deref() != Some(name.as_str())
+    {
+        return Ok(None);
+    }
+    tracing::warn!(
+        version,
+        old,
+        "the update's components were rolled back; going back to the previous core binary"
+    );
+    record_failure(
+        root,
+        &format!(
+            "the deployment failed after the switch to aws.greengrass.Nucleus {version} and was \
+             rolled back, the core binary too: {cause}"
+        ),
+    )?;
+    Ok(Some(format!(
+        "the core binary was rolled back too (from aws.greengrass.Nucleus {version} to alts/{old})"
+    )))
+}
+
 /// After the restart: Ok when this core runs from the staged launch directory.
 pub fn outcome(version: &str) -> Result<(), String> {
     let root = ROOT.get().ok_or("the core root is not known yet")?;

@@ -398,9 +398,14 @@ async fn serve(
         }
 
         tokio::select! {
-            _ = std::future::ready(()), if early_restart => Stopped::Restart,
+            _ = std::future::ready(()), if early_restart => {
+                if hooks.core_rollback_asked() { Stopped::RollBack } else { Stopped::Restart }
+            }
             r = wait_for_signal() => { r?; Stopped::Exit }
             reboot = hooks.restart_wanted() => {
+                if hooks.core_rollback_asked() {
+                    break 'running Stopped::RollBack;
+                }
                 if reboot {
                     if let Some(cmd) = &settings.reboot_command {
                         tracing::warn!(command = %cmd, "a bootstrap step asked for a device reboot; running the reboot command after stopping components");
