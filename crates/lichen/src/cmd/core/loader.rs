@@ -74,6 +74,8 @@ async fn supervise(root: PathBuf) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("starting {}", bin.display()));
         let status = match &mut child {
             Ok(c) => {
+                // The loader only waits from here on.
+                super::trim::release_executable_pages();
                 tokio::select! {
                     s = c.wait() => s?,
                     _ = term.recv() => return stop(c).await,

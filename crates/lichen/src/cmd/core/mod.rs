@@ -25,6 +25,7 @@ mod secrets;
 mod shadows;
 mod telemetry;
 mod tes;
+mod trim;
 
 use super::RootArgs;
 use anyhow::Context;
@@ -396,6 +397,8 @@ async fn serve(
         } else {
             println!("  cloud:  none configured (running offline)");
         }
+        // Start-up code is not needed again: only what runs from now on stays resident.
+        trim::keep_trimmed(&engine);
 
         tokio::select! {
             _ = std::future::ready(()), if early_restart => {
