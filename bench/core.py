@@ -48,10 +48,53 @@ def rss_kb(pid):
     return -1
 
 
+def smaps_breakdown(pid):
+    """Resident KiB of the process by where the pages come from: the executable's mappings one by
+    one (text, read-only data, relocated read-only data, data), heap, other anonymous memory
+    (thread stacks, allocator arenas), shared libraries, the main stack."""
+    exe = os.path.realpath(f"/proc/{pid}/exe")
+    rows, cur = [], None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if "-" in parts[0] and len(parts) >= 5 and not parts[0].endswith(":"):
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                cur = {"perms": parts[1], "offset": int(parts[2], 16), "size": (hi - lo) // 1024,
+                       "path": parts[5] if len(parts) > 5 else "", "Rss": 0, "Anonymous": 0}
+                rows.append(cur)
+            elif parts[0] in ("Rss:", "Anonymous:"):
+                cur[parts[0][:-1]] = int(parts[1])
+    out, anon_n, anon_kb, libs, other = [], 0, 0, 0, 0
+    for r in rows:
+        if r["path"] == exe:
+            kind = {"r-xp": "text", "rw-p": "data/.bss"}.get(r["perms"], "read-only")
+            if r["perms"] == "r--p" and r["Anonymous"]:
+                kind = "relro (.data.rel.ro, .got)"
+            out.append(f"  exe {r['perms']} +{r['offset']:#x} {kind}: {r['Rss']} KiB "
+                       f"of {r['size']} KiB mapped ({r['Anonymous']} KiB private)")
+        elif r["path"] in ("[heap]", "[stack]"):
+            out.append(f"  {r['path']}: {r['Rss']} KiB")
+        elif r["path"] == "":
+            anon_n += 1
+            anon_kb += r["Rss"]
+        elif r["path"].startswith("/"):
+            libs += r["Rss"]
+        else:
+            other += r["Rss"]
+    out.append(f"  anonymous mappings (thread stacks, arenas; {anon_n}): {anon_kb} KiB")
+    out.append(f"  shared libraries: {libs} KiB; vdso/vvar: {other} KiB")
+    with open(f"/proc/{pid}/status") as f:
+        threads = next(l.split()[1] for l in f if l.startswith("Threads:"))
+    out.append(f"  threads: {threads}")
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.environ.get("LICHEN_BIN", "target/release/lichen"))
     ap.add_argument("--starts", type=int, default=20)
+    ap.add_argument("--breakdown", action="store_true",
+                    help="print where the idle core's resident pages come from (/proc/PID/smaps)")
     args = ap.parse_args()
     binary = os.path.abspath(args.bin)
     work = tempfile.mkdtemp(prefix="lichen-bench-")
@@ -68,10 +111,13 @@ def main():
         p, _ = start_core(binary, root)
         time.sleep(2)
         idle = rss_kb(p.pid)
+        idle_breakdown = smaps_breakdown(p.pid) if args.breakdown else None
         stop_core(p)
         print(f"start to ready (spawn to 'ready' line, {args.starts} fresh roots): "
               f"median {statistics.median(ready):.1f} ms, max {max(ready):.1f} ms  (target <= 100 ms)")
         print(f"idle RSS, no components: {idle / 1024:.1f} MiB  (target <= 10 MB)")
+        if idle_breakdown:
+            print(idle_breakdown)
         # Idle RSS with the built-in services deployed (stream manager, client device auth, the
         # client-device broker, the bridge) and the offline cloud link.
         root = os.path.join(work, "services")
@@ -97,8 +143,11 @@ def main():
             raise SystemExit("deployment of the built-in services failed")
         time.sleep(2)
         services = rss_kb(p.pid)
+        services_breakdown = smaps_breakdown(p.pid) if args.breakdown else None
         stop_core(p)
         print(f"idle RSS, built-in services deployed: {services / 1024:.1f} MiB  (target <= 10 MB)")
+        if services_breakdown:
+            print(services_breakdown)
         # Deployment create to RUNNING.
         for count in (1, 50, 200):
             root = os.path.join(work, f"deploy{count}")

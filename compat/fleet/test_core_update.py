@@ -2,7 +2,8 @@
 thing-group deployment of `aws.greengrass.Nucleus` created with boto3: the new version's artifact
 is the `lichen` binary, published with `lichen fleet component publish`. A good core takes over
 and reports SUCCEEDED; a core that exits at start is rolled back and the old core reports FAILED
-with the cause.
+with the cause; so is a core that starts but cannot reach the fleet within
+`lichen.nucleusUpdate.connectTimeoutSeconds` (it runs in a network namespace of its own).
 """
 
 import os
@@ -14,12 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from fleet_devices import TIMEOUT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lichen_support import lichen_bin, wait_for  # noqa: E402
 
 NUCLEUS = "aws.greengrass.Nucleus"
+CONNECT_BOUND_S = 15
 
 
 def run(*args):
@@ -76,6 +79,11 @@ def loader(fleet, iot, tmp_path):
     out = tmp_path / "enrolled"
     run("fleet", "enroll", "--root", str(fleet.root), "--thing", thing, "--out", str(out), "--group", group)
     root = tmp_path / "root"
+    # A switched core gets CONNECT_BOUND_S to reach the fleet (the default is minutes).
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    nucleus = cfg.setdefault("services", {}).setdefault(NUCLEUS, {}).setdefault("configuration", {})
+    nucleus.setdefault("lichen", {})["nucleusUpdate"] = {"connectTimeoutSeconds": CONNECT_BOUND_S}
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg))
     # The enrolled configuration goes in once, as `core install --config` does.
     seed = subprocess.Popen(
         [lichen_bin(), "core", "run", "--root", str(root), "--config", str(out / "config.yaml")],
@@ -126,6 +134,10 @@ def test_a_good_core_takes_over_and_a_broken_one_is_rolled_back(fleet, iot, tmp_
     assert e["coreDeviceExecutionStatus"] == "SUCCEEDED", e
     assert os.readlink(alts / "current") == "nucleus-2.14.1"
     assert os.readlink(alts / "old") == "init"
+    # Fleet status names the version of the core now running, not the one compiled in.
+    wait_for(
+        lambda: gg.get_core_device(coreDeviceThingName=loader.thing).get("coreVersion") == "2.14.1",
+        TIMEOUT, "coreVersion 2.14.1 in the fleet")
 
     broken = tmp_path / "broken-core"
     broken.write_text("#!/bin/sh\necho this core cannot start >&2\nexit 1\n")
@@ -137,3 +149,35 @@ def test_a_good_core_takes_over_and_a_broken_one_is_rolled_back(fleet, iot, tmp_
     assert "failed to start" in e.get("reason", ""), e
     assert os.readlink(alts / "current") == "nucleus-2.14.1"
     assert os.readlink(alts / "broken") == "nucleus-2.14.2"
+    assert not (alts / "nucleus-2.14.1" / "unconfirmed").exists()
+
+
+def netns_allowed():
+    try:
+        return subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+def test_a_core_that_cannot_reach_the_fleet_is_rolled_back_and_the_old_one_reports_why(
+    fleet, iot, tmp_path, loader
+):
+    if not netns_allowed():
+        pytest.skip("needs `unshare --net` (root) to cut the new core off the network")
+    gg = fleet.client("greengrassv2")
+    alts = loader.root / "alts"
+    # The real core, started in a network namespace of its own: it runs, serves IPC on its unix
+    # socket, and its cloud link finds no network.
+    cut_off = tmp_path / "cut-off-core"
+    cut_off.write_text(f'#!/bin/sh\nexec unshare --net "{lichen_bin()}" "$@"\n')
+    cut_off.chmod(0o755)
+    publish_nucleus(fleet, tmp_path, "2.14.3", cut_off)
+    d = gg.create_deployment(targetArn=loader.group_arn, components={NUCLEUS: {"componentVersion": "2.14.3"}})
+    e = settled(gg, loader.thing, d["deploymentId"])
+    assert e["coreDeviceExecutionStatus"] == "FAILED", e
+    reason = e.get("reason", "")
+    assert "did not reach the cloud" in reason and f"within {CONNECT_BOUND_S} s" in reason, e
+    assert os.readlink(alts / "current") == "init"
+    assert os.readlink(alts / "broken") == "nucleus-2.14.3"
+    # The old core is the one connected again, and the fleet shows its version.
+    assert gg.get_core_device(coreDeviceThingName=loader.thing)["coreVersion"] == "2.14.0"

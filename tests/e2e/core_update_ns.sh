@@ -60,6 +60,7 @@ S=$(settle "$ID")
 grep -q '"SUCCEEDED"' <<<"$S" || fail "update: $S"
 [ "$(readlink "$R/alts/current")" = nucleus-2.14.1 ] || fail "alts/current is $(readlink "$R/alts/current")"
 [ "$(readlink "$R/alts/old")" = init ] || fail "alts/old is $(readlink "$R/alts/old")"
+[ ! -e "$R/alts/current/unconfirmed" ] || fail "the new core (no cloud configured) is still unconfirmed"
 ps -eo args | grep -q "^$R/alts/current/bin/lichen core run" || fail "core not running from alts/current"
 "$B" core effective-config --root "$R" | grep -A3 'aws.greengrass.Nucleus:' | grep -q "2.14.1" || fail "nucleus version not committed"
 
@@ -72,6 +73,32 @@ grep -q '"FAILED"' <<<"$S" || fail "broken update did not fail: $S"
 grep -q 'failed to start' <<<"$S" || fail "cause not reported: $S"
 [ "$(readlink "$R/alts/current")" = nucleus-2.14.1 ] || fail "not back on the previous core"
 [ "$(readlink "$R/alts/broken")" = nucleus-2.14.2 ] || fail "alts/broken is $(readlink "$R/alts/broken" || true)"
+
+echo "== a component failing after the switch rolls back the components and the core (ROLLBACK)"
+nucleus 2.14.4 "$B"
+cat > "$W/r2.14.4/bad.yaml" <<R
+RecipeFormatVersion: '2020-01-25'
+ComponentName: test.Bad
+ComponentVersion: '1.0.0'
+Manifests:
+  - Platform:
+      os: '*'
+    Lifecycle:
+      Install: "echo bad >> $W/bad_runs; exit 1"
+      Run: "exec sleep 1000"
+R
+ID=$("$B" deployment create --root "$R" --recipe-dir "$W/r2.14.4" --artifact-dir "$W/a" \
+  --merge "aws.greengrass.Nucleus=2.14.4" --merge test.Bad=1.0.0 --failure-handling-policy ROLLBACK \
+  | sed -n 's/.*Deployment Id: *//p')
+S=$(settle "$ID")
+grep -q '"FAILED_ROLLBACK_COMPLETE"' <<<"$S" || fail "failed update not rolled back: $S"
+grep -q "core binary was rolled back too" <<<"$S" || fail "binary rollback not reported: $S"
+test -s "$W/bad_runs" || fail "the failing component never ran"
+wait_for 60 "the core back on nucleus-2.14.1" bash -c "[ \"\$(readlink '$R/alts/current')\" = nucleus-2.14.1 ] && ps -eo args | grep -q '^$R/alts/current/bin/lichen core run'"
+[ "$(readlink "$R/alts/broken")" = nucleus-2.14.4 ] || fail "alts/broken is $(readlink "$R/alts/broken" || true)"
+wait_for 60 "the old core serving" "$B" component list --root "$R"
+"$B" component list --root "$R" | grep -q test.Bad && fail "test.Bad survived the rollback"
+grep -q "gave up" "$R/logs/loader.log" || fail "the loader did not go back"
 
 echo "== kill -9 during the switch"
 nucleus 2.14.3 "$B"

@@ -71,6 +71,16 @@ fn a_nucleus_deployment_switches_cores_falls_back_from_a_broken_one_and_survives
 }
 
 #[test]
+fn a_switched_core_that_cannot_reach_the_cloud_in_time_is_rolled_back_and_the_old_one_says_why() {
+    if !namespaces_allowed() {
+        eprintln!("skipped: needs root and `unshare --mount --pid` on this machine");
+        return;
+    }
+    let (ok, out) = run_script("core_unreachable_ns.sh", &[]);
+    assert!(ok && out.contains("ALL OK"), "{out}");
+}
+
+#[test]
 fn the_debian_package_installs_upgrades_in_place_keeping_the_root_and_purges_cleanly() {
     let has_dpkg = Command::new("dpkg-deb")
         .arg("--version")

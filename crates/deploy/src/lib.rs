@@ -312,6 +312,13 @@ pub trait DeploymentHooks: Send + Sync + 'static {
     fn core_update_outcome(&self, _version: &str) -> Result<(), String> {
         Ok(())
     }
+    /// A deployment that moved the core to nucleus `version` failed after its commit and its
+    /// components were rolled back (ROLLBACK policy; `cause` is its failure): the core binary
+    /// should go back too. Some(note): it will, at the restart the engine asks for once the
+    /// result (its cause extended by `note`) is recorded. The default keeps the binary.
+    fn core_update_rolled_back(&self, _version: &str, _cause: &str) -> Option<String> {
+        None
+    }
     /// Ask a component to validate its proposed configuration; Err(message) rejects the
     /// deployment.
     fn validate_configuration(

@@ -136,6 +136,8 @@ struct Actor {
     /// Abandoned one-shot steps whose processes are still being terminated: a stop is only done,
     /// and the actor only exits, once they are gone, so no step outlives a core's shutdown.
     abandoned: tokio::task::JoinSet<()>,
+    /// The task that waits for the current step's process (and reaps it).
+    step_task: Option<tokio::task::JoinHandle<()>>,
     exit: bool,
     /// OOM kills of the component's cgroup already accounted for.
     oom_seen: Option<u64>,
@@ -184,6 +186,7 @@ pub(crate) fn spawn_component(shared: &Arc<Shared>, spec: ComponentSpec) {
         stop_waiters: Vec::new(),
         remove_waiter: None,
         abandoned: tokio::task::JoinSet::new(),
+        step_task: None,
         exit: false,
         oom_seen: None,
         events,
@@ -416,7 +419,7 @@ impl Actor {
         let timeout = step.timeout.or(default_timeout);
         let tx = self.tx.clone();
         let log = self.log.clone();
-        tokio::spawn(async move {
+        self.step_task = Some(tokio::spawn(async move {
             let outcome = wait_step(child, pgid, timeout).await;
             log_outcome(&log, step_name, &outcome);
             if !belongs_to_instance {
@@ -427,7 +430,7 @@ impl Actor {
                 generation,
                 outcome,
             });
-        });
+        }));
         Launch::Started
     }
 
@@ -437,8 +440,14 @@ impl Actor {
             && !matches!(active.phase, Phase::Startup | Phase::Run)
             && let Some(pgid) = active.pgid
         {
-            self.abandoned
-                .spawn(async move { terminate_groups(&[pgid], KILL_GRACE).await });
+            let waiter = self.step_task.take();
+            self.abandoned.spawn(async move {
+                terminate_groups(&[pgid], KILL_GRACE).await;
+                // Gone means reaped too: the step's own task waits for (and reaps) its process.
+                if let Some(waiter) = waiter {
+                    let _ = tokio::time::timeout(crate::process::KILL_WAIT, waiter).await;
+                }
+            });
         }
     }
 

@@ -477,7 +477,7 @@ pub(crate) fn proc_stat(pid: &str) -> Option<ProcStat> {
 }
 
 /// SIGTERM to each group, SIGKILL to what is left after `grace`; returns once the groups are empty
-/// (or a few seconds after SIGKILL if a process is stuck in the kernel).
+/// (or, for a process stuck in the kernel, [`KILL_WAIT`] after SIGKILL).
 pub(crate) async fn terminate_groups(pgids: &[i32], grace: Duration) {
     terminate_live_groups(pgids, grace).await;
     for pgid in pgids {
@@ -486,6 +486,11 @@ pub(crate) async fn terminate_groups(pgids: &[i32], grace: Duration) {
         }
     }
 }
+
+/// How long a SIGKILLed group may take to go. A killed process needs CPU time to exit, and on a
+/// loaded machine (or in a memory cgroup under reclaim) that has taken over 5 s; a stop that
+/// returned then would leave it running past the core's shutdown.
+pub(crate) const KILL_WAIT: Duration = Duration::from_secs(60);
 
 async fn terminate_live_groups(pgids: &[i32], grace: Duration) {
     let mut alive: Vec<i32> = pgids
@@ -503,27 +508,48 @@ async fn terminate_live_groups(pgids: &[i32], grace: Duration) {
         // A paused component must wake up to act on SIGTERM.
         signal_group(*pgid, libc::SIGCONT);
     }
-    for (signal, limit) in [(libc::SIGKILL, grace), (0, Duration::from_secs(5))] {
-        let deadline = Instant::now() + limit;
-        loop {
-            alive.retain(|p| !group_members(*p).is_empty());
-            if alive.is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+    let deadline = Instant::now() + grace;
+    while wait_for_groups(&mut alive, deadline).await {}
+    if alive.is_empty() {
+        return;
+    }
+    let deadline = Instant::now() + KILL_WAIT;
+    loop {
+        for pgid in &alive {
+            signal_group(*pgid, libc::SIGKILL);
         }
+        // Re-sent every second: a member forked by a process that had not seen the first yet
+        // is killed too.
+        let next = (Instant::now() + Duration::from_secs(1)).min(deadline);
+        while wait_for_groups(&mut alive, next).await {}
         if alive.is_empty() {
             return;
         }
-        if signal != 0 {
-            for pgid in &alive {
-                signal_group(*pgid, signal);
-            }
+        if Instant::now() >= deadline {
+            tracing::warn!(groups = ?alive, "processes survived SIGKILL");
+            return;
         }
     }
-    if !alive.is_empty() {
-        tracing::warn!(groups = ?alive, "processes survived SIGKILL");
+}
+
+/// One poll: true while some group is alive and `until` has not passed (after a short sleep).
+async fn wait_for_groups(alive: &mut Vec<i32>, until: Instant) -> bool {
+    let mut confirmed_gone = alive.clone();
+    alive.retain(|p| !group_members(*p).is_empty());
+    if alive.is_empty() {
+        // Confirm with a second scan before calling the groups gone.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        confirmed_gone.retain(|p| !group_members(*p).is_empty());
+        if confirmed_gone.is_empty() {
+            return false;
+        }
+        *alive = confirmed_gone;
     }
+    if Instant::now() >= until {
+        return false;
+    }
+    tokio::time::sleep(Duration::from_millis(25)).await;
+    true
 }
 
 /// Makes the run-as user the owner of the artifact files under `dir` (a missing `dir` is fine), as

@@ -261,8 +261,26 @@ impl Inner {
     }
 
     /// Records the terminal status, then collects garbage and trims history.
-    pub(super) async fn finish(&self, id: &str, outcome: Outcome) {
+    pub(super) async fn finish(&self, id: &str, mut outcome: Outcome) {
         let succeeded = outcome.status == DeploymentStatus::Succeeded;
+        // A core update whose components were rolled back after the commit: the binary goes
+        // back too, at a restart once the result is recorded (Greengrass's KERNEL_ROLLBACK).
+        let core_rollback = (outcome.detailed == DetailedStatus::FailedRollbackComplete)
+            .then(|| self.get(id))
+            .flatten()
+            .and_then(|p| {
+                let prefix = format!("{NUCLEUS}@");
+                p.bootstrapped
+                    .iter()
+                    .find_map(|m| m.strip_prefix(&prefix).map(str::to_string))
+            })
+            .and_then(|version| {
+                self.hooks
+                    .core_update_rolled_back(&version, &outcome.failure_cause)
+            });
+        if let Some(note) = &core_rollback {
+            outcome.failure_cause = format!("{}; {note}", outcome.failure_cause);
+        }
         tracing::info!(
             deployment = id,
             status = outcome.status.as_str(),
@@ -306,6 +324,9 @@ impl Inner {
         self.trim_history();
         if outcome.notified {
             self.hooks.post_update(id);
+        }
+        if core_rollback.is_some() {
+            self.hooks.restart_requested(false);
         }
     }
 

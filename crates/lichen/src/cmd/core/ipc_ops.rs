@@ -621,6 +621,8 @@ pub struct ComponentUpdateHooks {
     builtins: std::sync::OnceLock<Arc<super::builtins::Builtins>>,
     /// Set when a bootstrap step asked for a restart (`Some(true)`: a reboot).
     restart: tokio::sync::watch::Sender<Option<bool>>,
+    /// Set with a restart when the core must go back to its previous binary.
+    core_rollback: std::sync::atomic::AtomicBool,
 }
 
 impl Default for ComponentUpdateHooks {
@@ -631,6 +633,7 @@ impl Default for ComponentUpdateHooks {
             waits: Mutex::default(),
             builtins: std::sync::OnceLock::new(),
             restart: tokio::sync::watch::channel(None).0,
+            core_rollback: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -647,6 +650,11 @@ impl ComponentUpdateHooks {
                 return std::future::pending().await;
             }
         }
+    }
+
+    /// The restart asked for is a return to the previous core binary (loader exit 102).
+    pub fn core_rollback_asked(&self) -> bool {
+        self.core_rollback.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn reboot_asked(&self) -> Option<bool> {
@@ -733,6 +741,25 @@ impl DeploymentHooks for ComponentUpdateHooks {
 
     fn core_update_outcome(&self, version: &str) -> Result<(), String> {
         super::core_update::outcome(version)
+    }
+
+    fn core_update_rolled_back(&self, version: &str, cause: &str) -> Option<String> {
+        match super::core_update::prepare_binary_rollback(version, cause) {
+            Ok(note) => {
+                if note.is_some() {
+                    self.core_rollback
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                note
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = %format!("{e:#}"),
+                    "cannot go back to the previous core after the failed update"
+                );
+                None
+            }
+        }
     }
 
     fn restart_requested(&self, reboot: bool) -> bool {

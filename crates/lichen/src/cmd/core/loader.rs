@@ -2,7 +2,8 @@
 //! Greengrass's `alts/current/distro/bin/loader` does; the service manager runs this.
 //!
 //! 0: stop. 100: start again, first switching to a staged `alts/new` (a core update). 101:
-//! reboot the device. Anything else: retried; after [`TRIES`] failures in a row the loader goes back
+//! reboot the device. 102: the core, freshly switched to, gives up (it could not reach the cloud
+//! in time): back to `alts/old` at once. Anything else: retried; after [`TRIES`] failures in a row the loader goes back
 //! to `alts/old` (when there is one) and names the failed launch directory `alts/broken`, so the
 //! old core finds out why and reports the update failed. SIGTERM/SIGINT are passed to the core,
 //! which stops its components, and the loader ends with it.
@@ -22,6 +23,9 @@ pub const LOADER_ENV: &str = "LICHEN_LOADER";
 /// Exit codes of the core, as Greengrass's nucleus uses them.
 pub const EXIT_RESTART: i32 = 100;
 pub const EXIT_REBOOT: i32 = 101;
+/// Lichen's own: a freshly switched core asks to go back to `alts/old` (it wrote why into its
+/// launch directory's `failure` file).
+pub const EXIT_ROLLBACK: i32 = 102;
 
 #[derive(Args)]
 pub struct LoaderArgs {
@@ -70,6 +74,8 @@ async fn supervise(root: PathBuf) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("starting {}", bin.display()));
         let status = match &mut child {
             Ok(c) => {
+                // The loader only waits from here on.
+                super::trim::release_executable_pages();
                 tokio::select! {
                     s = c.wait() => s?,
                     _ = term.recv() => return stop(c).await,
@@ -97,6 +103,14 @@ async fn supervise(root: PathBuf) -> anyhow::Result<ExitCode> {
                 log("the core asked for a reboot");
                 let _ = std::process::Command::new("reboot").status();
                 return Ok(ExitCode::SUCCESS);
+            }
+            EXIT_ROLLBACK if alts::roll_back(&root)? => {
+                log(&format!(
+                    "the new core gave up; returned to alts/{}, the failed launch directory is alts/broken",
+                    alts::target(&root, alts::CURRENT).unwrap_or_default()
+                ));
+                failures = 0;
+                continue;
             }
             _ => {
                 failures += 1;

@@ -29,6 +29,7 @@ mod secrets;
 mod shadows;
 mod telemetry;
 mod tes;
+mod trim;
 
 use super::RootArgs;
 use anyhow::Context;
@@ -120,6 +121,7 @@ fn run_core(a: RunArgs) -> anyhow::Result<ExitCode> {
     let _lock = _lock;
     match rt.block_on(serve(root, a.config, started))? {
         Stopped::Exit => Ok(ExitCode::SUCCESS),
+        Stopped::RollBack => Ok(ExitCode::from(loader::EXIT_ROLLBACK as u8)),
         Stopped::Restart => {
             drop(rt);
             drop(_lock);
@@ -143,6 +145,8 @@ enum Stopped {
     Exit,
     /// A bootstrap step asked for a restart: start again in the same process.
     Restart,
+    /// A freshly switched core could not reach the cloud in time: the loader goes back.
+    RollBack,
 }
 
 /// Targets whose events belong to the stream manager's own log, as Greengrass keeps each
@@ -286,7 +290,7 @@ async fn serve(
         bus: bus.clone(),
         iot_core: new_bus(),
         local_mqtt: new_bus(),
-        cloud_connected: cloud_connected_rx,
+        cloud_connected: cloud_connected_rx.clone(),
         supervisor: supervisor.clone(),
         stream_store: Default::default(),
     };
@@ -373,43 +377,58 @@ async fn serve(
                 engine: engine.clone(),
                 supervisor: supervisor.clone(),
                 link: link.handle().clone(),
-                ggc_version: NUCLEUS_VERSION.to_string(),
+                ggc_version: core_update::running_version(&root)
+                    .unwrap_or_else(|| NUCLEUS_VERSION.to_string()),
             })
             .await?
         }
         _ => None,
     };
-    // A resumed deployment may stage a core update and ask for the restart before we are ready.
-    let early_restart = tokio::select! {
-        r = engine.start() => { r?; false }
-        _ = hooks.restart_wanted() => true,
-    };
-    services.watch();
-    keep_effective_config(&config, root.join("config/effectiveConfig.yaml"))?;
-    let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
-    tracing::info!(ready_ms, root = %root.display(), "core ready");
-    println!("Lichen core {NUCLEUS_VERSION} ready in {ready_ms:.1} ms");
-    println!("  root:   {}", root.display());
-    println!("  socket: {}", socket_abs.display());
-    println!("  logs:   {}", root.join("logs").display());
-    if settings.cloud_configured {
-        println!("  cloud:  {}", settings.iot_data_endpoint);
-    } else {
-        println!("  cloud:  none configured (running offline)");
-    }
+    let stopped = 'running: {
+        // A core a deployment just switched to proves it can reach the cloud before it resumes
+        // that deployment (which would report it a success) or starts any component.
+        if let Some(stop) = confirm_switched_core(&root, &settings, cloud_connected_rx).await? {
+            break 'running stop;
+        }
+        // A resumed deployment may stage a core update and ask for the restart before we are ready.
+        let early_restart = tokio::select! {
+            r = engine.start() => { r?; false }
+            _ = hooks.restart_wanted() => true,
+        };
+        services.watch();
+        keep_effective_config(&config, root.join("config/effectiveConfig.yaml"))?;
+        let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(ready_ms, root = %root.display(), "core ready");
+        println!("Lichen core {NUCLEUS_VERSION} ready in {ready_ms:.1} ms");
+        println!("  root:   {}", root.display());
+        println!("  socket: {}", socket_abs.display());
+        println!("  logs:   {}", root.join("logs").display());
+        if settings.cloud_configured {
+            println!("  cloud:  {}", settings.iot_data_endpoint);
+        } else {
+            println!("  cloud:  none configured (running offline)");
+        }
+        // Start-up code is not needed again: only what runs from now on stays resident.
+        trim::keep_trimmed(&engine);
 
-    let stopped = tokio::select! {
-        _ = std::future::ready(()), if early_restart => Stopped::Restart,
-        r = wait_for_signal() => { r?; Stopped::Exit }
-        reboot = hooks.restart_wanted() => {
-            if reboot {
-                if let Some(cmd) = &settings.reboot_command {
-                    tracing::warn!(command = %cmd, "a bootstrap step asked for a device reboot; running the reboot command after stopping components");
-                } else {
-                    tracing::warn!("a bootstrap step asked for a device reboot; restarting the core instead (set bootstrapRebootCommand in the nucleus configuration to reboot)");
-                }
+        tokio::select! {
+            _ = std::future::ready(()), if early_restart => {
+                if hooks.core_rollback_asked() { Stopped::RollBack } else { Stopped::Restart }
             }
-            Stopped::Restart
+            r = wait_for_signal() => { r?; Stopped::Exit }
+            reboot = hooks.restart_wanted() => {
+                if hooks.core_rollback_asked() {
+                    break 'running Stopped::RollBack;
+                }
+                if reboot {
+                    if let Some(cmd) = &settings.reboot_command {
+                        tracing::warn!(command = %cmd, "a bootstrap step asked for a device reboot; running the reboot command after stopping components");
+                    } else {
+                        tracing::warn!("a bootstrap step asked for a device reboot; restarting the core instead (set bootstrapRebootCommand in the nucleus configuration to reboot)");
+                    }
+                }
+                Stopped::Restart
+            }
         }
     };
     tracing::info!("stop requested; stopping components in reverse dependency order");
@@ -435,6 +454,48 @@ async fn serve(
         return Ok(Stopped::Exit);
     }
     Ok(stopped)
+}
+
+/// For a core a deployment switched to and that has not reached the cloud yet: waits for the
+/// cloud link up to `lichen.nucleusUpdate.connectTimeoutSeconds`. None: carry on (connected, or
+/// no cloud configured, or not a fresh switch). Some: stop now (a signal, or the bound passed:
+/// then the cause is recorded for the old core and the loader is asked to go back).
+async fn confirm_switched_core(
+    root: &Path,
+    settings: &Settings,
+    mut connected: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<Stopped>> {
+    let Some(version) = core_update::unconfirmed(root) else {
+        return Ok(None);
+    };
+    if settings.cloud_configured {
+        let bound = settings.connect_timeout_s;
+        tracing::info!(
+            version,
+            timeout_s = bound,
+            "new core: waiting to reach the cloud before resuming the deployment"
+        );
+        let reached = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(bound), connected.wait_for(|up| *up)) => {
+                matches!(r, Ok(Ok(_)))
+            }
+            r = wait_for_signal() => { r?; return Ok(Some(Stopped::Exit)); }
+        };
+        if !reached {
+            let cause = format!(
+                "the new core (aws.greengrass.Nucleus {version}) did not reach the cloud ({}) \
+                 within {bound} s (services.aws.greengrass.Nucleus.configuration.lichen.\
+                 nucleusUpdate.connectTimeoutSeconds)",
+                settings.iot_data_endpoint
+            );
+            tracing::error!("{cause}; asking the loader to go back to the previous core");
+            core_update::record_failure(root, &cause)?;
+            return Ok(Some(Stopped::RollBack));
+        }
+    }
+    core_update::confirm(root)?;
+    tracing::info!(version, "new core confirmed");
+    Ok(None)
 }
 
 /// Writes `effectiveConfig.yaml` now and again after changes (at most every 50 ms), so
@@ -554,6 +615,9 @@ struct Settings {
     pass_environment: Vec<String>,
     /// Bytes each subscriber of a message bus may have queued (`lichen.busQueueBytes`).
     bus_queue_bytes: usize,
+    /// How long a freshly switched core may take to reach the cloud
+    /// (`lichen.nucleusUpdate.connectTimeoutSeconds`).
+    connect_timeout_s: u64,
     root: PathBuf,
 }
 
@@ -612,6 +676,10 @@ impl Settings {
                 nucleus(&["lichen", "busQueueBytes"]),
                 lichen_bus::DEFAULT_QUEUE_BYTES as u64,
             ) as usize,
+            connect_timeout_s: num_of(
+                nucleus(&["lichen", "nucleusUpdate", "connectTimeoutSeconds"]),
+                core_update::DEFAULT_CONNECT_TIMEOUT_S,
+            ),
             root: root.to_path_buf(),
         })
     }
