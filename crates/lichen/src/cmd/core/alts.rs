@@ -56,6 +56,10 @@ pub fn unlink(root: &Path, name: &str) -> anyhow::Result<()> {
 
 /// Copies the binary `from` into a fresh launch directory `alts/<name>/bin/lichen` (0755),
 /// written under a temporary name and renamed, so a half-copied binary is never a launch directory.
+/// Executables the core runs from beside itself (`lichen.Inference`'s engine), staged with it when
+/// they lie beside the binary being staged.
+pub const COMPANIONS: [&str; 1] = ["lichen-inference"];
+
 pub fn stage_binary(root: &Path, name: &str, from: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let alts = dir(root);
@@ -67,11 +71,20 @@ pub fn stage_binary(root: &Path, name: &str, from: &Path) -> anyhow::Result<()> 
     for d in [&tmp, &bin] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
     }
-    let dest = bin.join("lichen");
-    std::fs::copy(from, &dest)
-        .with_context(|| format!("copying {} to {}", from.display(), dest.display()))?;
-    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
-    std::fs::File::open(&dest)?.sync_all()?;
+    // The core, and the worker executables it runs from beside itself where they came with it.
+    let mut copies = vec![(from.to_path_buf(), bin.join("lichen"))];
+    for companion in COMPANIONS {
+        let src = from.with_file_name(companion);
+        if src.is_file() {
+            copies.push((src, bin.join(companion)));
+        }
+    }
+    for (src, dest) in copies {
+        std::fs::copy(&src, &dest)
+            .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::File::open(&dest)?.sync_all()?;
+    }
     let final_dir = alts.join(name);
     let _ = std::fs::remove_dir_all(&final_dir);
     std::fs::rename(&tmp, &final_dir)

@@ -32,7 +32,17 @@ pub fn executable() -> Result<PathBuf, String> {
         std::env::current_exe().map_err(|e| format!("cannot find the core's executable: {e}"))?;
     let worker = me.with_file_name("lichen-inference");
     if worker.is_file() {
-        Ok(worker)
+        return Ok(worker);
+    }
+    // A core updated through a deployment whose Nucleus artifact carried no worker still finds
+    // the one the package installed.
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("lichen-inference"))
+            .find(|p| p.is_file())
+    });
+    if let Some(found) = on_path {
+        Ok(found)
     } else {
         Err(format!(
             "the inference worker {} is missing: install lichen-inference beside lichen \
