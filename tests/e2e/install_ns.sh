@@ -41,6 +41,10 @@ getent group ggc_group >/dev/null || fail "no ggc_group"
 [ "$(stat -c %a "$R/config")" = 700 ] || fail "config mode"
 [ "$(readlink "$R/alts/current")" = init ] || fail "alts/current"
 cmp "$B" "$R/alts/init/bin/lichen" || fail "binary not copied"
+# lichen.Inference's worker travels with the core when it was built beside it.
+if [ -x "$(dirname "$B")/lichen-inference" ]; then
+  cmp "$(dirname "$B")/lichen-inference" "$R/alts/init/bin/lichen-inference" || fail "inference worker not copied"
+fi
 
 echo "== start the unit's ExecStart, deploy a component"
 EXEC=$(sed -n 's/^ExecStart=//p' "$U")
