@@ -27,6 +27,7 @@ echo "== install the package"
 $DPKG -i "$V1" > "$W/i1.out" 2>&1 || { cat "$W/i1.out"; fail "dpkg -i"; }
 [ -x /usr/bin/lichen ] || fail "no /usr/bin/lichen"
 [ -x /usr/bin/lichen-inference ] || fail "no /usr/bin/lichen-inference (built beside lichen)"
+[ -x /usr/bin/lichen-opcua ] || fail "no /usr/bin/lichen-opcua (built beside lichen)"
 [ -f /etc/lichen/config.yaml ] || fail "no default config"
 getent passwd ggc_user >/dev/null || fail "no ggc_user"
 wait_for 60 "core ready" lichen component list --root "$R"
@@ -59,6 +60,7 @@ echo "== remove keeps the root, purge removes everything"
 dpkg -r lichen > "$W/r.out" 2>&1 || { cat "$W/r.out"; fail "dpkg -r"; }
 [ -e /usr/bin/lichen ] && fail "binary left after remove"
 [ -e /usr/bin/lichen-inference ] && fail "inference worker left after remove"
+[ -e /usr/bin/lichen-opcua ] && fail "OPC UA worker left after remove"
 [ -d "$R/packages" ] || fail "remove lost the root"
 pgrep -f '[l]ichen core' && fail "core still running after remove"
 dpkg -P lichen > "$W/p.out" 2>&1 || { cat "$W/p.out"; fail "dpkg -P"; }

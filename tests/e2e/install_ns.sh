@@ -42,9 +42,11 @@ getent group ggc_group >/dev/null || fail "no ggc_group"
 [ "$(readlink "$R/alts/current")" = init ] || fail "alts/current"
 cmp "$B" "$R/alts/init/bin/lichen" || fail "binary not copied"
 # lichen.Inference's worker travels with the core when it was built beside it.
-if [ -x "$(dirname "$B")/lichen-inference" ]; then
-  cmp "$(dirname "$B")/lichen-inference" "$R/alts/init/bin/lichen-inference" || fail "inference worker not copied"
-fi
+for w in lichen-inference lichen-opcua; do
+  if [ -x "$(dirname "$B")/$w" ]; then
+    cmp "$(dirname "$B")/$w" "$R/alts/init/bin/$w" || fail "worker $w not copied"
+  fi
+done
 
 echo "== start the unit's ExecStart, deploy a component"
 EXEC=$(sed -n 's/^ExecStart=//p' "$U")

@@ -30,6 +30,7 @@ struct Running {
 pub struct IndustrialCollector {
     slot: StoreSlot,
     work_dir: PathBuf,
+    opcua: Option<Arc<dyn crate::OpcUaRunner>>,
     running: tokio::sync::Mutex<Option<Running>>,
 }
 
@@ -40,8 +41,17 @@ impl IndustrialCollector {
         IndustrialCollector {
             slot,
             work_dir,
+            opcua: None,
             running: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Where OPC UA sources run: [`crate::OpcUaWorker`] (the core's choice: its own process) or,
+    /// with the `opcua` feature, [`crate::opcua::InProcess`]. Without one, OPC UA sources are
+    /// refused.
+    pub fn with_opcua(mut self, runner: Arc<dyn crate::OpcUaRunner>) -> IndustrialCollector {
+        self.opcua = Some(runner);
+        self
     }
 
     /// Starts, reconfigures (`Some`) or stops (`None`) the collector. A configuration that is
@@ -130,18 +140,20 @@ impl IndustrialCollector {
         tx: crate::sample::SampleSender,
         token: CancellationToken,
     ) -> Result<JoinHandle<()>, ConfigError> {
+        // Checked here, so a bad source refuses the configuration before anything starts.
         let config = opcua_config(i, v)?;
+        let Some(runner) = &self.opcua else {
+            return Err(ConfigError::new(
+                format!("sources[{i}].type"),
+                "this collector has no OPC UA runner",
+            ));
+        };
         // Each source keeps its own certificates and trust lists.
         let pki = self
             .work_dir
             .join("opcua-pki")
             .join(safe_dir_name(&config.name));
-        Ok(tokio::spawn(async move {
-            let name = config.name.clone();
-            if let Err(e) = crate::opcua::run_opcua_source(config, pki, tx, token).await {
-                tracing::error!(source = name, error = %e, "OPC UA source stopped");
-            }
-        }))
+        Ok(runner.spawn(v.clone(), pki, tx, token))
     }
 
     #[cfg(not(feature = "opcua"))]
@@ -152,7 +164,7 @@ impl IndustrialCollector {
         _tx: crate::sample::SampleSender,
         _token: CancellationToken,
     ) -> Result<JoinHandle<()>, ConfigError> {
-        let _ = &self.work_dir;
+        let _ = (&self.work_dir, &self.opcua);
         Err(ConfigError::new(
             format!("sources[{i}].type"),
             "this build has no OPC UA support (cargo feature opcua of lichen-industrial)",

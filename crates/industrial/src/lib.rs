@@ -34,6 +34,7 @@ pub mod expr;
 pub mod modbus;
 #[cfg(feature = "opcua")]
 pub mod opcua;
+pub mod opcua_worker;
 pub mod process;
 pub mod sample;
 pub mod units;
@@ -41,7 +42,9 @@ pub mod writer;
 
 pub use collector::IndustrialCollector;
 pub use config::{CollectorConfig, ConfigError};
+pub use opcua_worker::{OpcUaRunner, OpcUaWorker};
 pub use sample::{Quality, Sample, SampleSender, Value};
+pub use tokio_util::sync::CancellationToken;
 pub use writer::StoreSlot;
 
 /// The built-in component's name.

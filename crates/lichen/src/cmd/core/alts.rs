@@ -56,9 +56,10 @@ pub fn unlink(root: &Path, name: &str) -> anyhow::Result<()> {
 
 /// Copies the binary `from` into a fresh launch directory `alts/<name>/bin/lichen` (0755),
 /// written under a temporary name and renamed, so a half-copied binary is never a launch directory.
-/// Executables the core runs from beside itself (`lichen.Inference`'s engine), staged with it when
-/// they lie beside the binary being staged.
-pub const COMPANIONS: [&str; 1] = ["lichen-inference"];
+/// Executables the core runs from beside itself (`lichen.Inference`'s engine, the OPC UA
+/// sources of `lichen.IndustrialCollector`), staged with it when they lie beside the binary being
+/// staged.
+pub const COMPANIONS: [&str; 2] = ["lichen-inference", "lichen-opcua"];
 
 pub fn stage_binary(root: &Path, name: &str, from: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;

@@ -3,7 +3,7 @@
 //! refused configuration leaves the previous one in force.
 
 use super::builtins::{BoxFuture, BuiltinService, ServiceContext};
-use lichen_industrial::{IndustrialCollector, SERVICE_NAME};
+use lichen_industrial::{IndustrialCollector, OpcUaWorker, SERVICE_NAME};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -12,7 +12,8 @@ pub fn services(ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
         collector: IndustrialCollector::new(
             ctx.stream_store.clone(),
             ctx.root.join("work").join(SERVICE_NAME),
-        ),
+        )
+        .with_opcua(Arc::new(OpcUaWorker::new(worker_executable()))),
     })]
 }
 
@@ -36,4 +37,23 @@ impl BuiltinService for CollectorService {
             }
         })
     }
+}
+
+/// `lichen-opcua` beside the running `lichen` (as `lichen-inference` is), else on PATH; the OPC
+/// UA stack runs there, never in the core's process.
+fn worker_executable() -> std::path::PathBuf {
+    const NAME: &str = "lichen-opcua";
+    let beside = std::env::current_exe()
+        .map(|me| me.with_file_name(NAME))
+        .unwrap_or_else(|_| NAME.into());
+    if beside.is_file() {
+        return beside;
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(NAME))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or(beside)
 }

@@ -1,0 +1,257 @@
+//! OPC UA sources in their own process: the core runs each source in the `lichen-opcua` worker
+//! executable and reads its samples as JSON lines, so the OPC UA stack (most of it generated
+//! encoders for every OPC UA type, and its own RSA) never weighs on the core's binary or memory,
+//! and a fault in it never takes the core down.
+//!
+//! The worker reads the source's JSON on its first stdin line, then writes one
+//! [`encode_line`] line per sample on stdout; it stops when its stdin closes (the core went
+//! away) or on SIGTERM. A worker that dies is restarted with backoff, and every alias it had
+//! reported gets a BAD sample first, so the outage shows in the stream.
+
+use crate::modbus::now_ns;
+use crate::sample::{Quality, Sample, SampleSender, Value};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Runs one OPC UA source (the JSON object of `sources[i]`) until `token` is cancelled.
+pub trait OpcUaRunner: Send + Sync + 'static {
+    fn spawn(
+        &self,
+        source: serde_json::Value,
+        pki_dir: PathBuf,
+        out: SampleSender,
+        token: CancellationToken,
+    ) -> JoinHandle<()>;
+}
+
+/// Runs sources in the worker executable at `exe`.
+pub struct OpcUaWorker {
+    exe: PathBuf,
+}
+
+impl OpcUaWorker {
+    pub fn new(exe: PathBuf) -> OpcUaWorker {
+        OpcUaWorker { exe }
+    }
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A worker that ran this long was healthy: its next restart is quick again.
+const HEALTHY: Duration = Duration::from_secs(60);
+
+impl OpcUaRunner for OpcUaWorker {
+    fn spawn(
+        &self,
+        source: serde_json::Value,
+        pki_dir: PathBuf,
+        out: SampleSender,
+        token: CancellationToken,
+    ) -> JoinHandle<()> {
+        let exe = self.exe.clone();
+        tokio::spawn(async move {
+            let name = source["name"].as_str().unwrap_or("?").to_string();
+            let mut seen = BTreeSet::new();
+            let mut backoff = FIRST_BACKOFF;
+            loop {
+                let started = Instant::now();
+                match run_once(&exe, &source, &pki_dir, &out, &token, &mut seen).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::error!(source = name, error = %e, "OPC UA worker stopped; restarting")
+                    }
+                }
+                // The source's values stop with the worker: say so in the stream.
+                let now = now_ns();
+                for alias in &seen {
+                    let bad = Sample {
+                        alias: alias.clone(),
+                        value: None,
+                        quality: Quality::Bad,
+                        timestamp_ns: now,
+                    };
+                    if out.send(bad).await.is_err() {
+                        return;
+                    }
+                }
+                if started.elapsed() >= HEALTHY {
+                    backoff = FIRST_BACKOFF;
+                }
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        })
+    }
+}
+
+/// One worker's life: `Ok` when `token` stopped it, `Err` when it ended on its own.
+async fn run_once(
+    exe: &std::path::Path,
+    source: &serde_json::Value,
+    pki_dir: &std::path::Path,
+    out: &SampleSender,
+    token: &CancellationToken,
+    seen: &mut BTreeSet<String>,
+) -> Result<(), String> {
+    let mut child = tokio::process::Command::new(exe)
+        .arg(pki_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot start the OPC UA worker {}: {e} (install lichen-opcua beside lichen)",
+                exe.display()
+            )
+        })?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut line = source.to_string();
+    line.push('\n');
+    stdin
+        .write_all(line.as_bytes())
+        .await
+        .map_err(|e| format!("cannot give the OPC UA worker its source: {e}"))?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => {
+                // Closing its stdin asks the worker to stop; it is killed if it does not.
+                drop(stdin);
+                if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+                return Ok(());
+            }
+            next = lines.next_line() => match next {
+                Ok(Some(text)) => match decode_line(&text) {
+                    Ok(sample) => {
+                        if !seen.contains(&sample.alias) {
+                            seen.insert(sample.alias.clone());
+                        }
+                        if out.send(sample).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "an OPC UA worker line that is not a sample"),
+                },
+                Ok(None) | Err(_) => {
+                    let status = child.wait().await.map_err(|e| e.to_string())?;
+                    return Err(format!("the OPC UA worker exited ({status})"));
+                }
+            }
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WireSample {
+    alias: String,
+    quality: Quality,
+    value: Option<Value>,
+    #[serde(rename = "timestampNs")]
+    timestamp_ns: i64,
+}
+
+/// One sample as the worker writes it: `{"alias", "quality", "value", "timestampNs"}`.
+pub fn encode_line(s: &Sample) -> String {
+    serde_json::json!({
+        "alias": s.alias, "quality": s.quality, "value": s.value, "timestampNs": s.timestamp_ns,
+    })
+    .to_string()
+}
+
+/// The sample on one line the worker wrote.
+pub fn decode_line(line: &str) -> Result<Sample, String> {
+    let w: WireSample = serde_json::from_str(line).map_err(|e| format!("{e}: {line}"))?;
+    Ok(Sample {
+        alias: w.alias,
+        value: w.value,
+        quality: w.quality,
+        timestamp_ns: w.timestamp_ns,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_survive_the_line_format() {
+        for s in [
+            Sample {
+                alias: "/a/b".into(),
+                value: Some(Value::Double(0.1 + 0.2)),
+                quality: Quality::Good,
+                timestamp_ns: 1_700_000_000_123_456_789,
+            },
+            Sample {
+                alias: "/s".into(),
+                value: Some(Value::String("x\ny".into())),
+                quality: Quality::Uncertain,
+                timestamp_ns: 1,
+            },
+            Sample {
+                alias: "/gone".into(),
+                value: None,
+                quality: Quality::Bad,
+                timestamp_ns: 2,
+            },
+        ] {
+            let line = encode_line(&s);
+            assert!(!line.contains('\n'));
+            assert_eq!(decode_line(&line).unwrap(), s);
+        }
+        assert!(decode_line("{\"alias\": 1}").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_dies_is_reported_bad_and_restarted() {
+        // A stand-in worker: reads its source, reports one value, and dies.
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("worker.sh");
+        let count = dir.path().join("starts");
+        std::fs::write(
+            &exe,
+            format!(
+                "#!/bin/sh\nread src\necho x >> {}\necho '{{\"alias\":\"/v\",\"quality\":\"GOOD\",\"value\":{{\"Integer\":7}},\"timestampNs\":5}}'\nexit 3\n",
+                count.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let token = CancellationToken::new();
+        let task = OpcUaWorker::new(exe).spawn(
+            serde_json::json!({"name": "s"}),
+            dir.path().to_path_buf(),
+            tx,
+            token.clone(),
+        );
+        let first = rx.recv().await.unwrap();
+        assert_eq!(
+            (first.value, first.quality),
+            (Some(Value::Integer(7)), Quality::Good)
+        );
+        let gap = rx.recv().await.unwrap();
+        assert_eq!(
+            (gap.alias.as_str(), gap.value, gap.quality),
+            ("/v", None, Quality::Bad)
+        );
+        let again = rx.recv().await.unwrap();
+        assert_eq!(again.quality, Quality::Good);
+        token.cancel();
+        task.await.unwrap();
+        assert!(std::fs::read_to_string(&count).unwrap().lines().count() >= 2);
+    }
+}
