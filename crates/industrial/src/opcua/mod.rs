@@ -114,6 +114,31 @@ pub async fn run_opcua_source(
     }
 }
 
+/// Runs OPC UA sources as tasks of this process (for embedding the collector; the core uses
+/// [`crate::OpcUaWorker`]).
+pub struct InProcess;
+
+impl crate::OpcUaRunner for InProcess {
+    fn spawn(
+        &self,
+        source: serde_json::Value,
+        pki_dir: std::path::PathBuf,
+        out: crate::SampleSender,
+        token: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let name = source["name"].as_str().unwrap_or("?").to_string();
+            let result = match OpcUaSourceConfig::from_json(&source) {
+                Ok(config) => run_opcua_source(config, pki_dir, out, token).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::error!(source = name, error = %e, "OPC UA source stopped");
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,30 +199,5 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(dir.path().join("trusted").is_dir() && dir.path().join("private").is_dir());
-    }
-}
-
-/// Runs OPC UA sources as tasks of this process (for embedding the collector; the core uses
-/// [`crate::OpcUaWorker`]).
-pub struct InProcess;
-
-impl crate::OpcUaRunner for InProcess {
-    fn spawn(
-        &self,
-        source: serde_json::Value,
-        pki_dir: std::path::PathBuf,
-        out: crate::SampleSender,
-        token: tokio_util::sync::CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let name = source["name"].as_str().unwrap_or("?").to_string();
-            let result = match OpcUaSourceConfig::from_json(&source) {
-                Ok(config) => run_opcua_source(config, pki_dir, out, token).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                tracing::error!(source = name, error = %e, "OPC UA source stopped");
-            }
-        })
     }
 }
