@@ -6,7 +6,10 @@
 //! default backend is tract (pure Rust, `tract` module); the `onnxruntime` cargo feature adds
 //! onnxruntime, loaded at run time from the shared library the Python wheel ships
 //! (`ORT_DYLIB_PATH`). [`image`] turns encoded JPEG/PNG bytes into a model's input tensor;
-//! [`top_k`] ranks scores.
+//! [`top_k`] ranks scores. Between tract's declutter and optimisation, the tract backend
+//! replaces operators tract runs slowly (written-out hard-swish, depth-wise convolutions, max
+//! pools, per-plane sums) with its own; [`profile_operators`] shows where a model's time goes
+//! with and without them.
 //!
 //! Architecture invariant: a [`Model`] is immutable after [`Model::load`]; `run` takes `&self`
 //! and is safe to call from any number of threads at once (per-thread scratch state is pooled
@@ -34,6 +37,7 @@ mod tract;
 
 pub use error::InferenceError;
 pub use tensor::{Tensor, TensorData, TensorSpec};
+pub use tract::{OperatorTime, profile_operators};
 
 use std::path::Path;
 

@@ -24,7 +24,12 @@ use tract_onnx::tract_hir::infer::Factoid;
 use crate::tensor::{Tensor, TensorData, TensorSpec};
 
 mod branches;
+mod depthwise;
+mod hardswish;
+mod pool;
+mod profile;
 use crate::{InferenceError, ModelOptions};
+pub use profile::{OperatorTime, profile_operators};
 
 type Plan = Arc<TypedSimplePlan>;
 /// A specialised runner, built by the first run that needs it (`Err`: why tract could not).
@@ -142,9 +147,9 @@ impl TractModel {
             }),
             ..RunOptions::default()
         };
-        let generic = source.clone().into_optimized().and_then(|m| {
+        let generic = optimise(source.clone()).and_then(|m| {
             let outputs = typed_specs(&m)?;
-            Ok((SimplePlan::new_with_options(m, &run_options)?, outputs))
+            Ok((plan_for(m, &run_options)?, outputs))
         });
         let (generic, outputs) = match generic {
             Ok((plan, outputs)) => {
@@ -250,8 +255,8 @@ impl TractModel {
                 current = Some((inlined, outlets));
             }
         }
-        let model = model.into_optimized().map_err(cause)?;
-        SimplePlan::new_with_options(model, &self.run_options).map_err(cause)
+        let model = optimise(model).map_err(cause)?;
+        plan_for(model, &self.run_options).map_err(cause)
     }
 
     pub(crate) fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, InferenceError> {
@@ -334,6 +339,100 @@ fn bind(mut model: InferenceModel, key: &Key) -> Result<InferenceModel, String> 
 
 /// Gives every input dimension the model leaves unnamed (ONNX `?`, no `dim_param`) a symbol
 /// of its own, so that tract can type the graph with it open; named ones are symbols already.
+/// Types, declutters and optimises a model as tract's `into_optimized` does, with this crate's
+/// own rewrites of what tract runs slowly (written-out hard-swish, depth-wise convolutions,
+/// max pools and per-plane sums)
+/// between the declutter and the optimisation.
+fn optimise(model: InferenceModel) -> TractResult<TypedModel> {
+    let mut model = model.into_typed()?;
+    model.declutter()?;
+    let rewritten =
+        hardswish::fuse(&mut model)? + depthwise::rewrite(&mut model)? + pool::rewrite(&mut model)?;
+    if rewritten > 0 {
+        model.declutter()?;
+    }
+    model.optimize()?;
+    Ok(model)
+}
+
+/// A model whose first timed run takes longer than this keeps the multi-threaded plan
+/// without comparing: large models gain from the threads, and timing them would slow the load.
+const CALIBRATION_CEILING_MS: f64 = 25.0;
+/// Timed runs per plan when comparing.
+const CALIBRATION_RUNS: usize = 5;
+
+/// A plan for `model`. With more than one thread allowed, tract splits matrix products across
+/// them; for small models on small devices the hand-offs cost more than they save (rapidocr's
+/// classifier on two shared cores: 1.8 ms on two threads, 0.9 ms on one). So a plan whose input
+/// shapes are all known is timed both ways on zero inputs and keeps the threads only if they
+/// make it faster; the thread count is a ceiling, not a demand.
+fn plan_for(model: TypedModel, options: &RunOptions) -> TractResult<Plan> {
+    if options.executor.is_none() {
+        return SimplePlan::new_with_options(model, options);
+    }
+    let model = Arc::new(model);
+    let threaded = SimplePlan::new_with_options(model.clone(), options)?;
+    let Some(inputs) = zero_inputs(&model) else {
+        return Ok(threaded);
+    };
+    let single_options = RunOptions {
+        executor: None,
+        ..options.clone()
+    };
+    let single = SimplePlan::new_with_options(model, &single_options)?;
+    match faster_of(&threaded, &single, &inputs) {
+        Ok(true) => Ok(single),
+        // A model that cannot run on zeros is left as configured (its real inputs decide).
+        Ok(false) | Err(_) => Ok(threaded),
+    }
+}
+
+/// Zero tensors of the model's input facts, if every input's shape is concrete.
+fn zero_inputs(model: &TypedModel) -> Option<TVec<TValue>> {
+    model
+        .input_outlets()
+        .ok()?
+        .iter()
+        .map(|outlet| {
+            let fact = model.outlet_fact(*outlet).ok()?;
+            let shape = fact.shape.as_concrete()?;
+            tract_onnx::prelude::Tensor::zero_dt(fact.datum_type, shape)
+                .ok()
+                .map(|t| t.into_tvalue())
+        })
+        .collect()
+}
+
+/// Whether `single` runs `inputs` faster than `threaded` (medians of alternated runs).
+fn faster_of(threaded: &Plan, single: &Plan, inputs: &TVec<TValue>) -> TractResult<bool> {
+    let mut states = [
+        TypedSimpleState::new(threaded)?,
+        TypedSimpleState::new(single)?,
+    ];
+    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..=CALIBRATION_RUNS {
+        for (state, times) in states.iter_mut().zip(times.iter_mut()) {
+            let started = std::time::Instant::now();
+            state.run(inputs.clone())?;
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            if round == 0 {
+                // The first run of each warms caches and allocates scratch space.
+                if ms > CALIBRATION_CEILING_MS {
+                    return Ok(false);
+                }
+                continue;
+            }
+            times.push(ms);
+        }
+    }
+    let median = |t: &mut Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    let [threaded_ms, single_ms] = &mut times;
+    Ok(median(single_ms) < median(threaded_ms))
+}
+
 /// Returns whether some input can vary between runs in a way a specialised plan binds: an
 /// open dimension, or a rank-0 integer (whose value specialised plans fold).
 fn name_open_dims(model: &mut InferenceModel) -> Result<bool, String> {
@@ -541,4 +640,48 @@ fn elements<D: Datum + Copy>(t: &tract_onnx::prelude::Tensor) -> Result<Vec<D>, 
     t.try_as_plain_ram()
         .and_then(|v| v.as_slice::<D>().map(|s| s.to_vec()))
         .map_err(|e| InferenceError::Backend(cause(e)))
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use tract_onnx::tract_core::ops::math;
+
+    /// `x * x + x` on `shape`.
+    fn model(shape: ShapeFact) -> TypedModel {
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact(shape)).unwrap();
+        let sq = m.wire_node("sq", math::mul(), &[x, x]).unwrap()[0];
+        let y = m.wire_node("y", math::add(), &[sq, x]).unwrap()[0];
+        m.select_output_outlets(&[y]).unwrap();
+        m
+    }
+
+    #[test]
+    fn a_plan_timed_both_ways_computes_the_same_values() {
+        let options = RunOptions {
+            executor: Some(tract_linalg::multithread::Executor::multithread(2)),
+            ..RunOptions::default()
+        };
+        let concrete = model(ShapeFact::from_dims([2, 3]));
+        assert_eq!(zero_inputs(&concrete).map(|i| i.len()), Some(1));
+        let plan = plan_for(concrete.into_optimized().unwrap(), &options).unwrap();
+        let x = tract_onnx::prelude::Tensor::from_shape(&[2, 3], &[1f32, 2., 3., -1., -2., 0.5])
+            .unwrap();
+        let out = plan.run(tvec!(x.into_tvalue())).unwrap();
+        let got = out[0]
+            .try_as_plain_ram()
+            .unwrap()
+            .as_slice::<f32>()
+            .unwrap()
+            .to_vec();
+        assert_eq!(got, [2., 6., 12., 0., 2., 0.75]);
+    }
+
+    #[test]
+    fn open_shapes_are_not_timed() {
+        let n = TDim::Sym(SymbolScope::default().sym("N"));
+        let open = model(ShapeFact::from_dims([n, 3.into()]));
+        assert!(zero_inputs(&open).is_none());
+    }
 }
