@@ -19,6 +19,8 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::conv::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+use super::ops::{eval_f32, replace};
+
 /// A depth-wise convolution with its kernel and bias (and anything folded into them) inside.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct DepthwiseRows {
@@ -74,29 +76,20 @@ impl EvalOp for DepthwiseRows {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = inputs[0].to_plain_array_view::<f32>()?;
-        let x = input
-            .as_slice()
-            .context("depth-wise convolution input is not contiguous")?;
         let kernel = self.kernel.try_as_plain_ram()?;
         let bias = self.bias.try_as_plain_ram()?;
+        let (kernel, bias) = (kernel.as_slice::<f32>()?, bias.as_slice::<f32>()?);
         let planes = self.batch.unwrap_or(1) * self.channels;
-        ensure!(
-            x.len() == planes * self.in_hw[0] * self.in_hw[1],
-            "depth-wise convolution input of {} values",
-            x.len()
-        );
-        let mut y = Tensor::zero::<f32>(&self.output_shape())?;
-        {
-            let mut output = y.to_plain_array_view_mut::<f32>()?;
-            let y = output
-                .as_slice_mut()
-                .context("a new tensor is contiguous")?;
-            let kernel = kernel.as_slice::<f32>()?;
-            let bias = bias.as_slice::<f32>()?;
+        let what = "depth-wise convolution";
+        eval_f32(&inputs[0], &self.output_shape(), what, |x, y| {
+            ensure!(
+                x.len() == planes * self.in_hw[0] * self.in_hw[1],
+                "{what}: {} values",
+                x.len()
+            );
             run(&Shape::of(self, planes), kernel, bias, x, y);
-        }
-        Ok(tvec!(y.into_tvalue()))
+            Ok(())
+        })
     }
 }
 
@@ -211,61 +204,61 @@ mod x86 {
     use super::Lanes;
     use std::arch::x86_64::*;
 
-    pub struct Avx512;
-    impl Lanes for Avx512 {
-        type V = __m512;
-        const W: usize = 16;
-        #[inline(always)]
-        fn splat(v: f32) -> __m512 {
-            unsafe { _mm512_set1_ps(v) }
-        }
-        #[inline(always)]
-        fn load(s: &[f32], at: usize) -> __m512 {
-            assert!(at + 16 <= s.len());
-            unsafe { _mm512_loadu_ps(s.as_ptr().add(at)) }
-        }
-        #[inline(always)]
-        fn madd(a: __m512, b: __m512, c: __m512) -> __m512 {
-            unsafe { _mm512_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        fn relu(a: __m512) -> __m512 {
-            unsafe { _mm512_max_ps(a, _mm512_setzero_ps()) }
-        }
-        #[inline(always)]
-        fn store(s: &mut [f32], at: usize, v: __m512) {
-            assert!(at + 16 <= s.len());
-            unsafe { _mm512_storeu_ps(s.as_mut_ptr().add(at), v) }
-        }
+    /// One x86 width: its vector type, lane count and the intrinsics for each operation.
+    macro_rules! x86_lanes {
+        ($name:ident, $v:ty, $w:literal, $set1:ident, $loadu:ident, $fmadd:ident, $max:ident, $zero:ident, $storeu:ident) => {
+            pub struct $name;
+            impl Lanes for $name {
+                type V = $v;
+                const W: usize = $w;
+                #[inline(always)]
+                fn splat(v: f32) -> $v {
+                    unsafe { $set1(v) }
+                }
+                #[inline(always)]
+                fn load(s: &[f32], at: usize) -> $v {
+                    assert!(at + $w <= s.len());
+                    unsafe { $loadu(s.as_ptr().add(at)) }
+                }
+                #[inline(always)]
+                fn madd(a: $v, b: $v, c: $v) -> $v {
+                    unsafe { $fmadd(a, b, c) }
+                }
+                #[inline(always)]
+                fn relu(a: $v) -> $v {
+                    unsafe { $max(a, $zero()) }
+                }
+                #[inline(always)]
+                fn store(s: &mut [f32], at: usize, v: $v) {
+                    assert!(at + $w <= s.len());
+                    unsafe { $storeu(s.as_mut_ptr().add(at), v) }
+                }
+            }
+        };
     }
 
-    pub struct Avx2;
-    impl Lanes for Avx2 {
-        type V = __m256;
-        const W: usize = 8;
-        #[inline(always)]
-        fn splat(v: f32) -> __m256 {
-            unsafe { _mm256_set1_ps(v) }
-        }
-        #[inline(always)]
-        fn load(s: &[f32], at: usize) -> __m256 {
-            assert!(at + 8 <= s.len());
-            unsafe { _mm256_loadu_ps(s.as_ptr().add(at)) }
-        }
-        #[inline(always)]
-        fn madd(a: __m256, b: __m256, c: __m256) -> __m256 {
-            unsafe { _mm256_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        fn relu(a: __m256) -> __m256 {
-            unsafe { _mm256_max_ps(a, _mm256_setzero_ps()) }
-        }
-        #[inline(always)]
-        fn store(s: &mut [f32], at: usize, v: __m256) {
-            assert!(at + 8 <= s.len());
-            unsafe { _mm256_storeu_ps(s.as_mut_ptr().add(at), v) }
-        }
-    }
+    x86_lanes!(
+        Avx512,
+        __m512,
+        16,
+        _mm512_set1_ps,
+        _mm512_loadu_ps,
+        _mm512_fmadd_ps,
+        _mm512_max_ps,
+        _mm512_setzero_ps,
+        _mm512_storeu_ps
+    );
+    x86_lanes!(
+        Avx2,
+        __m256,
+        8,
+        _mm256_set1_ps,
+        _mm256_loadu_ps,
+        _mm256_fmadd_ps,
+        _mm256_max_ps,
+        _mm256_setzero_ps,
+        _mm256_storeu_ps
+    );
 }
 
 #[inline(always)]
@@ -510,11 +503,11 @@ pub(crate) fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
             }
             last = OutletId::new(next.id, 0);
         }
-        let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, model.node(id).inputs[0])?;
-        let y = patch.wire_node(format!("{}.rows", model.node(id).name), op, &[x])?;
-        patch.shunt_outside(model, last, y[0])?;
-        patch.apply(model)?;
+        let (input, name) = (
+            model.node(id).inputs[0],
+            format!("{}.rows", model.node(id).name),
+        );
+        replace(model, input, op, name, last)?;
         count += 1;
     }
     Ok(count)
@@ -605,16 +598,7 @@ mod tests {
 
     fn run_model(m: TypedModel, shape: &[usize]) -> Vec<f32> {
         let x = Tensor::from_shape(shape, &values(shape.iter().product(), 0.0)).unwrap();
-        let out = SimplePlan::new(m)
-            .unwrap()
-            .run(tvec!(x.into_tvalue()))
-            .unwrap();
-        out[0]
-            .try_as_plain_ram()
-            .unwrap()
-            .as_slice::<f32>()
-            .unwrap()
-            .to_vec()
+        super::super::ops::run_f32(m, x)
     }
 
     /// Runs `case` through tract alone and through the rewrite; returns how many nodes were

@@ -5,8 +5,9 @@
 //! quarter off the latency.
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::TypedModelPatch;
 use tract_onnx::tract_core::ops::nn::hard_swish;
+
+use super::ops::replace;
 
 /// The value of a one-element constant outlet, as f32.
 fn scalar(model: &TypedModel, outlet: OutletId) -> Option<f32> {
@@ -81,12 +82,8 @@ pub(crate) fn fuse(model: &mut TypedModel) -> TractResult<usize> {
         let Some(x) = hard_swish_input(model, outlet) else {
             continue;
         };
-        let mut patch = TypedModelPatch::default();
-        let input = patch.tap_model(model, x)?;
         let name = format!("{}.hard_swish", model.node(id).name);
-        let y = patch.wire_node(name, hard_swish(), &[input])?;
-        patch.shunt_outside(model, outlet, y[0])?;
-        patch.apply(model)?;
+        replace(model, x, hard_swish(), name, outlet)?;
         fused += 1;
     }
     Ok(fused)
@@ -123,14 +120,7 @@ mod tests {
     fn run(m: TypedModel) -> Vec<f32> {
         let input: Vec<f32> = (0..60).map(|i| (i as f32 - 30.0) * 0.25).collect();
         let x = Tensor::from_shape(&[1, 4, 3, 5], &input).unwrap();
-        let plan = tract_onnx::tract_core::internal::SimplePlan::new(m).unwrap();
-        let out = plan.run(tvec!(x.into_tvalue())).unwrap();
-        out[0]
-            .try_as_plain_ram()
-            .unwrap()
-            .as_slice::<f32>()
-            .unwrap()
-            .to_vec()
+        super::super::ops::run_f32(m, x)
     }
 
     #[test]

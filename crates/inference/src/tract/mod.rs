@@ -26,6 +26,7 @@ use crate::tensor::{Tensor, TensorData, TensorSpec};
 mod branches;
 mod depthwise;
 mod hardswish;
+mod ops;
 mod pool;
 mod profile;
 use crate::{InferenceError, ModelOptions};

@@ -12,6 +12,8 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer};
 
+use super::ops::{eval_f32, replace};
+
 /// Max pooling over `planes` planes of `in_hw`, no padding, no dilation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct PlaneMaxPool {
@@ -41,25 +43,12 @@ impl EvalOp for PlaneMaxPool {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = inputs[0].to_plain_array_view::<f32>()?;
-        let x = input
-            .as_slice()
-            .context("max pool input is not contiguous")?;
         let [h, w] = self.in_hw;
         let [oh, ow] = self.out_hw;
         let [kh, kw] = self.kernel_hw;
         let [sh, sw] = self.strides;
-        ensure!(
-            x.len() % (h * w) == 0,
-            "max pool input of {} values",
-            x.len()
-        );
-        let mut y = Tensor::zero::<f32>(&self.out_shape)?;
-        {
-            let mut output = y.to_plain_array_view_mut::<f32>()?;
-            let y = output
-                .as_slice_mut()
-                .context("a new tensor is contiguous")?;
+        eval_f32(&inputs[0], &self.out_shape, "max pool", |x, y| {
+            ensure!(x.len() % (h * w) == 0, "max pool: {} values", x.len());
             let mut rows = vec![0f32; w];
             for (xp, yp) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(oh * ow)) {
                 for oy in 0..oh {
@@ -84,8 +73,8 @@ impl EvalOp for PlaneMaxPool {
                     }
                 }
             }
-        }
-        Ok(tvec!(y.into_tvalue()))
+            Ok(())
+        })
     }
 }
 
@@ -181,24 +170,13 @@ impl EvalOp for TrailingSum {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = inputs[0].to_plain_array_view::<f32>()?;
-        let x = input.as_slice().context("sum input is not contiguous")?;
-        let mut y = Tensor::zero::<f32>(&self.out_shape)?;
-        {
-            let mut output = y.to_plain_array_view_mut::<f32>()?;
-            let y = output
-                .as_slice_mut()
-                .context("a new tensor is contiguous")?;
-            ensure!(
-                x.len() == y.len() * self.block,
-                "sum input of {} values",
-                x.len()
-            );
+        eval_f32(&inputs[0], &self.out_shape, "sum", |x, y| {
+            ensure!(x.len() == y.len() * self.block, "sum: {} values", x.len());
             y.iter_mut()
                 .zip(x.chunks_exact(self.block))
                 .for_each(|(s, b)| *s = block_sum(b));
-        }
-        Ok(tvec!(y.into_tvalue()))
+            Ok(())
+        })
     }
 }
 
@@ -263,11 +241,8 @@ pub(crate) fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
         } else {
             continue;
         };
-        let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, node.inputs[0])?;
-        let y = patch.wire_node(format!("{}.planes", node.name), op, &[x])?;
-        patch.shunt_outside(model, OutletId::new(id, 0), y[0])?;
-        patch.apply(model)?;
+        let (input, name) = (node.inputs[0], format!("{}.planes", node.name));
+        replace(model, input, op, name, OutletId::new(id, 0))?;
         count += 1;
     }
     Ok(count)
@@ -286,16 +261,7 @@ mod tests {
 
     fn run(m: TypedModel, shape: &[usize]) -> Vec<f32> {
         let x = Tensor::from_shape(shape, &values(shape.iter().product())).unwrap();
-        let out = SimplePlan::new(m)
-            .unwrap()
-            .run(tvec!(x.into_tvalue()))
-            .unwrap();
-        out[0]
-            .try_as_plain_ram()
-            .unwrap()
-            .as_slice::<f32>()
-            .unwrap()
-            .to_vec()
+        super::super::ops::run_f32(m, x)
     }
 
     /// tract's answer and ours for a one-operator model; returns how many nodes were rewritten.
