@@ -212,3 +212,51 @@ def test_with_a_csr_the_private_key_never_leaves_the_device(fleet, iot, claim, t
         assert len(principals) == 1, principals
     finally:
         core.stop()
+
+
+INSTALL_SCRIPT = r"""
+set -euo pipefail
+# A private /etc (ggc_user, the unit) and nothing else of the host changes; every process started
+# here dies with this PID namespace when the script ends.
+E=$(mktemp -d); mount -t tmpfs tmpfs "$E"; cp -a /etc/. "$E"/; mount --bind "$E" /etc
+"$LICHEN" core install --init none --root "$ROOT" --provision "$CONFIG" --provision-timeout 90
+"$LICHEN" core uninstall --root "$ROOT"
+"""
+
+
+def test_install_provisions_the_core_by_claim_and_prints_its_thing(fleet, iot, claim, tmp_path):
+    """`lichen core install --provision FILE` in a private mount and PID namespace: the file is
+    checked, merged, the core started, and install returns once the core has its own
+    certificate, naming the thing; a file without the claim certificate is refused first."""
+    if os.geteuid() != 0 or subprocess.run(["unshare", "--mount", "--pid", "--fork", "true"]).returncode != 0:
+        pytest.skip("needs root and mount/PID namespaces")
+    serial = "core-install-9"
+    work = tmp_path / "install"
+    work.mkdir()
+    root = work / "gg"
+    config = claim_config(fleet, claim, work / "claim.yaml", root / "identity")
+    text = yaml.safe_load(config.read_text())
+    text["services"]["aws.greengrass.FleetProvisioningByClaim"]["configuration"]["templateParameters"] = {"SerialNumber": serial}
+    config.write_text(yaml.safe_dump(text))
+    bad = work / "bad.yaml"
+    del text["services"]["aws.greengrass.FleetProvisioningByClaim"]["configuration"]["claimCertificatePath"]
+    bad.write_text(yaml.safe_dump(text))
+
+    def install(cfg):
+        env = {**os.environ, "LICHEN": os.environ.get("LICHEN_BIN", "lichen"), "ROOT": str(root), "CONFIG": str(cfg)}
+        return subprocess.run(
+            ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "bash", "-c", INSTALL_SCRIPT],
+            env=env, capture_output=True, text=True, timeout=180,
+        )
+
+    refused = install(bad)
+    assert refused.returncode != 0
+    assert "claimCertificatePath is missing" in refused.stderr, refused.stderr
+    with pytest.raises(Exception):
+        iot.describe_thing(thingName=f"sensor-{serial}")
+
+    done = install(config)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{fleet.output()[-3000:]}"
+    assert f"provisioned as thing sensor-{serial}" in done.stdout, done.stdout
+    assert iot.describe_thing(thingName=f"sensor-{serial}")["attributes"] == {"serial": serial}
+    assert not root.exists(), "uninstall left the root behind"

@@ -40,6 +40,15 @@ pub struct InstallArgs {
     /// A Greengrass-style config.yaml (or .json) merged into the configuration once, at install.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// A provisioning-by-claim configuration (the Greengrass installer's
+    /// `aws.greengrass.FleetProvisioningByClaim` settings: endpoint, claim certificate and key,
+    /// template and its parameters), checked and merged like --config; once the core is
+    /// started, install waits until it has obtained its own certificate and prints its thing name.
+    #[arg(long, value_name = "FILE")]
+    pub provision: Option<PathBuf>,
+    /// How long --provision waits for the core to provision itself.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub provision_timeout: u64,
     /// Register the service but do not start it.
     #[arg(long)]
     pub no_start: bool,
@@ -127,11 +136,14 @@ pub fn install(a: InstallArgs) -> anyhow::Result<ExitCode> {
 
     layout::prepare(&root)?;
     let running = lock::is_held(&root);
-    if a.config.is_some() && running {
+    if (a.config.is_some() || a.provision.is_some()) && running {
         bail!(
-            "--config: the core under {} is running; stop it first (`systemctl stop {UNIT}`)",
+            "--config/--provision: the core under {} is running; stop it first (`systemctl stop {UNIT}`)",
             root.display()
         );
+    }
+    if let Some(f) = &a.provision {
+        check_provisioning_file(f, &root)?;
     }
     if !running {
         let store = lichen_config::ConfigStore::open(&root.join("config"))
@@ -140,6 +152,11 @@ pub fn install(a: InstallArgs) -> anyhow::Result<ExitCode> {
             store
                 .merge_file(f, lichen_config::now_ms())
                 .with_context(|| format!("merging --config {}", f.display()))?;
+        }
+        if let Some(f) = &a.provision {
+            store
+                .merge_file(f, lichen_config::now_ms())
+                .with_context(|| format!("merging --provision {}", f.display()))?;
         }
         let key = [
             "services",
@@ -158,6 +175,8 @@ pub fn install(a: InstallArgs) -> anyhow::Result<ExitCode> {
     }
 
     let upgrade = alts::target(&root, alts::CURRENT).is_some();
+    // Whether a core is (now) running under the root, for --provision to wait on.
+    let mut started = false;
     stage_this_binary(&root)?;
     let exe = alts::binary(&root, alts::CURRENT);
     match init {
@@ -180,6 +199,7 @@ pub fn install(a: InstallArgs) -> anyhow::Result<ExitCode> {
             } else if systemd_running() {
                 // restart, not start: an upgrade's running loader must pick up the new launch dir.
                 run(Command::new("systemctl").args(["restart", UNIT]))?;
+                started = true;
                 println!("installed and started {UNIT} (root {})", root.display());
             } else {
                 println!(
@@ -192,6 +212,7 @@ pub fn install(a: InstallArgs) -> anyhow::Result<ExitCode> {
             save_record(&root, &rec)?;
             println!("{}", init_script(&root, &exe));
             if !a.no_start {
+                started = true;
                 let loader_running = loader_pid(&root).is_some();
                 if upgrade && loader_running {
                     // The running loader would go on with the previous binary: restart it.
@@ -210,7 +231,35 @@ pub fn install(a: InstallArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    if a.provision.is_some() {
+        if started {
+            let timeout = std::time::Duration::from_secs(a.provision_timeout);
+            println!(
+                "# waiting for the core to provision itself by claim (up to {} s)",
+                timeout.as_secs()
+            );
+            let thing = super::provision::wait_for_identity(&root, timeout)?;
+            println!("provisioned as thing {thing}");
+        } else {
+            println!("# the core provisions itself by claim when it first starts");
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses a --provision file that is not a complete provisioning-by-claim configuration,
+/// naming the key, before anything of it is merged (it is read into a scratch store).
+fn check_provisioning_file(file: &Path, root: &Path) -> anyhow::Result<()> {
+    let scratch = root
+        .join("work")
+        .join(format!(".provision-check-{}", std::process::id()));
+    let checked = (|| {
+        let store = lichen_config::ConfigStore::open(&scratch)?;
+        store.merge_file(file, lichen_config::now_ms())?;
+        super::provision::check(&store, root)
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    checked.with_context(|| format!("--provision {}", file.display()))
 }
 
 pub fn uninstall(a: UninstallArgs) -> anyhow::Result<ExitCode> {

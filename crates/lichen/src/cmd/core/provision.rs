@@ -128,7 +128,7 @@ fn plan(conf: &Value, root: &Path) -> anyhow::Result<Plan> {
         cred_endpoint: get("iotCredentialEndpoint"),
         region: get("awsRegion"),
         role_alias: get("iotRoleAlias"),
-        record: root.join("work").join(PLUGIN).join("identity.json"),
+        record: record_path(root),
     })
 }
 
@@ -138,6 +138,54 @@ fn has_identity(config: &ConfigStore) -> bool {
         text(config.get(&["system", k]).as_ref()).is_some_and(|p| Path::new(&p).is_file())
     };
     file("certificateFilePath") && file("privateKeyPath")
+}
+
+/// Checks that `config` holds a complete provisioning-by-claim configuration (what
+/// `lichen core install --provision` merges); the error names the missing or wrong key.
+pub fn check(config: &ConfigStore, root: &Path) -> anyhow::Result<()> {
+    let conf = config
+        .get(&["services", PLUGIN, "configuration"])
+        .with_context(|| format!("services.{PLUGIN}.configuration is missing"))?;
+    plan(&conf, root).map(|_| ())
+}
+
+/// Where the core records the identity it provisioned (see the module's crash-safety note).
+pub fn record_path(root: &Path) -> PathBuf {
+    root.join("work").join(PLUGIN).join("identity.json")
+}
+
+/// Waits up to `timeout` for the core under `root` to record a provisioned identity; returns
+/// its thing name. On timeout the error carries the last provisioning failure the core logged
+/// (from `<root>/logs/lichen.log`), so that the reason is on the installer's terminal.
+pub fn wait_for_identity(root: &Path, timeout: Duration) -> anyhow::Result<String> {
+    let record = record_path(root);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(identity) = read_record(&record)? {
+            return Ok(identity.thing_name);
+        }
+        if std::time::Instant::now() >= deadline {
+            let log = root.join("logs").join("lichen.log");
+            let last = std::fs::read_to_string(&log).ok().and_then(|text| {
+                text.lines()
+                    .rev()
+                    .find(|l| l.contains("provisioning by claim failed"))
+                    .map(str::to_string)
+            });
+            match last {
+                Some(line) => bail!(
+                    "the core did not provision itself within {} s; its last attempt: {line}",
+                    timeout.as_secs()
+                ),
+                None => bail!(
+                    "the core did not provision itself within {} s (nothing about it in {} yet)",
+                    timeout.as_secs(),
+                    log.display()
+                ),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// Provisions the core by claim if the plugin is configured and the core has no identity yet;
@@ -366,6 +414,69 @@ mod tests {
 
     /// A configuration whose endpoint refuses connections: any network attempt would retry
     /// forever, so finishing proves none was made.
+    #[test]
+    fn install_checks_the_whole_configuration_and_names_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = claim_config(dir.path());
+        check(&config, dir.path()).unwrap();
+        config
+            .remove(
+                &["services", PLUGIN, "configuration", "claimCertificatePath"],
+                2,
+            )
+            .unwrap();
+        let e = format!("{:#}", check(&config, dir.path()).unwrap_err());
+        assert!(e.contains("claimCertificatePath is missing"), "{e}");
+        let e = format!(
+            "{:#}",
+            check(&ConfigStore::in_memory(), dir.path()).unwrap_err()
+        );
+        assert!(
+            e.contains(&format!("services.{PLUGIN}.configuration is missing")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn install_waits_for_the_recorded_identity_or_says_why_it_is_missing() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path().to_path_buf();
+        std::fs::create_dir_all(r.join("logs")).unwrap();
+        std::fs::write(
+            r.join("logs/lichen.log"),
+            "2026 WARN provisioning by claim failed reason=\"connection refused\" attempt=3\n",
+        )
+        .unwrap();
+        let e = wait_for_identity(&r, Duration::from_millis(300))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("connection refused"), "{e}");
+
+        let writer = {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(400));
+                let (cert, key) = (r.join("thingCert.crt"), r.join("privKey.key"));
+                std::fs::write(&cert, "c").unwrap();
+                std::fs::write(&key, "k").unwrap();
+                let id = Identity {
+                    thing_name: "gateway-7".into(),
+                    certificate_id: "abc".into(),
+                    certificate_path: cert,
+                    private_key_path: key,
+                };
+                std::fs::create_dir_all(record_path(&r).parent().unwrap()).unwrap();
+                // As the core does: whole, by rename.
+                let tmp = record_path(&r).with_extension("tmp");
+                std::fs::write(&tmp, serde_json::to_vec(&id).unwrap()).unwrap();
+                std::fs::rename(&tmp, record_path(&r)).unwrap();
+            })
+        };
+        let thing = wait_for_identity(&r, Duration::from_secs(30)).unwrap();
+        writer.join().unwrap();
+        assert_eq!(thing, "gateway-7");
+    }
+
     fn claim_config(dir: &Path) -> ConfigStore {
         let config = ConfigStore::in_memory();
         let conf = json!({
