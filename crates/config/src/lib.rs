@@ -269,18 +269,29 @@ impl ConfigStore {
     /// Applies all changes, in order, as one durable record: after a crash either all are
     /// visible or none. Each change is guarded as its method is; a guarded-out change is skipped.
     pub fn apply(&self, changes: Vec<Change>) -> Result<(), ConfigError> {
-        self.apply_batch(changes, true)
+        self.apply_batch(changes, true).map(drop)
     }
 
     /// [`ConfigStore::apply`] without the timestamp guards: every change applies, whatever
     /// timestamps the tree holds. For a deployment's commit, whose decision must take effect
     /// even over a node stamped in the future (last-writer-wins would otherwise skip it
     /// silently); the changed nodes take the given timestamps.
-    pub fn apply_overriding(&self, changes: Vec<Change>) -> Result<(), ConfigError> {
+    ///
+    /// Returns what each change's path holds once the batch is in (runtime keys included), read
+    /// under the same lock: a check of what the batch did is not blurred by a writer that
+    /// reacts to it at once (a service writing back its bound port, say).
+    pub fn apply_overriding(
+        &self,
+        changes: Vec<Change>,
+    ) -> Result<Vec<Option<Value>>, ConfigError> {
         self.apply_batch(changes, false)
     }
 
-    fn apply_batch(&self, changes: Vec<Change>, guarded: bool) -> Result<(), ConfigError> {
+    fn apply_batch(
+        &self,
+        changes: Vec<Change>,
+        guarded: bool,
+    ) -> Result<Vec<Option<Value>>, ConfigError> {
         for change in &changes {
             match change {
                 Change::Set { path, value, .. } | Change::Merge { path, value, .. } => {
@@ -304,7 +315,15 @@ impl ConfigStore {
                     }
                 }
             }
-            Ok(())
+            Ok(changes
+                .iter()
+                .map(|change| {
+                    let (Change::Set { path, .. }
+                    | Change::Merge { path, .. }
+                    | Change::Remove { path, .. }) = change;
+                    txn.root.find(path).map(|n| n.to_json(true))
+                })
+                .collect())
         })
     }
 

@@ -546,7 +546,7 @@ fn apply_overriding_takes_effect_over_nodes_stamped_in_the_future() {
         store.get(&["services", "c", "configuration", "m"]),
         Some(json!("pinned"))
     );
-    store
+    let read_back = store
         .apply_overriding(vec![
             Change::Set {
                 path: vec!["services".into(), "c".into()],
@@ -564,6 +564,15 @@ fn apply_overriding_takes_effect_over_nodes_stamped_in_the_future() {
             },
         ])
         .unwrap();
+    // Each change's path as the whole batch left it.
+    assert_eq!(
+        read_back,
+        vec![
+            Some(json!({"configuration": {"m": "deployed", "n": 2}})),
+            None,
+            Some(json!({"m": "deployed", "n": 2})),
+        ]
+    );
     let expected = json!({"c": {"configuration": {"m": "deployed", "n": 2}}});
     assert_eq!(store.get(&["services"]), Some(expected.clone()));
     assert_eq!(

@@ -8,6 +8,7 @@ use crate::process::Processor;
 use crate::sample::Sample;
 use crate::writer::{Outcome, StoreSlot, Writer, WriterStats};
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,14 @@ use tokio_util::sync::CancellationToken;
 const CHANNEL: usize = 10_000;
 /// How often a batch that cannot be written yet is retried.
 const RETRY: Duration = Duration::from_millis(500);
+
+/// Reads the current string value of a secret (an ARN, or a stored secret's name) from the
+/// device's secret manager; `Err` says why it cannot.
+pub type SecretLookup = Arc<
+    dyn Fn(String) -> std::pin::Pin<Box<dyn Future<Output = Result<String, String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 struct Running {
     shutdown: CancellationToken,
@@ -31,6 +40,7 @@ pub struct IndustrialCollector {
     slot: StoreSlot,
     work_dir: PathBuf,
     opcua: Option<Arc<dyn crate::OpcUaRunner>>,
+    secrets: Option<SecretLookup>,
     running: tokio::sync::Mutex<Option<Running>>,
 }
 
@@ -42,6 +52,7 @@ impl IndustrialCollector {
             slot,
             work_dir,
             opcua: None,
+            secrets: None,
             running: tokio::sync::Mutex::new(None),
         }
     }
@@ -54,15 +65,30 @@ impl IndustrialCollector {
         self
     }
 
+    /// Where an OPC UA source's `usernameSecretArn` is read (the core's secret manager). The
+    /// secret is a JSON object with `username` and `password`, as SiteWise Edge expects it.
+    pub fn with_secrets(mut self, lookup: SecretLookup) -> IndustrialCollector {
+        self.secrets = Some(lookup);
+        self
+    }
+
     /// Starts, reconfigures (`Some`) or stops (`None`) the collector. A configuration that is
     /// refused leaves the running one as it was.
     pub async fn apply(
         &self,
         configuration: Option<&serde_json::Value>,
     ) -> Result<(), ConfigError> {
-        let config = configuration
-            .map(CollectorConfig::from_component_config)
-            .transpose()?;
+        let config = match configuration {
+            Some(c) => {
+                // Credentials are filled in a copy that lives in memory only: the configuration
+                // store keeps the ARN, never the password.
+                let c = self.with_user_credentials(c).await?;
+                let config = CollectorConfig::from_component_config(&c)?;
+                check_sources(&config)?;
+                Some(config)
+            }
+            None => None,
+        };
         let mut running = self.running.lock().await;
         if let Some(old) = running.take() {
             stop(old).await;
@@ -81,6 +107,59 @@ impl IndustrialCollector {
             .as_ref()
             .map(|r| r.stats.samples.load(std::sync::atomic::Ordering::Relaxed))
             .unwrap_or(0)
+    }
+
+    /// `configuration` with the user name and password of each OPC UA source whose identity
+    /// names a secret (`identityProvider.usernameSecretArn`) and does not give them itself.
+    async fn with_user_credentials(
+        &self,
+        configuration: &serde_json::Value,
+    ) -> Result<serde_json::Value, ConfigError> {
+        let mut c = configuration.clone();
+        let Some(sources) = c.get_mut("sources").and_then(|s| s.as_array_mut()) else {
+            return Ok(c);
+        };
+        for (i, source) in sources.iter_mut().enumerate() {
+            // `get_mut`, not indexing: indexing would insert the keys it looks for.
+            let Some(identity) = source
+                .get_mut("endpoint")
+                .and_then(|e| e.get_mut("identityProvider"))
+            else {
+                continue;
+            };
+            let Some(arn) = identity
+                .get("usernameSecretArn")
+                .and_then(|a| a.as_str())
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let given = |k: &str| identity.get(k).is_some_and(|v| v.is_string());
+            if identity["type"] != "Username" || (given("username") && given("password")) {
+                continue;
+            }
+            let field = format!("sources[{i}].endpoint.identityProvider.usernameSecretArn");
+            let Some(lookup) = &self.secrets else {
+                return Err(ConfigError::new(
+                    field,
+                    "this collector cannot read secrets; give username and password",
+                ));
+            };
+            let text = lookup(arn.clone())
+                .await
+                .map_err(|e| ConfigError::new(field.clone(), e))?;
+            let (username, password) = user_and_password(&text).ok_or_else(|| {
+                ConfigError::new(
+                    field.clone(),
+                    format!(
+                        "secret {arn} is not a JSON object with string fields username and password"
+                    ),
+                )
+            })?;
+            identity["username"] = username.into();
+            identity["password"] = password.into();
+        }
+        Ok(c)
     }
 
     fn start(&self, config: CollectorConfig) -> Result<Running, ConfigError> {
@@ -170,6 +249,40 @@ impl IndustrialCollector {
             "this build has no OPC UA support (cargo feature opcua of lichen-industrial)",
         ))
     }
+}
+
+/// The `username` and `password` of a secret's JSON text (keys matched without regard to case).
+fn user_and_password(text: &str) -> Option<(String, String)> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let field = |name: &str| {
+        v.as_object()?
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_str())
+            .map(str::to_string)
+    };
+    Some((field("username")?, field("password")?))
+}
+
+/// Everything [`IndustrialCollector::start`] could refuse, checked before the running
+/// configuration is stopped.
+fn check_sources(config: &CollectorConfig) -> Result<(), ConfigError> {
+    for (i, source) in config.sources.iter().enumerate() {
+        if let SourceConfig::OpcUa(_v) = source {
+            #[cfg(feature = "opcua")]
+            opcua_config(i, _v)?;
+            #[cfg(not(feature = "opcua"))]
+            return Err(ConfigError::new(
+                format!("sources[{i}].type"),
+                "this build has no OPC UA support (cargo feature opcua of lichen-industrial)",
+            ));
+        }
+    }
+    config
+        .processing
+        .compile()
+        .map(|_| ())
+        .map_err(|(f, r)| ConfigError::new(format!("processing.{f}"), r))
 }
 
 /// Parses and checks one `type: "OpcUa"` source.
@@ -331,6 +444,97 @@ mod tests {
         assert!(bad.values().all(|(n, _)| *n >= 3), "{bad:?}");
         assert_eq!(bad["/a"].1, "D");
         assert_eq!(bad["/b"].1, "B");
+        collector.apply(None).await.unwrap();
+    }
+
+    fn opcua_source(identity: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"sources": [{"name": "plant", "type": "OpcUa",
+            "endpoint": {"endpointUri": "opc.tcp://127.0.0.1:4840/", "identityProvider": identity,
+                "nodeFilterRules": [{"action": "INCLUDE",
+                    "definition": {"type": "OpcUaRootPath", "rootPath": "/Plant/*"}}]}}]})
+    }
+
+    fn secrets(known: &'static str, text: &'static str) -> SecretLookup {
+        Arc::new(move |id: String| {
+            Box::pin(async move {
+                if id == known {
+                    Ok(text.to_string())
+                } else {
+                    Err(format!("secret {id:?} is not among the cloudSecrets"))
+                }
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn a_user_name_secret_fills_in_the_identity_of_the_running_copy_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let slot: StoreSlot = Arc::new(tokio::sync::RwLock::new(None));
+        let arn = "arn:aws:secretsmanager:us-east-1:111111111111:secret:opc-user";
+        let collector = IndustrialCollector::new(slot, dir.path().to_path_buf()).with_secrets(
+            secrets(arn, r#"{"Username": "operator", "password": "pw"}"#),
+        );
+        let config =
+            opcua_source(serde_json::json!({"type": "Username", "usernameSecretArn": arn}));
+        let filled = collector.with_user_credentials(&config).await.unwrap();
+        let identity = &filled["sources"][0]["endpoint"]["identityProvider"];
+        assert_eq!(identity["username"], "operator");
+        assert_eq!(identity["password"], "pw");
+        assert_eq!(identity["usernameSecretArn"], arn);
+        assert!(config["sources"][0]["endpoint"]["identityProvider"]["password"].is_null());
+
+        // Given credentials win; anonymous identities are left alone.
+        let given = opcua_source(
+            serde_json::json!({"type": "Username", "usernameSecretArn": "other",
+            "username": "u", "password": "p"}),
+        );
+        assert_eq!(
+            collector.with_user_credentials(&given).await.unwrap(),
+            given
+        );
+        let anonymous = opcua_source(serde_json::json!({"type": "Anonymous"}));
+        assert_eq!(
+            collector.with_user_credentials(&anonymous).await.unwrap(),
+            anonymous
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_user_name_secret_refuses_the_configuration_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let slot: StoreSlot = Arc::new(tokio::sync::RwLock::new(None));
+        let field = "sources[0].endpoint.identityProvider.usernameSecretArn";
+        let unknown =
+            opcua_source(serde_json::json!({"type": "Username", "usernameSecretArn": "nope"}));
+
+        let without = IndustrialCollector::new(slot.clone(), dir.path().to_path_buf());
+        let e = without.apply(Some(&unknown)).await.unwrap_err();
+        assert_eq!(e.field, field);
+
+        let collector = IndustrialCollector::new(slot, dir.path().to_path_buf())
+            .with_secrets(secrets("plain", "just a password"));
+        let e = collector.apply(Some(&unknown)).await.unwrap_err();
+        assert_eq!(e.field, field);
+        assert!(e.reason.contains("cloudSecrets"), "{e}");
+        let plain =
+            opcua_source(serde_json::json!({"type": "Username", "usernameSecretArn": "plain"}));
+        let e = collector.apply(Some(&plain)).await.unwrap_err();
+        assert!(e.reason.contains("username and password"), "{e}");
+        assert!(collector.running.lock().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_bad_opc_ua_source_leaves_the_running_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let slot: StoreSlot = Arc::new(tokio::sync::RwLock::new(None));
+        let collector = IndustrialCollector::new(slot, dir.path().to_path_buf());
+        collector
+            .apply(Some(&serde_json::json!({"sources": []})))
+            .await
+            .unwrap();
+        let bad = opcua_source(serde_json::json!({"type": "Username", "username": "only"}));
+        collector.apply(Some(&bad)).await.unwrap_err();
+        assert!(collector.running.lock().await.is_some());
         collector.apply(None).await.unwrap();
     }
 

@@ -40,7 +40,7 @@ pub mod sample;
 pub mod units;
 pub mod writer;
 
-pub use collector::IndustrialCollector;
+pub use collector::{IndustrialCollector, SecretLookup};
 pub use config::{CollectorConfig, ConfigError};
 pub use opcua_worker::{OpcUaRunner, OpcUaWorker};
 pub use sample::{Quality, Sample, SampleSender, Value};

@@ -363,6 +363,63 @@ impl SecretManager {
             .cloned()
     }
 
+    /// The stored version of `arn` (by id, else by stage); one cloud fetch when it is not stored
+    /// yet or `refresh` asks for it, the stored copy answering when the fetch fails.
+    async fn find(
+        &self,
+        arn: &str,
+        version_id: Option<&str>,
+        stage: &str,
+        refresh: bool,
+    ) -> Option<Entry> {
+        if !refresh && let Some(e) = self.lookup(arn, version_id, stage) {
+            return Some(e);
+        }
+        let settings = self
+            .inner
+            .settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(settings) = settings {
+            match self
+                .fetch(
+                    &settings,
+                    arn,
+                    version_id,
+                    version_id.is_none().then_some(stage),
+                )
+                .await
+            {
+                Ok(e) => {
+                    self.remember(e);
+                    self.save();
+                }
+                Err(m) => {
+                    tracing::warn!(arn = %arn, error = %m, "cannot fetch the secret; answering from the store")
+                }
+            }
+        }
+        self.lookup(arn, version_id, stage)
+    }
+
+    /// The current (`AWSCURRENT`) string value of secret `id` (a configured ARN, or a stored
+    /// secret's name), for services inside the core, which are not IPC callers: no
+    /// authorization policy applies; the deployment that configures such a service names the
+    /// secret in its configuration.
+    pub async fn current_string(&self, id: &str) -> Result<String, String> {
+        let arn = self.resolve(id).ok_or_else(|| {
+            format!("secret {id:?} is not among the cloudSecrets of {SERVICE_NAME}; add it there")
+        })?;
+        let e = self.find(&arn, None, CURRENT, false).await.ok_or_else(|| {
+            format!("secret {arn} is not stored yet and the cloud could not provide it")
+        })?;
+        if e.binary {
+            return Err(format!("secret {arn} holds binary data, not a string"));
+        }
+        String::from_utf8(e.value).map_err(|_| format!("secret {arn} is not UTF-8 text"))
+    }
+
     /// IPC `GetSecretValue` (after authorization on the resolved ARN).
     pub async fn get_secret_value(
         &self,
@@ -398,40 +455,7 @@ impl SecretManager {
         )?;
         let stage = stage.unwrap_or(CURRENT);
         let refresh = req["refresh"].as_bool().unwrap_or(false);
-        let mut found = if refresh {
-            None
-        } else {
-            self.lookup(&arn, version_id, stage)
-        };
-        if found.is_none() {
-            // Asked to refresh, or a label/version not fetched yet: one cloud fetch.
-            let settings = self
-                .inner
-                .settings
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            if let Some(settings) = settings {
-                match self
-                    .fetch(
-                        &settings,
-                        &arn,
-                        version_id,
-                        version_id.is_none().then_some(stage),
-                    )
-                    .await
-                {
-                    Ok(e) => {
-                        self.remember(e);
-                        self.save();
-                    }
-                    Err(m) => {
-                        tracing::warn!(arn = %arn, error = %m, "cannot fetch the secret; answering from the store")
-                    }
-                }
-            }
-            found = self.lookup(&arn, version_id, stage);
-        }
+        let found = self.find(&arn, version_id, stage, refresh).await;
         let e = found.ok_or_else(|| IpcError::ResourceNotFound {
             message: format!(
                 "secret {arn} has no version {} stored and the cloud could not provide it",

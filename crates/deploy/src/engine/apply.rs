@@ -372,6 +372,38 @@ impl Inner {
 
 /// Whether the tree's `stored` value is `planned`, with keys compared as the tree compares them
 /// and runtime (`_`) keys, which the tree keeps beside a written value, left aside.
+/// Every committed service entry and built-in configuration reads back as planned; a deployment
+/// never reports success for a change the tree did not take. `read_back` holds what the commit's
+/// changes left at their paths, in the order the commit made them: removals, entries, then a version
+/// and a configuration per built-in update. It was read under the commit's lock, so a service
+/// that writes back into its configuration as soon as it sees the commit cannot fail the check.
+fn check_took_effect(
+    id: &str,
+    plan: &Plan,
+    read_back: &[Option<Value>],
+) -> Result<(), DeployError> {
+    let mismatch = |name: &str| {
+        DeployError::Config(format!(
+            "deployment {id}: the configuration of component {name} did not take effect in the configuration tree; inspect services.{name} in effectiveConfig.yaml and deploy again"
+        ))
+    };
+    let mut stored = read_back.iter().skip(plan.removed.len());
+    for (name, entry) in &plan.entries {
+        let value = stored.next().cloned().flatten().unwrap_or(Value::Null);
+        if !same_value(&value, entry) {
+            return Err(mismatch(name));
+        }
+    }
+    for (name, (_, configuration)) in &plan.builtin_updates {
+        let _version = stored.next();
+        let value = stored.next().cloned().flatten().unwrap_or(Value::Null);
+        if !same_value(&value, configuration) {
+            return Err(mismatch(name));
+        }
+    }
+    Ok(())
+}
+
 fn same_value(stored: &Value, planned: &Value) -> bool {
     match (stored, planned) {
         (Value::Object(stored), Value::Object(planned)) => {
@@ -544,36 +576,11 @@ impl Inner {
         });
         // Overriding: the deployment's decision takes effect whatever timestamps the tree holds
         // (a node stamped in the future would otherwise make the commit a silent no-op).
-        self.config
+        let read_back = self
+            .config
             .apply_overriding(changes)
             .map_err(|e| DeployError::Config(format!("cannot commit deployment {id}: {e}")))?;
-        self.check_took_effect(id, plan)
-    }
-
-    /// Every committed service entry and built-in configuration reads back as planned; a
-    /// deployment never reports success for a change the tree did not take.
-    fn check_took_effect(&self, id: &str, plan: &Plan) -> Result<(), DeployError> {
-        let mismatch = |name: &str, what: &str| {
-            DeployError::Config(format!(
-                "deployment {id}: the {what} of component {name} did not take effect in the configuration tree; inspect services.{name} in effectiveConfig.yaml and deploy again"
-            ))
-        };
-        for (name, entry) in &plan.entries {
-            let stored = self.config.get(&[SERVICES, name]).unwrap_or(Value::Null);
-            if !same_value(&stored, entry) {
-                return Err(mismatch(name, "configuration"));
-            }
-        }
-        for (name, (_, configuration)) in &plan.builtin_updates {
-            let stored = self
-                .config
-                .get(&[SERVICES, name, "configuration"])
-                .unwrap_or(Value::Null);
-            if !same_value(&stored, configuration) {
-                return Err(mismatch(name, "configuration"));
-            }
-        }
-        Ok(())
+        check_took_effect(id, plan, &read_back)
     }
 
     /// Puts the snapshot back exactly, in ONE batch.
@@ -622,6 +629,7 @@ impl Inner {
         });
         self.config
             .apply_overriding(changes)
+            .map(drop)
             .map_err(|e| DeployError::Config(format!("cannot restore snapshot of {id}: {e}")))
     }
 
@@ -679,4 +687,53 @@ fn roots_to_value(roots: &BTreeMap<String, BTreeMap<String, String>>) -> Value {
         groups.insert(group.clone(), Value::Object(map));
     }
     Value::Object(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn plan() -> Plan {
+        Plan {
+            removed: vec!["gone".into()],
+            entries: [("com.example.A".into(), json!({"version": "1.0.0"}))].into(),
+            builtin_updates: [(
+                "aws.greengrass.StreamManager".into(),
+                ("2.2.1".into(), json!({"STREAM_MANAGER_SERVER_PORT": "0"})),
+            )]
+            .into(),
+            ..Plan::default()
+        }
+    }
+
+    #[test]
+    fn a_commit_read_back_as_planned_took_effect() {
+        let read_back = [
+            None,
+            Some(json!({"version": "1.0.0", "_runtime": 1})),
+            Some(json!("2.2.1")),
+            Some(json!({"stream_manager_server_port": "0"})),
+        ];
+        check_took_effect("d1", &plan(), &read_back).unwrap();
+    }
+
+    #[test]
+    fn a_key_the_commit_did_not_plan_fails_the_check_naming_the_component() {
+        let read_back = [
+            None,
+            Some(json!({"version": "1.0.0"})),
+            Some(json!("2.2.1")),
+            Some(json!({"STREAM_MANAGER_SERVER_PORT": "0", "left": "over"})),
+        ];
+        let e = check_took_effect("d1", &plan(), &read_back).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("component aws.greengrass.StreamManager did not take effect"),
+            "{e}"
+        );
+        let read_back = [None, None, Some(json!("2.2.1")), Some(json!({}))];
+        let e = check_took_effect("d1", &plan(), &read_back).unwrap_err();
+        assert!(e.to_string().contains("component com.example.A"), "{e}");
+    }
 }

@@ -106,6 +106,7 @@ pub struct DeploymentEngine {
 }
 
 /// What a deployment will commit, computed before anything changes.
+#[cfg_attr(test, derive(Default))]
 struct Plan {
     /// Group → component → requirement, after this deployment.
     roots: BTreeMap<String, BTreeMap<String, String>>,

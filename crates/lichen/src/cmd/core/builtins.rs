@@ -55,7 +55,12 @@ pub struct ServiceContext {
     pub supervisor: lichen_supervisor::Supervisor,
     /// The stream manager's store while it runs, for built-ins that append in-process.
     pub stream_store: StreamStoreSlot,
+    /// The secret manager while it is deployed, for built-ins that read secrets in-process.
+    pub secrets: SecretManagerSlot,
 }
+
+/// The running secret manager, or None.
+pub type SecretManagerSlot = Arc<tokio::sync::Mutex<Option<lichen_secrets::SecretManager>>>;
 
 /// The running stream manager's store, or None. Holders of the read lock keep the stream
 /// manager from being stopped (and its store reopened) under them.

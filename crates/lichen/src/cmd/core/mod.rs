@@ -293,6 +293,7 @@ async fn serve(
         cloud_connected: cloud_connected_rx.clone(),
         supervisor: supervisor.clone(),
         stream_store: Default::default(),
+        secrets: Default::default(),
     };
     let cloud_link = cloud::start(&service_ctx).await?;
     cloud::forward_status(&cloud_link, cloud_connected_tx);

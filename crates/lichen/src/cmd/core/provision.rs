@@ -357,6 +357,7 @@ fn commit(config: &ConfigStore, plan: &Plan, id: &Identity) -> anyhow::Result<()
     }
     config
         .apply_overriding(changes)
+        .map(drop)
         .context("recording the provisioned identity in the configuration")
 }
 

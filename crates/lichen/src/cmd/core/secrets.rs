@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub fn services(ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
-    let running: Arc<tokio::sync::Mutex<Option<SecretManager>>> = Arc::default();
+    let running = ctx.secrets.clone();
     sync_after_deployments(&ctx.config, running.clone());
     vec![Arc::new(SecretsService {
         config: ctx.config.clone(),
