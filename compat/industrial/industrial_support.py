@@ -190,5 +190,10 @@ def deploy(root, config):
 
 
 def log_tail(root, n=4000):
-    log = Path(root) / "logs" / "lichen.log"
-    return log.read_text(errors="replace")[-n:] if log.exists() else ""
+    """The ends of the core's log and of the collector's own."""
+    tails = []
+    for name in ("lichen.log", "lichen.IndustrialCollector.log"):
+        log = Path(root) / "logs" / name
+        if log.exists():
+            tails.append(f"--- {name}\n" + log.read_text(errors="replace")[-n:])
+    return "\n".join(tails)

@@ -76,10 +76,12 @@ def test_an_opc_ua_source_logs_in_with_the_user_of_a_fleet_secret(fleet, iot, tm
 
 def test_a_wrong_password_in_the_secret_is_refused_by_the_server(fleet, iot, tmp_path, cores):  # noqa: F811
     core, sm_port, server = run_with_secret(fleet, iot, tmp_path, cores, "not-the-password", "the-password")
-    stderr = core.workdir / "core.stderr"
+    log = core.root / "logs" / "lichen.IndustrialCollector.log"
     try:
-        # The worker presents the secret's user and the server turns the session down.
-        wait_for(lambda: "BadUserAccessDenied" in stderr.read_text(errors="replace"), 60,
+        # The worker presents the secret's user and the server turns the session down; the
+        # collector's own log says so, naming the source.
+        wait_for(lambda: log.exists() and any("BadUserAccessDenied" in line and "plant-opcua" in line
+                                              for line in log.read_text(errors="replace").splitlines()), 60,
                  "the server refusing the secret's user:\n" + core.log())
         time.sleep(3)
         assert [v for v in read_stream(sm_port) if v[3] == "GOOD"] == []

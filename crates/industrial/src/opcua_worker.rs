@@ -105,7 +105,7 @@ async fn run_once(
         .arg(pki_dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| {
@@ -114,6 +114,10 @@ async fn run_once(
                 exe.display()
             )
         })?;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let name = source["name"].as_str().unwrap_or("?").to_string();
+    // Ends by itself when the worker's stderr closes (it exited or was killed).
+    tokio::spawn(relog_stderr(stderr, name));
     let mut stdin = child.stdin.take().expect("piped stdin");
     let mut line = source.to_string();
     line.push('\n');
@@ -153,6 +157,34 @@ async fn run_once(
     }
 }
 
+/// The worker's stderr, a line at a time, into the core's log at the level the line starts
+/// with (the worker's own usage and start-up errors have none: they are errors).
+async fn relog_stderr(stderr: tokio::process::ChildStderr, source: String) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let text = line.trim();
+        let (level, rest) = split_level(text);
+        match level {
+            Some(tracing::Level::ERROR) | None => tracing::error!(source, "{rest}"),
+            Some(tracing::Level::WARN) => tracing::warn!(source, "{rest}"),
+            Some(tracing::Level::INFO) => tracing::info!(source, "{rest}"),
+            Some(tracing::Level::DEBUG) => tracing::debug!(source, "{rest}"),
+            Some(_) => tracing::trace!(source, "{rest}"),
+        }
+    }
+}
+
+/// `"WARN x: y"` → `(Some(WARN), "x: y")`; a line without a leading level is returned whole.
+fn split_level(line: &str) -> (Option<tracing::Level>, &str) {
+    let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+    match word.parse::<tracing::Level>() {
+        Ok(level) if word.chars().all(|c| c.is_ascii_uppercase()) => {
+            (Some(level), rest.trim_start())
+        }
+        _ => (None, line),
+    }
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct WireSample {
     alias: String,
@@ -184,6 +216,33 @@ pub fn decode_line(line: &str) -> Result<Sample, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_line_keeps_its_level() {
+        assert_eq!(
+            split_level(
+                "ERROR opcua_client::session: Received a service fault of BadUserAccessDenied"
+            ),
+            (
+                Some(tracing::Level::ERROR),
+                "opcua_client::session: Received a service fault of BadUserAccessDenied"
+            )
+        );
+        assert_eq!(
+            split_level(" WARN x: y"),
+            (None, " WARN x: y"),
+            "trimmed by the caller"
+        );
+        assert_eq!(split_level("INFO x"), (Some(tracing::Level::INFO), "x"));
+        assert_eq!(
+            split_level("lichen-opcua: no source on stdin"),
+            (None, "lichen-opcua: no source on stdin")
+        );
+        assert_eq!(
+            split_level("Info is not a level word"),
+            (None, "Info is not a level word")
+        );
+    }
 
     #[test]
     fn samples_survive_the_line_format() {

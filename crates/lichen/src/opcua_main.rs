@@ -13,8 +13,12 @@ use std::process::ExitCode;
 use tokio::io::AsyncBufReadExt;
 
 fn main() -> ExitCode {
+    // Plain lines, no clock: the core re-logs each one into the collector's log with its own
+    // timestamp and the source's name (`lichen_industrial::opcua_worker`).
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

@@ -153,6 +153,10 @@ enum Stopped {
 /// component's output in `logs/<component>.log`.
 const STREAM_MANAGER_TARGET: &str = "lichen_streams";
 
+/// Targets whose events belong to the industrial collector's log: the collector itself and the
+/// lines of its OPC UA workers (a server refusing the session, a certificate not trusted).
+const COLLECTOR_TARGET: &str = "lichen_industrial";
+
 type LevelHandle = tracing_subscriber::reload::Handle<
     tracing_subscriber::filter::LevelFilter,
     tracing_subscriber::Registry,
@@ -170,7 +174,8 @@ pub(crate) fn set_stream_manager_log_level(level: tracing_subscriber::filter::Le
 
 /// `logs/lichen.log` gets the core's events (level from `LICHEN_LOG`, default info);
 /// `logs/aws.greengrass.StreamManager.log`, created with its first line, gets the stream
-/// manager's (level from its `LOG_LEVEL`, default INFO).
+/// manager's (level from its `LOG_LEVEL`, default INFO); `logs/lichen.IndustrialCollector.log`
+/// the collector's and its workers' (INFO), and the core's word on its configurations too.
 fn init_tracing(root: &Path) -> anyhow::Result<()> {
     use tracing_subscriber::filter::{FilterExt, LevelFilter, filter_fn};
     use tracing_subscriber::prelude::*;
@@ -181,6 +186,19 @@ fn init_tracing(root: &Path) -> anyhow::Result<()> {
         10 << 20,
         5,
     );
+    let collector_file = crate::logfile::RotatingFile::open_on_first_write(
+        // Named literally: the collector is an optional feature, its log path is not.
+        &logs.join("lichen.IndustrialCollector.log"),
+        10 << 20,
+        5,
+    );
+    let collector = || {
+        filter_fn(|m| {
+            m.target().starts_with(COLLECTOR_TARGET)
+                || m.target() == concat!(module_path!(), "::industrial")
+        })
+    };
+    let collector_only = || filter_fn(|m| m.target().starts_with(COLLECTOR_TARGET));
     let filter = tracing_subscriber::EnvFilter::try_from_env("LICHEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let streams = || filter_fn(|m| m.target().starts_with(STREAM_MANAGER_TARGET));
@@ -195,8 +213,14 @@ fn init_tracing(root: &Path) -> anyhow::Result<()> {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_ansi(false)
+                .with_writer(collector_file)
+                .with_filter(collector().and(LevelFilter::INFO)),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
                 .with_writer(file)
-                .with_filter(filter.and(streams().not())),
+                .with_filter(filter.and(streams().not()).and(collector_only().not())),
         )
         .try_init()
         .is_ok();
