@@ -179,6 +179,21 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'sta
         drop(conn);
         unreachable!("only parkable transports are parked");
     }
+
+    /// Called after each read from the client.
+    fn read_done(&self) {}
+}
+
+/// Acknowledges what the client sent at once instead of after the kernel's delayed-ACK timer
+/// (40 ms on Linux). A client that keeps Nagle's algorithm on (the AWS CRT's sockets do) holds
+/// its next small packet until its last one is acknowledged; when the broker has nothing to send
+/// back (the client's PUBACK for a delivery), only this ACK lets the next PUBLISH go. Linux
+/// clears the flag by itself, so it is set again after every read.
+fn quick_ack(tcp: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = rustix::net::sockopt::set_tcp_quickack(tcp, true);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = tcp;
 }
 
 impl Transport for TcpStream {
@@ -187,9 +202,17 @@ impl Transport for TcpStream {
     fn park(conn: Conn<Self>) {
         crate::idle::park(conn);
     }
+
+    fn read_done(&self) {
+        quick_ack(self);
+    }
 }
 
-impl Transport for tokio_rustls::server::TlsStream<TcpStream> {}
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    fn read_done(&self) {
+        quick_ack(self.get_ref().0);
+    }
+}
 impl Transport for tokio::io::DuplexStream {}
 
 #[derive(Debug, thiserror::Error)]
@@ -427,6 +450,7 @@ impl<S: Transport> Conn<S> {
         if peek.is_empty() {
             return false;
         }
+        self.stream.read_done();
         self.rbuf.reserve(READ_CHUNK);
         self.rbuf.extend_from_slice(peek);
         if peek.len() < PEEK {
