@@ -14,13 +14,19 @@ use tokio::io::AsyncBufReadExt;
 
 fn main() -> ExitCode {
     // Plain lines, no clock: the core re-logs each one into the collector's log with its own
-    // timestamp and the source's name (`lichen_industrial::opcua_worker`).
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .without_time()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    // timestamp and the source's name (`lichen_industrial::opcua_worker`). Events only: the OPC
+    // UA stack's spans would prefix every line with the session's whole context.
+    use tracing_subscriber::filter::{FilterExt, filter_fn};
+    use tracing_subscriber::prelude::*;
+    let level =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .without_time()
+                .with_filter(level.and(filter_fn(|m| m.is_event()))),
         )
         .init();
     let args: Vec<String> = std::env::args().collect();
