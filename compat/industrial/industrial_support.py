@@ -133,10 +133,12 @@ class ModbusDevice:
 
 
 @contextlib.contextmanager
-def running_core(root):
-    """A `lichen core run` on `root`, ready; on exit it and whatever it started are stopped."""
+def running_core(root, config=None, binary=None):
+    """A `lichen core run` on `root` (with `--config config`, from `binary`), ready; on exit it
+    and whatever it started are stopped."""
+    extra = ["--config", str(config)] if config else []
     core = subprocess.Popen(
-        [lichen_bin(), "core", "run", "--root", str(root)],
+        [str(binary or lichen_bin()), "core", "run", "--root", str(root), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "LICHEN_LOG": "info"}, start_new_session=True,
     )

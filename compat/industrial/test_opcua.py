@@ -9,8 +9,12 @@ while it is away, GOOD values again after."""
 import datetime
 import ipaddress
 import json
+import os
+import pwd
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +29,7 @@ from industrial_support import (
     deploy,
     flatten,
     free_port,
+    lichen_bin,
     log_tail,
     running_core,
     stream_manager_config,
@@ -298,3 +303,60 @@ def test_other_security_policies_and_modes(tmp_path, pki, server_policy, policy,
                      f"GOOD values over {policy} {mode}:\n" + log_tail(root))
     finally:
         server.stop()
+
+
+def worker_uids(core_pid):
+    """The real and effective uids of the core's `lichen-opcua` children."""
+    uids = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if fields.get("Name", "").strip() == "lichen-opcua" and int(fields["PPid"]) == core_pid:
+            uids.append(tuple(int(u) for u in fields["Uid"].split()[:2]))
+    return uids
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: only a root core runs its workers as another user")
+def test_the_worker_runs_as_the_component_user():
+    """A root core with `runWithDefault.posixUser` nobody runs each OPC UA worker as nobody (it
+    parses what the network sends): the worker creates and keeps its PKI as nobody and collects."""
+    nobody = pwd.getpwnam("nobody")
+    # pytest's tmp_path lives under a 0700 directory of root's, and the build tree may too: the
+    # executables, the pinned server certificate and the root go where nobody can reach them.
+    base = Path(tempfile.mkdtemp(prefix="lichen-opcua-user-", dir="/tmp"))
+    base.chmod(0o755)
+    server = None
+    try:
+        bin_dir = base / "bin"
+        bin_dir.mkdir(mode=0o755)
+        built = Path(lichen_bin())
+        for name in ("lichen", "lichen-opcua"):
+            shutil.copy2(built.with_name(name), bin_dir / name)
+        der, _, key = make_cert(base / "server", "LichenTestServer", SERVER_URI)
+        for p in (base / "server", der):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        trust = base / "server-trusts"
+        trust.mkdir()
+        pki = {"trust": trust}
+        server = OpcUaServer(der, key, trust)
+        config = base / "config.json"
+        config.write_text(json.dumps({
+            "services": {"aws.greengrass.Nucleus": {"configuration": {"runWithDefault": {"posixUser": "nobody"}}}}
+        }))
+        root = base / "root"
+        with running_core(root, config=config, binary=bin_dir / "lichen") as core:
+            sm_port = start_collecting(root, server, {"type": "X509", "certificatePath": str(der)})
+            cert = wait_for(lambda: own_certificate(root), 60, "the collector's generated certificate:\n" + log_tail(root))
+            assert (cert.stat().st_uid, cert.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
+            pki_dir = cert.parent.parent
+            assert pki_dir.stat().st_mode & 0o777 == 0o700 and pki_dir.stat().st_uid == nobody.pw_uid
+            assert worker_uids(core.pid) == [(nobody.pw_uid, nobody.pw_uid)]
+            trust_collector(root, pki)
+            wait_for(lambda: {a for a, _, _, q in read_stream(sm_port) if q == "GOOD"} >= set(ALIASES) - {ALIASES[3]}, 90,
+                     "GOOD values from a worker run as nobody:\n" + log_tail(root))
+    finally:
+        if server:
+            server.stop()
+        shutil.rmtree(base, ignore_errors=True)

@@ -42,7 +42,7 @@ pub mod writer;
 
 pub use collector::{IndustrialCollector, SecretLookup};
 pub use config::{CollectorConfig, ConfigError};
-pub use opcua_worker::{OpcUaRunner, OpcUaWorker};
+pub use opcua_worker::{OpcUaRunner, OpcUaWorker, WorkerIdentity};
 pub use sample::{Quality, Sample, SampleSender, Value};
 pub use tokio_util::sync::CancellationToken;
 pub use writer::StoreSlot;

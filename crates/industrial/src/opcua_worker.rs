@@ -13,6 +13,7 @@ use crate::sample::{Quality, Sample, SampleSender, Value};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinHandle;
@@ -32,12 +33,65 @@ pub trait OpcUaRunner: Send + Sync + 'static {
 /// Runs sources in the worker executable at `exe`.
 pub struct OpcUaWorker {
     exe: PathBuf,
+    identity: Arc<std::sync::RwLock<Option<WorkerIdentity>>>,
+}
+
+/// The user and group a worker runs as when the core is root: the worker parses what servers on
+/// the network send, so it gets no more privilege than a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerIdentity {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl OpcUaWorker {
     pub fn new(exe: PathBuf) -> OpcUaWorker {
-        OpcUaWorker { exe }
+        OpcUaWorker {
+            exe,
+            identity: Default::default(),
+        }
     }
+
+    /// Workers started from now on run as `identity` (None: as the core). A source's PKI
+    /// directory is handed to that user before its worker starts.
+    pub fn set_identity(&self, identity: Option<WorkerIdentity>) {
+        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = identity;
+    }
+}
+
+/// Makes `pki_dir` the worker's: created if missing, owned (with all it holds) by `identity`,
+/// private to it, and reachable through its parent, which lets others traverse but not list.
+fn hand_over(pki_dir: &std::path::Path, identity: WorkerIdentity) -> std::io::Result<()> {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    std::fs::create_dir_all(pki_dir)?;
+    if let Some(parent) = pki_dir.parent() {
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))?;
+        // The collector's work directory: add only the search bits it may lack.
+        if let Some(work) = parent.parent() {
+            let mode = std::fs::metadata(work)?.permissions().mode();
+            if mode & 0o011 != 0o011 {
+                std::fs::set_permissions(
+                    work,
+                    std::fs::Permissions::from_mode((mode | 0o011) & 0o7777),
+                )?;
+            }
+        }
+    }
+    let mut stack = vec![pki_dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        // A link is never followed: it could point anywhere on the device.
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        chown(&path, Some(identity.uid), Some(identity.gid))?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+        }
+    }
+    std::fs::set_permissions(pki_dir, std::fs::Permissions::from_mode(0o700))
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -54,13 +108,15 @@ impl OpcUaRunner for OpcUaWorker {
         token: CancellationToken,
     ) -> JoinHandle<()> {
         let exe = self.exe.clone();
+        let identity = self.identity.clone();
         tokio::spawn(async move {
             let name = source["name"].as_str().unwrap_or("?").to_string();
             let mut seen = BTreeSet::new();
             let mut backoff = FIRST_BACKOFF;
             loop {
                 let started = Instant::now();
-                match run_once(&exe, &source, &pki_dir, &out, &token, &mut seen).await {
+                let run_as = *identity.read().unwrap_or_else(|p| p.into_inner());
+                match run_once(&exe, run_as, &source, &pki_dir, &out, &token, &mut seen).await {
                     Ok(()) => return,
                     Err(e) => {
                         tracing::error!(source = name, error = %e, "OPC UA worker stopped; restarting")
@@ -95,25 +151,40 @@ impl OpcUaRunner for OpcUaWorker {
 /// One worker's life: `Ok` when `token` stopped it, `Err` when it ended on its own.
 async fn run_once(
     exe: &std::path::Path,
+    run_as: Option<WorkerIdentity>,
     source: &serde_json::Value,
     pki_dir: &std::path::Path,
     out: &SampleSender,
     token: &CancellationToken,
     seen: &mut BTreeSet<String>,
 ) -> Result<(), String> {
-    let mut child = tokio::process::Command::new(exe)
+    let mut command = tokio::process::Command::new(exe);
+    command
         .arg(pki_dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
+        .kill_on_drop(true);
+    if let Some(identity) = run_as {
+        hand_over(pki_dir, identity).map_err(|e| {
             format!(
-                "cannot start the OPC UA worker {}: {e} (install lichen-opcua beside lichen)",
-                exe.display()
+                "cannot give {} to uid {} gid {}: {e}",
+                pki_dir.display(),
+                identity.uid,
+                identity.gid
             )
         })?;
+        // Dropping from root also drops the supplementary groups.
+        command.uid(identity.uid).gid(identity.gid);
+    }
+    let mut child = command.spawn().map_err(|e| {
+        let who = run_as.map_or(String::new(), |i| format!(" as uid {}", i.uid));
+        format!(
+            "cannot start the OPC UA worker {}{who}: {e} (install lichen-opcua beside lichen, \
+             where the collector's user may run it)",
+            exe.display()
+        )
+    })?;
     let stderr = child.stderr.take().expect("piped stderr");
     let name = source["name"].as_str().unwrap_or("?").to_string();
     // Ends by itself when the worker's stderr closes (it exited or was killed).

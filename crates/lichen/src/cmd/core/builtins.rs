@@ -122,18 +122,35 @@ pub fn versions(services: &[Arc<dyn BuiltinService>]) -> BTreeMap<String, String
 /// component as root (no user configured), opens with its own privileges.
 fn task_file_access(config: &ConfigStore, component: Option<String>) -> lichen_streams::FileAccess {
     use lichen_streams::FileAccess;
+    // CLI clients register tokens too; they are not components and get the default user.
+    let component = component.filter(|c| config.get(&["services", c.as_str()]).is_some());
+    match component_user(config, component.as_deref()) {
+        Ok(None) => FileAccess::Own,
+        Ok(Some(u)) => FileAccess::User {
+            uid: u.uid,
+            gid: u.gid,
+            groups: u.groups,
+        },
+        Err(reason) => FileAccess::Denied(reason),
+    }
+}
+
+/// The user that `component`'s processes run as: its `runWith.posixUser`, else the nucleus's
+/// `runWithDefault.posixUser`. None when the core is not root (it can switch to no one) or when
+/// that user is root or none is configured.
+pub(crate) fn component_user(
+    config: &ConfigStore,
+    component: Option<&str>,
+) -> Result<Option<lichen_supervisor::RunAs>, String> {
     if !rustix::process::geteuid().is_root() {
-        return FileAccess::Own;
+        return Ok(None);
     }
     let text = |path: &[&str]| match config.get(path) {
         Some(Value::String(s)) if !s.is_empty() => Some(s),
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
     };
-    // CLI clients register tokens too; they are not components and get the default user.
-    let own = component
-        .filter(|c| config.get(&["services", c.as_str()]).is_some())
-        .and_then(|c| text(&["services", &c, "runWith", "posixUser"]));
+    let own = component.and_then(|c| text(&["services", c, "runWith", "posixUser"]));
     let spec = own.or_else(|| {
         text(&[
             "services",
@@ -144,16 +161,12 @@ fn task_file_access(config: &ConfigStore, component: Option<String>) -> lichen_s
         ])
     });
     let Some(spec) = spec else {
-        return FileAccess::Own;
+        return Ok(None);
     };
     match lichen_supervisor::resolve_user(&spec) {
-        Ok(u) if u.uid == 0 => FileAccess::Own,
-        Ok(u) => FileAccess::User {
-            uid: u.uid,
-            gid: u.gid,
-            groups: u.groups,
-        },
-        Err(reason) => FileAccess::Denied(format!("posixUser {spec:?}: {reason}")),
+        Ok(u) if u.uid == 0 => Ok(None),
+        Ok(u) => Ok(Some(u)),
+        Err(reason) => Err(format!("posixUser {spec:?}: {reason}")),
     }
 }
 

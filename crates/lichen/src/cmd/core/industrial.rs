@@ -4,20 +4,25 @@
 //! source's user-name secret cannot be read yet is tried again until it can.
 
 use super::builtins::{BoxFuture, BuiltinService, ServiceContext};
-use lichen_industrial::{IndustrialCollector, OpcUaWorker, SERVICE_NAME, SecretLookup};
+use lichen_industrial::{
+    IndustrialCollector, OpcUaWorker, SERVICE_NAME, SecretLookup, WorkerIdentity,
+};
 use serde_json::Value;
 use std::sync::Arc;
 
 pub fn services(ctx: &ServiceContext) -> Vec<Arc<dyn BuiltinService>> {
+    let workers = Arc::new(OpcUaWorker::new(worker_executable()));
     vec![Arc::new(CollectorService {
         collector: Arc::new(
             IndustrialCollector::new(
                 ctx.stream_store.clone(),
                 ctx.root.join("work").join(SERVICE_NAME),
             )
-            .with_opcua(Arc::new(OpcUaWorker::new(worker_executable())))
+            .with_opcua(workers.clone())
             .with_secrets(secret_lookup(ctx.secrets.clone())),
         ),
+        workers,
+        config: ctx.config.clone(),
         retry: std::sync::Mutex::new(None),
     })]
 }
@@ -45,6 +50,9 @@ const SECRET_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 struct CollectorService {
     collector: Arc<IndustrialCollector>,
+    /// The OPC UA workers' runner, told which user to run them as at each configuration.
+    workers: Arc<OpcUaWorker>,
+    config: lichen_config::ConfigStore,
     /// Retries a configuration whose secret could not be read yet (offline at its deployment).
     retry: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -66,6 +74,19 @@ impl BuiltinService for CollectorService {
         Box::pin(async move {
             if let Some(old) = self.retry.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 old.abort();
+            }
+            // OPC UA workers parse what servers send: they run as the collector's component
+            // user (`runWith.posixUser`, else `runWithDefault.posixUser`), never as root when
+            // one is configured.
+            match super::builtins::component_user(&self.config, Some(SERVICE_NAME)) {
+                Ok(user) => self.workers.set_identity(user.map(|u| WorkerIdentity {
+                    uid: u.uid,
+                    gid: u.gid,
+                })),
+                Err(e) => {
+                    tracing::error!(service = SERVICE_NAME, error = %e, "configuration refused; the previous one stays in force");
+                    return;
+                }
             }
             let Err(e) = self.collector.apply(configuration.as_ref()).await else {
                 return;
