@@ -112,6 +112,51 @@ fn fingerprint(spec: &ModelSpec) -> Fingerprint {
     )
 }
 
+/// The user the worker runs as: the service's component user (`runWith.posixUser`, else
+/// `runWithDefault.posixUser`) when the core is root and one is configured.
+fn worker_user(ctx: &ServiceContext) -> Result<Option<worker::WorkerUser>, String> {
+    Ok(
+        super::builtins::component_user(&ctx.config, Some(NAME))?.map(|u| worker::WorkerUser {
+            uid: u.uid,
+            gid: u.gid,
+        }),
+    )
+}
+
+/// Lets the worker's user read a model file of `component`. A recipe's `Permission` OWNER means
+/// the component's own user, and the supervisor hands a component its artifacts when it runs a
+/// step; a model component usually runs none, so its files are handed here, when it runs as the
+/// worker's user. A file of another user's component must be readable as it is (its recipe's
+/// `Permission: {Read: ALL}`), else the worker's load fails naming the file.
+fn let_worker_read(
+    ctx: &ServiceContext,
+    path: &std::path::Path,
+    component: Option<&str>,
+    user: Option<worker::WorkerUser>,
+) {
+    use std::os::unix::fs::MetadataExt;
+    let (Some(user), Some(component)) = (user, component) else {
+        return;
+    };
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    let mode = meta.mode();
+    let readable = (meta.uid() == user.uid && mode & 0o400 != 0)
+        || (meta.gid() == user.gid && mode & 0o040 != 0)
+        || mode & 0o004 != 0;
+    if readable || !meta.is_file() || !path.starts_with(ctx.root.join("packages")) {
+        return;
+    }
+    let owner = super::builtins::component_user(&ctx.config, Some(component));
+    if !matches!(&owner, Ok(Some(o)) if o.uid == user.uid) {
+        return;
+    }
+    if let Err(e) = std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid)) {
+        tracing::warn!(service = NAME, file = %path.display(), error = %e, "cannot hand a model file to its component's user");
+    }
+}
+
 fn spec(m: &config::ModelConfig, path: std::path::PathBuf) -> ModelSpec {
     ModelSpec {
         path,
@@ -181,12 +226,21 @@ fn converge(ctx: &ServiceContext, watched: &Mutex<BTreeSet<String>>, state: &mut
         Some(Value::String(v)) => Some(v),
         _ => None,
     };
+    let run_as = match worker_user(ctx) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(service = NAME, error = %e, "configuration refused; the previous one stays in force");
+            return;
+        }
+    };
     let models = parsed
         .models
         .iter()
         .map(|(name, m)| {
-            let spec =
-                config::resolve(name, &m.artifact, &ctx.root, version_of).map(|path| spec(m, path));
+            let spec = config::resolve(name, &m.artifact, &ctx.root, version_of).map(|path| {
+                let_worker_read(ctx, &path, m.artifact.component(), run_as);
+                spec(m, path)
+            });
             if let Err(e) = &spec {
                 tracing::error!(service = NAME, model = %name, error = %e, "model not served");
             }
@@ -201,6 +255,7 @@ fn converge(ctx: &ServiceContext, watched: &Mutex<BTreeSet<String>>, state: &mut
     let plan = worker::Plan {
         models,
         pool_size: parsed.pool_size,
+        run_as,
     };
     if state.running.as_ref().is_some_and(|(p, _)| *p == plan) {
         return;
@@ -246,12 +301,14 @@ impl BuiltinService for Inference {
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let parsed = ServiceConfig::parse(configuration).map_err(|e| e.to_string())?;
+            let run_as = worker_user(&self.ctx)?;
             let mut to_load = BTreeMap::new();
             let mut state = self.state.lock().await;
             for (name, m) in &parsed.models {
                 let path = config::resolve(name, &m.artifact, &self.ctx.root, |c| {
                     versions.get(c).cloned()
                 })?;
+                let_worker_read(&self.ctx, &path, m.artifact.component(), run_as);
                 let spec = spec(m, path);
                 if state.checked.get(name) != Some(&fingerprint(&spec)) {
                     to_load.insert(name.clone(), spec);
@@ -260,7 +317,7 @@ impl BuiltinService for Inference {
             if to_load.is_empty() {
                 return Ok(());
             }
-            let outcome = worker::check(to_load.clone(), CHECK_TIMEOUT).await?;
+            let outcome = worker::check(to_load.clone(), run_as, CHECK_TIMEOUT).await?;
             let mut failures = vec![];
             for (name, spec) in to_load {
                 match outcome.get(&name) {

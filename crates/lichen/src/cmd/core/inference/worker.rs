@@ -59,18 +59,37 @@ struct Worker {
     frames: mpsc::Receiver<FromWorker>,
 }
 
+/// The user and group the worker runs as when the core is root: it decodes images and runs
+/// models that requests and deployments bring, and reads the files requests name, so it gets no
+/// more privilege than a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 impl Worker {
-    fn spawn(pool_size: usize) -> Result<Worker, String> {
+    fn spawn(pool_size: usize, run_as: Option<WorkerUser>) -> Result<Worker, String> {
         let exe = executable()?;
-        let mut child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .arg("--pool-size")
             .arg(pool_size.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+            .kill_on_drop(true);
+        if let Some(user) = run_as {
+            // Dropping from root also drops the supplementary groups.
+            command.uid(user.uid).gid(user.gid);
+        }
+        let mut child = command.spawn().map_err(|e| {
+            let who = run_as.map_or(String::new(), |u| format!(" as uid {}", u.uid));
+            format!(
+                "cannot start {}{who}: {e} (it must be where the service's user may run it)",
+                exe.display()
+            )
+        })?;
         let stdin = child.stdin.take().ok_or("no stdin pipe")?;
         let mut stdout = child.stdout.take().ok_or("no stdout pipe")?;
         if let Some(stderr) = child.stderr.take() {
@@ -136,9 +155,10 @@ impl Worker {
 /// that crashes the engine takes only this worker down.
 pub async fn check(
     models: BTreeMap<String, ModelSpec>,
+    run_as: Option<WorkerUser>,
     timeout: Duration,
 ) -> Result<BTreeMap<String, LoadOutcome>, String> {
-    let mut worker = Worker::spawn(1)?;
+    let mut worker = Worker::spawn(1, run_as)?;
     worker.send(&ToWorker::Load { seq: 1, models }).await?;
     let answer = tokio::time::timeout(timeout, worker.frames.recv()).await;
     let outcome = match answer {
@@ -176,6 +196,7 @@ pub struct Served {
 pub struct Plan {
     pub models: BTreeMap<String, Served>,
     pub pool_size: usize,
+    pub run_as: Option<WorkerUser>,
 }
 
 /// An error answer.
@@ -258,7 +279,7 @@ pub async fn serve(bus: Bus, plan: Plan) {
     let mut seq = 0u64;
     loop {
         let started = Instant::now();
-        let mut worker = match Worker::spawn(plan.pool_size) {
+        let mut worker = match Worker::spawn(plan.pool_size, plan.run_as) {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(service = NAME, error = %e, "cannot start the inference worker");

@@ -1,0 +1,114 @@
+"""A root core with `runWithDefault.posixUser` set runs the inference worker as that user (it
+decodes images and runs models that requests and deployments bring): the worker's uid is
+nobody's, a model component's owner-only artifact is handed to its (same) user and loads, and a
+model file only root may read fails the deployment with the file and the refusal named."""
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import MODEL, MODEL_COMPONENT, PREPROCESS, model_file, recipe, worker_bin
+from lichen_support import lichen_bin, wait_for
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root: only a root core runs its worker as another user"
+)
+
+
+def worker_uids(core_pid):
+    """The real and effective uids of the core's `lichen-inference` children."""
+    uids = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        # The kernel keeps 15 characters of the name.
+        if fields.get("Name", "").strip() == "lichen-inferenc" and int(fields["PPid"]) == core_pid:
+            uids.append(tuple(int(u) for u in fields["Uid"].split()[:2]))
+    return uids
+
+
+def deploy(bin_dir, root, recipes, artifacts, model):
+    update = {"lichen.Inference": {"MERGE": {"models": {MODEL: model}}}}
+    return subprocess.run(
+        [str(bin_dir / "lichen"), "deployment", "create", "--wait", "--json", "--root", str(root),
+         "--recipe-dir", str(recipes), "--artifact-dir", str(artifacts),
+         "--merge", f"lichen.Inference=1.0.0,{MODEL_COMPONENT}=1.0.0",
+         "--update-config", json.dumps(update)],
+        capture_output=True, text=True, timeout=180,
+    )
+
+
+def test_the_worker_runs_as_the_component_user_and_reads_only_what_it_may():
+    worker_bin()
+    nobody = pwd.getpwnam("nobody")
+    # pytest's tmp_path and the build tree may lie under root's 0700 folders: the executables go
+    # where nobody can run them.
+    base = Path(tempfile.mkdtemp(prefix="lichen-inference-user-", dir="/tmp"))
+    base.chmod(0o755)
+    core = None
+    try:
+        bin_dir = base / "bin"
+        bin_dir.mkdir(mode=0o755)
+        for name in ("lichen", "lichen-inference"):
+            shutil.copy2(Path(lichen_bin()).with_name(name), bin_dir / name)
+        recipes, artifacts = base / "recipes", base / "artifacts"
+        recipes.mkdir()
+        (artifacts / MODEL_COMPONENT / "1.0.0").mkdir(parents=True)
+        source = artifacts / MODEL_COMPONENT / "1.0.0" / "model.onnx"
+        shutil.copy(model_file(), source)
+        source.chmod(0o600)  # copied into the root as an owner-only artifact
+        (recipes / f"{MODEL_COMPONENT}-1.0.0.json").write_text(recipe(MODEL_COMPONENT))
+        private = base / "private"
+        private.mkdir(mode=0o700)
+        shutil.copy(model_file(), private / "model.onnx")
+        config = base / "config.json"
+        config.write_text(json.dumps({
+            "services": {"aws.greengrass.Nucleus": {"configuration": {"runWithDefault": {"posixUser": "nobody"}}}}
+        }))
+        root = base / "root"
+        core = subprocess.Popen(
+            [str(bin_dir / "lichen"), "core", "run", "--root", str(root), "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while "ready in" not in (core.stdout.readline() or ""):
+            assert core.poll() is None and time.monotonic() < deadline, "core did not become ready"
+        log = root / "logs" / "lichen.log"
+
+        # A file only root may read: the worker, as nobody, cannot load it.
+        r = deploy(bin_dir, root, recipes, artifacts,
+                   {"artifact": str(private / "model.onnx"), "preprocess": PREPROCESS})
+        assert r.returncode != 0, r.stdout
+        cause = json.loads(r.stdout)["deploymentStatusDetails"]["deploymentFailureCause"]
+        assert str(private / "model.onnx") in cause and "ermission denied" in cause, cause
+
+        # The model component's own artifact, owner-only: handed to its user, loaded and served.
+        r = deploy(bin_dir, root, recipes, artifacts,
+                   {"modelComponent": MODEL_COMPONENT, "artifact": "model.onnx", "preprocess": PREPROCESS})
+        assert r.returncode == 0, f"{r.stdout}{r.stderr}\n{log.read_text()[-4000:]}"
+        installed = root / "packages" / "artifacts" / MODEL_COMPONENT / "1.0.0" / "model.onnx"
+        st = installed.stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (nobody.pw_uid, 0o400)
+        wait_for(lambda: worker_uids(core.pid), 60, "the serving worker:\n" + log.read_text()[-4000:])
+        assert worker_uids(core.pid) == [(nobody.pw_uid, nobody.pw_uid)]
+        # The serving worker, as nobody, loaded the handed-over file.
+        wait_for(lambda: "model loaded" in log.read_text(), 60, "the model loaded:\n" + log.read_text()[-4000:])
+        assert "model not loaded" not in log.read_text()
+    finally:
+        if core and core.poll() is None:
+            core.terminate()
+            try:
+                core.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                core.kill()
+                core.wait()
+        shutil.rmtree(base, ignore_errors=True)
