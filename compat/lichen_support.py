@@ -51,3 +51,17 @@ def wait_listening(port, timeout=30):
             return False
 
     wait_for(up, timeout, f"a listener on 127.0.0.1:{port}")
+
+
+def child_uids(parent_pid, name):
+    """The (real, effective) uids of `parent_pid`'s children named `name` (the kernel keeps the
+    first 15 characters of a process name)."""
+    uids = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if fields.get("Name", "").strip() == name[:15] and int(fields["PPid"]) == parent_pid:
+            uids.append(tuple(int(u) for u in fields["Uid"].split()[:2]))
+    return uids

@@ -15,7 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from lichen_support import free_port, lichen_bin, wait_for, wait_listening  # noqa: E402,F401
+from lichen_support import child_uids, free_port, lichen_bin, wait_for, wait_listening  # noqa: E402,F401
 
 PYTHON = os.environ.get("LICHEN_PYTHON") or sys.executable
 ENTRY_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")

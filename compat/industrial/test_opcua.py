@@ -26,6 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from industrial_support import (
     HERE,
     PYTHON,
+    child_uids,
     deploy,
     flatten,
     free_port,
@@ -305,19 +306,6 @@ def test_other_security_policies_and_modes(tmp_path, pki, server_policy, policy,
         server.stop()
 
 
-def worker_uids(core_pid):
-    """The real and effective uids of the core's `lichen-opcua` children."""
-    uids = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-        except OSError:
-            continue
-        if fields.get("Name", "").strip() == "lichen-opcua" and int(fields["PPid"]) == core_pid:
-            uids.append(tuple(int(u) for u in fields["Uid"].split()[:2]))
-    return uids
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: only a root core runs its workers as another user")
 def test_the_worker_runs_as_the_component_user():
     """A root core with `runWithDefault.posixUser` nobody runs each OPC UA worker as nobody (it
@@ -352,7 +340,7 @@ def test_the_worker_runs_as_the_component_user():
             assert (cert.stat().st_uid, cert.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
             pki_dir = cert.parent.parent
             assert pki_dir.stat().st_mode & 0o777 == 0o700 and pki_dir.stat().st_uid == nobody.pw_uid
-            assert worker_uids(core.pid) == [(nobody.pw_uid, nobody.pw_uid)]
+            assert child_uids(core.pid, "lichen-opcua") == [(nobody.pw_uid, nobody.pw_uid)]
             trust_collector(root, pki)
             wait_for(lambda: {a for a, _, _, q in read_stream(sm_port) if q == "GOOD"} >= set(ALIASES) - {ALIASES[3]}, 90,
                      "GOOD values from a worker run as nobody:\n" + log_tail(root))

@@ -15,25 +15,11 @@ from pathlib import Path
 import pytest
 
 from conftest import MODEL, MODEL_COMPONENT, PREPROCESS, model_file, recipe, worker_bin
-from lichen_support import lichen_bin, wait_for
+from lichen_support import child_uids, lichen_bin, wait_for
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: only a root core runs its worker as another user"
 )
-
-
-def worker_uids(core_pid):
-    """The real and effective uids of the core's `lichen-inference` children."""
-    uids = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-        except OSError:
-            continue
-        # The kernel keeps 15 characters of the name.
-        if fields.get("Name", "").strip() == "lichen-inferenc" and int(fields["PPid"]) == core_pid:
-            uids.append(tuple(int(u) for u in fields["Uid"].split()[:2]))
-    return uids
 
 
 def deploy(bin_dir, root, recipes, artifacts, model):
@@ -98,8 +84,8 @@ def test_the_worker_runs_as_the_component_user_and_reads_only_what_it_may():
         installed = root / "packages" / "artifacts" / MODEL_COMPONENT / "1.0.0" / "model.onnx"
         st = installed.stat()
         assert (st.st_uid, st.st_mode & 0o777) == (nobody.pw_uid, 0o400)
-        wait_for(lambda: worker_uids(core.pid), 60, "the serving worker:\n" + log.read_text()[-4000:])
-        assert worker_uids(core.pid) == [(nobody.pw_uid, nobody.pw_uid)]
+        wait_for(lambda: child_uids(core.pid, "lichen-inference"), 60, "the serving worker:\n" + log.read_text()[-4000:])
+        assert child_uids(core.pid, "lichen-inference") == [(nobody.pw_uid, nobody.pw_uid)]
         # The serving worker, as nobody, loaded the handed-over file.
         wait_for(lambda: "model loaded" in log.read_text(), 60, "the model loaded:\n" + log.read_text()[-4000:])
         assert "model not loaded" not in log.read_text()
