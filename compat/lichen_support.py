@@ -3,8 +3,14 @@
 Each suite's conftest.py puts this folder on sys.path and imports from here.
 """
 
+import contextlib
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -65,3 +71,55 @@ def child_uids(parent_pid, name):
         if fields.get("Name", "").strip() == name[:15] and int(fields["PPid"]) == parent_pid:
             uids.append(tuple(int(u) for u in fields["Uid"].split()[:2]))
     return uids
+
+
+@contextlib.contextmanager
+def running_core(root, config=None, binary=None):
+    """A `lichen core run` on `root` (with `--config config`, from `binary`), ready; on exit it
+    and whatever it started are stopped."""
+    extra = ["--config", str(config)] if config else []
+    core = subprocess.Popen(
+        [str(binary or lichen_bin()), "core", "run", "--root", str(root), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "LICHEN_LOG": "info"}, start_new_session=True,
+    )
+    ready = threading.Event()
+
+    def drain():
+        for line in core.stdout:
+            if "ready in" in line:
+                ready.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.wait(0.2):
+            assert core.poll() is None and time.monotonic() < deadline, "core did not become ready"
+        yield core
+    finally:
+        if core.poll() is None:
+            core.terminate()
+            try:
+                core.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                core.kill()
+                core.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(core.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def reachable_binaries(prefix, *names):
+    """A fresh 0755 folder under /tmp, removed on exit, with copies of the built `lichen` and the
+    executables `names` beside it in `bin/`: pytest's tmp_path and the build tree may lie under
+    root's 0700 folders, where a component user could run nothing. Yields (folder, bin folder)."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        bin_dir = base / "bin"
+        bin_dir.mkdir(mode=0o755)
+        for name in ("lichen", *names):
+            shutil.copy2(Path(lichen_bin()).with_name(name), bin_dir / name)
+        yield base, bin_dir
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -1,21 +1,26 @@
 """Fixtures of the collector's suite and benchmark: a real core, a pymodbus device, and an IoT
 SiteWise BatchPutAssetPropertyValue fake that checks every entry as the API would."""
 
-import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from lichen_support import child_uids, free_port, lichen_bin, wait_for, wait_listening  # noqa: E402,F401
+from lichen_support import (  # noqa: E402,F401
+    child_uids,
+    free_port,
+    lichen_bin,
+    reachable_binaries,
+    running_core,
+    wait_for,
+    wait_listening,
+)
 
 PYTHON = os.environ.get("LICHEN_PYTHON") or sys.executable
 ENTRY_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -130,41 +135,6 @@ class ModbusDevice:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-
-@contextlib.contextmanager
-def running_core(root, config=None, binary=None):
-    """A `lichen core run` on `root` (with `--config config`, from `binary`), ready; on exit it
-    and whatever it started are stopped."""
-    extra = ["--config", str(config)] if config else []
-    core = subprocess.Popen(
-        [str(binary or lichen_bin()), "core", "run", "--root", str(root), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "LICHEN_LOG": "info"}, start_new_session=True,
-    )
-    ready = threading.Event()
-
-    def drain():
-        for line in core.stdout:
-            if "ready in" in line:
-                ready.set()
-
-    threading.Thread(target=drain, daemon=True).start()
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.wait(0.2):
-            assert core.poll() is None and time.monotonic() < deadline, "core did not become ready"
-        yield core
-    finally:
-        if core.poll() is None:
-            core.terminate()
-            try:
-                core.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                core.kill()
-                core.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(core.pid, signal.SIGKILL)
 
 
 def stream_manager_config(sm_port, sitewise_port):

@@ -11,10 +11,8 @@ import ipaddress
 import json
 import os
 import pwd
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,8 +28,8 @@ from industrial_support import (
     deploy,
     flatten,
     free_port,
-    lichen_bin,
     log_tail,
+    reachable_binaries,
     running_core,
     stream_manager_config,
     wait_for,
@@ -311,40 +309,30 @@ def test_the_worker_runs_as_the_component_user():
     """A root core with `runWithDefault.posixUser` nobody runs each OPC UA worker as nobody (it
     parses what the network sends): the worker creates and keeps its PKI as nobody and collects."""
     nobody = pwd.getpwnam("nobody")
-    # pytest's tmp_path lives under a 0700 directory of root's, and the build tree may too: the
-    # executables, the pinned server certificate and the root go where nobody can reach them.
-    base = Path(tempfile.mkdtemp(prefix="lichen-opcua-user-", dir="/tmp"))
-    base.chmod(0o755)
-    server = None
-    try:
-        bin_dir = base / "bin"
-        bin_dir.mkdir(mode=0o755)
-        built = Path(lichen_bin())
-        for name in ("lichen", "lichen-opcua"):
-            shutil.copy2(built.with_name(name), bin_dir / name)
+    # The executables, the pinned server certificate and the root go where nobody can reach them.
+    with reachable_binaries("lichen-opcua-user-", "lichen-opcua") as (base, bin_dir):
         der, _, key = make_cert(base / "server", "LichenTestServer", SERVER_URI)
         for p in (base / "server", der):
             p.chmod(0o755 if p.is_dir() else 0o644)
         trust = base / "server-trusts"
         trust.mkdir()
-        pki = {"trust": trust}
         server = OpcUaServer(der, key, trust)
-        config = base / "config.json"
-        config.write_text(json.dumps({
-            "services": {"aws.greengrass.Nucleus": {"configuration": {"runWithDefault": {"posixUser": "nobody"}}}}
-        }))
-        root = base / "root"
-        with running_core(root, config=config, binary=bin_dir / "lichen") as core:
-            sm_port = start_collecting(root, server, {"type": "X509", "certificatePath": str(der)})
-            cert = wait_for(lambda: own_certificate(root), 60, "the collector's generated certificate:\n" + log_tail(root))
-            assert (cert.stat().st_uid, cert.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
-            pki_dir = cert.parent.parent
-            assert pki_dir.stat().st_mode & 0o777 == 0o700 and pki_dir.stat().st_uid == nobody.pw_uid
-            assert child_uids(core.pid, "lichen-opcua") == [(nobody.pw_uid, nobody.pw_uid)]
-            trust_collector(root, pki)
-            wait_for(lambda: {a for a, _, _, q in read_stream(sm_port) if q == "GOOD"} >= set(ALIASES) - {ALIASES[3]}, 90,
-                     "GOOD values from a worker run as nobody:\n" + log_tail(root))
-    finally:
-        if server:
+        try:
+            config = base / "config.json"
+            config.write_text(json.dumps({
+                "services": {"aws.greengrass.Nucleus": {"configuration": {"runWithDefault": {"posixUser": "nobody"}}}}
+            }))
+            root = base / "root"
+            with running_core(root, config=config, binary=bin_dir / "lichen") as core:
+                sm_port = start_collecting(root, server, {"type": "X509", "certificatePath": str(der)})
+                cert = wait_for(lambda: own_certificate(root), 60,
+                                "the collector's generated certificate:\n" + log_tail(root))
+                assert (cert.stat().st_uid, cert.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
+                pki_dir = cert.parent.parent
+                assert pki_dir.stat().st_mode & 0o777 == 0o700 and pki_dir.stat().st_uid == nobody.pw_uid
+                assert child_uids(core.pid, "lichen-opcua") == [(nobody.pw_uid, nobody.pw_uid)]
+                trust_collector(root, {"trust": trust})
+                wait_for(lambda: {a for a, _, _, q in read_stream(sm_port) if q == "GOOD"} >= set(ALIASES) - {ALIASES[3]},
+                         90, "GOOD values from a worker run as nobody:\n" + log_tail(root))
+        finally:
             server.stop()
-        shutil.rmtree(base, ignore_errors=True)

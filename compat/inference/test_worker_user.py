@@ -8,14 +8,11 @@ import os
 import pwd
 import shutil
 import subprocess
-import tempfile
-import time
-from pathlib import Path
 
 import pytest
 
 from conftest import MODEL, MODEL_COMPONENT, PREPROCESS, model_file, recipe, worker_bin
-from lichen_support import child_uids, lichen_bin, wait_for
+from lichen_support import child_uids, reachable_binaries, running_core, wait_for
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: only a root core runs its worker as another user"
@@ -36,16 +33,7 @@ def deploy(bin_dir, root, recipes, artifacts, model):
 def test_the_worker_runs_as_the_component_user_and_reads_only_what_it_may():
     worker_bin()
     nobody = pwd.getpwnam("nobody")
-    # pytest's tmp_path and the build tree may lie under root's 0700 folders: the executables go
-    # where nobody can run them.
-    base = Path(tempfile.mkdtemp(prefix="lichen-inference-user-", dir="/tmp"))
-    base.chmod(0o755)
-    core = None
-    try:
-        bin_dir = base / "bin"
-        bin_dir.mkdir(mode=0o755)
-        for name in ("lichen", "lichen-inference"):
-            shutil.copy2(Path(lichen_bin()).with_name(name), bin_dir / name)
+    with reachable_binaries("lichen-inference-user-", "lichen-inference") as (base, bin_dir):
         recipes, artifacts = base / "recipes", base / "artifacts"
         recipes.mkdir()
         (artifacts / MODEL_COMPONENT / "1.0.0").mkdir(parents=True)
@@ -61,40 +49,26 @@ def test_the_worker_runs_as_the_component_user_and_reads_only_what_it_may():
             "services": {"aws.greengrass.Nucleus": {"configuration": {"runWithDefault": {"posixUser": "nobody"}}}}
         }))
         root = base / "root"
-        core = subprocess.Popen(
-            [str(bin_dir / "lichen"), "core", "run", "--root", str(root), "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        while "ready in" not in (core.stdout.readline() or ""):
-            assert core.poll() is None and time.monotonic() < deadline, "core did not become ready"
-        log = root / "logs" / "lichen.log"
+        with running_core(root, config=config, binary=bin_dir / "lichen") as core:
+            log = root / "logs" / "lichen.log"
 
-        # A file only root may read: the worker, as nobody, cannot load it.
-        r = deploy(bin_dir, root, recipes, artifacts,
-                   {"artifact": str(private / "model.onnx"), "preprocess": PREPROCESS})
-        assert r.returncode != 0, r.stdout
-        cause = json.loads(r.stdout)["deploymentStatusDetails"]["deploymentFailureCause"]
-        assert str(private / "model.onnx") in cause and "ermission denied" in cause, cause
+            # A file only root may read: the worker, as nobody, cannot load it.
+            r = deploy(bin_dir, root, recipes, artifacts,
+                       {"artifact": str(private / "model.onnx"), "preprocess": PREPROCESS})
+            assert r.returncode != 0, r.stdout
+            cause = json.loads(r.stdout)["deploymentStatusDetails"]["deploymentFailureCause"]
+            assert str(private / "model.onnx") in cause and "ermission denied" in cause, cause
 
-        # The model component's own artifact, owner-only: handed to its user, loaded and served.
-        r = deploy(bin_dir, root, recipes, artifacts,
-                   {"modelComponent": MODEL_COMPONENT, "artifact": "model.onnx", "preprocess": PREPROCESS})
-        assert r.returncode == 0, f"{r.stdout}{r.stderr}\n{log.read_text()[-4000:]}"
-        installed = root / "packages" / "artifacts" / MODEL_COMPONENT / "1.0.0" / "model.onnx"
-        st = installed.stat()
-        assert (st.st_uid, st.st_mode & 0o777) == (nobody.pw_uid, 0o400)
-        wait_for(lambda: child_uids(core.pid, "lichen-inference"), 60, "the serving worker:\n" + log.read_text()[-4000:])
-        assert child_uids(core.pid, "lichen-inference") == [(nobody.pw_uid, nobody.pw_uid)]
-        # The serving worker, as nobody, loaded the handed-over file.
-        wait_for(lambda: "model loaded" in log.read_text(), 60, "the model loaded:\n" + log.read_text()[-4000:])
-        assert "model not loaded" not in log.read_text()
-    finally:
-        if core and core.poll() is None:
-            core.terminate()
-            try:
-                core.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                core.kill()
-                core.wait()
-        shutil.rmtree(base, ignore_errors=True)
+            # The model component's own artifact, owner-only: handed to its user, loaded and served.
+            r = deploy(bin_dir, root, recipes, artifacts,
+                       {"modelComponent": MODEL_COMPONENT, "artifact": "model.onnx", "preprocess": PREPROCESS})
+            assert r.returncode == 0, f"{r.stdout}{r.stderr}\n{log.read_text()[-4000:]}"
+            installed = root / "packages" / "artifacts" / MODEL_COMPONENT / "1.0.0" / "model.onnx"
+            st = installed.stat()
+            assert (st.st_uid, st.st_mode & 0o777) == (nobody.pw_uid, 0o400)
+            wait_for(lambda: child_uids(core.pid, "lichen-inference"), 60,
+                     "the serving worker:\n" + log.read_text()[-4000:])
+            assert child_uids(core.pid, "lichen-inference") == [(nobody.pw_uid, nobody.pw_uid)]
+            # The serving worker, as nobody, loaded the handed-over file.
+            wait_for(lambda: "model loaded" in log.read_text(), 60, "the model loaded:\n" + log.read_text()[-4000:])
+            assert "model not loaded" not in log.read_text()

@@ -9,9 +9,8 @@ import time
 import uuid
 from pathlib import Path
 
-from fleet_core import Core, cores  # noqa: F401 (fixture)
-from test_core_secrets import ROLE_POLICY, SM, deploy, enroll, files_containing
-from test_credentials import put_role_policy
+from fleet_core import cores  # noqa: F401 (fixture)
+from test_core_secrets import SM, deploy, enrolled_core, files_containing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "industrial"))
 from industrial_support import free_port, stream_manager_config, wait_for  # noqa: E402
@@ -28,16 +27,7 @@ def run_with_secret(fleet, iot, tmp_path, cores, secret_password, server_passwor
     sm = fleet.client("secretsmanager")
     arn = sm.create_secret(Name=f"opcua/operator-{uuid.uuid4().hex[:6]}",
                            SecretString=f'{{"username": "operator", "password": "{secret_password}"}}')["ARN"]
-    alias = f"alias-{uuid.uuid4().hex[:8]}"
-    role_arn = f"arn:aws:iam::{'1' * 12}:role/{alias}-role"
-    iot.create_role_alias(roleAlias=alias, roleArn=role_arn, credentialDurationSeconds=900)
-    put_role_policy(fleet, role_arn, ROLE_POLICY, tmp_path)
-    enroll(fleet, f"core-{uuid.uuid4().hex[:6]}", tmp_path / "enrolled", alias)
-    work = tmp_path / "core"
-    work.mkdir()
-    core = Core(work / "root", tmp_path / "enrolled" / "config.yaml", work)
-    cores.append(core)
-    core.start()
+    core = enrolled_core(fleet, iot, tmp_path, cores)
 
     server_der, _, server_key = make_cert(tmp_path / "server", "LichenTestServer", "urn:lichen:test:opcua-server")
     trust = tmp_path / "server-trusts"

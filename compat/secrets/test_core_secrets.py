@@ -60,6 +60,22 @@ def reader(recipes, name, out, secret_id, allowed_arn=None, stage=None):
     (recipes / f"{name}.json").write_text(json.dumps(r))
 
 
+def enrolled_core(fleet, iot, tmp_path, cores):
+    """A started core enrolled with the fleet, its role alias allowed ROLE_POLICY (900 s
+    credentials); registered in `cores` so the fixture stops it."""
+    alias = f"alias-{uuid.uuid4().hex[:8]}"
+    role_arn = f"arn:aws:iam::{'1' * 12}:role/{alias}-role"
+    iot.create_role_alias(roleAlias=alias, roleArn=role_arn, credentialDurationSeconds=900)
+    put_role_policy(fleet, role_arn, ROLE_POLICY, tmp_path)
+    enroll(fleet, f"core-{uuid.uuid4().hex[:6]}", tmp_path / "enrolled", alias)
+    work = tmp_path / "core"
+    work.mkdir()
+    core = Core(work / "root", tmp_path / "enrolled" / "config.yaml", work)
+    cores.append(core)
+    core.start()
+    return core
+
+
 def deploy(core, recipes, merge, config=None):
     args = [lichen_bin(), "deployment", "create", "--wait", "--json", "--root", str(core.root), "--recipe-dir", str(recipes)]
     for m in merge:
@@ -97,17 +113,7 @@ def test_a_fleet_secret_reaches_an_allowed_component_only_and_survives_offline_e
     sm.put_secret_value(SecretId=arn, SecretString=secret)
     other_arn = sm.create_secret(Name="db/other", SecretString="another secret")["ARN"]
 
-    alias = f"alias-{uuid.uuid4().hex[:8]}"
-    role_arn = f"arn:aws:iam::{'1' * 12}:role/{alias}-role"
-    iot.create_role_alias(roleAlias=alias, roleArn=role_arn, credentialDurationSeconds=900)
-    put_role_policy(fleet, role_arn, ROLE_POLICY, tmp_path)
-    thing = f"core-{uuid.uuid4().hex[:6]}"
-    enroll(fleet, thing, tmp_path / "enrolled", alias)
-    work = tmp_path / "core"
-    work.mkdir()
-    core = Core(work / "root", tmp_path / "enrolled" / "config.yaml", work)
-    cores.append(core)
-    core.start()
+    core = enrolled_core(fleet, iot, tmp_path, cores)
 
     recipes = tmp_path / "recipes"
     recipes.mkdir()
@@ -160,16 +166,7 @@ def test_a_fleet_secret_reaches_an_allowed_component_only_and_survives_offline_e
 def test_a_new_value_on_the_fleet_reaches_components_at_the_periodic_refresh(fleet, iot, tmp_path, cores):  # noqa: F811
     sm = fleet.client("secretsmanager")
     arn = sm.create_secret(Name="rotating", SecretString="first-value")["ARN"]
-    alias = f"alias-{uuid.uuid4().hex[:8]}"
-    role_arn = f"arn:aws:iam::{'1' * 12}:role/{alias}-role"
-    iot.create_role_alias(roleAlias=alias, roleArn=role_arn, credentialDurationSeconds=900)
-    put_role_policy(fleet, role_arn, ROLE_POLICY, tmp_path)
-    enroll(fleet, f"core-{uuid.uuid4().hex[:6]}", tmp_path / "enrolled", alias)
-    work = tmp_path / "core"
-    work.mkdir()
-    core = Core(work / "root", tmp_path / "enrolled" / "config.yaml", work)
-    cores.append(core)
-    core.start()
+    core = enrolled_core(fleet, iot, tmp_path, cores)
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     first = tmp_path / "first.json"
@@ -198,16 +195,7 @@ def test_a_new_value_on_the_fleet_reaches_components_at_the_periodic_refresh(fle
 def test_a_deployment_syncs_the_secrets_again(fleet, iot, tmp_path, cores):  # noqa: F811
     sm = fleet.client("secretsmanager")
     arn = sm.create_secret(Name="on-deploy", SecretString="first-value")["ARN"]
-    alias = f"alias-{uuid.uuid4().hex[:8]}"
-    role_arn = f"arn:aws:iam::{'1' * 12}:role/{alias}-role"
-    iot.create_role_alias(roleAlias=alias, roleArn=role_arn, credentialDurationSeconds=900)
-    put_role_policy(fleet, role_arn, ROLE_POLICY, tmp_path)
-    enroll(fleet, f"core-{uuid.uuid4().hex[:6]}", tmp_path / "enrolled", alias)
-    work = tmp_path / "core"
-    work.mkdir()
-    core = Core(work / "root", tmp_path / "enrolled" / "config.yaml", work)
-    cores.append(core)
-    core.start()
+    core = enrolled_core(fleet, iot, tmp_path, cores)
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     config = {SM: {"MERGE": {"cloudSecrets": [{"arn": arn}], "lichen": {"endpoint": fleet.api}}}}

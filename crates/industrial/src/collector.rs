@@ -523,8 +523,8 @@ mod tests {
         assert!(collector.running.lock().await.is_none());
     }
 
-    #[tokio::test]
-    async fn a_bad_opc_ua_source_leaves_the_running_configuration() {
+    /// A collector running a configuration without sources (its work folder kept alive).
+    async fn running_empty() -> (tempfile::TempDir, IndustrialCollector) {
         let dir = tempfile::tempdir().unwrap();
         let slot: StoreSlot = Arc::new(tokio::sync::RwLock::new(None));
         let collector = IndustrialCollector::new(slot, dir.path().to_path_buf());
@@ -532,6 +532,12 @@ mod tests {
             .apply(Some(&serde_json::json!({"sources": []})))
             .await
             .unwrap();
+        (dir, collector)
+    }
+
+    #[tokio::test]
+    async fn a_bad_opc_ua_source_leaves_the_running_configuration() {
+        let (_dir, collector) = running_empty().await;
         let bad = opcua_source(serde_json::json!({"type": "Username", "username": "only"}));
         collector.apply(Some(&bad)).await.unwrap_err();
         assert!(collector.running.lock().await.is_some());
@@ -540,13 +546,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_configuration_leaves_the_running_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let slot: StoreSlot = Arc::new(tokio::sync::RwLock::new(None));
-        let collector = IndustrialCollector::new(slot, dir.path().to_path_buf());
-        collector
-            .apply(Some(&serde_json::json!({"sources": []})))
-            .await
-            .unwrap();
+        let (_dir, collector) = running_empty().await;
         let bad = serde_json::json!({"sources": [{"name": "x", "type": "Profibus"}]});
         let e = collector.apply(Some(&bad)).await.unwrap_err().to_string();
         assert!(e.contains("Profibus"), "{e}");
